@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  make demo   |   make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build of PyTorch (lies on this machine's disk; no multi-GB CUDA download).
+# On a GPU machine:  make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128" install
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.mirpipe-installed
+
+.PHONY: install demo test clean-demo bench
+
+$(STAMP): pyproject.toml Makefile scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[hpc,dev]"
+	@# muda depends on the obsolete 'pysoundfile', whose soundfile.py overwrites the
+	@# real soundfile module (it then cannot find libsndfile): put soundfile's back.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps "soundfile>=0.13"
+	$(BIN)/python -c "import soundfile, muda, zarr, h5py, torch, dask_jobqueue; print('mirpipe: environment ready (torch', torch.__version__ + ')')"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mirpipe demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_features.py
+
+clean-demo:
+	rm -rf work/demo

@@ -1,0 +1,1 @@
+"""Task modules (chord, pitch, instrument): targets on a frame grid, networks, decoding, scores."""

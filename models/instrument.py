@@ -1,0 +1,28 @@
+"""Instrument task: a fixed 8-class vocabulary (Medley-solos-DB style) and frame targets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FEATURE = "cqt"
+
+# The demo synthesizer's timbres; a user corpus tags its tracks with these names (tag_open).
+INSTRUMENTS = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")
+INDEX = {name: i for i, name in enumerate(INSTRUMENTS)}
+
+
+def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+    """Multi-hot (T, 8) of the instruments whose ``tag_open`` observation covers each frame.
+
+    Tags outside the vocabulary are ignored; a track without tags is all zeros.
+    """
+    times = np.asarray(frame_times, dtype=float)
+    labels = np.zeros((len(times), len(INSTRUMENTS)), dtype=np.uint8)
+    for ann in (a for a in jam.annotations if a.namespace == "tag_open"):
+        for obs in ann.data:
+            k = INDEX.get(str(obs.value))
+            if k is None:
+                continue
+            inside = (times >= obs.time) & (times < obs.time + max(obs.duration, 1e-9))
+            labels[inside, k] = 1
+    return {"instruments": labels}

@@ -1,0 +1,1 @@
+"""Orchestration: CLI, configuration, cluster factory, the stage DAG runner and its ledger."""

@@ -1,0 +1,143 @@
+"""The ``mirpipe`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, PipelineConfig
+from .runner import Runner, WorkdirBusyError, stage_order
+from . import workdir as wd
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+DEMO_WORKDIR = Path("work/demo")
+
+
+def _echo(msg: str, json_mode: bool) -> None:
+    click.echo(msg, err=json_mode)
+
+
+def _table(reports, json_mode: bool) -> None:
+    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'seconds':>8}", json_mode)
+    for r in reports:
+        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.seconds:>8.1f}", json_mode)
+    for r in reports:
+        for f in r.failures:
+            _echo(f"  FAILED {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
+
+
+def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, **run_kwargs) -> int:
+    from .cluster import open_executor
+
+    wd.record(workdir, pipeline, cluster)
+    runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
+    t0 = time.perf_counter()
+    from .runner import workdir_lock
+
+    with workdir_lock(workdir):
+        with open_executor(cluster) as executor:
+            _echo(f"mirpipe: workdir {workdir.resolve()}", json_mode)
+            _echo(f"mirpipe: cluster {executor.description}", json_mode)
+            if executor.dashboard_link:
+                _echo(f"mirpipe: Dask dashboard {executor.dashboard_link}", json_mode)
+            reports = runner.run(executor, **run_kwargs)
+    _table(reports, json_mode)
+    _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
+    if json_mode:
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}}))
+    return 0
+
+
+def _guard(fn):
+    """Turn configuration and workdir errors into a one-line message and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, WorkdirBusyError, FileNotFoundError, ValueError) as exc:
+            click.echo(f"mirpipe: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """mirpipe: augment audio with its JAMS annotations, compute CQT features into a
+    chunked store, on a Dask cluster, resumably."""
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=DEMO_WORKDIR, show_default=True)
+@click.option("--tracks", type=int, default=None, help="number of demo tracks (default from pipeline.yaml, else 24)")
+@click.option("--seed", type=int, default=None, help="corpus seed")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml to start from")
+@click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml")
+@click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
+@_guard
+def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | None, cluster: Path | None, json_mode: bool) -> None:
+    """Synthesize the demo corpus, then run every stage on it."""
+    from stages import SynthesizeParams
+
+    pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
+    synth = pipeline.synthesize or SynthesizeParams()
+    updates = {k: v for k, v in {"tracks": tracks, "seed": seed}.items() if v is not None}
+    synth = SynthesizeParams.model_validate({**synth.model_dump(), **updates})
+    pipeline = pipeline.model_copy(update={"synthesize": synth})
+    sys.exit(_execute(workdir, pipeline, cluster_cfg, json_mode))
+
+
+@main.command()
+@click.option("--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml (default: the workdir's record)")
+@click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: the workdir's record)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work/run"), show_default=True)
+@click.option("--until", default=None, help="run the stages up to and including this one")
+@click.option("--only", default=None, help="run this stage alone (its upstream must be done)")
+@click.option("--force", multiple=True, help="recompute every item of this stage (repeatable)")
+@click.option("--retry-failed", is_flag=True, help="retry the items recorded as failed")
+@click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
+@_guard
+def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -> None:
+    """Run (or resume) the pipeline in a workdir; only work not yet done is scheduled."""
+    pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
+    sys.exit(_execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed))
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEMO_WORKDIR, show_default=True)
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def status(workdir: Path, json_mode: bool) -> None:
+    """Per stage: items done / pending / failed, and each failure's item, class and message."""
+    if wd.recorded(workdir) is None:
+        raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
+    pipeline, _ = wd.resolve(workdir, None, None)
+    rows = Runner(workdir, pipeline, progress=False).status()
+    if json_mode:
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r["stage"]: r for r in rows}}, indent=1))
+        return
+    click.echo(f"{'stage':>12} {'total':>6} {'done':>6} {'pending':>8} {'failed':>7}")
+    for r in rows:
+        click.echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['pending']:>8} {r['failed']:>7}")
+    for r in rows:
+        for f in r["failures"]:
+            click.echo(f"  FAILED {r['stage']} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}")
+
+
+@main.command()
+def stages() -> None:
+    """List the stages in run order."""
+    for name in stage_order(PipelineConfig(synthesize={})):
+        click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

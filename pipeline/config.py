@@ -1,0 +1,142 @@
+"""Validated configuration: stage parameters (pipeline.yaml) and the cluster (cluster.yaml).
+
+Everything is checked before any work is submitted; an unknown key or a bad
+value fails with the file and the offending field named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stages import AugmentParams, FeaturesParams, IngestParams, SynthesizeParams
+
+
+class RunParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    retries: int = Field(2, ge=0, le=20, description="extra attempts for an item that raised a non-input error")
+    retry_backoff: float = Field(0.5, ge=0.0, description="seconds before the first retry (doubles each time)")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    synthesize: SynthesizeParams | None = Field(None, description="set to synthesize the demo corpus first")
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    features: FeaturesParams = Field(default_factory=FeaturesParams)
+    run: RunParams = Field(default_factory=RunParams)
+
+    def stage_params(self) -> dict[str, BaseModel]:
+        params: dict[str, BaseModel] = {"ingest": self.ingest, "augment": self.augment, "features": self.features}
+        if self.synthesize is not None:
+            params["synthesize"] = self.synthesize
+        return params
+
+
+class SyncCluster(BaseModel):
+    """In-process, one item after another: for debugging (pdb works)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sync"]
+
+
+class LocalClusterConfig(BaseModel):
+    """dask.distributed LocalCluster on this machine (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["local"]
+    n_workers: int | None = Field(None, ge=1, description="default: one per core")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'")
+    dashboard_address: str | None = Field(":0", description="':0' picks a free port; null disables")
+
+
+class AddressCluster(BaseModel):
+    """An already running Dask scheduler."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["address"]
+    address: str
+
+
+class JobqueueCluster(BaseModel):
+    """A batch system through dask-jobqueue (install the 'hpc' extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["slurm", "pbs", "sge", "lsf"]
+    cores: int = Field(..., ge=1)
+    memory: str
+    processes: int = Field(1, ge=1)
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    job_extra_directives: list[str] = Field(default_factory=list)
+    local_directory: str | None = None
+    log_directory: str | None = None
+    jobs: int | None = Field(None, ge=1, description="fixed number of jobs; or adapt between minimum and maximum")
+    minimum: int = Field(0, ge=0)
+    maximum: int = Field(4, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict, description="further dask-jobqueue keyword arguments")
+
+
+ClusterConfig = Annotated[Union[SyncCluster, LocalClusterConfig, AddressCluster, JobqueueCluster], Field(discriminator="type")]
+
+
+class ClusterFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cluster: ClusterConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file that does not validate; the message names the file and fields."""
+
+
+def _format(path: Path | str, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(source, exc)) from None
+
+
+def parse_cluster(data: dict, source: str = "<cluster>") -> ClusterConfig:
+    if "cluster" not in data:
+        data = {"cluster": data}
+    try:
+        return ClusterFile.model_validate(data).cluster
+    except ValidationError as exc:
+        raise ConfigError(_format(source, exc)) from None
+
+
+def load_pipeline(path: Path | str) -> PipelineConfig:
+    return parse_pipeline(_read_yaml(Path(path)), str(path))
+
+
+def load_cluster(path: Path | str) -> ClusterConfig:
+    return parse_cluster(_read_yaml(Path(path)), str(path))
+
+
+def dump(model: BaseModel) -> dict:
+    return model.model_dump(mode="json")

@@ -1,0 +1,220 @@
+"""The DAG runner: plan each stage against the ledger, schedule only what is not done, report."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
+
+from stages import STAGES, Done, Stage, StageContext, WorkItem
+
+from .config import PipelineConfig
+from .execute import execute_item
+from .ledger import Ledger
+
+LOCK_NAME = ".mirpipe.lock"
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another mirpipe run holds the workdir."""
+
+
+def stage_order(config: PipelineConfig) -> list[str]:
+    """The DAG in run order (synthesize only when the config asks for the demo corpus)."""
+    names = ["synthesize"] if config.synthesize is not None else []
+    return names + ["ingest", "augment", "features"]
+
+
+def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext) -> str:
+    blob = json.dumps(
+        {
+            "stage": stage.name,
+            "version": stage.version,
+            "params": stage.fingerprint_params(ctx),
+            "item": item.id,
+            "identity": item.identity,
+            "upstream": list(item.upstream),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    todo: list[tuple[WorkItem, str]] = field(default_factory=list)
+    done: dict[str, Done] = field(default_factory=dict)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # known failures, not retried
+    total: int = 0
+
+
+@dataclass
+class StageReport:
+    stage: str
+    total: int = 0
+    scheduled: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = [
+            {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")} for f in self.failures
+        ]
+        return d
+
+
+@contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Exclusive lock on a workdir: a second concurrent run is refused, not interleaved."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fh = open(workdir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise WorkdirBusyError(f"{workdir} is in use by another mirpipe run; wait for it to finish") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+class Runner:
+    def __init__(self, workdir: Path, config: PipelineConfig, log: Callable[[str], None] = print, progress: bool = True):
+        self.workdir = Path(workdir)
+        self.config = config
+        self.ledger = Ledger(self.workdir)
+        self.ctx = StageContext(self.workdir, config.stage_params())
+        self.log = log
+        self.progress = progress
+        self._done_cache: dict[str, dict[str, Done]] = {}
+
+    # -- planning ------------------------------------------------------------
+    def plan(self, name: str, force: bool = False, retry_failed: bool = False) -> StagePlan:
+        stage = STAGES[name]
+        upstream = {need: self.done_items(need) for need in stage.needs}
+        items = stage.items(self.ctx, upstream)
+        markers = {} if force else self.ledger.done(name)
+        failures = self.ledger.failures(name)
+        plan = StagePlan(name, total=len(items))
+        for item in items:
+            fp = fingerprint(stage, item, self.ctx)
+            marker = markers.get(item.id)
+            if marker and marker["fingerprint"] == fp and stage.outputs_valid(item, self.ctx, marker["record"]):
+                plan.done[item.id] = Done(fp, marker["record"])
+                continue
+            failure = failures.get(item.id)
+            if failure and failure["fingerprint"] == fp and not retry_failed:
+                plan.failed[item.id] = failure
+                continue
+            plan.todo.append((item, fp))
+        return plan
+
+    def done_items(self, name: str) -> dict[str, Done]:
+        """Done items of a stage that has been run (or planned) in this runner."""
+        if name not in self._done_cache:
+            self._done_cache[name] = self.plan(name).done
+        return self._done_cache[name]
+
+    # -- running -------------------------------------------------------------
+    def run_stage(self, name: str, executor, force: bool = False, retry_failed: bool = False) -> StageReport:
+        t0 = time.perf_counter()
+        stage = STAGES[name]
+        plan = self.plan(name, force=force, retry_failed=retry_failed)
+        report = StageReport(name, total=plan.total, scheduled=len(plan.todo), skipped=len(plan.done))
+        report.failures = list(plan.failed.values())
+        done = dict(plan.done)
+        if plan.todo:
+            rp = self.config.run
+            calls = [
+                (f"{name}-{item.id}-{fp[:8]}", (name, item, fp, self.ctx, rp.retries, rp.retry_backoff))
+                for item, fp in plan.todo
+            ]
+            by_key = {key: (item, fp) for key, (item, fp) in zip((c[0] for c in calls), plan.todo)}
+            bar = tqdm(total=len(calls), desc=f"{name:>10}", unit="item", disable=not self.progress, dynamic_ncols=True)
+            for key, result in executor.run(execute_item, calls):
+                item, fp = by_key[key]
+                if isinstance(result, BaseException):  # the task itself was lost (worker died)
+                    failure = self.ledger.mark_failed(name, item.id, fp, result, attempts=1).as_dict()
+                    result = {"status": "failed", "failure": failure}
+                if result["status"] == "done":
+                    report.done += 1
+                    done[item.id] = Done(fp, result["record"])
+                else:
+                    report.failures.append(result["failure"])
+                    self._log_failure(name, result["failure"])
+                bar.update(1)
+                bar.set_postfix(failed=len(report.failures), refresh=False)
+            bar.close()
+        report.failed = len(report.failures)
+        stage.finalize(self.ctx, done)
+        self._done_cache[name] = done
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report
+
+    def _log_failure(self, stage: str, failure: dict[str, Any]) -> None:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
+        with open(logs / "failures.log", "a") as fh:
+            fh.write(line.replace("\n", " ") + "\n")
+
+    def run(
+        self,
+        executor,
+        until: str | None = None,
+        only: str | None = None,
+        force: tuple[str, ...] = (),
+        retry_failed: bool = False,
+    ) -> list[StageReport]:
+        order = stage_order(self.config)
+        for name in [until, only, *force]:
+            if name is not None and name not in order:
+                raise ValueError(f"unknown stage {name!r}; stages are {order}")
+        if only:
+            selected = [only]
+        elif until:
+            selected = order[: order.index(until) + 1]
+        else:
+            selected = order
+        return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per stage: items done / pending / failed, and each failure."""
+        out = []
+        for name in stage_order(self.config):
+            plan = self.plan(name)
+            self._done_cache[name] = plan.done
+            out.append(
+                {
+                    "stage": name,
+                    "total": plan.total,
+                    "done": len(plan.done),
+                    "pending": len(plan.todo),
+                    "failed": len(plan.failed),
+                    "failures": [
+                        {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
+                        for f in plan.failed.values()
+                    ],
+                }
+            )
+        return out

@@ -1,0 +1,53 @@
+"""A workdir records the configuration it was run with, so ``mirpipe run --workdir DIR`` resumes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from storage.atomic import write_bytes
+
+from .config import ClusterConfig, ConfigError, PipelineConfig, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
+
+RECORD = "mirpipe.yaml"
+DEFAULT_PIPELINE = Path("pipeline.yaml")
+DEFAULT_CLUSTER = Path("cluster.yaml")
+
+
+def recorded(workdir: Path) -> dict | None:
+    path = Path(workdir) / RECORD
+    if not path.exists():
+        return None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or "pipeline" not in data:
+        raise ConfigError(f"{path}: not a mirpipe workdir record")
+    return data
+
+
+def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[PipelineConfig, ClusterConfig]:
+    """Explicit files win; then what the workdir recorded; then ./pipeline.yaml, ./cluster.yaml; then defaults."""
+    record = recorded(workdir)
+    if config is not None:
+        pipeline = load_pipeline(config)
+    elif record is not None:
+        pipeline = parse_pipeline(record["pipeline"], str(Path(workdir) / RECORD))
+    elif DEFAULT_PIPELINE.exists():
+        pipeline = load_pipeline(DEFAULT_PIPELINE)
+    else:
+        pipeline = PipelineConfig()
+    if cluster is not None:
+        cluster_cfg = load_cluster(cluster)
+    elif record is not None and "cluster" in record:
+        cluster_cfg = parse_cluster(record["cluster"], str(Path(workdir) / RECORD))
+    elif DEFAULT_CLUSTER.exists():
+        cluster_cfg = load_cluster(DEFAULT_CLUSTER)
+    else:
+        cluster_cfg = parse_cluster({"type": "local"})
+    return pipeline, cluster_cfg
+
+
+def record(workdir: Path, pipeline: PipelineConfig, cluster: ClusterConfig) -> None:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"pipeline": dump(pipeline), "cluster": dump(cluster)}, sort_keys=False)
+    write_bytes(Path(workdir) / RECORD, text.encode())

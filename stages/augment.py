@@ -1,0 +1,90 @@
+"""augment: per track, one deformed JAMS per pitch shift (the recipe); audio only when asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import soundfile as sf
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storage.atomic import temp_path
+
+from .audio_io import load_mono
+from .base import Done, Stage, StageContext, WorkItem
+from .deform import deform, variant_name
+from .ingest import read_manifest
+from .pitch_shift import BACKENDS
+
+AUGMENT_DIR = "augment"
+
+
+class AugmentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="false: only the unshifted variant (to see what augmentation buys)")
+    shifts: list[int] = Field(default_factory=lambda: list(range(-6, 7)), description="semitones; 0 is the original")
+    backend: str = Field("librosa", description=f"pitch-shift backend: one of {BACKENDS}")
+    keep_audio: bool = Field(False, description="also write shifted audio (FLAC); the features stage never needs it")
+
+    @field_validator("shifts")
+    @classmethod
+    def _shifts(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v) or any(abs(s) > 12 for s in v):
+            raise ValueError(f"shifts must be distinct integers within -12..12, got {v}")
+        return sorted(v)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown pitch-shift backend {v!r}; choose one of {BACKENDS}")
+        return v
+
+    def active_shifts(self) -> list[int]:
+        return self.shifts if self.enabled else [0]
+
+
+def variant_jams_path(workdir: Path, track: str, variant: str) -> Path:
+    return workdir / AUGMENT_DIR / track / f"{variant}.jamz"
+
+
+class Augment(Stage):
+    name = "augment"
+    needs = ("ingest",)
+    version = "1"
+
+    def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
+        p: AugmentParams = ctx.params["augment"]
+        return {"shifts": p.active_shifts(), "backend": p.backend, "keep_audio": p.keep_audio}
+
+    def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
+        manifest = read_manifest(ctx)
+        return [
+            WorkItem(t, payload={"track": t, "audio": manifest[t]["audio"], "jams": manifest[t]["jams"]}, upstream=(d.fingerprint,))
+            for t, d in sorted(upstream["ingest"].items())
+            if t in manifest
+        ]
+
+    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        import jams
+
+        p: AugmentParams = ctx.params["augment"]
+        jam = jams.load(item.payload["jams"], validate=False)
+        audio = load_mono(item.payload["audio"]) if p.keep_audio else None
+        variants = []
+        for n, out, y in deform(jam, p.active_shifts(), p.backend, audio):
+            variant = variant_name(n)
+            path = variant_jams_path(ctx.workdir, item.id, variant)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_path(path)
+            out.save(str(tmp), strict=True, fmt="jamz")  # validates against the schema first
+            tmp.replace(path)
+            if y is not None:
+                tmp = temp_path(path.with_suffix(".flac"))
+                sf.write(tmp, y, audio[1], format="FLAC", subtype="PCM_24")
+                tmp.replace(path.with_suffix(".flac"))
+            variants.append({"variant": variant, "semitones": n})
+        return {"track": item.id, "variants": variants}
+
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+        return all(variant_jams_path(ctx.workdir, item.id, v["variant"]).exists() for v in record["variants"])

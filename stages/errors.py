@@ -1,0 +1,66 @@
+"""Classified errors. An ``InputError`` is the input's fault: it is recorded, never retried."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """A bad input file; ``path`` names it and ``reason`` says what is wrong."""
+
+    kind = "input"
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (type(self), (self.path, self.reason))
+
+
+class AudioDecodeError(InputError):
+    """The audio cannot be opened or decoded."""
+
+
+class UnreadableFileError(InputError):
+    """The file exists but cannot be read (permissions, I/O error)."""
+
+
+class EmptyAudioError(InputError):
+    """The audio holds no samples."""
+
+
+class NonFiniteAudioError(InputError):
+    """The audio contains NaN or infinite samples."""
+
+
+class LengthMismatchError(InputError):
+    """The decoded length disagrees with the header (truncated file)."""
+
+
+class AnnotationSchemaError(InputError):
+    """The JAMS does not load or does not validate against its schema."""
+
+
+class AnnotationRangeError(InputError):
+    """An annotation runs past the end of the audio."""
+
+
+class MissingAnnotationError(InputError):
+    """Audio without a JAMS beside it."""
+
+
+class MissingAudioError(InputError):
+    """A JAMS without audio beside it."""
+
+
+class DuplicateTrackError(InputError):
+    """Two inputs map to the same track id."""
+
+
+class UnsupportedFormatError(InputError):
+    """A container no decoder here understands."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors worth no retry: the same input fails the same way."""
+    return isinstance(exc, InputError)

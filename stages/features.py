@@ -1,0 +1,158 @@
+"""features: replay a track-variant's deformation on its audio in memory, compute the
+log-magnitude CQT, encode every task's targets on its frame grid, write one store entry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models import chord, instrument, pitch
+from storage import BACKENDS, open_store
+
+from .audio_io import load_mono
+from .augment import variant_jams_path
+from .base import Done, Stage, StageContext, WorkItem
+from .deform import replay_shift
+from .ingest import read_manifest
+from .pitch_shift import pitch_shift
+
+TARGET_ENCODERS = (chord.encode, pitch.encode, instrument.encode)
+
+
+class FeaturesParams(BaseModel):
+    """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: str = Field("zarr", description=f"store backend: one of {BACKENDS}")
+    store_path: Path | None = Field(None, description="default <workdir>/features")
+    sr: int = Field(22050, ge=8000)
+    hop_length: int = Field(2048, ge=32)
+    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1")
+    n_bins: int = Field(216, ge=12)
+    bins_per_octave: int = Field(36, ge=12)
+    amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown store backend {v!r}; choose one of {BACKENDS}")
+        return v
+
+
+def store_root(ctx: StageContext) -> Path:
+    p: FeaturesParams = ctx.params["features"]
+    return Path(p.store_path) if p.store_path is not None else ctx.path("features")
+
+
+def log_cqt(y: np.ndarray, p: FeaturesParams) -> np.ndarray:
+    """(T, F) log-magnitude CQT in dB (absolute reference, so levels compare across tracks)."""
+    import librosa
+
+    C = np.abs(librosa.cqt(y, sr=p.sr, hop_length=p.hop_length, fmin=p.fmin, n_bins=p.n_bins, bins_per_octave=p.bins_per_octave))
+    return librosa.amplitude_to_db(C, ref=1.0, amin=p.amin, top_db=None).T.astype(np.float16)
+
+
+def compute_entry(audio_path: str, jams_path: Path, p: FeaturesParams) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Arrays, attributes and timings of one store entry."""
+    import jams
+    import librosa
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    jam = jams.load(str(jams_path), validate=False)
+    semitones, backend = replay_shift(jam)
+    y, _ = load_mono(audio_path, sr=p.sr)
+    t1 = time.perf_counter()
+    y = pitch_shift(y, p.sr, semitones, backend)
+    t2 = time.perf_counter()
+    cqt = log_cqt(y, p)
+    t3 = time.perf_counter()
+    frame_times = librosa.frames_to_time(np.arange(cqt.shape[0]), sr=p.sr, hop_length=p.hop_length)
+    arrays: dict[str, np.ndarray] = {"cqt": cqt}
+    for encode in TARGET_ENCODERS:
+        arrays.update({f"targets/{k}": v for k, v in encode(jam, frame_times).items()})
+    t4 = time.perf_counter()
+    timings.update(load=t1 - t0, pitch_shift=t2 - t1, cqt=t3 - t2, targets=t4 - t3, audio_seconds=len(y) / p.sr)
+    attrs = {
+        "sr": p.sr,
+        "hop_length": p.hop_length,
+        "fmin": p.fmin,
+        "bins_per_octave": p.bins_per_octave,
+        "n_bins": p.n_bins,
+        "frame_rate": p.sr / p.hop_length,
+        "semitones": semitones,
+        "pitch_shift_backend": backend,
+        "versions": {"librosa": librosa.__version__, "jams": jams.__version__},
+    }
+    return arrays, attrs, timings
+
+
+class Features(Stage):
+    name = "features"
+    needs = ("augment",)
+    version = "1"
+
+    def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
+        manifest = read_manifest(ctx)
+        items = []
+        for track, done in sorted(upstream["augment"].items()):
+            if track not in manifest:
+                continue
+            for v in done.record["variants"]:
+                items.append(
+                    WorkItem(
+                        f"{track}/{v['variant']}",
+                        payload={"track": track, "variant": v["variant"], "audio": manifest[track]["audio"]},
+                        upstream=(done.fingerprint,),
+                    )
+                )
+        return items
+
+    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        p: FeaturesParams = ctx.params["features"]
+        track, variant = item.payload["track"], item.payload["variant"]
+        arrays, attrs, timings = compute_entry(item.payload["audio"], variant_jams_path(ctx.workdir, track, variant), p)
+        attrs.update(track=track, variant=variant, fingerprint=item.payload.get("fingerprint"))
+        t0 = time.perf_counter()
+        open_store(p.store, store_root(ctx)).write_entry(track, variant, arrays, attrs)
+        timings["write"] = time.perf_counter() - t0
+        return {
+            "track": track,
+            "variant": variant,
+            "semitones": attrs["semitones"],
+            "n_frames": int(arrays["cqt"].shape[0]),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "timings": timings,
+        }
+
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+        p: FeaturesParams = ctx.params["features"]
+        return open_store(p.store, store_root(ctx)).has_entry(item.payload["track"], item.payload["variant"])
+
+    def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
+        p: FeaturesParams = ctx.params["features"]
+        store = open_store(p.store, store_root(ctx))
+        manifest = read_manifest(ctx)
+        rows = []
+        for item_id, d in sorted(done.items()):
+            r = d.record
+            if r["track"] not in manifest:
+                continue
+            rows.append(
+                {
+                    "track": r["track"],
+                    "variant": r["variant"],
+                    "semitones": r["semitones"],
+                    "split": manifest[r["track"]]["split"],
+                    "n_frames": r["n_frames"],
+                    "arrays": r["arrays"],
+                    "path": str(store.entry_path(r["track"], r["variant"]).relative_to(store.root)),
+                }
+            )
+        store.write_index(rows)
+        store.remove_leftovers()

@@ -1,0 +1,1 @@
+"""The demo corpus synthesizer: scores, timbres, rendering and exact annotations."""

@@ -1,0 +1,63 @@
+"""Atomic file and directory replacement: write beside the target, then rename into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+
+
+def temp_path(final: Path) -> Path:
+    """A unique temporary sibling of ``final`` (same filesystem, so rename is atomic)."""
+    return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{final.name}")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move directory ``tmp`` to ``final``, replacing any previous ``final``.
+
+    A reader sees either the old or the new directory, never a mix. A previous
+    directory is renamed aside first, then removed.
+    """
+    try:
+        os.rename(tmp, final)
+        return
+    except OSError:
+        if not final.exists():
+            raise
+    trash = final.with_name(f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}-{final.name}")
+    os.rename(final, trash)
+    os.rename(tmp, final)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def remove_leftovers(root: Path) -> int:
+    """Delete temporary and trash files left under ``root`` by killed writers; returns how many."""
+    n = 0
+    if not root.exists():
+        return 0
+    for p in list(root.rglob(f"{TMP_PREFIX}*")) + list(root.rglob(f"{TRASH_PREFIX}*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n

@@ -1,0 +1,98 @@
+"""Store interface: one entry per (track, variant), time-major arrays, JSON attributes.
+
+Workers write entries (each atomically, into its own path); only the driver
+writes the index. Array names may be nested with ``/`` (``targets/chord_root``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .atomic import remove_leftovers, write_json
+
+INDEX_NAME = "index.json"
+
+
+@dataclass
+class Entry:
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+
+def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip attributes through JSON so both backends store and return the same values."""
+    return json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+class FeatureStore(ABC):
+    backend: str
+    suffix: str
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def entry_path(self, track: str, variant: str) -> Path:
+        return self.root / track / f"{variant}{self.suffix}"
+
+    def has_entry(self, track: str, variant: str) -> bool:
+        return self.entry_path(track, variant).exists()
+
+    def write_entry(self, track: str, variant: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+        """Write one entry atomically; a concurrent or repeated write of the same entry is harmless."""
+        final = self.entry_path(track, variant)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._write(final, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, _jsonable(attrs))
+        return final
+
+    def read_entry(self, track: str, variant: str, names: Iterable[str] | None = None) -> Entry:
+        return self.read_slab(track, variant, names, 0, None)
+
+    @abstractmethod
+    def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def read_slab(
+        self, track: str, variant: str, names: Iterable[str] | None, start: int, stop: int | None
+    ) -> Entry:
+        """Frames [start, stop) of the named arrays (all arrays when ``names`` is None)."""
+
+    @abstractmethod
+    def read_attrs(self, track: str, variant: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def is_valid(self, track: str, variant: str) -> bool:
+        """True when the entry opens and holds its arrays (a killed writer leaves it invalid)."""
+
+    # -- index (driver only) -------------------------------------------------
+    def write_index(self, rows: list[dict[str, Any]]) -> None:
+        write_json(self.root / INDEX_NAME, {"backend": self.backend, "entries": rows})
+
+    def read_index(self) -> list[dict[str, Any]]:
+        path = self.root / INDEX_NAME
+        if not path.exists():
+            return []
+        return json.loads(path.read_text())["entries"]
+
+    def remove_leftovers(self) -> int:
+        return remove_leftovers(self.root)
+
+
+BACKENDS = ("zarr", "hdf5")
+
+
+def open_store(backend: str, root: Path | str) -> FeatureStore:
+    if backend == "zarr":
+        from .zarr_store import ZarrStore
+
+        return ZarrStore(root)
+    if backend == "hdf5":
+        from .hdf5_store import HDF5Store
+
+        return HDF5Store(root)
+    raise ValueError(f"unknown store backend {backend!r}; choose one of {BACKENDS}")

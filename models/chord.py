@@ -73,7 +73,7 @@ def encode_label(label: str) -> tuple[int, np.ndarray, int, int]:
     ``IGNORE`` everywhere for X. Raises ``mir_eval.chord.InvalidChordException``
     for labels mir_eval cannot parse.
     """
-    root, bitmap, bass = mir_eval.chord.encode(label, reduce_extended_chords=False)
+    root, bitmap, bass = mir_eval.chord.encode(label, reduce_extended_chords=True)
     if label == "X" or (root < 0 and np.all(bitmap < 0)):
         return IGNORE, np.full(12, IGNORE, dtype=np.int8), IGNORE, TAG_X
     if root < 0:
@@ -82,7 +82,7 @@ def encode_label(label: str) -> tuple[int, np.ndarray, int, int]:
     bass_abs = (root + bass) % 12
     pitches[bass_abs] = 1  # the bass sounds even when it is not a chord tone (C:maj/b7)
     # The class ignores the inversion: match the quality of the label without its bass.
-    _, quality_bitmap, _ = mir_eval.chord.encode(label.split("/")[0], reduce_extended_chords=False)
+    _, quality_bitmap, _ = mir_eval.chord.encode(label.split("/")[0], reduce_extended_chords=True)
     match = np.flatnonzero((_QUALITY_BITMAPS == quality_bitmap).all(axis=1))
     tag = int(root * len(QUALITIES) + match[0]) if match.size else TAG_X
     return int(root), pitches, int(bass_abs), tag

@@ -34,7 +34,9 @@ class HDF5Store(FeatureStore):
             with h5py.File(tmp, "w", track_order=True) as f:
                 for name, data in arrays.items():
                     chunks = (min(1024, max(1, data.shape[0])),) + data.shape[1:] if data.ndim and data.size else None
-                    f.create_dataset(name, data=data, chunks=chunks, track_times=False)
+                    # gzip level 1: portable to every HDF5 reader, cheap to decode
+                    f.create_dataset(name, data=data, chunks=chunks, track_times=False,
+                                     compression="gzip" if chunks else None, compression_opts=1 if chunks else None, shuffle=bool(chunks))
                 f.attrs[ATTRS_KEY] = json.dumps(attrs, sort_keys=True)
             os.replace(tmp, final)
         finally:

@@ -32,7 +32,8 @@ class ZarrStore(FeatureStore):
             group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
             for name, data in arrays.items():
                 chunks = (min(CHUNK_FRAMES, max(1, data.shape[0])),) + data.shape[1:] if data.ndim else ()
-                group.create_array(name, data=data, chunks=chunks)
+                # every chunk on disk, fill-valued or not, so a missing one marks a broken entry
+                group.create_array(name, data=data, chunks=chunks, config={"write_empty_chunks": True})
             group.attrs.update(attrs)
             replace_dir(tmp, final)
         finally:
@@ -53,8 +54,7 @@ class ZarrStore(FeatureStore):
     def is_valid(self, track: str, variant: str) -> bool:
         try:
             group = self._open(track, variant)
-            for name in _array_names(group):
-                group[name][-1:]  # touches the last chunk: a partial entry lacks it
-            return bool(_array_names(group))
+            names = _array_names(group)
+            return bool(names) and all(group[n].nchunks_initialized == group[n].nchunks for n in names)
         except Exception:
             return False

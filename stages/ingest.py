@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections import defaultdict
@@ -190,8 +191,6 @@ class Ingest(Stage):
 
 
 def read_manifest(ctx: StageContext) -> dict[str, dict[str, Any]]:
-    import json
-
     path = ctx.path(MANIFEST)
     if not path.exists():
         return {}

@@ -17,6 +17,12 @@ import numpy as np
 from .atomic import remove_leftovers, write_json
 
 INDEX_NAME = "index.json"
+CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a patch one or two
+
+
+def time_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape of a time-major array: ``CHUNK_FRAMES`` frames by everything else."""
+    return (min(CHUNK_FRAMES, max(1, shape[0])),) + tuple(shape[1:]) if shape else ()
 
 
 @dataclass

@@ -11,7 +11,10 @@ import h5py
 import numpy as np
 
 from .atomic import temp_path
-from .base import Entry, FeatureStore
+from .base import Entry, FeatureStore, time_chunks
+
+# gzip level 1 with shuffle: portable to every HDF5 reader, cheap to decode
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 ATTRS_KEY = "json"  # all attributes as one JSON string: exact round trip of nested values
 
@@ -27,32 +30,25 @@ class HDF5Store(FeatureStore):
     suffix = ".h5"
 
     def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-
-
         tmp = temp_path(final)
         try:
             with h5py.File(tmp, "w", track_order=True) as f:
                 for name, data in arrays.items():
-                    chunks = (min(1024, max(1, data.shape[0])),) + data.shape[1:] if data.ndim and data.size else None
-                    # gzip level 1: portable to every HDF5 reader, cheap to decode
-                    f.create_dataset(name, data=data, chunks=chunks, track_times=False,
-                                     compression="gzip" if chunks else None, compression_opts=1 if chunks else None, shuffle=bool(chunks))
+                    # HDF5 cannot chunk scalar or empty datasets
+                    filters = {"chunks": time_chunks(data.shape), **COMPRESSION} if data.ndim and data.size else {}
+                    f.create_dataset(name, data=data, track_times=False, **filters)
                 f.attrs[ATTRS_KEY] = json.dumps(attrs, sort_keys=True)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
 
     def read_slab(self, track, variant, names: Iterable[str] | None, start: int, stop: int | None) -> Entry:
-
-
         with h5py.File(self.entry_path(track, variant), "r") as f:
             names = list(names) if names is not None else _array_names(f)
             arrays = {n: f[n][start:stop] for n in names}
             return Entry(arrays, json.loads(f.attrs[ATTRS_KEY]))
 
     def read_attrs(self, track: str, variant: str) -> dict[str, Any]:
-
-
         with h5py.File(self.entry_path(track, variant), "r") as f:
             return json.loads(f.attrs[ATTRS_KEY])
 

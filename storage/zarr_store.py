@@ -10,9 +10,7 @@ import numpy as np
 import zarr
 
 from .atomic import replace_dir, temp_path
-from .base import Entry, FeatureStore
-
-CHUNK_FRAMES = 1024
+from .base import Entry, FeatureStore, time_chunks
 
 
 def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
@@ -31,9 +29,8 @@ class ZarrStore(FeatureStore):
         try:
             group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
             for name, data in arrays.items():
-                chunks = (min(CHUNK_FRAMES, max(1, data.shape[0])),) + data.shape[1:] if data.ndim else ()
                 # every chunk on disk, fill-valued or not, so a missing one marks a broken entry
-                group.create_array(name, data=data, chunks=chunks, config={"write_empty_chunks": True})
+                group.create_array(name, data=data, chunks=time_chunks(data.shape), config={"write_empty_chunks": True})
             group.attrs.update(attrs)
             replace_dir(tmp, final)
         finally:

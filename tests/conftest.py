@@ -31,11 +31,6 @@ def sync_cluster():
     return parse_cluster({"type": "sync"})
 
 
-@pytest.fixture
-def local_cluster():
-    return parse_cluster({"type": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "3GiB"})
-
-
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

@@ -143,3 +143,106 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     bass = np.array([c[2] for c in codes], np.int16)[idx]
     tag = np.array([c[3] for c in codes], np.int16)[idx]
     return {"chord_root": root, "chord_bass": bass, "chord_pitches": pitches, "chord_tag": tag}
+
+
+# -- decoding ------------------------------------------------------------------
+
+def self_transition(tag_sequences, n_classes: int = N_TAGS, prior_weight: float = 10.0) -> np.ndarray:
+    """Per-class probability of staying in a class from one frame to the next.
+
+    Estimated from training label sequences (``IGNORE`` frames break a run); each
+    class is shrunk toward the global rate with ``prior_weight`` pseudo-counts,
+    so rare classes still get a sensible value.
+    """
+    stay = np.zeros(n_classes)
+    total = np.zeros(n_classes)
+    for tags in tag_sequences:
+        tags = np.asarray(tags, dtype=np.int64)
+        a, b = tags[:-1], tags[1:]
+        ok = (a >= 0) & (b >= 0)
+        np.add.at(total, a[ok], 1)
+        np.add.at(stay, a[ok], (a[ok] == b[ok]).astype(float))
+    if total.sum() == 0:
+        raise ValueError("no labelled frames to estimate the self-transition prior from")
+    overall = stay.sum() / total.sum()
+    denom = total + prior_weight
+    p = np.where(denom > 0, (stay + prior_weight * overall) / np.maximum(denom, 1e-12), overall)
+    return np.clip(p, 1e-3, 1 - 1e-3)
+
+
+def viterbi_tags(posteriors: np.ndarray, p_self: np.ndarray) -> np.ndarray:
+    """Most likely tag sequence from (T, 170) frame posteriors under a self-loop prior."""
+    import librosa
+
+    prob = np.asarray(posteriors, dtype=np.float64).T
+    prob = prob / np.maximum(prob.sum(axis=0, keepdims=True), 1e-12)
+    transition = librosa.sequence.transition_loop(prob.shape[0], p_self)
+    return librosa.sequence.viterbi_discriminative(prob, transition)
+
+
+def tags_to_annotation(tags: np.ndarray, frame_times: np.ndarray, duration: float):
+    """A JAMS ``chord`` annotation of frame tags: one observation per run of equal tags."""
+    import jams
+
+    ann = jams.Annotation(namespace="chord", duration=duration)
+    tags = np.asarray(tags)
+    if len(tags) == 0:
+        return ann
+    bounds = np.flatnonzero(np.diff(tags)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(tags)]])
+    times = np.append(np.asarray(frame_times, float), duration)
+    for s, e in zip(starts, ends):
+        t0 = float(times[s])
+        t1 = float(min(times[e], duration)) if e < len(tags) else float(duration)
+        if t1 > t0:
+            ann.append(time=t0, duration=t1 - t0, value=tag_to_label(int(tags[s])), confidence=None)
+    return ann
+
+
+def decode(posteriors: np.ndarray, frame_times: np.ndarray, duration: float, p_self: np.ndarray | None):
+    """Tag posteriors -> JAMS chord annotation (Viterbi when a prior is given, else argmax)."""
+    tags = viterbi_tags(posteriors, p_self) if p_self is not None else np.argmax(posteriors, axis=1)
+    return tags_to_annotation(tags, frame_times, duration)
+
+
+# -- scoring -------------------------------------------------------------------
+
+COMPARISONS = (
+    "root", "majmin", "majmin_inv", "mirex", "thirds", "thirds_inv",
+    "triads", "triads_inv", "sevenths", "sevenths_inv", "tetrads", "tetrads_inv",
+)
+SEGMENTATION = ("seg", "overseg", "underseg")
+METRICS = COMPARISONS + SEGMENTATION
+
+
+def score(ref, est) -> dict[str, dict[str, float]]:
+    """mir_eval.chord scores of one track, with the durations behind each.
+
+    For every comparison: ``correct`` and ``valid`` seconds (frames mir_eval
+    counts for that comparison) so totals over tracks can be duration-weighted
+    exactly; ``score = correct / valid`` is what ``mir_eval.chord.evaluate`` gives.
+    Segmentation scores are weighted by the reference duration.
+    """
+    import mir_eval
+
+    ref_int, ref_lab = ref.to_interval_values()
+    est_int, est_lab = est.to_interval_values()
+    ref_int, ref_lab = np.asarray(ref_int), list(ref_lab)
+    est_int, est_lab = mir_eval.util.adjust_intervals(
+        np.asarray(est_int), list(est_lab), ref_int.min(), ref_int.max(),
+        mir_eval.chord.NO_CHORD, mir_eval.chord.NO_CHORD,
+    )
+    intervals, ref_l, est_l = mir_eval.util.merge_labeled_intervals(ref_int, ref_lab, est_int, est_lab)
+    durations = mir_eval.util.intervals_to_durations(intervals)
+    out: dict[str, dict[str, float]] = {}
+    for name in COMPARISONS:
+        comp = np.asarray(getattr(mir_eval.chord, name)(ref_l, est_l), dtype=float)
+        valid = comp >= 0
+        correct, total = float(np.sum(durations[valid] * comp[valid])), float(np.sum(durations[valid]))
+        out[name] = {"score": correct / total if total > 0 else float("nan"), "correct": correct, "valid": total}
+    ref_span = float(ref_int.max() - ref_int.min())
+    for name in SEGMENTATION:
+        value = float(getattr(mir_eval.chord, name)(ref_int, est_int))
+        out[name] = {"score": value, "correct": value * ref_span, "valid": ref_span}
+    return out

@@ -32,6 +32,27 @@ def _table(reports, json_mode: bool) -> None:
             _echo(f"  FAILED {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
 
 
+SCORE_COLUMNS = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
+
+
+def _scores(workdir: Path, pipeline: PipelineConfig) -> dict[str, dict]:
+    """The evaluate stage's duration-weighted totals per task, where they exist."""
+    out = {}
+    for task in pipeline.evaluate.tasks:
+        path = workdir / "reports" / task / "scores.json"
+        if path.exists():
+            out[task] = json.loads(path.read_text())
+    return out
+
+
+def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> None:
+    for task, s in scores.items():
+        _echo(f"\n{task} scores (mir_eval, duration-weighted over {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
+        _echo("  " + " ".join(f"{c:>8}" for c in SCORE_COLUMNS), json_mode)
+        _echo("  " + " ".join(f"{s[c]:>8.3f}" if s.get(c) is not None else f"{'-':>8}" for c in SCORE_COLUMNS), json_mode)
+        _echo(f"  per track: {workdir / 'reports' / task / 'scores.csv'}; figures: {workdir / 'reports' / task / 'figures'}", json_mode)
+
+
 def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, **run_kwargs) -> int:
     from .cluster import open_executor
 
@@ -48,9 +69,11 @@ def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, 
                 _echo(f"mirpipe: Dask dashboard {executor.dashboard_link}", json_mode)
             reports = runner.run(executor, **run_kwargs)
     _table(reports, json_mode)
+    scores = _scores(workdir, pipeline) if any(r.stage == "evaluate" for r in reports) else {}
+    _score_table(scores, workdir, json_mode)
     _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}}))
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "scores": scores}))
     return 0
 
 
@@ -72,7 +95,8 @@ def _guard(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """mirpipe: augment audio with its JAMS annotations, compute CQT features into a
-    chunked store, on a Dask cluster, resumably."""
+    chunked store, train from patches streamed out of it and score with mir_eval;
+    on a Dask cluster, resumably."""
 
 
 @main.command()
@@ -84,7 +108,7 @@ def main() -> None:
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard
 def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | None, cluster: Path | None, json_mode: bool) -> None:
-    """Synthesize the demo corpus, then run every stage on it."""
+    """Synthesize the demo corpus, then run every stage on it: features, training, evaluation (prints the scores)."""
     from stages import SynthesizeParams
 
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)

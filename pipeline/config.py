@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stages import AugmentParams, FeaturesParams, IngestParams, SynthesizeParams
+from stages import AugmentParams, EvaluateParams, FeaturesParams, IngestParams, SynthesizeParams, TrainParams
 
 
 class RunParams(BaseModel):
@@ -27,10 +27,15 @@ class PipelineConfig(BaseModel):
     ingest: IngestParams = Field(default_factory=IngestParams)
     augment: AugmentParams = Field(default_factory=AugmentParams)
     features: FeaturesParams = Field(default_factory=FeaturesParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     run: RunParams = Field(default_factory=RunParams)
 
     def stage_params(self) -> dict[str, BaseModel]:
-        params: dict[str, BaseModel] = {"ingest": self.ingest, "augment": self.augment, "features": self.features}
+        params: dict[str, BaseModel] = {
+            "ingest": self.ingest, "augment": self.augment, "features": self.features,
+            "train": self.train, "evaluate": self.evaluate,
+        }
         if self.synthesize is not None:
             params["synthesize"] = self.synthesize
         return params

@@ -30,7 +30,7 @@ class WorkdirBusyError(RuntimeError):
 def stage_order(config: PipelineConfig) -> list[str]:
     """The DAG in run order (synthesize only when the config asks for the demo corpus)."""
     names = ["synthesize"] if config.synthesize is not None else []
-    return names + ["ingest", "augment", "features"]
+    return names + ["ingest", "augment", "features", "train", "evaluate"]
 
 
 def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext) -> str:

@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
     cfg = small_config(tracks=3)
     cluster = parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "3GiB"})
     with open_executor(cluster) as ex:
-        reports = Runner(workdir, cfg, progress=False).run(ex)
+        reports = Runner(workdir, cfg, progress=False).run(ex, until="features")
     return workdir, cfg, cluster, reports
 
 
@@ -71,7 +71,7 @@ def test_store_index_and_entries(finished):
 def test_unchanged_rerun_schedules_nothing(finished):
     workdir, cfg, cluster, _ = finished
     with open_executor(cluster) as ex:
-        reports = Runner(workdir, cfg, progress=False).run(ex)
+        reports = Runner(workdir, cfg, progress=False).run(ex, until="features")
     assert [r.scheduled for r in reports] == [0, 0, 0, 0]
     assert all(r.skipped == r.total for r in reports)
 
@@ -80,7 +80,7 @@ def test_changed_features_parameter_reruns_features_only(finished, sync_cluster)
     workdir, cfg, _, _ = finished
     changed = cfg.model_copy(update={"features": cfg.features.model_copy(update={"amin": 1e-4})})
     with open_executor(sync_cluster) as ex:
-        reports = {r.stage: r for r in Runner(workdir, changed, progress=False).run(ex)}
+        reports = {r.stage: r for r in Runner(workdir, changed, progress=False).run(ex, until="features")}
     assert reports["synthesize"].scheduled == reports["ingest"].scheduled == reports["augment"].scheduled == 0
     assert reports["features"].scheduled == reports["features"].total == 3 * len(SMALL_SHIFTS)
 
@@ -88,7 +88,9 @@ def test_changed_features_parameter_reruns_features_only(finished, sync_cluster)
 def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     workdir = tmp_path / "cli"
     cfg_file = tmp_path / "pipeline.yaml"
-    cfg_file.write_text(yaml.safe_dump(small_config(tracks=2, shifts=[0, 1]).model_dump(mode="json")))
+    cfg = small_config(tracks=2, shifts=[0, 1])
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tasks": []})})  # training: its own test
+    cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text("cluster:\n  type: local\n  n_workers: 2\n")
     mirpipe = [sys.executable, "-m", "pipeline.cli"]
@@ -103,7 +105,7 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     second = subprocess.run(mirpipe + ["run", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     stages = json.loads(second.stdout)["stages"]
-    assert set(stages) == {"synthesize", "ingest", "augment", "features"}
+    assert set(stages) == {"synthesize", "ingest", "augment", "features", "train", "evaluate"}
     assert all(s["scheduled"] == 0 and s["skipped"] == s["total"] for s in stages.values())
     status = subprocess.run(mirpipe + ["status", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=120)
     rows = json.loads(status.stdout)["stages"]

@@ -1,0 +1,300 @@
+"""One trainer for every task: device, mixed precision, epochs of N steps, validation,
+early stopping, learning-rate schedule, atomic checkpoints and exact resume.
+
+A checkpoint holds the model, optimizer, scheduler, grad scaler, every RNG state
+and the stream position (epoch, step within it). Batches are a pure function of
+(seed, epoch, index), so resuming re-creates the epoch's stream and skips what
+was consumed: on CPU with deterministic settings, k steps + resume to 2k equals
+2k steps in one go.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from .tasks import TaskSpec
+
+Batches = Iterable[dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    steps_per_epoch: int = 100
+    max_epochs: int = 20
+    patience: int = 5  # epochs without a better validation metric before stopping
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    lr_factor: float = 0.5  # ReduceLROnPlateau on the validation metric
+    lr_patience: int = 2
+    grad_clip: float = 5.0
+    checkpoint_every: int = 50  # steps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, CUDA only
+    seed: int = 0
+    threads: int | None = None  # CPU threads for torch; default all cores
+    deterministic: bool = False
+
+
+@dataclass
+class TrainState:
+    run_key: str = ""
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0  # training loss summed over the steps of the current epoch
+    best_metric: float = -math.inf
+    best_step: int = -1
+    bad_epochs: int = 0
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_batches(epoch, skip)``, validating on ``val_batches()``.
+
+    ``out_dir`` receives ``last.pt`` (every ``checkpoint_every`` steps and at the
+    end), ``best.pt`` (best validation metric) and TensorBoard scalars in ``tb/``.
+    ``meta`` is stored in every checkpoint (what evaluation needs to rebuild the model).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        task: TaskSpec,
+        train_batches: Callable[[int, int], Batches],
+        val_batches: Callable[[], Batches],
+        settings: TrainerSettings,
+        out_dir: Path,
+        run_key: str,
+        meta: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+        tensorboard: bool = True,
+    ):
+        self.settings = settings
+        self.task = task
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.out_dir = Path(out_dir)
+        self.meta = meta or {}
+        self.log = log
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        elif torch.get_num_threads() < (os.cpu_count() or 1):
+            torch.set_num_threads(len(os.sched_getaffinity(0)))  # Dask workers start with 1 thread
+        if settings.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(settings.device)
+        self.amp = settings.amp and self.device.type == "cuda"
+        torch.manual_seed(settings.seed)
+        np.random.seed(settings.seed % 2**32)
+        random.seed(settings.seed)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = TrainState(run_key=run_key)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+
+    # -- checkpoints -----------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states(),
+            "state": asdict(self.state),
+            "settings": asdict(self.settings),
+            "meta": self.meta,
+        }
+
+    def save_last(self) -> None:
+        atomic_save(self.checkpoint(), self.last_path)
+
+    def try_resume(self) -> bool:
+        """Continue an unfinished run with the same ``run_key``; anything else starts afresh."""
+        if not self.last_path.exists():
+            return False
+        try:
+            ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
+            self.log(f"train: ignoring unreadable checkpoint {self.last_path}: {exc}")
+            return False
+        state = TrainState(**ckpt["state"])
+        if state.run_key != self.state.run_key or state.finished:
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_states(ckpt["rng"])
+        self.state = state
+        self.log(f"train: resuming at step {state.global_step} (epoch {state.epoch}, step {state.step_in_epoch})")
+        return True
+
+    # -- loop ------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _forward(self, batch: dict[str, torch.Tensor]):
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            return self.model(batch[self.task.feature])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        batch = self._to_device(batch)
+        outputs = self._forward(batch)
+        total, parts = self.task.loss(outputs, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(total.detach()), **parts}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        loss_sum, n_batches, num, den = 0.0, 0, 0.0, 0.0
+        for batch in self.val_batches():
+            batch = self._to_device(batch)
+            outputs = self._forward(batch)
+            total, _ = self.task.loss(outputs, batch)
+            loss_sum += float(total)
+            n_batches += 1
+            a, b = self.task.metric(outputs, batch)
+            num, den = num + a, den + b
+        return {"val_loss": loss_sum / max(n_batches, 1), self.task.metric_name: num / den if den else float("nan")}
+
+    def _scalar(self, tag: str, value: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, self.state.global_step)
+
+    def _end_epoch(self, train_loss: float, patches_per_s: float) -> None:
+        st = self.state
+        val = self.validate()
+        score = val[self.task.metric_name]
+        self.scheduler.step(score)
+        improved = score > st.best_metric
+        if improved:
+            st.best_metric, st.best_step, st.bad_epochs = score, st.global_step, 0
+        else:
+            st.bad_epochs += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"epoch": st.epoch, "step": st.global_step, "train_loss": train_loss, **val, "lr": lr, "patches_per_s": patches_per_s}
+        st.history.append(row)
+        for k in ("val_loss", self.task.metric_name):
+            self._scalar(f"val/{k}", val[k])
+        self._scalar("lr", lr)
+        self.log(
+            f"train[{self.task.name}] epoch {st.epoch}: step {st.global_step} loss {train_loss:.3f} "
+            f"val_loss {val['val_loss']:.3f} {self.task.metric_name} {score:.3f} lr {lr:.2g} "
+            f"{patches_per_s:.0f} patches/s{' *' if improved else ''}"
+        )
+        st.epoch += 1
+        st.step_in_epoch = 0
+        st.epoch_loss_sum = 0.0
+        if st.bad_epochs >= self.settings.patience or st.epoch >= self.settings.max_epochs:
+            st.finished = True
+        if improved:
+            atomic_save(self.checkpoint(), self.best_path)
+
+    def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""
+        self.try_resume()
+        st, s = self.state, self.settings
+        t_start = time.perf_counter()
+        while not st.finished and (stop_at_step is None or st.global_step < stop_at_step):
+            t0, patches = time.perf_counter(), 0
+            for batch in self.train_batches(st.epoch, st.step_in_epoch):
+                parts = self.train_step(batch)
+                st.global_step += 1
+                st.step_in_epoch += 1
+                patches += int(batch[self.task.feature].shape[0])
+                st.epoch_loss_sum += parts["loss"]
+                for k, v in parts.items():
+                    self._scalar(f"train/{k}", v)
+                epoch_done = st.step_in_epoch >= s.steps_per_epoch
+                if epoch_done:
+                    rate = patches / max(time.perf_counter() - t0, 1e-9)
+                    self._scalar("train/patches_per_s", rate)
+                    self._end_epoch(st.epoch_loss_sum / st.step_in_epoch, rate)
+                if st.global_step % s.checkpoint_every == 0 or st.finished or st.global_step == stop_at_step:
+                    self.save_last()
+                if epoch_done or st.global_step == stop_at_step:
+                    break
+        self.save_last()
+        if self.writer is not None:
+            self.writer.flush()
+        return {
+            "steps": st.global_step,
+            "epochs": st.epoch,
+            "finished": st.finished,
+            "best_metric": st.best_metric,
+            "best_step": st.best_step,
+            "metric": self.task.metric_name,
+            "seconds": time.perf_counter() - t_start,
+            "device": str(self.device),
+            "amp": self.amp,
+            "history": st.history,
+        }
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

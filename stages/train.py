@@ -1,0 +1,197 @@
+"""train: one item per task; streams patches of the training split out of the store
+into the generic trainer, validates on the unshifted variants of the validation
+split, and keeps the best checkpoint for evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage import open_store
+from storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
+
+from .base import Done, Stage, StageContext, WorkItem
+from .deform import variant_name
+from .features import FeaturesParams, store_root
+from .ingest import read_manifest
+
+UNSHIFTED = variant_name(0)
+
+
+class TrainParams(BaseModel):
+    """Streaming, model and optimisation settings (McFee & Bello 2017 defaults where they apply)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[Literal["chord"]] = Field(default_factory=lambda: ["chord"], description="models to train")
+    # model
+    architecture: Literal["cr1", "cr2"] = Field("cr2", description="1 or 2 bidirectional GRU layers")
+    structured: bool = Field(True, description="root/pitches/bass heads; false: chord tag only (ablation)")
+    hidden: int = Field(128, ge=8, description="GRU units per direction")
+    channels: int = Field(36, ge=1, description="filters of the full-height conv")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # streaming
+    patch_frames: int = Field(128, ge=8, description="frames per patch (~11.9 s at 10.8 frames/s)")
+    slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
+    batch_size: int = Field(32, ge=1)
+    n_active: int = Field(32, ge=1, description="streamers active at once in each mux")
+    rate: float = Field(16.0, gt=1.0, description="expected patches per activation")
+    mux_mode: Literal["with_replacement", "single_active", "exhaustive"] = "with_replacement"
+    n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
+    # optimisation
+    steps_per_epoch: int = Field(100, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    lr: float = Field(2e-3, gt=0)
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    lr_patience: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    seed: int = 0
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    amp: bool = Field(True, description="mixed precision on CUDA")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default all cores")
+
+
+# Settings that change where or how fast training runs, not what it learns.
+RUNTIME_ONLY = {"device", "threads", "loader_workers", "checkpoint_every"}
+
+
+def train_dir(ctx: StageContext, task: str) -> Path:
+    return ctx.path("train", task)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def split_keys(ctx: StageContext, task_usable, split: str, unshifted_only: bool) -> list[EntryKey]:
+    """Store entries of a split whose track is annotated for the task."""
+    p: FeaturesParams = ctx.params["features"]
+    manifest = read_manifest(ctx)
+    keys = []
+    for row in open_store(p.store, store_root(ctx)).read_index():
+        track = manifest.get(row["track"])
+        if row["split"] != split or track is None or not task_usable(track.get("namespaces", [])):
+            continue
+        if unshifted_only and row["variant"] != UNSHIFTED:
+            continue
+        keys.append(EntryKey(row["track"], row["variant"], int(row["n_frames"])))
+    return keys
+
+
+def build_model(task_name: str, params: TrainParams, n_bins: int):
+    from models.tasks import get_task
+
+    return get_task(task_name).build(
+        n_bins=n_bins, architecture=params.architecture, structured=params.structured,
+        hidden=params.hidden, channels=params.channels, dropout=params.dropout,
+    )
+
+
+class Train(Stage):
+    name = "train"
+    needs = ("features",)
+    version = "1"
+    resources = {"GPU": 1}  # asked for only where the cluster offers it
+
+    def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
+        p: TrainParams = ctx.params["train"]
+        return p.model_dump(mode="json", exclude=RUNTIME_ONLY)
+
+    def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
+        p: TrainParams = ctx.params["train"]
+        feats = upstream["features"]
+        if not feats:
+            return []
+        # the store's content: every entry's fingerprint (the index is a function of them and the splits)
+        digest = hashlib.sha256("\n".join(f"{k} {d.fingerprint}" for k, d in sorted(feats.items())).encode()).hexdigest()
+        splits = {t: r.get("split") for t, r in read_manifest(ctx).items()}
+        return [WorkItem(task, payload={"task": task}, identity={"splits": splits}, upstream=(digest,)) for task in p.tasks]
+
+    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+        from models.chord import self_transition
+        from models.tasks import get_task
+        from models.trainer import Trainer, TrainerSettings
+        from storage.torch_data import epoch_loader, to_tensors
+
+        p: TrainParams = ctx.params["train"]
+        fp: FeaturesParams = ctx.params["features"]
+        task = get_task(item.payload["task"])
+        train_keys = split_keys(ctx, task.usable, "train", unshifted_only=False)
+        val_keys = split_keys(ctx, task.usable, "val", unshifted_only=True)
+        if not train_keys:
+            raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
+        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames)
+        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
+        stream.check_workers(p.loader_workers)
+        p_self = self_transition(
+            open_store(fp.store, store_root(ctx)).read_entry(k.track, k.variant, ["targets/chord_tag"]).arrays["targets/chord_tag"]
+            for k in train_keys
+        ) if task.name == "chord" else None
+        seed_everything(p.seed)
+        model = build_model(task.name, p, fp.n_bins)
+        settings = TrainerSettings(
+            steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
+            weight_decay=p.weight_decay, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
+            checkpoint_every=p.checkpoint_every, device=p.device, amp=p.amp, seed=p.seed, threads=p.threads,
+        )
+        meta = {
+            "task": task.name,
+            "model": p.model_dump(mode="json", include={"architecture", "structured", "hidden", "channels", "dropout"}),
+            "n_bins": fp.n_bins,
+            "self_transition": None if p_self is None else p_self.tolist(),
+            "train_entries": len(train_keys),
+            "val_entries": len(val_keys),
+        }
+        loader_workers = p.loader_workers if not _daemonic() else 0  # Dask worker processes cannot fork loaders
+
+        def train_batches(epoch: int, skip: int):
+            return epoch_loader(stream, epoch, skip=skip, n_workers=loader_workers)
+
+        def val_batches():
+            return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))
+
+        trainer = Trainer(model, task, train_batches, val_batches, settings, train_dir(ctx, task.name),
+                          run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log)
+        try:
+            summary = trainer.fit()
+        finally:
+            trainer.close()
+        if not trainer.best_path.exists():
+            raise RuntimeError(f"train[{task.name}]: no validation pass produced a checkpoint")
+        return {
+            "task": task.name,
+            "trained_at": time.time(),  # a forced retrain changes it, so evaluation reruns
+            "checkpoint": str(trainer.best_path.relative_to(ctx.workdir)),
+            "train_entries": len(train_keys),
+            "val_entries": len(val_keys),
+            "loader_workers": loader_workers,
+            **summary,
+        }
+
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+        return (ctx.workdir / record["checkpoint"]).exists()
+
+
+def _log(message: str) -> None:
+    """Progress lines go to stderr: stdout stays clean for ``--json`` (on Dask, into the worker log)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _daemonic() -> bool:
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)

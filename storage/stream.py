@@ -1,0 +1,191 @@
+"""Out-of-core patch streams over the feature store, built on pescador.
+
+One ``pescador.Streamer`` per (track, variant) is given only keys (backend, root,
+track, variant): pescador deep-copies streamer arguments on every activation,
+so arrays or open handles would be copied each time. An activation reads one
+slab of the entry and cuts many random patches from it (one read per patch
+starves a trainer). A ``StochasticMux`` per *shard* mixes the streamers; the
+batch sequence round-robins over a fixed number of shards, so a worker count
+that divides the shard count changes who computes a batch, never which batch
+it is. Seeds derive from (seed, epoch, shard, streamer, activation): pescador
+muxes re-seed identically on every ``iterate()``, so an epoch must bring its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pescador
+
+from .base import FeatureStore, open_store
+
+IGNORE = -1  # target value of padded frames: losses skip them
+
+# In-memory entries by name, for the "memory" backend (the upper bound in benchmarks):
+# streamers carry the name, never the arrays.
+_MEMORY: dict[str, dict[tuple[str, str], dict[str, np.ndarray]]] = {}
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 32-bit seed from any tuple of values, stable across processes and runs."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    track: str
+    variant: str
+    n_frames: int
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Where entries live and what a patch holds; small and picklable."""
+
+    backend: str  # zarr | hdf5 | memory
+    root: str  # store root, or the name of a preloaded memory store
+    feature: str
+    targets: tuple[str, ...]
+    patch_frames: int = 128
+    slab_frames: int = 1024  # frames read per activation (a whole track when shorter)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.feature, *self.targets]
+
+
+def preload_memory(name: str, store: FeatureStore, keys: Sequence[EntryKey], names: Sequence[str]) -> None:
+    """Read entries into memory under ``name`` so a ``memory`` spec can stream them."""
+    _MEMORY[name] = {(k.track, k.variant): store.read_entry(k.track, k.variant, names).arrays for k in keys}
+
+
+def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int) -> dict[str, np.ndarray]:
+    if spec.backend == "memory":
+        arrays = _MEMORY[spec.root][(key.track, key.variant)]
+        return {n: arrays[n][start:stop] for n in spec.names}
+    return open_store(spec.backend, spec.root).read_slab(key.track, key.variant, spec.names, start, stop).arrays
+
+
+def pad_frames(arrays: dict[str, np.ndarray], feature: str, n: int) -> dict[str, np.ndarray]:
+    """Pad every array to ``n`` frames: the feature with its floor, targets with ``IGNORE``."""
+    out = {}
+    for name, a in arrays.items():
+        missing = n - a.shape[0]
+        if missing <= 0:
+            out[name] = a
+            continue
+        fill = (a.min() if a.size else 0) if name == feature else IGNORE
+        pad = np.full((missing,) + a.shape[1:], fill, dtype=a.dtype)
+        out[name] = np.concatenate([a, pad])
+    return out
+
+
+def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless random patches from one slab of one entry (the mux decides how many to take)."""
+    rng = np.random.default_rng(seed)
+    slab_len = min(key.n_frames, max(spec.slab_frames, spec.patch_frames))
+    start = int(rng.integers(0, key.n_frames - slab_len + 1))
+    slab = read_slab(spec, key, start, start + slab_len)
+    if slab_len < spec.patch_frames:
+        slab = pad_frames(slab, spec.feature, spec.patch_frames)
+        slab_len = spec.patch_frames
+    while True:
+        at = int(rng.integers(0, slab_len - spec.patch_frames + 1))
+        yield {name: a[at : at + spec.patch_frames] for name, a in slab.items()}
+
+
+class PatchStreamer(pescador.Streamer):
+    """A streamer of one entry whose every activation draws a fresh, reproducible seed."""
+
+    def __init__(self, spec: StreamSpec, key: EntryKey, seed: int):
+        super().__init__(random_patches, spec, key, seed)
+        self.base_seed = seed
+        self.activations_ = 0
+
+    def __enter__(self, *args, **kwargs):
+        if not self.is_activated_copy:
+            self.activations_ += 1  # the copy made below sees the new count
+        return super().__enter__(*args, **kwargs)
+
+    def _activate(self) -> None:
+        spec, key, _ = self.args
+        self.stream_ = random_patches(spec, key, derive_seed(self.base_seed, self.activations_))
+
+
+@dataclass(frozen=True)
+class MuxSettings:
+    batch_size: int = 32
+    n_active: int = 16
+    rate: float = 16.0
+    mode: str = "with_replacement"  # or single_active, exhaustive
+    n_shards: int = 4
+
+
+class PatchStream:
+    """Endless batches of random patches over a set of entries, reproducible from a seed."""
+
+    def __init__(self, spec: StreamSpec, keys: Sequence[EntryKey], mux: MuxSettings, seed: int):
+        if not keys:
+            raise ValueError("no store entries to stream from (is the split empty?)")
+        self.spec = spec
+        self.keys = sorted(keys, key=lambda k: (k.track, k.variant))
+        self.mux = mux
+        self.seed = seed
+        self.n_shards = min(mux.n_shards, len(self.keys))
+
+    def check_workers(self, n_workers: int) -> None:
+        if self.n_shards % max(1, n_workers) != 0:
+            raise ValueError(
+                f"{n_workers} loader workers do not divide the {self.n_shards} stream shards; "
+                "choose a worker count that divides n_shards so batches do not depend on it"
+            )
+
+    def shard_batches(self, epoch: int, shard: int) -> Iterator[dict[str, np.ndarray]]:
+        keys = self.keys[shard :: self.n_shards]
+        streamers = [PatchStreamer(self.spec, k, derive_seed(self.seed, epoch, shard, i)) for i, k in enumerate(keys)]
+        n_active = self.mux.n_active if self.mux.mode == "with_replacement" else min(self.mux.n_active, len(streamers))
+        mux = pescador.StochasticMux(
+            streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode,
+            random_state=derive_seed(self.seed, epoch, shard, "mux"),
+        )
+        return pescador.buffer_stream(mux.iterate(), self.mux.batch_size)
+
+    def batches(self, epoch: int, worker: int = 0, n_workers: int = 1, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Global batches ``skip + worker``, ``skip + worker + n_workers``, ... of an epoch.
+
+        Batch ``j`` always comes from shard ``j % n_shards``; a worker drops its shards'
+        batches before ``skip`` without yielding them (resuming mid-epoch).
+        """
+        self.check_workers(n_workers)
+        shards: dict[int, Iterator] = {}
+        index = skip + worker
+        while True:
+            shard = index % self.n_shards
+            if shard not in shards:
+                shards[shard] = self.shard_batches(epoch, shard)
+                for _ in range(max(0, (skip - shard + self.n_shards - 1) // self.n_shards)):
+                    next(shards[shard])
+            yield next(shards[shard])
+            index += n_workers
+
+
+def track_patches(spec: StreamSpec, keys: Sequence[EntryKey], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Whole tracks cut into consecutive patches, in a fixed order, for validation.
+
+    The last patch of a track is padded (targets ``IGNORE``); every frame is seen once.
+    """
+    buf: list[dict[str, np.ndarray]] = []
+    for key in sorted(keys, key=lambda k: (k.track, k.variant)):
+        arrays = read_slab(spec, key, 0, key.n_frames)
+        for at in range(0, key.n_frames, spec.patch_frames):
+            patch = {n: a[at : at + spec.patch_frames] for n, a in arrays.items()}
+            buf.append(pad_frames(patch, spec.feature, spec.patch_frames))
+            if len(buf) == batch_size:
+                yield {n: np.stack([p[n] for p in buf]) for n in spec.names}
+                buf = []
+    if buf:
+        yield {n: np.stack([p[n] for p in buf]) for n in spec.names}

@@ -1,0 +1,112 @@
+"""Train and evaluate the chord model end to end on CPU, on a real LocalCluster."""
+
+import csv
+import json
+
+import jams
+import mir_eval
+import pytest
+
+from conftest import small_config
+from models.chord import METRICS
+from pipeline.cluster import open_executor
+from pipeline.config import parse_cluster
+from pipeline.runner import Runner
+
+TINY_TRAIN = {
+    "hidden": 16, "channels": 8, "patch_frames": 32, "batch_size": 8, "n_active": 4, "rate": 4,
+    "steps_per_epoch": 5, "max_epochs": 2, "checkpoint_every": 3, "loader_workers": 2,
+}
+
+
+def tiny_config(**train):
+    cfg = small_config(tracks=6, shifts=[0, 2])
+    synth = cfg.synthesize.model_copy(update={"solo_fraction": 0.0})
+    return cfg.model_copy(update={
+        "synthesize": synth,
+        "train": cfg.train.model_copy(update={**TINY_TRAIN, **train}),
+        "evaluate": cfg.evaluate.model_copy(update={"figures": 1}),
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("train")
+    cluster = parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "4GiB"})
+    with open_executor(cluster) as ex:
+        reports = {r.stage: r for r in Runner(workdir, tiny_config(), progress=False).run(ex)}
+    return workdir, cluster, reports
+
+
+def test_train_runs_as_a_task_and_keeps_its_checkpoints(trained):
+    workdir, _, reports = trained
+    assert (reports["train"].done, reports["train"].failed) == (1, 0), reports["train"].failures
+    record = json.loads((workdir / "ledger" / "train" / "chord.done.json").read_text())["record"]
+    assert record["steps"] == 10 and record["epochs"] == 2 and record["finished"]
+    assert record["loader_workers"] == 0  # a Dask worker process cannot fork DataLoader workers
+    assert record["train_entries"] == 8 and record["val_entries"] == 1  # 4 train tracks x 2 variants; 1 val track unshifted
+    for name in ("best.pt", "last.pt"):
+        assert (workdir / "train" / "chord" / name).stat().st_size > 0
+    assert list((workdir / "train" / "chord" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_writes_estimates_scores_and_figures(trained):
+    workdir, _, reports = trained
+    ev = reports["evaluate"]
+    assert ev.failed == 0 and ev.done == ev.total == 1  # the one test track (unshifted variant only)
+    reports_dir = workdir / "reports" / "chord"
+    scores = json.loads((reports_dir / "scores.json").read_text())
+    for name in ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg"):
+        assert 0.0 <= scores[name] <= 1.0, name
+    rows = list(csv.DictReader(open(reports_dir / "scores.csv")))
+    assert len(rows) == 1 and set(METRICS) <= set(rows[0])
+    track = rows[0]["track"]
+    assert abs(float(rows[0]["root"]) - scores["root"]) < 1e-4  # one track: the total is its score
+    est = jams.load(str(reports_dir / "estimates" / f"{track}.jams"), validate=True, strict=True)
+    labels = [obs.value for obs in est.annotations[0].data]
+    assert labels and all(mir_eval.chord.encode(label) is not None for label in labels)
+    assert (reports_dir / "figures" / f"{track}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unchanged_rerun_does_not_retrain_and_force_does(trained):
+    workdir, cluster, _ = trained
+    cfg = tiny_config()
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        again = {r.stage: r for r in Runner(workdir, cfg, progress=False).run(ex)}
+        assert all(r.scheduled == 0 for r in again.values())
+        forced = {r.stage: r for r in Runner(workdir, cfg, progress=False).run(ex, force=("train",))}
+    assert forced["train"].scheduled == forced["train"].done == 1
+    assert forced["evaluate"].scheduled == 1  # a new model is scored again
+    assert forced["features"].scheduled == 0
+
+
+def test_tag_only_model_retrains_and_rescores_only(trained):
+    workdir, _, _ = trained
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        reports = {r.stage: r for r in Runner(workdir, tiny_config(structured=False, architecture="cr1"), progress=False).run(ex)}
+    assert [reports[s].scheduled for s in ("synthesize", "ingest", "augment", "features")] == [0, 0, 0, 0]
+    assert reports["train"].done == 1 and reports["evaluate"].done == 1
+    scores = json.loads((workdir / "reports" / "chord" / "scores.json").read_text())
+    assert 0.0 <= scores["majmin"] <= 1.0
+
+
+def test_cli_run_ends_with_the_score_table(trained, tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    import yaml
+
+    workdir, _, _ = trained
+    cfg_file = tmp_path / "pipeline.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    (tmp_path / "cluster.yaml").write_text("cluster:\n  type: sync\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--workdir", str(workdir), "--config", str(cfg_file),
+         "--cluster", str(tmp_path / "cluster.yaml"), "--json"],
+        capture_output=True, text=True, cwd=repo_root, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    saved = json.loads((workdir / "reports" / "chord" / "scores.json").read_text())
+    assert out["scores"]["chord"]["root"] == saved["root"]
+    assert "chord scores (mir_eval" in res.stderr and "majmin" in res.stderr

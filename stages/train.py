@@ -37,18 +37,18 @@ class TrainParams(BaseModel):
     channels: int = Field(36, ge=1, description="filters of the full-height conv")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # streaming
-    patch_frames: int = Field(128, ge=8, description="frames per patch (~11.9 s at 10.8 frames/s)")
+    patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
     batch_size: int = Field(32, ge=1)
     n_active: int = Field(32, ge=1, description="streamers active at once in each mux")
-    rate: float = Field(16.0, gt=1.0, description="expected patches per activation")
+    rate: float = Field(32.0, gt=1.0, description="expected patches per activation (one slab read each)")
     mux_mode: Literal["with_replacement", "single_active", "exhaustive"] = "with_replacement"
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
     # optimisation
     steps_per_epoch: int = Field(100, ge=1)
-    max_epochs: int = Field(20, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    max_epochs: int = Field(12, ge=1)
+    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
     lr: float = Field(2e-3, gt=0)
     lr_factor: float = Field(0.5, gt=0, lt=1)
     lr_patience: int = Field(2, ge=0)

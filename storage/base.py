@@ -69,6 +69,14 @@ class FeatureStore(ABC):
         """Frames [start, stop) of the named arrays (all arrays when ``names`` is None)."""
 
     @abstractmethod
+    def open_arrays(self, track: str, variant: str, names: Iterable[str]) -> tuple[dict[str, Any], Any]:
+        """Sliceable handles of the named arrays and a ``close()``-able owner (or None).
+
+        For readers that cut many slabs from the same entries (streaming): opening
+        costs metadata reads that one open handle pays only once.
+        """
+
+    @abstractmethod
     def read_attrs(self, track: str, variant: str) -> dict[str, Any]: ...
 
     @abstractmethod

@@ -48,6 +48,10 @@ class HDF5Store(FeatureStore):
             arrays = {n: f[n][start:stop] for n in names}
             return Entry(arrays, json.loads(f.attrs[ATTRS_KEY]))
 
+    def open_arrays(self, track: str, variant: str, names: Iterable[str]) -> tuple[dict[str, Any], Any]:
+        f = h5py.File(self.entry_path(track, variant), "r")
+        return {n: f[n] for n in names}, f
+
     def read_attrs(self, track: str, variant: str) -> dict[str, Any]:
         with h5py.File(self.entry_path(track, variant), "r") as f:
             return json.loads(f.attrs[ATTRS_KEY])

@@ -14,6 +14,8 @@ muxes re-seed identically on every ``iterate()``, so an epoch must bring its own
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -63,11 +65,48 @@ def preload_memory(name: str, store: FeatureStore, keys: Sequence[EntryKey], nam
     _MEMORY[name] = {(k.track, k.variant): store.read_entry(k.track, k.variant, names).arrays for k in keys}
 
 
+class HandleCache:
+    """Open array handles of recently streamed entries, per process (never shared across a fork).
+
+    Each slab read then costs the chunk reads alone, not the metadata of a fresh open.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.pid = os.getpid()
+        self.handles: OrderedDict[tuple, tuple[dict[str, Any], Any]] = OrderedDict()
+
+    def arrays(self, spec: StreamSpec, key: EntryKey) -> dict[str, Any]:
+        if self.pid != os.getpid():  # a forked DataLoader worker: the parent's handles are not ours
+            self.handles, self.pid = OrderedDict(), os.getpid()
+        k = (spec.backend, spec.root, key.track, key.variant, tuple(spec.names))
+        if k in self.handles:
+            self.handles.move_to_end(k)
+            return self.handles[k][0]
+        opened = open_store(spec.backend, spec.root).open_arrays(key.track, key.variant, spec.names)
+        self.handles[k] = opened
+        while len(self.handles) > self.size:
+            _, (_, owner) = self.handles.popitem(last=False)
+            if owner is not None:
+                owner.close()
+        return opened[0]
+
+    def clear(self) -> None:
+        for _, owner in self.handles.values():
+            if owner is not None:
+                owner.close()
+        self.handles.clear()
+
+
+_HANDLES = HandleCache()
+
+
 def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int) -> dict[str, np.ndarray]:
     if spec.backend == "memory":
         arrays = _MEMORY[spec.root][(key.track, key.variant)]
-        return {n: arrays[n][start:stop] for n in spec.names}
-    return open_store(spec.backend, spec.root).read_slab(key.track, key.variant, spec.names, start, stop).arrays
+    else:
+        arrays = _HANDLES.arrays(spec, key)
+    return {n: np.asarray(arrays[n][start:stop]) for n in spec.names}
 
 
 def pad_frames(arrays: dict[str, np.ndarray], feature: str, n: int) -> dict[str, np.ndarray]:
@@ -136,6 +175,7 @@ class PatchStream:
         self.mux = mux
         self.seed = seed
         self.n_shards = min(mux.n_shards, len(self.keys))
+        _HANDLES.clear()  # a long-lived worker may hold handles of entries rewritten since
 
     def check_workers(self, n_workers: int) -> None:
         if self.n_shards % max(1, n_workers) != 0:

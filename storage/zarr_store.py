@@ -45,6 +45,10 @@ class ZarrStore(FeatureStore):
         names = list(names) if names is not None else _array_names(group)
         return Entry({n: np.asarray(group[n][start:stop]) for n in names}, dict(group.attrs))
 
+    def open_arrays(self, track: str, variant: str, names: Iterable[str]) -> tuple[dict[str, Any], Any]:
+        group = self._open(track, variant)
+        return {n: group[n] for n in names}, None
+
     def read_attrs(self, track: str, variant: str) -> dict[str, Any]:
         return dict(self._open(track, variant).attrs)
 

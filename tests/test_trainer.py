@@ -35,9 +35,9 @@ def store(tmp_path_factory):
     return store
 
 
-def _trainer(store, out_dir, workers=0, run_key="run-1"):
+def _trainer(store, out_dir, workers=0, run_key="run-1", **model):
     torch.manual_seed(0)
-    model = TASK.build(n_bins=N_BINS, architecture="cr2", structured=True, hidden=8, channels=4, dropout=0.3)
+    model = TASK.build(n_bins=N_BINS, **{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
     spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", "ps+00", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
@@ -99,11 +99,10 @@ def test_another_run_key_or_a_finished_run_starts_afresh(store, tmp_path):
 
 
 def test_training_learns_the_synthetic_task(store, tmp_path):
-    trainer = _trainer(store, tmp_path)
+    trainer = _trainer(store, tmp_path, hidden=16, channels=16, dropout=0.0)
     trainer.settings = TrainerSettings(**{**trainer.settings.__dict__, "max_epochs": 15, "patience": 15})
     summary = trainer.fit()
     assert summary["finished"] and summary["epochs"] == 15
     accuracies = [row["tag_accuracy"] for row in summary["history"]]
-    print(summary["history"])
-    assert accuracies[-1] > accuracies[0] and summary["best_metric"] > 0.3
+    assert accuracies[-1] > accuracies[0] and summary["best_metric"] > 0.8
     assert chord.N_TAGS == trainer.model.tag.out_features

@@ -75,6 +75,15 @@ def midi_to_hz(m):
     return 440.0 * 2.0 ** ((np.asarray(m, dtype=float) - 69.0) / 12.0)
 
 
+# A popular-music prior over the qualities (maj and min dominate, as in annotated corpora),
+# with every quality present. Uniform draws would make a large share of the chords
+# pitch-set twins of another label (C:maj6/6 = A:min7, G:sus2/2 = D:sus4, dim7, aug),
+# which no model can tell apart without musical context.
+QUALITY_WEIGHTS = {"maj": 0.32, "min": 0.20, "7": 0.10, "min7": 0.08, "maj7": 0.05}
+_REST = (1.0 - sum(QUALITY_WEIGHTS.values())) / (len(QUALITIES) - len(QUALITY_WEIGHTS))
+QUALITY_P = np.array([QUALITY_WEIGHTS.get(q, _REST) for q in QUALITIES])
+
+
 def _chord_segments(rng, duration, beat, key_pc, scale) -> list[ChordSegment]:
     lengths = [k for k in (2, 3, 4, 6, 8) if 1.0 <= k * beat <= 4.0] or [max(1, round(2.0 / beat))]
     segments, t = [], 0.0
@@ -88,7 +97,7 @@ def _chord_segments(rng, duration, beat, key_pc, scale) -> list[ChordSegment]:
             root = (key_pc + int(rng.choice(scale))) % 12
         else:
             root = int(rng.integers(12))
-        quality = str(rng.choice(QUALITIES))
+        quality = str(rng.choice(QUALITIES, p=QUALITY_P))
         intervals = quality_intervals(quality)
         degrees = QUALITY_DEGREES[quality]
         label = f"{PITCH_NAMES[root]}:{quality}"

@@ -37,7 +37,7 @@ def track_id(index: int) -> str:
 
 class Synthesize(Stage):
     name = "synthesize"
-    version = "2"  # 2: quality prior
+    version = "2"  # 2: quality prior, fewer inversions, symmetric chords in root position
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]

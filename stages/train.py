@@ -47,7 +47,7 @@ class TrainParams(BaseModel):
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
     # optimisation
     steps_per_epoch: int = Field(100, ge=1)
-    max_epochs: int = Field(12, ge=1)
+    max_epochs: int = Field(8, ge=1)
     patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
     lr: float = Field(2e-3, gt=0)
     lr_factor: float = Field(0.5, gt=0, lt=1)

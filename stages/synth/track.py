@@ -81,6 +81,8 @@ def midi_to_hz(m):
 # which no model can tell apart without musical context.
 QUALITY_WEIGHTS = {"maj": 0.32, "min": 0.20, "7": 0.10, "min7": 0.08, "maj7": 0.05}
 _REST = (1.0 - sum(QUALITY_WEIGHTS.values())) / (len(QUALITIES) - len(QUALITY_WEIGHTS))
+INVERSION_P = 0.15
+SYMMETRIC = ("aug", "dim7")
 QUALITY_P = np.array([QUALITY_WEIGHTS.get(q, _REST) for q in QUALITIES])
 
 
@@ -102,7 +104,9 @@ def _chord_segments(rng, duration, beat, key_pc, scale) -> list[ChordSegment]:
         degrees = QUALITY_DEGREES[quality]
         label = f"{PITCH_NAMES[root]}:{quality}"
         bass_interval = 0
-        if rng.random() < 0.3:
+        # inversions as often as in annotated pop corpora; symmetric chords (aug, dim7) are
+        # spelled from their bass, as annotators do, so they stay in root position
+        if quality not in SYMMETRIC and rng.random() < INVERSION_P:
             k = int(rng.integers(1, len(intervals)))
             bass_interval = intervals[k]
             label += "/" + degrees[k]

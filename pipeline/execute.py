@@ -59,11 +59,12 @@ def execute_item(
     while True:
         attempts += 1
         try:
-            with time_limit(limit, _expired):
-                record = stage.run(item, ctx)
+            try:
+                with time_limit(limit, _expired):
+                    record = stage.run(item, ctx)
+            except ItemTimeout as timeout:
+                raise TimeLimitError(item_file(item), f"{timeout} ({stage_name} {item.id})") from None
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, classified
-            if isinstance(exc, ItemTimeout):
-                exc = TimeLimitError(item_file(item), f"{exc} ({stage_name} {item.id})")
             if is_permanent(exc) or attempts > retries:
                 failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc(), token=token)
                 return {"status": "failed", "item": item.id, "failure": failure.as_dict(), "seconds": time.perf_counter() - t0}

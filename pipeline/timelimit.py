@@ -17,8 +17,9 @@ from typing import Callable, Iterator
 EXIT_CODE = 70  # worker ended by the watchdog
 
 
-class ItemTimeout(Exception):
-    """Raised in the main thread when the time limit expires."""
+class ItemTimeout(BaseException):
+    """Raised in the main thread when the time limit expires (a BaseException, so that no
+    ``except Exception`` inside a stage swallows it)."""
 
 
 def _in_dask_worker() -> bool:

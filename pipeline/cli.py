@@ -40,18 +40,19 @@ def _table(reports, json_mode: bool) -> None:
         _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.seconds:>8.1f}", json_mode)
     for r in reports:
         for f in r.failures:
-            _echo(f"  FAILED {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
+            label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
+            _echo(f"  {label} {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
 
 
 def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, **run_kwargs) -> int:
     from .cluster import open_executor
 
-    wd.record(workdir, pipeline, cluster)
     runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
     t0 = time.perf_counter()
     from .runner import workdir_lock
 
     with workdir_lock(workdir):
+        wd.record(workdir, pipeline, cluster)  # under the lock: a refused second run changes nothing
         with open_executor(cluster, workdir) as executor:
             _echo(f"mirpipe: workdir {workdir.resolve()}", json_mode)
             _echo(f"mirpipe: cluster {executor.description}", json_mode)

@@ -164,6 +164,7 @@ def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: boo
 
     cfg = _cluster_cfg(cluster_file, workdir)
     out = dump(cfg)
+    out = {"type": out.pop("type"), **out}
     if isinstance(cfg, JobqueueCluster):
         life, stagger = cfg.lifetime_seconds()
         out["derived"] = {"lifetime_s": life, "lifetime_stagger_s": stagger, "jobqueue_kwargs": jobqueue_kwargs(cfg, workdir)}

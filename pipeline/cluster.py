@@ -109,7 +109,9 @@ def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None):
     jq = _dask_jobqueue()
     cluster = getattr(jq, f"{JOBQUEUE_CLASSES[cfg.type]}Cluster")(**jobqueue_kwargs(cfg, workdir))
     if cfg.jobs:
-        cluster.scale(jobs=cfg.jobs)
+        # adapt, not scale: a fixed scale never replaces a job whose worker retired (--lifetime)
+        # or was cancelled, so the run would wait forever; adapt keeps `jobs` jobs alive
+        cluster.adapt(minimum_jobs=cfg.jobs, maximum_jobs=cfg.jobs)
     else:
         cluster.adapt(minimum_jobs=cfg.minimum, maximum_jobs=cfg.maximum)
     return cluster
@@ -166,5 +168,8 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
             jobs = f"{cfg.jobs} jobs" if cfg.jobs else f"adaptive {cfg.minimum}..{cfg.maximum} jobs"
             yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.cores} cores", cfg)
         finally:
+            adaptive = getattr(cluster, "_adaptive", None)
+            if adaptive is not None:  # else it may submit a replacement job while the cluster closes
+                adaptive.stop()
             client.close()
             cluster.close()

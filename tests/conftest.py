@@ -108,7 +108,7 @@ def augmented_template(tmp_path_factory, fault_corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_store(tmp_path_factory, augmented_template, fault_corpus) -> dict:
-    """The store of an uninterrupted synchronous run of the fault corpus."""
+    """The store of an uninterrupted LocalCluster run of the fault corpus."""
     import shutil
 
     from pipeline.cluster import open_executor
@@ -116,7 +116,7 @@ def reference_store(tmp_path_factory, augmented_template, fault_corpus) -> dict:
 
     work = tmp_path_factory.mktemp("reference") / "work"
     shutil.copytree(augmented_template, work)
-    with open_executor(parse_cluster({"type": "sync"})) as ex:
+    with open_executor(parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "3GiB"})) as ex:
         (report,) = Runner(work, corpus_config(fault_corpus), progress=False).run(ex, only="features")
     assert report.done == report.total == 2 * len(FAULT_SHIFTS)
     return store_contents(work)

@@ -60,6 +60,7 @@ class Ledger:
             {"item": item, "fingerprint": fingerprint, "record": record, "attempts": attempts, "seconds": seconds, "at": time.time()},
         )
         self._path(stage, item, FAILED_SUFFIX).unlink(missing_ok=True)
+        self._path(stage, item, STARTED_SUFFIX).unlink(missing_ok=True)
 
     def mark_failed(
         self,

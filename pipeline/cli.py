@@ -35,9 +35,9 @@ def _status_table(rows, echo=click.echo) -> None:
 
 
 def _table(reports, json_mode: bool) -> None:
-    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'seconds':>8}", json_mode)
+    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'quarant.':>8} {'seconds':>8}", json_mode)
     for r in reports:
-        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.seconds:>8.1f}", json_mode)
+        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.quarantined:>8} {r.seconds:>8.1f}", json_mode)
     for r in reports:
         for f in r.failures:
             label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"

@@ -165,8 +165,8 @@ class Runner:
                     bar.set_postfix(failed=len(report.failures), refresh=False)
                 todo, final = retry, True
             bar.close()
-        report.failed = len(report.failures)
         report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)
+        report.failed = len(report.failures) - report.quarantined  # as in status: the two are apart
         stage.finalize(self.ctx, done)
         self._done_cache[name] = done
         report.seconds = round(time.perf_counter() - t0, 3)

@@ -73,7 +73,7 @@ def test_worker_killed_mid_features_stage_still_completes_identically(augmented,
     with pytest.raises(ProcessLookupError):
         os.kill(victim_pid, 0)
     (report,) = out["reports"]
-    assert report.done + report.skipped == N_FEATURES and report.failed == 0
+    assert report.done + report.skipped == N_FEATURES and report.failed == 0 and report.quarantined == 0
     assert_same_store(store_contents(augmented), reference_store)
 
 
@@ -225,7 +225,7 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     feats = out["stages"]["features"]
-    assert feats["done"] == 1 and feats["quarantined"] == 1  # demo-0000 complete, hog quarantined
+    assert feats["done"] == 1 and feats["quarantined"] == 1 and feats["failed"] == 0  # demo-0000 complete, hog quarantined
     record = Ledger(workdir).failure("features", "hog/ps+00")
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
     status = subprocess.run(MIRPIPE + ["status", "--workdir", str(workdir)], cwd=repo_root, capture_output=True, text=True, timeout=120)

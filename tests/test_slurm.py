@@ -46,18 +46,37 @@ def _worker_job_ids(client) -> dict[str, str]:
     return client.run(lambda: os.environ.get("SLURM_JOB_ID", ""))
 
 
-def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, fault_corpus, reference_store):
-    name = "mirpipe-t-e2e"
+def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, fault_corpus, reference_store, repo_root):
+    """`mirpipe run --cluster examples/cluster-slurm-local.yaml`: ingest -> augment -> features in 2 SLURM jobs."""
+    import json
+    import time
+
+    import yaml
+
+    from pipeline.config import dump
+
     workdir = tmp_path / "work"
-    with open_executor(parse_cluster(_slurm_cluster(tmp_path, name)), workdir) as ex:
-        ex.client.wait_for_workers(2, timeout=180)
-        job_ids = _worker_job_ids(ex.client)
-        assert len(job_ids) == 2 and all(job_ids.values())  # each worker runs inside a SLURM job
-        assert set(job_ids.values()) <= _squeue_ids(name)  # and SLURM lists those jobs as ours
-        reports = Runner(workdir, corpus_config(fault_corpus), progress=False).run(ex)
-    assert [(r.stage, r.done, r.failed) for r in reports] == [
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(yaml.safe_dump(dump(corpus_config(fault_corpus))))
+    before = _squeue_ids("dask-worker")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--workdir", str(workdir), "--config", str(cfg),
+         "--cluster", "examples/cluster-slurm-local.yaml", "--json"],
+        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen: set[str] = set()
+    while run.poll() is None:  # the worker jobs, as SLURM lists them while the run goes on
+        seen |= _squeue_ids("dask-worker") - before
+        time.sleep(0.2)
+    out, err = run.communicate()
+    assert run.returncode == 0, err[-3000:]
+    stages = json.loads(out)["stages"]
+    assert [(s, stages[s]["done"], stages[s]["failed"]) for s in ("ingest", "augment", "features")] == [
         ("ingest", 2, 0), ("augment", 2, 0), ("features", 2 * len(FAULT_SHIFTS), 0)]
-    assert not _squeue_ids(name)  # the run cancelled its worker jobs on the way out
+    assert "SLURM through dask-jobqueue, 2 jobs" in err
+    logged = {p.stem.rsplit("-", 1)[-1] for p in (workdir / "logs" / "jobs").glob("dask-worker-*.err")}
+    assert len(seen) == 2 and seen == logged  # two SLURM jobs ran the workers (job logs named by job id)
+    assert not (_squeue_ids("dask-worker") & seen)  # and were cancelled on the way out
     assert_same_store(store_contents(workdir), reference_store)
 
 
@@ -78,7 +97,9 @@ def test_scancel_of_a_worker_job_mid_features_still_completes_identically(slurm,
             time.sleep(0.05)
         busy = [addr for addr, keys in client.processing().items() if keys]
         assert busy, "no worker was processing an item: the cancel would not be mid-stage"
-        victim = client.run(lambda: os.environ["SLURM_JOB_ID"], workers=[busy[0]])[busy[0]]
+        job_ids = _worker_job_ids(client)
+        assert all(job_ids.values()) and set(job_ids.values()) <= _squeue_ids(name)  # workers in our SLURM jobs
+        victim = job_ids[busy[0]]
         subprocess.run(["scancel", victim], check=True)
         thread.join(timeout=300)
         assert victim not in _squeue_ids(name)

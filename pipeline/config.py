@@ -61,7 +61,10 @@ class _ClusterBase(BaseModel):
         2, ge=0, le=20, description="worker deaths an item may cause before it is quarantined (Dask allowed-failures)"
     )
 
-    _resources = field_validator("resources")(classmethod(lambda cls, v: _check_resources(v)))
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: StageResources) -> StageResources:
+        return _check_resources(v)
 
 
 class SyncCluster(_ClusterBase):
@@ -120,8 +123,16 @@ class JobqueueCluster(_ClusterBase):
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="further dask-jobqueue keyword arguments")
 
-    _walltime = field_validator("walltime")(classmethod(lambda cls, v: (parse_walltime(v), v)[1]))
-    _mem = field_validator("memory")(classmethod(lambda cls, v: _check_bytes(v)))
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, v: str) -> str:
+        parse_walltime(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        return _check_bytes(v)
 
     @field_validator("lifetime", "lifetime_stagger")
     @classmethod
@@ -183,10 +194,11 @@ def _seconds(v: str) -> float:
     """'90s', '5m', '1h', '00:05:00' or a plain number of seconds."""
     import dask.utils
 
+    text = str(v).strip()
     try:
-        return float(v) if str(v).replace(".", "", 1).isdigit() else (
-            parse_walltime(v) if ":" in str(v) else float(dask.utils.parse_timedelta(v))
-        )
+        if ":" in text:
+            return parse_walltime(text)
+        return float(dask.utils.parse_timedelta(text, default="seconds"))
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"not a duration: {v!r} (use e.g. '90s', '50m', '1h' or 'HH:MM:SS')") from None
 

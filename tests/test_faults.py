@@ -228,7 +228,11 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     assert feats["done"] == 1 and feats["quarantined"] == 1 and feats["failed"] == 0  # demo-0000 complete, hog quarantined
     record = Ledger(workdir).failure("features", "hog/ps+00")
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
-    status = subprocess.run(MIRPIPE + ["status", "--workdir", str(workdir)], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
     assert "QUARANTINED features hog/ps+00: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
     row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["features"])
     assert row[1:] == ["2", "1", "0", "0", "1"]  # total done pending failed quarantined

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.mirpipe-installed
 
-.PHONY: install demo test clean-demo bench
+.PHONY: install demo test clean-demo bench bench-cluster slurm-start slurm-stop
 
 $(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -31,6 +31,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_features.py
+
+# sync vs LocalCluster 1/2 workers vs the local SLURM (2 worker jobs)
+bench-cluster: $(STAMP) slurm-start
+	$(BIN)/python benchmarks/bench_cluster.py
+
+# a single-node SLURM on this machine (Debian packages; root or passwordless sudo)
+slurm-start:
+	bash scripts/slurm-local.sh start
+
+slurm-stop:
+	bash scripts/slurm-local.sh stop
 
 clean-demo:
 	rm -rf work/demo

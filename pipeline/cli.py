@@ -23,13 +23,25 @@ def _echo(msg: str, json_mode: bool) -> None:
     click.echo(msg, err=json_mode)
 
 
+def _status_table(rows, echo=click.echo) -> None:
+    """Per stage done / pending / failed / quarantined, then one line per failure (file, class, message)."""
+    echo(f"{'stage':>12} {'total':>6} {'done':>6} {'pending':>8} {'failed':>7} {'quarantined':>12}")
+    for r in rows:
+        echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['pending']:>8} {r['failed']:>7} {r['quarantined']:>12}")
+    for r in rows:
+        for f in r["failures"]:
+            label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
+            echo(f"  {label} {r['stage']} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}")
+
+
 def _table(reports, json_mode: bool) -> None:
-    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'seconds':>8}", json_mode)
+    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'quarant.':>8} {'seconds':>8}", json_mode)
     for r in reports:
-        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.seconds:>8.1f}", json_mode)
+        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.quarantined:>8} {r.seconds:>8.1f}", json_mode)
     for r in reports:
         for f in r.failures:
-            _echo(f"  FAILED {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
+            label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
+            _echo(f"  {label} {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
 
 
 SCORE_COLUMNS = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
@@ -56,24 +68,28 @@ def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> Non
 def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, **run_kwargs) -> int:
     from .cluster import open_executor
 
-    wd.record(workdir, pipeline, cluster)
     runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
     t0 = time.perf_counter()
     from .runner import workdir_lock
 
     with workdir_lock(workdir):
-        with open_executor(cluster) as executor:
+        wd.record(workdir, pipeline, cluster)  # under the lock: a refused second run changes nothing
+        with open_executor(cluster, workdir) as executor:
             _echo(f"mirpipe: workdir {workdir.resolve()}", json_mode)
             _echo(f"mirpipe: cluster {executor.description}", json_mode)
             if executor.dashboard_link:
                 _echo(f"mirpipe: Dask dashboard {executor.dashboard_link}", json_mode)
             reports = runner.run(executor, **run_kwargs)
+        rows = runner.status()
     _table(reports, json_mode)
+    _echo("mirpipe: status", json_mode)
+    _status_table(rows, lambda m: _echo(m, json_mode))
     scores = _scores(workdir, pipeline) if any(r.stage == "evaluate" for r in reports) else {}
     _score_table(scores, workdir, json_mode)
     _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "scores": scores}))
+        status_rows = {r["stage"]: r for r in rows}
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "status": status_rows, "scores": scores}))
     return 0
 
 
@@ -140,7 +156,7 @@ def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
 def status(workdir: Path, json_mode: bool) -> None:
-    """Per stage: items done / pending / failed, and each failure's item, class and message."""
+    """Per stage: items done / pending / failed / quarantined, and each failure's item, file, class and message."""
     if wd.recorded(workdir) is None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
@@ -148,12 +164,55 @@ def status(workdir: Path, json_mode: bool) -> None:
     if json_mode:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r["stage"]: r for r in rows}}, indent=1))
         return
-    click.echo(f"{'stage':>12} {'total':>6} {'done':>6} {'pending':>8} {'failed':>7}")
-    for r in rows:
-        click.echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['pending']:>8} {r['failed']:>7}")
-    for r in rows:
-        for f in r["failures"]:
-            click.echo(f"  FAILED {r['stage']} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}")
+    _status_table(rows)
+
+
+@main.group()
+def cluster() -> None:
+    """Inspect the cluster configuration (nothing is submitted)."""
+
+
+def _cluster_cfg(cluster_file: Path | None, workdir: Path | None):
+    return wd.resolve(workdir or Path("work/run"), None, cluster_file)[1]
+
+
+@cluster.command("show")
+@click.option("--cluster", "cluster_file", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: ./cluster.yaml)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster")
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: bool) -> None:
+    """Print the resolved, validated cluster settings (with derived worker lifetime and job arguments)."""
+    from .cluster import jobqueue_kwargs
+    from .config import JobqueueCluster, dump
+
+    cfg = _cluster_cfg(cluster_file, workdir)
+    out = dump(cfg)
+    out = {"type": out.pop("type"), **out}
+    if isinstance(cfg, JobqueueCluster):
+        life, stagger = cfg.lifetime_seconds()
+        out["derived"] = {"lifetime_s": life, "lifetime_stagger_s": stagger, "jobqueue_kwargs": jobqueue_kwargs(cfg, workdir)}
+    if json_mode:
+        click.echo(json.dumps(out, indent=1))
+        return
+    import yaml
+
+    click.echo(yaml.safe_dump({"cluster": out}, sort_keys=False).rstrip())
+
+
+@cluster.command("job-script")
+@click.option("--cluster", "cluster_file", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: ./cluster.yaml)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster (and its logs/jobs)")
+@_guard
+def cluster_job_script(cluster_file: Path | None, workdir: Path | None) -> None:
+    """Print the batch script dask-jobqueue would submit for one worker job."""
+    from .cluster import job_script
+    from .config import JobqueueCluster
+
+    cfg = _cluster_cfg(cluster_file, workdir)
+    if not isinstance(cfg, JobqueueCluster):
+        raise ConfigError(f"cluster type {cfg.type!r} submits no batch jobs (job-script needs slurm, pbs, sge or lsf)")
+    click.echo(job_script(cfg, workdir))
 
 
 @main.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
@@ -16,6 +18,10 @@ class SyncExecutor:
 
     dashboard_link: str | None = None
     description = "synchronous (in-process)"
+    allowed_failures = 0
+
+    def resources_for(self, stage: str, default: dict[str, float]) -> dict[str, float] | None:
+        return None
 
     def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
         for key, args in calls:
@@ -28,9 +34,25 @@ class SyncExecutor:
 class DaskExecutor:
     """Items as Dask tasks; results (small records) come back as they finish."""
 
-    def __init__(self, client, description: str):
+    def __init__(self, client, description: str, cfg: ClusterConfig | None = None):
         self.client = client
         self.description = description
+        self.stage_resources: dict[str, dict[str, float]] = dict(cfg.resources) if cfg is not None else {}
+        self.declared: dict[str, float] = dict(getattr(cfg, "worker_resources", {}) or {})
+        self.allowed_failures: int = cfg.allowed_failures if cfg is not None else 3
+
+    def resources_for(self, stage: str, default: dict[str, float]) -> dict[str, float] | None:
+        """The resources a stage's tasks ask for: cluster.yaml's mapping, else the stage's own; None
+        when no worker advertises them (declared in cluster.yaml or seen live), so nothing waits forever."""
+        wanted = self.stage_resources.get(stage, default)
+        if not wanted:
+            return None
+        if all(self.declared.get(k, 0) >= v for k, v in wanted.items()):
+            return dict(wanted)
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        if any(all((w.get("resources") or {}).get(k, 0) >= v for k, v in wanted.items()) for w in workers):
+            return dict(wanted)
+        return None
 
     @property
     def dashboard_link(self) -> str | None:
@@ -56,57 +78,98 @@ class DaskExecutor:
                 fut.release()
 
 
-def _jobqueue_cluster(cfg: JobqueueCluster):
+JOBQUEUE_CLASSES = {"slurm": "SLURM", "pbs": "PBS", "sge": "SGE", "lsf": "LSF"}
+
+
+def _dask_jobqueue():
     try:
         import dask_jobqueue
     except ImportError:
-        raise RuntimeError(f"cluster type {cfg.type!r} needs dask-jobqueue: pip install 'mirpipe[hpc]'") from None
-    cls = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}[cfg.type]
-    kwargs = cfg.model_dump(exclude={"type", "jobs", "minimum", "maximum", "extra"}, exclude_none=True)
-    kwargs.update(cfg.extra)
-    cluster = getattr(dask_jobqueue, cls)(**kwargs)
+        raise RuntimeError("cluster types slurm/pbs/sge/lsf need dask-jobqueue: pip install 'mirpipe[hpc]'") from None
+    return dask_jobqueue
+
+
+def jobqueue_kwargs(cfg: JobqueueCluster, workdir: Path | None = None) -> dict[str, Any]:
+    """The keyword arguments mirpipe gives dask-jobqueue (job logs default to <workdir>/logs/jobs)."""
+    kwargs = cfg.jobqueue_kwargs(python=sys.executable)
+    if "log_directory" not in kwargs and workdir is not None:
+        kwargs["log_directory"] = str(Path(workdir).resolve() / "logs" / "jobs")
+    return kwargs
+
+
+def job_script(cfg: JobqueueCluster, workdir: Path | None = None) -> str:
+    """The batch script dask-jobqueue would submit (no scheduler is started)."""
+    jq = _dask_jobqueue()
+    job_cls = getattr(jq, f"{JOBQUEUE_CLASSES[cfg.type]}Cluster").job_cls
+    kwargs = {k: v for k, v in jobqueue_kwargs(cfg, workdir).items() if k not in ("n_workers", "scheduler_options", "dashboard_address", "host")}
+    return job_cls(scheduler="tcp://<scheduler>:8786", name="mirpipe-worker", **kwargs).job_script()
+
+
+def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None):
+    jq = _dask_jobqueue()
+    cluster = getattr(jq, f"{JOBQUEUE_CLASSES[cfg.type]}Cluster")(**jobqueue_kwargs(cfg, workdir))
     if cfg.jobs:
-        cluster.scale(jobs=cfg.jobs)
+        # adapt, not scale: a fixed scale never replaces a job whose worker retired (--lifetime)
+        # or was cancelled, so the run would wait forever; adapt keeps `jobs` jobs alive
+        cluster.adapt(minimum_jobs=cfg.jobs, maximum_jobs=cfg.jobs)
     else:
         cluster.adapt(minimum_jobs=cfg.minimum, maximum_jobs=cfg.maximum)
     return cluster
 
 
+def scheduler_settings(cfg: ClusterConfig) -> dict[str, Any]:
+    """Dask settings of the scheduler mirpipe starts (LocalCluster, jobqueue): how many worker deaths
+    an item may cause before KilledWorker, and no queued extra task per thread, so a dying worker
+    takes down only the items it was running (not bystanders waiting behind them)."""
+    return {
+        "distributed.scheduler.allowed-failures": cfg.allowed_failures,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+
+
 @contextmanager
-def open_executor(cfg: ClusterConfig) -> Iterator[SyncExecutor | DaskExecutor]:
+def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[SyncExecutor | DaskExecutor]:
     """Start (or connect to) the configured cluster for the duration of a run."""
     if isinstance(cfg, SyncCluster):
         yield SyncExecutor()
         return
+    import dask
     from distributed import Client, LocalCluster
 
     if isinstance(cfg, LocalClusterConfig):
-        cluster = LocalCluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            memory_limit=cfg.memory_limit,
-            dashboard_address=cfg.dashboard_address,
-            processes=True,
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set(scheduler_settings(cfg)):
+            cluster = LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                memory_limit=cfg.memory_limit,
+                dashboard_address=cfg.dashboard_address,
+                processes=True,
+                silence_logs=logging.ERROR,
+                resources=cfg.worker_resources or None,
+            )
         client = Client(cluster)
         try:
             n = len(client.scheduler_info(n_workers=-1)["workers"])
-            yield DaskExecutor(client, f"LocalCluster, {n} workers x {cfg.threads_per_worker} threads")
+            yield DaskExecutor(client, f"LocalCluster, {n} workers x {cfg.threads_per_worker} threads", cfg)
         finally:
             client.close()
             cluster.close()
     elif isinstance(cfg, AddressCluster):
         client = Client(cfg.address)
         try:
-            yield DaskExecutor(client, f"scheduler at {cfg.address}")
+            yield DaskExecutor(client, f"scheduler at {cfg.address}", cfg)
         finally:
             client.close()
     else:
-        cluster = _jobqueue_cluster(cfg)
+        with dask.config.set(scheduler_settings(cfg)):
+            cluster = _jobqueue_cluster(cfg, workdir)
         client = Client(cluster)
         try:
-            yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue")
+            jobs = f"{cfg.jobs} jobs" if cfg.jobs else f"adaptive {cfg.minimum}..{cfg.maximum} jobs"
+            yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.cores} cores", cfg)
         finally:
+            adaptive = getattr(cluster, "_adaptive", None)
+            if adaptive is not None:  # else it may submit a replacement job while the cluster closes
+                adaptive.stop()
             client.close()
             cluster.close()

@@ -5,36 +5,71 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from stages import STAGES, StageContext, WorkItem
-from stages.errors import is_permanent
+from stages.errors import TimeLimitError, is_permanent
 
 from .ledger import Ledger
+from .timelimit import ItemTimeout, time_limit
+
+
+def item_file(item: WorkItem) -> str:
+    """The input file an item is about (named in time-limit failures)."""
+    for key in ("audio", "jams"):
+        value = item.payload.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value:
+            return str(value)
+    return item.id
 
 
 def execute_item(
-    stage_name: str, item: WorkItem, fingerprint: str, ctx: StageContext, retries: int, backoff: float
+    stage_name: str,
+    item: WorkItem,
+    fingerprint: str,
+    ctx: StageContext,
+    retries: int,
+    backoff: float,
+    limit: float | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Never raises for the item's own errors: returns ``{"status": "done"|"failed", ...}``."""
+    """Never raises for the item's own errors: returns ``{"status": "done"|"failed", ...}``.
+
+    ``token`` names this submission: each start is noted in the ledger (the runner
+    counts them to tell an item that kills its worker from a bystander), and a
+    failure the watchdog recorded for this token is returned, not rerun.
+    """
     stage = STAGES[stage_name]
     ledger = Ledger(ctx.workdir)
+    t0 = time.perf_counter()
+    if token is not None:
+        prior = ledger.failure(stage_name, item.id)
+        if prior is not None and prior.get("token") == token:
+            return {"status": "failed", "item": item.id, "failure": prior, "seconds": 0.0}
+        ledger.note_start(stage_name, item.id, token)
     item = dataclasses.replace(item, payload={**item.payload, "fingerprint": fingerprint})
     attempts = 0
-    t0 = time.perf_counter()
+
+    def _expired() -> None:  # worker case: recorded here, then the watchdog ends the process
+        exc = TimeLimitError(item_file(item), f"exceeded the time limit of {limit:g}s ({stage_name} {item.id})")
+        ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, "", token=token)
+
     while True:
         attempts += 1
         try:
-            record = stage.run(item, ctx)
+            try:
+                with time_limit(limit, _expired):
+                    record = stage.run(item, ctx)
+            except ItemTimeout as timeout:
+                raise TimeLimitError(item_file(item), f"{timeout} ({stage_name} {item.id})") from None
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, classified
             if is_permanent(exc) or attempts > retries:
-                failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc())
+                failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc(), token=token)
                 return {"status": "failed", "item": item.id, "failure": failure.as_dict(), "seconds": time.perf_counter() - t0}
             time.sleep(backoff * 2 ** (attempts - 1))
             continue
         seconds = time.perf_counter() - t0
         ledger.mark_done(stage_name, item.id, fingerprint, record, attempts, seconds)
         return {"status": "done", "item": item.id, "record": record, "seconds": seconds, "attempts": attempts}
-
-

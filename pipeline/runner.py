@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any, Callable, Iterator
 from tqdm import tqdm
 
 from stages import STAGES, Done, Stage, StageContext, WorkItem
+from storage.atomic import remove_leftovers
 
 from .config import PipelineConfig
 from .execute import execute_item
-from .ledger import Ledger
+from .ledger import QUARANTINED, Ledger, QuarantinedError
 
 LOCK_NAME = ".mirpipe.lock"
 
@@ -66,6 +68,7 @@ class StageReport:
     skipped: int = 0
     done: int = 0
     failed: int = 0
+    quarantined: int = 0
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -144,37 +147,68 @@ class Runner:
         report.failures = list(plan.failed.values())
         done = dict(plan.done)
         if plan.todo:
-            rp = self.config.run
-            calls = [
-                (f"{name}-{item.id}-{fp[:8]}", (name, item, fp, self.ctx, rp.retries, rp.retry_backoff))
-                for item, fp in plan.todo
-            ]
-            by_key = {key: (item, fp) for key, (item, fp) in zip((c[0] for c in calls), plan.todo)}
-            bar = tqdm(total=len(calls), desc=f"{name:>10}", unit="item", disable=not self.progress, dynamic_ncols=True)
-            for key, result in executor.run(execute_item, calls):
-                item, fp = by_key[key]
-                if isinstance(result, BaseException):  # the task itself was lost (worker died)
-                    failure = self.ledger.mark_failed(name, item.id, fp, result, attempts=1).as_dict()
-                    result = {"status": "failed", "failure": failure}
-                if result["status"] == "done":
-                    report.done += 1
-                    done[item.id] = Done(fp, result["record"])
-                else:
-                    report.failures.append(result["failure"])
-                    self._log_failure(name, result["failure"])
-                bar.update(1)
-                bar.set_postfix(failed=len(report.failures), refresh=False)
+            bar = tqdm(total=len(plan.todo), desc=f"{name:>10}", unit="item", disable=not self.progress, dynamic_ncols=True)
+            todo, final = list(plan.todo), False
+            while todo:  # a second pass resubmits bystanders of a killed worker once
+                retry = []
+                for item, fp, result in self._submit(stage, todo, executor, final):
+                    if result is None:
+                        retry.append((item, fp))
+                        continue
+                    if result["status"] == "done":
+                        report.done += 1
+                        done[item.id] = Done(fp, result["record"])
+                    else:
+                        report.failures.append(result["failure"])
+                        self._log_failure(name, result["failure"])
+                    bar.update(1)
+                    bar.set_postfix(failed=len(report.failures), refresh=False)
+                todo, final = retry, True
             bar.close()
-        report.failed = len(report.failures)
+        report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)
+        report.failed = len(report.failures) - report.quarantined  # as in status: the two are apart
         stage.finalize(self.ctx, done)
         self._done_cache[name] = done
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
 
+    def _submit(self, stage: Stage, todo: list[tuple[WorkItem, str]], executor, final: bool):
+        """Run items on the executor; yield (item, fingerprint, result), result None = resubmit."""
+        rp = self.config.run
+        calls, by_key = [], {}
+        for item, fp in todo:
+            key = f"{stage.name}-{item.id}-{fp[:8]}-{uuid.uuid4().hex[:8]}"  # also the submission token
+            self.ledger.clear_starts(stage.name, item.id)
+            calls.append((key, (stage.name, item, fp, self.ctx, rp.retries, rp.retry_backoff, rp.time_limit if stage.bounded_time else None, key)))
+            by_key[key] = (item, fp)
+        resources = executor.resources_for(stage.name, stage.resources)
+        for key, result in executor.run(execute_item, calls, resources=resources):
+            item, fp = by_key[key]
+            if isinstance(result, BaseException):  # the task itself was lost (its worker died)
+                result = self._lost(stage.name, item, fp, key, result, executor, final)
+            yield item, fp, result
+
+    def _lost(self, name: str, item: WorkItem, fp: str, token: str, exc: BaseException, executor, final: bool):
+        """A task whose worker died: a failure recorded for this submission (time limit), a quarantine
+        (it killed its worker more than the allowed failures), or None to resubmit a bystander once."""
+        from .execute import item_file
+
+        recorded = self.ledger.failure(name, item.id)
+        if recorded is not None and recorded.get("token") == token:
+            return {"status": "failed", "failure": recorded}
+        starts = self.ledger.starts(name, item.id, token)
+        if type(exc).__name__ == "KilledWorker":
+            if starts > executor.allowed_failures or final:
+                exc = QuarantinedError(f"killed its worker {starts} time(s); quarantined after the allowed failures ({exc})")
+            else:
+                return None
+        failure = self.ledger.mark_failed(name, item.id, fp, exc, attempts=max(starts, 1), token=token, file=item_file(item))
+        return {"status": "failed", "failure": failure.as_dict()}
+
     def _log_failure(self, stage: str, failure: dict[str, Any]) -> None:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure.get('kind')} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
         with open(logs / "failures.log", "a") as fh:
             fh.write(line.replace("\n", " ") + "\n")
 
@@ -196,6 +230,7 @@ class Runner:
             selected = order[: order.index(until) + 1]
         else:
             selected = order
+        remove_leftovers(self.workdir)  # temporary files of killed writers (we hold the workdir lock)
         return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
 
     def status(self) -> list[dict[str, Any]]:
@@ -210,7 +245,8 @@ class Runner:
                     "total": plan.total,
                     "done": len(plan.done),
                     "pending": len(plan.todo),
-                    "failed": len(plan.failed),
+                    "failed": sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
+                    "quarantined": sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
                     "failures": [
                         {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
                         for f in plan.failed.values()

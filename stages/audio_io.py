@@ -39,3 +39,35 @@ def header_frames(path: Path | str) -> tuple[int, int, int] | None:
     except Exception:
         return None
     return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def riff_declared_frames(path: Path | str) -> int | None:
+    """Frames a WAV header declares (its ``data`` chunk size over the block size), or None.
+
+    libsndfile clips a truncated WAV's frame count to what the file holds, so a
+    truncation is only visible by comparing with the header's own claim.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = fh.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):  # streaming writers leave these
+                        return None
+                    return size // block_align
+                else:
+                    fh.seek(size + (size & 1), 1)
+    except OSError:
+        return None

@@ -47,6 +47,8 @@ class Stage(ABC):
     name: str
     needs: tuple[str, ...] = ()
     version: str = "1"  # bump when the code changes what the stage writes
+    bounded_time: bool = True  # run.time_limit applies to each item (not to long training runs)
+    resources: dict[str, float] = {}  # worker resources its tasks ask for (e.g. {"GPU": 1}); cluster.yaml overrides
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         """The parameters that affect each item's outputs (hashed into its fingerprint)."""

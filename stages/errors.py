@@ -41,6 +41,14 @@ class AnnotationSchemaError(InputError):
     """The JAMS does not load or does not validate against its schema."""
 
 
+class UnknownNamespaceError(AnnotationSchemaError):
+    """The JAMS uses an annotation namespace the jams schema does not know."""
+
+
+class TimeLimitError(InputError):
+    """Processing the file took longer than the per-item time limit (a hung read, a pathological file)."""
+
+
 class AnnotationRangeError(InputError):
     """An annotation runs past the end of the audio."""
 

@@ -125,7 +125,8 @@ class Features(Stage):
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
         p: FeaturesParams = ctx.params["features"]
-        return open_store(p.store, store_root(ctx)).has_entry(item.payload["track"], item.payload["variant"])
+        # opened and checked, not just present: a truncated or partial entry makes the item pending again
+        return open_store(p.store, store_root(ctx)).is_valid(item.payload["track"], item.payload["variant"])
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: FeaturesParams = ctx.params["features"]

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from storage.atomic import write_json
 
 from . import errors
-from .audio_io import AUDIO_EXTENSIONS, header_frames, load_mono
+from .audio_io import AUDIO_EXTENSIONS, header_frames, load_mono, riff_declared_frames
 from .base import Done, Stage, StageContext, WorkItem
 
 MANIFEST = "manifest.json"
@@ -70,7 +70,8 @@ def discover(corpus: Path) -> dict[str, dict[str, list[str]]]:
     """Group the corpus files by track id: {id: {"audio": [...], "jams": [...]}}."""
     groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"audio": [], "jams": []})
     for path in sorted(corpus.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
+        # special files (a FIFO, a device) are kept: reading them is what the time limit is for
+        if path.is_dir() or path.name.startswith("."):
             continue
         suffix = path.suffix.lower()
         if suffix == ".jams":
@@ -92,6 +93,8 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         raise errors.DuplicateTrackError(audio[0], f"track id {track!r} is shared by {sorted(audio + jams_paths)}")
     audio_path, jams_path = Path(audio[0]), Path(jams_paths[0])
     for path in (audio_path, jams_path):
+        if not os.path.exists(path):
+            raise errors.UnreadableFileError(path, "missing (a broken link?)")
         if not os.access(path, os.R_OK):
             raise errors.UnreadableFileError(path, "permission denied")
     header = header_frames(audio_path)
@@ -106,11 +109,15 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         raise errors.EmptyAudioError(audio_path, "no samples")
     if not np.all(np.isfinite(y)):
         raise errors.NonFiniteAudioError(audio_path, f"{int(np.sum(~np.isfinite(y)))} NaN/inf samples")
-    if header is not None:
-        frames = header[0]
+    declared = riff_declared_frames(audio_path)
+    if declared is None and header is not None:
+        declared = header[0]
+    if declared is not None:
+        frames = declared
         if abs(len(y) - frames) > max(1, p.length_tolerance * frames):
-            raise errors.LengthMismatchError(audio_path, f"header says {frames} frames, decoded {len(y)}")
+            raise errors.LengthMismatchError(audio_path, f"header says {frames} frames, decoded {len(y)} (truncated?)")
     duration = len(y) / sr
+    _check_namespaces(jams_path)
     try:
         jam = jams.load(str(jams_path), validate=True, strict=True)
     except Exception as exc:
@@ -132,6 +139,21 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         "jams_sha256": _sha256(jams_path),
         "namespaces": sorted({a.namespace for a in jam.annotations}),
     }
+
+
+def _check_namespaces(jams_path: Path) -> None:
+    """An unknown namespace gets its own class (jams would report it as a generic schema error)."""
+    import jams
+
+    try:
+        raw = json.loads(jams_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.AnnotationSchemaError(jams_path, f"not JSON: {exc}") from None
+    annotations = raw.get("annotations", []) if isinstance(raw, dict) else []
+    used = {a.get("namespace") for a in annotations if isinstance(a, dict) and isinstance(a.get("namespace"), str)}
+    unknown = sorted(used - set(jams.schema.__NAMESPACE__))
+    if unknown:
+        raise errors.UnknownNamespaceError(jams_path, f"unknown annotation namespace(s) {unknown}")
 
 
 def assign_splits(records: Mapping[str, Mapping[str, Any]], fractions: Mapping[str, float], seed: int) -> dict[str, str]:

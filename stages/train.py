@@ -106,6 +106,7 @@ class Train(Stage):
     needs = ("features",)
     version = "1"
     resources = {"GPU": 1}  # asked for only where the cluster offers it
+    bounded_time = False  # training takes as long as it takes; it checkpoints and resumes instead
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: TrainParams = ctx.params["train"]

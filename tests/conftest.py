@@ -34,3 +34,99 @@ def sync_cluster():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# -- fault-injection fixtures: one small corpus, ingested and augmented once per session -------------
+
+FAULT_SHIFTS = [-1, 0, 2]
+
+
+def corpus_config(corpus: Path, store: str = "zarr", shifts=None, **run) -> PipelineConfig:
+    """A run over an existing corpus (no synthesize stage)."""
+    return PipelineConfig.model_validate(
+        {
+            "ingest": {"corpus": str(corpus)},
+            "augment": {"shifts": shifts or FAULT_SHIFTS},
+            "features": {"store": store},
+            "run": {"retries": 1, "retry_backoff": 0.0, **run},
+        }
+    )
+
+
+def store_contents(workdir: Path, backend: str = "zarr") -> dict:
+    """Every entry's arrays and attributes (less the per-run fingerprint): what "identical store" compares."""
+    from storage import open_store
+
+    store = open_store(backend, Path(workdir) / "features")
+    out = {}
+    for row in store.read_index():
+        entry = store.read_entry(row["track"], row["variant"])
+        attrs = {k: v for k, v in entry.attrs.items() if k != "fingerprint"}
+        out[(row["track"], row["variant"])] = (entry.arrays, attrs)
+    return out
+
+
+def assert_same_store(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert sorted(a) == sorted(b) and a
+    for key in a:
+        arrays_a, attrs_a = a[key]
+        arrays_b, attrs_b = b[key]
+        assert sorted(arrays_a) == sorted(arrays_b), key
+        for name in arrays_a:
+            assert np.array_equal(arrays_a[name], arrays_b[name], equal_nan=True), (key, name)
+        assert attrs_a == attrs_b, key
+
+
+@pytest.fixture(scope="session")
+def fault_corpus(tmp_path_factory) -> Path:
+    """Two short demo tracks (6-8 s), synthesized once."""
+    from pipeline.cluster import open_executor
+    from pipeline.runner import Runner
+
+    work = tmp_path_factory.mktemp("fault-corpus")
+    cfg = PipelineConfig.model_validate(
+        {"synthesize": {"tracks": 2, "seed": 3, "min_duration": 6.0, "max_duration": 8.0, "solo_fraction": 0.0}}
+    )
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(work, cfg, progress=False).run(ex, only="synthesize")
+    return work / "corpus"
+
+
+@pytest.fixture(scope="session")
+def augmented_template(tmp_path_factory, fault_corpus) -> Path:
+    """A workdir with ingest and augment done on the fault corpus; copy it, never modify it."""
+    from pipeline.cluster import open_executor
+    from pipeline.runner import Runner
+
+    work = tmp_path_factory.mktemp("augmented") / "work"
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(work, corpus_config(fault_corpus), progress=False).run(ex, until="augment")
+    return work
+
+
+@pytest.fixture(scope="session")
+def reference_store(tmp_path_factory, augmented_template, fault_corpus) -> dict:
+    """The store of an uninterrupted LocalCluster run of the fault corpus."""
+    import shutil
+
+    from pipeline.cluster import open_executor
+    from pipeline.runner import Runner
+
+    work = tmp_path_factory.mktemp("reference") / "work"
+    shutil.copytree(augmented_template, work)
+    with open_executor(parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "3GiB"})) as ex:
+        (report,) = Runner(work, corpus_config(fault_corpus), progress=False).run(ex, only="features")
+    assert report.done == report.total == 2 * len(FAULT_SHIFTS)
+    return store_contents(work)
+
+
+@pytest.fixture
+def augmented(tmp_path, augmented_template) -> Path:
+    """A fresh copy of the augmented workdir."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(augmented_template, work)
+    return work

@@ -1,7 +1,10 @@
 """Ingest: good tracks pass, each bad input becomes a classified failure naming its file."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,6 +57,27 @@ def messy_corpus(tmp_path):
     shutil.copy(corpus / "good_a.flac", corpus / "twin.flac")
     sf.write(corpus / "twin.wav", np.zeros(22050, np.float32), 22050)
     shutil.copy(good_jams, corpus / "twin.jams")
+    # infinite samples
+    y = np.ones(22050 * 8, np.float32) * 0.1
+    y[5000] = np.inf
+    sf.write(corpus / "inf.wav", y, 22050, subtype="FLOAT")
+    shutil.copy(good_jams, corpus / "inf.jams")
+    # truncated WAV: the header declares 8 s, the file holds half of it
+    sf.write(corpus / "truncated.wav", np.full(22050 * 8, 0.1, np.float32), 22050, subtype="PCM_16")
+    data_bytes = (corpus / "truncated.wav").read_bytes()
+    (corpus / "truncated.wav").write_bytes(data_bytes[: len(data_bytes) // 2])
+    shutil.copy(good_jams, corpus / "truncated.jams")
+    # an unsupported container: an MP4/M4A box header no decoder here reads
+    (corpus / "container.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isomiso2" + bytes(4096))
+    shutil.copy(good_jams, corpus / "container.jams")
+    # a JAMS with a namespace jams does not know
+    sf.write(corpus / "namespace.flac", np.zeros(22050 * 8, np.float32), 22050)
+    data = json.loads(good_jams.read_text())
+    data["annotations"][0]["namespace"] = "chord_klingon"
+    (corpus / "namespace.jams").write_text(json.dumps(data))
+    # a read that never returns (a FIFO nobody writes): only the per-file time limit ends it
+    os.mkfifo(corpus / "hang.wav")
+    shutil.copy(good_jams, corpus / "hang.jams")
     return corpus
 
 
@@ -66,11 +90,18 @@ EXPECTED = {
     "lonely": ("MissingAnnotationError", "lonely.flac"),
     "orphan": ("MissingAudioError", "orphan.jams"),
     "twin": ("DuplicateTrackError", "twin"),
+    "inf": ("NonFiniteAudioError", "inf.wav"),
+    "truncated": ("LengthMismatchError", "truncated.wav"),
+    "container": ("UnsupportedFormatError", "container.m4a"),
+    "namespace": ("UnknownNamespaceError", "namespace.jams"),
+    "hang": ("TimeLimitError", "hang.wav"),
 }
 
 
 def test_bad_inputs_are_classified_and_good_tracks_go_on(messy_corpus, tmp_path, sync_cluster):
-    cfg = PipelineConfig.model_validate({"ingest": {"corpus": str(messy_corpus)}, "run": {"retries": 2, "retry_backoff": 0}})
+    cfg = PipelineConfig.model_validate(
+        {"ingest": {"corpus": str(messy_corpus)}, "run": {"retries": 2, "retry_backoff": 0, "time_limit": 2}}
+    )
     runner = Runner(tmp_path / "work", cfg, progress=False)
     with open_executor(sync_cluster) as ex:
         (report,) = runner.run(ex, only="ingest")
@@ -79,7 +110,7 @@ def test_bad_inputs_are_classified_and_good_tracks_go_on(messy_corpus, tmp_path,
     for item, (cls, filename) in EXPECTED.items():
         f = failures[item]
         assert f["error_class"] == cls, (item, f)
-        assert f["kind"] == "input" and filename in f["file"] and f["message"]
+        assert f["kind"] == "input" and filename in f["file"] and f["message"] and f["traceback"]
         assert f["attempts"] == 1  # input errors are not retried
     manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())["tracks"]
     assert [r["track"] for r in manifest] == ["good_a", "good_b"]
@@ -92,6 +123,29 @@ def test_bad_inputs_are_classified_and_good_tracks_go_on(messy_corpus, tmp_path,
         assert again.scheduled == 0 and again.failed == len(EXPECTED)
         (retried,) = runner.run(ex, only="ingest", retry_failed=True)
         assert retried.scheduled == len(EXPECTED)
+
+
+def test_unreadable_file_is_classified_through_the_cli(tmp_path, repo_root):
+    """chmod 000 on a track's audio; as root the run drops the capabilities that bypass permissions."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _good(corpus, "good_a", 0)
+    _good(corpus, "locked", 1)
+    (corpus / "locked.flac").chmod(0)
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(json.dumps({"ingest": {"corpus": str(corpus)}}))
+    (tmp_path / "cluster.yaml").write_text("cluster: {type: sync}\n")
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--json", "--config", str(cfg),
+           "--cluster", str(tmp_path / "cluster.yaml"), "--workdir", str(tmp_path / "work")]
+    if os.geteuid() == 0:  # root reads anything: take CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH away
+        cmd = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"] + cmd
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ingest = json.loads(res.stdout)["stages"]["ingest"]
+    assert ingest["done"] == 1 and ingest["failed"] == 1
+    (f,) = ingest["failures"]
+    assert f["item"] == "locked" and f["error_class"] == "UnreadableFileError"
+    assert f["file"].endswith("locked.flac") and "permission" in f["message"]
 
 
 def test_splits_are_by_track_deterministic_and_stratified():

@@ -1,0 +1,293 @@
+"""Faults injected for real (no mocks): killed workers, a SIGKILLed driver, crashes between an
+entry and its marker, planted broken entries, raising and worker-killing items, concurrent runs,
+changed parameters. Each checks the outcome against an uninterrupted run of the same corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from conftest import FAULT_SHIFTS, assert_same_store, corpus_config, store_contents
+from pipeline.cluster import open_executor
+from pipeline.config import dump, parse_cluster
+from pipeline.ledger import Ledger
+from pipeline.runner import Runner
+from stages import STAGES
+from storage import open_store
+
+N_FEATURES = 2 * len(FAULT_SHIFTS)
+MIRPIPE = [sys.executable, "-m", "pipeline.cli"]
+
+
+def _write_configs(tmp_path: Path, pipeline, cluster: dict) -> tuple[Path, Path]:
+    cfg, cl = tmp_path / "pipeline.yaml", tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump(dump(pipeline)))
+    cl.write_text(yaml.safe_dump({"cluster": cluster}))
+    return cfg, cl
+
+
+def _done_markers(workdir: Path, stage: str = "features") -> int:
+    return len(list((workdir / "ledger" / stage).rglob("*.done.json")))
+
+
+def _wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:
+    """Poll until predicate() holds (a guard against hanging, not a timed assertion)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_features_stage_still_completes_identically(augmented, fault_corpus, reference_store):
+    cfg = corpus_config(fault_corpus)
+    cluster = parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "3GiB"})
+    with open_executor(cluster) as ex:
+        client = ex.client
+        runner = Runner(augmented, cfg, progress=False)
+        out: dict = {}
+        thread = threading.Thread(target=lambda: out.update(reports=runner.run(ex, only="features")))
+        thread.start()
+        _wait_for(lambda: _done_markers(augmented) >= 1, what="the first features item")
+        busy = [addr for addr, keys in client.processing().items() if keys]
+        assert busy, "no worker was processing an item: the kill would not be mid-stage"
+        victim_pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+        try:
+            client.run(os._exit, 1, workers=[busy[0]])  # the worker process dies on the spot
+        except Exception:  # noqa: BLE001 - it cannot answer: it is dead
+            pass
+        thread.join(timeout=300)
+    with pytest.raises(ProcessLookupError):
+        os.kill(victim_pid, 0)
+    (report,) = out["reports"]
+    assert report.done + report.skipped == N_FEATURES and report.failed == 0 and report.quarantined == 0
+    assert_same_store(store_contents(augmented), reference_store)
+
+
+@pytest.mark.slow
+def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(augmented, fault_corpus, reference_store, tmp_path, repo_root):
+    # synchronous: the driver itself writes the entries, so the SIGKILL also lands mid-write
+    cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus), {"type": "sync"})
+    driver = subprocess.Popen(
+        MIRPIPE + ["run", "--workdir", str(augmented), "--config", str(cfg), "--cluster", str(cl)],
+        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: _done_markers(augmented) >= 1 or driver.poll() is not None, what="the first features item")
+        os.kill(driver.pid, signal.SIGKILL)  # the driver, mid-features
+        driver.wait()
+    finally:
+        time.sleep(0.5)
+        try:  # then its orphaned LocalCluster workers (the whole node went down)
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert driver.returncode == -signal.SIGKILL
+    store = open_store("zarr", augmented / "features")
+    # what a killed writer leaves behind, planted too so the check cannot pass vacuously
+    leftover = augmented / "features" / "demo-0000" / ".tmp-0123456789ab-ps+00.zarr"
+    leftover.mkdir(parents=True, exist_ok=True)
+    (leftover / "zarr.json").write_text("{")
+    done_before = sum(
+        1 for item, m in Ledger(augmented).done("features").items() if store.is_valid(*item.split("/"))
+    )
+    assert 0 < done_before < N_FEATURES, "the kill did not land mid-features"
+    res = subprocess.run(MIRPIPE + ["run", "--workdir", str(augmented), "--json"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stages = json.loads(res.stdout)["stages"]
+    assert stages["ingest"]["scheduled"] == stages["augment"]["scheduled"] == 0
+    assert stages["features"]["scheduled"] == N_FEATURES - done_before and stages["features"]["failed"] == 0
+    assert not list((augmented / "features").rglob(".tmp-*"))
+    assert_same_store(store_contents(augmented), reference_store)
+
+
+_CRASH_AFTER_ENTRY = """
+import os, sys, pathlib
+from conftest import corpus_config
+from pipeline.runner import Runner
+from stages import STAGES
+workdir, corpus = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+runner = Runner(workdir, corpus_config(corpus), progress=False)
+item, fp = runner.plan("features").todo[0]
+STAGES["features"].run(item, runner.ctx)   # the entry is written and renamed into place ...
+print(item.id, flush=True)
+os._exit(9)                                # ... and the process dies before the marker
+"""
+
+
+def test_crash_between_entry_and_marker_leaves_the_item_pending(augmented, fault_corpus, reference_store, repo_root):
+    res = subprocess.run([sys.executable, "-c", _CRASH_AFTER_ENTRY, str(augmented), str(fault_corpus)],
+                         cwd=repo_root / "tests", capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(repo_root)})
+    assert res.returncode == 9, res.stderr[-2000:]
+    crashed = res.stdout.split()[-1]
+    track, variant = crashed.split("/")
+    assert open_store("zarr", augmented / "features").is_valid(track, variant)  # the entry is there
+    assert not Ledger(augmented).done("features")  # but no marker
+    runner = Runner(augmented, corpus_config(fault_corpus), progress=False)
+    status = {r["stage"]: r for r in runner.status()}
+    assert status["features"]["done"] == 0 and status["features"]["pending"] == N_FEATURES
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        (report,) = runner.run(ex, only="features")
+    assert report.scheduled == report.done == N_FEATURES
+    assert_same_store(store_contents(augmented), reference_store)
+
+
+@pytest.mark.parametrize("backend", ["hdf5", "zarr"])
+def test_planted_broken_entries_are_detected_and_rewritten(backend, augmented, fault_corpus, reference_store):
+    cfg = corpus_config(fault_corpus, store=backend)
+    runner = Runner(augmented, cfg, progress=False)
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        runner.run(ex, only="features")
+        store = open_store(backend, augmented / "features")
+        ledger = Ledger(augmented)
+        (a_track, a_var), (b_track, b_var) = ("demo-0000", "ps-01"), ("demo-0001", "ps+02")
+        for track, variant in ((a_track, a_var), (b_track, b_var)):
+            path = store.entry_path(track, variant)
+            if backend == "hdf5":  # a truncated HDF5 file
+                data = path.read_bytes()
+                path.write_bytes(data[: len(data) // 2])
+            else:  # a partial Zarr entry: one chunk of an array is gone
+                chunk = next(p for p in sorted((path / "cqt").rglob("*")) if p.is_file() and p.name != "zarr.json")
+                chunk.unlink()
+            assert not store.is_valid(track, variant)
+        ledger.forget("features", f"{a_track}/{a_var}")  # a broken entry without a marker; b keeps its marker
+        stray = store.entry_path(a_track, "ps+00").with_name(".tmp-0123456789ab-ps+00" + store.suffix)
+        stray.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))  # a killed writer's temp file
+        (report,) = Runner(augmented, cfg, progress=False).run(ex, only="features")
+        assert report.scheduled == 2 and report.done == 2 and report.failed == 0
+        (again,) = Runner(augmented, cfg, progress=False).run(ex, only="features")
+        assert again.scheduled == 0
+    assert not list((augmented / "features").rglob(".tmp-*"))
+    assert_same_store(store_contents(augmented, backend), reference_store)
+
+
+@pytest.mark.slow
+def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_it(augmented, fault_corpus, tmp_path, repo_root):
+    cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus, retries=2), {"type": "sync"})
+    recipe = augmented / "augment" / "demo-0001" / "ps+02.jamz"
+    good = recipe.read_bytes()
+    recipe.write_bytes(b"this is not gzip")  # a corrupted intermediate: not the input's fault, so retried
+    run = MIRPIPE + ["run", "--workdir", str(augmented), "--json"]
+    first = subprocess.run(run + ["--config", str(cfg), "--cluster", str(cl)], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    feats = json.loads(first.stdout)["stages"]["features"]
+    assert feats["done"] == N_FEATURES - 1 and feats["failed"] == 1
+    (f,) = feats["failures"]
+    assert f["item"] == "demo-0001/ps+02" and f["attempts"] == 3 and f["kind"] == "error"
+    record = Ledger(augmented).failure("features", "demo-0001/ps+02")
+    assert "Traceback" in record["traceback"] and record["error_class"] == f["error_class"]
+    log = (augmented / "logs" / "failures.log").read_text().splitlines()
+    assert len(log) == 1 and "demo-0001/ps+02" in log[0]
+    with open_executor(parse_cluster({"type": "sync"})) as ex:  # recorded failures stay put on a plain rerun
+        assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex)[-1].scheduled == 0
+    recipe.write_bytes(good)
+    retried = subprocess.run(run + ["--retry-failed"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    stages = json.loads(retried.stdout)["stages"]
+    assert stages["features"]["scheduled"] == 1 and stages["features"]["done"] == 1 and stages["features"]["failed"] == 0
+    assert all(s["scheduled"] == 0 for name, s in stages.items() if name != "features")
+
+
+def _memory_hog(corpus: Path, template_jams: Path) -> None:
+    """A valid, small file (100 Hz, 5.5 hours, 4 MB) whose resampling to 22050 Hz needs > 2 GB: it kills its worker every time."""
+    t = np.arange(2_000_000) / 100.0
+    sf.write(corpus / "hog.wav", (0.3 * np.sin(2 * np.pi * 7 * t)).astype(np.float32), 100, subtype="PCM_16")
+    shutil.copy(template_jams, corpus / "hog.jams")
+
+
+@pytest.mark.slow
+def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path, fault_corpus, repo_root):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in fault_corpus.glob("demo-0000.*"):
+        shutil.copy(f, corpus / f.name)
+    _memory_hog(corpus, corpus / "demo-0000.jams")
+    workdir = tmp_path / "work"
+    cfg, cl = _write_configs(
+        tmp_path, corpus_config(corpus, shifts=[0]),
+        {"type": "local", "n_workers": 2, "memory_limit": "1500MiB", "allowed_failures": 1},
+    )
+    res = subprocess.run(MIRPIPE + ["run", "--workdir", str(workdir), "--config", str(cfg), "--cluster", str(cl), "--json"],
+                         cwd=repo_root, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    feats = out["stages"]["features"]
+    assert feats["done"] == 1 and feats["quarantined"] == 1 and feats["failed"] == 0  # demo-0000 complete, hog quarantined
+    record = Ledger(workdir).failure("features", "hog/ps+00")
+    assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
+    assert "QUARANTINED features hog/ps+00: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
+    row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["features"])
+    assert row[1:] == ["2", "1", "0", "0", "1"]  # total done pending failed quarantined
+    assert out["status"]["features"]["quarantined"] == 1
+
+
+@pytest.mark.slow
+def test_hung_read_on_a_dask_worker_hits_the_time_limit(tmp_path, fault_corpus):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in fault_corpus.glob("demo-0000.*"):
+        shutil.copy(f, corpus / f.name)
+    os.mkfifo(corpus / "stuck.wav")  # nobody ever writes: opening it blocks for good
+    shutil.copy(corpus / "demo-0000.jams", corpus / "stuck.jams")
+    cfg = corpus_config(corpus, time_limit=3)
+    with open_executor(parse_cluster({"type": "local", "n_workers": 1, "memory_limit": "2GiB"})) as ex:
+        (report,) = Runner(tmp_path / "work", cfg, progress=False).run(ex, only="ingest")
+    assert report.done == 1 and report.failed == 1
+    (f,) = report.failures
+    assert f["item"] == "stuck" and f["error_class"] == "TimeLimitError" and f["file"].endswith("stuck.wav")
+
+
+_SECOND_RUN = """
+import sys
+from pipeline.cli import main
+sys.stdin.readline()          # imported and waiting: starts the moment the test says so
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_second_concurrent_run_is_refused_and_nothing_is_corrupted(augmented, fault_corpus, reference_store, tmp_path, repo_root):
+    cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus), {"type": "sync"})
+    args = ["run", "--workdir", str(augmented), "--config", str(cfg), "--cluster", str(cl)]
+    second = subprocess.Popen([sys.executable, "-c", _SECOND_RUN, *args], cwd=repo_root, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(MIRPIPE + args, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = augmented / ".mirpipe.lock"
+    _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), what="the first run to hold the lock")
+    out, err = second.communicate("\n", timeout=120)
+    first_running = first.poll() is None
+    _, first_err = first.communicate(timeout=300)
+    assert first_running, "the first run ended before the second tried: nothing was concurrent"
+    assert second.returncode == 2 and "in use by another mirpipe run" in err
+    assert first.returncode == 0, first_err[-3000:]
+    assert_same_store(store_contents(augmented), reference_store)
+
+
+def test_changed_augment_parameter_reruns_augment_and_features_only(augmented, fault_corpus):
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(augmented, corpus_config(fault_corpus), progress=False).run(ex)
+        changed = corpus_config(fault_corpus, shifts=[-1, 0, 3])
+        reports = {r.stage: r for r in Runner(augmented, changed, progress=False).run(ex)}
+        assert reports["ingest"].scheduled == 0
+        assert reports["augment"].scheduled == reports["augment"].total == 2
+        assert reports["features"].scheduled == reports["features"].total == 6
+        again = Runner(augmented, changed, progress=False).run(ex)
+        assert [r.scheduled for r in again] == [0, 0, 0]

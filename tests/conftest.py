@@ -13,6 +13,9 @@ from pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
 
 SMALL_SHIFTS = [-2, 0, 3]
 
+# Pipeline tests stop at the store; training and evaluation have their own (tests/test_train_evaluate_e2e.py).
+NO_TRAINING = {"train": {"tasks": []}, "evaluate": {"tasks": []}}
+
 
 def small_config(tracks: int = 3, shifts=None, store: str = "zarr", seed: int = 0, **features) -> PipelineConfig:
     """A demo run of a few short tracks and three pitch shifts."""
@@ -22,6 +25,7 @@ def small_config(tracks: int = 3, shifts=None, store: str = "zarr", seed: int = 
             "augment": {"shifts": shifts or SMALL_SHIFTS},
             "features": {"store": store, **features},
             "run": {"retries": 1, "retry_backoff": 0.0},
+            **NO_TRAINING,
         }
     )
 
@@ -49,6 +53,7 @@ def corpus_config(corpus: Path, store: str = "zarr", shifts=None, **run) -> Pipe
             "augment": {"shifts": shifts or FAULT_SHIFTS},
             "features": {"store": store},
             "run": {"retries": 1, "retry_backoff": 0.0, **run},
+            **NO_TRAINING,
         }
     )
 

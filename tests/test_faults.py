@@ -193,7 +193,7 @@ def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_i
     log = (augmented / "logs" / "failures.log").read_text().splitlines()
     assert len(log) == 1 and "demo-0001/ps+02" in log[0]
     with open_executor(parse_cluster({"type": "sync"})) as ex:  # recorded failures stay put on a plain rerun
-        assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex)[-1].scheduled == 0
+        assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex, until="features")[-1].scheduled == 0
     recipe.write_bytes(good)
     retried = subprocess.run(run + ["--retry-failed"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     stages = json.loads(retried.stdout)["stages"]
@@ -290,4 +290,4 @@ def test_changed_augment_parameter_reruns_augment_and_features_only(augmented, f
         assert reports["augment"].scheduled == reports["augment"].total == 2
         assert reports["features"].scheduled == reports["features"].total == 6
         again = Runner(augmented, changed, progress=False).run(ex)
-        assert [r.scheduled for r in again] == [0, 0, 0]
+        assert [r.scheduled for r in again] == [0, 0, 0, 0, 0]  # ingest .. evaluate

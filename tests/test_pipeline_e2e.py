@@ -37,7 +37,10 @@ def test_every_item_of_every_stage_is_done(finished):
     n = len(SMALL_SHIFTS)
     assert counts == {"synthesize": (3, 3, 0), "ingest": (3, 3, 0), "augment": (3, 3, 0), "features": (3 * n, 3 * n, 0)}
     status = Runner(workdir, cfg, progress=False).status()
-    assert all(s["pending"] == 0 and s["failed"] == 0 and s["done"] == s["total"] > 0 for s in status)
+    by_stage = {s["stage"]: s for s in status}
+    assert all(by_stage[n]["pending"] == 0 and by_stage[n]["failed"] == 0 and by_stage[n]["done"] == by_stage[n]["total"] > 0
+               for n in ("synthesize", "ingest", "augment", "features"))
+    assert by_stage["train"]["total"] == by_stage["evaluate"]["total"] == 0  # no training asked for
 
 
 def test_store_index_and_entries(finished):
@@ -88,9 +91,7 @@ def test_changed_features_parameter_reruns_features_only(finished, sync_cluster)
 def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     workdir = tmp_path / "cli"
     cfg_file = tmp_path / "pipeline.yaml"
-    cfg = small_config(tracks=2, shifts=[0, 1])
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"tasks": []})})  # training: its own test
-    cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cfg_file.write_text(yaml.safe_dump(small_config(tracks=2, shifts=[0, 1]).model_dump(mode="json")))
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text("cluster:\n  type: local\n  n_workers: 2\n")
     mirpipe = [sys.executable, "-m", "pipeline.cli"]

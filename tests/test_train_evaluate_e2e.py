@@ -14,6 +14,7 @@ from pipeline.config import parse_cluster
 from pipeline.runner import Runner
 
 TINY_TRAIN = {
+    "tasks": ["chord"],
     "hidden": 16, "channels": 8, "patch_frames": 32, "batch_size": 8, "n_active": 4, "rate": 4,
     "steps_per_epoch": 5, "max_epochs": 2, "checkpoint_every": 3, "loader_workers": 2,
 }
@@ -25,7 +26,7 @@ def tiny_config(**train):
     return cfg.model_copy(update={
         "synthesize": synth,
         "train": cfg.train.model_copy(update={**TINY_TRAIN, **train}),
-        "evaluate": cfg.evaluate.model_copy(update={"figures": 1}),
+        "evaluate": cfg.evaluate.model_copy(update={"tasks": ["chord"], "figures": 1}),
     })
 
 

@@ -92,22 +92,30 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     assert_same_store(store_contents(workdir), reference_store)
 
 
+
+def _features_under_way(ex, augmented, fault_corpus):
+    """Start the features stage in a thread on two workers; return once its first item is done,
+    with the workers still processing items."""
+    import time
+
+    ex.client.wait_for_workers(2, timeout=180)
+    runner = Runner(augmented, corpus_config(fault_corpus), progress=False)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(reports=runner.run(ex, only="features")))
+    thread.start()
+    ledger = augmented / "ledger" / "features"
+    end = time.monotonic() + 180
+    while not list(ledger.rglob("*.done.json")) and time.monotonic() < end:
+        time.sleep(0.05)
+    busy = [addr for addr, keys in ex.client.processing().items() if keys]
+    return thread, out, busy
+
+
 def test_scancel_of_a_worker_job_mid_features_still_completes_identically(slurm, tmp_path, augmented, fault_corpus, reference_store):
     name = "mirpipe-t-scancel"
     with open_executor(parse_cluster(_slurm_cluster(tmp_path, name)), augmented) as ex:
         client = ex.client
-        client.wait_for_workers(2, timeout=180)
-        runner = Runner(augmented, corpus_config(fault_corpus), progress=False)
-        out: dict = {}
-        thread = threading.Thread(target=lambda: out.update(reports=runner.run(ex, only="features")))
-        thread.start()
-        ledger = augmented / "ledger" / "features"
-        import time
-
-        end = time.monotonic() + 180
-        while not list(ledger.rglob("*.done.json")) and time.monotonic() < end:
-            time.sleep(0.05)
-        busy = [addr for addr, keys in client.processing().items() if keys]
+        thread, out, busy = _features_under_way(ex, augmented, fault_corpus)
         assert busy, "no worker was processing an item: the cancel would not be mid-stage"
         job_ids = _worker_job_ids(client)
         assert all(job_ids.values()) and set(job_ids.values()) <= _squeue_ids(name)  # workers in our SLURM jobs
@@ -126,18 +134,7 @@ def test_planned_worker_retirement_mid_features_is_not_a_failure(slurm, tmp_path
     name = "mirpipe-t-retire"
     with open_executor(parse_cluster(_slurm_cluster(tmp_path, name)), augmented) as ex:
         client = ex.client
-        client.wait_for_workers(2, timeout=180)
-        runner = Runner(augmented, corpus_config(fault_corpus), progress=False)
-        out: dict = {}
-        thread = threading.Thread(target=lambda: out.update(reports=runner.run(ex, only="features")))
-        thread.start()
-        ledger = augmented / "ledger" / "features"
-        import time
-
-        end = time.monotonic() + 180
-        while not list(ledger.rglob("*.done.json")) and time.monotonic() < end:
-            time.sleep(0.05)
-        busy = [addr for addr, keys in client.processing().items() if keys]
+        thread, out, busy = _features_under_way(ex, augmented, fault_corpus)
         assert busy, "no worker was processing an item: the retirement would not be mid-stage"
         client.retire_workers(workers=[busy[0]], close_workers=True)
         thread.join(timeout=300)

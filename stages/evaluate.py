@@ -5,6 +5,7 @@ totals (``reports/<task>/scores.json``) and the figures."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -13,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage import open_store
-from storage.atomic import write_json
+from storage.atomic import write_bytes, write_json
 
 from .base import Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
@@ -168,13 +169,12 @@ class Evaluate(Stage):
         for task, records in by_task.items():
             records.sort(key=lambda r: r["track"])
             out = report_dir(ctx, task)
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / ".scores.csv.tmp", "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["track", "duration", *METRICS])
-                for r in records:
-                    writer.writerow([r["track"], f"{r['duration']:.3f}", *(f"{r['scores'][m]['score']:.4f}" for m in METRICS)])
-            (out / ".scores.csv.tmp").replace(out / "scores.csv")
+            table = io.StringIO()
+            writer = csv.writer(table)
+            writer.writerow(["track", "duration", *METRICS])
+            for r in records:
+                writer.writerow([r["track"], f"{r['duration']:.3f}", *(f"{r['scores'][m]['score']:.4f}" for m in METRICS)])
+            write_bytes(out / "scores.csv", table.getvalue().encode())
             totals = {}
             for m in METRICS:
                 valid = sum(r["scores"][m]["valid"] for r in records)

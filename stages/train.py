@@ -77,19 +77,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def split_keys(ctx: StageContext, task_usable, split: str, unshifted_only: bool) -> list[EntryKey]:
-    """Store entries of a split whose track is annotated for the task."""
+def split_keys(ctx: StageContext, task_usable) -> tuple[list[EntryKey], list[EntryKey]]:
+    """Training entries (every variant) and validation entries (unshifted) of tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
-    keys = []
+    train, val = [], []
     for row in open_store(p.store, store_root(ctx)).read_index():
         track = manifest.get(row["track"])
-        if row["split"] != split or track is None or not task_usable(track.get("namespaces", [])):
+        if track is None or not task_usable(track.get("namespaces", [])):
             continue
-        if unshifted_only and row["variant"] != UNSHIFTED:
-            continue
-        keys.append(EntryKey(row["track"], row["variant"], int(row["n_frames"])))
-    return keys
+        key = EntryKey(row["track"], row["variant"], int(row["n_frames"]))
+        if row["split"] == "train":
+            train.append(key)
+        elif row["split"] == "val" and row["variant"] == UNSHIFTED:
+            val.append(key)
+    return train, val
 
 
 def build_model(task_name: str, params: TrainParams, n_bins: int):
@@ -131,16 +133,15 @@ class Train(Stage):
         p: TrainParams = ctx.params["train"]
         fp: FeaturesParams = ctx.params["features"]
         task = get_task(item.payload["task"])
-        train_keys = split_keys(ctx, task.usable, "train", unshifted_only=False)
-        val_keys = split_keys(ctx, task.usable, "val", unshifted_only=True)
+        train_keys, val_keys = split_keys(ctx, task.usable)
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames)
         stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
         stream.check_workers(p.loader_workers)
+        store = open_store(fp.store, store_root(ctx))
         p_self = self_transition(
-            open_store(fp.store, store_root(ctx)).read_entry(k.track, k.variant, ["targets/chord_tag"]).arrays["targets/chord_tag"]
-            for k in train_keys
+            store.read_entry(k.track, k.variant, ["targets/chord_tag"]).arrays["targets/chord_tag"] for k in train_keys
         ) if task.name == "chord" else None
         seed_everything(p.seed)
         model = build_model(task.name, p, fp.n_bins)

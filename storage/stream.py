@@ -141,7 +141,7 @@ class PatchStreamer(pescador.Streamer):
     """A streamer of one entry whose every activation draws a fresh, reproducible seed."""
 
     def __init__(self, spec: StreamSpec, key: EntryKey, seed: int):
-        super().__init__(random_patches, spec, key, seed)
+        super().__init__(random_patches, spec, key)
         self.base_seed = seed
         self.activations_ = 0
 
@@ -151,7 +151,7 @@ class PatchStreamer(pescador.Streamer):
         return super().__enter__(*args, **kwargs)
 
     def _activate(self) -> None:
-        spec, key, _ = self.args
+        spec, key = self.args
         self.stream_ = random_patches(spec, key, derive_seed(self.base_seed, self.activations_))
 
 

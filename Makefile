@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 	@# muda depends on the obsolete 'pysoundfile', whose soundfile.py overwrites the
 	@# real soundfile module (it then cannot find libsndfile): put soundfile's back.
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps "soundfile>=0.13"
-	$(BIN)/python -c "import soundfile, muda, zarr, h5py, torch, dask_jobqueue; print('mirpipe: environment ready (torch', torch.__version__ + ')')"
+	$(BIN)/python -c "import mirpipe, soundfile, muda, zarr, h5py, torch, dask_jobqueue; print('mirpipe: environment ready (torch', torch.__version__ + ')')"
 	touch $@
 
 install: $(STAMP)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from pipeline.cluster import open_executor  # noqa: E402
-from pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
-from pipeline.ledger import Ledger  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from mirpipe.pipeline.cluster import open_executor  # noqa: E402
+from mirpipe.pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
+from mirpipe.pipeline.ledger import Ledger  # noqa: E402
+from mirpipe.pipeline.runner import Runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES_TIMED = ("augment", "features")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from pipeline.cluster import SyncExecutor  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.ledger import Ledger  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from mirpipe.pipeline.cluster import SyncExecutor  # noqa: E402
+from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
+from mirpipe.pipeline.ledger import Ledger  # noqa: E402
+from mirpipe.pipeline.runner import Runner  # noqa: E402
 
 OUR_PACKAGES = ("/pipeline/", "/stages/", "/models/", "/storage/")
 

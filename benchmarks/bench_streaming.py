@@ -25,21 +25,21 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from models.tasks import get_task  # noqa: E402
-from models.trainer import Trainer, TrainerSettings  # noqa: E402
-from stages.train import TrainParams, build_model  # noqa: E402
-from storage import open_store  # noqa: E402
-from storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory  # noqa: E402
-from storage.torch_data import epoch_loader  # noqa: E402
+from mirpipe.models.tasks import get_task  # noqa: E402
+from mirpipe.models.trainer import Trainer, TrainerSettings  # noqa: E402
+from mirpipe.stages.train import TrainParams, build_model  # noqa: E402
+from mirpipe.storage import open_store  # noqa: E402
+from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory  # noqa: E402
+from mirpipe.storage.torch_data import epoch_loader  # noqa: E402
 
 
 def ensure_store(workdir: Path) -> Path:
     root = workdir / "features"
     if (root / "index.json").exists():
         return root
-    from pipeline.cluster import SyncExecutor
-    from pipeline.config import PipelineConfig
-    from pipeline.runner import Runner
+    from mirpipe.pipeline.cluster import SyncExecutor
+    from mirpipe.pipeline.config import PipelineConfig
+    from mirpipe.pipeline.runner import Runner
 
     print(f"no store in {workdir}: building a small one (4 tracks x 3 shifts)")
     cfg = PipelineConfig.model_validate({"synthesize": {"tracks": 4, "solo_fraction": 0.0}, "augment": {"shifts": [-2, 0, 2]}})

@@ -125,7 +125,7 @@ def main() -> None:
 @_guard
 def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | None, cluster: Path | None, json_mode: bool) -> None:
     """Synthesize the demo corpus, then run every stage on it: features, training, evaluation (prints the scores)."""
-    from stages import SynthesizeParams
+    from mirpipe.stages import SynthesizeParams
 
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
     synth = pipeline.synthesize or SynthesizeParams()

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
+from .cluster_config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
 
 Call = tuple[str, tuple[Any, ...]]  # (key, args)
 

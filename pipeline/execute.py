@@ -7,8 +7,8 @@ import time
 import traceback
 from typing import Any
 
-from stages import STAGES, StageContext, WorkItem
-from stages.errors import TimeLimitError, is_permanent
+from mirpipe.stages import STAGES, StageContext, WorkItem
+from mirpipe.stages.errors import TimeLimitError, is_permanent
 
 from .ledger import Ledger
 from .timelimit import ItemTimeout, time_limit

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.errors import InputError
-from storage.atomic import write_json
+from mirpipe.stages.errors import InputError
+from mirpipe.storage.atomic import write_json
 
 LEDGER_DIR = "ledger"
 DONE_SUFFIX = ".done.json"

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from stages import STAGES, Done, Stage, StageContext, WorkItem
-from storage.atomic import remove_leftovers
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage.atomic import remove_leftovers
 
 from .config import PipelineConfig
 from .execute import execute_item

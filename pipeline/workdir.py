@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from storage.atomic import write_bytes
+from mirpipe.storage.atomic import write_bytes
 
 from .config import ClusterConfig, ConfigError, PipelineConfig, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
 

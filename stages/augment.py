@@ -8,7 +8,7 @@ from typing import Any, Literal, Mapping
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from storage.atomic import temp_path
+from mirpipe.storage.atomic import temp_path
 
 from .audio_io import load_mono
 from .base import Done, Stage, StageContext, WorkItem

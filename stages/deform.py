@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     import muda
     from muda.deformers import PitchShift
 
-from models.chord import transpose_label
+from mirpipe.models.chord import transpose_label
 
 from .pitch_shift import pitch_shift
 

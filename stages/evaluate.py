@@ -13,8 +13,8 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage import open_store
-from storage.atomic import write_bytes, write_json
+from mirpipe.storage import open_store
+from mirpipe.storage.atomic import write_bytes, write_json
 
 from .base import Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
@@ -92,7 +92,7 @@ class Evaluate(Stage):
         return ctx.params["evaluate"].model_dump(mode="json", exclude={"device"})
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
-        from models.tasks import get_task
+        from mirpipe.models.tasks import get_task
 
         p: EvaluateParams = ctx.params["evaluate"]
         manifest = read_manifest(ctx)
@@ -123,8 +123,8 @@ class Evaluate(Stage):
         import librosa
         import torch
 
-        from models import chord
-        from models.trainer import resolve_device
+        from mirpipe.models import chord
+        from mirpipe.models.trainer import resolve_device
 
         p: EvaluateParams = ctx.params["evaluate"]
         fp: FeaturesParams = ctx.params["features"]
@@ -161,7 +161,7 @@ class Evaluate(Stage):
         return (ctx.workdir / record["estimate"]).exists()
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
-        from models.chord import METRICS
+        from mirpipe.models.chord import METRICS
 
         by_task: dict[str, list[dict[str, Any]]] = {}
         for d in done.values():

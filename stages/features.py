@@ -10,8 +10,8 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import chord, instrument, pitch
-from storage import open_store
+from mirpipe.models import chord, instrument, pitch
+from mirpipe.storage import open_store
 
 from .audio_io import load_mono
 from .augment import variant_jams_path

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.atomic import write_json
+from mirpipe.storage.atomic import write_json
 
 from . import errors
 from .audio_io import AUDIO_EXTENSIONS, header_frames, load_mono, riff_declared_frames

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.atomic import temp_path
+from mirpipe.storage.atomic import temp_path
 
 from .base import Done, Stage, StageContext, WorkItem
 from .synth.track import annotate, compose, render

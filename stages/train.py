@@ -14,8 +14,8 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage import open_store
-from storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
+from mirpipe.storage import open_store
+from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 
 from .base import Done, Stage, StageContext, WorkItem
 from .deform import variant_name
@@ -95,7 +95,7 @@ def split_keys(ctx: StageContext, task_usable) -> tuple[list[EntryKey], list[Ent
 
 
 def build_model(task_name: str, params: TrainParams, n_bins: int):
-    from models.tasks import get_task
+    from mirpipe.models.tasks import get_task
 
     return get_task(task_name).build(
         n_bins=n_bins, architecture=params.architecture, structured=params.structured,
@@ -125,10 +125,10 @@ class Train(Stage):
         return [WorkItem(task, payload={"task": task}, identity={"splits": splits}, upstream=(digest,)) for task in p.tasks]
 
     def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
-        from models.chord import self_transition
-        from models.tasks import get_task
-        from models.trainer import Trainer, TrainerSettings
-        from storage.torch_data import epoch_loader, to_tensors
+        from mirpipe.models.chord import self_transition
+        from mirpipe.models.tasks import get_task
+        from mirpipe.models.trainer import Trainer, TrainerSettings
+        from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
         p: TrainParams = ctx.params["train"]
         fp: FeaturesParams = ctx.params["features"]

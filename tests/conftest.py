@@ -9,7 +9,7 @@ import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
+from mirpipe.pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
 
 SMALL_SHIFTS = [-2, 0, 3]
 
@@ -60,7 +60,7 @@ def corpus_config(corpus: Path, store: str = "zarr", shifts=None, **run) -> Pipe
 
 def store_contents(workdir: Path, backend: str = "zarr") -> dict:
     """Every entry's arrays and attributes (less the per-run fingerprint): what "identical store" compares."""
-    from storage import open_store
+    from mirpipe.storage import open_store
 
     store = open_store(backend, Path(workdir) / "features")
     out = {}
@@ -87,8 +87,8 @@ def assert_same_store(a: dict, b: dict) -> None:
 @pytest.fixture(scope="session")
 def fault_corpus(tmp_path_factory) -> Path:
     """Two short demo tracks (6-8 s), synthesized once."""
-    from pipeline.cluster import open_executor
-    from pipeline.runner import Runner
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.runner import Runner
 
     work = tmp_path_factory.mktemp("fault-corpus")
     cfg = PipelineConfig.model_validate(
@@ -102,8 +102,8 @@ def fault_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def augmented_template(tmp_path_factory, fault_corpus) -> Path:
     """A workdir with ingest and augment done on the fault corpus; copy it, never modify it."""
-    from pipeline.cluster import open_executor
-    from pipeline.runner import Runner
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.runner import Runner
 
     work = tmp_path_factory.mktemp("augmented") / "work"
     with open_executor(parse_cluster({"type": "sync"})) as ex:
@@ -116,8 +116,8 @@ def reference_store(tmp_path_factory, augmented_template, fault_corpus) -> dict:
     """The store of an uninterrupted LocalCluster run of the fault corpus."""
     import shutil
 
-    from pipeline.cluster import open_executor
-    from pipeline.runner import Runner
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.runner import Runner
 
     work = tmp_path_factory.mktemp("reference") / "work"
     shutil.copytree(augmented_template, work)

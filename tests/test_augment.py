@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import shutil
 
-from stages.deform import deform, replay_shift, variant_name
-from stages.pitch_shift import BACKENDS, pitch_shift
-from stages.synth.track import annotate, compose
+from mirpipe.stages.deform import deform, replay_shift, variant_name
+from mirpipe.stages.pitch_shift import BACKENDS, pitch_shift
+from mirpipe.stages.synth.track import annotate, compose
 
 SHIFTS = list(range(-6, 7))
 

@@ -5,8 +5,8 @@ import mir_eval
 import numpy as np
 import torch
 
-from models import chord
-from models.chord_net import ChordNet, loss, metric
+from mirpipe.models import chord
+from mirpipe.models.chord_net import ChordNet, loss, metric
 
 FRAME_RATE = 22050 / 2048
 

@@ -3,7 +3,7 @@ import mir_eval
 import numpy as np
 import pytest
 
-from models import chord
+from mirpipe.models import chord
 
 
 def test_every_class_round_trips_through_a_label_mir_eval_accepts():

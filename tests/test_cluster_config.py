@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from conftest import corpus_config
-from pipeline.cluster import open_executor
-from pipeline.config import ConfigError, load_cluster, parse_cluster
-from pipeline.runner import Runner
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import ConfigError, load_cluster, parse_cluster
+from mirpipe.pipeline.runner import Runner
 
-MIRPIPE = [sys.executable, "-m", "pipeline.cli"]
+MIRPIPE = [sys.executable, "-m", "mirpipe"]
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def _cli(*args: str):
     """The real click command, in-process (CliRunner): no interpreter start per call."""
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from mirpipe.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -20,15 +20,15 @@ import soundfile as sf
 import yaml
 
 from conftest import FAULT_SHIFTS, assert_same_store, corpus_config, store_contents
-from pipeline.cluster import open_executor
-from pipeline.config import dump, parse_cluster
-from pipeline.ledger import Ledger
-from pipeline.runner import Runner
-from stages import STAGES
-from storage import open_store
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import dump, parse_cluster
+from mirpipe.pipeline.ledger import Ledger
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages import STAGES
+from mirpipe.storage import open_store
 
 N_FEATURES = 2 * len(FAULT_SHIFTS)
-MIRPIPE = [sys.executable, "-m", "pipeline.cli"]
+MIRPIPE = [sys.executable, "-m", "mirpipe"]
 
 
 def _write_configs(tmp_path: Path, pipeline, cluster: dict) -> tuple[Path, Path]:
@@ -117,8 +117,8 @@ def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(augment
 _CRASH_AFTER_ENTRY = """
 import os, sys, pathlib
 from conftest import corpus_config
-from pipeline.runner import Runner
-from stages import STAGES
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages import STAGES
 workdir, corpus = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runner = Runner(workdir, corpus_config(corpus), progress=False)
 item, fp = runner.plan("features").todo[0]
@@ -230,7 +230,7 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from mirpipe.pipeline.cli import main
 
     status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
     assert "QUARANTINED features hog/ps+00: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
@@ -257,7 +257,7 @@ def test_hung_read_on_a_dask_worker_hits_the_time_limit(tmp_path, fault_corpus):
 
 _SECOND_RUN = """
 import sys
-from pipeline.cli import main
+from mirpipe.pipeline.cli import main
 sys.stdin.readline()          # imported and waiting: starts the moment the test says so
 main(sys.argv[1:])
 """

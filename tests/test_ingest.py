@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.config import PipelineConfig
-from pipeline.cluster import open_executor
-from pipeline.runner import Runner
-from stages.ingest import assign_splits
-from stages.synth.track import annotate, compose, render
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages.ingest import assign_splits
+from mirpipe.stages.synth.track import annotate, compose, render
 
 
 def _good(corpus, name, index=0):
@@ -135,7 +135,7 @@ def test_unreadable_file_is_classified_through_the_cli(tmp_path, repo_root):
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(json.dumps({"ingest": {"corpus": str(corpus)}}))
     (tmp_path / "cluster.yaml").write_text("cluster: {type: sync}\n")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--only", "ingest", "--json", "--config", str(cfg),
+    cmd = [sys.executable, "-m", "mirpipe", "run", "--only", "ingest", "--json", "--config", str(cfg),
            "--cluster", str(tmp_path / "cluster.yaml"), "--workdir", str(tmp_path / "work")]
     if os.geteuid() == 0:  # root reads anything: take CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH away
         cmd = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"] + cmd

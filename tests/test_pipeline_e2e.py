@@ -11,17 +11,17 @@ import pytest
 import yaml
 
 from conftest import SMALL_SHIFTS, small_config
-from pipeline.cluster import open_executor
-from pipeline.runner import Runner
-from stages.augment import variant_jams_path
-from stages.deform import variant_name
-from storage import open_store
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages.augment import variant_jams_path
+from mirpipe.stages.deform import variant_name
+from mirpipe.storage import open_store
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One full run (3 tracks x 3 shifts) on a 2-worker LocalCluster."""
-    from pipeline.config import parse_cluster
+    from mirpipe.pipeline.config import parse_cluster
 
     workdir = tmp_path_factory.mktemp("e2e")
     cfg = small_config(tracks=3)
@@ -94,7 +94,7 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     cfg_file.write_text(yaml.safe_dump(small_config(tracks=2, shifts=[0, 1]).model_dump(mode="json")))
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text("cluster:\n  type: local\n  n_workers: 2\n")
-    mirpipe = [sys.executable, "-m", "pipeline.cli"]
+    mirpipe = [sys.executable, "-m", "mirpipe"]
     first = subprocess.run(
         mirpipe + ["demo", "--workdir", str(workdir), "--config", str(cfg_file), "--cluster", str(cluster_file), "--json"],
         capture_output=True, text=True, cwd=repo_root, timeout=300,
@@ -116,7 +116,7 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
 def test_bad_configuration_fails_before_any_work(tmp_path, repo_root):
     bad = tmp_path / "pipeline.yaml"
     bad.write_text("features:\n  store: parquet\n  hop_lenght: 512\n")
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(bad), "--workdir", str(tmp_path / "w")],
+    res = subprocess.run([sys.executable, "-m", "mirpipe", "run", "--config", str(bad), "--workdir", str(tmp_path / "w")],
                          capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert res.returncode == 2
     assert "features.store" in res.stderr and "features.hop_lenght" in res.stderr and str(bad) in res.stderr

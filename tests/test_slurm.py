@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from conftest import FAULT_SHIFTS, assert_same_store, corpus_config, store_contents
-from pipeline.cluster import open_executor
-from pipeline.config import parse_cluster
-from pipeline.runner import Runner
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import parse_cluster
+from mirpipe.pipeline.runner import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +65,14 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
 
     import yaml
 
-    from pipeline.config import dump
+    from mirpipe.pipeline.config import dump
 
     workdir = tmp_path / "work"
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(yaml.safe_dump(dump(corpus_config(fault_corpus))))
     before = _squeue_ids("dask-worker")
     run = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--workdir", str(workdir), "--config", str(cfg),
+        [sys.executable, "-m", "mirpipe", "run", "--workdir", str(workdir), "--config", str(cfg),
          "--cluster", "examples/cluster-slurm-local.yaml", "--json"],
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.config import PipelineConfig
-from stages.deform import deform, variant_name
-from stages.features import compute_entry
-from stages.synth.track import annotate, compose, render
-from storage import open_store
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.stages.deform import deform, variant_name
+from mirpipe.stages.features import compute_entry
+from mirpipe.stages.synth.track import annotate, compose, render
+from mirpipe.storage import open_store
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from storage import open_store
-from storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches
-from storage.torch_data import epoch_loader
+from mirpipe.storage import open_store
+from mirpipe.storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches
+from mirpipe.storage.torch_data import epoch_loader
 
 TARGETS = ("targets/frame_id", "targets/pitches")
 LENGTHS = {"a": 300, "b": 95, "c": 420, "d": 180, "e": 250}  # "b" is shorter than a patch

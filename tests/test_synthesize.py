@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from models.chord import QUALITIES, encode_label
-from models.instrument import INSTRUMENTS
-from stages.synth.track import annotate, compose, contour, render
-from stages.synth.timbres import TIMBRES
+from mirpipe.models.chord import QUALITIES, encode_label
+from mirpipe.models.instrument import INSTRUMENTS
+from mirpipe.stages.synth.track import annotate, compose, contour, render
+from mirpipe.stages.synth.timbres import TIMBRES
 
 SR = 22050
 

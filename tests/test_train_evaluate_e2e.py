@@ -8,10 +8,10 @@ import mir_eval
 import pytest
 
 from conftest import small_config
-from models.chord import METRICS
-from pipeline.cluster import open_executor
-from pipeline.config import parse_cluster
-from pipeline.runner import Runner
+from mirpipe.models.chord import METRICS
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import parse_cluster
+from mirpipe.pipeline.runner import Runner
 
 TINY_TRAIN = {
     "tasks": ["chord"],
@@ -102,7 +102,7 @@ def test_cli_run_ends_with_the_score_table(trained, tmp_path, repo_root):
     cfg_file.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
     (tmp_path / "cluster.yaml").write_text("cluster:\n  type: sync\n")
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--workdir", str(workdir), "--config", str(cfg_file),
+        [sys.executable, "-m", "mirpipe", "run", "--workdir", str(workdir), "--config", str(cfg_file),
          "--cluster", str(tmp_path / "cluster.yaml"), "--json"],
         capture_output=True, text=True, cwd=repo_root, timeout=300,
     )

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import chord
-from models.tasks import get_task
-from models.trainer import Trainer, TrainerSettings
-from storage import open_store
-from storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
-from storage.torch_data import epoch_loader, to_tensors
+from mirpipe.models import chord
+from mirpipe.models.tasks import get_task
+from mirpipe.models.trainer import Trainer, TrainerSettings
+from mirpipe.storage import open_store
+from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
+from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
 TASK = get_task("chord")
 N_BINS = 48

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import jams
 import numpy as np
 
-from models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
-from models.instrument import INSTRUMENTS
+from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
+from mirpipe.models.instrument import INSTRUMENTS
 
 from .timbres import TIMBRES
 

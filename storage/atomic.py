@@ -1,4 +1,9 @@
-"""Atomic file and directory replacement: write beside the target, then rename into place."""
+"""Atomic file and directory replacement: write beside the target, then rename into place.
+
+Every output mirpipe writes goes through here (store entries, ledger records,
+JAMS estimates, reports, figures, checkpoints): a killed writer leaves at most a
+``.tmp-*`` sibling, which ``remove_leftovers`` recognises and sweeps.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -35,14 +42,37 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+@contextmanager
+def atomic_path(final: Path | str, keep_suffix: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling path to write ``final`` through; rename it into place on success.
+
+    For writers that take a path (``torch.save``, ``savefig``, ``JAMS.save``, soundfile).
+    ``keep_suffix`` ends the temporary name with the final suffix, for writers that
+    pick the format from it. On an exception the temporary file is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    if not keep_suffix:
+        tmp = tmp.with_suffix("")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
 
 
 def write_json(path: Path, obj) -> None:

@@ -43,18 +43,16 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 @contextmanager
-def atomic_path(final: Path | str, keep_suffix: bool = True) -> Iterator[Path]:
+def atomic_path(final: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path to write ``final`` through; rename it into place on success.
 
-    For writers that take a path (``torch.save``, ``savefig``, ``JAMS.save``, soundfile).
-    ``keep_suffix`` ends the temporary name with the final suffix, for writers that
-    pick the format from it. On an exception the temporary file is removed.
+    For writers that take a path (``torch.save``, ``savefig``, ``JAMS.save``, soundfile);
+    the temporary name ends like ``final``, for writers that pick the format from
+    the suffix. On an exception the temporary file is removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
-    if not keep_suffix:
-        tmp = tmp.with_suffix("")
     try:
         yield tmp
         if tmp.is_file():

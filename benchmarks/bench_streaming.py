@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from mirpipe.models.tasks import get_task  # noqa: E402
+from mirpipe.models.task import TASKS  # noqa: E402
 from mirpipe.models.trainer import Trainer, TrainerSettings  # noqa: E402
 from mirpipe.stages.train import TrainParams, build_model  # noqa: E402
 from mirpipe.storage import open_store  # noqa: E402
@@ -66,9 +66,8 @@ def patches_per_s(stream: PatchStream, workers: int, batches: int, warmup: int) 
 
 
 def trainer_rate(stream: PatchStream, steps: int) -> tuple[float, float, str]:
-    task = get_task("chord")
-    params = TrainParams()
-    model = build_model("chord", params, n_bins=216)
+    task = TASKS.get("chord")
+    model = build_model(task, TrainParams().model_params("chord"), n_bins=216)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, task, lambda e, s: epoch_loader(stream, e, s), lambda: iter(()),
                           TrainerSettings(device="auto"), Path(tmp), "bench", log=lambda m: None, tensorboard=False)
@@ -101,7 +100,7 @@ def main() -> None:
     rows = zarr_store.read_index()
     keys = [EntryKey(r["track"], r["variant"], r["n_frames"]) for r in rows if r["split"] == "train"]
     p = TrainParams()
-    task = get_task("chord")
+    task = TASKS.get("chord")
     names = [task.feature, *task.targets]
     mux = MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards)
     print(f"{len(keys)} training entries from {root}; patch {p.patch_frames} frames, batch {p.batch_size}, "

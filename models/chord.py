@@ -9,10 +9,14 @@ root/bass/pitches): losses must ignore them.
 
 from __future__ import annotations
 
-import numpy as np
-import mir_eval.chord
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
 
-FEATURE = "cqt"
+import mir_eval.chord
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .task import TASKS, Scores, Task, annotations
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -117,13 +121,14 @@ def _intervals_at(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
 
 
 def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
-    """Chord targets on a frame grid from the first ``chord`` annotation of a JAMS.
+    """Chord targets on a frame grid from the first ``chord`` annotation of a JAMS
+    (``chord_harte`` converted).
 
     Frames outside every chord observation are N; a track without any chord
     annotation gets ``IGNORE`` everywhere (e.g. solo recordings).
     """
     n = len(frame_times)
-    anns = [a for a in jam.annotations if a.namespace == "chord"]  # jam.search serializes all data: slow
+    anns = annotations(jam, "chord")
     if not anns:
         return {
             "chord_root": np.full(n, IGNORE, np.int16),
@@ -181,22 +186,29 @@ def viterbi_tags(posteriors: np.ndarray, p_self: np.ndarray) -> np.ndarray:
 
 
 def tags_to_annotation(tags: np.ndarray, frame_times: np.ndarray, duration: float):
-    """A JAMS ``chord`` annotation of frame tags: one observation per run of equal tags."""
+    """A JAMS ``chord`` annotation of frame tags: one observation per run of equal tags.
+
+    Boundaries are frame times picked by index, so a segment ends exactly where the
+    next begins; the duration is nudged down where ``time + duration`` would round
+    past the next start (mir_eval rejects overlapping intervals).
+    """
     import jams
 
     ann = jams.Annotation(namespace="chord", duration=duration)
     tags = np.asarray(tags)
     if len(tags) == 0:
         return ann
-    bounds = np.flatnonzero(np.diff(tags)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(tags)]])
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(tags)) + 1])
     times = np.append(np.asarray(frame_times, float), duration)
-    for s, e in zip(starts, ends):
-        t0 = float(times[s])
-        t1 = float(min(times[e], duration)) if e < len(tags) else float(duration)
-        if t1 > t0:
-            ann.append(time=t0, duration=t1 - t0, value=tag_to_label(int(tags[s])), confidence=None)
+    bounds = np.minimum(np.append(times[starts], duration), duration)
+    for i, s in enumerate(starts):
+        t0, t1 = float(bounds[i]), float(bounds[i + 1])
+        if t1 <= t0:
+            continue
+        length = t1 - t0
+        while t0 + length > t1:  # floating-point: the end must not pass the next start
+            length = float(np.nextafter(length, 0.0))
+        ann.append(time=t0, duration=length, value=tag_to_label(int(tags[s])), confidence=None)
     return ann
 
 
@@ -216,33 +228,105 @@ SEGMENTATION = ("seg", "overseg", "underseg")
 METRICS = COMPARISONS + SEGMENTATION
 
 
-def score(ref, est) -> dict[str, dict[str, float]]:
-    """mir_eval.chord scores of one track, with the durations behind each.
+def score(ref, est) -> Scores:
+    """mir_eval.chord scores of one track, each with the seconds that pool it over tracks.
 
-    For every comparison: ``correct`` and ``valid`` seconds (frames mir_eval
-    counts for that comparison) so totals over tracks can be duration-weighted
-    exactly; ``score = correct / valid`` is what ``mir_eval.chord.evaluate`` gives.
-    Segmentation scores are weighted by the reference duration.
+    Scores are ``mir_eval.chord.evaluate``'s own. The weights are the seconds each
+    comparison counts (frames where it is defined), and the reference span for the
+    segmentation scores, so duration-weighted totals over tracks are exact.
     """
     import mir_eval
 
     ref_int, ref_lab = ref.to_interval_values()
     est_int, est_lab = est.to_interval_values()
-    ref_int, ref_lab = np.asarray(ref_int), list(ref_lab)
-    est_int, est_lab = mir_eval.util.adjust_intervals(
-        np.asarray(est_int), list(est_lab), ref_int.min(), ref_int.max(),
-        mir_eval.chord.NO_CHORD, mir_eval.chord.NO_CHORD,
+    ref_int, est_int = np.asarray(ref_int, float), np.asarray(est_int, float)
+    scores = mir_eval.chord.evaluate(ref_int, list(ref_lab), est_int, list(est_lab))
+    # the bookkeeping evaluate does internally, for the weights
+    est_adj, est_lab_adj = mir_eval.util.adjust_intervals(
+        est_int, list(est_lab), ref_int.min(), ref_int.max(), mir_eval.chord.NO_CHORD, mir_eval.chord.NO_CHORD
     )
-    intervals, ref_l, est_l = mir_eval.util.merge_labeled_intervals(ref_int, ref_lab, est_int, est_lab)
+    intervals, ref_l, est_l = mir_eval.util.merge_labeled_intervals(ref_int, list(ref_lab), est_adj, est_lab_adj)
     durations = mir_eval.util.intervals_to_durations(intervals)
-    out: dict[str, dict[str, float]] = {}
+    out: Scores = {}
     for name in COMPARISONS:
         comp = np.asarray(getattr(mir_eval.chord, name)(ref_l, est_l), dtype=float)
-        valid = comp >= 0
-        correct, total = float(np.sum(durations[valid] * comp[valid])), float(np.sum(durations[valid]))
-        out[name] = {"score": correct / total if total > 0 else float("nan"), "correct": correct, "valid": total}
+        out[name] = {"score": float(scores[name]), "weight": float(np.sum(durations[comp >= 0]))}
     ref_span = float(ref_int.max() - ref_int.min())
     for name in SEGMENTATION:
-        value = float(getattr(mir_eval.chord, name)(ref_int, est_int))
-        out[name] = {"score": value, "correct": value * ref_span, "valid": ref_span}
+        out[name] = {"score": float(scores[name]), "weight": ref_span}
     return out
+
+
+# -- the task ------------------------------------------------------------------
+
+class ChordModel(BaseModel):
+    """CR1/CR2 of McFee & Bello (2017)."""
+
+    model_config = ConfigDict(extra="forbid")
+    architecture: Literal["cr1", "cr2"] = Field("cr2", description="1 or 2 bidirectional GRU layers")
+    structured: bool = Field(True, description="root/pitches/bass heads; false: chord tag only (ablation)")
+    hidden: int = Field(128, ge=8, description="GRU units per direction")
+    channels: int = Field(36, ge=1, description="filters of the full-height conv")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class ChordDecoding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    viterbi: bool = Field(True, description="decode with the self-transition prior; false: frame argmax")
+
+
+@TASKS.register
+class ChordTask(Task):
+    """Chord recognition: 170 chord classes plus structured root/pitches/bass heads."""
+
+    name = "chord"
+    version = "1"
+    namespace = "chord"
+    feature = "cqt"
+    targets = ("targets/chord_root", "targets/chord_pitches", "targets/chord_bass", "targets/chord_tag")
+    metric_name = "tag_accuracy"
+    metrics = METRICS
+    score_columns = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
+    Params = ChordModel
+    DecodeParams = ChordDecoding
+
+    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+        return encode(jam, frame_times)
+
+    def build(self, n_bins: int, params: ChordModel):
+        from .chord_net import ChordNet
+
+        return ChordNet(n_bins=n_bins, **params.model_dump())
+
+    def loss(self, outputs, batch):
+        from .chord_net import loss
+
+        return loss(outputs, batch)
+
+    def metric(self, outputs, batch) -> tuple[float, float]:
+        from .chord_net import metric
+
+        return metric(outputs, batch)
+
+    def fit_state(self, training_targets) -> dict[str, Any]:
+        tags = (t["targets/chord_tag"] for t in training_targets)
+        return {"self_transition": self_transition(tags).tolist()}
+
+    def predict(self, model, features: np.ndarray, device) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            logits = model(torch.from_numpy(features.astype(np.float32))[None].to(device))["tag"][0]
+            return logits.float().softmax(-1).cpu().numpy()
+
+    def decode(self, prediction, frame_times, duration, state: Mapping[str, Any], options: ChordDecoding):
+        p_self = np.asarray(state["self_transition"]) if options.viterbi and state.get("self_transition") else None
+        return decode(prediction, frame_times, duration, p_self)
+
+    def score(self, ref, est) -> Scores:
+        return score(ref, est)
+
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str) -> None:
+        from .figures import plot_segments
+
+        plot_segments(path, features, frame_rate, [("reference", ref), ("estimate", est)], title, ylabel="CQT bin")

@@ -1,10 +1,11 @@
-"""Instrument task: a fixed 8-class vocabulary (Medley-solos-DB style) and frame targets."""
+"""Instrument task: a fixed 8-class vocabulary (Medley-solos-DB style) and frame targets
+(targets only, no network yet)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-FEATURE = "cqt"
+from .task import TASKS, Task, annotations
 
 # The demo synthesizer's timbres; a user corpus tags its tracks with these names (tag_open).
 INSTRUMENTS = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")
@@ -18,7 +19,7 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     """
     times = np.asarray(frame_times, dtype=float)
     labels = np.zeros((len(times), len(INSTRUMENTS)), dtype=np.uint8)
-    for ann in (a for a in jam.annotations if a.namespace == "tag_open"):
+    for ann in annotations(jam, "tag_open"):  # tag_* namespaces converted
         for obs in ann.data:
             k = INDEX.get(str(obs.value))
             if k is None:
@@ -26,3 +27,16 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
             inside = (times >= obs.time) & (times < obs.time + max(obs.duration, 1e-9))
             labels[inside, k] = 1
     return {"instruments": labels}
+
+
+@TASKS.register
+class InstrumentTask(Task):
+    """Which instruments sound in each frame."""
+
+    name = "instrument"
+    namespace = "tag_open"
+    targets = ("targets/instruments",)
+    trainable = False
+
+    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+        return encode(jam, frame_times)

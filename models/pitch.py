@@ -1,21 +1,22 @@
-"""Pitch task: the annotated melody f0 on a frame grid."""
+"""Pitch task: the annotated melody f0 on a frame grid (targets only, no network yet)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-FEATURE = "cqt"
+from .task import TASKS, Task, annotations
 
 
 def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
-    """f0 in Hz per frame (0 where unvoiced) from the first ``pitch_contour`` annotation.
+    """f0 in Hz per frame (0 where unvoiced) from the first ``pitch_contour`` annotation
+    (``pitch_hz`` / ``pitch_midi`` converted).
 
     Each frame takes the contour sample nearest to it, provided that sample lies
     within half a contour hop; frames without a nearby voiced sample are 0.
     """
     times = np.asarray(frame_times, dtype=float)
     f0 = np.zeros(len(times), dtype=np.float32)
-    anns = [a for a in jam.annotations if a.namespace == "pitch_contour"]
+    anns = annotations(jam, "pitch_contour")
     if not anns or len(anns[0].data) == 0:
         return {"f0_hz": f0}
     data = anns[0].data
@@ -32,3 +33,16 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     ok = (np.abs(ct[nearest] - times) <= hop / 2 + 1e-9) & voiced[nearest] & (hz[nearest] > 0)
     f0[ok] = hz[nearest[ok]]
     return {"f0_hz": f0}
+
+
+@TASKS.register
+class PitchTask(Task):
+    """Melody f0; the store keeps f0 per frame, the salience target is built when sampling."""
+
+    name = "pitch"
+    namespace = "pitch_contour"
+    targets = ("targets/f0_hz",)
+    trainable = False
+
+    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+        return encode(jam, frame_times)

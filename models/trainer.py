@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .tasks import TaskSpec
+from .task import Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
 
@@ -101,7 +101,7 @@ class Trainer:
     def __init__(
         self,
         model: torch.nn.Module,
-        task: TaskSpec,
+        task: Task,
         train_batches: Callable[[int, int], Batches],
         val_batches: Callable[[], Batches],
         settings: TrainerSettings,

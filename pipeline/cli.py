@@ -1,22 +1,49 @@
-"""The ``mirpipe`` command line."""
+"""The ``mirpipe`` command line.
+
+Exit codes: 0 every item done; 1 some items failed or were quarantined (the run
+itself finished and recorded them); 2 bad configuration, a busy workdir, or a
+workdir file that cannot be read (the message names the file).
+
+Only click is imported at start, so ``--help`` is instant; each command imports
+what it uses.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .config import ConfigError, PipelineConfig
-from .runner import Runner, WorkdirBusyError, stage_order
-from . import workdir as wd
-
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+if TYPE_CHECKING:
+    from .config import PipelineBase
 
 DEMO_WORKDIR = Path("work/demo")
+DEFAULT_WORKDIR = Path("work/run")  # run and status
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE = 0, 1, 2
+
+
+class StageChoice(click.Choice):
+    """The registered stage names, looked up only when a command line names a stage."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):  # type: ignore[override]
+        from mirpipe.stages import run_order
+
+        return run_order()
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        return "STAGE"
 
 
 def _echo(msg: str, json_mode: bool) -> None:
@@ -44,10 +71,7 @@ def _table(reports, json_mode: bool) -> None:
             _echo(f"  {label} {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
 
 
-SCORE_COLUMNS = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
-
-
-def _scores(workdir: Path, pipeline: PipelineConfig) -> dict[str, dict]:
+def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, dict]:
     """The evaluate stage's duration-weighted totals per task, where they exist."""
     out = {}
     for task in pipeline.evaluate.tasks:
@@ -59,18 +83,20 @@ def _scores(workdir: Path, pipeline: PipelineConfig) -> dict[str, dict]:
 
 def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> None:
     for task, s in scores.items():
+        columns = s.get("columns") or [k for k, v in s.items() if isinstance(v, float)]
         _echo(f"\n{task} scores (mir_eval, duration-weighted over {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
-        _echo("  " + " ".join(f"{c:>8}" for c in SCORE_COLUMNS), json_mode)
-        _echo("  " + " ".join(f"{s[c]:>8.3f}" if s.get(c) is not None else f"{'-':>8}" for c in SCORE_COLUMNS), json_mode)
+        _echo("  " + " ".join(f"{c:>8}" for c in columns), json_mode)
+        _echo("  " + " ".join(f"{s[c]:>8.3f}" if s.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
         _echo(f"  per track: {workdir / 'reports' / task / 'scores.csv'}; figures: {workdir / 'reports' / task / 'figures'}", json_mode)
 
 
-def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, **run_kwargs) -> int:
+def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **run_kwargs) -> int:
+    from . import workdir as wd
     from .cluster import open_executor
+    from .runner import Runner, workdir_lock
 
     runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
     t0 = time.perf_counter()
-    from .runner import workdir_lock
 
     with workdir_lock(workdir):
         wd.record(workdir, pipeline, cluster)  # under the lock: a refused second run changes nothing
@@ -90,7 +116,12 @@ def _execute(workdir: Path, pipeline: PipelineConfig, cluster, json_mode: bool, 
     if json_mode:
         status_rows = {r["stage"]: r for r in rows}
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "status": status_rows, "scores": scores}))
-    return 0
+    return _exit_code(rows)
+
+
+def _exit_code(status_rows) -> int:
+    """1 when any item is recorded as failed or quarantined, else 0."""
+    return EXIT_FAILED_ITEMS if any(r["failed"] or r["quarantined"] for r in status_rows) else EXIT_OK
 
 
 def _guard(fn):
@@ -99,20 +130,37 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mirpipe.errors import WorkdirFileError
+
+        from .config import ConfigError
+        from .runner import WorkdirBusyError
+
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, WorkdirBusyError, FileNotFoundError, ValueError) as exc:
+        except (ConfigError, WorkdirBusyError, WorkdirFileError, FileNotFoundError, ValueError) as exc:
             click.echo(f"mirpipe: error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _version() -> str:
+    from mirpipe import __version__
+
+    return __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
+    "Exit codes: 0 every item done; 1 some items failed or were quarantined; "
+    "2 bad configuration, busy workdir or unreadable workdir file."))
+@click.version_option(_version(), prog_name="mirpipe")
 def main() -> None:
     """mirpipe: augment audio with its JAMS annotations, compute CQT features into a
     chunked store, train from patches streamed out of it and score with mir_eval;
     on a Dask cluster, resumably."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
 @main.command()
@@ -125,7 +173,9 @@ def main() -> None:
 @_guard
 def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | None, cluster: Path | None, json_mode: bool) -> None:
     """Synthesize the demo corpus, then run every stage on it: features, training, evaluation (prints the scores)."""
-    from mirpipe.stages import SynthesizeParams
+    from mirpipe.stages.synthesize import SynthesizeParams
+
+    from . import workdir as wd
 
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
     synth = pipeline.synthesize or SynthesizeParams()
@@ -138,33 +188,44 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
 @main.command()
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml (default: the workdir's record)")
 @click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: the workdir's record)")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work/run"), show_default=True)
-@click.option("--until", default=None, help="run the stages up to and including this one")
-@click.option("--only", default=None, help="run this stage alone (its upstream must be done)")
-@click.option("--force", multiple=True, help="recompute every item of this stage (repeatable)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True)
+@click.option("--until", type=StageChoice(), default=None, help="run the stages up to and including this one")
+@click.option("--only", type=StageChoice(), default=None, help="run this stage alone (its upstream must be done)")
+@click.option("--force", type=StageChoice(), multiple=True, help="recompute every item of this stage (repeatable)")
 @click.option("--retry-failed", is_flag=True, help="retry the items recorded as failed")
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard
 def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -> None:
-    """Run (or resume) the pipeline in a workdir; only work not yet done is scheduled."""
+    """Run (or resume) the pipeline in a workdir; only work not yet done is scheduled.
+
+    Exit code 0 when every item is done, 1 when some failed or were quarantined."""
+    from . import workdir as wd
+
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
     sys.exit(_execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed))
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEMO_WORKDIR, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True)
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
 def status(workdir: Path, json_mode: bool) -> None:
-    """Per stage: items done / pending / failed / quarantined, and each failure's item, file, class and message."""
+    """Per stage: items done / pending / failed / quarantined, and each failure's item, file, class and message.
+
+    Exit code 0 when nothing failed, 1 when some items failed or were quarantined."""
+    from . import workdir as wd
+    from .config import ConfigError
+    from .runner import Runner
+
     if wd.recorded(workdir) is None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
     rows = Runner(workdir, pipeline, progress=False).status()
     if json_mode:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r["stage"]: r for r in rows}}, indent=1))
-        return
-    _status_table(rows)
+    else:
+        _status_table(rows)
+    sys.exit(_exit_code(rows))
 
 
 @main.group()
@@ -173,7 +234,9 @@ def cluster() -> None:
 
 
 def _cluster_cfg(cluster_file: Path | None, workdir: Path | None):
-    return wd.resolve(workdir or Path("work/run"), None, cluster_file)[1]
+    from . import workdir as wd
+
+    return wd.resolve(workdir or DEFAULT_WORKDIR, None, cluster_file)[1]
 
 
 @cluster.command("show")
@@ -207,7 +270,7 @@ def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: boo
 def cluster_job_script(cluster_file: Path | None, workdir: Path | None) -> None:
     """Print the batch script dask-jobqueue would submit for one worker job."""
     from .cluster import job_script
-    from .config import JobqueueCluster
+    from .config import ConfigError, JobqueueCluster
 
     cfg = _cluster_cfg(cluster_file, workdir)
     if not isinstance(cfg, JobqueueCluster):
@@ -217,9 +280,22 @@ def cluster_job_script(cluster_file: Path | None, workdir: Path | None) -> None:
 
 @main.command()
 def stages() -> None:
-    """List the stages in run order."""
-    for name in stage_order(PipelineConfig(synthesize={})):
-        click.echo(name)
+    """List the registered stages in run order, with what each needs."""
+    from mirpipe.stages import STAGES, run_order
+
+    for name in run_order():
+        stage = STAGES.get(name)
+        needs = f" (needs {', '.join(stage.needs)})" if stage.needs else ""
+        click.echo(f"{name}{needs}{' [optional]' if stage.optional else ''}")
+
+
+@main.command()
+def tasks() -> None:
+    """List the registered tasks: the JAMS namespace each reads and whether it trains."""
+    from mirpipe.models.task import TASKS
+
+    for task in TASKS.values():
+        click.echo(f"{task.name:12} {task.namespace:14} {'trainable' if task.trainable else 'targets only'}")
 
 
 if __name__ == "__main__":

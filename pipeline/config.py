@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .cluster_config import (  # noqa: F401 - re-exported
     AddressCluster,
@@ -20,7 +20,8 @@ from .cluster_config import (  # noqa: F401 - re-exported
     parse_walltime,
 )
 
-from mirpipe.stages import AugmentParams, EvaluateParams, FeaturesParams, IngestParams, SynthesizeParams, TrainParams
+from mirpipe.registry import import_plugins
+from mirpipe.stages import STAGES, run_order
 
 
 class RunParams(BaseModel):
@@ -30,24 +31,48 @@ class RunParams(BaseModel):
     time_limit: float | None = Field(600.0, gt=0, description="seconds one item may take before it is failed as hung; null: none")
 
 
-class PipelineConfig(BaseModel):
+class PipelineBase(BaseModel):
+    """What every pipeline configuration has; ``config_model`` adds one section per registered stage."""
+
     model_config = ConfigDict(extra="forbid")
-    synthesize: SynthesizeParams | None = Field(None, description="set to synthesize the demo corpus first")
-    ingest: IngestParams = Field(default_factory=IngestParams)
-    augment: AugmentParams = Field(default_factory=AugmentParams)
-    features: FeaturesParams = Field(default_factory=FeaturesParams)
-    train: TrainParams = Field(default_factory=TrainParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    plugins: list[str] = Field(
+        default_factory=list, description="modules imported first (driver and workers): they register tasks, stages or backends"
+    )
     run: RunParams = Field(default_factory=RunParams)
 
     def stage_params(self) -> dict[str, BaseModel]:
-        params: dict[str, BaseModel] = {
-            "ingest": self.ingest, "augment": self.augment, "features": self.features,
-            "train": self.train, "evaluate": self.evaluate,
-        }
-        if self.synthesize is not None:
-            params["synthesize"] = self.synthesize
-        return params
+        """The sections of the stages that run (an optional stage runs when its section is given)."""
+        return {name: value for name in STAGES.names() if isinstance(value := getattr(self, name, None), BaseModel)}
+
+    def stage_order(self) -> list[str]:
+        """The stages this configuration runs, in DAG order."""
+        return run_order(set(self.stage_params()))
+
+
+_MODELS: dict[tuple, type[PipelineBase]] = {}
+
+
+def config_model() -> type[PipelineBase]:
+    """The pipeline.yaml model: one section per registered stage (rebuilt when stages register)."""
+    stages = [STAGES.get(n) for n in run_order() if STAGES.get(n).params is not None]
+    key = tuple((s.name, s.params, s.optional) for s in stages)
+    if key not in _MODELS:
+        fields: dict = {}
+        for s in stages:
+            doc = (s.params.__doc__ or "").strip().splitlines()
+            desc = f"{s.name} stage" + (f": {doc[0]}" if doc else "")
+            if s.optional:
+                fields[s.name] = (s.params | None, Field(None, description=desc + " (runs only when given)"))
+            else:
+                fields[s.name] = (s.params, Field(default_factory=s.params, description=desc))
+        _MODELS[key] = create_model("PipelineConfig", __base__=PipelineBase, **fields)
+    return _MODELS[key]
+
+
+def __getattr__(name: str):
+    if name == "PipelineConfig":  # the model of the stages registered now
+        return config_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ClusterFile(BaseModel):
@@ -79,9 +104,17 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
+def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineBase:
+    """Validate a pipeline configuration, importing its ``plugins`` first (they may add stages or tasks)."""
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+        raise ConfigError(f"{source}: plugins must be a list of module names")
     try:
-        return PipelineConfig.model_validate(data)
+        import_plugins(plugins)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return config_model().model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(source, exc)) from None
 
@@ -95,7 +128,7 @@ def parse_cluster(data: dict, source: str = "<cluster>") -> ClusterConfig:
         raise ConfigError(_format(source, exc)) from None
 
 
-def load_pipeline(path: Path | str) -> PipelineConfig:
+def load_pipeline(path: Path | str) -> PipelineBase:
     return parse_pipeline(_read_yaml(Path(path)), str(path))
 
 

@@ -7,6 +7,7 @@ import time
 import traceback
 from typing import Any
 
+from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
 from mirpipe.stages.errors import TimeLimitError, is_permanent
 
@@ -41,7 +42,8 @@ def execute_item(
     counts them to tell an item that kills its worker from a bystander), and a
     failure the watchdog recorded for this token is returned, not rerun.
     """
-    stage = STAGES[stage_name]
+    import_plugins(ctx.plugins)  # a fresh worker process knows only the built-in implementations
+    stage = STAGES.get(stage_name)
     ledger = Ledger(ctx.workdir)
     t0 = time.perf_counter()
     if token is not None:

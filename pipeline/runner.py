@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 
-from .config import PipelineConfig
+from .config import PipelineBase
 from .execute import execute_item
 from .ledger import QUARANTINED, Ledger, QuarantinedError
 
@@ -29,10 +29,9 @@ class WorkdirBusyError(RuntimeError):
     """Another mirpipe run holds the workdir."""
 
 
-def stage_order(config: PipelineConfig) -> list[str]:
-    """The DAG in run order (synthesize only when the config asks for the demo corpus)."""
-    names = ["synthesize"] if config.synthesize is not None else []
-    return names + ["ingest", "augment", "features", "train", "evaluate"]
+def stage_order(config: PipelineBase) -> list[str]:
+    """The stages a configuration runs, in the order their ``needs`` give."""
+    return config.stage_order()
 
 
 def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext) -> str:
@@ -102,18 +101,18 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
 
 
 class Runner:
-    def __init__(self, workdir: Path, config: PipelineConfig, log: Callable[[str], None] = print, progress: bool = True):
+    def __init__(self, workdir: Path, config: PipelineBase, log: Callable[[str], None] = print, progress: bool = True):
         self.workdir = Path(workdir)
         self.config = config
         self.ledger = Ledger(self.workdir)
-        self.ctx = StageContext(self.workdir, config.stage_params())
+        self.ctx = StageContext(self.workdir, config.stage_params(), tuple(config.plugins))
         self.log = log
         self.progress = progress
         self._done_cache: dict[str, dict[str, Done]] = {}
 
     # -- planning ------------------------------------------------------------
     def plan(self, name: str, force: bool = False, retry_failed: bool = False) -> StagePlan:
-        stage = STAGES[name]
+        stage = STAGES.get(name)
         upstream = {need: self.done_items(need) for need in stage.needs}
         items = stage.items(self.ctx, upstream)
         markers = {} if force else self.ledger.done(name)
@@ -141,7 +140,7 @@ class Runner:
     # -- running -------------------------------------------------------------
     def run_stage(self, name: str, executor, force: bool = False, retry_failed: bool = False) -> StageReport:
         t0 = time.perf_counter()
-        stage = STAGES[name]
+        stage = STAGES.get(name)
         plan = self.plan(name, force=force, retry_failed=retry_failed)
         report = StageReport(name, total=plan.total, scheduled=len(plan.todo), skipped=len(plan.done))
         report.failures = list(plan.failed.values())

@@ -8,7 +8,7 @@ import yaml
 
 from mirpipe.storage.atomic import write_bytes
 
-from .config import ClusterConfig, ConfigError, PipelineConfig, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
+from .config import ClusterConfig, ConfigError, PipelineBase, config_model, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
 
 RECORD = "mirpipe.yaml"
 DEFAULT_PIPELINE = Path("pipeline.yaml")
@@ -19,13 +19,16 @@ def recorded(workdir: Path) -> dict | None:
     path = Path(workdir) / RECORD
     if not path.exists():
         return None
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or "pipeline" not in data:
         raise ConfigError(f"{path}: not a mirpipe workdir record")
     return data
 
 
-def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[PipelineConfig, ClusterConfig]:
+def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[PipelineBase, ClusterConfig]:
     """Explicit files win; then what the workdir recorded; then ./pipeline.yaml, ./cluster.yaml; then defaults."""
     record = recorded(workdir)
     if config is not None:
@@ -35,7 +38,7 @@ def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[P
     elif DEFAULT_PIPELINE.exists():
         pipeline = load_pipeline(DEFAULT_PIPELINE)
     else:
-        pipeline = PipelineConfig()
+        pipeline = config_model()()
     if cluster is not None:
         cluster_cfg = load_cluster(cluster)
     elif record is not None and "cluster" in record:
@@ -47,7 +50,7 @@ def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[P
     return pipeline, cluster_cfg
 
 
-def record(workdir: Path, pipeline: PipelineConfig, cluster: ClusterConfig) -> None:
+def record(workdir: Path, pipeline: PipelineBase, cluster: ClusterConfig) -> None:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"pipeline": dump(pipeline), "cluster": dump(cluster)}, sort_keys=False)
     write_bytes(Path(workdir) / RECORD, text.encode())

@@ -1,18 +1,7 @@
-"""Pipeline stages, one module each; ``STAGES`` is the DAG in run order."""
+"""Pipeline stages, one module each, registered in ``STAGES``; ``run_order`` derives the DAG from ``needs``."""
 
 from __future__ import annotations
 
-from .augment import Augment, AugmentParams
-from .base import Done, Stage, StageContext, WorkItem
-from .features import Features, FeaturesParams
-from .ingest import Ingest, IngestParams
-from .evaluate import Evaluate, EvaluateParams
-from .synthesize import Synthesize, SynthesizeParams
-from .train import Train, TrainParams
+from .base import STAGES, Done, Stage, StageContext, WorkItem, run_order
 
-STAGES: dict[str, Stage] = {s.name: s for s in (Synthesize(), Ingest(), Augment(), Features(), Train(), Evaluate())}
-
-__all__ = [
-    "STAGES", "Stage", "StageContext", "WorkItem", "Done",
-    "SynthesizeParams", "IngestParams", "AugmentParams", "FeaturesParams", "TrainParams", "EvaluateParams",
-]
+__all__ = ["STAGES", "Stage", "StageContext", "WorkItem", "Done", "run_order"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mirpipe.storage.atomic import temp_path
 
 from .audio_io import load_mono
-from .base import Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .deform import deform, variant_name
+from .pitch_shift import PITCH_SHIFTERS
 from .ingest import read_manifest
 
 AUGMENT_DIR = "augment"
@@ -22,8 +23,13 @@ class AugmentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, description="false: only the unshifted variant (to see what augmentation buys)")
     shifts: list[int] = Field(default_factory=lambda: list(range(-6, 7)), description="semitones; 0 is the original")
-    backend: Literal["librosa", "rubberband"] = Field("librosa", description="pitch-shift backend")
+    backend: str = Field("librosa", description="pitch-shift backend (registered: librosa, rubberband, plugins)")
     keep_audio: bool = Field(False, description="also write shifted audio (FLAC); the features stage never needs it")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        return PITCH_SHIFTERS.check(v)
 
     @field_validator("shifts")
     @classmethod
@@ -40,8 +46,10 @@ def variant_jams_path(workdir: Path, track: str, variant: str) -> Path:
     return workdir / AUGMENT_DIR / track / f"{variant}.jamz"
 
 
+@STAGES.register
 class Augment(Stage):
     name = "augment"
+    params = AugmentParams
     needs = ("ingest",)
     version = "1"
 

@@ -1,7 +1,13 @@
-"""The stage contract: enumerate work items, fingerprint them, run one, finalize on the driver.
+"""The stage contract and the stage registry.
 
-A stage knows nothing about Dask or the ledger. ``run`` is idempotent, writes
+A stage enumerates work items, fingerprints them, runs one, and finalizes on the
+driver. It knows nothing about Dask or the ledger. ``run`` is idempotent, writes
 only its own outputs and returns a small JSON-able record.
+
+A new stage is one module: a ``Stage`` subclass registered with
+``@STAGES.register``, declaring its ``name``, the stages it ``needs`` (run order
+is derived from them), and its ``params`` model (the ``<name>:`` section of
+pipeline.yaml, validated with the rest of the configuration).
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from pydantic import BaseModel
+
+from mirpipe.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class StageContext:
 
     workdir: Path
     params: Mapping[str, BaseModel]
+    plugins: tuple[str, ...] = ()  # modules a worker imports before running an item (they register things)
 
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
@@ -45,7 +54,10 @@ class StageContext:
 
 class Stage(ABC):
     name: str
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # stages whose done items this one's items come from
+    after: tuple[str, ...] = ()  # stages that must run first when present, without feeding items
+    params: ClassVar[type[BaseModel] | None] = None  # its pipeline.yaml section
+    optional: ClassVar[bool] = False  # runs only when its section is given (the demo's synthesize)
     version: str = "1"  # bump when the code changes what the stage writes
     bounded_time: bool = True  # run.time_limit applies to each item (not to long training runs)
     resources: dict[str, float] = {}  # worker resources its tasks ask for (e.g. {"GPU": 1}); cluster.yaml overrides
@@ -69,3 +81,41 @@ class Stage(ABC):
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""
+
+
+STAGES: Registry[Stage] = Registry(
+    "stage",
+    builtin=(
+        "mirpipe.stages.synthesize", "mirpipe.stages.ingest", "mirpipe.stages.augment",
+        "mirpipe.stages.features", "mirpipe.stages.train", "mirpipe.stages.evaluate",
+    ),
+    entry_points="mirpipe.stages",
+    instantiate=True,
+)
+
+
+def run_order(enabled: set[str] | None = None) -> list[str]:
+    """Registered stages (those in ``enabled``, when given) in an order that respects
+    ``needs`` and ``after``; ties keep registration order."""
+    names = [n for n in STAGES.names() if enabled is None or n in enabled]
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"stages depend on each other in a cycle through {name!r}")
+        visiting.add(name)
+        stage = STAGES.get(name)
+        for dep in (*stage.needs, *stage.after):
+            if dep in names:
+                visit(dep)
+            elif dep in stage.needs:
+                raise ValueError(f"stage {name!r} needs {dep!r}, which is not enabled")
+        visiting.discard(name)
+        order.append(name)
+
+    for name in names:
+        visit(name)
+    return order

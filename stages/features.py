@@ -1,33 +1,31 @@
 """features: replay a track-variant's deformation on its audio in memory, compute the
-log-magnitude CQT, encode every task's targets on its frame grid, write one store entry."""
+log-magnitude CQT, encode every registered task's targets on its frame grid, write
+one store entry."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mirpipe.models import chord, instrument, pitch
-from mirpipe.storage import open_store
+from mirpipe.models.task import TASKS
+from mirpipe.storage import STORE_BACKENDS, open_store
 
 from .audio_io import load_mono
 from .augment import variant_jams_path
-from .base import Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .deform import replay_shift
 from .ingest import read_manifest
 from .pitch_shift import pitch_shift
-
-TARGET_ENCODERS = (chord.encode, pitch.encode, instrument.encode)
-
 
 class FeaturesParams(BaseModel):
     """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
 
     model_config = ConfigDict(extra="forbid")
-    store: Literal["zarr", "hdf5"] = Field("zarr", description="store backend")
+    store: str = Field("zarr", description="store backend (registered: zarr, hdf5, memory, plugins)")
     store_path: Path | None = Field(None, description="default <workdir>/features")
     sr: int = Field(22050, ge=8000)
     hop_length: int = Field(2048, ge=32)
@@ -35,6 +33,20 @@ class FeaturesParams(BaseModel):
     n_bins: int = Field(216, ge=12)
     bins_per_octave: int = Field(36, ge=12)
     amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
+    tasks: list[str] | None = Field(None, description="tasks whose targets each entry holds; default every registered task")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        return STORE_BACKENDS.check(v)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [TASKS.check(t) for t in v]
+
+    def target_tasks(self) -> list[str]:
+        return list(self.tasks) if self.tasks is not None else TASKS.names()
 
 
 def store_root(ctx: StageContext) -> Path:
@@ -67,8 +79,8 @@ def compute_entry(audio_path: str, jams_path: Path, p: FeaturesParams) -> tuple[
     t3 = time.perf_counter()
     frame_times = librosa.frames_to_time(np.arange(cqt.shape[0]), sr=p.sr, hop_length=p.hop_length)
     arrays: dict[str, np.ndarray] = {"cqt": cqt}
-    for encode in TARGET_ENCODERS:
-        arrays.update({f"targets/{k}": v for k, v in encode(jam, frame_times).items()})
+    for name in p.target_tasks():
+        arrays.update({f"targets/{k}": v for k, v in TASKS.get(name).encode(jam, frame_times).items()})
     t4 = time.perf_counter()
     timings.update(load=t1 - t0, pitch_shift=t2 - t1, cqt=t3 - t2, targets=t4 - t3, audio_seconds=len(y) / p.sr)
     attrs = {
@@ -85,10 +97,18 @@ def compute_entry(audio_path: str, jams_path: Path, p: FeaturesParams) -> tuple[
     return arrays, attrs, timings
 
 
+@STAGES.register
 class Features(Stage):
     name = "features"
+    params = FeaturesParams
     needs = ("augment",)
     version = "1"
+
+    def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
+        p: FeaturesParams = ctx.params["features"]
+        # the targets an entry holds: each task's encoder version
+        targets = {name: TASKS.get(name).version for name in p.target_tasks()}
+        return {**p.model_dump(mode="json", exclude={"tasks"}), "targets": targets}
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         manifest = read_manifest(ctx)

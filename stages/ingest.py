@@ -13,11 +13,12 @@ from typing import Any, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mirpipe.storage.atomic import write_json
+from mirpipe.models.task import offered_namespaces
+from mirpipe.storage.atomic import read_json, write_json
 
 from . import errors
 from .audio_io import AUDIO_EXTENSIONS, header_frames, load_mono, riff_declared_frames
-from .base import Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
@@ -138,6 +139,8 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         "audio_sha256": _sha256(audio_path),
         "jams_sha256": _sha256(jams_path),
         "namespaces": sorted({a.namespace for a in jam.annotations}),
+        # what the tasks can read after jams.nsconvert (chord_harte -> chord, pitch_hz -> pitch_contour, ...)
+        "offers": offered_namespaces([a.namespace for a in jam.annotations]),
     }
 
 
@@ -179,10 +182,13 @@ def assign_splits(records: Mapping[str, Mapping[str, Any]], fractions: Mapping[s
     return splits
 
 
+@STAGES.register
 class Ingest(Stage):
     name = "ingest"
+    params = IngestParams
+    after = ("synthesize",)  # reads the corpus synthesize writes, when it runs
     needs = ()
-    version = "1"
+    version = "2"  # 2: records the namespaces each track offers after conversion ("offers")
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # Splits are assigned by finalize (driver): changing them re-ingests nothing.
@@ -216,4 +222,4 @@ def read_manifest(ctx: StageContext) -> dict[str, dict[str, Any]]:
     path = ctx.path(MANIFEST)
     if not path.exists():
         return {}
-    return {row["track"]: row for row in json.loads(path.read_text())["tracks"]}
+    return {row["track"]: row for row in read_json(path)["tracks"]}

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.storage.atomic import temp_path
 
-from .base import Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .synth.track import annotate, compose, render
 
 CORPUS_DIR = "corpus"
@@ -35,8 +35,11 @@ def track_id(index: int) -> str:
     return f"demo-{index:04d}"
 
 
+@STAGES.register
 class Synthesize(Stage):
     name = "synthesize"
+    params = SynthesizeParams
+    optional = True  # only when pipeline.yaml (or `mirpipe demo`) asks for the demo corpus
     version = "2"  # 2: quality prior, fewer inversions, symmetric chords in root position
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.models.task import TASKS, Task
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 
-from .base import Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .deform import variant_name
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
@@ -26,16 +27,12 @@ UNSHIFTED = variant_name(0)
 
 
 class TrainParams(BaseModel):
-    """Streaming, model and optimisation settings (McFee & Bello 2017 defaults where they apply)."""
+    """Streaming and optimisation settings shared by every task, and each task's network
+    (``models.<task>``; McFee & Bello 2017 defaults for the chord model)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[Literal["chord"]] = Field(default_factory=lambda: ["chord"], description="models to train")
-    # model
-    architecture: Literal["cr1", "cr2"] = Field("cr2", description="1 or 2 bidirectional GRU layers")
-    structured: bool = Field(True, description="root/pitches/bass heads; false: chord tag only (ablation)")
-    hidden: int = Field(128, ge=8, description="GRU units per direction")
-    channels: int = Field(36, ge=1, description="filters of the full-height conv")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    tasks: list[str] = Field(default_factory=lambda: ["chord"], description="models to train (registered tasks)")
+    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
@@ -61,8 +58,31 @@ class TrainParams(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default all cores")
 
 
-# Settings that change where or how fast training runs, not what it learns.
-RUNTIME_ONLY = {"device", "threads", "loader_workers", "checkpoint_every"}
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not TASKS.get(name).trainable:
+                trainable = [t.name for t in TASKS.values() if t.trainable]
+                raise ValueError(f"task {name!r} has no network to train yet; trainable tasks: {', '.join(trainable)}")
+        return v
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> dict[str, BaseModel]:
+        if not isinstance(v, dict):
+            raise ValueError("models maps task names to their network parameters")
+        return {name: TASKS.get(name).Params.model_validate(raw or {}) if not isinstance(raw, BaseModel) else raw
+                for name, raw in v.items()}
+
+    def model_params(self, task: str) -> BaseModel:
+        """The network parameters of ``task`` (its defaults where none are given)."""
+        return self.models.get(task) or TASKS.get(task).Params()
+
+
+# Settings that change where or how fast training runs, not what it learns; the task
+# list and the per-task networks go into each task's own item instead.
+NOT_FINGERPRINTED = {"device", "threads", "loader_workers", "checkpoint_every", "progress", "tasks", "models"}
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
@@ -77,14 +97,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def split_keys(ctx: StageContext, task_usable) -> tuple[list[EntryKey], list[EntryKey]]:
+def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
     """Training entries (every variant) and validation entries (unshifted) of tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
     train, val = [], []
     for row in open_store(p.store, store_root(ctx)).read_index():
         track = manifest.get(row["track"])
-        if track is None or not task_usable(track.get("namespaces", [])):
+        if track is None or not task.usable(track.get("offers", track.get("namespaces", []))):
             continue
         key = EntryKey(row["track"], row["variant"], int(row["n_frames"]))
         if row["split"] == "train":
@@ -94,17 +114,14 @@ def split_keys(ctx: StageContext, task_usable) -> tuple[list[EntryKey], list[Ent
     return train, val
 
 
-def build_model(task_name: str, params: TrainParams, n_bins: int):
-    from mirpipe.models.tasks import get_task
-
-    return get_task(task_name).build(
-        n_bins=n_bins, architecture=params.architecture, structured=params.structured,
-        hidden=params.hidden, channels=params.channels, dropout=params.dropout,
-    )
+def build_model(task: Task, params: BaseModel, n_bins: int):
+    return task.build(n_bins=n_bins, params=params)
 
 
+@STAGES.register
 class Train(Stage):
     name = "train"
+    params = TrainParams
     needs = ("features",)
     version = "1"
     resources = {"GPU": 1}  # asked for only where the cluster offers it
@@ -112,39 +129,54 @@ class Train(Stage):
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: TrainParams = ctx.params["train"]
-        return p.model_dump(mode="json", exclude=RUNTIME_ONLY)
+        return p.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
+        """One item per task. Its fingerprint covers what training reads: the features of the
+        training entries (every variant) and validation entries (unshifted) of the tracks that
+        teach the task, their splits, and the task's network; test tracks are not in it."""
         p: TrainParams = ctx.params["train"]
         feats = upstream["features"]
         if not feats:
             return []
-        # the store's content: every entry's fingerprint (the index is a function of them and the splits)
-        digest = hashlib.sha256("\n".join(f"{k} {d.fingerprint}" for k, d in sorted(feats.items())).encode()).hexdigest()
-        splits = {t: r.get("split") for t, r in read_manifest(ctx).items()}
-        return [WorkItem(task, payload={"task": task}, identity={"splits": splits}, upstream=(digest,)) for task in p.tasks]
+        manifest = read_manifest(ctx)
+        items = []
+        for name in p.tasks:
+            task = TASKS.get(name)
+            read = {}
+            for item_id, done in feats.items():
+                track, variant = item_id.split("/", 1)
+                row = manifest.get(track)
+                if row is None or not task.usable(row.get("offers", row.get("namespaces", []))):
+                    continue
+                if row.get("split") == "train" or (row.get("split") == "val" and variant == UNSHIFTED):
+                    read[item_id] = f"{row['split']} {done.fingerprint}"
+            digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
+            items.append(WorkItem(
+                name, payload={"task": name},
+                identity={"model": p.model_params(name).model_dump(mode="json")},
+                upstream=(digest,),
+            ))
+        return items
 
     def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
-        from mirpipe.models.chord import self_transition
-        from mirpipe.models.tasks import get_task
         from mirpipe.models.trainer import Trainer, TrainerSettings
         from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
         p: TrainParams = ctx.params["train"]
         fp: FeaturesParams = ctx.params["features"]
-        task = get_task(item.payload["task"])
-        train_keys, val_keys = split_keys(ctx, task.usable)
+        task = TASKS.get(item.payload["task"])
+        train_keys, val_keys = split_keys(ctx, task)
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames)
         stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
         stream.check_workers(p.loader_workers)
         store = open_store(fp.store, store_root(ctx))
-        p_self = self_transition(
-            store.read_entry(k.track, k.variant, ["targets/chord_tag"]).arrays["targets/chord_tag"] for k in train_keys
-        ) if task.name == "chord" else None
+        state = task.fit_state(store.read_entry(k.track, k.variant, task.targets).arrays for k in train_keys)
         seed_everything(p.seed)
-        model = build_model(task.name, p, fp.n_bins)
+        model_params = p.model_params(task.name)
+        model = build_model(task, model_params, fp.n_bins)
         settings = TrainerSettings(
             steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
             weight_decay=p.weight_decay, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
@@ -152,9 +184,9 @@ class Train(Stage):
         )
         meta = {
             "task": task.name,
-            "model": p.model_dump(mode="json", include={"architecture", "structured", "hidden", "channels", "dropout"}),
+            "model": model_params.model_dump(mode="json"),
             "n_bins": fp.n_bins,
-            "self_transition": None if p_self is None else p_self.tolist(),
+            "state": state,
             "train_entries": len(train_keys),
             "val_entries": len(val_keys),
         }

@@ -1,5 +1,6 @@
-"""The feature store: one interface, Zarr v3 and HDF5 backends, atomic entries, a driver-written index."""
+"""The feature store: one interface, registered backends (Zarr v3, HDF5, in-memory),
+atomic entries, a driver-written index, pescador streams over the store."""
 
-from .base import Entry, FeatureStore, open_store, BACKENDS
+from .base import STORE_BACKENDS, Entry, FeatureStore, open_store
 
-__all__ = ["Entry", "FeatureStore", "open_store", "BACKENDS"]
+__all__ = ["Entry", "FeatureStore", "open_store", "STORE_BACKENDS"]

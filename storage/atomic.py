@@ -73,6 +73,16 @@ def write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
 
 
+def read_json(path: Path | str):
+    """A JSON file mirpipe wrote; a WorkdirFileError naming the file when it cannot be read."""
+    from mirpipe.errors import WorkdirFileError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WorkdirFileError(path, f"cannot be read: {type(exc).__name__}: {exc}") from None
+
+
 def write_json(path: Path, obj) -> None:
     write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 

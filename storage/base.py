@@ -2,6 +2,9 @@
 
 Workers write entries (each atomically, into its own path); only the driver
 writes the index. Array names may be nested with ``/`` (``targets/chord_root``).
+
+A backend is one module: a ``FeatureStore`` subclass registered with
+``@STORE_BACKENDS.register(name=...)``; ``features.store`` names one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .atomic import remove_leftovers, write_json
+from mirpipe.registry import Registry
+
+from .atomic import read_json, remove_leftovers, write_json
 
 INDEX_NAME = "index.json"
 CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a patch one or two
@@ -91,22 +96,19 @@ class FeatureStore(ABC):
         path = self.root / INDEX_NAME
         if not path.exists():
             return []
-        return json.loads(path.read_text())["entries"]
+        return read_json(path)["entries"]
 
     def remove_leftovers(self) -> int:
         return remove_leftovers(self.root)
 
 
-BACKENDS = ("zarr", "hdf5")
+STORE_BACKENDS: Registry[type[FeatureStore]] = Registry(
+    "store backend",
+    builtin=("mirpipe.storage.zarr_store", "mirpipe.storage.hdf5_store", "mirpipe.storage.memory_store"),
+    entry_points="mirpipe.store_backends",
+)
 
 
 def open_store(backend: str, root: Path | str) -> FeatureStore:
-    if backend == "zarr":
-        from .zarr_store import ZarrStore
-
-        return ZarrStore(root)
-    if backend == "hdf5":
-        from .hdf5_store import HDF5Store
-
-        return HDF5Store(root)
-    raise ValueError(f"unknown store backend {backend!r}; choose one of {BACKENDS}")
+    """The store of a registered backend at ``root`` (for ``memory``, the name of a preloaded store)."""
+    return STORE_BACKENDS.get(backend)(root)

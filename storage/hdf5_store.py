@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from .atomic import temp_path
-from .base import Entry, FeatureStore, time_chunks
+from .base import STORE_BACKENDS, Entry, FeatureStore, time_chunks
 
 # gzip level 1 with shuffle: portable to every HDF5 reader, cheap to decode
 COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
@@ -25,6 +25,7 @@ def _array_names(f: h5py.File) -> list[str]:
     return sorted(names)
 
 
+@STORE_BACKENDS.register(name="hdf5")
 class HDF5Store(FeatureStore):
     backend = "hdf5"
     suffix = ".h5"

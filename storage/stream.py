@@ -22,13 +22,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pescador
 
-from .base import FeatureStore, open_store
+from .base import open_store
+from .memory_store import preload_memory  # noqa: F401 - re-exported for benchmarks and tests
 
 IGNORE = -1  # target value of padded frames: losses skip them
-
-# In-memory entries by name, for the "memory" backend (the upper bound in benchmarks):
-# streamers carry the name, never the arrays.
-_MEMORY: dict[str, dict[tuple[str, str], dict[str, np.ndarray]]] = {}
 
 
 def derive_seed(*parts: Any) -> int:
@@ -48,7 +45,7 @@ class EntryKey:
 class StreamSpec:
     """Where entries live and what a patch holds; small and picklable."""
 
-    backend: str  # zarr | hdf5 | memory
+    backend: str  # a registered store backend (zarr, hdf5, memory)
     root: str  # store root, or the name of a preloaded memory store
     feature: str
     targets: tuple[str, ...]
@@ -58,11 +55,6 @@ class StreamSpec:
     @property
     def names(self) -> list[str]:
         return [self.feature, *self.targets]
-
-
-def preload_memory(name: str, store: FeatureStore, keys: Sequence[EntryKey], names: Sequence[str]) -> None:
-    """Read entries into memory under ``name`` so a ``memory`` spec can stream them."""
-    _MEMORY[name] = {(k.track, k.variant): store.read_entry(k.track, k.variant, names).arrays for k in keys}
 
 
 class HandleCache:
@@ -102,10 +94,7 @@ _HANDLES = HandleCache()
 
 
 def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int) -> dict[str, np.ndarray]:
-    if spec.backend == "memory":
-        arrays = _MEMORY[spec.root][(key.track, key.variant)]
-    else:
-        arrays = _HANDLES.arrays(spec, key)
+    arrays = _HANDLES.arrays(spec, key)
     return {n: np.asarray(arrays[n][start:stop]) for n in spec.names}
 
 

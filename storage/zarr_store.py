@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 
 from .atomic import replace_dir, temp_path
-from .base import Entry, FeatureStore, time_chunks
+from .base import STORE_BACKENDS, Entry, FeatureStore, time_chunks
 
 
 def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
@@ -20,6 +20,7 @@ def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
     return sorted(names)
 
 
+@STORE_BACKENDS.register(name="zarr")
 class ZarrStore(FeatureStore):
     backend = "zarr"
     suffix = ".zarr"

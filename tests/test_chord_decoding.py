@@ -3,6 +3,7 @@
 import jams
 import mir_eval
 import numpy as np
+import pytest
 import torch
 
 from mirpipe.models import chord
@@ -92,3 +93,49 @@ def test_structured_and_tag_only_networks_cr1_cr2():
     cr2 = sum(p.numel() for p in ChordNet(architecture="cr2").parameters())
     cr1 = sum(p.numel() for p in ChordNet(architecture="cr1").parameters())
     assert cr2 > cr1  # the second recurrent layer
+
+
+def _annotation(segments, duration):
+    ann = jams.Annotation("chord", duration=duration)
+    for t, d, label in segments:
+        ann.append(time=float(t), duration=float(d), value=label)
+    return ann
+
+
+def test_segmentation_scores_merge_repeated_reference_labels_like_mir_eval():
+    # one label per bar in the reference, one per chord in the estimate: the same segmentation
+    ref = _annotation([(0, 1, "C:maj"), (1, 1, "C:maj"), (2, 1, "G:maj"), (3, 1, "G:maj")], 4.0)
+    est = _annotation([(0, 2, "C:maj"), (2, 2, "G:maj")], 4.0)
+    ours = chord.score(ref, est)
+    ref_int, ref_lab = ref.to_interval_values()
+    est_int, est_lab = est.to_interval_values()
+    theirs = mir_eval.chord.evaluate(ref_int, ref_lab, est_int, est_lab)
+    for name in ("seg", "overseg", "underseg"):
+        assert ours[name]["score"] == pytest.approx(theirs[name]), name
+    assert ours["seg"]["score"] == pytest.approx(1.0)
+    assert ours["seg"]["weight"] == pytest.approx(4.0)
+
+
+def test_pooled_scores_weight_each_track_by_the_seconds_mir_eval_counts():
+    from mirpipe.models.task import pool_weighted
+
+    a = chord.score(_annotation([(0, 2, "C:maj")], 2.0), _annotation([(0, 2, "C:maj")], 2.0))  # root 1 over 2 s
+    b = chord.score(_annotation([(0, 6, "D:maj")], 6.0), _annotation([(0, 6, "E:maj")], 6.0))  # root 0 over 6 s
+    assert pool_weighted([a, b], ["root"])["root"] == pytest.approx(2 / 8)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_decoded_intervals_never_overlap_whatever_the_frame_times(seed):
+    """Frame times from real hops and a duration that is not a whole number of frames: each
+    decoded segment must end at or before the next one starts, as mir_eval requires."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 400))
+    sr, hop = 22050, int(rng.choice([256, 512, 2048]))
+    times = np.arange(n) * hop / sr
+    duration = float(n * hop / sr - rng.uniform(0, hop / sr))
+    tags = np.repeat(rng.integers(0, chord.N_TAGS, size=n // 2 + 1), 2)[:n]
+    ann = chord.tags_to_annotation(tags, times, duration)
+    intervals, labels = ann.to_interval_values()
+    intervals = np.asarray(intervals)
+    assert np.all(intervals[:-1, 1] <= intervals[1:, 0])
+    mir_eval.chord.evaluate(intervals, labels, intervals, labels)  # raises on any overlap

@@ -14,20 +14,19 @@ from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
 
 TINY_TRAIN = {
-    "tasks": ["chord"],
-    "hidden": 16, "channels": 8, "patch_frames": 32, "batch_size": 8, "n_active": 4, "rate": 4,
+    "tasks": ["chord"], "models": {"chord": {"hidden": 16, "channels": 8}},
+    "patch_frames": 32, "batch_size": 8, "n_active": 4, "rate": 4,
     "steps_per_epoch": 5, "max_epochs": 2, "checkpoint_every": 3, "loader_workers": 2,
 }
 
 
-def tiny_config(**train):
+def tiny_config(**chord_model):
     cfg = small_config(tracks=6, shifts=[0, 2])
-    synth = cfg.synthesize.model_copy(update={"solo_fraction": 0.0})
-    return cfg.model_copy(update={
-        "synthesize": synth,
-        "train": cfg.train.model_copy(update={**TINY_TRAIN, **train}),
-        "evaluate": cfg.evaluate.model_copy(update={"tasks": ["chord"], "figures": 1}),
-    })
+    data = cfg.model_dump(mode="json")
+    data["synthesize"]["solo_fraction"] = 0.0
+    data["train"] = {**data["train"], **TINY_TRAIN, "models": {"chord": {**TINY_TRAIN["models"]["chord"], **chord_model}}}
+    data["evaluate"] = {**data["evaluate"], "tasks": ["chord"], "figures": 1}
+    return type(cfg).model_validate(data)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from mirpipe.models import chord
-from mirpipe.models.tasks import get_task
+from mirpipe.models.task import TASKS
 from mirpipe.models.trainer import Trainer, TrainerSettings
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
-TASK = get_task("chord")
+TASK = TASKS.get("chord")
 N_BINS = 48
 
 
@@ -37,7 +37,8 @@ def store(tmp_path_factory):
 
 def _trainer(store, out_dir, workers=0, run_key="run-1", **model):
     torch.manual_seed(0)
-    model = TASK.build(n_bins=N_BINS, **{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
+    params = TASK.Params(**{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
+    model = TASK.build(n_bins=N_BINS, params=params)
     spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", "ps+00", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)

@@ -1,0 +1,40 @@
+"""Figures of scored tracks: a feature image with labelled segments under it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mirpipe.storage.atomic import atomic_path
+
+
+def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Sequence[tuple[str, object]],
+                  title: str, ylabel: str = "bin") -> None:
+    """``features`` (T, F) over time, then one strip per (name, JAMS annotation) with its labelled segments."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    duration = features.shape[0] / frame_rate
+    fig, axes = plt.subplots(1 + len(rows), 1, figsize=(14, 4 + len(rows)), sharex=True,
+                             gridspec_kw={"height_ratios": [4] + [1] * len(rows)})
+    ax = axes[0]
+    ax.imshow(features.T.astype(np.float32), origin="lower", aspect="auto",
+              extent=(0, duration, 0, features.shape[1]), cmap="magma")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    for axis, (name, ann) in zip(axes[1:], rows):
+        for i, obs in enumerate(ann.data):
+            axis.axvspan(obs.time, obs.time + obs.duration, color=f"C{i % 10}", alpha=0.35)
+            if obs.duration > 0.01 * duration:
+                axis.text(obs.time + obs.duration / 2, 0.5, str(obs.value), ha="center", va="center", fontsize=7, rotation=90)
+        axis.set_yticks([])
+        axis.set_ylabel(name, rotation=0, ha="right", va="center")
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)

@@ -1,0 +1,169 @@
+"""The task interface and its registry: a new task is one module.
+
+A task module subclasses ``Task`` and registers it with ``@TASKS.register``. It
+declares everything the generic code needs, so ``Train``, ``Evaluate``, the
+features stage, the configuration and the CLI know no task by name:
+
+- **data**: the store array its network reads (``feature``), the JAMS namespace of
+  its reference (``namespace``; compatible namespaces are converted with
+  ``jams.nsconvert``), and ``encode`` (targets on a frame grid, stored under
+  ``targets/``; bump ``version`` when they change);
+- **training**: ``Params`` (network hyper-parameters, validated from
+  ``train.models.<task>``), ``build``, ``loss``, ``metric`` / ``metric_name``,
+  and ``fit_state`` (what it estimates from training targets, e.g. a transition
+  prior, kept in the checkpoint);
+- **inference**: ``DecodeParams`` (``evaluate.decoding.<task>``), ``predict``
+  (network output of a whole track) and ``decode`` (to a JAMS annotation);
+- **scoring**: ``score`` (one track; each metric with the weight that pools it,
+  e.g. seconds), ``score_columns`` (what the summary table shows) and ``plot``.
+
+Torch-dependent parts import torch inside their methods, so the feature workers
+that only ``encode`` targets never import it. A target-only task (``trainable =
+False``) encodes targets for the store and nothing else yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from mirpipe.registry import Registry
+
+TASKS: Registry["Task"] = Registry(
+    "task",
+    builtin=("mirpipe.models.chord", "mirpipe.models.pitch", "mirpipe.models.instrument"),
+    entry_points="mirpipe.tasks",
+    instantiate=True,
+)
+
+Scores = dict[str, dict[str, float]]  # metric -> {"score": value, "weight": pooling weight}
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def annotations(jam, namespace: str) -> list:
+    """The track's annotations in ``namespace``, converting compatible ones (``chord_harte`` ->
+    ``chord``, ``pitch_hz`` -> ``pitch_contour``, ``tag_*`` -> ``tag_open``, ...) with jams.nsconvert."""
+    from copy import deepcopy
+
+    import jams
+
+    converters = jams.nsconvert.__CONVERSION__.get(namespace, {})
+    out = []
+    # matched by name here: jams' can_convert/convert use Annotation.search, which serializes
+    # every observation, and convert re-validates (slow on 10 ms contours; ingest validated)
+    for ann in jam.annotations:
+        if ann.namespace == namespace:
+            out.append(ann)
+            continue
+        source = next((src for src in converters if _matches(ann.namespace, src)), None)
+        if source is not None:
+            out.append(converters[source](deepcopy(ann)))
+    return out
+
+
+def offered_namespaces(namespaces: Sequence[str]) -> list[str]:
+    """Every namespace a track with annotations in ``namespaces`` offers after conversion."""
+    import jams
+
+    offered = set(namespaces)
+    for target, sources in jams.nsconvert.__CONVERSION__.items():
+        for source in sources:
+            if any(_matches(ns, source) for ns in namespaces):
+                offered.add(target)
+    return sorted(offered)
+
+
+def _matches(namespace: str, pattern: str) -> bool:
+    import re
+
+    return re.fullmatch(pattern, namespace) is not None
+
+
+def pool_weighted(per_track: Sequence[Scores], metrics: Sequence[str]) -> dict[str, float | None]:
+    """Totals over tracks: each metric's scores weighted by their weights (None when nothing counts)."""
+    totals: dict[str, float | None] = {}
+    for m in metrics:
+        pairs = [(s[m]["score"], s[m]["weight"]) for s in per_track if m in s]
+        pairs = [(v, w) for v, w in pairs if w > 0 and np.isfinite(v)]
+        weight = sum(w for _, w in pairs)
+        totals[m] = sum(v * w for v, w in pairs) / weight if weight > 0 else None
+    return totals
+
+
+class Task:
+    """One model the pipeline trains and scores; see the module docstring."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"  # of the targets ``encode`` writes (the features fingerprint holds it)
+    namespace: ClassVar[str]  # JAMS namespace of the reference
+    feature: ClassVar[str] = "cqt"  # store array the network reads
+    targets: ClassVar[tuple[str, ...]] = ()  # store arrays a training patch carries ("targets/...")
+    trainable: ClassVar[bool] = True
+    metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
+    metrics: ClassVar[tuple[str, ...]] = ()  # per-track scores, in table order
+    score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows
+    Params: ClassVar[type[BaseModel]] = NoParams
+    DecodeParams: ClassVar[type[BaseModel]] = NoParams
+
+    # -- data --------------------------------------------------------------------
+    def usable(self, namespaces: Sequence[str]) -> bool:
+        """Does a track offering these namespaces (after conversion) teach this task?"""
+        return self.namespace in namespaces
+
+    def reference(self, jam):
+        """The reference annotation of a track (the first in ``namespace``, converted), or None."""
+        found = annotations(jam, self.namespace)
+        return found[0] if found else None
+
+    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets on the frame grid, keyed by name (stored as ``targets/<name>``)."""
+        raise NotImplementedError
+
+    # -- training ----------------------------------------------------------------
+    def build(self, n_bins: int, params: BaseModel):
+        """The network (a torch.nn.Module) for ``n_bins`` feature bins."""
+        raise NotImplementedError(f"task {self.name!r} has no network yet")
+
+    def loss(self, outputs, batch):
+        """(loss tensor, {part: float}) of a batch."""
+        raise NotImplementedError
+
+    def metric(self, outputs, batch) -> tuple[float, float]:
+        """(numerator, denominator) of the validation metric over a batch."""
+        raise NotImplementedError
+
+    def fit_state(self, training_targets) -> dict[str, Any]:
+        """JSON-able values estimated from the training targets (an iterable of {target: array}),
+        stored in the checkpoint for decoding."""
+        return {}
+
+    # -- inference ---------------------------------------------------------------
+    def predict(self, model, features: np.ndarray, device) -> np.ndarray:
+        """The network's output over a whole track (T, ...) as a numpy array."""
+        raise NotImplementedError
+
+    def decode(self, prediction: np.ndarray, frame_times: np.ndarray, duration: float,
+               state: Mapping[str, Any], options: BaseModel):
+        """A JAMS annotation of ``namespace`` from a whole-track prediction."""
+        raise NotImplementedError
+
+    # -- scoring -----------------------------------------------------------------
+    def score(self, ref, est) -> Scores:
+        """Per-metric score of one track and the weight that pools it over tracks."""
+        raise NotImplementedError
+
+    def pool(self, per_track: Sequence[Scores]) -> dict[str, float | None]:
+        return pool_weighted(per_track, self.metrics)
+
+    def summary(self, scores: Mapping[str, Any]) -> str:
+        """A few words on one track's scores (figure titles)."""
+        return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.score_columns[:2] if m in scores)
+
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str) -> None:
+        """A figure of one scored track (written through the atomic helper)."""

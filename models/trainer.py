@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from mirpipe.storage.atomic import atomic_path
+
 from .tasks import TaskSpec
 
 Batches = Iterable[dict[str, torch.Tensor]]
@@ -83,11 +85,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through ``storage.atomic.atomic_path``: a crash never leaves a torn checkpoint,
+    at most a ``.tmp-*`` sibling that the leftover sweep removes."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:

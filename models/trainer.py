@@ -110,6 +110,8 @@ def progress_mode(mode: str, stream: TextIO | None) -> str:
     """Resolve ``auto``: the ``MIRPIPE_PROGRESS`` environment variable if set, else a bar on a terminal, lines otherwise."""
     if mode == "auto":
         mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "auto"
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"{PROGRESS_ENV} must be one of {PROGRESS_MODES}, not {mode!r}")
     if mode not in PROGRESS_MODES:
         raise ValueError(f"progress must be one of {PROGRESS_MODES}, not {mode!r}")
     if stream is None:

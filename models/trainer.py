@@ -1,25 +1,37 @@
 """One trainer for every task: device, mixed precision, epochs of N steps, validation,
-early stopping, learning-rate schedule, atomic checkpoints and exact resume.
+early stopping, learning-rate schedule, atomic checkpoints, exact resume, per-step
+progress and one TensorBoard run folder per training run.
 
 A checkpoint holds the model, optimizer, scheduler, grad scaler, every RNG state
 and the stream position (epoch, step within it). Batches are a pure function of
 (seed, epoch, index), so resuming re-creates the epoch's stream and skips what
 was consumed: on CPU with deterministic settings, k steps + resume to 2k equals
 2k steps in one go.
+
+Progress goes to stderr (stdout carries ``--json``): a tqdm bar with loss,
+patches/s and the ETA over ``max_epochs * steps_per_epoch`` steps when stderr is
+a terminal, otherwise (a file, a batch-job log) one plain line every
+``progress_interval`` seconds and at each epoch end, never carriage returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 import torch
+
+from mirpipe.storage.atomic import atomic_path
 
 from .task import Task
 
@@ -56,6 +68,7 @@ class TrainState:
     bad_epochs: int = 0
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    tb_run: str = ""  # TensorBoard run folder under tb/, named when the run starts; a resumed run keeps it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,19 +96,151 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through ``storage.atomic.atomic_path``: a crash never leaves a torn checkpoint,
+    at most a ``.tmp-*`` sibling that the leftover sweep removes."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+PROGRESS_ENV = "MIRPIPE_PROGRESS"  # overrides progress="auto" (e.g. lines in a terminal)
+
+
+def progress_mode(mode: str, stream: TextIO | None) -> str:
+    """Resolve ``auto``: the ``MIRPIPE_PROGRESS`` environment variable if set, else a bar on a terminal, lines otherwise."""
+    if mode == "auto":
+        mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "auto"
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"{PROGRESS_ENV} must be one of {PROGRESS_MODES}, not {mode!r}")
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"progress must be one of {PROGRESS_MODES}, not {mode!r}")
+    if stream is None:
+        return "off"
+    if mode != "auto":
+        return mode
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        tty = False
+    return "bar" if tty else "lines"
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+class TrainProgress:
+    """Per-step training progress on ``stream``.
+
+    ``bar``: a tqdm bar over ``total`` steps starting at ``start`` (a resumed run),
+    with the epoch's mean loss and patches/s; tqdm's ETA counts only the steps run
+    here. ``lines``: one plain line every ``interval`` seconds and at each epoch end
+    (step/total, loss, patches/s, ETA), no carriage returns. ``off``: nothing.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        stream: TextIO | None,
+        desc: str,
+        total: int,
+        start: int = 0,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.mode = progress_mode(mode, stream)
+        self.stream, self.desc, self.total, self.start = stream, desc, max(total, start), start
+        self.interval, self.clock = interval, clock
+        self.step, self.epoch, self.loss, self.rate = start, 0, math.nan, math.nan
+        self.t0 = self.last_line = clock()
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=start, desc=desc, unit="step", file=stream,
+                            dynamic_ncols=True, leave=True, smoothing=0.05)
+        elif self.mode == "lines":
+            self._line(f"{desc} starting at step {start}/{self.total}")
+
+    def eta(self) -> float:
+        """Seconds left at this process's pace (validation included); inf before the first step."""
+        done, elapsed = self.step - self.start, self.clock() - self.t0
+        if done <= 0 or elapsed <= 0:
+            return math.inf
+        return (self.total - self.step) * elapsed / done
+
+    def update(self, step: int, epoch: int, loss: float, patches_per_s: float) -> None:
+        self.step, self.epoch, self.loss, self.rate = step, epoch, loss, patches_per_s
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"epoch={epoch} loss={loss:.3f} {patches_per_s:.0f} patches/s", refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif self.mode == "lines" and self.clock() - self.last_line >= self.interval:
+            self._status_line()
+
+    def epoch_end(self) -> None:
+        if self.mode == "lines":
+            self._status_line("epoch end")
+
+    def _status_line(self, note: str = "") -> None:
+        pct = 100.0 * self.step / self.total if self.total else 100.0
+        self._line(
+            f"{self.desc} step {self.step}/{self.total} ({pct:.0f}%) epoch {self.epoch} loss {self.loss:.3f} "
+            f"{self.rate:.0f} patches/s elapsed {format_duration(self.clock() - self.t0)} "
+            f"ETA {format_duration(self.eta())}{f' ({note})' if note else ''}"
+        )
+
+    def _line(self, text: str) -> None:
+        self.last_line = self.clock()
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream never stops training
+            self.mode = "off"
+
+    @contextlib.contextmanager
+    def write_mode(self) -> Iterator[None]:
+        """Clear the bar(s) on this stream while something else prints a line, then redraw."""
+        if self.bar is None:
+            yield
+            return
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            yield
+
+    def close(self, finished: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.mode == "lines":
+            how = "finished" if finished else "stopped"
+            self._line(f"{self.desc} {how} at step {self.step}/{self.total} after {format_duration(self.clock() - self.t0)}")
+        self.mode = "off"
+
+
+def tb_run_name(run_key: str, now: datetime | None = None) -> str:
+    """``<UTC timestamp>-<run_key[:8]>``, e.g. ``20240501T120304Z-3fa2c1d0``."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", run_key[:8])
+    return f"{stamp}-{key}" if key else stamp
 
 
 class Trainer:
     """Trains ``model`` on ``train_batches(epoch, skip)``, validating on ``val_batches()``.
 
     ``out_dir`` receives ``last.pt`` (every ``checkpoint_every`` steps and at the
-    end), ``best.pt`` (best validation metric) and TensorBoard scalars in ``tb/``.
+    end), ``best.pt`` (best validation metric) and TensorBoard scalars in
+    ``tb/<UTC timestamp>-<run_key[:8]>/``: a folder per run; a resumed run writes on in its own.
     ``meta`` is stored in every checkpoint (what evaluation needs to rebuild the model).
+
+    ``progress``: ``auto`` (a bar when ``progress_stream`` is a terminal, else
+    plain lines; ``MIRPIPE_PROGRESS`` overrides), ``bar``, ``lines`` or ``off``.
+    ``progress_stream`` defaults to ``sys.stderr`` at ``fit`` time; lines come every
+    ``progress_interval`` seconds and at each epoch end.
     """
 
     def __init__(
@@ -110,7 +255,12 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         tensorboard: bool = True,
+        progress: str = "auto",
+        progress_stream: TextIO | None = None,
+        progress_interval: float = 30.0,
     ):
+        if progress not in PROGRESS_MODES:
+            raise ValueError(f"progress must be one of {PROGRESS_MODES}, not {progress!r}")
         self.settings = settings
         self.task = task
         self.train_batches = train_batches
@@ -118,6 +268,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.meta = meta or {}
         self.log = log
+        self.progress, self.progress_stream, self.progress_interval = progress, progress_stream, progress_interval
+        self._progress: TrainProgress | None = None
         if settings.threads:
             torch.set_num_threads(settings.threads)
         elif torch.get_num_threads() < (os.cpu_count() or 1):
@@ -136,11 +288,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState(run_key=run_key)
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+        self.tensorboard = tensorboard
+        self.writer = None  # opened by fit, once it knows whether this is a new run or a resumed one
+        self._writer_dir: Path | None = None
 
     # -- checkpoints -----------------------------------------------------------
     @property
@@ -150,6 +300,11 @@ class Trainer:
     @property
     def best_path(self) -> Path:
         return self.out_dir / "best.pt"
+
+    @property
+    def tb_dir(self) -> Path | None:
+        """This run's TensorBoard folder (named when ``fit`` starts a run)."""
+        return self.out_dir / "tb" / self.state.tb_run if self.state.tb_run else None
 
     def checkpoint(self) -> dict[str, Any]:
         return {
@@ -222,6 +377,35 @@ class Trainer:
             num, den = num + a, den + b
         return {"val_loss": loss_sum / max(n_batches, 1), self.task.metric_name: num / den if den else float("nan")}
 
+    def _start_run(self, resumed: bool) -> None:
+        """Name a fresh run's TensorBoard folder; open the writer on this run's folder."""
+        st = self.state
+        if not st.tb_run:
+            name = base = tb_run_name(st.run_key)
+            n = 1
+            while (self.out_dir / "tb" / name).exists():  # two runs started within one second
+                name, n = f"{base}.{n}", n + 1
+            st.tb_run = name
+        if not self.tensorboard:
+            return
+        if self.writer is not None and self._writer_dir == self.tb_dir:
+            return
+        if self.writer is not None:
+            self.writer.close()
+        from torch.utils.tensorboard import SummaryWriter
+
+        # a resumed run repeats the steps after its last checkpoint: hide their first take
+        self.writer = SummaryWriter(str(self.tb_dir), purge_step=st.global_step if resumed and st.global_step else None)
+        self._writer_dir = self.tb_dir
+
+    def _say(self, message: str) -> None:
+        """``log`` a line without tearing the progress bar."""
+        if self._progress is None:
+            self.log(message)
+        else:
+            with self._progress.write_mode():
+                self.log(message)
+
     def _scalar(self, tag: str, value: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, self.state.global_step)
@@ -242,7 +426,7 @@ class Trainer:
         for k in ("val_loss", self.task.metric_name):
             self._scalar(f"val/{k}", val[k])
         self._scalar("lr", lr)
-        self.log(
+        self._say(
             f"train[{self.task.name}] epoch {st.epoch}: step {st.global_step} loss {train_loss:.3f} "
             f"val_loss {val['val_loss']:.3f} {self.task.metric_name} {score:.3f} lr {lr:.2g} "
             f"{patches_per_s:.0f} patches/s{' *' if improved else ''}"
@@ -257,29 +441,39 @@ class Trainer:
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""
-        self.try_resume()
+        resumed = self.try_resume()
         st, s = self.state, self.settings
+        self._start_run(resumed)
         t_start = time.perf_counter()
-        while not st.finished and (stop_at_step is None or st.global_step < stop_at_step):
-            t0, patches = time.perf_counter(), 0
-            for batch in self.train_batches(st.epoch, st.step_in_epoch):
-                parts = self.train_step(batch)
-                st.global_step += 1
-                st.step_in_epoch += 1
-                patches += int(batch[self.task.feature].shape[0])
-                st.epoch_loss_sum += parts["loss"]
-                for k, v in parts.items():
-                    self._scalar(f"train/{k}", v)
-                epoch_done = st.step_in_epoch >= s.steps_per_epoch
-                if epoch_done:
+        stream = self.progress_stream if self.progress_stream is not None else sys.stderr
+        self._progress = TrainProgress(self.progress, stream, f"train[{self.task.name}]", s.max_epochs * s.steps_per_epoch,
+                                       start=st.global_step, interval=self.progress_interval)
+        try:
+            while not st.finished and (stop_at_step is None or st.global_step < stop_at_step):
+                t0, patches = time.perf_counter(), 0
+                for batch in self.train_batches(st.epoch, st.step_in_epoch):
+                    parts = self.train_step(batch)
+                    st.global_step += 1
+                    st.step_in_epoch += 1
+                    patches += int(batch[self.task.feature].shape[0])
+                    st.epoch_loss_sum += parts["loss"]
+                    for k, v in parts.items():
+                        self._scalar(f"train/{k}", v)
                     rate = patches / max(time.perf_counter() - t0, 1e-9)
-                    self._scalar("train/patches_per_s", rate)
-                    self._end_epoch(st.epoch_loss_sum / st.step_in_epoch, rate)
-                if st.global_step % s.checkpoint_every == 0 or st.finished or st.global_step == stop_at_step:
-                    self.save_last()
-                if epoch_done or st.global_step == stop_at_step:
-                    break
-        self.save_last()
+                    self._progress.update(st.global_step, st.epoch, st.epoch_loss_sum / st.step_in_epoch, rate)
+                    epoch_done = st.step_in_epoch >= s.steps_per_epoch
+                    if epoch_done:
+                        self._scalar("train/patches_per_s", rate)
+                        self._end_epoch(st.epoch_loss_sum / st.step_in_epoch, rate)
+                        self._progress.epoch_end()
+                    if st.global_step % s.checkpoint_every == 0 or st.finished or st.global_step == stop_at_step:
+                        self.save_last()
+                    if epoch_done or st.global_step == stop_at_step:
+                        break
+            self.save_last()
+        finally:
+            self._progress.close(st.finished)
+            self._progress = None
         if self.writer is not None:
             self.writer.flush()
         return {

@@ -146,7 +146,7 @@ class Runner:
         report.failures = list(plan.failed.values())
         done = dict(plan.done)
         if plan.todo:
-            bar = tqdm(total=len(plan.todo), desc=f"{name:>10}", unit="item", disable=not self.progress, dynamic_ncols=True)
+            bar = tqdm(total=len(plan.todo), desc=f"{name:>10}", unit="item", disable=not self.progress or stage.reports_progress, dynamic_ncols=True)
             todo, final = list(plan.todo), False
             while todo:  # a second pass resubmits bystanders of a killed worker once
                 retry = []

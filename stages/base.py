@@ -60,6 +60,7 @@ class Stage(ABC):
     optional: ClassVar[bool] = False  # runs only when its section is given (the demo's synthesize)
     version: str = "1"  # bump when the code changes what the stage writes
     bounded_time: bool = True  # run.time_limit applies to each item (not to long training runs)
+    reports_progress: bool = False  # its items draw their own progress (the runner then draws no bar)
     resources: dict[str, float] = {}  # worker resources its tasks ask for (e.g. {"GPU": 1}); cluster.yaml overrides
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:

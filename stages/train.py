@@ -56,6 +56,10 @@ class TrainParams(BaseModel):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default all cores")
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines"
+    )
+    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal")
 
 
     @field_validator("tasks")
@@ -82,7 +86,9 @@ class TrainParams(BaseModel):
 
 # Settings that change where or how fast training runs, not what it learns; the task
 # list and the per-task networks go into each task's own item instead.
-NOT_FINGERPRINTED = {"device", "threads", "loader_workers", "checkpoint_every", "progress", "tasks", "models"}
+NOT_FINGERPRINTED = {
+    "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
+}
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
@@ -126,6 +132,7 @@ class Train(Stage):
     version = "1"
     resources = {"GPU": 1}  # asked for only where the cluster offers it
     bounded_time = False  # training takes as long as it takes; it checkpoints and resumes instead
+    reports_progress = True  # the trainer draws its own per-step progress
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: TrainParams = ctx.params["train"]
@@ -199,7 +206,8 @@ class Train(Stage):
             return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))
 
         trainer = Trainer(model, task, train_batches, val_batches, settings, train_dir(ctx, task.name),
-                          run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log)
+                          run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log,
+                          progress=p.progress, progress_interval=p.progress_interval)
         try:
             summary = trainer.fit()
         finally:
@@ -213,6 +221,7 @@ class Train(Stage):
             "train_entries": len(train_keys),
             "val_entries": len(val_keys),
             "loader_workers": loader_workers,
+            "tensorboard": str(trainer.tb_dir.relative_to(ctx.workdir)) if trainer.tb_dir else None,
             **summary,
         }
 

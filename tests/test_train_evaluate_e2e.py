@@ -47,7 +47,9 @@ def test_train_runs_as_a_task_and_keeps_its_checkpoints(trained):
     assert record["train_entries"] == 8 and record["val_entries"] == 1  # 4 train tracks x 2 variants; 1 val track unshifted
     for name in ("best.pt", "last.pt"):
         assert (workdir / "train" / "chord" / name).stat().st_size > 0
-    assert list((workdir / "train" / "chord" / "tb").glob("events.out.tfevents.*"))
+    runs = list((workdir / "train" / "chord" / "tb").iterdir())
+    assert len(runs) == 1 and list(runs[0].glob("events.out.tfevents.*"))  # one TensorBoard folder per training run
+    assert record["tensorboard"] == str(runs[0].relative_to(workdir))
 
 
 def test_evaluate_writes_estimates_scores_and_figures(trained):

@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm import tqdm
-
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 
 from .config import PipelineBase
 from .execute import execute_item
 from .ledger import QUARANTINED, Ledger, QuarantinedError
+from .progress import StageProgress
 
 LOCK_NAME = ".mirpipe.lock"
 
@@ -146,7 +145,7 @@ class Runner:
         report.failures = list(plan.failed.values())
         done = dict(plan.done)
         if plan.todo:
-            bar = tqdm(total=len(plan.todo), desc=f"{name:>10}", unit="item", disable=not self.progress or stage.reports_progress, dynamic_ncols=True)
+            bar = StageProgress(name, len(plan.todo), enabled=self.progress and not stage.reports_progress)
             todo, final = list(plan.todo), False
             while todo:  # a second pass resubmits bystanders of a killed worker once
                 retry = []
@@ -160,8 +159,7 @@ class Runner:
                     else:
                         report.failures.append(result["failure"])
                         self._log_failure(name, result["failure"])
-                    bar.update(1)
-                    bar.set_postfix(failed=len(report.failures), refresh=False)
+                    bar.update(failed=len(report.failures))
                 todo, final = retry, True
             bar.close()
         report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)

@@ -21,7 +21,7 @@ from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
-from .train import UNSHIFTED, TrainParams, build_model, train_dir
+from .train import UNSHIFTED, TrainParams, build_model, train_dir, trainable_tasks
 
 
 def _finite(x: float | None) -> float | None:
@@ -31,9 +31,9 @@ def _finite(x: float | None) -> float | None:
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(default_factory=lambda: ["chord"], description="models to score (registered tasks)")
+    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to score (default: every trainable task)")
     checkpoint: Literal["best", "last"] = Field("best", description="which training checkpoint to score")
-    decoding: dict[str, Any] = Field(default_factory=dict, description="per task, its decoding options (chord: viterbi)")
+    decoding: dict[str, Any] = Field(default_factory=dict, description="per task, its decoding options")
     figures: int = Field(3, ge=0, description="tracks to plot per task")
     device: str = Field("auto", description="auto, cpu, cuda")
 
@@ -172,7 +172,7 @@ class Evaluate(Stage):
                 "columns": list(task.score_columns),
                 "n_tracks": len(records),
                 "seconds": sum(r["duration"] for r in records),
-                "weighting": "each metric's per-track weight (chord: the seconds mir_eval counts), summed over tracks",
+                "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
                 "tracks": {r["track"]: {m: _finite(r["scores"][m]["score"]) for m in task.metrics if m in r["scores"]}
                            for r in records},
             })

@@ -26,12 +26,16 @@ from .ingest import read_manifest
 UNSHIFTED = variant_name(0)
 
 
+def trainable_tasks() -> list[str]:
+    return [t.name for t in TASKS.values() if t.trainable]
+
+
 class TrainParams(BaseModel):
     """Streaming and optimisation settings shared by every task, and each task's network
-    (``models.<task>``; McFee & Bello 2017 defaults for the chord model)."""
+    (``models.<task>``, validated by the task's own parameter model)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(default_factory=lambda: ["chord"], description="models to train (registered tasks)")
+    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)")
     models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
@@ -67,8 +71,7 @@ class TrainParams(BaseModel):
     def _tasks(cls, v: list[str]) -> list[str]:
         for name in v:
             if not TASKS.get(name).trainable:
-                trainable = [t.name for t in TASKS.values() if t.trainable]
-                raise ValueError(f"task {name!r} has no network to train yet; trainable tasks: {', '.join(trainable)}")
+                raise ValueError(f"task {name!r} has no network to train yet; trainable tasks: {', '.join(trainable_tasks())}")
         return v
 
     @field_validator("models", mode="before")

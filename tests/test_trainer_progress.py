@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from mirpipe.models.tasks import TaskSpec
+from mirpipe.models.task import Task
 from mirpipe.models.trainer import PROGRESS_ENV, Trainer, TrainerSettings, TrainState, atomic_save, progress_mode
 from mirpipe.storage.atomic import TMP_PREFIX, remove_leftovers
 
@@ -23,8 +23,20 @@ def _metric(outputs, batch):
     return float((outputs.argmax(-1) == batch["y"]).sum()), float(batch["y"].numel())
 
 
-TASK = TaskSpec(name="toy", feature="x", targets=("y",), build=None, loss=_loss, metric=_metric,
-                metric_name="accuracy", usable=lambda namespaces: True)
+class _Toy(Task):
+    name = "toy"
+    feature = "x"
+    targets = ("y",)
+    metric_name = "accuracy"
+
+    def loss(self, outputs, batch):
+        return _loss(outputs, batch)
+
+    def metric(self, outputs, batch):
+        return _metric(outputs, batch)
+
+
+TASK = _Toy()
 
 
 def _batch(seed: int) -> dict[str, torch.Tensor]:

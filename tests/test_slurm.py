@@ -3,6 +3,7 @@ two worker jobs, a cancelled worker job, planned worker retirements."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,14 @@ def test_planned_worker_retirement_mid_features_is_not_a_failure(slurm, tmp_path
     assert report.done == 2 * len(FAULT_SHIFTS) and report.failed == 0 and report.quarantined == 0
     assert _gone(_squeue_ids(name), name)  # no job, replacement or not, outlives the run
     assert_same_store(store_contents(augmented), reference_store)
+
+
+@pytest.mark.slow
+def test_run_on_the_local_slurm_from_a_directory_with_decoy_packages(slurm, tmp_path):
+    """Worker jobs start in the submitting directory: its decoy models/, storage/, ... must not matter."""
+    from test_package import decoy_run
+
+    cluster = _slurm_cluster(tmp_path, "decoy", jobs=1)
+    res = decoy_run(tmp_path, cluster)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["stages"]["features"]["done"] == 4

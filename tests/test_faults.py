@@ -183,7 +183,7 @@ def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_i
     recipe.write_bytes(b"this is not gzip")  # a corrupted intermediate: not the input's fault, so retried
     run = MIRPIPE + ["run", "--workdir", str(augmented), "--json"]
     first = subprocess.run(run + ["--config", str(cfg), "--cluster", str(cl)], cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]  # an item failed: exit code 1
     feats = json.loads(first.stdout)["stages"]["features"]
     assert feats["done"] == N_FEATURES - 1 and feats["failed"] == 1
     (f,) = feats["failures"]
@@ -196,6 +196,7 @@ def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_i
         assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex, until="features")[-1].scheduled == 0
     recipe.write_bytes(good)
     retried = subprocess.run(run + ["--retry-failed"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert retried.returncode == 0, retried.stderr[-3000:]  # nothing failed any more
     stages = json.loads(retried.stdout)["stages"]
     assert stages["features"]["scheduled"] == 1 and stages["features"]["done"] == 1 and stages["features"]["failed"] == 0
     assert all(s["scheduled"] == 0 for name, s in stages.items() if name != "features")
@@ -222,7 +223,7 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     )
     res = subprocess.run(MIRPIPE + ["run", "--workdir", str(workdir), "--config", str(cfg), "--cluster", str(cl), "--json"],
                          cwd=repo_root, capture_output=True, text=True, timeout=400)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 1, res.stderr[-3000:]  # an item was quarantined: exit code 1
     out = json.loads(res.stdout)
     feats = out["stages"]["features"]
     assert feats["done"] == 1 and feats["quarantined"] == 1 and feats["failed"] == 0  # demo-0000 complete, hog quarantined

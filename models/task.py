@@ -85,6 +85,14 @@ def _matches(namespace: str, pattern: str) -> bool:
     return re.fullmatch(pattern, namespace) is not None
 
 
+def per_task_params(value, kind: str, attr: str) -> dict[str, BaseModel]:
+    """Validate ``{task: raw settings}`` with each task's own model (``Params`` or ``DecodeParams``)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{kind} maps task names to their settings")
+    return {name: raw if isinstance(raw, BaseModel) else getattr(TASKS.get(name), attr).model_validate(raw or {})
+            for name, raw in value.items()}
+
+
 def pool_weighted(per_track: Sequence[Scores], metrics: Sequence[str]) -> dict[str, float | None]:
     """Totals over tracks: each metric's scores weighted by their weights (None when nothing counts)."""
     totals: dict[str, float | None] = {}

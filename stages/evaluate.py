@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mirpipe.models.task import TASKS
+from mirpipe.models.task import TASKS, per_task_params
 from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 
@@ -45,10 +45,7 @@ class EvaluateParams(BaseModel):
     @field_validator("decoding", mode="before")
     @classmethod
     def _decoding(cls, v: Any) -> dict[str, BaseModel]:
-        if not isinstance(v, dict):
-            raise ValueError("decoding maps task names to their decoding options")
-        return {name: TASKS.get(name).DecodeParams.model_validate(raw or {}) if not isinstance(raw, BaseModel) else raw
-                for name, raw in v.items()}
+        return per_task_params(v, "decoding", "DecodeParams")
 
     def decode_params(self, task: str) -> BaseModel:
         return self.decoding.get(task) or TASKS.get(task).DecodeParams()

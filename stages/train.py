@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mirpipe.models.task import TASKS, Task
+from mirpipe.models.task import TASKS, Task, per_task_params
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 
@@ -77,10 +77,7 @@ class TrainParams(BaseModel):
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, v: Any) -> dict[str, BaseModel]:
-        if not isinstance(v, dict):
-            raise ValueError("models maps task names to their network parameters")
-        return {name: TASKS.get(name).Params.model_validate(raw or {}) if not isinstance(raw, BaseModel) else raw
-                for name, raw in v.items()}
+        return per_task_params(v, "models", "Params")
 
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""

@@ -98,7 +98,7 @@ def main() -> None:
     root = ensure_store(args.workdir)
     zarr_store = open_store("zarr", root)
     rows = zarr_store.read_index()
-    keys = [EntryKey(r["track"], r["variant"], r["n_frames"]) for r in rows if r["split"] == "train"]
+    keys = [EntryKey(r.track, r.variant, r.n_frames) for r in rows if r.split == "train"]
     p = TrainParams()
     task = TASKS.get("chord")
     names = [task.feature, *task.targets]

@@ -73,5 +73,6 @@ def execute_item(
             time.sleep(backoff * 2 ** (attempts - 1))
             continue
         seconds = time.perf_counter() - t0
+        record = stage.dump_record(record)
         ledger.mark_done(stage_name, item.id, fingerprint, record, attempts, seconds)
         return {"status": "done", "item": item.id, "record": record, "seconds": seconds, "attempts": attempts}

@@ -11,8 +11,9 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+from mirpipe.records import RecordError
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 
@@ -120,8 +121,9 @@ class Runner:
         for item in items:
             fp = fingerprint(stage, item, self.ctx)
             marker = markers.get(item.id)
-            if marker and marker["fingerprint"] == fp and stage.outputs_valid(item, self.ctx, marker["record"]):
-                plan.done[item.id] = Done(fp, marker["record"])
+            record = self._record(stage, marker) if marker and marker["fingerprint"] == fp else None
+            if record is not None and stage.outputs_valid(item, self.ctx, record):
+                plan.done[item.id] = Done(fp, record)
                 continue
             failure = failures.get(item.id)
             if failure and failure["fingerprint"] == fp and not retry_failed:
@@ -129,6 +131,14 @@ class Runner:
                 continue
             plan.todo.append((item, fp))
         return plan
+
+    @staticmethod
+    def _record(stage: Stage, marker: Mapping[str, Any]) -> Any:
+        """A done marker's typed record; None (the item runs again) when it no longer fits the record type."""
+        try:
+            return stage.load_record(marker["record"])
+        except RecordError:
+            return None
 
     def done_items(self, name: str) -> dict[str, Done]:
         """Done items of a stage that has been run (or planned) in this runner."""
@@ -155,7 +165,7 @@ class Runner:
                         continue
                     if result["status"] == "done":
                         report.done += 1
-                        done[item.id] = Done(fp, result["record"])
+                        done[item.id] = Done(fp, stage.load_record(result["record"]))
                     else:
                         report.failures.append(result["failure"])
                         self._log_failure(name, result["failure"])

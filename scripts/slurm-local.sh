@@ -97,9 +97,23 @@ node_ready() {
     sinfo -h -N -o '%t' 2>/dev/null | grep -Eq '^(idle|mix|alloc)'
 }
 
+stop_daemons() {
+    for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
+        if [ -s "$pidfile" ]; then $SUDO kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+    done
+    for _ in $(seq 50); do pgrep -x slurmctld >/dev/null 2>&1 || pgrep -x slurmd >/dev/null 2>&1 || return 0; sleep 0.1; done
+}
+
 start() {
     install
+    local before=""
+    [ -f "$CONF_DIR/slurm.conf" ] && before="$(cat "$CONF_DIR/slurm.conf")"
     write_conf
+    # daemons started with another configuration (say the machine's CPU count changed): restart them
+    if [ "$before" != "$(cat "$CONF_DIR/slurm.conf")" ] && pgrep -x slurmctld >/dev/null 2>&1; then
+        log "configuration changed: restarting the daemons"
+        stop_daemons
+    fi
     start_munge
     pgrep -x slurmctld >/dev/null 2>&1 || $SUDO slurmctld
     pgrep -x slurmd >/dev/null 2>&1 || $SUDO slurmd

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.records import Record
 from mirpipe.storage.atomic import temp_path
 
 from .audio_io import load_mono
@@ -42,6 +44,18 @@ class AugmentParams(BaseModel):
         return self.shifts if self.enabled else [0]
 
 
+@dataclass(frozen=True)
+class Variant(Record):
+    variant: str  # its name in the store and the augment folder (variant_name)
+    semitones: int
+
+
+@dataclass(frozen=True)
+class AugmentRecord(Record):
+    track: str
+    variants: list[Variant]
+
+
 def variant_jams_path(workdir: Path, track: str, variant: str) -> Path:
     return workdir / AUGMENT_DIR / track / f"{variant}.jamz"
 
@@ -52,6 +66,7 @@ class Augment(Stage):
     params = AugmentParams
     needs = ("ingest",)
     version = "1"
+    record_type = AugmentRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: AugmentParams = ctx.params["augment"]
@@ -60,12 +75,12 @@ class Augment(Stage):
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         manifest = read_manifest(ctx)
         return [
-            WorkItem(t, payload={"track": t, "audio": manifest[t]["audio"], "jams": manifest[t]["jams"]}, upstream=(d.fingerprint,))
+            WorkItem(t, payload={"track": t, "audio": manifest[t].audio, "jams": manifest[t].jams}, upstream=(d.fingerprint,))
             for t, d in sorted(upstream["ingest"].items())
             if t in manifest
         ]
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> AugmentRecord:
         import jams
 
         p: AugmentParams = ctx.params["augment"]
@@ -83,8 +98,8 @@ class Augment(Stage):
                 tmp = temp_path(path.with_suffix(".flac"))
                 sf.write(tmp, y, audio[1], format="FLAC", subtype="PCM_24")
                 tmp.replace(path.with_suffix(".flac"))
-            variants.append({"variant": variant, "semitones": n})
-        return {"track": item.id, "variants": variants}
+            variants.append(Variant(variant, n))
+        return AugmentRecord(item.id, variants)
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
-        return all(variant_jams_path(ctx.workdir, item.id, v["variant"]).exists() for v in record["variants"])
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: AugmentRecord) -> bool:
+        return all(variant_jams_path(ctx.workdir, item.id, v.variant).exists() for v in record.variants)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Mapping
 
 from pydantic import BaseModel
 
+from mirpipe.records import Record
 from mirpipe.registry import Registry
 
 
@@ -34,10 +35,11 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Done:
-    """An upstream item that is complete: its fingerprint and the record its run returned."""
+    """An upstream item that is complete: its fingerprint and the record its run returned
+    (an instance of the stage's ``record_type``)."""
 
     fingerprint: str
-    record: dict[str, Any]
+    record: Any
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class Stage(ABC):
     bounded_time: bool = True  # run.time_limit applies to each item (not to long training runs)
     reports_progress: bool = False  # its items draw their own progress (the runner then draws no bar)
     resources: dict[str, float] = {}  # worker resources its tasks ask for (e.g. {"GPU": 1}); cluster.yaml overrides
+    record_type: ClassVar[type[Record] | None] = None  # what ``run`` returns (None: a JSON-able dict)
+
+    def dump_record(self, record: Any) -> dict[str, Any]:
+        """The JSON form of a record ``run`` returned (what the ledger keeps)."""
+        return record.to_json() if isinstance(record, Record) else dict(record)
+
+    def load_record(self, data: Mapping[str, Any]) -> Any:
+        """The typed record back from its JSON form; raises ``RecordError`` when it does not fit."""
+        return self.record_type.from_json(data) if self.record_type is not None else dict(data)
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         """The parameters that affect each item's outputs (hashed into its fingerprint)."""
@@ -73,10 +84,10 @@ class Stage(ABC):
         """Work items, from the done items of the stages this one needs."""
 
     @abstractmethod
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
-        """Compute one item's outputs; return a small record."""
+    def run(self, item: WorkItem, ctx: StageContext) -> Any:
+        """Compute one item's outputs; return a small record (a ``record_type`` instance)."""
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Any) -> bool:
         """Whether the outputs of a done item are still in place (checked before skipping it)."""
         return True
 

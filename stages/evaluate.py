@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -15,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS, per_task_params
+from mirpipe.records import Record
 from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 
@@ -27,6 +29,18 @@ from .train import UNSHIFTED, TrainParams, build_model, train_dir, trainable_tas
 def _finite(x: float | None) -> float | None:
     """JSON has no NaN: a metric with nothing to score is null."""
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class EvaluateRecord(Record):
+    """One scored test track: its per-metric ``{score, weight}`` (the task's pooling input)."""
+
+    task: str
+    track: str
+    duration: float
+    scores: dict[str, dict[str, float]]
+    estimate: str  # the estimated JAMS, relative to the workdir
+    figure: str | None = None
 
 
 class EvaluateParams(BaseModel):
@@ -75,6 +89,7 @@ class Evaluate(Stage):
     params = EvaluateParams
     needs = ("train", "features")
     version = "1"
+    record_type = EvaluateRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # tasks and decoding go into each item (changing one task's decoding rescores that task only)
@@ -91,7 +106,7 @@ class Evaluate(Stage):
             task = TASKS.get(task_name)
             tracks = sorted(
                 t for t, row in manifest.items()
-                if row.get("split") == "test" and task.usable(row.get("offers", row.get("namespaces", [])))
+                if row.split == "test" and task.usable(row.offers)
                 and f"{t}/{UNSHIFTED}" in upstream["features"]
             )
             for i, track in enumerate(tracks):
@@ -99,15 +114,15 @@ class Evaluate(Stage):
                 items.append(
                     WorkItem(
                         f"{task_name}/{track}",
-                        payload={"task": task_name, "track": track, "jams": manifest[track]["jams"], "plot": i < p.figures},
-                        identity={"trained_at": trained.record.get("trained_at"),
+                        payload={"task": task_name, "track": track, "jams": manifest[track].jams, "plot": i < p.figures},
+                        identity={"trained_at": trained.record.trained_at,
                                   "decoding": p.decode_params(task_name).model_dump(mode="json")},
                         upstream=(trained.fingerprint, feat.fingerprint),
                     )
                 )
         return items
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> EvaluateRecord:
         import jams
         import librosa
 
@@ -137,39 +152,38 @@ class Evaluate(Stage):
         with atomic_path(est_path) as tmp:
             est_jam.save(str(tmp), strict=True)
         scores = task.score(ref, est)
-        record: dict[str, Any] = {"task": task.name, "track": track, "duration": duration, "scores": scores,
-                                  "estimate": str(est_path.relative_to(ctx.workdir))}
+        figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
             task.plot(fig, features, entry.attrs["frame_rate"], ref, est, f"{track}: {task.summary(scores)}")
-            record["figure"] = str(fig.relative_to(ctx.workdir))
-        return record
+            figure = str(fig.relative_to(ctx.workdir))
+        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure)
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
-        return (ctx.workdir / record["estimate"]).exists()
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> bool:
+        return (ctx.workdir / record.estimate).exists()
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
-        by_task: dict[str, list[dict[str, Any]]] = {}
+        by_task: dict[str, list[EvaluateRecord]] = {}
         for d in done.values():
-            by_task.setdefault(d.record["task"], []).append(d.record)
+            by_task.setdefault(d.record.task, []).append(d.record)
         for task_name, records in by_task.items():
             task = TASKS.get(task_name)
-            records.sort(key=lambda r: r["track"])
+            records.sort(key=lambda r: r.track)
             out = report_dir(ctx, task_name)
             table = io.StringIO()
             writer = csv.writer(table)
             writer.writerow(["track", "duration", *task.metrics])
             for r in records:
-                writer.writerow([r["track"], f"{r['duration']:.3f}",
-                                 *(f"{r['scores'][m]['score']:.4f}" if m in r["scores"] else "" for m in task.metrics)])
+                writer.writerow([r.track, f"{r.duration:.3f}",
+                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.metrics)])
             write_bytes(out / "scores.csv", table.getvalue().encode())
-            totals = task.pool([r["scores"] for r in records])
+            totals = task.pool([r.scores for r in records])
             write_json(out / "scores.json", {
                 **{m: _finite(v) for m, v in totals.items()},
                 "columns": list(task.score_columns),
                 "n_tracks": len(records),
-                "seconds": sum(r["duration"] for r in records),
+                "seconds": sum(r.duration for r in records),
                 "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
-                "tracks": {r["track"]: {m: _finite(r["scores"][m]["score"]) for m in task.metrics if m in r["scores"]}
+                "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.metrics if m in r.scores}
                            for r in records},
             })

@@ -5,6 +5,7 @@ one store entry."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,7 +13,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS
+from mirpipe.records import Record
 from mirpipe.storage import STORE_BACKENDS, open_store
+from mirpipe.storage.base import ArraySpec, IndexRow
 
 from .audio_io import load_mono
 from .augment import variant_jams_path
@@ -47,6 +50,16 @@ class FeaturesParams(BaseModel):
 
     def target_tasks(self) -> list[str]:
         return list(self.tasks) if self.tasks is not None else TASKS.names()
+
+
+@dataclass(frozen=True)
+class FeaturesRecord(Record):
+    track: str
+    variant: str
+    semitones: int
+    n_frames: int
+    arrays: dict[str, ArraySpec]
+    timings: dict[str, float]  # seconds per step, and the audio seconds processed
 
 
 def store_root(ctx: StageContext) -> Path:
@@ -103,6 +116,7 @@ class Features(Stage):
     params = FeaturesParams
     needs = ("augment",)
     version = "1"
+    record_type = FeaturesRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: FeaturesParams = ctx.params["features"]
@@ -116,17 +130,17 @@ class Features(Stage):
         for track, done in sorted(upstream["augment"].items()):
             if track not in manifest:
                 continue
-            for v in done.record["variants"]:
+            for v in done.record.variants:
                 items.append(
                     WorkItem(
-                        f"{track}/{v['variant']}",
-                        payload={"track": track, "variant": v["variant"], "audio": manifest[track]["audio"]},
+                        f"{track}/{v.variant}",
+                        payload={"track": track, "variant": v.variant, "audio": manifest[track].audio},
                         upstream=(done.fingerprint,),
                     )
                 )
         return items
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> FeaturesRecord:
         p: FeaturesParams = ctx.params["features"]
         track, variant = item.payload["track"], item.payload["variant"]
         arrays, attrs, timings = compute_entry(item.payload["audio"], variant_jams_path(ctx.workdir, track, variant), p)
@@ -134,16 +148,16 @@ class Features(Stage):
         t0 = time.perf_counter()
         open_store(p.store, store_root(ctx)).write_entry(track, variant, arrays, attrs)
         timings["write"] = time.perf_counter() - t0
-        return {
-            "track": track,
-            "variant": variant,
-            "semitones": attrs["semitones"],
-            "n_frames": int(arrays["cqt"].shape[0]),
-            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-            "timings": timings,
-        }
+        return FeaturesRecord(
+            track=track,
+            variant=variant,
+            semitones=int(attrs["semitones"]),
+            n_frames=int(arrays["cqt"].shape[0]),
+            arrays={k: ArraySpec.of(v) for k, v in arrays.items()},
+            timings=timings,
+        )
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
         p: FeaturesParams = ctx.params["features"]
         # opened and checked, not just present: a truncated or partial entry makes the item pending again
         return open_store(p.store, store_root(ctx)).is_valid(item.payload["track"], item.payload["variant"])
@@ -154,19 +168,13 @@ class Features(Stage):
         manifest = read_manifest(ctx)
         rows = []
         for item_id, d in sorted(done.items()):
-            r = d.record
-            if r["track"] not in manifest:
+            r: FeaturesRecord = d.record
+            if r.track not in manifest:
                 continue
-            rows.append(
-                {
-                    "track": r["track"],
-                    "variant": r["variant"],
-                    "semitones": r["semitones"],
-                    "split": manifest[r["track"]]["split"],
-                    "n_frames": r["n_frames"],
-                    "arrays": r["arrays"],
-                    "path": str(store.entry_path(r["track"], r["variant"]).relative_to(store.root)),
-                }
-            )
+            rows.append(IndexRow(
+                track=r.track, variant=r.variant, semitones=r.semitones, split=manifest[r.track].split,
+                n_frames=r.n_frames, arrays=r.arrays,
+                path=str(store.entry_path(r.track, r.variant).relative_to(store.root)),
+            ))
         store.write_index(rows)
         store.remove_leftovers()

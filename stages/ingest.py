@@ -7,13 +7,16 @@ import json
 import os
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mirpipe.errors import WorkdirFileError
 from mirpipe.models.task import offered_namespaces
+from mirpipe.records import Record, RecordError
 from mirpipe.storage.atomic import read_json, write_json
 
 from . import errors
@@ -39,6 +42,30 @@ class IngestParams(BaseModel):
         if any(v < 0 for v in self.split_fractions.values()) or abs(sum(self.split_fractions.values()) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be non-negative and sum to 1, got {self.split_fractions}")
         return self
+
+
+@dataclass(frozen=True)
+class TrackRecord(Record):
+    """One validated track: what ingest's ``run`` returns."""
+
+    track: str
+    audio: str
+    jams: str
+    sr: int
+    duration: float
+    channels: int | None
+    audio_sha256: str
+    jams_sha256: str
+    namespaces: list[str]  # as annotated (the split strata)
+    offers: list[str]  # what the tasks can read after jams.nsconvert (chord_harte -> chord, ...)
+
+
+@dataclass(frozen=True)
+class ManifestRow(TrackRecord):
+    """A row of ``manifest.json``: the track and the split ingest's finalize assigned it."""
+
+    split: str
+    fingerprint: str
 
 
 def safe_track_id(stem: str) -> str:
@@ -82,7 +109,7 @@ def discover(corpus: Path) -> dict[str, dict[str, list[str]]]:
     return dict(groups)
 
 
-def validate_track(track: str, audio: list[str], jams_paths: list[str], p: IngestParams) -> dict[str, Any]:
+def validate_track(track: str, audio: list[str], jams_paths: list[str], p: IngestParams) -> TrackRecord:
     """Check one track end to end; raise a classified ``InputError`` naming the file and the reason."""
     import jams
 
@@ -129,19 +156,18 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
             raise errors.AnnotationRangeError(
                 jams_path, f"{ann.namespace} annotation ends at {end:.2f}s, audio lasts {duration:.2f}s"
             )
-    return {
-        "track": track,
-        "audio": str(audio_path),
-        "jams": str(jams_path),
-        "sr": sr,
-        "duration": duration,
-        "channels": header[2] if header else None,
-        "audio_sha256": _sha256(audio_path),
-        "jams_sha256": _sha256(jams_path),
-        "namespaces": sorted({a.namespace for a in jam.annotations}),
-        # what the tasks can read after jams.nsconvert (chord_harte -> chord, pitch_hz -> pitch_contour, ...)
-        "offers": offered_namespaces([a.namespace for a in jam.annotations]),
-    }
+    return TrackRecord(
+        track=track,
+        audio=str(audio_path),
+        jams=str(jams_path),
+        sr=int(sr),
+        duration=float(duration),
+        channels=header[2] if header else None,
+        audio_sha256=_sha256(audio_path),
+        jams_sha256=_sha256(jams_path),
+        namespaces=sorted({a.namespace for a in jam.annotations}),
+        offers=offered_namespaces([a.namespace for a in jam.annotations]),
+    )
 
 
 def _check_namespaces(jams_path: Path) -> None:
@@ -159,15 +185,15 @@ def _check_namespaces(jams_path: Path) -> None:
         raise errors.UnknownNamespaceError(jams_path, f"unknown annotation namespace(s) {unknown}")
 
 
-def assign_splits(records: Mapping[str, Mapping[str, Any]], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+def assign_splits(namespaces: Mapping[str, Sequence[str]], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
     """Split by track, stratified by which namespaces a track is annotated with.
 
     Within a stratum, tracks are ranked by a seeded hash of their id (independent of
     file order; a new track moves few others) and cut by the fractions.
     """
     strata: dict[tuple, list[str]] = defaultdict(list)
-    for track, rec in records.items():
-        strata[tuple(rec.get("namespaces", ()))].append(track)
+    for track, annotated in namespaces.items():
+        strata[tuple(annotated)].append(track)
     splits: dict[str, str] = {}
     for tracks in strata.values():
         ranked = sorted(tracks, key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
@@ -189,6 +215,7 @@ class Ingest(Stage):
     after = ("synthesize",)  # reads the corpus synthesize writes, when it runs
     needs = ()
     version = "2"  # 2: records the namespaces each track offers after conversion ("offers")
+    record_type = TrackRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # Splits are assigned by finalize (driver): changing them re-ingests nothing.
@@ -204,22 +231,27 @@ class Ingest(Stage):
             items.append(WorkItem(track, payload={"track": track, **files}, identity=identity))
         return items
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> TrackRecord:
         return validate_track(item.id, item.payload["audio"], item.payload["jams"], ctx.params["ingest"])
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
-        return all(Path(record[k]).exists() for k in ("audio", "jams"))
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrackRecord) -> bool:
+        return Path(record.audio).exists() and Path(record.jams).exists()
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: IngestParams = ctx.params["ingest"]
         records = {t: d.record for t, d in done.items()}
-        splits = assign_splits(records, p.split_fractions, p.split_seed)
-        rows = [{**records[t], "split": splits[t], "fingerprint": done[t].fingerprint} for t in sorted(records)]
-        write_json(ctx.path(MANIFEST), {"tracks": rows})
+        splits = assign_splits({t: r.namespaces for t, r in records.items()}, p.split_fractions, p.split_seed)
+        rows = [ManifestRow(**vars(records[t]), split=splits[t], fingerprint=done[t].fingerprint) for t in sorted(records)]
+        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows]})
 
 
-def read_manifest(ctx: StageContext) -> dict[str, dict[str, Any]]:
+def read_manifest(ctx: StageContext) -> dict[str, ManifestRow]:
+    """The manifest's rows by track id ({} before ingest ran); a malformed file is a ``WorkdirFileError``."""
     path = ctx.path(MANIFEST)
     if not path.exists():
         return {}
-    return {row["track"]: row for row in read_json(path)["tracks"]}
+    try:
+        rows = [ManifestRow.from_json(row) for row in read_json(path)["tracks"]]
+    except (KeyError, TypeError, RecordError) as exc:
+        raise WorkdirFileError(path, f"not a manifest written by this mirpipe ({exc}); rerun ingest") from None
+    return {row.track: row for row in rows}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mirpipe.records import Record
 from mirpipe.storage.atomic import temp_path
 
 from .base import STAGES, Done, Stage, StageContext, WorkItem
@@ -31,6 +33,14 @@ class SynthesizeParams(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class SynthRecord(Record):
+    track: str
+    duration: float
+    solo: bool
+    instruments: list[str]
+
+
 def track_id(index: int) -> str:
     return f"demo-{index:04d}"
 
@@ -41,6 +51,7 @@ class Synthesize(Stage):
     params = SynthesizeParams
     optional = True  # only when pipeline.yaml (or `mirpipe demo`) asks for the demo corpus
     version = "2"  # 2: quality prior, fewer inversions, symmetric chords in root position
+    record_type = SynthRecord
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
@@ -54,7 +65,7 @@ class Synthesize(Stage):
         # The track count and solo share only decide which items exist: growing the corpus keeps old tracks.
         return ctx.params["synthesize"].model_dump(mode="json", exclude={"tracks", "solo_fraction"})
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> SynthRecord:
         p: SynthesizeParams = ctx.params["synthesize"]
         index, solo = item.payload["index"], item.payload["solo"]
         score = compose(index, p.seed, solo, p.min_duration, p.max_duration)
@@ -69,8 +80,8 @@ class Synthesize(Stage):
         tmp = temp_path(jams_path)
         jam.save(str(tmp), strict=True, fmt="json")
         tmp.replace(jams_path)
-        return {"track": item.id, "duration": score.duration, "solo": solo, "instruments": sorted({score.melody_instrument, score.accompaniment} - {None})}
+        return SynthRecord(item.id, float(score.duration), bool(solo), sorted({score.melody_instrument, score.accompaniment} - {None}))
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: SynthRecord) -> bool:
         corpus = ctx.path(CORPUS_DIR)
         return (corpus / f"{item.id}.flac").exists() and (corpus / f"{item.id}.jams").exists()

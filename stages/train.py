@@ -8,6 +8,7 @@ import hashlib
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -15,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS, Task, per_task_params
+from mirpipe.records import Record
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 
@@ -28,6 +30,29 @@ UNSHIFTED = variant_name(0)
 
 def trainable_tasks() -> list[str]:
     return [t.name for t in TASKS.values() if t.trainable]
+
+
+@dataclass(frozen=True)
+class TrainRecord(Record):
+    """A finished training run: where its checkpoint is, what it read, and the trainer's summary."""
+
+    task: str
+    trained_at: float  # a forced retrain changes it, so evaluation reruns
+    checkpoint: str  # relative to the workdir
+    train_entries: int
+    val_entries: int
+    loader_workers: int
+    tensorboard: str | None
+    steps: int
+    epochs: int
+    finished: bool
+    best_metric: float | None
+    best_step: int | None
+    metric: str
+    seconds: float
+    device: str
+    amp: bool
+    history: list[dict[str, Any]]
 
 
 class TrainParams(BaseModel):
@@ -109,13 +134,13 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     manifest = read_manifest(ctx)
     train, val = [], []
     for row in open_store(p.store, store_root(ctx)).read_index():
-        track = manifest.get(row["track"])
-        if track is None or not task.usable(track.get("offers", track.get("namespaces", []))):
+        track = manifest.get(row.track)
+        if track is None or not task.usable(track.offers):
             continue
-        key = EntryKey(row["track"], row["variant"], int(row["n_frames"]))
-        if row["split"] == "train":
+        key = EntryKey(row.track, row.variant, row.n_frames)
+        if row.split == "train":
             train.append(key)
-        elif row["split"] == "val" and row["variant"] == UNSHIFTED:
+        elif row.split == "val" and row.variant == UNSHIFTED:
             val.append(key)
     return train, val
 
@@ -133,6 +158,7 @@ class Train(Stage):
     resources = {"GPU": 1}  # asked for only where the cluster offers it
     bounded_time = False  # training takes as long as it takes; it checkpoints and resumes instead
     reports_progress = True  # the trainer draws its own per-step progress
+    record_type = TrainRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: TrainParams = ctx.params["train"]
@@ -154,10 +180,10 @@ class Train(Stage):
             for item_id, done in feats.items():
                 track, variant = item_id.split("/", 1)
                 row = manifest.get(track)
-                if row is None or not task.usable(row.get("offers", row.get("namespaces", []))):
+                if row is None or not task.usable(row.offers):
                     continue
-                if row.get("split") == "train" or (row.get("split") == "val" and variant == UNSHIFTED):
-                    read[item_id] = f"{row['split']} {done.fingerprint}"
+                if row.split == "train" or (row.split == "val" and variant == UNSHIFTED):
+                    read[item_id] = f"{row.split} {done.fingerprint}"
             digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
             items.append(WorkItem(
                 name, payload={"task": name},
@@ -166,7 +192,7 @@ class Train(Stage):
             ))
         return items
 
-    def run(self, item: WorkItem, ctx: StageContext) -> dict[str, Any]:
+    def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
         from mirpipe.models.trainer import Trainer, TrainerSettings
         from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
@@ -214,19 +240,19 @@ class Train(Stage):
             trainer.close()
         if not trainer.best_path.exists():
             raise RuntimeError(f"train[{task.name}]: no validation pass produced a checkpoint")
-        return {
-            "task": task.name,
-            "trained_at": time.time(),  # a forced retrain changes it, so evaluation reruns
-            "checkpoint": str(trainer.best_path.relative_to(ctx.workdir)),
-            "train_entries": len(train_keys),
-            "val_entries": len(val_keys),
-            "loader_workers": loader_workers,
-            "tensorboard": str(trainer.tb_dir.relative_to(ctx.workdir)) if trainer.tb_dir else None,
+        return TrainRecord(
+            task=task.name,
+            trained_at=time.time(),
+            checkpoint=str(trainer.best_path.relative_to(ctx.workdir)),
+            train_entries=len(train_keys),
+            val_entries=len(val_keys),
+            loader_workers=loader_workers,
+            tensorboard=str(trainer.tb_dir.relative_to(ctx.workdir)) if trainer.tb_dir else None,
             **summary,
-        }
+        )
 
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Mapping[str, Any]) -> bool:
-        return (ctx.workdir / record["checkpoint"]).exists()
+    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
+        return (ctx.workdir / record.checkpoint).exists()
 
 
 def _log(message: str) -> None:

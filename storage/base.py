@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mirpipe.errors import WorkdirFileError
+from mirpipe.records import Record, RecordError
 from mirpipe.registry import Registry
 
 from .atomic import read_json, remove_leftovers, write_json
@@ -28,6 +30,29 @@ CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a pa
 def time_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Chunk shape of a time-major array: ``CHUNK_FRAMES`` frames by everything else."""
     return (min(CHUNK_FRAMES, max(1, shape[0])),) + tuple(shape[1:]) if shape else ()
+
+
+@dataclass(frozen=True)
+class ArraySpec(Record):
+    shape: list[int]
+    dtype: str
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "ArraySpec":
+        return cls([int(n) for n in array.shape], str(array.dtype))
+
+
+@dataclass(frozen=True)
+class IndexRow(Record):
+    """One entry of the store index (``index.json``), written by the driver after features."""
+
+    track: str
+    variant: str
+    semitones: int
+    split: str
+    n_frames: int
+    arrays: dict[str, ArraySpec]
+    path: str  # relative to the store root
 
 
 @dataclass
@@ -89,14 +114,18 @@ class FeatureStore(ABC):
         """True when the entry opens and holds its arrays (a killed writer leaves it invalid)."""
 
     # -- index (driver only) -------------------------------------------------
-    def write_index(self, rows: list[dict[str, Any]]) -> None:
-        write_json(self.root / INDEX_NAME, {"backend": self.backend, "entries": rows})
+    def write_index(self, rows: list[IndexRow]) -> None:
+        write_json(self.root / INDEX_NAME, {"backend": self.backend, "entries": [r.to_json() for r in rows]})
 
-    def read_index(self) -> list[dict[str, Any]]:
+    def read_index(self) -> list[IndexRow]:
+        """The index rows ([] before features ran); a malformed index is a ``WorkdirFileError``."""
         path = self.root / INDEX_NAME
         if not path.exists():
             return []
-        return read_json(path)["entries"]
+        try:
+            return [IndexRow.from_json(row) for row in read_json(path)["entries"]]
+        except (KeyError, TypeError, RecordError) as exc:
+            raise WorkdirFileError(path, f"not a store index written by this mirpipe ({exc}); rerun features") from None
 
     def remove_leftovers(self) -> int:
         return remove_leftovers(self.root)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .base import STORE_BACKENDS, Entry, FeatureStore
+from .base import STORE_BACKENDS, Entry, FeatureStore, IndexRow
 
 _ENTRIES: dict[str, dict[tuple[str, str], Entry]] = {}
 
@@ -54,10 +54,10 @@ class MemoryStore(FeatureStore):
     def is_valid(self, track: str, variant: str) -> bool:
         return self.has_entry(track, variant)
 
-    def write_index(self, rows: list[dict[str, Any]]) -> None:
+    def write_index(self, rows: list[IndexRow]) -> None:
         self.index = rows
 
-    def read_index(self) -> list[dict[str, Any]]:
+    def read_index(self) -> list[IndexRow]:
         return getattr(self, "index", [])
 
     def remove_leftovers(self) -> int:

@@ -65,9 +65,9 @@ def store_contents(workdir: Path, backend: str = "zarr") -> dict:
     store = open_store(backend, Path(workdir) / "features")
     out = {}
     for row in store.read_index():
-        entry = store.read_entry(row["track"], row["variant"])
+        entry = store.read_entry(row.track, row.variant)
         attrs = {k: v for k, v in entry.attrs.items() if k != "fingerprint"}
-        out[(row["track"], row["variant"])] = (entry.arrays, attrs)
+        out[(row.track, row.variant)] = (entry.arrays, attrs)
     return out
 
 

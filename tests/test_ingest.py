@@ -149,12 +149,12 @@ def test_unreadable_file_is_classified_through_the_cli(tmp_path, repo_root):
 
 
 def test_splits_are_by_track_deterministic_and_stratified():
-    records = {f"t{i:03d}": {"namespaces": ["chord"] if i % 4 else ["pitch_contour"]} for i in range(40)}
+    records = {f"t{i:03d}": ["chord"] if i % 4 else ["pitch_contour"] for i in range(40)}
     fr = {"train": 0.7, "val": 0.15, "test": 0.15}
     a = assign_splits(records, fr, seed=0)
     assert a == assign_splits(dict(reversed(list(records.items()))), fr, seed=0)
     assert a != assign_splits(records, fr, seed=1)
     for ns in (["chord"], ["pitch_contour"]):
-        group = [t for t, r in records.items() if r["namespaces"] == ns]
+        group = [t for t, r in records.items() if r == ns]
         counts = {s: sum(a[t] == s for t in group) for s in ("train", "val", "test")}
         assert all(counts[s] >= 1 for s in counts) and counts["train"] > counts["test"]

@@ -50,10 +50,10 @@ def test_store_index_and_entries(finished):
     assert len(index) == 3 * len(SMALL_SHIFTS)
     manifest = {r["track"]: r["split"] for r in json.loads((workdir / "manifest.json").read_text())["tracks"]}
     for row in index:
-        assert row["split"] == manifest[row["track"]]  # every variant of a track in the track's split
-        assert store.is_valid(row["track"], row["variant"])
-        assert row["arrays"]["cqt"]["shape"] == [row["n_frames"], 216]
-        jam = jams.load(str(variant_jams_path(workdir, row["track"], row["variant"])), validate=True, strict=True)
+        assert row.split == manifest[row.track]  # every variant of a track in the track's split
+        assert store.is_valid(row.track, row.variant)
+        assert row.arrays["cqt"].shape == [row.n_frames, 216]
+        jam = jams.load(str(variant_jams_path(workdir, row.track, row.variant)), validate=True, strict=True)
         for ann in jam.search(namespace="chord"):  # solo tracks have none
             for obs in ann.data:
                 mir_eval.chord.encode(obs.value)

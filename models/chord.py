@@ -107,6 +107,23 @@ def transpose_label(label: str, n_semitones: int) -> str:
     return PITCH_NAMES[(pc + int(n_semitones)) % 12] + label[root_end:]
 
 
+def transpose_targets(targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Chord targets moved by ``n`` semitones: roots and bass rotate, pitch classes roll,
+    a vocabulary class keeps its quality and moves its root; N, X and ``IGNORE`` stay."""
+    out = dict(targets)
+    for name in ("targets/chord_root", "targets/chord_bass"):
+        if name in targets:
+            a = targets[name]
+            out[name] = np.where((a >= 0) & (a < 12), (a.astype(np.int64) + n) % 12, a).astype(a.dtype)
+    if "targets/chord_pitches" in targets:
+        out["targets/chord_pitches"] = np.roll(targets["targets/chord_pitches"], n, axis=-1)
+    if "targets/chord_tag" in targets:
+        t = targets["targets/chord_tag"]
+        root, quality = np.divmod(t.astype(np.int64), len(QUALITIES))
+        out["targets/chord_tag"] = np.where((t >= 0) & (t < TAG_N), (root + n) % 12 * len(QUALITIES) + quality, t).astype(t.dtype)
+    return out
+
+
 def _intervals_at(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Index of the interval covering each time (latest start wins), -1 where none does."""
     order = np.argsort(starts, kind="stable")
@@ -292,6 +309,9 @@ class ChordTask(Task):
 
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         return encode(jam, frame_times)
+
+    def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        return transpose_targets(targets, n)
 
     def build(self, n_bins: int, params: ChordModel):
         from .chord_net import ChordNet

@@ -41,8 +41,14 @@ class PitchTask(Task):
 
     name = "pitch"
     namespace = "pitch_contour"
+    feature = "hcqt"  # f0 lives on the harmonic CQT's frame grid (hop 256)
     targets = ("targets/f0_hz",)
     trainable = False
 
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         return encode(jam, frame_times)
+
+    def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """f0 scaled by 2^(n/12); unvoiced frames (0) stay 0."""
+        f0 = targets["targets/f0_hz"]
+        return {**targets, "targets/f0_hz": (f0 * np.float32(2.0 ** (n / 12))).astype(f0.dtype)}

@@ -110,7 +110,7 @@ class Task:
     name: ClassVar[str]
     version: ClassVar[str] = "1"  # of the targets ``encode`` writes (the features fingerprint holds it)
     namespace: ClassVar[str]  # JAMS namespace of the reference
-    feature: ClassVar[str] = "cqt"  # store array the network reads
+    feature: ClassVar[str] = "cqt"  # feature kind the network reads (a store array; its frame grid holds the targets)
     targets: ClassVar[tuple[str, ...]] = ()  # store arrays a training patch carries ("targets/...")
     trainable: ClassVar[bool] = True
     metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
@@ -132,6 +132,17 @@ class Task:
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         """Targets on the frame grid, keyed by name (stored as ``targets/<name>``)."""
         raise NotImplementedError
+
+    def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """The targets (store names -> frames) of audio pitch-shifted by ``n`` semitones.
+
+        Feature-mode augmentation takes a shift as a bin offset of the features when a
+        patch is cut, and moves the targets with this; a task whose targets do not move
+        (instrument labels) returns them as they are.
+        """
+        if n == 0:
+            return targets
+        raise NotImplementedError(f"task {self.name!r} does not say how its targets move under a pitch shift")
 
     # -- training ----------------------------------------------------------------
     def build(self, n_bins: int, params: BaseModel):

@@ -41,12 +41,15 @@ class PipelineBase(BaseModel):
     run: RunParams = Field(default_factory=RunParams)
 
     def stage_params(self) -> dict[str, BaseModel]:
-        """The sections of the stages that run (an optional stage runs when its section is given)."""
-        return {name: value for name in STAGES.names() if isinstance(value := getattr(self, name, None), BaseModel)}
+        """The sections of the stages that run (an optional stage runs when its section is given),
+        and the further sections stages read (``Stage.sections``)."""
+        names = [*STAGES.names(), *(n for s in STAGES.values() for n in s.sections)]
+        return {name: value for name in dict.fromkeys(names) if isinstance(value := getattr(self, name, None), BaseModel)}
 
     def stage_order(self) -> list[str]:
         """The stages this configuration runs, in DAG order."""
-        return run_order(set(self.stage_params()))
+        return run_order(set(self.stage_params()) & set(STAGES.names()))
+
 
 
 _MODELS: dict[tuple, type[PipelineBase]] = {}
@@ -55,10 +58,13 @@ _MODELS: dict[tuple, type[PipelineBase]] = {}
 def config_model() -> type[PipelineBase]:
     """The pipeline.yaml model: one section per registered stage (rebuilt when stages register)."""
     stages = [STAGES.get(n) for n in run_order() if STAGES.get(n).params is not None]
-    key = tuple((s.name, s.params, s.optional) for s in stages)
+    key = tuple((s.name, s.params, s.optional, tuple(s.sections.items())) for s in stages)
     if key not in _MODELS:
         fields: dict = {}
         for s in stages:
+            for section, model in s.sections.items():
+                doc = (model.__doc__ or "").strip().splitlines()
+                fields.setdefault(section, (model, Field(default_factory=model, description=doc[0] if doc else section)))
             doc = (s.params.__doc__ or "").strip().splitlines()
             desc = f"{s.name} stage" + (f": {doc[0]}" if doc else "")
             if s.optional:

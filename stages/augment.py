@@ -1,32 +1,33 @@
-"""augment: per track, one deformed JAMS per pitch shift (the recipe); audio only when asked."""
+"""The ``augment:`` section: which pitch shifts training sees, and how they are made.
+
+- ``mode: feature`` (default): features are computed once per track with margin bins
+  for the largest shift; a shift of n semitones is a bin offset when a patch is cut and
+  the task moves its targets by n (``Task.transpose``). Nothing per shift is stored.
+- ``mode: audio``: the features stage shifts the waveform (a registered pitch-shift
+  backend) and the annotations (muda, in memory) for every shift, and stores every
+  variant in the track's one entry. The fidelity reference for feature mode, and the
+  place for deformations that are not pure pitch shifts.
+
+There is no augment stage: the features stage reads this section.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Literal
 
-import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mirpipe.records import Record
-from mirpipe.storage.atomic import temp_path
-
-from .audio_io import load_mono
-from .base import STAGES, Done, Stage, StageContext, WorkItem
-from .deform import deform, variant_name
 from .pitch_shift import PITCH_SHIFTERS
-from .ingest import read_manifest
-
-AUGMENT_DIR = "augment"
 
 
 class AugmentParams(BaseModel):
+    """Pitch-shift augmentation (read by the features and train stages)."""
+
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(True, description="false: only the unshifted variant (to see what augmentation buys)")
+    mode: Literal["feature", "audio"] = Field("feature", description="feature: shifts as bin offsets at sampling; audio: shifted audio per variant")
+    enabled: bool = Field(True, description="false: no shifts at all (to see what augmentation buys)")
     shifts: list[int] = Field(default_factory=lambda: list(range(-6, 7)), description="semitones; 0 is the original")
-    backend: str = Field("librosa", description="pitch-shift backend (registered: librosa, rubberband, plugins)")
-    keep_audio: bool = Field(False, description="also write shifted audio (FLAC); the features stage never needs it")
+    backend: str = Field("librosa", description="audio mode's pitch-shift backend (registered: librosa, rubberband, plugins)")
 
     @field_validator("backend")
     @classmethod
@@ -36,70 +37,17 @@ class AugmentParams(BaseModel):
     @field_validator("shifts")
     @classmethod
     def _shifts(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v) or any(abs(s) > 12 for s in v):
-            raise ValueError(f"shifts must be distinct integers within -12..12, got {v}")
+        if not v or len(set(v)) != len(v) or any(abs(s) > 12 for s in v) or 0 not in v:
+            raise ValueError(f"shifts must be distinct integers within -12..12 including 0, got {v}")
         return sorted(v)
 
     def active_shifts(self) -> list[int]:
         return self.shifts if self.enabled else [0]
 
+    def margin(self) -> int:
+        """Semitones of margin a feature-mode entry holds on each side."""
+        return max(abs(s) for s in self.active_shifts()) if self.mode == "feature" else 0
 
-@dataclass(frozen=True)
-class Variant(Record):
-    variant: str  # its name in the store and the augment folder (variant_name)
-    semitones: int
-
-
-@dataclass(frozen=True)
-class AugmentRecord(Record):
-    track: str
-    variants: list[Variant]
-
-
-def variant_jams_path(workdir: Path, track: str, variant: str) -> Path:
-    return workdir / AUGMENT_DIR / track / f"{variant}.jamz"
-
-
-@STAGES.register
-class Augment(Stage):
-    name = "augment"
-    params = AugmentParams
-    needs = ("ingest",)
-    version = "1"
-    record_type = AugmentRecord
-
-    def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
-        p: AugmentParams = ctx.params["augment"]
-        return {"shifts": p.active_shifts(), "backend": p.backend, "keep_audio": p.keep_audio}
-
-    def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
-        manifest = read_manifest(ctx)
-        return [
-            WorkItem(t, payload={"track": t, "audio": manifest[t].audio, "jams": manifest[t].jams}, upstream=(d.fingerprint,))
-            for t, d in sorted(upstream["ingest"].items())
-            if t in manifest
-        ]
-
-    def run(self, item: WorkItem, ctx: StageContext) -> AugmentRecord:
-        import jams
-
-        p: AugmentParams = ctx.params["augment"]
-        jam = jams.load(item.payload["jams"], validate=False)
-        audio = load_mono(item.payload["audio"]) if p.keep_audio else None
-        variants = []
-        for n, out, y in deform(jam, p.active_shifts(), p.backend, audio):
-            variant = variant_name(n)
-            path = variant_jams_path(ctx.workdir, item.id, variant)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path(path)
-            out.save(str(tmp), strict=True, fmt="jamz")  # validates against the schema first
-            tmp.replace(path)
-            if y is not None:
-                tmp = temp_path(path.with_suffix(".flac"))
-                sf.write(tmp, y, audio[1], format="FLAC", subtype="PCM_24")
-                tmp.replace(path.with_suffix(".flac"))
-            variants.append(Variant(variant, n))
-        return AugmentRecord(item.id, variants)
-
-    def outputs_valid(self, item: WorkItem, ctx: StageContext, record: AugmentRecord) -> bool:
-        return all(variant_jams_path(ctx.workdir, item.id, v.variant).exists() for v in record.variants)
+    def stored_variants(self) -> list[int]:
+        """The shifts stored as whole variants in an entry (feature mode: only the original)."""
+        return self.active_shifts() if self.mode == "audio" else [0]

@@ -59,6 +59,7 @@ class Stage(ABC):
     needs: tuple[str, ...] = ()  # stages whose done items this one's items come from
     after: tuple[str, ...] = ()  # stages that must run first when present, without feeding items
     params: ClassVar[type[BaseModel] | None] = None  # its pipeline.yaml section
+    sections: ClassVar[dict[str, type[BaseModel]]] = {}  # further sections it reads that no stage owns (augment)
     optional: ClassVar[bool] = False  # runs only when its section is given (the demo's synthesize)
     version: str = "1"  # bump when the code changes what the stage writes
     bounded_time: bool = True  # run.time_limit applies to each item (not to long training runs)
@@ -98,7 +99,7 @@ class Stage(ABC):
 STAGES: Registry[Stage] = Registry(
     "stage",
     builtin=(
-        "mirpipe.stages.synthesize", "mirpipe.stages.ingest", "mirpipe.stages.augment",
+        "mirpipe.stages.synthesize", "mirpipe.stages.ingest",
         "mirpipe.stages.features", "mirpipe.stages.train", "mirpipe.stages.evaluate",
     ),
     entry_points="mirpipe.stages",

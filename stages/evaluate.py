@@ -1,4 +1,4 @@
-"""evaluate: per test track (unshifted variant), predict over the whole track, decode to
+"""evaluate: per test track (unshifted), predict over the whole track, decode to
 JAMS, score with the task's metrics (mir_eval); the driver writes per-track CSV, pooled
 totals (``reports/<task>/scores.json``) and the figures. Every task-specific step is
 the task's own (``mirpipe.models.task.Task``)."""
@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mirpipe.models.task import TASKS, per_task_params
 from mirpipe.records import Record
 from mirpipe.storage import open_store
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from mirpipe.storage.stream import resolve_shift
 from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 
 from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
-from .train import UNSHIFTED, TrainParams, build_model, train_dir, trainable_tasks
+from .train import TrainParams, build_model, train_dir, trainable_tasks
 
 
 def _finite(x: float | None) -> float | None:
@@ -107,10 +109,10 @@ class Evaluate(Stage):
             tracks = sorted(
                 t for t, row in manifest.items()
                 if row.split == "test" and task.usable(row.offers)
-                and f"{t}/{UNSHIFTED}" in upstream["features"]
+                and t in upstream["features"]
             )
             for i, track in enumerate(tracks):
-                feat = upstream["features"][f"{track}/{UNSHIFTED}"]
+                feat = upstream["features"][track]
                 items.append(
                     WorkItem(
                         f"{task_name}/{track}",
@@ -134,15 +136,19 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
-        entry = open_store(fp.store, store_root(ctx)).read_entry(track, UNSHIFTED, [task.feature])
-        features = entry.arrays[task.feature]
+        entry = open_store(fp.store, store_root(ctx)).read_entry(track, [task.feature])
+        variant, _ = resolve_shift(entry.attrs, 0)
+        geometry = entry.attrs["features"][task.feature]
+        features = FEATURE_KINDS.get(task.feature).view(entry.arrays[task.feature][variant], geometry, 0)
+        frame_rate = geometry["sr"] / geometry["hop_length"]
         prediction = task.predict(model, features, device)
         ref_jam = jams.load(item.payload["jams"], validate=False)
         ref = task.reference(ref_jam)
         if ref is None:
             raise ValueError(f"{item.payload['jams']}: no {task.namespace} annotation to score against")
-        duration = float(ref_jam.file_metadata.duration or features.shape[0] / entry.attrs["frame_rate"])
-        frame_times = librosa.frames_to_time(np.arange(features.shape[0]), sr=entry.attrs["sr"], hop_length=entry.attrs["hop_length"])
+        n_frames = entry.arrays[task.feature].shape[1]
+        duration = float(ref_jam.file_metadata.duration or n_frames / frame_rate)
+        frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
         est = task.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
         est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta["model"], sort_keys=True)}
         out = report_dir(ctx, task.name)
@@ -155,7 +161,7 @@ class Evaluate(Stage):
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            task.plot(fig, features, entry.attrs["frame_rate"], ref, est, f"{track}: {task.summary(scores)}")
+            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}")
             figure = str(fig.relative_to(ctx.workdir))
         return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure)
 

@@ -1,6 +1,11 @@
-"""features: replay a track-variant's deformation on its audio in memory, compute the
-log-magnitude CQT, encode every registered task's targets on its frame grid, write
-one store entry."""
+"""features: per track, load the audio once, compute each feature the tasks need and
+encode every task's targets on its feature's frame grid; write one store entry.
+
+Feature mode (default): each feature once, with margin bins for the largest shift
+(pitch shifts become bin offsets when patches are cut). Audio mode: every shift's
+waveform (pitch-shift backend) and annotations (muda, in memory), stored as the
+variants of the same entry.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +15,29 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mirpipe.models.task import TASKS
 from mirpipe.records import Record
 from mirpipe.storage import STORE_BACKENDS, open_store
 from mirpipe.storage.base import ArraySpec, IndexRow
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .audio_io import load_mono
-from .augment import variant_jams_path
+from .augment import AugmentParams
 from .base import STAGES, Done, Stage, StageContext, WorkItem
-from .deform import replay_shift
 from .ingest import read_manifest
 from .pitch_shift import pitch_shift
 
-class FeaturesParams(BaseModel):
-    """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
 
-    model_config = ConfigDict(extra="forbid")
+class FeaturesParams(BaseModel):
+    """Where entries go, the sample rate, the tasks whose targets they hold, and each feature
+    kind's settings (``<kind>:``, e.g. ``cqt:``, validated by the kind's own model)."""
+
+    model_config = ConfigDict(extra="allow")
     store: str = Field("zarr", description="store backend (registered: zarr, hdf5, memory, plugins)")
     store_path: Path | None = Field(None, description="default <workdir>/features")
-    sr: int = Field(22050, ge=8000)
-    hop_length: int = Field(2048, ge=32)
-    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1")
-    n_bins: int = Field(216, ge=12)
-    bins_per_octave: int = Field(36, ge=12)
-    amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
+    sr: int = Field(22050, ge=8000, description="audio is loaded once at this rate")
     tasks: list[str] | None = Field(None, description="tasks whose targets each entry holds; default every registered task")
 
     @field_validator("store")
@@ -48,16 +50,34 @@ class FeaturesParams(BaseModel):
     def _tasks(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else [TASKS.check(t) for t in v]
 
+    @model_validator(mode="after")
+    def _kinds(self):
+        extra = self.__pydantic_extra__ or {}
+        for name, raw in list(extra.items()):
+            kind = FEATURE_KINDS.get(name)  # an unknown key names the registered kinds
+            extra[name] = raw if isinstance(raw, BaseModel) else kind.Params.model_validate(raw or {})
+        for name in self.kinds():
+            FEATURE_KINDS.check(name)  # a task reading a feature nobody registered fails here, not on a worker
+        return self
+
     def target_tasks(self) -> list[str]:
         return list(self.tasks) if self.tasks is not None else TASKS.names()
+
+    def kinds(self) -> list[str]:
+        """The feature kinds the target tasks read, in a stable order."""
+        return sorted({TASKS.get(t).feature for t in self.target_tasks()})
+
+    def kind_params(self, name: str) -> BaseModel:
+        value = (self.__pydantic_extra__ or {}).get(name)
+        return value if value is not None else FEATURE_KINDS.get(name).Params()
 
 
 @dataclass(frozen=True)
 class FeaturesRecord(Record):
     track: str
-    variant: str
-    semitones: int
-    n_frames: int
+    variants: list[int]  # the shift stored in each variant
+    shifts: list[int]  # the shifts patches may be cut at
+    frames: dict[str, int]  # frames per feature
     arrays: dict[str, ArraySpec]
     timings: dict[str, float]  # seconds per step, and the audio seconds processed
 
@@ -67,44 +87,57 @@ def store_root(ctx: StageContext) -> Path:
     return Path(p.store_path) if p.store_path is not None else ctx.path("features")
 
 
-def log_cqt(y: np.ndarray, p: FeaturesParams) -> np.ndarray:
-    """(T, F) log-magnitude CQT in dB (absolute reference, so levels compare across tracks)."""
-    import librosa
-
-    C = np.abs(librosa.cqt(y, sr=p.sr, hop_length=p.hop_length, fmin=p.fmin, n_bins=p.n_bins, bins_per_octave=p.bins_per_octave))
-    return librosa.amplitude_to_db(C, ref=1.0, amin=p.amin, top_db=None).T.astype(np.float16)
-
-
-def compute_entry(audio_path: str, jams_path: Path, p: FeaturesParams) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    """Arrays, attributes and timings of one store entry."""
+def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Arrays ``(V, T, ...)``, attributes and timings of one track's entry."""
     import jams
     import librosa
 
-    timings: dict[str, float] = {}
+    from .deform import deform
+
     t0 = time.perf_counter()
     jam = jams.load(str(jams_path), validate=False)
-    semitones, backend = replay_shift(jam)
     y, _ = load_mono(audio_path, sr=p.sr)
-    t1 = time.perf_counter()
-    y = pitch_shift(y, p.sr, semitones, backend)
-    t2 = time.perf_counter()
-    cqt = log_cqt(y, p)
-    t3 = time.perf_counter()
-    frame_times = librosa.frames_to_time(np.arange(cqt.shape[0]), sr=p.sr, hop_length=p.hop_length)
-    arrays: dict[str, np.ndarray] = {"cqt": cqt}
-    for name in p.target_tasks():
-        arrays.update({f"targets/{k}": v for k, v in TASKS.get(name).encode(jam, frame_times).items()})
-    t4 = time.perf_counter()
-    timings.update(load=t1 - t0, pitch_shift=t2 - t1, cqt=t3 - t2, targets=t4 - t3, audio_seconds=len(y) / p.sr)
+    timings = {"load": time.perf_counter() - t0, "pitch_shift": 0.0, "annotations": 0.0, "features": 0.0, "targets": 0.0}
+    variants = aug.stored_variants()
+    if variants == [0]:
+        versions = [(y, jam)]
+    else:  # audio mode: the waveform and the annotations of every shift, in memory
+        t = time.perf_counter()
+        deformed = list(deform(jam, variants, aug.backend))
+        timings["annotations"] = time.perf_counter() - t
+        versions = []
+        for n, jam_n, _ in deformed:
+            t = time.perf_counter()
+            versions.append((pitch_shift(y, p.sr, n, aug.backend), jam_n))
+            timings["pitch_shift"] += time.perf_counter() - t
+    arrays: dict[str, np.ndarray] = {}
+    geometry: dict[str, dict[str, Any]] = {}
+    for name in p.kinds():
+        t = time.perf_counter()
+        kind, params = FEATURE_KINDS.get(name), p.kind_params(name)
+        computed = [kind.compute(y_v, p.sr, params, aug.margin()) for y_v, _ in versions]
+        arrays[name] = np.stack([c[0] for c in computed])
+        geometry[name] = computed[0][1]
+        timings["features"] += time.perf_counter() - t
+    t = time.perf_counter()
+    for task_name in p.target_tasks():
+        task = TASKS.get(task_name)
+        n_frames = arrays[task.feature].shape[1]
+        times = librosa.frames_to_time(np.arange(n_frames), sr=p.sr, hop_length=FEATURE_KINDS.get(task.feature).hop_length(p.kind_params(task.feature)))
+        encoded = [task.encode(jam_v, times) for _, jam_v in versions]
+        for key in encoded[0]:
+            arrays[f"targets/{key}"] = np.stack([e[key] for e in encoded])
+    timings["targets"] = time.perf_counter() - t
+    timings["audio_seconds"] = len(y) / p.sr
     attrs = {
         "sr": p.sr,
-        "hop_length": p.hop_length,
-        "fmin": p.fmin,
-        "bins_per_octave": p.bins_per_octave,
-        "n_bins": p.n_bins,
-        "frame_rate": p.sr / p.hop_length,
-        "semitones": semitones,
-        "pitch_shift_backend": backend,
+        "mode": aug.mode,
+        "variants": variants,
+        "shifts": aug.active_shifts(),
+        "features": geometry,
+        "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
+        "pitch_shift_backend": aug.backend if variants != [0] else None,
         "versions": {"librosa": librosa.__version__, "jams": jams.__version__},
     }
     return arrays, attrs, timings
@@ -114,45 +147,46 @@ def compute_entry(audio_path: str, jams_path: Path, p: FeaturesParams) -> tuple[
 class Features(Stage):
     name = "features"
     params = FeaturesParams
-    needs = ("augment",)
-    version = "1"
+    sections = {"augment": AugmentParams}
+    needs = ("ingest",)
+    version = "2"  # 2: one entry per track, (V, T, ...) arrays, margins for feature-mode shifts
     record_type = FeaturesRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: FeaturesParams = ctx.params["features"]
-        # the targets an entry holds: each task's encoder version
-        targets = {name: TASKS.get(name).version for name in p.target_tasks()}
-        return {**p.model_dump(mode="json", exclude={"tasks"}), "targets": targets}
+        aug: AugmentParams = ctx.params["augment"]
+        # what an entry holds: each kind's settings and version, each task's encoder version, the stored
+        # variants and margins (not the shift list itself: feature mode samples it when training)
+        return {
+            "store": p.store, "store_path": str(p.store_path) if p.store_path else None, "sr": p.sr,
+            "kinds": {k: [FEATURE_KINDS.get(k).version, p.kind_params(k).model_dump(mode="json")] for k in p.kinds()},
+            "targets": {name: TASKS.get(name).version for name in p.target_tasks()},
+            "variants": aug.stored_variants(), "margin": aug.margin(),
+            "backend": aug.backend if aug.stored_variants() != [0] else None,
+        }
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         manifest = read_manifest(ctx)
-        items = []
-        for track, done in sorted(upstream["augment"].items()):
-            if track not in manifest:
-                continue
-            for v in done.record.variants:
-                items.append(
-                    WorkItem(
-                        f"{track}/{v.variant}",
-                        payload={"track": track, "variant": v.variant, "audio": manifest[track].audio},
-                        upstream=(done.fingerprint,),
-                    )
-                )
-        return items
+        return [
+            WorkItem(track, payload={"track": track, "audio": manifest[track].audio, "jams": manifest[track].jams},
+                     upstream=(done.fingerprint,))
+            for track, done in sorted(upstream["ingest"].items())
+            if track in manifest
+        ]
 
     def run(self, item: WorkItem, ctx: StageContext) -> FeaturesRecord:
         p: FeaturesParams = ctx.params["features"]
-        track, variant = item.payload["track"], item.payload["variant"]
-        arrays, attrs, timings = compute_entry(item.payload["audio"], variant_jams_path(ctx.workdir, track, variant), p)
-        attrs.update(track=track, variant=variant, fingerprint=item.payload.get("fingerprint"))
+        track = item.payload["track"]
+        arrays, attrs, timings = compute_entry(item.payload["audio"], item.payload["jams"], p, ctx.params["augment"])
+        attrs.update(track=track, fingerprint=item.payload.get("fingerprint"))
         t0 = time.perf_counter()
-        open_store(p.store, store_root(ctx)).write_entry(track, variant, arrays, attrs)
+        open_store(p.store, store_root(ctx)).write_entry(track, arrays, attrs)
         timings["write"] = time.perf_counter() - t0
         return FeaturesRecord(
             track=track,
-            variant=variant,
-            semitones=int(attrs["semitones"]),
-            n_frames=int(arrays["cqt"].shape[0]),
+            variants=list(attrs["variants"]),
+            shifts=list(attrs["shifts"]),
+            frames={k: int(arrays[k].shape[1]) for k in attrs["features"]},
             arrays={k: ArraySpec.of(v) for k, v in arrays.items()},
             timings=timings,
         )
@@ -160,21 +194,20 @@ class Features(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
         p: FeaturesParams = ctx.params["features"]
         # opened and checked, not just present: a truncated or partial entry makes the item pending again
-        return open_store(p.store, store_root(ctx)).is_valid(item.payload["track"], item.payload["variant"])
+        return open_store(p.store, store_root(ctx)).is_valid(item.payload["track"])
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: FeaturesParams = ctx.params["features"]
         store = open_store(p.store, store_root(ctx))
         manifest = read_manifest(ctx)
         rows = []
-        for item_id, d in sorted(done.items()):
+        for track, d in sorted(done.items()):
             r: FeaturesRecord = d.record
-            if r.track not in manifest:
+            if track not in manifest:
                 continue
             rows.append(IndexRow(
-                track=r.track, variant=r.variant, semitones=r.semitones, split=manifest[r.track].split,
-                n_frames=r.n_frames, arrays=r.arrays,
-                path=str(store.entry_path(r.track, r.variant).relative_to(store.root)),
+                track=track, split=manifest[track].split, variants=r.variants, shifts=r.shifts, frames=r.frames,
+                arrays=r.arrays, path=str(store.entry_path(track).relative_to(store.root)),
             ))
         store.write_index(rows)
         store.remove_leftovers()

@@ -1,6 +1,7 @@
 """train: one item per task; streams patches of the training split out of the store
-into the generic trainer, validates on the unshifted variants of the validation
-split, and keeps the best checkpoint for evaluation."""
+(each activation at a shift drawn from ``augment.shifts``) into the generic trainer,
+validates on the unshifted validation tracks, and keeps the best checkpoint for
+evaluation."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mirpipe.models.task import TASKS, Task, per_task_params
 from mirpipe.records import Record
 from mirpipe.storage import open_store
-from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
 
+from .augment import AugmentParams
 from .base import STAGES, Done, Stage, StageContext, WorkItem
-from .deform import variant_name
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
 
-UNSHIFTED = variant_name(0)
 
 
 def trainable_tasks() -> list[str]:
@@ -129,7 +130,7 @@ def seed_everything(seed: int) -> None:
 
 
 def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
-    """Training entries (every variant) and validation entries (unshifted) of tracks annotated for the task."""
+    """Training and validation entries of the tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
     train, val = [], []
@@ -137,12 +138,18 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
         track = manifest.get(row.track)
         if track is None or not task.usable(track.offers):
             continue
-        key = EntryKey(row.track, row.variant, row.n_frames)
+        key = EntryKey(row.track, row.frames[task.feature])
         if row.split == "train":
             train.append(key)
-        elif row.split == "val" and row.variant == UNSHIFTED:
+        elif row.split == "val":
             val.append(key)
     return train, val
+
+
+def _unshifted_targets(store, track: str, names) -> dict[str, np.ndarray]:
+    entry = store.read_entry(track, names)
+    variant, _ = resolve_shift(entry.attrs, 0)
+    return {n: a[variant] for n, a in entry.arrays.items()}
 
 
 def build_model(task: Task, params: BaseModel, n_bins: int):
@@ -154,7 +161,8 @@ class Train(Stage):
     name = "train"
     params = TrainParams
     needs = ("features",)
-    version = "1"
+    sections = {"augment": AugmentParams}  # the shifts patches are cut at
+    version = "2"  # 2: entries per track, shifts drawn per activation
     resources = {"GPU": 1}  # asked for only where the cluster offers it
     bounded_time = False  # training takes as long as it takes; it checkpoints and resumes instead
     reports_progress = True  # the trainer draws its own per-step progress
@@ -166,8 +174,8 @@ class Train(Stage):
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         """One item per task. Its fingerprint covers what training reads: the features of the
-        training entries (every variant) and validation entries (unshifted) of the tracks that
-        teach the task, their splits, and the task's network; test tracks are not in it."""
+        training and validation entries of the tracks that teach the task, their splits, the
+        shifts it samples, and the task's network; test tracks are not in it."""
         p: TrainParams = ctx.params["train"]
         feats = upstream["features"]
         if not feats:
@@ -178,16 +186,16 @@ class Train(Stage):
             task = TASKS.get(name)
             read = {}
             for item_id, done in feats.items():
-                track, variant = item_id.split("/", 1)
-                row = manifest.get(track)
+                row = manifest.get(item_id)
                 if row is None or not task.usable(row.offers):
                     continue
-                if row.split == "train" or (row.split == "val" and variant == UNSHIFTED):
+                if row.split in ("train", "val"):
                     read[item_id] = f"{row.split} {done.fingerprint}"
             digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
             items.append(WorkItem(
                 name, payload={"task": name},
-                identity={"model": p.model_params(name).model_dump(mode="json")},
+                identity={"model": p.model_params(name).model_dump(mode="json"),
+                          "shifts": ctx.params["augment"].active_shifts()},
                 upstream=(digest,),
             ))
         return items
@@ -202,14 +210,17 @@ class Train(Stage):
         train_keys, val_keys = split_keys(ctx, task)
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
-        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames)
+        shifts = tuple(ctx.params["augment"].active_shifts())
+        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames,
+                          shifts=shifts, task=task)
         stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
         stream.check_workers(p.loader_workers)
         store = open_store(fp.store, store_root(ctx))
-        state = task.fit_state(store.read_entry(k.track, k.variant, task.targets).arrays for k in train_keys)
+        state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)
-        model = build_model(task, model_params, fp.n_bins)
+        n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
+        model = build_model(task, model_params, n_bins)
         settings = TrainerSettings(
             steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
             weight_decay=p.weight_decay, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
@@ -218,7 +229,7 @@ class Train(Stage):
         meta = {
             "task": task.name,
             "model": model_params.model_dump(mode="json"),
-            "n_bins": fp.n_bins,
+            "n_bins": n_bins,
             "state": state,
             "train_entries": len(train_keys),
             "val_entries": len(val_keys),

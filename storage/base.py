@@ -1,7 +1,10 @@
-"""Store interface: one entry per (track, variant), time-major arrays, JSON attributes.
+"""Store interface: one entry per track, variant-major then time-major arrays, JSON attributes.
 
-Workers write entries (each atomically, into its own path); only the driver
-writes the index. Array names may be nested with ``/`` (``targets/chord_root``).
+Every array of an entry is shaped ``(V, T, ...)``: V variants stored whole (1 in
+feature mode, where pitch shifts are bin offsets taken at sampling time; one per
+shift in audio mode), T frames. A patch is a slice ``[v, start:stop]``. Workers
+write entries (each atomically, as one file); only the driver writes the index.
+Array names may be nested with ``/`` (``targets/chord_root``).
 
 A backend is one module: a ``FeatureStore`` subclass registered with
 ``@STORE_BACKENDS.register(name=...)``; ``features.store`` names one.
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -28,8 +32,10 @@ CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a pa
 
 
 def time_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunk shape of a time-major array: ``CHUNK_FRAMES`` frames by everything else."""
-    return (min(CHUNK_FRAMES, max(1, shape[0])),) + tuple(shape[1:]) if shape else ()
+    """Chunk shape of a ``(V, T, ...)`` array: one variant, ``CHUNK_FRAMES`` frames, everything else."""
+    if len(shape) < 2:
+        return tuple(max(1, n) for n in shape)
+    return (1, min(CHUNK_FRAMES, max(1, shape[1]))) + tuple(max(1, n) for n in shape[2:])
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,10 @@ class IndexRow(Record):
     """One entry of the store index (``index.json``), written by the driver after features."""
 
     track: str
-    variant: str
-    semitones: int
     split: str
-    n_frames: int
+    variants: list[int]  # the pitch shift stored in each variant (feature mode: [0])
+    shifts: list[int]  # the shifts a patch may be cut at (feature mode: by bin offsets)
+    frames: dict[str, int]  # frames per feature (each feature has its own frame grid)
     arrays: dict[str, ArraySpec]
     path: str  # relative to the store root
 
@@ -73,45 +79,60 @@ class FeatureStore(ABC):
     def __init__(self, root: Path | str):
         self.root = Path(root)
 
-    def entry_path(self, track: str, variant: str) -> Path:
-        return self.root / track / f"{variant}{self.suffix}"
+    def entry_path(self, track: str) -> Path:
+        return self.root / f"{track}{self.suffix}"
 
-    def has_entry(self, track: str, variant: str) -> bool:
-        return self.entry_path(track, variant).exists()
+    def has_entry(self, track: str) -> bool:
+        return self.entry_path(track).exists()
 
-    def write_entry(self, track: str, variant: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
-        """Write one entry atomically; a concurrent or repeated write of the same entry is harmless."""
-        final = self.entry_path(track, variant)
+    def write_entry(self, track: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+        """Write one entry atomically (one file); a concurrent or repeated write of the same entry is harmless."""
+        bad = {k: v.shape for k, v in arrays.items() if np.ndim(v) < 2}
+        if bad:
+            raise ValueError(f"entry {track}: arrays must be (variants, frames, ...), got {bad}")
+        final = self.entry_path(track)
         final.parent.mkdir(parents=True, exist_ok=True)
         self._write(final, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, _jsonable(attrs))
         return final
 
-    def read_entry(self, track: str, variant: str, names: Iterable[str] | None = None) -> Entry:
-        return self.read_slab(track, variant, names, 0, None)
+    def read_entry(self, track: str, names: Iterable[str] | None = None) -> Entry:
+        """Whole arrays, every variant."""
+        with self.opened(track, names) as (arrays, attrs):
+            return Entry({n: np.asarray(a[...]) for n, a in arrays.items()}, attrs)
+
+    def read_slab(self, track: str, names: Iterable[str] | None, start: int, stop: int | None, variant: int = 0) -> Entry:
+        """Frames [start, stop) of one variant of the named arrays (all arrays when ``names`` is None)."""
+        with self.opened(track, names) as (arrays, attrs):
+            return Entry({n: np.asarray(a[variant, start:stop]) for n, a in arrays.items()}, attrs)
+
+    @contextmanager
+    def opened(self, track: str, names: Iterable[str] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        handles, attrs, owner = self.open_arrays(track, names)
+        try:
+            yield handles, attrs
+        finally:
+            if owner is not None:
+                owner.close()
 
     @abstractmethod
     def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def read_slab(
-        self, track: str, variant: str, names: Iterable[str] | None, start: int, stop: int | None
-    ) -> Entry:
-        """Frames [start, stop) of the named arrays (all arrays when ``names`` is None)."""
-
-    @abstractmethod
-    def open_arrays(self, track: str, variant: str, names: Iterable[str]) -> tuple[dict[str, Any], Any]:
-        """Sliceable handles of the named arrays and a ``close()``-able owner (or None).
+    def open_arrays(self, track: str, names: Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """Sliceable handles of the named arrays (all when None), the attributes, and a
+        ``close()``-able owner (or None).
 
         For readers that cut many slabs from the same entries (streaming): opening
         costs metadata reads that one open handle pays only once.
         """
 
-    @abstractmethod
-    def read_attrs(self, track: str, variant: str) -> dict[str, Any]: ...
+    def read_attrs(self, track: str) -> dict[str, Any]:
+        with self.opened(track, ()) as (_, attrs):
+            return attrs
 
     @abstractmethod
-    def is_valid(self, track: str, variant: str) -> bool:
-        """True when the entry opens and holds its arrays (a killed writer leaves it invalid)."""
+    def is_valid(self, track: str) -> bool:
+        """True when the entry opens and holds all its chunks (a killed writer leaves it invalid)."""
 
     # -- index (driver only) -------------------------------------------------
     def write_index(self, rows: list[IndexRow]) -> None:

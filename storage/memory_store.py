@@ -14,7 +14,7 @@ import numpy as np
 
 from .base import STORE_BACKENDS, Entry, FeatureStore, IndexRow
 
-_ENTRIES: dict[str, dict[tuple[str, str], Entry]] = {}
+_ENTRIES: dict[str, dict[str, Entry]] = {}
 
 
 @STORE_BACKENDS.register(name="memory")
@@ -26,33 +26,22 @@ class MemoryStore(FeatureStore):
         super().__init__(root)
         self.entries = _ENTRIES.setdefault(str(root), {})
 
-    def has_entry(self, track: str, variant: str) -> bool:
-        return (track, variant) in self.entries
+    def has_entry(self, track: str) -> bool:
+        return track in self.entries
 
     def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        track, variant = final.parent.name, final.name
-        self.entries[(track, variant)] = Entry({k: np.array(v) for k, v in arrays.items()}, attrs)
+        self.entries[final.name] = Entry({k: np.array(v) for k, v in arrays.items()}, attrs)
 
-    def _entry(self, track: str, variant: str) -> Entry:
+    def open_arrays(self, track: str, names: Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
         try:
-            return self.entries[(track, variant)]
+            entry = self.entries[track]
         except KeyError:
-            raise FileNotFoundError(f"memory store {self.root}: no entry {track}/{variant}") from None
-
-    def read_slab(self, track, variant, names: Iterable[str] | None, start: int, stop: int | None) -> Entry:
-        entry = self._entry(track, variant)
+            raise FileNotFoundError(f"memory store {self.root}: no entry {track}") from None
         names = list(entry.arrays) if names is None else list(names)
-        return Entry({n: entry.arrays[n][start:stop] for n in names}, dict(entry.attrs))
+        return {n: entry.arrays[n] for n in names}, dict(entry.attrs), None
 
-    def open_arrays(self, track: str, variant: str, names: Iterable[str]) -> tuple[dict[str, Any], Any]:
-        arrays = self._entry(track, variant).arrays
-        return {n: arrays[n] for n in names}, None
-
-    def read_attrs(self, track: str, variant: str) -> dict[str, Any]:
-        return dict(self._entry(track, variant).attrs)
-
-    def is_valid(self, track: str, variant: str) -> bool:
-        return self.has_entry(track, variant)
+    def is_valid(self, track: str) -> bool:
+        return self.has_entry(track)
 
     def write_index(self, rows: list[IndexRow]) -> None:
         self.index = rows
@@ -65,8 +54,7 @@ class MemoryStore(FeatureStore):
 
 
 def preload_memory(name: str, store: FeatureStore, keys: Sequence, names: Sequence[str]) -> None:
-    """Copy entries (``keys`` with ``track``/``variant``) of another store into the memory store ``name``."""
+    """Copy entries (``keys`` with a ``track``) of another store into the memory store ``name``."""
     memory = MemoryStore(name)
     for k in keys:
-        entry = store.read_entry(k.track, k.variant, names)
-        memory.entries[(k.track, k.variant)] = entry
+        memory.entries[k.track] = store.read_entry(k.track, names)

@@ -1,10 +1,13 @@
 """Out-of-core patch streams over the feature store, built on pescador.
 
-One ``pescador.Streamer`` per (track, variant) is given only keys (backend, root,
-track, variant): pescador deep-copies streamer arguments on every activation,
-so arrays or open handles would be copied each time. An activation reads one
-slab of the entry and cuts many random patches from it (one read per patch
-starves a trainer). A ``StochasticMux`` per *shard* mixes the streamers; the
+One ``pescador.Streamer`` per track is given only keys (backend, root, track):
+pescador deep-copies streamer arguments on every activation, so arrays or open
+handles would be copied each time. An activation draws a pitch shift from the
+spec's list, reads one slab of the entry and cuts many random patches from it
+(one read per patch starves a trainer). A shift the entry stores as a variant
+(audio mode) is read as it is; any other is the unshifted variant seen through a
+bin offset (the feature kind's ``view``) with the targets moved by the task
+(``transpose``): index arithmetic instead of stored copies. A ``StochasticMux`` per *shard* mixes the streamers; the
 batch sequence round-robins over a fixed number of shards, so a worker count
 that divides the shard count changes who computes a batch, never which batch
 it is. Seeds derive from (seed, epoch, shard, streamer, activation): pescador
@@ -23,6 +26,7 @@ import numpy as np
 import pescador
 
 from .base import open_store
+from .feature_kinds import FEATURE_KINDS
 from .memory_store import preload_memory  # noqa: F401 - re-exported for benchmarks and tests
 
 IGNORE = -1  # target value of padded frames: losses skip them
@@ -37,8 +41,7 @@ def derive_seed(*parts: Any) -> int:
 @dataclass(frozen=True)
 class EntryKey:
     track: str
-    variant: str
-    n_frames: int
+    n_frames: int  # frames of the streamed feature
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,22 @@ class StreamSpec:
     targets: tuple[str, ...]
     patch_frames: int = 128
     slab_frames: int = 1024  # frames read per activation (a whole track when shorter)
+    shifts: tuple[int, ...] = (0,)  # semitones an activation draws from
+    task: Any = None  # what moves the targets under a shift (``transpose(targets, n)``); None: only shift 0
 
     @property
     def names(self) -> list[str]:
         return [self.feature, *self.targets]
+
+
+def resolve_shift(attrs: dict[str, Any], shift: int) -> tuple[int, int]:
+    """(stored variant, residual shift taken by index arithmetic) of a patch at ``shift``."""
+    variants = list(attrs.get("variants", [0]))
+    if shift in variants:
+        return variants.index(shift), 0
+    if 0 not in variants:
+        raise ValueError(f"entry {attrs.get('track')}: no variant for shift {shift} and no unshifted one")
+    return variants.index(0), shift
 
 
 class HandleCache:
@@ -66,25 +81,26 @@ class HandleCache:
     def __init__(self, size: int = 256):
         self.size = size
         self.pid = os.getpid()
-        self.handles: OrderedDict[tuple, tuple[dict[str, Any], Any]] = OrderedDict()
+        self.handles: OrderedDict[tuple, tuple[dict[str, Any], dict[str, Any], Any]] = OrderedDict()
 
-    def arrays(self, spec: StreamSpec, key: EntryKey) -> dict[str, Any]:
+    def arrays(self, spec: StreamSpec, key: EntryKey) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Open handles of the spec's arrays in an entry, and the entry's attributes."""
         if self.pid != os.getpid():  # a forked DataLoader worker: the parent's handles are not ours
             self.handles, self.pid = OrderedDict(), os.getpid()
-        k = (spec.backend, spec.root, key.track, key.variant, tuple(spec.names))
+        k = (spec.backend, spec.root, key.track, tuple(spec.names))
         if k in self.handles:
             self.handles.move_to_end(k)
-            return self.handles[k][0]
-        opened = open_store(spec.backend, spec.root).open_arrays(key.track, key.variant, spec.names)
+            return self.handles[k][:2]
+        opened = open_store(spec.backend, spec.root).open_arrays(key.track, spec.names)
         self.handles[k] = opened
         while len(self.handles) > self.size:
-            _, (_, owner) = self.handles.popitem(last=False)
+            _, (_, _, owner) = self.handles.popitem(last=False)
             if owner is not None:
                 owner.close()
-        return opened[0]
+        return opened[:2]
 
     def clear(self) -> None:
-        for _, owner in self.handles.values():
+        for _, _, owner in self.handles.values():
             if owner is not None:
                 owner.close()
         self.handles.clear()
@@ -93,37 +109,56 @@ class HandleCache:
 _HANDLES = HandleCache()
 
 
-def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int) -> dict[str, np.ndarray]:
-    arrays = _HANDLES.arrays(spec, key)
-    return {n: np.asarray(arrays[n][start:stop]) for n in spec.names}
+@dataclass
+class Slab:
+    """Stored frames of one variant, the residual shift still to apply, and how to view them."""
 
+    frames: np.ndarray  # the feature as stored (T, bins)
+    targets: dict[str, np.ndarray]  # already moved by the residual shift
+    geometry: dict[str, Any]
+    shift: int
 
-def pad_frames(arrays: dict[str, np.ndarray], feature: str, n: int) -> dict[str, np.ndarray]:
-    """Pad every array to ``n`` frames: the feature with its floor, targets with ``IGNORE``."""
-    out = {}
-    for name, a in arrays.items():
-        missing = n - a.shape[0]
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def patch(self, feature: str, at: int, n: int) -> dict[str, np.ndarray]:
+        kind = FEATURE_KINDS.get(self.geometry["kind"])
+        return {feature: kind.view(self.frames[at : at + n], self.geometry, self.shift),
+                **{name: a[at : at + n] for name, a in self.targets.items()}}
+
+    def pad(self, n: int) -> "Slab":
+        """Padded to ``n`` frames: the feature with its floor (silence), targets with ``IGNORE``."""
+        missing = n - len(self)
         if missing <= 0:
-            out[name] = a
-            continue
-        fill = (a.min() if a.size else 0) if name == feature else IGNORE
-        pad = np.full((missing,) + a.shape[1:], fill, dtype=a.dtype)
-        out[name] = np.concatenate([a, pad])
-    return out
+            return self
+        fill = FEATURE_KINDS.get(self.geometry["kind"]).floor(self.frames)
+        frames = np.concatenate([self.frames, np.full((missing,) + self.frames.shape[1:], fill, self.frames.dtype)])
+        targets = {k: np.concatenate([a, np.full((missing,) + a.shape[1:], IGNORE, a.dtype)]) for k, a in self.targets.items()}
+        return Slab(frames, targets, self.geometry, self.shift)
+
+
+def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int = 0) -> Slab:
+    """Frames [start, stop) of an entry at a pitch shift (a stored variant, or a bin offset)."""
+    arrays, attrs = _HANDLES.arrays(spec, key)
+    variant, residual = resolve_shift(attrs, shift)
+    targets = {n: np.asarray(arrays[n][variant, start:stop]) for n in spec.targets}
+    if residual:
+        if spec.task is None:
+            raise ValueError(f"a shift of {residual} semitones needs the task that moves the targets")
+        targets = spec.task.transpose(targets, residual)
+    return Slab(np.asarray(arrays[spec.feature][variant, start:stop]), targets, attrs["features"][spec.feature], residual)
 
 
 def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless random patches from one slab of one entry (the mux decides how many to take)."""
+    """Endless random patches from one slab of one entry at one drawn shift (the mux decides how many to take)."""
     rng = np.random.default_rng(seed)
+    shift = int(spec.shifts[int(rng.integers(0, len(spec.shifts)))])
     slab_len = min(key.n_frames, max(spec.slab_frames, spec.patch_frames))
     start = int(rng.integers(0, key.n_frames - slab_len + 1))
-    slab = read_slab(spec, key, start, start + slab_len)
-    if slab_len < spec.patch_frames:
-        slab = pad_frames(slab, spec.feature, spec.patch_frames)
-        slab_len = spec.patch_frames
+    slab = read_slab(spec, key, start, start + slab_len, shift).pad(spec.patch_frames)
     while True:
-        at = int(rng.integers(0, slab_len - spec.patch_frames + 1))
-        yield {name: a[at : at + spec.patch_frames] for name, a in slab.items()}
+        at = int(rng.integers(0, len(slab) - spec.patch_frames + 1))
+        yield slab.patch(spec.feature, at, spec.patch_frames)
 
 
 class PatchStreamer(pescador.Streamer):
@@ -160,7 +195,7 @@ class PatchStream:
         if not keys:
             raise ValueError("no store entries to stream from (is the split empty?)")
         self.spec = spec
-        self.keys = sorted(keys, key=lambda k: (k.track, k.variant))
+        self.keys = sorted(keys, key=lambda k: k.track)
         self.mux = mux
         self.seed = seed
         self.n_shards = min(mux.n_shards, len(self.keys))
@@ -203,16 +238,17 @@ class PatchStream:
 
 
 def track_patches(spec: StreamSpec, keys: Sequence[EntryKey], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Whole tracks cut into consecutive patches, in a fixed order, for validation.
+    """Whole tracks (unshifted) cut into consecutive patches, in a fixed order, for validation.
 
     The last patch of a track is padded (targets ``IGNORE``); every frame is seen once.
     """
     buf: list[dict[str, np.ndarray]] = []
-    for key in sorted(keys, key=lambda k: (k.track, k.variant)):
-        arrays = read_slab(spec, key, 0, key.n_frames)
+    for key in sorted(keys, key=lambda k: k.track):
+        slab = read_slab(spec, key, 0, key.n_frames)
+        n_padded = -(-key.n_frames // spec.patch_frames) * spec.patch_frames
+        slab = slab.pad(n_padded)
         for at in range(0, key.n_frames, spec.patch_frames):
-            patch = {n: a[at : at + spec.patch_frames] for n, a in arrays.items()}
-            buf.append(pad_frames(patch, spec.feature, spec.patch_frames))
+            buf.append(slab.patch(spec.feature, at, spec.patch_frames))
             if len(buf) == batch_size:
                 yield {n: np.stack([p[n] for p in buf]) for n in spec.names}
                 buf = []

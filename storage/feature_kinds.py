@@ -1,0 +1,105 @@
+"""Feature kinds: how a feature is computed once per track, and how a patch's model input
+is cut from it by index arithmetic (a pitch shift is a bin offset; HCQT harmonics are
+bin offsets of one wide CQT).
+
+A kind stores a time-major ``(T, stored_bins)`` array per variant, with ``margin``
+extra bins on each side for the largest pitch shift, and its geometry in the entry
+attributes (``attrs["features"][name]``). ``view`` needs only that geometry, so a
+streamer reads it from the entry, not from the configuration.
+
+A new kind is one module: a ``FeatureKind`` subclass registered with
+``@FEATURE_KINDS.register``; a task names it in ``Task.feature``; its parameters
+are ``features.<name>`` in pipeline.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mirpipe.registry import Registry
+
+
+class FeatureKind:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"  # bump when what ``compute`` stores changes
+    Params: ClassVar[type[BaseModel]]
+
+    def hop_length(self, params: BaseModel) -> int:
+        return int(params.hop_length)
+
+    def compute(self, y: np.ndarray, sr: int, params: BaseModel, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The stored ``(T, bins)`` array of one variant and its geometry (JSON-able)."""
+        raise NotImplementedError
+
+    def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
+        """The model input (float32) of stored frames at a pitch shift of ``shift`` semitones."""
+        raise NotImplementedError
+
+    def input_bins(self, geometry: Mapping[str, Any]) -> int:
+        """Frequency bins of the model input (what a network is built for)."""
+        return int(geometry["n_bins"])
+
+    def floor(self, frames: np.ndarray) -> Any:
+        """The value that pads a short track's frames (silence)."""
+        return frames.min() if frames.size else 0
+
+
+FEATURE_KINDS: Registry[FeatureKind] = Registry(
+    "feature", builtin=("mirpipe.storage.feature_kinds",), entry_points="mirpipe.features", instantiate=True
+)
+
+
+def check_shift(geometry: Mapping[str, Any], shift: int) -> int:
+    """Bins to move for ``shift`` semitones; refuses a shift beyond the stored margin."""
+    bps = int(geometry["bins_per_octave"]) // 12
+    if abs(shift) * bps > int(geometry["margin_bins"]):
+        raise ValueError(
+            f"a shift of {shift} semitones needs {abs(shift) * bps} margin bins; the entry holds "
+            f"{geometry['margin_bins']} (recompute features with augment.shifts covering it)"
+        )
+    return shift * bps
+
+
+class CQTParams(BaseModel):
+    """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
+
+    model_config = ConfigDict(extra="forbid")
+    hop_length: int = Field(2048, ge=32)
+    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1")
+    n_bins: int = Field(216, ge=12)
+    bins_per_octave: int = Field(36, ge=12)
+    amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
+
+    @model_validator(mode="after")
+    def _semitones(self):
+        if self.bins_per_octave % 12:
+            raise ValueError(f"bins_per_octave must be a multiple of 12 (shifts are whole bins), got {self.bins_per_octave}")
+        return self
+
+
+@FEATURE_KINDS.register
+class CQT(FeatureKind):
+    """Log-magnitude CQT in dB (absolute reference, float16), ``margin`` bins below and above."""
+
+    name = "cqt"
+    Params = CQTParams
+
+    def compute(self, y: np.ndarray, sr: int, params: CQTParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
+        import librosa
+
+        margin = margin_semitones * params.bins_per_octave // 12
+        fmin = params.fmin * 2.0 ** (-margin / params.bins_per_octave)
+        C = np.abs(librosa.cqt(y, sr=sr, hop_length=params.hop_length, fmin=fmin, n_bins=params.n_bins + 2 * margin,
+                               bins_per_octave=params.bins_per_octave))
+        db = librosa.amplitude_to_db(C, ref=1.0, amin=params.amin, top_db=None).T.astype(np.float16)
+        geometry = {"kind": self.name, "sr": sr, "hop_length": params.hop_length, "fmin": params.fmin,
+                    "n_bins": params.n_bins, "bins_per_octave": params.bins_per_octave, "margin_bins": margin,
+                    "frame_rate": sr / params.hop_length}
+        return db, geometry
+
+    def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
+        start = int(geometry["margin_bins"]) - check_shift(geometry, shift)
+        return np.asarray(frames[..., start : start + int(geometry["n_bins"])], dtype=np.float32)

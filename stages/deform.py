@@ -5,8 +5,8 @@ that neither mir_eval nor the JAMS chord schema accept, leaves ``note_midi`` and
 ``note_hz`` alone, and estimates tuning from audio it needs in memory. This
 deformer keeps muda's machinery (states, deep-copied JAMS, the history in
 ``sandbox.muda``) and replaces the namespace handlers with exact ones. Audio is
-shifted only when it was packed into the JAMS (``keep_audio``); otherwise the
-history is the recipe that the features stage replays.
+shifted only when it was packed into the JAMS; otherwise the
+history records what was done.
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ with warnings.catch_warnings():
 from mirpipe.models.chord import transpose_label
 
 from .pitch_shift import pitch_shift
-
-
-def variant_name(n_semitones: int) -> str:
-    """Store/variant name of a shift: ``ps+00``, ``ps-06``, ``ps+03``."""
-    return f"ps{int(n_semitones):+03d}"
 
 
 class JointPitchShift(PitchShift):
@@ -96,17 +91,3 @@ def deform(jam: jams.JAMS, shifts: list[int], backend: str, audio: tuple[np.ndar
             y = box._audio["y"]
             delattr(box, "_audio")
         yield n, out, y
-
-
-def replay_shift(jam: jams.JAMS) -> tuple[int, str]:
-    """The (semitones, backend) a deformed JAMS records in its muda history."""
-    total, backend = 0, "librosa"
-    box = getattr(jam.sandbox, "muda", None) or {}
-    history = box["history"] if isinstance(box, dict) else box.history  # a loaded JAMS holds a dict
-    for step in history:
-        cls = step["transformer"]["__class__"]
-        if cls != JointPitchShift.__name__:
-            raise ValueError(f"cannot replay deformation {cls!r}")
-        total += int(step["state"]["n_semitones"])
-        backend = step["transformer"]["params"].get("backend", backend)
-    return total, backend

@@ -54,7 +54,9 @@ class FeaturesParams(BaseModel):
     def _kinds(self):
         extra = self.__pydantic_extra__ or {}
         for name, raw in list(extra.items()):
-            kind = FEATURE_KINDS.get(name)  # an unknown key names the registered kinds
+            if name not in FEATURE_KINDS.names():
+                raise ValueError(f"unknown key {name!r}: not a features setting, nor a feature kind ({', '.join(FEATURE_KINDS.names())})")
+            kind = FEATURE_KINDS.get(name)
             extra[name] = raw if isinstance(raw, BaseModel) else kind.Params.model_validate(raw or {})
         for name in self.kinds():
             FEATURE_KINDS.check(name)  # a task reading a feature nobody registered fails here, not on a worker

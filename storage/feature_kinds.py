@@ -103,3 +103,61 @@ class CQT(FeatureKind):
     def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
         start = int(geometry["margin_bins"]) - check_shift(geometry, shift)
         return np.asarray(frames[..., start : start + int(geometry["n_bins"])], dtype=np.float32)
+
+
+class HCQTParams(BaseModel):
+    """The harmonic CQT of Bittner et al. (2017), kept as one wide 8-bit log-CQT per track:
+    60 bins/octave, 6 octaves from C1, harmonics 0.5..5, hop 256 at 22050 Hz."""
+
+    model_config = ConfigDict(extra="forbid")
+    hop_length: int = Field(256, ge=32)
+    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1, the lowest bin of harmonic 1")
+    n_bins: int = Field(360, ge=12, description="bins per harmonic")
+    bins_per_octave: int = Field(60, ge=12)
+    harmonics: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0, 5.0])
+    amin: float = Field(1e-5, gt=0)
+    quantize: bool = Field(True, description="store 8-bit codes over a fixed dB range (see mirpipe.storage.hcqt.DB_RANGE)")
+
+    @model_validator(mode="after")
+    def _semitones(self):
+        if self.bins_per_octave % 12:
+            raise ValueError(f"bins_per_octave must be a multiple of 12 (shifts are whole bins), got {self.bins_per_octave}")
+        if not self.harmonics or min(self.harmonics) <= 0:
+            raise ValueError(f"harmonics must be positive, got {self.harmonics}")
+        return self
+
+
+@FEATURE_KINDS.register
+class HCQT(FeatureKind):
+    """One wide log-CQT holding every harmonic; the (harmonic, time, frequency) stack is a view."""
+
+    name = "hcqt"
+    Params = HCQTParams
+
+    @staticmethod
+    def _geometry(sr: int, params: HCQTParams, margin_semitones: int):
+        from .hcqt import WideCQT
+
+        return WideCQT(sr=sr, hop_length=params.hop_length, fmin=params.fmin, bins_per_octave=params.bins_per_octave,
+                       n_bins=params.n_bins, harmonics=tuple(params.harmonics), margin_semitones=margin_semitones)
+
+    def compute(self, y: np.ndarray, sr: int, params: HCQTParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
+        from .hcqt import DB_RANGE, compute_wide_cqt, quantize_db
+
+        geom = self._geometry(sr, params, margin_semitones)
+        db = compute_wide_cqt(y, geom, amin=params.amin)
+        stored = quantize_db(db) if params.quantize else db.astype(np.float16)
+        geometry = {"kind": self.name, "wide": geom.to_json(), "sr": sr, "hop_length": params.hop_length,
+                    "n_bins": params.n_bins, "bins_per_octave": params.bins_per_octave, "margin_bins": geom.margin_bins,
+                    "frame_rate": sr / params.hop_length, "db_range": list(DB_RANGE) if params.quantize else None}
+        return stored, geometry
+
+    def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
+        from .hcqt import WideCQT, dequantize_db, harmonic_view
+
+        check_shift(geometry, shift)
+        db = dequantize_db(frames, *geometry["db_range"]) if geometry.get("db_range") else np.asarray(frames, np.float32)
+        return harmonic_view(db, WideCQT.from_json(geometry["wide"]), shift)
+
+    def floor(self, frames: np.ndarray) -> Any:
+        return 0 if frames.dtype == np.uint8 else super().floor(frames)

@@ -1,11 +1,10 @@
-"""Both store backends hold the same entry identically; writes are atomic."""
+"""Both store backends hold the same entry identically; writes are atomic; an entry is one file."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from mirpipe.pipeline.config import PipelineConfig
-from mirpipe.stages.deform import deform, variant_name
 from mirpipe.stages.features import compute_entry
 from mirpipe.stages.synth.track import annotate, compose, render
 from mirpipe.storage import open_store
@@ -16,19 +15,22 @@ def entry(tmp_path_factory):
     d = tmp_path_factory.mktemp("entry")
     s = compose(4, 0, False, 8, 12)
     sf.write(d / "t.flac", render(s, 22050, 0, 4), 22050)
-    (n, jam, _), = deform(annotate(s, "t", False), [3], "librosa")
-    jam.save(str(d / "v.jamz"), fmt="jamz")
-    return compute_entry(str(d / "t.flac"), d / "v.jamz", PipelineConfig().features)
+    annotate(s, "t", False).save(str(d / "t.jams"))
+    cfg = PipelineConfig.model_validate({"augment": {"shifts": [-2, 0, 3]}})
+    return compute_entry(str(d / "t.flac"), str(d / "t.jams"), cfg.features, cfg.augment)
 
 
-def test_entry_layout_is_time_major_and_aligned(entry):
+def test_entry_layout_is_variant_and_time_major_and_aligned(entry):
     arrays, attrs, _ = entry
-    T = arrays["cqt"].shape[0]
-    assert arrays["cqt"].shape == (T, 216) and arrays["cqt"].dtype == np.float16
-    for name in ("targets/chord_root", "targets/chord_bass", "targets/chord_tag", "targets/f0_hz"):
-        assert arrays[name].shape == (T,)
-    assert arrays["targets/chord_pitches"].shape == (T, 12) and arrays["targets/instruments"].shape == (T, 8)
-    assert attrs["semitones"] == 3 and attrs["frame_rate"] == pytest.approx(22050 / 2048)
+    T = arrays["cqt"].shape[1]
+    assert arrays["cqt"].shape == (1, T, 216 + 2 * 9) and arrays["cqt"].dtype == np.float16  # 3 semitones of margin
+    for name in ("targets/chord_root", "targets/chord_bass", "targets/chord_tag"):
+        assert arrays[name].shape == (1, T)
+    assert arrays["targets/chord_pitches"].shape == (1, T, 12) and arrays["targets/instruments"].shape == (1, T, 8)
+    Th = arrays["hcqt"].shape[1]
+    assert arrays["targets/f0_hz"].shape == (1, Th) and Th == pytest.approx(T * 8, abs=8)  # hop 256 vs 2048
+    assert attrs["variants"] == [0] and attrs["shifts"] == [-2, 0, 3] and attrs["mode"] == "feature"
+    assert attrs["features"]["cqt"]["margin_bins"] == 9
     assert np.isfinite(arrays["cqt"].astype(np.float32)).all()
 
 
@@ -37,11 +39,12 @@ def test_zarr_and_hdf5_return_identical_arrays_and_attributes(entry, tmp_path):
     reads = []
     for backend in ("zarr", "hdf5"):
         store = open_store(backend, tmp_path / backend)
-        store.write_entry("t", variant_name(3), arrays, attrs)
-        assert store.is_valid("t", variant_name(3))
-        reads.append(store.read_entry("t", variant_name(3)))
-        slab = store.read_slab("t", variant_name(3), ["cqt", "targets/chord_tag"], 5, 25)
-        assert np.array_equal(slab.arrays["cqt"], arrays["cqt"][5:25])
+        store.write_entry("t", arrays, attrs)
+        assert store.is_valid("t")
+        assert [p.name for p in (tmp_path / backend).iterdir()] == [f"t{store.suffix}"]  # one file per track
+        reads.append(store.read_entry("t"))
+        slab = store.read_slab("t", ["cqt", "targets/chord_tag"], 5, 25)
+        assert np.array_equal(slab.arrays["cqt"], arrays["cqt"][0, 5:25])
     z, h = reads
     assert sorted(z.arrays) == sorted(h.arrays) == sorted(arrays)
     for name in arrays:
@@ -51,25 +54,34 @@ def test_zarr_and_hdf5_return_identical_arrays_and_attributes(entry, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_on_disk_size_is_close_to_the_array_bytes(entry, backend, tmp_path):
+    arrays, attrs, _ = entry
+    store = open_store(backend, tmp_path)
+    path = store.write_entry("t", arrays, attrs)
+    assert path.stat().st_size <= 1.3 * sum(a.nbytes for a in arrays.values())
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_rewrite_replaces_atomically_and_leaves_no_temporaries(backend, tmp_path):
     store = open_store(backend, tmp_path)
-    a = {"cqt": np.zeros((10, 4), np.float16)}
-    store.write_entry("t", "v", a, {"k": 1})
-    store.write_entry("t", "v", {"cqt": np.ones((12, 4), np.float16)}, {"k": 2})
-    e = store.read_entry("t", "v")
-    assert e.arrays["cqt"].shape == (12, 4) and e.attrs == {"k": 2}
-    assert [p.name for p in (tmp_path / "t").iterdir()] == [f"v{store.suffix}"]
+    store.write_entry("t", {"cqt": np.zeros((1, 10, 4), np.float16)}, {"k": 1})
+    store.write_entry("t", {"cqt": np.ones((1, 12, 4), np.float16)}, {"k": 2})
+    e = store.read_entry("t")
+    assert e.arrays["cqt"].shape == (1, 12, 4) and e.attrs == {"k": 2}
+    assert [p.name for p in tmp_path.iterdir()] == [f"t{store.suffix}"]
 
 
-def test_partial_entries_are_detected(tmp_path):
-    z = open_store("zarr", tmp_path / "z")
-    z.write_entry("t", "v", {"cqt": np.zeros((3000, 4), np.float16)}, {})
-    chunks = sorted(p for p in (z.entry_path("t", "v") / "cqt" / "c").rglob("*") if p.is_file())
-    assert len(chunks) == 3
-    chunks[-1].unlink()
-    assert not z.is_valid("t", "v")
-    h = open_store("hdf5", tmp_path / "h")
-    h.write_entry("t", "v", {"cqt": np.zeros((3000, 4), np.float16)}, {})
-    path = h.entry_path("t", "v")
-    path.write_bytes(path.read_bytes()[:2000])
-    assert not h.is_valid("t", "v")
+def test_arrays_without_a_variant_axis_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="variants, frames"):
+        open_store("zarr", tmp_path).write_entry("t", {"cqt": np.zeros(10, np.float16)}, {})
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_cut_entries_are_detected(backend, tmp_path):
+    store = open_store(backend, tmp_path)
+    rng = np.random.default_rng(0)  # incompressible: the chunks fill the file
+    path = store.write_entry("t", {"cqt": rng.standard_normal((1, 3000, 16)).astype(np.float16)}, {})
+    assert store.is_valid("t")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a writer killed mid-copy (or a partial transfer)
+    assert not store.is_valid("t")

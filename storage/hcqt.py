@@ -3,7 +3,7 @@
 Instead of six ``librosa.cqt`` calls (one per harmonic h, fmin = h * C1) we compute ONE
 log-CQT per track on the same 60 bins/octave lattice, from ``0.5 * fmin`` (minus a
 pitch-shift margin) up to the 5th harmonic of the top note (plus margin), cut below
-Nyquist. At read time a slab ``(T, n_wide_bins)`` becomes the ``(H, T, n_bins)`` stack
+Nyquist (two ``librosa.cqt`` calls in practice, see ``PASSBAND``). At read time a slab ``(T, n_wide_bins)`` becomes the ``(H, T, n_bins)`` stack
 by bin offsets: harmonic h starts ``bpo * log2(h / 0.5)`` bins above the lowest
 harmonic -- an integer for 0.5, 1, 2, 4 and fractional for 3 and 5 (linear
 interpolation in dB between neighbouring bins).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
 import librosa
 import numpy as np
@@ -125,19 +126,19 @@ class WideCQT:
         return cls(**kw)
 
 
+@lru_cache(maxsize=64)
 def _fit_below_nyquist(sr: int, fmin: float, bpo: int, n_bins: int) -> int:
-    """Largest ``n <= n_bins`` whose CQT basis librosa accepts (filter cutoff <= Nyquist)."""
-    n = n_bins
-    freqs = fmin * 2.0 ** (np.arange(n) / bpo)
-    # relative bandwidth is constant on a geometric grid: use librosa's own formula
-    alpha = librosa.filters._relative_bandwidth(freqs=freqs[: max(2, min(n, bpo))])[0]
+    """Largest ``n <= n_bins`` whose CQT basis librosa accepts (filter cutoff <= Nyquist).
+
+    Uses ``librosa.filters.wavelet_lengths`` -- the check ``librosa.cqt`` itself makes.
+    """
+    freqs = fmin * 2.0 ** (np.arange(n_bins) / bpo)
     nyquist = sr / 2.0
-    while n > 1:
-        _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs[:n], sr=sr, alpha=np.full(n, alpha))
+    for n in range(n_bins, 1, -1):
+        _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs[:n], sr=sr)
         if cutoff <= nyquist and freqs[n - 1] < nyquist:
             return n
-        n -= 1
-    raise ValueError("no CQT bin fits below Nyquist")
+    raise ValueError("fewer than two CQT bins fit below Nyquist")
 
 
 # librosa.cqt computes each octave below the top one on a signal downsampled by 2 per

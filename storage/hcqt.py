@@ -1,0 +1,239 @@
+"""Harmonic CQT (Bittner et al. 2017) from one stored wide log-CQT.
+
+Instead of six ``librosa.cqt`` calls (one per harmonic h, fmin = h * C1) we compute ONE
+log-CQT per track on the same 60 bins/octave lattice, from ``0.5 * fmin`` (minus a
+pitch-shift margin) up to the 5th harmonic of the top note (plus margin), cut below
+Nyquist (two ``librosa.cqt`` calls in practice, see ``PASSBAND``). At read time a slab ``(T, n_wide_bins)`` becomes the ``(H, T, n_bins)`` stack
+by bin offsets: harmonic h starts ``bpo * log2(h / 0.5)`` bins above the lowest
+harmonic -- an integer for 0.5, 1, 2, 4 and fractional for 3 and 5 (linear
+interpolation in dB between neighbouring bins).
+
+Pitch shift (sampling-time augmentation) is a further offset of ``shift * bpo / 12``
+bins. Sign convention: shifting UP by ``n`` semitones moves content to HIGHER bins::
+
+    view[h, t, k] = wide[t, k + harmonic_offset(h) - n * bins_per_semitone]
+
+Wide bin ``j`` has centre ``wide_fmin * 2**(j / bpo)`` and ``harmonic_offset(h)``
+includes the margin, so view bin ``k`` reads the stored energy at
+``h * fmin * 2**(k / bpo) * 2**(-n / 12)``. A stored tone at ``f`` therefore peaks,
+in channel ``h`` of the shift-``n`` view, at the bin ``k`` with
+``h * fmin * 2**(k / bpo) == f * 2**(n / 12)``: exactly where an HCQT of the audio
+pitch-shifted by ``n`` semitones would put it (when that ``k`` is in ``[0, n_bins)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+
+import librosa
+import numpy as np
+
+HARMONICS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
+
+# Fixed dB range of the 8-bit code (absolute reference, ref=1.0, amin=1e-5).
+# lo = -100 dB is the amin floor (20*log10(1e-5)): nothing can fall below it.
+# hi = +50 dB: with librosa's default ``scale=True`` the magnitude grows like
+# sqrt(filter length), i.e. it is largest in the lowest wide bin (~11.6 Hz). Measured
+# there (librosa 0.11, sr 22050, 60 bpo): a full-scale sine gives +46.2 dB and a
+# full-scale square wave (the sign-matched, worst case for |y| <= 1) +48.3 dB;
+# at 1 kHz a full-scale sine gives +26.8 dB, and the synth demo track peaks at
+# +13.2 dB. So no audio in [-1, 1] clips; the price is a 150/255 = 0.59 dB step
+# (round-trip error <= 0.29 dB).
+DB_RANGE: tuple[float, float] = (-100.0, 50.0)
+
+
+@dataclass(frozen=True)
+class WideCQT:
+    """Geometry of one wide CQT holding every harmonic of a target grid plus shift margins."""
+
+    sr: int = 22050
+    hop_length: int = 256
+    fmin: float = 32.703195662574764  # target grid's lowest frequency (C1)
+    bins_per_octave: int = 60
+    n_bins: int = 360  # target grid bins per harmonic
+    harmonics: tuple[float, ...] = HARMONICS
+    margin_semitones: int = 6  # largest |pitch shift| the stored array supports
+
+    def __post_init__(self) -> None:
+        if self.bins_per_octave % 12:
+            raise ValueError(f"bins_per_octave={self.bins_per_octave} must be a multiple of 12")
+        if not self.harmonics or min(self.harmonics) <= 0:
+            raise ValueError(f"harmonics must be positive, got {self.harmonics}")
+        if self.margin_semitones < 0:
+            raise ValueError("margin_semitones must be >= 0")
+        object.__setattr__(self, "harmonics", tuple(float(h) for h in self.harmonics))
+
+    @property
+    def bins_per_semitone(self) -> int:
+        """Bins per semitone (``bins_per_octave // 12``)."""
+        return self.bins_per_octave // 12
+
+    @property
+    def margin_bins(self) -> int:
+        """Extra bins kept on each side for the largest shift."""
+        return self.margin_semitones * self.bins_per_semitone
+
+    @property
+    def wide_fmin(self) -> float:
+        """Centre frequency of wide bin 0: ``fmin * min(harmonics) * 2**(-margin_semitones/12)``."""
+        return self.fmin * min(self.harmonics) * 2.0 ** (-self.margin_semitones / 12.0)
+
+    @property
+    def n_wanted_bins(self) -> int:
+        """Bins needed to hold every harmonic's full grid at every shift, ignoring Nyquist."""
+        top = max(self.harmonic_offset(h) for h in self.harmonics) + self.n_bins - 1
+        return int(math.ceil(top - 1e-9)) + self.margin_bins + 1
+
+    @property
+    def n_wide_bins(self) -> int:
+        """Stored bins: ``n_wanted_bins``, cut to what ``librosa.cqt`` accepts below Nyquist.
+
+        ``librosa.cqt`` refuses a basis whose top filter's upper band edge
+        (centre * (1 + bandwidth / 2)) exceeds Nyquist, so we drop top bins until
+        it accepts; in particular the top bin's centre frequency stays below Nyquist.
+        Target bins that would read beyond the cut are filled (see ``harmonic_view``).
+        """
+        return _fit_below_nyquist(self.sr, self.wide_fmin, self.bins_per_octave, self.n_wanted_bins)
+
+    def frequencies(self) -> np.ndarray:
+        """Centre frequencies (Hz) of the stored wide bins."""
+        return self.wide_fmin * 2.0 ** (np.arange(self.n_wide_bins) / self.bins_per_octave)
+
+    def harmonic_offset(self, h: float) -> float:
+        """Bins from wide bin 0 to harmonic ``h``'s target bin 0 at shift 0 (margin included)."""
+        if h <= 0:
+            raise ValueError(f"harmonic must be positive, got {h}")
+        return self.margin_bins + self.bins_per_octave * math.log2(h / min(self.harmonics))
+
+    def to_json(self) -> dict:
+        """Plain dict (JSON-able) for entry attributes."""
+        d = asdict(self)
+        d["harmonics"] = list(self.harmonics)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> WideCQT:
+        """Inverse of ``to_json``; unknown keys raise ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        extra = set(d) - names
+        if extra:
+            raise ValueError(f"unknown WideCQT fields: {sorted(extra)}")
+        kw = dict(d)
+        if "harmonics" in kw:
+            kw["harmonics"] = tuple(float(h) for h in kw["harmonics"])
+        return cls(**kw)
+
+
+@lru_cache(maxsize=64)
+def _fit_below_nyquist(sr: int, fmin: float, bpo: int, n_bins: int) -> int:
+    """Largest ``n <= n_bins`` whose CQT basis librosa accepts (filter cutoff <= Nyquist).
+
+    Uses ``librosa.filters.wavelet_lengths`` -- the check ``librosa.cqt`` itself makes.
+    """
+    freqs = fmin * 2.0 ** (np.arange(n_bins) / bpo)
+    nyquist = sr / 2.0
+    for n in range(n_bins, 1, -1):
+        _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs[:n], sr=sr)
+        if cutoff <= nyquist and freqs[n - 1] < nyquist:
+            return n
+    raise ValueError("fewer than two CQT bins fit below Nyquist")
+
+
+# librosa.cqt computes each octave below the top one on a signal downsampled by 2 per
+# octave (soxr_hq). Every lower octave therefore sits at the same fraction of its own
+# Nyquist as the top bin does of sr/2; near 1.0 the resampler's transition band eats the
+# top ~5 bins of each such octave (measured on white noise: -0.6, -2, -6, -12, -23, -36 dB
+# for the 6 topmost bins when the top bin is at 0.99 Nyquist; <= 0.2 dB at 0.9). So the
+# bins above PASSBAND * sr/2 (less than an octave, all computed at full rate without
+# resampling) get their own call, and the rest a call whose top bin is below it.
+PASSBAND = 0.9
+
+
+def _cqt_db(y: np.ndarray, geom: WideCQT, start: int, stop: int, amin: float) -> np.ndarray:
+    """dB of wide bins [start, stop) from one librosa.cqt call, shape (stop - start, T)."""
+    C = librosa.cqt(
+        y,
+        sr=geom.sr,
+        hop_length=geom.hop_length,
+        fmin=geom.wide_fmin * 2.0 ** (start / geom.bins_per_octave),
+        n_bins=stop - start,
+        bins_per_octave=geom.bins_per_octave,
+        tuning=0.0,
+    )
+    return librosa.amplitude_to_db(np.abs(C), ref=1.0, amin=amin, top_db=None)
+
+
+def compute_wide_cqt(y: np.ndarray, geom: WideCQT, amin: float = 1e-5) -> np.ndarray:
+    """(T, n_wide_bins) float32 log-magnitude in dB, absolute reference.
+
+    ``librosa.amplitude_to_db(|C|, ref=1.0, amin=amin, top_db=None)`` with ``tuning=0`` so the
+    grid is exactly ``geom.frequencies()``. One ``librosa.cqt`` call when the top bin is below
+    ``PASSBAND * sr/2``; otherwise two (the few bins above it alone + the rest, see ``PASSBAND``)
+    so that no octave's top bins fall in the resampler's transition band.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    n = geom.n_wide_bins
+    # bins whose centre is within the resampler's passband (the rest: less than one octave)
+    n_low = int(np.searchsorted(geom.frequencies(), PASSBAND * geom.sr / 2.0, side="right"))
+    if n_low >= n:
+        db = _cqt_db(y, geom, 0, n, amin)
+    else:
+        db = np.concatenate([_cqt_db(y, geom, 0, n_low, amin), _cqt_db(y, geom, n_low, n, amin)], axis=0)
+    return np.ascontiguousarray(db.T, dtype=np.float32)
+
+
+def harmonic_view(slab: np.ndarray, geom: WideCQT, shift: int = 0, fill: float | None = None) -> np.ndarray:
+    """(H, T, n_bins) float32 HCQT stack from a (T, n_wide_bins) dB slab, pitch-shifted by ``shift`` semitones.
+
+    ``view[h, :, k] = wide[:, k + harmonic_offset(h) - shift * bins_per_semitone]``; fractional
+    positions interpolate linearly in dB. Target bins past the stored range (cut at Nyquist) get
+    ``fill`` (default: the slab's minimum). ``|shift| > margin_semitones`` raises ``ValueError``.
+    """
+    if shift != int(shift) or abs(shift) > geom.margin_semitones:
+        raise ValueError(f"shift={shift} must be an integer with |shift| <= {geom.margin_semitones}")
+    slab = np.asarray(slab)
+    n_wide = geom.n_wide_bins
+    if slab.ndim != 2 or slab.shape[1] != n_wide:
+        raise ValueError(f"slab must be (T, {n_wide}), got {slab.shape}")
+    slab = slab.astype(np.float32, copy=False)
+    T = slab.shape[0]
+    if fill is None:
+        fill = float(slab.min()) if slab.size else 0.0
+    out = np.empty((len(geom.harmonics), T, geom.n_bins), dtype=np.float32)
+    for i, h in enumerate(geom.harmonics):
+        pos = geom.harmonic_offset(h) - int(shift) * geom.bins_per_semitone
+        i0 = math.floor(pos + 1e-9)
+        frac = pos - i0
+        if frac < 1e-9:
+            frac = 0.0
+        # bins whose (interpolated) source lies inside the stored range
+        last = n_wide - 1 if frac == 0.0 else n_wide - 2
+        n_ok = int(np.clip(last - i0 + 1, 0, geom.n_bins))
+        lo = slab[:, i0 : i0 + n_ok]
+        if frac == 0.0:
+            out[i, :, :n_ok] = lo
+        else:
+            hi = slab[:, i0 + 1 : i0 + 1 + n_ok]
+            np.multiply(lo, np.float32(1.0 - frac), out=out[i, :, :n_ok])
+            out[i, :, :n_ok] += np.float32(frac) * hi
+        out[i, :, n_ok:] = fill
+    return out
+
+
+def quantize_db(db: np.ndarray, lo: float = DB_RANGE[0], hi: float = DB_RANGE[1]) -> np.ndarray:
+    """uint8 code of dB values: linear over [lo, hi] in 255 steps, clipped outside."""
+    if not hi > lo:
+        raise ValueError("need hi > lo")
+    scale = 255.0 / (hi - lo)
+    q = np.rint((np.asarray(db, dtype=np.float32) - np.float32(lo)) * np.float32(scale))
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+def dequantize_db(q: np.ndarray, lo: float = DB_RANGE[0], hi: float = DB_RANGE[1]) -> np.ndarray:
+    """float32 dB from the uint8 code of ``quantize_db``."""
+    if not hi > lo:
+        raise ValueError("need hi > lo")
+    step = np.float32((hi - lo) / 255.0)
+    return np.asarray(q, dtype=np.float32) * step + np.float32(lo)

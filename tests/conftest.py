@@ -43,9 +43,11 @@ def repo_root() -> Path:
 # -- fault-injection fixtures: one small corpus, ingested and augmented once per session -------------
 
 FAULT_SHIFTS = [-1, 0, 2]
+FAULT_TRACKS = 4
+FAULT_MODE = "audio"  # the fault tests run the audio mode (longer items, so kills land mid-stage); e2e runs feature mode
 
 
-def corpus_config(corpus: Path, store: str = "zarr", shifts=None, mode: str = "feature", **run) -> PipelineConfig:
+def corpus_config(corpus: Path, store: str = "zarr", shifts=None, mode: str = FAULT_MODE, **run) -> PipelineConfig:
     """A run over an existing corpus (no synthesize stage)."""
     return PipelineConfig.model_validate(
         {
@@ -86,13 +88,13 @@ def assert_same_store(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="session")
 def fault_corpus(tmp_path_factory) -> Path:
-    """Two short demo tracks (6-8 s), synthesized once."""
+    """Four short demo tracks (6-8 s), synthesized once."""
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
 
     work = tmp_path_factory.mktemp("fault-corpus")
     cfg = PipelineConfig.model_validate(
-        {"synthesize": {"tracks": 2, "seed": 3, "min_duration": 6.0, "max_duration": 8.0, "solo_fraction": 0.0}}
+        {"synthesize": {"tracks": FAULT_TRACKS, "seed": 3, "min_duration": 6.0, "max_duration": 8.0, "solo_fraction": 0.0}}
     )
     with open_executor(parse_cluster({"type": "sync"})) as ex:
         Runner(work, cfg, progress=False).run(ex, only="synthesize")
@@ -123,7 +125,7 @@ def reference_store(tmp_path_factory, augmented_template, fault_corpus) -> dict:
     shutil.copytree(augmented_template, work)
     with open_executor(parse_cluster({"type": "local", "n_workers": 2, "memory_limit": "3GiB"})) as ex:
         (report,) = Runner(work, corpus_config(fault_corpus), progress=False).run(ex, only="features")
-    assert report.done == report.total == 2
+    assert report.done == report.total == FAULT_TRACKS
     return store_contents(work)
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import FAULT_SHIFTS, assert_same_store, corpus_config, store_contents
+from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import dump, parse_cluster
 from mirpipe.pipeline.ledger import Ledger
@@ -27,7 +28,7 @@ from mirpipe.pipeline.runner import Runner
 from mirpipe.stages import STAGES
 from mirpipe.storage import open_store
 
-N_FEATURES = 2 * len(FAULT_SHIFTS)
+N_FEATURES = FAULT_TRACKS  # one features item per track
 MIRPIPE = [sys.executable, "-m", "mirpipe"]
 
 
@@ -98,17 +99,15 @@ def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(augment
     assert driver.returncode == -signal.SIGKILL
     store = open_store("zarr", augmented / "features")
     # what a killed writer leaves behind, planted too so the check cannot pass vacuously
-    leftover = augmented / "features" / "demo-0000" / ".tmp-0123456789ab-ps+00.zarr"
-    leftover.mkdir(parents=True, exist_ok=True)
-    (leftover / "zarr.json").write_text("{")
-    done_before = sum(
-        1 for item, m in Ledger(augmented).done("features").items() if store.is_valid(*item.split("/"))
-    )
+    leftover = augmented / "features" / ".tmp-0123456789ab-demo-0000.zarr.zip"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"PK\x03\x04 cut short")
+    done_before = sum(1 for item in Ledger(augmented).done("features") if store.is_valid(item))
     assert 0 < done_before < N_FEATURES, "the kill did not land mid-features"
     res = subprocess.run(MIRPIPE + ["run", "--workdir", str(augmented), "--json"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     stages = json.loads(res.stdout)["stages"]
-    assert stages["ingest"]["scheduled"] == stages["augment"]["scheduled"] == 0
+    assert stages["ingest"]["scheduled"] == 0
     assert stages["features"]["scheduled"] == N_FEATURES - done_before and stages["features"]["failed"] == 0
     assert not list((augmented / "features").rglob(".tmp-*"))
     assert_same_store(store_contents(augmented), reference_store)
@@ -134,8 +133,7 @@ def test_crash_between_entry_and_marker_leaves_the_item_pending(augmented, fault
                          env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert res.returncode == 9, res.stderr[-2000:]
     crashed = res.stdout.split()[-1]
-    track, variant = crashed.split("/")
-    assert open_store("zarr", augmented / "features").is_valid(track, variant)  # the entry is there
+    assert open_store("zarr", augmented / "features").is_valid(crashed)  # the entry is there
     assert not Ledger(augmented).done("features")  # but no marker
     runner = Runner(augmented, corpus_config(fault_corpus), progress=False)
     status = {r["stage"]: r for r in runner.status()}
@@ -154,18 +152,21 @@ def test_planted_broken_entries_are_detected_and_rewritten(backend, augmented, f
         runner.run(ex, only="features")
         store = open_store(backend, augmented / "features")
         ledger = Ledger(augmented)
-        (a_track, a_var), (b_track, b_var) = ("demo-0000", "ps-01"), ("demo-0001", "ps+02")
-        for track, variant in ((a_track, a_var), (b_track, b_var)):
-            path = store.entry_path(track, variant)
+        for track in ("demo-0000", "demo-0001"):
+            path = store.entry_path(track)
             if backend == "hdf5":  # a truncated HDF5 file
                 data = path.read_bytes()
                 path.write_bytes(data[: len(data) // 2])
-            else:  # a partial Zarr entry: one chunk of an array is gone
-                chunk = next(p for p in sorted((path / "cqt").rglob("*")) if p.is_file() and p.name != "zarr.json")
-                chunk.unlink()
-            assert not store.is_valid(track, variant)
-        ledger.forget("features", f"{a_track}/{a_var}")  # a broken entry without a marker; b keeps its marker
-        stray = store.entry_path(a_track, "ps+00").with_name(".tmp-0123456789ab-ps+00" + store.suffix)
+            else:  # a partial Zarr entry: the zip lacks one chunk of an array
+                with zipfile.ZipFile(path) as z:
+                    members = {i.filename: z.read(i) for i in z.infolist()}
+                del members[next(m for m in sorted(members) if m.startswith("cqt/c/"))]
+                with zipfile.ZipFile(path, "w") as z:
+                    for name, data in members.items():
+                        z.writestr(name, data)
+            assert not store.is_valid(track)
+        ledger.forget("features", "demo-0000")  # a broken entry without a marker; b keeps its marker
+        stray = store.entry_path("demo-0000").with_name(".tmp-0123456789ab-demo-0000" + store.suffix)
         stray.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))  # a killed writer's temp file
         (report,) = Runner(augmented, cfg, progress=False).run(ex, only="features")
         assert report.scheduled == 2 and report.done == 2 and report.failed == 0
@@ -178,23 +179,23 @@ def test_planted_broken_entries_are_detected_and_rewritten(backend, augmented, f
 @pytest.mark.slow
 def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_it(augmented, fault_corpus, tmp_path, repo_root):
     cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus, retries=2), {"type": "sync"})
-    recipe = augmented / "augment" / "demo-0001" / "ps+02.jamz"
-    good = recipe.read_bytes()
-    recipe.write_bytes(b"this is not gzip")  # a corrupted intermediate: not the input's fault, so retried
+    blocker = augmented / "features" / "demo-0001.zarr.zip"
+    blocker.mkdir(parents=True)  # a directory where the entry goes: the rename fails, not the input's fault, so retried
+    (blocker / "x").write_text("in the way")
     run = MIRPIPE + ["run", "--workdir", str(augmented), "--json"]
     first = subprocess.run(run + ["--config", str(cfg), "--cluster", str(cl)], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stderr[-3000:]  # an item failed: exit code 1
     feats = json.loads(first.stdout)["stages"]["features"]
     assert feats["done"] == N_FEATURES - 1 and feats["failed"] == 1
     (f,) = feats["failures"]
-    assert f["item"] == "demo-0001/ps+02" and f["attempts"] == 3 and f["kind"] == "error"
-    record = Ledger(augmented).failure("features", "demo-0001/ps+02")
+    assert f["item"] == "demo-0001" and f["attempts"] == 3 and f["kind"] == "error"
+    record = Ledger(augmented).failure("features", "demo-0001")
     assert "Traceback" in record["traceback"] and record["error_class"] == f["error_class"]
     log = (augmented / "logs" / "failures.log").read_text().splitlines()
-    assert len(log) == 1 and "demo-0001/ps+02" in log[0]
+    assert len(log) == 1 and "demo-0001" in log[0]
     with open_executor(parse_cluster({"type": "sync"})) as ex:  # recorded failures stay put on a plain rerun
         assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex, until="features")[-1].scheduled == 0
-    recipe.write_bytes(good)
+    shutil.rmtree(blocker)
     retried = subprocess.run(run + ["--retry-failed"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert retried.returncode == 0, retried.stderr[-3000:]  # nothing failed any more
     stages = json.loads(retried.stdout)["stages"]
@@ -227,14 +228,14 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     out = json.loads(res.stdout)
     feats = out["stages"]["features"]
     assert feats["done"] == 1 and feats["quarantined"] == 1 and feats["failed"] == 0  # demo-0000 complete, hog quarantined
-    record = Ledger(workdir).failure("features", "hog/ps+00")
+    record = Ledger(workdir).failure("features", "hog")
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
     from click.testing import CliRunner
 
     from mirpipe.pipeline.cli import main
 
     status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
-    assert "QUARANTINED features hog/ps+00: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
+    assert "QUARANTINED features hog: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
     row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["features"])
     assert row[1:] == ["2", "1", "0", "0", "1"]  # total done pending failed quarantined
     assert out["status"]["features"]["quarantined"] == 1
@@ -282,13 +283,18 @@ def test_second_concurrent_run_is_refused_and_nothing_is_corrupted(augmented, fa
     assert_same_store(store_contents(augmented), reference_store)
 
 
-def test_changed_augment_parameter_reruns_augment_and_features_only(augmented, fault_corpus):
+def test_changed_shifts_rerun_what_they_change(augmented, fault_corpus):
+    """Audio mode stores every shift: new shifts recompute the entries. Feature mode stores margins
+    for the largest shift: a new list within the same margin recomputes nothing, only training."""
     with open_executor(parse_cluster({"type": "sync"})) as ex:
         Runner(augmented, corpus_config(fault_corpus), progress=False).run(ex)
         changed = corpus_config(fault_corpus, shifts=[-1, 0, 3])
         reports = {r.stage: r for r in Runner(augmented, changed, progress=False).run(ex)}
         assert reports["ingest"].scheduled == 0
-        assert reports["augment"].scheduled == reports["augment"].total == 2
-        assert reports["features"].scheduled == reports["features"].total == 6
+        assert reports["features"].scheduled == reports["features"].total == FAULT_TRACKS
         again = Runner(augmented, changed, progress=False).run(ex)
-        assert [r.scheduled for r in again] == [0, 0, 0, 0, 0]  # ingest .. evaluate
+        assert [r.scheduled for r in again] == [0, 0, 0, 0]  # ingest .. evaluate
+        feature_mode = corpus_config(fault_corpus, shifts=[-2, 0, 2], mode="feature")
+        assert Runner(augmented, feature_mode, progress=False).run(ex)[1].scheduled == FAULT_TRACKS
+        same_margin = corpus_config(fault_corpus, shifts=[-2, -1, 0, 1], mode="feature")
+        assert Runner(augmented, same_margin, progress=False).run(ex)[1].scheduled == 0

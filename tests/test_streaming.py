@@ -9,34 +9,51 @@ from mirpipe.storage.torch_data import epoch_loader
 
 TARGETS = ("targets/frame_id", "targets/pitches")
 LENGTHS = {"a": 300, "b": 95, "c": 420, "d": 180, "e": 250}  # "b" is shorter than a patch
+SHIFTS = (-2, 0, 1)
+MARGIN = 2  # bins per side; 12 bins/octave: one bin per semitone
+BINS = 24
+GEOMETRY = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bins": BINS, "bins_per_octave": 12,
+            "margin_bins": MARGIN, "frame_rate": 22050 / 2048}
+
+
+class RollPitches:
+    """A task whose pitch-class targets roll with the shift (what the chord task does)."""
+
+    def transpose(self, targets, n):
+        return {**targets, "targets/pitches": np.roll(targets["targets/pitches"], n, axis=-1)}
 
 
 def _arrays(track: str, n: int) -> dict[str, np.ndarray]:
-    """Features whose frame index can be read back from the targets: alignment is checkable."""
+    """Features that say which frame and which stored bin they are: alignment and shift are checkable.
+
+    feature[t, b] = b + 32 * (frame_id % 64), exact in float16.
+    """
     rng = np.random.default_rng(abs(hash(track)) % 2**32)
     frame_id = np.arange(n, dtype=np.int32) + 10_000 * (ord(track) - ord("a"))
-    cqt = rng.normal(size=(n, 24)).astype(np.float16)
-    cqt[:, 0] = frame_id % 2048  # exactly representable in float16
-    return {"cqt": cqt, "targets/frame_id": frame_id, "targets/pitches": (rng.random((n, 12)) > 0.5).astype(np.int8)}
+    cqt = (np.arange(BINS + 2 * MARGIN)[None, :] + 32 * (frame_id[:, None] % 64)).astype(np.float16)
+    pitches = (rng.random((n, 12)) > 0.5).astype(np.int8)
+    return {"cqt": cqt[None], "targets/frame_id": frame_id[None], "targets/pitches": pitches[None]}
 
 
 @pytest.fixture(scope="module", params=["zarr", "hdf5"])
 def store(request, tmp_path_factory):
     store = open_store(request.param, tmp_path_factory.mktemp(request.param))
     for track, n in LENGTHS.items():
-        for variant in ("ps+00", "ps+02"):
-            store.write_entry(track, variant, _arrays(track, n), {"n": n})
+        store.write_entry(track, _arrays(track, n), {"track": track, "variants": [0], "features": {"cqt": GEOMETRY}})
     return store
 
 
 def _keys():
-    return [EntryKey(t, v, n) for t, n in LENGTHS.items() for v in ("ps+00", "ps+02")]
+    return [EntryKey(t, n) for t, n in LENGTHS.items()]
+
+
+def _spec(backend, root, patch=64, slab=160, shifts=SHIFTS):
+    return StreamSpec(backend, root, "cqt", TARGETS, patch_frames=patch, slab_frames=slab, shifts=shifts, task=RollPitches())
 
 
 def _stream(store, seed=7, patch=64, **mux):
-    spec = StreamSpec(store.backend, str(store.root), "cqt", TARGETS, patch_frames=patch, slab_frames=160)
     settings = MuxSettings(**{"batch_size": 6, "n_active": 3, "rate": 5.0, "n_shards": 2, **mux})
-    return PatchStream(spec, _keys(), settings, seed)
+    return PatchStream(_spec(store.backend, str(store.root), patch), _keys(), settings, seed)
 
 
 def _take(stream, n, epoch=0, workers=0, skip=0):
@@ -67,17 +84,35 @@ def test_skip_resumes_an_epoch_mid_way(store):
     assert _same(full[3:], _take(_stream(store), 4, skip=3, workers=2))
 
 
-def test_patches_are_contiguous_and_targets_aligned(store):
-    for batch in _take(_stream(store), 10):
+def test_patches_are_contiguous_aligned_and_shifted_by_index_arithmetic(store):
+    seen = set()
+    for batch in _take(_stream(store), 12):
         ids = batch["targets/frame_id"].numpy()
         cqt = batch["cqt"].numpy()
-        assert cqt.shape == (6, 64, 24) and batch["targets/pitches"].shape == (6, 64, 12)
-        for row, feat in zip(ids, cqt):
+        pitches = batch["targets/pitches"].numpy()
+        assert cqt.shape == (6, 64, BINS) and pitches.shape == (6, 64, 12)
+        for row, feat, pc in zip(ids, cqt, pitches):
             real = row[row != IGNORE]
             assert len(real) > 0 and np.all(np.diff(real) == 1)  # one contiguous run of frames
-            assert np.array_equal(feat[: len(real), 0], (real % 2048).astype(np.float16))
+            values = feat[: len(real)].astype(np.int64)
+            assert np.array_equal(values[:, 0] // 32, real % 64)  # features and targets are the same frames
+            first_bin = values[0, 0] % 32
+            shift = MARGIN - first_bin  # the view of shift n starts at stored bin MARGIN - n
+            assert shift in SHIFTS and np.array_equal(values[0] % 32, first_bin + np.arange(BINS))
+            seen.add(shift)
+            track = chr(ord("a") + int(real[0]) // 10_000)
+            stored = _arrays(track, LENGTHS[track])["targets/pitches"][0]
+            local = real - 10_000 * (ord(track) - ord("a"))
+            assert np.array_equal(pc[: len(real)], np.roll(stored[local], shift, axis=-1))  # targets moved with it
             if len(real) < 64:  # only the short track pads, and only at its end
-                assert real[0] // 10_000 == 1 and np.all(row[len(real):] == IGNORE)
+                assert track == "b" and np.all(row[len(real):] == IGNORE)
+    assert seen == set(SHIFTS)  # every shift is drawn
+
+
+def test_a_shift_beyond_the_stored_margin_is_refused(store):
+    spec = _spec(store.backend, str(store.root), shifts=(MARGIN + 1,))
+    with pytest.raises(ValueError, match="margin"):
+        next(iter(PatchStream(spec, _keys(), MuxSettings(batch_size=2, n_active=1, rate=2.0, n_shards=1), 0).batches(0)))
 
 
 def test_worker_count_must_divide_the_shards(store):
@@ -87,17 +122,17 @@ def test_worker_count_must_divide_the_shards(store):
 
 def test_store_streams_equal_the_memory_stream(store):
     preload_memory("test-mem", store, _keys(), ["cqt", *TARGETS])
-    spec = StreamSpec("memory", "test-mem", "cqt", TARGETS, patch_frames=64, slab_frames=160)
+    spec = _spec("memory", "test-mem")
     memory = PatchStream(spec, _keys(), MuxSettings(batch_size=6, n_active=3, rate=5.0, n_shards=2), 7)
     assert _same(_take(_stream(store), 5), _take(memory, 5))
 
 
 def test_validation_stream_covers_every_frame_once_in_order(store):
-    spec = StreamSpec(store.backend, str(store.root), "cqt", TARGETS, patch_frames=64)
-    keys = [k for k in _keys() if k.variant == "ps+00"]
+    spec = _spec(store.backend, str(store.root), slab=1024)
+    keys = _keys()
     batches = list(track_patches(spec, keys, batch_size=4))
     ids = np.concatenate([b["targets/frame_id"].reshape(-1) for b in batches])
     ids = ids[ids != IGNORE]
-    expected = np.concatenate([_arrays(t, n)["targets/frame_id"] for t, n in sorted(LENGTHS.items())])
+    expected = np.concatenate([_arrays(t, n)["targets/frame_id"][0] for t, n in sorted(LENGTHS.items())])
     assert np.array_equal(ids, expected)
     assert list(track_patches(spec, keys, batch_size=4))[0]["cqt"].tobytes() == batches[0]["cqt"].tobytes()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import corpus_config
+from conftest import FAULT_TRACKS, corpus_config
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import ConfigError, load_cluster, parse_cluster
 from mirpipe.pipeline.runner import Runner
@@ -114,15 +114,15 @@ def test_stage_resources_are_asked_only_where_a_worker_offers_them(tmp_path, fau
         # the same scheduler seen as an existing one (no declaration): the live workers are asked
         address = ex.client.scheduler.address
         with open_executor(parse_cluster({"type": "address", "address": address,
-                                          "resources": {"train": {"GPU": 2}, "augment": {"GPU": 1}}})) as seen:
-            assert seen.resources_for("augment", {}) == {"GPU": 1}
+                                          "resources": {"train": {"GPU": 2}, "features": {"GPU": 1}}})) as seen:
+            assert seen.resources_for("features", {}) == {"GPU": 1}
             assert seen.resources_for("train", {"GPU": 1}) is None  # the file overrides the stage: 2 GPUs, none has
     # a stage configured for a GPU on a cluster without one runs anyway instead of waiting forever
     with open_executor(parse_cluster({"type": "local", "n_workers": 1, "memory_limit": "2GiB",
                                       "resources": {"ingest": {"GPU": 1}}})) as ex:
         assert ex.resources_for("ingest", {}) is None
         (report,) = Runner(tmp_path / "work", corpus_config(fault_corpus), progress=False).run(ex, only="ingest")
-    assert report.done == report.total == 2
+    assert report.done == report.total == FAULT_TRACKS
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def test_run_on_a_local_cluster_from_a_directory_with_decoy_packages(tmp_path):
     res = decoy_run(tmp_path, {"type": "local", "n_workers": 1, "memory_limit": "3GiB"})
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
-    assert out["stages"]["features"]["done"] == 4 and "decoy" not in res.stderr
+    assert out["stages"]["features"]["done"] == 2 and "decoy" not in res.stderr
 
 
 @pytest.mark.slow

@@ -65,7 +65,7 @@ def test_unchanged_rerun_schedules_nothing(finished):
     workdir, cfg, cluster, _ = finished
     with open_executor(cluster) as ex:
         reports = Runner(workdir, cfg, progress=False).run(ex, until="features")
-    assert [r.scheduled for r in reports] == [0, 0, 0, 0]
+    assert [r.scheduled for r in reports] == [0, 0, 0]
     assert all(r.skipped == r.total for r in reports)
 
 
@@ -105,9 +105,9 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
 
 def test_bad_configuration_fails_before_any_work(tmp_path, repo_root):
     bad = tmp_path / "pipeline.yaml"
-    bad.write_text("features:\n  store: parquet\n  hop_lenght: 512\n")
+    bad.write_text("features:\n  store: parquet\naugment:\n  shfts: [0]\n")
     res = subprocess.run([sys.executable, "-m", "mirpipe", "run", "--config", str(bad), "--workdir", str(tmp_path / "w")],
                          capture_output=True, text=True, cwd=repo_root, timeout=120)
     assert res.returncode == 2
-    assert "features.store" in res.stderr and "'hop_lenght'" in res.stderr and str(bad) in res.stderr
+    assert "features.store" in res.stderr and "augment.shfts" in res.stderr and str(bad) in res.stderr
     assert not (tmp_path / "w").exists()

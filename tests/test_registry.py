@@ -128,7 +128,7 @@ def test_run_order_comes_from_needs_and_a_registered_stage_joins_it(tmp_path):
 
     from mirpipe.stages.base import Stage
 
-    assert run_order() == ["synthesize", "ingest", "augment", "features", "train", "evaluate"]
+    assert run_order() == ["synthesize", "ingest", "features", "train", "evaluate"]
 
     class ReportParams(BaseModel):
         title: str = "summary"

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import FAULT_SHIFTS, assert_same_store, corpus_config, store_contents
+from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
@@ -60,7 +60,7 @@ def _worker_job_ids(client) -> dict[str, str]:
 
 
 def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, fault_corpus, reference_store, repo_root):
-    """`mirpipe run --cluster examples/cluster-slurm-local.yaml`: ingest -> augment -> features in 2 SLURM jobs."""
+    """`mirpipe run --cluster examples/cluster-slurm-local.yaml`: ingest -> features in 2 SLURM jobs."""
     import json
     import time
 
@@ -84,8 +84,8 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     out, err = run.communicate()
     assert run.returncode == 0, err[-3000:]
     stages = json.loads(out)["stages"]
-    assert [(s, stages[s]["done"], stages[s]["failed"]) for s in ("ingest", "augment", "features")] == [
-        ("ingest", 2, 0), ("augment", 2, 0), ("features", 2 * len(FAULT_SHIFTS), 0)]
+    assert [(s, stages[s]["done"], stages[s]["failed"]) for s in ("ingest", "features")] == [
+        ("ingest", FAULT_TRACKS, 0), ("features", FAULT_TRACKS, 0)]
     assert "SLURM through dask-jobqueue, 2 jobs" in err and ", TLS" in err  # TLS is on by default
     assert not list((workdir / ".mirpipe-tls").iterdir())  # the run's worker credentials left with it
     logged = {p.stem.rsplit("-", 1)[-1] for p in (workdir / "logs" / "jobs").glob("dask-worker-*.err")}
@@ -127,7 +127,7 @@ def test_scancel_of_a_worker_job_mid_features_still_completes_identically(slurm,
         thread.join(timeout=300)
         assert _gone({victim}, name)
     (report,) = out["reports"]
-    assert report.done + report.skipped == 2 * len(FAULT_SHIFTS) and report.failed == 0
+    assert report.done + report.skipped == FAULT_TRACKS and report.failed == 0
     assert_same_store(store_contents(augmented), reference_store)
 
 
@@ -143,7 +143,7 @@ def test_planned_worker_retirement_mid_features_is_not_a_failure(slurm, tmp_path
         thread.join(timeout=300)
         assert busy[0] not in client.scheduler_info(n_workers=-1)["workers"]
     (report,) = out["reports"]
-    assert report.done == 2 * len(FAULT_SHIFTS) and report.failed == 0 and report.quarantined == 0
+    assert report.done == FAULT_TRACKS and report.failed == 0 and report.quarantined == 0
     assert _gone(_squeue_ids(name), name)  # no job, replacement or not, outlives the run
     assert_same_store(store_contents(augmented), reference_store)
 
@@ -156,4 +156,4 @@ def test_run_on_the_local_slurm_from_a_directory_with_decoy_packages(slurm, tmp_
     cluster = _slurm_cluster(tmp_path, "decoy", jobs=1)
     res = decoy_run(tmp_path, cluster)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout)["stages"]["features"]["done"] == 4
+    assert json.loads(res.stdout)["stages"]["features"]["done"] == 2

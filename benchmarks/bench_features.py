@@ -50,8 +50,12 @@ def config(args, mode: str | None = None, store: str = "zarr", store_path: Path 
     return PipelineConfig.model_validate(raw)
 
 
-def stage_run(workdir: Path, cfg: PipelineConfig) -> tuple[float, float]:
-    """CPU and wall seconds of the features stage (planning, compute, writes, index) through the runner."""
+STEPS = ("load", "annotations", "pitch_shift", "features", "targets", "write")
+
+
+def stage_run(workdir: Path, cfg: PipelineConfig) -> tuple[float, float, dict[str, float]]:
+    """CPU and wall seconds of the features stage (planning, compute, writes, index) through the runner,
+    and the wall seconds of each step the records time, summed over tracks."""
     runner = Runner(workdir, cfg, log=lambda m: None, progress=False)
     runner.done_items("ingest")  # ingest's (cached) plan is not the features stage's work
     c0, w0 = time.process_time(), time.perf_counter()
@@ -59,7 +63,8 @@ def stage_run(workdir: Path, cfg: PipelineConfig) -> tuple[float, float]:
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     if report.failures or report.done != report.total:
         raise RuntimeError(f"features stage failed: {report.summary()}")
-    return cpu, wall
+    records = [d.record for d in runner.done_items("features").values()]
+    return cpu, wall, {k: sum(r.timings.get(k, 0.0) for r in records) for k in STEPS}
 
 
 def library_bound(audio_paths: list[str], cfg: PipelineConfig) -> float:
@@ -124,15 +129,17 @@ def main() -> None:
         wall: dict[tuple, list[float]] = {}
         bound: dict[str, list[float]] = {}
         roots: dict[tuple, Path] = {}
+        steps: dict[tuple, list[dict[str, float]]] = {}
         for rep in range(-args.warmup, args.reps):
             order = [(m, s) for m in MODES for s in STORES]
             if rep % 2:
                 order.reverse()  # neither configuration always runs first
             for mode, store in order:
                 root = workdir / "stores" / f"{mode}-{store}-{rep}"
-                c, w = stage_run(workdir, config(args, mode, store, root))
+                c, w, st = stage_run(workdir, config(args, mode, store, root))
                 if rep < 0:
                     continue
+                steps.setdefault((mode, store), []).append(st)
                 cpu.setdefault((mode, store), []).append(c)
                 wall.setdefault((mode, store), []).append(w)
                 roots.setdefault((mode, store), root)
@@ -161,6 +168,13 @@ def main() -> None:
               "the same audio, interleaved with the stage runs. vs f32: on-disk bytes per track over\nthe float32 bytes "
               f"of the track's audio ({f32 / 1e6:.2f} MB at {base.features.sr} Hz); files: files per track entry "
               "(plus one shared index.json per store).")
+        print("\nwhere the stage's time goes (wall s summed over tracks, medians; rest = stage wall - steps: runner,"
+              " ledger, fingerprints, JAMS parse, index):")
+        print(f"{'mode':>8} {'store':>6} " + " ".join(f"{k:>12}" for k in STEPS) + f" {'rest':>8} {'stage wall':>11}")
+        for (mode, store), runs in steps.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in STEPS}
+            w = statistics.median(wall[mode, store])
+            print(f"{mode:>8} {store:>6} " + " ".join(f"{med[k]:>12.2f}" for k in STEPS) + f" {w - sum(med.values()):>8.2f} {w:>11.2f}")
         for mode in MODES:
             print(f"  {mode:>8}: stage cpu s per rep " + ", ".join(
                 f"{s}=[{', '.join(f'{c:.2f}' for c in cpu[mode, s])}]" for s in STORES)

@@ -1,21 +1,25 @@
-"""Patches per second out of the feature store, against the same mux fed from memory,
-and the chord trainer's steps/s on this machine's device.
+"""Patches per second out of the feature store, against the same mux fed from memory.
 
-Prints patches/s for the mux fed from in-memory arrays (the upper bound), from the
-Zarr store and from the HDF5 store, each in one process and through a DataLoader
-with 2 workers (same seed, same settings, same entries); then trainer steps/s and
-patches/s (CR2, structured) fed from the Zarr store.
+The chord task's stream (feature ``cqt``, the task's targets, feature-mode shifts
+-6..6 drawn per activation, the train stage's mux settings) is fed from memory (the
+upper bound: the same entries preloaded), from the Zarr store and from the HDF5 store,
+in one process and through a DataLoader with 2 workers. Configurations alternate in
+repeated rounds so machine noise hits them alike; medians are printed with the ratio
+store / memory. A diagnosis follows: what one streamer activation costs per source
+(open an entry, read a slab with open handles, per array), against the patches it feeds.
 
-    python benchmarks/bench_streaming.py [--workdir work/demo] [--batches 60] [--steps 30]
+    python benchmarks/bench_streaming.py [--workdir DIR] [--tracks 16] [--batches 100] [--rounds 3]
 
-The training split of ``--workdir``'s store is used (run ``make demo`` first); without
-one, a small corpus is built there first (4 tracks, 3 shifts).
+``--workdir`` with a feature-mode zarr store (``features/index.json``, cqt with margins for
+6 semitones) is used as it is; otherwise a corpus is synthesized there (default: a
+temporary directory).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 import warnings
@@ -23,17 +27,18 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-import torch  # noqa: E402
+import numpy as np  # noqa: E402
 
 from mirpipe.models.task import TASKS  # noqa: E402
-from mirpipe.models.trainer import Trainer, TrainerSettings  # noqa: E402
-from mirpipe.stages.train import TrainParams, build_model  # noqa: E402
+from mirpipe.stages.train import TrainParams  # noqa: E402
 from mirpipe.storage import open_store  # noqa: E402
-from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory  # noqa: E402
+from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab  # noqa: E402
 from mirpipe.storage.torch_data import epoch_loader  # noqa: E402
 
+SHIFTS = tuple(range(-6, 7))
 
-def ensure_store(workdir: Path) -> Path:
+
+def ensure_store(workdir: Path, tracks: int) -> Path:
     root = workdir / "features"
     if (root / "index.json").exists():
         return root
@@ -41,17 +46,21 @@ def ensure_store(workdir: Path) -> Path:
     from mirpipe.pipeline.config import PipelineConfig
     from mirpipe.pipeline.runner import Runner
 
-    print(f"no store in {workdir}: building a small one (4 tracks x 3 shifts)")
-    cfg = PipelineConfig.model_validate({"synthesize": {"tracks": 4, "solo_fraction": 0.0}, "augment": {"shifts": [-2, 0, 2]}})
-    Runner(workdir, cfg, progress=False).run(SyncExecutor(), until="features")
+    print(f"building a feature-mode zarr store in {workdir}: {tracks} tracks, chord targets, shifts -6..6")
+    cfg = PipelineConfig.model_validate({
+        "synthesize": {"tracks": tracks, "solo_fraction": 0.0},
+        "augment": {"mode": "feature", "shifts": list(SHIFTS)},
+        "features": {"store": "zarr", "tasks": ["chord"]},
+    })
+    Runner(workdir, cfg, log=lambda m: None, progress=False).run(SyncExecutor(), until="features")
     return root
 
 
-def copy_store(src, backend: str, root: Path, keys, names):
+def copy_store(src, backend: str, root: Path, tracks, names):
     dst = open_store(backend, root)
-    for k in keys:
-        e = src.read_entry(k.track, k.variant, names)
-        dst.write_entry(k.track, k.variant, e.arrays, e.attrs)
+    for t in tracks:
+        e = src.read_entry(t, names)
+        dst.write_entry(t, e.arrays, e.attrs)
     return dst
 
 
@@ -65,73 +74,169 @@ def patches_per_s(stream: PatchStream, workers: int, batches: int, warmup: int) 
     return n / (time.perf_counter() - t0)
 
 
-def trainer_rate(stream: PatchStream, steps: int) -> tuple[float, float, str]:
-    task = TASKS.get("chord")
-    model = build_model(task, TrainParams().model_params("chord"), n_bins=216)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, task, lambda e, s: epoch_loader(stream, e, s), lambda: iter(()),
-                          TrainerSettings(device="auto"), Path(tmp), "bench", log=lambda m: None, tensorboard=False)
-        it = iter(epoch_loader(stream, 0))
-        for _ in range(3):
-            trainer.train_step(next(it))
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
+def activation_costs(spec: StreamSpec, keys, slab_frames: int, n: int, seed: int = 0) -> dict[str, float]:
+    """Seconds per activation: a fresh open of the entry, then a slab read through open handles
+    (as ``read_slab`` does, shift and target transpose included), and per array."""
+    rng = np.random.default_rng(seed)
+    store = open_store(spec.backend, spec.root)
+    _HANDLES.clear()
+    t0 = time.perf_counter()
+    for k in keys:
+        _, _, owner = store.open_arrays(k.track, spec.names)
+        if owner is not None:
+            owner.close()
+    open_s = (time.perf_counter() - t0) / len(keys)
+    for k in keys:  # handles cached, as in a steady stream
+        _HANDLES.arrays(spec, k)
+    draws = []
+    for _ in range(n):
+        k = keys[int(rng.integers(len(keys)))]
+        length = min(k.n_frames, slab_frames)
+        start = int(rng.integers(0, k.n_frames - length + 1))
+        draws.append((k, start, start + length, int(rng.choice(SHIFTS))))
+    t0 = time.perf_counter()
+    for k, a, b, s in draws:
+        read_slab(spec, k, a, b, s)
+    slab_s = (time.perf_counter() - t0) / n
+    per_array = {}
+    for name in spec.names:
         t0 = time.perf_counter()
-        n = 0
-        for _ in range(steps):
-            batch = next(it)
-            trainer.train_step(batch)
-            n += int(batch["cqt"].shape[0])
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        return steps / dt, n / dt, f"{trainer.device}{' (AMP)' if trainer.amp else ''}, {torch.get_num_threads()} threads"
+        for k, a, b, _ in draws:
+            arrays, _ = _HANDLES.arrays(spec, k)
+            np.asarray(arrays[name][0, a:b])
+        per_array[name] = (time.perf_counter() - t0) / n
+    _HANDLES.clear()
+    return {"open": open_s, "slab": slab_s, **{f"array {k}": v for k, v in per_array.items()}}
+
+
+def activations_per_patch(spec: StreamSpec, keys, mux: MuxSettings, batches: int, warmup: int) -> float:
+    """Slab reads (streamer activations) per patch in a steady in-process stream, counted after the
+    same warm-up as the timed runs."""
+    import mirpipe.storage.stream as stream_mod
+
+    calls = [0]
+    original = stream_mod.read_slab
+
+    def counted(*a, **kw):
+        calls[0] += 1
+        return original(*a, **kw)
+
+    stream_mod.read_slab = counted
+    try:
+        it = PatchStream(spec, keys, mux, seed=0).batches(0)
+        for _ in range(warmup):
+            next(it)
+        calls[0] = 0
+        n = sum(int(next(it)[spec.feature].shape[0]) for _ in range(batches))
+    finally:
+        stream_mod.read_slab = original
+    return calls[0] / n
+
+
+def zarr_gathered_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: int = 0) -> float:
+    """Seconds per slab read when the arrays of an activation are read concurrently (zarr's async
+    API, one event-loop round trip) instead of one blocking read per array."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    rng = np.random.default_rng(seed)
+    handles = [_HANDLES.arrays(spec, k)[0] for k in keys]
+
+    async def read(arrays, a, b):
+        return await asyncio.gather(*(arrays[name]._async_array.getitem((0, slice(a, b))) for name in spec.names))
+
+    draws = []
+    for _ in range(n):
+        i = int(rng.integers(len(keys)))
+        length = min(keys[i].n_frames, slab_frames)
+        start = int(rng.integers(0, keys[i].n_frames - length + 1))
+        draws.append((i, start, start + length))
+    t0 = time.perf_counter()
+    for i, a, b in draws:
+        sync(read(handles[i], a, b))
+    out = (time.perf_counter() - t0) / n
+    _HANDLES.clear()
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", type=Path, default=Path("work/demo"))
-    ap.add_argument("--batches", type=int, default=100, help="batches timed per configuration")
-    ap.add_argument("--steps", type=int, default=30, help="trainer steps timed")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed afterwards")
+    ap.add_argument("--tracks", type=int, default=16, help="tracks synthesized when the workdir has no store")
+    ap.add_argument("--batches", type=int, default=100, help="batches timed per configuration and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (0: in-process)")
+    ap.add_argument("--reads", type=int, default=200, help="slab reads timed per source in the diagnosis")
     args = ap.parse_args()
 
-    root = ensure_store(args.workdir)
-    zarr_store = open_store("zarr", root)
-    rows = zarr_store.read_index()
-    keys = [EntryKey(r.track, r.variant, r.n_frames) for r in rows if r.split == "train"]
-    p = TrainParams()
-    task = TASKS.get("chord")
-    names = [task.feature, *task.targets]
-    mux = MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards)
-    print(f"{len(keys)} training entries from {root}; patch {p.patch_frames} frames, batch {p.batch_size}, "
-          f"n_active {p.n_active}, rate {p.rate}, slab {p.slab_frames} frames, {p.n_shards} shards")
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mirpipe-bench-stream-"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-h5-"))
     try:
-        copy_store(zarr_store, "hdf5", tmp / "h5", keys, names)
+        root = ensure_store(workdir, args.tracks)
+        zarr_store = open_store("zarr", root)
+        task = TASKS.get("chord")
+        names = [task.feature, *task.targets]
+        rows = zarr_store.read_index()
+        keys = [EntryKey(r.track, r.frames[task.feature]) for r in rows if r.split == "train"] or \
+            [EntryKey(r.track, r.frames[task.feature]) for r in rows]
+        p = TrainParams()
+        mux = MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards)
+        frames = sum(k.n_frames for k in keys)
+        print(f"{len(keys)} entries ({frames} cqt frames) from {root}; patch {p.patch_frames} frames, batch {p.batch_size}, "
+              f"n_active {p.n_active}, rate {p.rate}, slab {p.slab_frames} frames, {p.n_shards} shards, shifts -6..6")
+
+        copy_store(zarr_store, "hdf5", tmp / "h5", [k.track for k in keys], names)
         preload_memory("bench", zarr_store, keys, names)
+        common = dict(feature=task.feature, targets=task.targets, patch_frames=p.patch_frames,
+                      slab_frames=p.slab_frames, shifts=SHIFTS, task=task)
         specs = {
-            "memory": StreamSpec("memory", "bench", task.feature, task.targets, p.patch_frames, p.slab_frames),
-            "zarr": StreamSpec("zarr", str(root), task.feature, task.targets, p.patch_frames, p.slab_frames),
-            "hdf5": StreamSpec("hdf5", str(tmp / "h5"), task.feature, task.targets, p.patch_frames, p.slab_frames),
+            "memory": StreamSpec("memory", "bench", **common),
+            "zarr": StreamSpec("zarr", str(root), **common),
+            "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
         }
         # every entry activated about once before timing: opening an entry (metadata reads) is a
         # once-per-process cost, a slab read per activation the steady one
         warmup = max(4, int(len(keys) * p.rate / p.batch_size))
-        print(f"warm-up {warmup} batches per configuration, then {args.batches} timed")
-        results = {}
-        print(f"\n{'source':>8} {'loader':>12} {'patches/s':>10} {'vs memory':>10}")
-        for workers in (0, 2):
-            for name, spec in specs.items():
-                rate = patches_per_s(PatchStream(spec, keys, mux, seed=0), workers, args.batches, warmup)
-                results[name, workers] = rate
+        print(f"warm-up {warmup} batches per measurement, then {args.batches} timed; {args.rounds} interleaved rounds")
+        results: dict[tuple[str, int], list[float]] = {}
+        for r in range(args.rounds):
+            order = list(specs) if r % 2 == 0 else list(specs)[::-1]
+            for workers in args.workers:
+                for name in order:
+                    rate = patches_per_s(PatchStream(specs[name], keys, mux, seed=0), workers, args.batches, warmup)
+                    results.setdefault((name, workers), []).append(rate)
+        print(f"\n{'source':>8} {'loader':>12} {'patches/s':>10} {'vs memory':>10}   per round")
+        for workers in args.workers:
+            mem = statistics.median(results["memory", workers])
+            for name in specs:
+                rates = results[name, workers]
                 loader = "in-process" if workers == 0 else f"{workers} workers"
-                print(f"{name:>8} {loader:>12} {rate:>10.0f} {rate / results['memory', workers]:>9.0%}")
-        steps_s, patches_s, device = trainer_rate(PatchStream(specs["zarr"], keys, mux, seed=0), args.steps)
-        print(f"\ntrainer (CR2 structured, zarr stream, in-process loader) on {device}: "
-              f"{steps_s:.2f} steps/s, {patches_s:.0f} patches/s")
+                print(f"{name:>8} {loader:>12} {statistics.median(rates):>10.0f} {statistics.median(rates) / mem:>9.0%}   "
+                      + " ".join(f"{x:.0f}" for x in rates))
+
+        print(f"\ndiagnosis: one activation = one slab read of {p.slab_frames} frames feeding ~{p.rate:.0f} patches "
+              f"(ms, means over {args.reads} reads through open handles)")
+        costs = {name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items()}
+        cols = list(costs["zarr"])
+        print(f"{'source':>8} " + " ".join(f"{c:>26}" for c in cols))
+        for name, c in costs.items():
+            print(f"{name:>8} " + " ".join(f"{1e3 * c[k]:>26.3f}" for k in cols))
+        mem_patch = 1.0 / statistics.median(results["memory", args.workers[0]])
+        per_patch = activations_per_patch(specs["memory"], keys, mux, args.batches, warmup)
+        print(f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches)")
+        gathered = zarr_gathered_slab(specs["zarr"], keys, p.slab_frames, args.reads)
+        print(f"zarr slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
+              f"(blocking, one array after another: {1e3 * costs['zarr']['slab']:.3f} ms)")
+        for name in ("zarr", "hdf5"):
+            extra = (costs[name]["slab"] - costs["memory"]["slab"]) * per_patch
+            print(f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "
+                  f"activation = {1e6 * extra:.1f} us per patch, against {1e6 * mem_patch:.0f} us per patch from memory "
+                  f"-> predicted ratio {mem_patch / (mem_patch + extra):.0%}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

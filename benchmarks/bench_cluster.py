@@ -1,7 +1,7 @@
-"""Wall time of augment + features on the demo corpus by executor: synchronous, LocalCluster with 1
+"""Wall time of the features stage (one item per track) on the demo corpus by executor: synchronous, LocalCluster with 1
 and 2 workers, and the local SLURM with 2 worker jobs (scripts/slurm-local.sh start).
 
-Prints per executor: cluster start-up, the wall time of augment+features, the summed task time,
+Prints per executor: cluster start-up, the wall time of features, the summed task time,
 the speed-up and parallel efficiency against the synchronous run (T_sync / (n * T_n)), and two
 measures of scheduler overhead per task: a batch of no-op tasks through the same executor, and
 (wall - summed task time / workers) / tasks on the real stages.
@@ -28,14 +28,14 @@ from mirpipe.pipeline.ledger import Ledger  # noqa: E402
 from mirpipe.pipeline.runner import Runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES_TIMED = ("augment", "features")
+STAGES_TIMED = ("features",)
 
 
-def _config(tracks: int, duration: float, shifts: int) -> PipelineConfig:
+def _config(tracks: int, duration: float, shifts: int, mode: str) -> PipelineConfig:
     half = shifts // 2
     return PipelineConfig.model_validate(
         {"synthesize": {"tracks": tracks, "min_duration": duration, "max_duration": duration + 4},
-         "augment": {"shifts": list(range(-half, shifts - half))}}
+         "augment": {"shifts": list(range(-half, shifts - half)), "mode": mode}}
     )
 
 
@@ -54,7 +54,7 @@ def _warm(executor) -> None:
     client = getattr(executor, "client", None)
     if client is not None:
         client.wait_for_workers(getattr(executor, "expected", 1), timeout=300)
-        client.run(lambda: __import__("stages.features"))
+        client.run(lambda: __import__("mirpipe.stages.features"))
 
 
 def bench_one(name: str, n: int, cluster: dict, template: Path, cfg: PipelineConfig, noops: int) -> dict:
@@ -87,8 +87,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per demo track (plus 0-4)")
     ap.add_argument("--shifts", type=int, default=13, help="pitch-shift variants per track")
     ap.add_argument("--noops", type=int, default=200)
+    ap.add_argument("--mode", choices=["audio", "feature"], default="audio", help="augment.mode (audio: the heavy items)")
     args = ap.parse_args()
-    cfg = _config(args.tracks, args.duration, args.shifts)
+    cfg = _config(args.tracks, args.duration, args.shifts, args.mode)
     slurm = subprocess.run(["bash", str(REPO / "scripts/slurm-local.sh"), "status"], capture_output=True).returncode == 0
     template = Path(tempfile.mkdtemp(prefix="mirpipe-benchc-corpus-")) / "work"
     try:

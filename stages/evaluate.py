@@ -136,17 +136,18 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
-        entry = open_store(fp.store, store_root(ctx)).read_entry(track, [task.feature])
-        variant, _ = resolve_shift(entry.attrs, 0)
-        geometry = entry.attrs["features"][task.feature]
-        features = FEATURE_KINDS.get(task.feature).view(entry.arrays[task.feature][variant], geometry, 0)
+        with open_store(fp.store, store_root(ctx)).opened(track, [task.feature]) as (arrays, attrs):
+            variant, _ = resolve_shift(attrs, 0)  # only the unshifted variant is read (audio mode stores them all)
+            stored = np.asarray(arrays[task.feature][variant])
+        geometry = attrs["features"][task.feature]
+        features = FEATURE_KINDS.get(task.feature).view(stored, geometry, 0)
         frame_rate = geometry["sr"] / geometry["hop_length"]
         prediction = task.predict(model, features, device)
         ref_jam = jams.load(item.payload["jams"], validate=False)
         ref = task.reference(ref_jam)
         if ref is None:
             raise ValueError(f"{item.payload['jams']}: no {task.namespace} annotation to score against")
-        n_frames = entry.arrays[task.feature].shape[1]
+        n_frames = stored.shape[0]
         duration = float(ref_jam.file_metadata.duration or n_frames / frame_rate)
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
         est = task.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))

@@ -14,7 +14,7 @@ are ``features.<name>`` in pipeline.yaml.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,9 +34,14 @@ class FeatureKind:
         """The stored ``(T, bins)`` array of one variant and its geometry (JSON-able)."""
         raise NotImplementedError
 
+    def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
+        """What turns stored frames into the model input (float32) at a pitch shift of ``shift``
+        semitones; built once per slab (the geometry is parsed and the shift checked here, not per patch)."""
+        raise NotImplementedError
+
     def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
         """The model input (float32) of stored frames at a pitch shift of ``shift`` semitones."""
-        raise NotImplementedError
+        return self.viewer(geometry, shift)(frames)
 
     def input_bins(self, geometry: Mapping[str, Any]) -> int:
         """Frequency bins of the model input (what a network is built for)."""
@@ -63,21 +68,26 @@ def check_shift(geometry: Mapping[str, Any], shift: int) -> int:
     return shift * bps
 
 
-class CQTParams(BaseModel):
-    """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
+class SemitoneGrid(BaseModel):
+    """Settings of a log-frequency grid on which a pitch shift is a whole number of bins."""
 
     model_config = ConfigDict(extra="forbid")
-    hop_length: int = Field(2048, ge=32)
-    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1")
-    n_bins: int = Field(216, ge=12)
     bins_per_octave: int = Field(36, ge=12)
-    amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
 
     @model_validator(mode="after")
     def _semitones(self):
         if self.bins_per_octave % 12:
             raise ValueError(f"bins_per_octave must be a multiple of 12 (shifts are whole bins), got {self.bins_per_octave}")
         return self
+
+
+class CQTParams(SemitoneGrid):
+    """The chord CQT of McFee & Bello (2017): 6 octaves from C1, 36 bins/octave, ~10.8 frames/s."""
+
+    hop_length: int = Field(2048, ge=32)
+    fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1")
+    n_bins: int = Field(216, ge=12)
+    amin: float = Field(1e-5, gt=0, description="floor of the magnitude before the log")
 
 
 @FEATURE_KINDS.register
@@ -100,16 +110,16 @@ class CQT(FeatureKind):
                     "frame_rate": sr / params.hop_length}
         return db, geometry
 
-    def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
+    def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
         start = int(geometry["margin_bins"]) - check_shift(geometry, shift)
-        return np.asarray(frames[..., start : start + int(geometry["n_bins"])], dtype=np.float32)
+        stop = start + int(geometry["n_bins"])
+        return lambda frames: np.asarray(frames[..., start:stop], dtype=np.float32)
 
 
-class HCQTParams(BaseModel):
+class HCQTParams(SemitoneGrid):
     """The harmonic CQT of Bittner et al. (2017), kept as one wide 8-bit log-CQT per track:
     60 bins/octave, 6 octaves from C1, harmonics 0.5..5, hop 256 at 22050 Hz."""
 
-    model_config = ConfigDict(extra="forbid")
     hop_length: int = Field(256, ge=32)
     fmin: float = Field(32.703195662574764, gt=0, description="Hz; C1, the lowest bin of harmonic 1")
     n_bins: int = Field(360, ge=12, description="bins per harmonic")
@@ -119,9 +129,7 @@ class HCQTParams(BaseModel):
     quantize: bool = Field(True, description="store 8-bit codes over a fixed dB range (see mirpipe.storage.hcqt.DB_RANGE)")
 
     @model_validator(mode="after")
-    def _semitones(self):
-        if self.bins_per_octave % 12:
-            raise ValueError(f"bins_per_octave must be a multiple of 12 (shifts are whole bins), got {self.bins_per_octave}")
+    def _harmonics(self):
         if not self.harmonics or min(self.harmonics) <= 0:
             raise ValueError(f"harmonics must be positive, got {self.harmonics}")
         return self
@@ -152,12 +160,18 @@ class HCQT(FeatureKind):
                     "frame_rate": sr / params.hop_length, "db_range": list(DB_RANGE) if params.quantize else None}
         return stored, geometry
 
-    def view(self, frames: np.ndarray, geometry: Mapping[str, Any], shift: int) -> np.ndarray:
+    def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
         from .hcqt import WideCQT, dequantize_db, harmonic_view
 
         check_shift(geometry, shift)
-        db = dequantize_db(frames, *geometry["db_range"]) if geometry.get("db_range") else np.asarray(frames, np.float32)
-        return harmonic_view(db, WideCQT.from_json(geometry["wide"]), shift)
+        wide = WideCQT.from_json(geometry["wide"])
+        db_range = geometry.get("db_range")
+
+        def view(frames: np.ndarray) -> np.ndarray:
+            db = dequantize_db(frames, *db_range) if db_range else np.asarray(frames, np.float32)
+            return harmonic_view(db, wide, shift)
+
+        return view
 
     def floor(self, frames: np.ndarray) -> Any:
         return 0 if frames.dtype == np.uint8 else super().floor(frames)

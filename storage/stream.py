@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pescador
 
 from .base import open_store
-from .feature_kinds import FEATURE_KINDS
+from .feature_kinds import FEATURE_KINDS, FeatureKind
 from .memory_store import preload_memory  # noqa: F401 - re-exported for benchmarks and tests
 
 IGNORE = -1  # target value of padded frames: losses skip them
@@ -115,26 +115,25 @@ class Slab:
 
     frames: np.ndarray  # the feature as stored (T, bins)
     targets: dict[str, np.ndarray]  # already moved by the residual shift
-    geometry: dict[str, Any]
     shift: int
+    kind: FeatureKind
+    view: Callable[[np.ndarray], np.ndarray]  # stored frames -> model input at ``shift`` (built once per slab)
 
     def __len__(self) -> int:
         return self.frames.shape[0]
 
     def patch(self, feature: str, at: int, n: int) -> dict[str, np.ndarray]:
-        kind = FEATURE_KINDS.get(self.geometry["kind"])
-        return {feature: kind.view(self.frames[at : at + n], self.geometry, self.shift),
-                **{name: a[at : at + n] for name, a in self.targets.items()}}
+        return {feature: self.view(self.frames[at : at + n]), **{name: a[at : at + n] for name, a in self.targets.items()}}
 
     def pad(self, n: int) -> "Slab":
         """Padded to ``n`` frames: the feature with its floor (silence), targets with ``IGNORE``."""
         missing = n - len(self)
         if missing <= 0:
             return self
-        fill = FEATURE_KINDS.get(self.geometry["kind"]).floor(self.frames)
+        fill = self.kind.floor(self.frames)
         frames = np.concatenate([self.frames, np.full((missing,) + self.frames.shape[1:], fill, self.frames.dtype)])
         targets = {k: np.concatenate([a, np.full((missing,) + a.shape[1:], IGNORE, a.dtype)]) for k, a in self.targets.items()}
-        return Slab(frames, targets, self.geometry, self.shift)
+        return replace(self, frames=frames, targets=targets)
 
 
 def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int = 0) -> Slab:
@@ -146,7 +145,10 @@ def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int
         if spec.task is None:
             raise ValueError(f"a shift of {residual} semitones needs the task that moves the targets")
         targets = spec.task.transpose(targets, residual)
-    return Slab(np.asarray(arrays[spec.feature][variant, start:stop]), targets, attrs["features"][spec.feature], residual)
+    geometry = attrs["features"][spec.feature]
+    kind = FEATURE_KINDS.get(geometry["kind"])
+    frames = np.asarray(arrays[spec.feature][variant, start:stop])
+    return Slab(frames, targets, residual, kind, kind.viewer(geometry, residual))
 
 
 def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[str, np.ndarray]]:

@@ -371,7 +371,7 @@ class Ingest(Stage):
         for _, n in noticed:
             by_code[n.code] = by_code.get(n.code, 0) + 1
         if noticed:
-            notes.append("ingest warnings: " + ", ".join(f"{code} {k}" for code, k in sorted(by_code.items())))
+            notes.append("warnings: " + ", ".join(f"{code} {k}" for code, k in sorted(by_code.items())))
             notes += [f"  WARNING {track}: {n.code}: {n.message}" for track, n in noticed[:NOTES_LISTED]]
             if len(noticed) > NOTES_LISTED:
                 notes.append(f"  ... {len(noticed) - NOTES_LISTED} more warnings ({path})")

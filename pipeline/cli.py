@@ -239,6 +239,36 @@ def status(workdir: Path, json_mode: bool) -> None:
     sys.exit(_exit_code(rows))
 
 
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True)
+@click.option("--repair", is_flag=True, help="return damaged items to pending, so the next run recomputes them")
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
+    """Open every done item's outputs and check their contents (planning only compares sizes and
+    modification times). Lists the damaged items; --repair makes them pending.
+
+    Exit code 0 when nothing is damaged (or everything damaged was repaired), 1 otherwise."""
+    from . import workdir as wd
+    from .config import ConfigError
+    from .runner import Runner, workdir_lock
+
+    if wd.recorded(workdir) is None:
+        raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
+    pipeline, _ = wd.resolve(workdir, None, None)
+    with workdir_lock(workdir):  # no run may write while outputs are checked or markers forgotten
+        damaged = Runner(workdir, pipeline, progress=False).verify(repair=repair)
+    if json_mode:
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "damaged": damaged, "repaired": repair}))
+    else:
+        for d in damaged:
+            click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else ""))
+        click.echo(f"mirpipe: {len(damaged)} damaged item(s)" + (
+            f"; run `mirpipe run --workdir {workdir}` to recompute them" if damaged and repair else
+            "; `mirpipe verify --repair` makes them pending" if damaged else ""))
+    sys.exit(EXIT_OK if not damaged or repair else EXIT_FAILED_ITEMS)
+
+
 @main.group()
 def cluster() -> None:
     """Inspect the cluster configuration (nothing is submitted)."""

@@ -58,6 +58,7 @@ class StagePlan:
     done: dict[str, Done] = field(default_factory=dict)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # known failures, not retried
     total: int = 0
+    done_items: dict[str, WorkItem] = field(default_factory=dict)  # the work items behind ``done``
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Runner:
             record = self._record(stage, marker) if marker and marker["fingerprint"] == fp else None
             if record is not None and stage.outputs_valid(item, self.ctx, record):
                 plan.done[item.id] = Done(fp, record)
+                plan.done_items[item.id] = item
                 continue
             failure = failures.get(item.id)
             if failure and failure["fingerprint"] == fp and not retry_failed:
@@ -265,6 +267,21 @@ class Runner:
             selected = order
         remove_leftovers(self.workdir)  # temporary files of killed writers (we hold the workdir lock)
         return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
+
+    def verify(self, repair: bool = False) -> list[dict[str, Any]]:
+        """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones, which
+        ``repair`` returns to pending (their markers forgotten) so the next run recomputes them."""
+        damaged = []
+        for name in stage_order(self.config):
+            stage = STAGES.get(name)
+            plan = self.plan(name)
+            self._done_cache[name] = plan.done
+            for item_id, done in plan.done.items():
+                if not stage.verify_outputs(plan.done_items[item_id], self.ctx, done.record):
+                    damaged.append({"stage": name, "item": item_id})
+                    if repair:
+                        self.ledger.forget(name, item_id)
+        return damaged
 
     def status(self) -> list[dict[str, Any]]:
         """Per stage: items done / running / pending / failed, each failure, and the stage's notes.

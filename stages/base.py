@@ -89,8 +89,13 @@ class Stage(ABC):
         """Compute one item's outputs; return a small record (a ``record_type`` instance)."""
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: Any) -> bool:
-        """Whether the outputs of a done item are still in place (checked before skipping it)."""
+        """Whether the outputs of a done item are still in place (checked before skipping it, for every
+        done item when planning: keep it to a ``stat`` or two, from what the record holds)."""
         return True
+
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: Any) -> bool:
+        """The deep check of ``mirpipe verify``: open the outputs and check their contents."""
+        return self.outputs_valid(item, ctx, record)
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""

@@ -83,6 +83,7 @@ class FeaturesRecord(Record):
     frames: dict[str, int]  # frames per feature
     arrays: dict[str, ArraySpec]
     timings: dict[str, float]  # seconds per step, and the audio seconds processed
+    stamp: list[int] | None = None  # the entry file's (size, mtime_ns) when written: planning's cheap check
 
 
 def store_root(ctx: StageContext) -> Path:
@@ -191,7 +192,8 @@ class Features(Stage):
         arrays, attrs, timings = compute_entry(item.payload["audio"], item.payload["jams"], p, ctx.params["augment"], prep)
         attrs.update(track=track, fingerprint=item.payload.get("fingerprint"))
         t0 = time.perf_counter()
-        open_store(p.store, store_root(ctx)).write_entry(track, arrays, attrs)
+        store = open_store(p.store, store_root(ctx))
+        store.write_entry(track, arrays, attrs)
         timings["write"] = time.perf_counter() - t0
         return FeaturesRecord(
             track=track,
@@ -200,12 +202,30 @@ class Features(Stage):
             frames={k: int(arrays[k].shape[1]) for k in attrs["features"]},
             arrays={k: ArraySpec.of(v) for k, v in arrays.items()},
             timings=timings,
+            stamp=store.entry_stamp(track),
         )
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
+        """Planning's check, one ``stat``: the entry is the file this item wrote (same size and
+        modification time); a truncated, cut or rewritten entry makes the item pending again.
+        ``mirpipe verify`` opens every entry instead (``verify_outputs``)."""
         p: FeaturesParams = ctx.params["features"]
-        # opened and checked, not just present: a truncated or partial entry makes the item pending again
-        return open_store(p.store, store_root(ctx)).is_valid(item.payload["track"])
+        store = open_store(p.store, store_root(ctx))
+        if record.stamp is None:  # a record from before stamps: the deep check
+            return store.is_valid(item.payload["track"])
+        return store.entry_stamp(item.payload["track"]) == record.stamp
+
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
+        """Every chunk present, and every array read and decoded (zip CRCs, codec errors)."""
+        p: FeaturesParams = ctx.params["features"]
+        store = open_store(p.store, store_root(ctx))
+        if not (self.outputs_valid(item, ctx, record) and store.is_valid(item.payload["track"])):
+            return False
+        try:
+            store.read_entry(item.payload["track"])
+        except Exception:  # noqa: BLE001 - any failure to read back is damage
+            return False
+        return True
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: FeaturesParams = ctx.params["features"]

@@ -13,6 +13,7 @@ A backend is one module: a ``FeatureStore`` subclass registered with
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,6 +85,15 @@ class FeatureStore(ABC):
 
     def has_entry(self, track: str) -> bool:
         return self.entry_path(track).exists()
+
+    def entry_stamp(self, track: str) -> list[int] | None:
+        """(size, mtime_ns) of the entry file, None when it is missing: what a completion record keeps
+        so that planning notices a damaged or replaced entry without opening it."""
+        try:
+            st = os.stat(self.entry_path(track))
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
 
     def write_entry(self, track: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
         """Write one entry atomically (one file); a concurrent or repeated write of the same entry is harmless."""

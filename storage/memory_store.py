@@ -43,6 +43,9 @@ class MemoryStore(FeatureStore):
     def is_valid(self, track: str) -> bool:
         return self.has_entry(track)
 
+    def entry_stamp(self, track: str) -> list[int] | None:
+        return [0, 0] if self.has_entry(track) else None
+
     def write_index(self, rows: list[IndexRow]) -> None:
         self.index = rows
 

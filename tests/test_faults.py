@@ -177,6 +177,38 @@ def test_planted_broken_entries_are_detected_and_rewritten(backend, augmented, f
 
 
 @pytest.mark.slow
+def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_corpus, reference_store):
+    """Damage that keeps an entry's size and modification time passes planning's stat check;
+    ``mirpipe verify`` opens the entries, finds it, and ``--repair`` makes the item pending."""
+    from click.testing import CliRunner
+
+    from mirpipe.pipeline import workdir as wd
+    from mirpipe.pipeline.cli import main
+
+    cfg = corpus_config(fault_corpus)
+    wd.record(augmented, cfg, parse_cluster({"type": "sync"}))
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(augmented, cfg, progress=False).run(ex, until="features")
+        path = open_store("zarr", augmented / "features").entry_path("demo-0002")
+        st = path.stat()
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert Runner(augmented, cfg, progress=False).plan("features").total == FAULT_TRACKS
+        assert "demo-0002" in Runner(augmented, cfg, progress=False).plan("features").done  # stat check passes
+        res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented), "--json"], catch_exceptions=False)
+        assert res.exit_code == 1 and json.loads(res.stdout)["damaged"] == [{"stage": "features", "item": "demo-0002"}]
+        res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented), "--repair"], catch_exceptions=False)
+        assert res.exit_code == 0 and "DAMAGED features demo-0002 (now pending)" in res.stdout
+        (report,) = Runner(augmented, cfg, progress=False).run(ex, only="features")
+        assert report.scheduled == 1 and report.done == 1
+    res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented)], catch_exceptions=False)
+    assert res.exit_code == 0 and "0 damaged" in res.stdout
+    assert_same_store(store_contents(augmented), reference_store)
+
+
 def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_it(augmented, fault_corpus, tmp_path, repo_root):
     cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus, retries=2), {"type": "sync"})
     blocker = augmented / "features" / "demo-0001.zarr.zip"

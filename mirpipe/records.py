@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass
 from functools import cache
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 R = TypeVar("R", bound="Record")
 
@@ -36,13 +36,15 @@ class Record:
             return data
         if not isinstance(data, Mapping):
             raise RecordError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-        fields = _fields(cls)
-        required = {n for n, (_, has_default) in fields.items() if not has_default}
-        missing, unknown = sorted(required - data.keys()), sorted(data.keys() - fields.keys())
-        if missing or unknown:
+        names, required, loaders = _plan(cls)
+        keys = data.keys()
+        if not (required <= keys and keys <= names):
+            missing, unknown = sorted(required - keys), sorted(keys - names)
             raise RecordError(f"{cls.__name__}: " + "; ".join(
                 part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if part))
-        return cls(**{k: _load(fields[k][0], v) for k, v in data.items()})
+        if not loaders:  # no nested records: the JSON values are the fields (the common, fast case)
+            return cls(**data)
+        return cls(**{k: (loaders[k](v) if k in loaders and v is not None else v) for k, v in data.items()})
 
     def replace(self: R, **changes: Any) -> R:
         return dataclasses.replace(self, **changes)
@@ -58,19 +60,32 @@ def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
     }
 
 
-def _load(tp: Any, value: Any) -> Any:
-    """Rebuild nested records inside a JSON value according to the field's type."""
-    if value is None:
-        return None
+@cache
+def _plan(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, Callable[[Any], Any]]]:
+    """Per record class, once: its field names, the required ones, and a loader for each field
+    whose type holds records (the other JSON values are taken as they are)."""
+    fields = _fields(cls)
+    loaders = {name: loader for name, (tp, _) in fields.items() if (loader := _loader(tp)) is not None}
+    return frozenset(fields), frozenset(n for n, (_, has_default) in fields.items() if not has_default), loaders
+
+
+def _loader(tp: Any) -> Callable[[Any], Any] | None:
+    """How to rebuild the nested records in a JSON value of type ``tp``; None when there are none."""
     if isinstance(tp, type) and issubclass(tp, Record):
-        return tp.from_json(value)
+        return tp.from_json
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (list, tuple) and args and isinstance(value, list):
-        return origin(_load(args[0], v) for v in value)
-    if origin is dict and len(args) == 2 and isinstance(value, Mapping):
-        return {k: _load(args[1], v) for k, v in value.items()}
+    if origin in (list, tuple) and args:
+        inner = _loader(args[0])
+        if inner is None:
+            return (lambda v: tuple(v) if isinstance(v, list) else v) if origin is tuple else None
+        return lambda v: origin(inner(x) if x is not None else None for x in v) if isinstance(v, list) else v
+    if origin is dict and len(args) == 2:
+        inner = _loader(args[1])
+        if inner is None:
+            return None
+        return lambda v: {k: (inner(x) if x is not None else None) for k, x in v.items()} if isinstance(v, Mapping) else v
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             if isinstance(arg, type) and issubclass(arg, Record):
-                return arg.from_json(value)
-    return value
+                return arg.from_json
+    return None

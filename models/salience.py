@@ -139,7 +139,8 @@ def overall_accuracy_curve(peak: np.ndarray, correct: np.ndarray, voiced: np.nda
     return hits / peak.size
 
 
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 4)
+# salience peaks of a small network trained briefly sit low: sweep finely near 0
+THRESHOLDS = np.round(np.concatenate([np.arange(0.01, 0.1, 0.01), np.arange(0.1, 0.951, 0.025)]), 4)
 
 
 def tune_threshold(outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -157,18 +158,21 @@ def tune_threshold(outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 # -- scores --------------------------------------------------------------------------------
 
-def melody_scores(ref_times, ref_hz, est_times, est_hz, hop: float = 0.01) -> dict[str, dict[str, float]]:
-    """``mir_eval.melody.evaluate`` of one track, each score with the seconds that pool it.
+def melody_scores(ref_times, ref_hz, est_times, est_hz) -> dict[str, dict[str, float]]:
+    """``mir_eval.melody.evaluate`` of one track (its defaults: the estimate resampled to the
+    reference's time base), each score with the seconds that pool it.
 
-    The weights are what each metric divides by, on mir_eval's own resampled grid: voiced
-    reference frames (VR, RPA, RCA; ``ref_voicing`` summed, as mir_eval does), unvoiced
-    reference frames (VFA), all frames (OA); a duration-weighted mean over tracks is then the
-    score of the tracks' frames pooled.
+    The weights are what each metric divides by, counted on that time base and multiplied by
+    the reference hop: voiced reference frames (VR, RPA, RCA; ``ref_voicing`` summed, as
+    mir_eval does), unvoiced reference frames (VFA), all frames (OA). A weighted mean over
+    tracks is then the score of the tracks' frames pooled (exact for a common reference hop).
     """
     import mir_eval
 
-    scores = mir_eval.melody.evaluate(ref_times, ref_hz, est_times, est_hz, hop=hop)
-    ref_v, _, _, _ = mir_eval.melody.to_cent_voicing(ref_times, ref_hz, est_times, est_hz, hop=hop)
+    ref_times, est_times = np.asarray(ref_times, float), np.asarray(est_times, float)
+    scores = mir_eval.melody.evaluate(ref_times, ref_hz, est_times, est_hz)
+    ref_v, _, _, _ = mir_eval.melody.to_cent_voicing(ref_times, ref_hz, est_times, est_hz)
+    hop = float(np.median(np.diff(ref_times))) if len(ref_times) > 1 else 0.01
     ref_binary = (ref_v > 0).astype(float)
     weights = {
         "Voicing Recall": ref_binary.sum(),

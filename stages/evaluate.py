@@ -6,6 +6,7 @@ the task's own (``mirpipe.models.task.Task``)."""
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 from dataclasses import dataclass
@@ -182,7 +183,9 @@ class Evaluate(Stage):
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", prediction=prediction)
+            # the prediction goes to tasks whose plot takes it (a plugin written before it existed may not)
+            extra = {"prediction": prediction} if "prediction" in inspect.signature(task.plot).parameters else {}
+            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", **extra)
             figure = str(fig.relative_to(ctx.workdir))
         return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline)
 

@@ -65,7 +65,7 @@ class TrainParams(BaseModel):
     models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per task, streaming/optimisation settings of this section that differ for it "
-        "(e.g. {pitch: {batch_size: 16, steps_per_epoch: 60}})")
+        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})")
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")

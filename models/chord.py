@@ -346,7 +346,8 @@ class ChordTask(Task):
     def score(self, ref, est) -> Scores:
         return score(ref, est)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
+             prediction: np.ndarray | None = None) -> None:
         from .figures import plot_segments
 
         plot_segments(path, features, frame_rate, [("reference", ref), ("estimate", est)], title, ylabel="CQT bin")

@@ -38,3 +38,35 @@ def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Seq
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def plot_salience(path: Path, salience: np.ndarray, frame_rate: float, grid, contours: Sequence[tuple[str, object]],
+                  title: str) -> None:
+    """A (T, bins) salience map on its log-frequency grid with ``pitch_contour`` annotations over it
+    (voiced frames only; one colour per annotation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .salience import contour_arrays
+
+    duration = salience.shape[0] / frame_rate
+    fig, ax = plt.subplots(figsize=(14, 5))
+    ax.imshow(np.asarray(salience, np.float32).T, origin="lower", aspect="auto", cmap="Greys",
+              extent=(0, duration, -0.5, salience.shape[1] - 0.5))
+    styles = [dict(color="tab:blue", lw=2.5, alpha=0.5), dict(color="tab:red", lw=0, marker=".", ms=2)]
+    for (name, ann), style in zip(contours, styles * len(contours)):
+        times, hz = contour_arrays(ann)
+        bins = np.where(hz > 0, grid.bin_of(np.abs(hz)), np.nan)
+        ax.plot(times, bins, label=name, **style)
+    ticks = np.arange(0, salience.shape[1] + 1, grid.bins_per_octave)
+    ax.set_yticks(ticks, [f"C{1 + i}" for i in range(len(ticks))])
+    ax.set_ylabel("f0 (salience bins)")
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)

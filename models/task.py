@@ -9,13 +9,18 @@ features stage, the configuration and the CLI know no task by name:
   ``jams.nsconvert``), and ``encode`` (targets on a frame grid, stored under
   ``targets/``; bump ``version`` when they change);
 - **training**: ``Params`` (network hyper-parameters, validated from
-  ``train.models.<task>``), ``build``, ``loss``, ``metric`` / ``metric_name``,
-  and ``fit_state`` (what it estimates from training targets, e.g. a transition
-  prior, kept in the checkpoint);
+  ``train.models.<task>``), ``prepare_batch`` (batch targets derived from the stored
+  ones when a batch is cut, e.g. a salience map from f0), ``build``, ``loss``,
+  ``metric`` / ``metric_name``, ``fit_state`` (what it estimates from training
+  targets, e.g. a transition prior, kept in the checkpoint) and ``tune`` (what it
+  estimates from the trained model on the validation split, e.g. a decision
+  threshold, kept in the checkpoint too);
 - **inference**: ``DecodeParams`` (``evaluate.decoding.<task>``), ``predict``
   (network output of a whole track) and ``decode`` (to a JAMS annotation);
 - **scoring**: ``score`` (one track; each metric with the weight that pools it,
-  e.g. seconds), ``score_columns`` (what the summary table shows) and ``plot``.
+  e.g. seconds), ``score_columns`` (what the summary table shows) and ``plot``;
+- **baseline** (optional): ``baseline_name`` and ``baseline`` (a non-learned method run
+  on the same test audio, scored with the same ``score`` into the same report).
 
 Torch-dependent parts import torch inside their methods, so the feature workers
 that only ``encode`` targets never import it. A target-only task (``trainable =
@@ -128,6 +133,7 @@ class Task:
     score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows
     Params: ClassVar[type[BaseModel]] = NoParams
     DecodeParams: ClassVar[type[BaseModel]] = NoParams
+    baseline_name: ClassVar[str | None] = None  # a reference method scored beside the model (``baseline``)
 
     # -- data --------------------------------------------------------------------
     def usable(self, namespaces: Sequence[str]) -> bool:
@@ -155,6 +161,11 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} does not say how its targets move under a pitch shift")
 
     # -- training ----------------------------------------------------------------
+    def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of stored targets (numpy, ``(B, T, ...)``; padded frames ``-1``) with whatever
+        the loss needs derived from them; runs where batches are cut (loader workers)."""
+        return batch
+
     def build(self, n_bins: int, params: BaseModel):
         """The network (a torch.nn.Module) for ``n_bins`` feature bins."""
         raise NotImplementedError(f"task {self.name!r} has no network yet")
@@ -172,6 +183,11 @@ class Task:
         stored in the checkpoint for decoding."""
         return {}
 
+    def tune(self, model, batches, device) -> dict[str, Any]:
+        """JSON-able values estimated from the trained ``model`` (eval mode) on the validation
+        ``batches`` (tensors, as ``prepare_batch`` made them), merged into the checkpoint's state."""
+        return {}
+
     # -- inference ---------------------------------------------------------------
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         """The network's output over a whole track (T, ...) as a numpy array."""
@@ -181,6 +197,11 @@ class Task:
                state: Mapping[str, Any], options: BaseModel):
         """A JAMS annotation of ``namespace`` from a whole-track prediction."""
         raise NotImplementedError
+
+    def baseline(self, audio_path: str, prep, duration: float):
+        """The baseline's annotation of one test track (``stages.annotations.Preparation`` says how
+        to read its audio), or None; scored with ``score`` beside the model's."""
+        return None
 
     # -- scoring -----------------------------------------------------------------
     def score(self, ref, est) -> Scores:
@@ -194,5 +215,7 @@ class Task:
         """A few words on one track's scores (figure titles)."""
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.score_columns[:2] if m in scores)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str) -> None:
-        """A figure of one scored track (written through the atomic helper)."""
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
+             prediction: np.ndarray | None = None) -> None:
+        """A figure of one scored track (written through the atomic helper); ``prediction`` is
+        what ``predict`` returned for it."""

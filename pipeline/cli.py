@@ -89,8 +89,15 @@ def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> Non
     for task, s in scores.items():
         columns = s.get("columns") or [k for k, v in s.items() if isinstance(v, float)]
         _echo(f"\n{task} scores (mir_eval, duration-weighted over {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
-        _echo("  " + " ".join(f"{c:>8}" for c in columns), json_mode)
-        _echo("  " + " ".join(f"{s[c]:>8.3f}" if s.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
+        rows = [("model", s)]
+        if isinstance(s.get("baseline"), dict):
+            rows.append((str(s["baseline"].get("name") or "baseline"), s["baseline"]))
+        label = max(len(name) for name, _ in rows) if len(rows) > 1 else 0
+        pad = " " * (label + 1) if label else ""
+        _echo("  " + pad + " ".join(f"{c:>8}" for c in columns), json_mode)
+        for name, row in rows:
+            head = f"{name:<{label}} " if label else ""
+            _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
         _echo(f"  per track: {workdir / 'reports' / task / 'scores.csv'}; figures: {workdir / 'reports' / task / 'figures'}", json_mode)
 
 

@@ -6,6 +6,7 @@ the task's own (``mirpipe.models.task.Task``)."""
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class EvaluateRecord(Record):
     scores: dict[str, dict[str, float]]
     estimate: str  # the estimated JAMS, relative to the workdir
     figure: str | None = None
+    baseline: dict[str, dict[str, float]] | None = None  # the task's baseline method, scored the same way
 
 
 class EvaluateParams(BaseModel):
@@ -53,6 +55,7 @@ class EvaluateParams(BaseModel):
     checkpoint: Literal["best", "last"] = Field("best", description="which training checkpoint to score")
     decoding: dict[str, Any] = Field(default_factory=dict, description="per task, its decoding options")
     figures: int = Field(3, ge=0, description="tracks to plot per task")
+    baselines: bool = Field(True, description="score each task's baseline method (if it has one) beside the model")
     device: str = Field("auto", description="auto, cpu, cuda")
 
     @field_validator("tasks")
@@ -119,9 +122,11 @@ class Evaluate(Stage):
                     WorkItem(
                         f"{task_name}/{track}",
                         payload={"task": task_name, "track": track, "jams": manifest[track].jams,
-                                 "prep": manifest[track].prep.to_json(), "plot": i < p.figures},
+                                 "audio": manifest[track].audio, "prep": manifest[track].prep.to_json(),
+                                 "plot": i < p.figures},
                         identity={"trained_at": trained.record.trained_at,
-                                  "decoding": p.decode_params(task_name).model_dump(mode="json")},
+                                  "decoding": p.decode_params(task_name).model_dump(mode="json"),
+                                  **({"baseline": task.baseline_name} if task.baseline_name and p.baselines else {})},
                         upstream=(trained.fingerprint, feat.fingerprint),
                     )
                 )
@@ -167,12 +172,22 @@ class Evaluate(Stage):
             scores = task.score(ref, est)
         except ValueError as exc:  # mir_eval rejects the reference: the same every time, so not retried
             raise errors.ScoringError(jams_path, f"{task.name} scoring failed: {exc}") from None
+        baseline = None
+        if task.baseline_name and p.baselines:
+            base = task.baseline(item.payload["audio"], prep, duration)
+            if base is not None:
+                try:
+                    baseline = task.score(ref, base)
+                except ValueError as exc:
+                    raise errors.ScoringError(jams_path, f"{task.name} baseline scoring failed: {exc}") from None
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}")
+            # the prediction goes to tasks whose plot takes it (a plugin written before it existed may not)
+            extra = {"prediction": prediction} if "prediction" in inspect.signature(task.plot).parameters else {}
+            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", **extra)
             figure = str(fig.relative_to(ctx.workdir))
-        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure)
+        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline)
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> bool:
         return (ctx.workdir / record.estimate).exists()
@@ -187,12 +202,25 @@ class Evaluate(Stage):
             out = report_dir(ctx, task_name)
             table = io.StringIO()
             writer = csv.writer(table)
-            writer.writerow(["track", "duration", *task.metrics])
+            base_cols = [f"{task.baseline_name}:{m}" for m in task.metrics] if any(r.baseline for r in records) else []
+            writer.writerow(["track", "duration", *task.metrics, *base_cols])
             for r in records:
                 writer.writerow([r.track, f"{r.duration:.3f}",
-                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.metrics)])
+                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.metrics),
+                                 *((f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else "" for m in task.metrics)
+                                   if base_cols else ())])
             write_bytes(out / "scores.csv", table.getvalue().encode())
             totals = task.pool([r.scores for r in records])
+            based = [r for r in records if r.baseline is not None]
+            baseline = {}
+            if based:
+                baseline = {"baseline": {
+                    "name": task.baseline_name,
+                    **{m: _finite(v) for m, v in task.pool([r.baseline for r in based]).items()},
+                    "n_tracks": len(based),
+                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.metrics if m in r.baseline}
+                               for r in based},
+                }}
             write_json(out / "scores.json", {
                 **{m: _finite(v) for m, v in totals.items()},
                 "columns": list(task.score_columns),
@@ -201,4 +229,5 @@ class Evaluate(Stage):
                 "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
                 "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.metrics if m in r.scores}
                            for r in records},
+                **baseline,
             })

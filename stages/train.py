@@ -63,6 +63,9 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)")
     models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per task, streaming/optimisation settings of this section that differ for it "
+        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})")
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
@@ -105,6 +108,24 @@ class TrainParams(BaseModel):
     def _models(cls, v: Any) -> dict[str, BaseModel]:
         return per_task_params(v, "models", "Params")
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, changes in v.items():
+            TASKS.check(name)
+            bad = sorted(set(changes or {}) & {"tasks", "models", "overrides"})
+            if bad:
+                raise ValueError(f"overrides.{name}: {', '.join(bad)} cannot be set per task")
+            cls.model_validate(changes or {})  # unknown keys and bad values fail here
+        return {name: dict(changes or {}) for name, changes in v.items()}
+
+    def for_task(self, task: str) -> "TrainParams":
+        """These settings with ``overrides.<task>`` applied."""
+        changes = self.overrides.get(task)
+        if not changes:
+            return self
+        return type(self).model_validate({**self.model_dump(exclude={"models"}), **changes, "models": self.models})
+
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""
         return self.models.get(task) or TASKS.get(task).Params()
@@ -114,6 +135,7 @@ class TrainParams(BaseModel):
 # list and the per-task networks go into each task's own item instead.
 NOT_FINGERPRINTED = {
     "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
+    "overrides",
 }
 
 
@@ -195,7 +217,9 @@ class Train(Stage):
             items.append(WorkItem(
                 name, payload={"task": name},
                 identity={"model": p.model_params(name).model_dump(mode="json"),
-                          "shifts": ctx.params["augment"].active_shifts()},
+                          "shifts": ctx.params["augment"].active_shifts(),
+                          **({"overrides": p.for_task(name).model_dump(mode="json", exclude=NOT_FINGERPRINTED)}
+                             if p.overrides.get(name) else {})},
                 upstream=(digest,),
             ))
         return items
@@ -204,9 +228,9 @@ class Train(Stage):
         from mirpipe.models.trainer import Trainer, TrainerSettings
         from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
-        p: TrainParams = ctx.params["train"]
         fp: FeaturesParams = ctx.params["features"]
         task = TASKS.get(item.payload["task"])
+        p: TrainParams = ctx.params["train"].for_task(task.name)
         train_keys, val_keys = split_keys(ctx, task)
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
@@ -251,6 +275,8 @@ class Train(Stage):
             trainer.close()
         if not trainer.best_path.exists():
             raise RuntimeError(f"train[{task.name}]: no validation pass produced a checkpoint")
+        if val_keys:
+            tune_checkpoints(task, trainer.model, (trainer.best_path, trainer.last_path), val_batches, trainer.device)
         return TrainRecord(
             task=task.name,
             trained_at=time.time(),
@@ -264,6 +290,24 @@ class Train(Stage):
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
         return (ctx.workdir / record.checkpoint).exists()
+
+
+def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
+    """``Task.tune`` each checkpoint's model on the validation batches; what it returns joins the
+    checkpoint's ``meta.state`` (evaluation decodes with it). Tasks without ``tune`` cost nothing."""
+    import torch
+
+    from mirpipe.models.trainer import atomic_save
+
+    if type(task).tune is Task.tune:
+        return
+    for path in paths:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        tuned = task.tune(model.eval(), batches(), device)
+        ckpt["meta"]["state"] = {**ckpt["meta"].get("state", {}), **tuned}
+        atomic_save(ckpt, path)
+        _log(f"train[{task.name}]: tuned on the validation split for {path.name}: {tuned}")
 
 
 def _log(message: str) -> None:

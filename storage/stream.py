@@ -55,11 +55,17 @@ class StreamSpec:
     patch_frames: int = 128
     slab_frames: int = 1024  # frames read per activation (a whole track when shorter)
     shifts: tuple[int, ...] = (0,)  # semitones an activation draws from
-    task: Any = None  # what moves the targets under a shift (``transpose(targets, n)``); None: only shift 0
+    task: Any = None  # what moves the targets under a shift (``transpose(targets, n)``) and derives batch
+    # targets from stored ones (``prepare_batch(batch)``); None: only shift 0, batches as stored
 
     @property
     def names(self) -> list[str]:
         return [self.feature, *self.targets]
+
+    def prepare(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A stacked batch with the task's derived targets (``Task.prepare_batch``)."""
+        prepare = getattr(self.task, "prepare_batch", None)  # any object with ``transpose`` may stand for a task
+        return batch if prepare is None else prepare(batch)
 
 
 def resolve_shift(attrs: dict[str, Any], shift: int) -> tuple[int, int]:
@@ -218,7 +224,7 @@ class PatchStream:
             streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode,
             random_state=derive_seed(self.seed, epoch, shard, "mux"),
         )
-        return pescador.buffer_stream(mux.iterate(), self.mux.batch_size)
+        return map(self.spec.prepare, pescador.buffer_stream(mux.iterate(), self.mux.batch_size))
 
     def batches(self, epoch: int, worker: int = 0, n_workers: int = 1, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """Global batches ``skip + worker``, ``skip + worker + n_workers``, ... of an epoch.
@@ -252,7 +258,7 @@ def track_patches(spec: StreamSpec, keys: Sequence[EntryKey], batch_size: int) -
         for at in range(0, key.n_frames, spec.patch_frames):
             buf.append(slab.patch(spec.feature, at, spec.patch_frames))
             if len(buf) == batch_size:
-                yield {n: np.stack([p[n] for p in buf]) for n in spec.names}
+                yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in spec.names})
                 buf = []
     if buf:
-        yield {n: np.stack([p[n] for p in buf]) for n in spec.names}
+        yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in spec.names})

@@ -120,7 +120,7 @@ def test_config_names_are_checked_against_the_registries():
     assert "unknown store backend 'parquet'" in text and "zarr" in text and "hdf5" in text
     assert "unknown pitch-shift backend 'sox'" in text and "rubberband" in text
     with pytest.raises(ConfigError, match="no network to train yet"):
-        parse_pipeline({"train": {"tasks": ["pitch"]}})
+        parse_pipeline({"train": {"tasks": ["instrument"]}})  # targets only, no network yet
 
 
 def test_run_order_comes_from_needs_and_a_registered_stage_joins_it(tmp_path):

@@ -1,0 +1,184 @@
+"""Pitch salience on a log-frequency grid (Bittner et al. 2017), in numpy: the training target
+built from f0 per frame, decoding a salience map to a contour, tuning the voicing threshold,
+and mir_eval.melody scores with the weights that pool them exactly over tracks.
+
+Nothing here imports torch: the target is built when a batch is cut (in the loader), and
+decoding and scoring run wherever evaluation does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+C1_HZ = 32.703195662574764
+MELODY_METRICS = ("Voicing Recall", "Voicing False Alarm", "Raw Pitch Accuracy", "Raw Chroma Accuracy", "Overall Accuracy")
+SHORT = {"Voicing Recall": "VR", "Voicing False Alarm": "VFA", "Raw Pitch Accuracy": "RPA",
+         "Raw Chroma Accuracy": "RCA", "Overall Accuracy": "OA"}
+METRICS = tuple(SHORT[m] for m in MELODY_METRICS)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The output frequency grid: ``n_bins`` bins from ``fmin`` at ``bins_per_octave``."""
+
+    fmin: float = C1_HZ
+    bins_per_octave: int = 60
+    n_bins: int = 360
+
+    def bin_of(self, hz: np.ndarray) -> np.ndarray:
+        """Fractional bin of each frequency (Hz > 0); NaN elsewhere."""
+        hz = np.asarray(hz, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(hz > 0, self.bins_per_octave * np.log2(hz / self.fmin), np.nan)
+
+    def hz_of(self, bins: np.ndarray) -> np.ndarray:
+        return self.fmin * 2.0 ** (np.asarray(bins, dtype=np.float64) / self.bins_per_octave)
+
+    @property
+    def cents_per_bin(self) -> float:
+        return 1200.0 / self.bins_per_octave
+
+
+def salience_target(f0_hz: np.ndarray, grid: Grid = Grid(), sigma_bins: float = 1.0) -> np.ndarray:
+    """(..., n_bins) float32 target of f0 per frame (Hz; 0 unvoiced, < 0 ignored -> all zeros).
+
+    A Gaussian along frequency centred on the f0's fractional bin, peak 1 at the f0 itself,
+    standard deviation ``sigma_bins`` (1 bin = 20 cents at 60 bins/octave). An f0 off the grid
+    leaves the frame (nearly) empty, as it would be for a model that cannot represent it.
+    """
+    b = grid.bin_of(f0_hz)[..., None]  # NaN for unvoiced/ignored frames
+    k = np.arange(grid.n_bins, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        t = np.exp(-0.5 * ((k - b) / sigma_bins) ** 2)
+    t[~np.isfinite(t)] = 0.0
+    t[t < 1e-4] = 0.0  # a sparse tail: nothing beyond ~4.3 sigma
+    return t.astype(np.float32)
+
+
+def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins: float = 1.0) -> np.ndarray:
+    """Multi-f0 target: the element-wise maximum of each sounding note's Gaussian."""
+    out = None
+    for f in note_hz:
+        t = salience_target(f, grid, sigma_bins)
+        out = t if out is None else np.maximum(out, t)
+    return out
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+def peak_frequency(salience: np.ndarray, grid: Grid = Grid(), radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(peak salience, f0 in Hz) per frame of a (T, n_bins) map: the argmax bin refined to
+    sub-bin precision by the salience-weighted mean of the bins within ``radius`` of it."""
+    s = np.asarray(salience, dtype=np.float64)
+    T, F = s.shape
+    if T == 0:
+        return np.zeros(0), np.zeros(0)
+    peak = np.argmax(s, axis=1)
+    offsets = np.arange(-radius, radius + 1)
+    idx = peak[:, None] + offsets[None, :]
+    ok = (idx >= 0) & (idx < F)
+    w = np.where(ok, s[np.arange(T)[:, None], np.clip(idx, 0, F - 1)], 0.0)
+    w = np.maximum(w, 0.0)
+    den = w.sum(axis=1)
+    refined = np.where(den > 0, (w * idx).sum(axis=1) / np.maximum(den, 1e-12), peak)
+    return s[np.arange(T), peak], grid.hz_of(refined)
+
+
+def decode_f0(salience: np.ndarray, threshold: float, grid: Grid = Grid()) -> tuple[np.ndarray, np.ndarray]:
+    """(f0 in Hz, voiced) per frame: the refined peak, voiced where its salience is >= threshold.
+    Unvoiced frames keep their pitch guess (scored by raw pitch accuracy, mir_eval's convention)."""
+    peak, hz = peak_frequency(salience, grid)
+    return hz, peak >= threshold
+
+
+def contour_annotation(times: np.ndarray, hz: np.ndarray, voiced: np.ndarray, duration: float):
+    """A JAMS ``pitch_contour`` annotation, one observation per frame."""
+    import jams
+
+    ann = jams.Annotation(namespace="pitch_contour", time=0, duration=duration)
+    for i, (t, f, v) in enumerate(zip(np.asarray(times, float), np.asarray(hz, float), np.asarray(voiced, bool))):
+        if t >= duration:
+            break
+        ann.append(time=float(t), duration=0.0, value={"index": 0, "frequency": float(f), "voiced": bool(v)}, confidence=None)
+    return ann
+
+
+def contour_arrays(ann) -> tuple[np.ndarray, np.ndarray]:
+    """(times, signed Hz) of a ``pitch_contour`` annotation in mir_eval's convention: frequency
+    > 0 voiced, < 0 unvoiced with a pitch guess, 0 unvoiced without one."""
+    data = ann.data
+    times = np.array([obs.time for obs in data], dtype=float)
+    hz = np.array([abs(float(obs.value["frequency"])) for obs in data], dtype=float)
+    voiced = np.array([bool(obs.value["voiced"]) for obs in data], dtype=bool)
+    order = np.argsort(times, kind="stable")
+    times, hz, voiced = times[order], hz[order], voiced[order]
+    return times, np.where(voiced, hz, -hz)
+
+
+# -- the voicing threshold -----------------------------------------------------------------
+
+def frame_outcomes(peak: np.ndarray, hz: np.ndarray, f0_ref: np.ndarray, tolerance_cents: float = 50.0):
+    """Per frame (reference f0 >= 0 only): (peak salience, pitch correct, reference voiced)."""
+    keep = f0_ref >= 0
+    peak, hz, ref = peak[keep], hz[keep], f0_ref[keep]
+    voiced = ref > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cents = np.abs(1200.0 * np.log2(np.where(voiced, hz, 1.0) / np.where(voiced, ref, 1.0)))
+    return peak, voiced & (cents < tolerance_cents), voiced
+
+
+def overall_accuracy_curve(peak: np.ndarray, correct: np.ndarray, voiced: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Frame overall accuracy (mir_eval's definition on a common grid) at each threshold."""
+    if peak.size == 0:
+        return np.zeros(len(thresholds))
+    on = peak[None, :] >= np.asarray(thresholds, float)[:, None]
+    hits = (on & correct[None, :]).sum(axis=1) + (~on & ~voiced[None, :]).sum(axis=1)
+    return hits / peak.size
+
+
+# salience peaks of a small network trained briefly sit low: sweep finely near 0
+THRESHOLDS = np.round(np.concatenate([np.arange(0.01, 0.1, 0.01), np.arange(0.1, 0.951, 0.025)]), 4)
+
+
+def tune_threshold(outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   thresholds: np.ndarray = THRESHOLDS) -> tuple[float, float]:
+    """(threshold, overall accuracy) that maximizes the frame overall accuracy pooled over
+    ``outcomes`` (``frame_outcomes`` of each validation patch or track); ties take the lowest."""
+    parts = list(outcomes)
+    peak = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    correct = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, bool)
+    voiced = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, bool)
+    curve = overall_accuracy_curve(peak, correct, voiced, thresholds)
+    best = int(np.argmax(curve))
+    return float(thresholds[best]), float(curve[best])
+
+
+# -- scores --------------------------------------------------------------------------------
+
+def melody_scores(ref_times, ref_hz, est_times, est_hz) -> dict[str, dict[str, float]]:
+    """``mir_eval.melody.evaluate`` of one track (its defaults: the estimate resampled to the
+    reference's time base), each score with the seconds that pool it.
+
+    The weights are what each metric divides by, counted on that time base and multiplied by
+    the reference hop: voiced reference frames (VR, RPA, RCA; ``ref_voicing`` summed, as
+    mir_eval does), unvoiced reference frames (VFA), all frames (OA). A weighted mean over
+    tracks is then the score of the tracks' frames pooled (exact for a common reference hop).
+    """
+    import mir_eval
+
+    ref_times, est_times = np.asarray(ref_times, float), np.asarray(est_times, float)
+    scores = mir_eval.melody.evaluate(ref_times, ref_hz, est_times, est_hz)
+    ref_v, _, _, _ = mir_eval.melody.to_cent_voicing(ref_times, ref_hz, est_times, est_hz)
+    hop = float(np.median(np.diff(ref_times))) if len(ref_times) > 1 else 0.01
+    ref_binary = (ref_v > 0).astype(float)
+    weights = {
+        "Voicing Recall": ref_binary.sum(),
+        "Voicing False Alarm": (1.0 - ref_binary).sum(),
+        "Raw Pitch Accuracy": ref_v.sum(),
+        "Raw Chroma Accuracy": ref_v.sum(),
+        "Overall Accuracy": float(len(ref_v)),
+    }
+    return {SHORT[m]: {"score": float(scores[m]), "weight": float(weights[m]) * hop} for m in MELODY_METRICS}

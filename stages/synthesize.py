@@ -35,13 +35,13 @@ def _default_soundfonts() -> dict[str, list[str]]:
 
 class SynthesizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tracks: int = Field(32, ge=1, le=100_000, description="number of demo tracks (band mixtures and solo melodies)")
+    tracks: int = Field(80, ge=1, le=100_000, description="number of demo tracks (band mixtures and solo melodies)")
     seed: int = Field(0, description="corpus seed: same seed, same corpus")
     sr: int = Field(22050, ge=8000)
-    min_duration: float = Field(20.0, gt=2.0)
-    max_duration: float = Field(45.0, gt=2.0)
+    min_duration: float = Field(15.0, gt=2.0)
+    max_duration: float = Field(35.0, gt=2.0)
     solo_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks")
-    clips_per_family: int = Field(24, ge=0, le=10_000, description="short solo clips per instrument family")
+    clips_per_family: int = Field(20, ge=0, le=10_000, description="short solo clips per instrument family")
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
     renderer: Literal["auto", "soundfont", "numpy"] = Field(

@@ -130,6 +130,7 @@ class Synthesize(Stage):
             group = splits.GROUP_SOLO if solo else splits.GROUP_MIXTURE
             split = splits.split_of(p.seed, group, i)
             payload = {"index": i, "solo": solo, "kind": "solo" if solo else "mixture", "split": split, "family": None,
+                       "renderer": renderer,
                        "soundfont": splits.soundfont_of(p.seed, group, i, p.soundfonts[split]) if renderer == "soundfont" else None}
             items.append(WorkItem(track_id(i), payload=payload, identity=payload))
         families = _clip_families(renderer)
@@ -138,6 +139,7 @@ class Synthesize(Stage):
                 group = splits.GROUP_CLIPS + f
                 split = splits.split_of(p.seed, group, k)
                 payload = {"index": k, "solo": True, "kind": "clip", "split": split, "family": family,
+                           "renderer": renderer,
                            "soundfont": splits.soundfont_of(p.seed, group, k, p.soundfonts[split]) if renderer == "soundfont" else None}
                 items.append(WorkItem(clip_id(family, k), payload=payload, identity=payload))
         return items
@@ -151,8 +153,8 @@ class Synthesize(Stage):
 
     def run(self, item: WorkItem, ctx: StageContext) -> SynthRecord:
         p: SynthesizeParams = ctx.params["synthesize"]
-        renderer, _ = resolve_renderer(p)
         pay = item.payload
+        renderer = pay["renderer"]  # the driver's decision: a worker without FluidSynth fails, it does not switch
         if renderer == "soundfont":
             y, jam, duration, instruments = _render_sampled(item.id, pay, p)
         else:

@@ -35,6 +35,7 @@ class InstrumentTask(Task):
 
     name = "instrument"
     namespace = "tag_open"
+    merges_annotations = True  # tags from several annotations all hold
     targets = ("targets/instruments",)
     trainable = False
 

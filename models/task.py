@@ -79,6 +79,13 @@ def offered_namespaces(namespaces: Sequence[str]) -> list[str]:
     return sorted(offered)
 
 
+def converts_to(namespace: str, target: str) -> bool:
+    """Is an annotation in ``namespace`` one of ``target`` (itself or convertible with jams.nsconvert)?"""
+    import jams
+
+    return namespace == target or any(_matches(namespace, src) for src in jams.nsconvert.__CONVERSION__.get(target, {}))
+
+
 def _matches(namespace: str, pattern: str) -> bool:
     import re
 
@@ -113,6 +120,9 @@ class Task:
     feature: ClassVar[str] = "cqt"  # feature kind the network reads (a store array; its frame grid holds the targets)
     targets: ClassVar[tuple[str, ...]] = ()  # store arrays a training patch carries ("targets/...")
     trainable: ClassVar[bool] = True
+    # False: one reference per track (ingest picks it by ``ingest.annotation_choice`` when several
+    # compete); True: every annotation of the namespace counts (instrument tags from several taggers)
+    merges_annotations: ClassVar[bool] = False
     metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
     metrics: ClassVar[tuple[str, ...]] = ()  # per-track scores, in table order
     score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows

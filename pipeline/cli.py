@@ -51,14 +51,18 @@ def _echo(msg: str, json_mode: bool) -> None:
 
 
 def _status_table(rows, echo=click.echo) -> None:
-    """Per stage done / pending / failed / quarantined, then one line per failure (file, class, message)."""
-    echo(f"{'stage':>12} {'total':>6} {'done':>6} {'pending':>8} {'failed':>7} {'quarantined':>12}")
+    """Per stage done / running / pending / failed / quarantined, then one line per failure (file,
+    class, message), then what each stage noted (ingest: the corpus scan and its warnings)."""
+    echo(f"{'stage':>12} {'total':>6} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} {'quarantined':>12}")
     for r in rows:
-        echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['pending']:>8} {r['failed']:>7} {r['quarantined']:>12}")
+        echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['running']:>8} {r['pending']:>8} {r['failed']:>7} {r['quarantined']:>12}")
     for r in rows:
         for f in r["failures"]:
             label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
             echo(f"  {label} {r['stage']} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}")
+    for r in rows:
+        for line in r.get("notes", []):
+            echo(f"{r['stage']}: {line}" if not line.startswith(" ") else f"{' ' * len(r['stage'])}  {line.lstrip()}")
 
 
 def _table(reports, json_mode: bool) -> None:
@@ -210,20 +214,27 @@ def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
 def status(workdir: Path, json_mode: bool) -> None:
-    """Per stage: items done / pending / failed / quarantined, and each failure's item, file, class and message.
+    """Per stage: items done / running / pending / failed / quarantined, each failure's item, file, class
+    and message, and what ingest noted (files left out of the corpus, warnings). Says so when a run
+    holds the workdir (pid, host, since when).
 
     Exit code 0 when nothing failed, 1 when some items failed or were quarantined."""
     from . import workdir as wd
     from .config import ConfigError
-    from .runner import Runner
+    from .runner import Runner, active_run
 
     if wd.recorded(workdir) is None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
+    holder = active_run(workdir)
     rows = Runner(workdir, pipeline, progress=False).status()
     if json_mode:
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r["stage"]: r for r in rows}}, indent=1))
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "active_run": holder,
+                               "stages": {r["stage"]: r for r in rows}}, indent=1))
     else:
+        if holder is not None:
+            click.echo(f"mirpipe: a run holds this workdir (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                       f"since {holder.get('since', '?')}); items it has started show as running")
         _status_table(rows)
     sys.exit(_exit_code(rows))
 

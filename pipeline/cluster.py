@@ -76,14 +76,43 @@ class DaskExecutor:
             return f"http://127.0.0.1:{bound[0][1]}/status"
         return link
 
+    # Items in flight at once: a few per worker thread, so the scheduler holds a bounded number of tasks
+    # (a few ms and some memory each) whatever the stage's size; results are consumed as they complete.
+    WINDOW_PER_THREAD = 4
+    MIN_WINDOW = 32  # also while an HPC cluster's first worker jobs are still queued
+
+    def window(self) -> int:
+        try:
+            threads = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer right now
+            threads = 0
+        return max(self.MIN_WINDOW, self.WINDOW_PER_THREAD * threads)
+
     def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
+        import time
+
         from distributed import as_completed
 
-        futures = {}
-        for key, args in calls:
-            fut = self.client.submit(fn, *args, key=key, pure=False, resources=resources)
-            futures[fut] = key
-        for fut in as_completed(list(futures)):
+        pending = iter(calls)
+        futures: dict[Any, str] = {}
+        done = as_completed()
+        window, sized_at = self.window(), time.monotonic()
+
+        def top_up() -> None:
+            nonlocal window, sized_at
+            if time.monotonic() - sized_at > 1.0:  # workers come and go (adaptive HPC clusters)
+                window, sized_at = self.window(), time.monotonic()
+            while len(futures) < window:
+                nxt = next(pending, None)
+                if nxt is None:
+                    return
+                key, args = nxt
+                fut = self.client.submit(fn, *args, key=key, pure=False, resources=resources)
+                futures[fut] = key
+                done.add(fut)
+
+        top_up()
+        for fut in done:
             key = futures.pop(fut)
             try:
                 yield key, fut.result()
@@ -91,6 +120,7 @@ class DaskExecutor:
                 yield key, exc
             finally:
                 fut.release()
+            top_up()
 
 
 JOBQUEUE_CLASSES = {"slurm": "SLURM", "pbs": "PBS", "sge": "SGE", "lsf": "LSF"}

@@ -127,6 +127,13 @@ class Ledger:
         except OSError:
             return 0
 
+    def started(self, stage: str) -> set[str]:
+        """Items of a stage whose run began and has not been recorded done since."""
+        base = self.root / stage
+        if not base.exists():
+            return set()
+        return {path.relative_to(base).as_posix()[: -len(STARTED_SUFFIX)] for path in base.rglob(f"*{STARTED_SUFFIX}")}
+
     def clear_starts(self, stage: str, item: str) -> None:
         self._path(stage, item, STARTED_SUFFIX).unlink(missing_ok=True)
 

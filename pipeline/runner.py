@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -81,23 +82,48 @@ class StageReport:
 
 @contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Exclusive lock on a workdir: a second concurrent run is refused, not interleaved."""
+    """Exclusive lock on a workdir: a second concurrent run is refused, not interleaved.
+    The lock file says who holds it (pid, host, since when) for ``mirpipe status``."""
     workdir.mkdir(parents=True, exist_ok=True)
     fh = open(workdir / LOCK_NAME, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        raise WorkdirBusyError(f"{workdir} is in use by another mirpipe run; wait for it to finish") from None
+        holder = active_run(workdir)
+        who = f" (pid {holder['pid']} on {holder['host']}, since {holder['since']})" if holder and "pid" in holder else ""
+        raise WorkdirBusyError(f"{workdir} is in use by another mirpipe run{who}; wait for it to finish") from None
     try:
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{os.getpid()}\n")
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
         fh.flush()
         yield
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def active_run(workdir: Path) -> dict[str, Any] | None:
+    """Who holds the workdir's lock ({pid, host, since}), or None when no run does (or this process)."""
+    path = Path(workdir) / LOCK_NAME
+    try:
+        fh = open(path)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: read who holds it
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except json.JSONDecodeError:
+                return {}
+            mine = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+            return None if mine else holder
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
 
 
 class Runner:
@@ -241,23 +267,29 @@ class Runner:
         return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
 
     def status(self) -> list[dict[str, Any]]:
-        """Per stage: items done / pending / failed, and each failure."""
+        """Per stage: items done / running / pending / failed, each failure, and the stage's notes.
+        Items count as running only while a run holds the workdir and their run has begun."""
         out = []
+        live = active_run(self.workdir) is not None
         for name in stage_order(self.config):
             plan = self.plan(name)
             self._done_cache[name] = plan.done
+            started = self.ledger.started(name) if live else set()
+            running = sum(item.id in started for item, _ in plan.todo)
             out.append(
                 {
                     "stage": name,
                     "total": plan.total,
                     "done": len(plan.done),
-                    "pending": len(plan.todo),
+                    "running": running,
+                    "pending": len(plan.todo) - running,
                     "failed": sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
                     "quarantined": sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
                     "failures": [
                         {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
                         for f in plan.failed.values()
                     ],
+                    "notes": STAGES.get(name).status_notes(self.ctx),
                 }
             )
         return out

@@ -11,8 +11,8 @@ import soundfile as sf
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".opus", ".au")
 
 
-def load_mono(path: Path | str, sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Decode a file to mono float32, resampled to ``sr`` when given (soxr, high quality).
+def load_channels(path: Path | str) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 channels ``(C, n)`` at its own rate.
 
     soundfile decodes what libsndfile reads (no sample checks, so ingest can
     classify NaN/inf itself); other containers go through audioread via librosa.
@@ -21,11 +21,30 @@ def load_mono(path: Path | str, sr: int | None = None) -> tuple[np.ndarray, int]
 
     try:
         y, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-        y = y.mean(axis=1)
+        y = y.T
     except sf.LibsndfileError:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            y, file_sr = librosa.load(str(path), sr=None, mono=True)
+            y, file_sr = librosa.load(str(path), sr=None, mono=False)
+        y = np.atleast_2d(y)
+    return np.asarray(y, dtype=np.float32), int(file_sr)
+
+
+def downmix(channels: np.ndarray, channel: int | None = None) -> np.ndarray:
+    """The mean of the channels, or channel ``channel`` alone (ingest's choice for a track
+    whose channels cancel when averaged)."""
+    return channels.mean(axis=0) if channel is None else channels[channel]
+
+
+def load_mono(path: Path | str, sr: int | None = None, channel: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file to mono float32 (the channel mean, or one channel), resampled to ``sr``
+    when given (soxr, high quality)."""
+    import librosa
+
+    channels, file_sr = load_channels(path)
+    if channel is not None and channel >= channels.shape[0]:
+        raise ValueError(f"{path}: channel {channel} asked for, the file has {channels.shape[0]}")
+    y = downmix(channels, channel)
     if sr is not None and sr != file_sr:
         y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
         file_sr = sr

@@ -95,6 +95,10 @@ class Stage(ABC):
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""
 
+    def status_notes(self, ctx: StageContext) -> list[str]:
+        """Lines ``mirpipe status`` prints under the stage (what it decided or left out); cheap to compute."""
+        return []
+
 
 STAGES: Registry[Stage] = Registry(
     "stage",

@@ -69,6 +69,32 @@ class UnsupportedFormatError(InputError):
     """A container no decoder here understands."""
 
 
+class SilentAudioError(InputError):
+    """The audio is silent or nearly so (below ``ingest.silence_db``): nothing to learn from."""
+
+
+class DurationMismatchError(InputError):
+    """The JAMS ``file_metadata.duration`` disagrees with the decoded audio beyond the tolerance
+    (the annotation likely belongs to another version of the recording)."""
+
+
+class AnnotationOverlapError(InputError):
+    """Observations of a namespace that forbids overlaps (chords, keys, segments) overlap by more
+    than the timing tolerance."""
+
+
+class AnnotationChoiceError(InputError):
+    """Several annotations of a task's namespace, and the configured rule picks none of them."""
+
+
+class SplitError(InputError):
+    """The JAMS declares a split (``sandbox.split``) that is not train, val or test."""
+
+
+class ScoringError(InputError):
+    """The reference cannot be scored (mir_eval rejects it): deterministic, so never retried."""
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Errors worth no retry: the same input fails the same way."""
     return isinstance(exc, InputError)

@@ -22,6 +22,8 @@ from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
 from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 
+from . import errors
+from .annotations import Preparation, prepared_jams
 from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
@@ -90,7 +92,7 @@ class Evaluate(Stage):
     name = "evaluate"
     params = EvaluateParams
     needs = ("train", "features")
-    version = "1"
+    version = "2"  # 2: the prepared reference and the audio's duration
     record_type = EvaluateRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
@@ -116,7 +118,8 @@ class Evaluate(Stage):
                 items.append(
                     WorkItem(
                         f"{task_name}/{track}",
-                        payload={"task": task_name, "track": track, "jams": manifest[track].jams, "plot": i < p.figures},
+                        payload={"task": task_name, "track": track, "jams": manifest[track].jams,
+                                 "prep": manifest[track].prep.to_json(), "plot": i < p.figures},
                         identity={"trained_at": trained.record.trained_at,
                                   "decoding": p.decode_params(task_name).model_dump(mode="json")},
                         upstream=(trained.fingerprint, feat.fingerprint),
@@ -143,12 +146,14 @@ class Evaluate(Stage):
         features = FEATURE_KINDS.get(task.feature).view(stored, geometry, 0)
         frame_rate = geometry["sr"] / geometry["hop_length"]
         prediction = task.predict(model, features, device)
-        ref_jam = jams.load(item.payload["jams"], validate=False)
+        jams_path = item.payload["jams"]
+        prep = Preparation.from_json(item.payload["prep"])
+        ref_jam = prepared_jams(jams_path, prep)  # the reference ingest chose, snapped as ingest validated it
         ref = task.reference(ref_jam)
         if ref is None:
-            raise ValueError(f"{item.payload['jams']}: no {task.namespace} annotation to score against")
+            raise errors.AnnotationSchemaError(jams_path, f"no {task.namespace} annotation to score against")
         n_frames = stored.shape[0]
-        duration = float(ref_jam.file_metadata.duration or n_frames / frame_rate)
+        duration = prep.duration  # the audio's, never the JAMS's own claim
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
         est = task.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
         est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta["model"], sort_keys=True)}
@@ -158,7 +163,10 @@ class Evaluate(Stage):
         est_path = out / "estimates" / f"{track}.jams"
         with atomic_path(est_path) as tmp:
             est_jam.save(str(tmp), strict=True)
-        scores = task.score(ref, est)
+        try:
+            scores = task.score(ref, est)
+        except ValueError as exc:  # mir_eval rejects the reference: the same every time, so not retried
+            raise errors.ScoringError(jams_path, f"{task.name} scoring failed: {exc}") from None
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"

@@ -23,6 +23,7 @@ from mirpipe.storage import STORE_BACKENDS, open_store
 from mirpipe.storage.base import ArraySpec, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
+from .annotations import Preparation, prepared_jams
 from .audio_io import load_mono
 from .augment import AugmentParams
 from .base import STAGES, Done, Stage, StageContext, WorkItem
@@ -89,17 +90,21 @@ def store_root(ctx: StageContext) -> Path:
     return Path(p.store_path) if p.store_path is not None else ctx.path("features")
 
 
-def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams
-                  ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    """Arrays ``(V, T, ...)``, attributes and timings of one track's entry."""
+def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams,
+                  prep: Preparation | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Arrays ``(V, T, ...)``, attributes and timings of one track's entry.
+
+    ``prep`` is what ingest decided (reference annotations, channel, snapped boundaries);
+    without it the files are read as they are.
+    """
     import jams
     import librosa
 
     from .deform import deform
 
     t0 = time.perf_counter()
-    jam = jams.load(str(jams_path), validate=False)
-    y, _ = load_mono(audio_path, sr=p.sr)
+    jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)
+    y, _ = load_mono(audio_path, sr=p.sr, channel=prep.channel if prep is not None else None)
     timings = {"load": time.perf_counter() - t0, "pitch_shift": 0.0, "annotations": 0.0, "features": 0.0, "targets": 0.0}
     variants = aug.stored_variants()
     if variants == [0]:
@@ -169,17 +174,21 @@ class Features(Stage):
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         manifest = read_manifest(ctx)
+        # identity is the track's content (audio and JAMS bytes and ingest's decisions), not ingest's
+        # fingerprint: a file touched, moved or re-hashed without changing is not recomputed
         return [
-            WorkItem(track, payload={"track": track, "audio": manifest[track].audio, "jams": manifest[track].jams},
-                     upstream=(done.fingerprint,))
-            for track, done in sorted(upstream["ingest"].items())
+            WorkItem(track, payload={"track": track, "audio": manifest[track].audio, "jams": manifest[track].jams,
+                                     "prep": manifest[track].prep.to_json()},
+                     identity={"content": manifest[track].content})
+            for track in sorted(upstream["ingest"])
             if track in manifest
         ]
 
     def run(self, item: WorkItem, ctx: StageContext) -> FeaturesRecord:
         p: FeaturesParams = ctx.params["features"]
         track = item.payload["track"]
-        arrays, attrs, timings = compute_entry(item.payload["audio"], item.payload["jams"], p, ctx.params["augment"])
+        prep = Preparation.from_json(item.payload["prep"])
+        arrays, attrs, timings = compute_entry(item.payload["audio"], item.payload["jams"], p, ctx.params["augment"], prep)
         attrs.update(track=track, fingerprint=item.payload.get("fingerprint"))
         t0 = time.perf_counter()
         open_store(p.store, store_root(ctx)).write_entry(track, arrays, attrs)

@@ -1,27 +1,36 @@
-"""ingest: pair audio with JAMS, validate each track, and write the manifest with track splits."""
+"""ingest: pair audio with JAMS, validate each track, and write the manifest with track splits.
+
+Every track is either used, with what ingest decided about it recorded (its
+``Preparation``: the reference annotation where several compete, the channel that
+stands for it, snapped boundaries, the audio's duration; and a warning for each
+decision), or reported as a classified failure naming the file and the reason.
+Every file the corpus scan sees is counted; files that are not tracks are listed
+with the reason they were left out (``manifest.json``'s ``scan``; ``mirpipe status``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.errors import WorkdirFileError
-from mirpipe.models.task import offered_namespaces
+from mirpipe.models.task import TASKS, offered_namespaces
 from mirpipe.records import Record, RecordError
 from mirpipe.storage.atomic import read_json, write_json
 
 from . import errors
-from .audio_io import AUDIO_EXTENSIONS, header_frames, load_mono, riff_declared_frames
+from .annotations import ChoiceRule, Preparation, apply, choose
+from .audio_io import header_frames, load_channels, riff_declared_frames
 from .base import STAGES, Done, Stage, StageContext, WorkItem
+from .corpus_scan import ScanSummary, scan_corpus
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
@@ -34,6 +43,22 @@ class IngestParams(BaseModel):
     split_fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     annotation_tolerance: float = Field(0.5, ge=0.0, description="seconds an annotation may run past the audio")
     length_tolerance: float = Field(0.01, ge=0.0, description="allowed relative gap between decoded and header length")
+    change_detection: Literal["stat", "content"] = Field(
+        "stat", description="stat: size, modification and inode change times (an edit is seen even when the "
+                            "modification time is restored); content: also hash every file when planning (slow)")
+    annotation_choice: ChoiceRule = Field(default_factory=ChoiceRule,
+                                          description="which annotation is the reference when several of a task's namespace compete")
+    annotation_choice_by_namespace: dict[str, ChoiceRule] = Field(default_factory=dict,
+                                                                  description="per namespace (chord, pitch_contour, ...), overriding annotation_choice")
+    silence_db: float = Field(-60.0, description="RMS level (dBFS) below which a track is silent (an input failure)")
+    downmix_loss_db: float = Field(10.0, gt=0.0, description="when the channel mean loses this much of the channels' "
+                                                             "energy (phase cancellation), the loudest channel is used")
+    duration_tolerance: float = Field(0.5, ge=0.0, description="seconds file_metadata.duration may differ from the audio")
+    duration_mismatch: Literal["fail", "correct"] = Field(
+        "fail", description="beyond the tolerance: fail the track, or correct to the audio's duration with a warning")
+    timing_tolerance: float = Field(1e-3, ge=0.0, description="seconds of gap or overlap between consecutive chord/key/segment "
+                                                              "observations that are snapped (with a warning); larger overlaps fail")
+    declared_splits: bool = Field(True, description="honour a split the JAMS declares in sandbox.split (train/val/test)")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -42,6 +67,14 @@ class IngestParams(BaseModel):
         if any(v < 0 for v in self.split_fractions.values()) or abs(sum(self.split_fractions.values()) - 1) > 1e-6:
             raise ValueError(f"split_fractions must be non-negative and sum to 1, got {self.split_fractions}")
         return self
+
+
+@dataclass(frozen=True)
+class Notice(Record):
+    """A decision ingest took about a track that a user should know of (kept in the manifest)."""
+
+    code: str  # several_annotations, downmix, snapped, duration_corrected
+    message: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +91,10 @@ class TrackRecord(Record):
     jams_sha256: str
     namespaces: list[str]  # as annotated (the split strata)
     offers: list[str]  # what the tasks can read after jams.nsconvert (chord_harte -> chord, ...)
+    prep: Preparation  # how the stages read the track (stages.annotations.prepared_jams, load_mono's channel)
+    notices: list[Notice]
+    declared_split: str | None  # the JAMS's own sandbox.split, when honoured
+    content: str  # digest of the audio and JAMS bytes and of ``prep``: what later stages depend on
 
 
 @dataclass(frozen=True)
@@ -68,11 +105,6 @@ class ManifestRow(TrackRecord):
     fingerprint: str
 
 
-def safe_track_id(stem: str) -> str:
-    """A path- and key-safe track id from a file stem."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "track"
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -81,12 +113,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stat(path: str) -> list:
+def _stat(path: str, content: bool) -> list:
+    """What tells a file changed: size, modification time, and the inode change time, which
+    no user tool can restore (``cp -p`` and ``rsync -t`` restore the modification time)."""
     try:
         st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
     except OSError:
-        return [path, None, None]
+        return [path, None]
+    out = [path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    if content:
+        try:
+            out.append(_sha256(Path(path)))
+        except OSError:
+            pass
+    return out
 
 
 def corpus_dir(ctx: StageContext) -> Path:
@@ -94,25 +134,8 @@ def corpus_dir(ctx: StageContext) -> Path:
     return Path(p.corpus) if p.corpus is not None else ctx.path("corpus")
 
 
-def discover(corpus: Path) -> dict[str, dict[str, list[str]]]:
-    """Group the corpus files by track id: {id: {"audio": [...], "jams": [...]}}."""
-    groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"audio": [], "jams": []})
-    for path in sorted(corpus.rglob("*")):
-        # special files (a FIFO, a device) are kept: reading them is what the time limit is for
-        if path.is_dir() or path.name.startswith("."):
-            continue
-        suffix = path.suffix.lower()
-        if suffix == ".jams":
-            groups[safe_track_id(path.stem)]["jams"].append(str(path))
-        elif suffix in AUDIO_EXTENSIONS:
-            groups[safe_track_id(path.stem)]["audio"].append(str(path))
-    return dict(groups)
-
-
 def validate_track(track: str, audio: list[str], jams_paths: list[str], p: IngestParams) -> TrackRecord:
     """Check one track end to end; raise a classified ``InputError`` naming the file and the reason."""
-    import jams
-
     if not audio:
         raise errors.MissingAudioError(jams_paths[0], "JAMS without an audio file of the same name")
     if not jams_paths:
@@ -125,49 +148,124 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
             raise errors.UnreadableFileError(path, "missing (a broken link?)")
         if not os.access(path, os.R_OK):
             raise errors.UnreadableFileError(path, "permission denied")
-    header = header_frames(audio_path)
-    try:
-        y, sr = load_mono(audio_path)
-    except PermissionError as exc:
-        raise errors.UnreadableFileError(audio_path, str(exc)) from None
-    except Exception as exc:
-        cls = errors.AudioDecodeError if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg") else errors.UnsupportedFormatError
-        raise cls(audio_path, f"cannot decode: {type(exc).__name__}: {exc}") from None
-    if y.size == 0:
-        raise errors.EmptyAudioError(audio_path, "no samples")
-    if not np.all(np.isfinite(y)):
-        raise errors.NonFiniteAudioError(audio_path, f"{int(np.sum(~np.isfinite(y)))} NaN/inf samples")
-    declared = riff_declared_frames(audio_path)
-    if declared is None and header is not None:
-        declared = header[0]
-    if declared is not None:
-        frames = declared
-        if abs(len(y) - frames) > max(1, p.length_tolerance * frames):
-            raise errors.LengthMismatchError(audio_path, f"header says {frames} frames, decoded {len(y)} (truncated?)")
-    duration = len(y) / sr
-    _check_namespaces(jams_path)
-    try:
-        jam = jams.load(str(jams_path), validate=True, strict=True)
-    except Exception as exc:
-        raise errors.AnnotationSchemaError(jams_path, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
+    notices: list[Notice] = []
+    channel, duration, sr, n_channels = _check_audio(audio_path, p, notices)
+    jam = _load_jams(jams_path)
+    duration_declared = jam.file_metadata.duration
+    if duration_declared is not None and abs(duration_declared - duration) > p.duration_tolerance:
+        what = f"file_metadata.duration is {duration_declared:.3f} s, the audio ({audio_path.name}) lasts {duration:.3f} s"
+        if p.duration_mismatch == "fail":
+            raise errors.DurationMismatchError(
+                jams_path, f"{what}: more than the tolerance of {p.duration_tolerance:g} s (another version of the recording?)")
+        notices.append(Notice("duration_corrected", f"{what}; the audio's duration is used"))
+    choices = {}
+    for namespace in sorted(reference_namespaces()):
+        choice = choose(jam, namespace, p.annotation_choice_by_namespace.get(namespace, p.annotation_choice), str(jams_path))
+        if choice is not None:
+            choices[namespace] = choice
+            notices.append(Notice("several_annotations",
+                                  f"{len(choice.candidates)} {namespace} annotations; the reference is #{choice.index} "
+                                  f"(annotator {choice.annotator or 'unnamed'}) by rule {choice.rule}"))
+    prep = Preparation(channel=channel, choices=choices, timing_tolerance=p.timing_tolerance, duration=duration)
+    namespaces = sorted({a.namespace for a in jam.annotations})
+    snapped = apply(jam, prep, str(jams_path))  # the prepared JAMS, as the later stages will read it
+    for namespace, n in sorted(snapped.items()):
+        notices.append(Notice("snapped", f"{n} {namespace} boundaries snapped (gaps or overlaps up to {p.timing_tolerance:g} s)"))
     for ann in jam.annotations:
         end = max((obs.time + obs.duration for obs in ann.data), default=0.0)
         if end > duration + p.annotation_tolerance:
             raise errors.AnnotationRangeError(
                 jams_path, f"{ann.namespace} annotation ends at {end:.2f}s, audio lasts {duration:.2f}s"
             )
+    declared = _declared_split(jam, jams_path) if p.declared_splits else None
+    audio_sha, jams_sha = _sha256(audio_path), _sha256(jams_path)
+    content = hashlib.sha256(json.dumps(
+        {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version}, sort_keys=True,
+    ).encode()).hexdigest()[:32]
     return TrackRecord(
         track=track,
         audio=str(audio_path),
         jams=str(jams_path),
         sr=int(sr),
         duration=float(duration),
-        channels=header[2] if header else None,
-        audio_sha256=_sha256(audio_path),
-        jams_sha256=_sha256(jams_path),
-        namespaces=sorted({a.namespace for a in jam.annotations}),
-        offers=offered_namespaces([a.namespace for a in jam.annotations]),
+        channels=n_channels,
+        audio_sha256=audio_sha,
+        jams_sha256=jams_sha,
+        namespaces=namespaces,
+        offers=offered_namespaces(namespaces),
+        prep=prep,
+        notices=notices,
+        declared_split=declared,
+        content=content,
     )
+
+
+def reference_namespaces() -> set[str]:
+    """The namespaces a task takes one reference from (where ingest picks among competitors)."""
+    return {task.namespace for task in TASKS.values() if not task.merges_annotations}
+
+
+def _check_audio(audio_path: Path, p: IngestParams, notices: list[Notice]) -> tuple[int | None, float, int, int]:
+    """Decode and check the audio; pick what stands for it. Returns (channel, duration, sr, channels)."""
+    header = header_frames(audio_path)
+    try:
+        channels, sr = load_channels(audio_path)
+    except PermissionError as exc:
+        raise errors.UnreadableFileError(audio_path, str(exc)) from None
+    except Exception as exc:
+        cls = errors.AudioDecodeError if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg") else errors.UnsupportedFormatError
+        raise cls(audio_path, f"cannot decode: {type(exc).__name__}: {exc}") from None
+    if channels.size == 0:
+        raise errors.EmptyAudioError(audio_path, "no samples")
+    if not np.all(np.isfinite(channels)):
+        raise errors.NonFiniteAudioError(audio_path, f"{int(np.sum(~np.isfinite(channels)))} NaN/inf samples")
+    n = channels.shape[1]
+    declared = riff_declared_frames(audio_path)
+    if declared is None and header is not None:
+        declared = header[0]
+    if declared is not None and abs(n - declared) > max(1, p.length_tolerance * declared):
+        raise errors.LengthMismatchError(audio_path, f"header says {declared} frames, decoded {n} (truncated?)")
+    energy = np.mean(np.square(channels, dtype=np.float64), axis=1)
+    mean = channels.mean(axis=0)
+    mixed = float(np.mean(np.square(mean, dtype=np.float64)))
+    channel = None
+    if len(energy) > 1 and energy.mean() > 0 and mixed < energy.mean() * 10 ** (-p.downmix_loss_db / 10):
+        channel = int(np.argmax(energy))
+        kept = 10 * np.log10(max(mixed, 1e-30) / energy.mean())
+        notices.append(Notice("downmix", f"the mean of the {len(energy)} channels keeps {kept:.1f} dB of their energy "
+                                         f"(phase cancellation?); channel {channel}, the loudest, is used"))
+        mixed = float(energy[channel])
+    if mixed == 0.0:
+        raise errors.SilentAudioError(audio_path, "digital silence (every sample is 0)")
+    level = 10 * np.log10(mixed)
+    if level < p.silence_db:
+        raise errors.SilentAudioError(audio_path, f"RMS level {level:.1f} dBFS is below the silence threshold {p.silence_db:g} dBFS")
+    return channel, n / sr, sr, int(channels.shape[0])
+
+
+def _load_jams(jams_path: Path):
+    import jams
+
+    _check_namespaces(jams_path)
+    try:
+        return jams.load(str(jams_path), validate=True, strict=True)
+    except Exception as exc:
+        raise errors.AnnotationSchemaError(jams_path, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test", "eval": "test"}
+
+
+def _declared_split(jam, jams_path: Path) -> str | None:
+    """A split the JAMS declares itself (``sandbox.split``), as datasets with official splits do."""
+    value = getattr(jam.sandbox, "split", None) if jam.sandbox is not None else None
+    if value is None:
+        return None
+    split = SPLIT_NAMES.get(str(value).strip().lower())
+    if split is None:
+        raise errors.SplitError(jams_path, f"sandbox.split is {value!r}; expected one of train, val, test")
+    return split
 
 
 def _check_namespaces(jams_path: Path) -> None:
@@ -214,20 +312,21 @@ class Ingest(Stage):
     params = IngestParams
     after = ("synthesize",)  # reads the corpus synthesize writes, when it runs
     needs = ()
-    version = "2"  # 2: records the namespaces each track offers after conversion ("offers")
+    version = "3"  # 3: path-based ids, the Preparation (reference choice, channel, snapping, duration), notices
     record_type = TrackRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # Splits are assigned by finalize (driver): changing them re-ingests nothing.
-        return ctx.params["ingest"].model_dump(mode="json", include={"annotation_tolerance", "length_tolerance"})
+        return ctx.params["ingest"].model_dump(mode="json", exclude={"corpus", "split_seed", "split_fractions", "change_detection"})
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
+        p: IngestParams = ctx.params["ingest"]
         corpus = corpus_dir(ctx)
         if not corpus.is_dir():
             raise FileNotFoundError(f"corpus folder {corpus} does not exist")
         items = []
-        for track, files in sorted(discover(corpus).items()):
-            identity = {"files": [_stat(f) for f in files["audio"] + files["jams"]]}
+        for track, files in sorted(scan_corpus(corpus).groups.items()):
+            identity = {"files": [_stat(f, p.change_detection == "content") for f in files["audio"] + files["jams"]]}
             items.append(WorkItem(track, payload={"track": track, **files}, identity=identity))
         return items
 
@@ -240,9 +339,46 @@ class Ingest(Stage):
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: IngestParams = ctx.params["ingest"]
         records = {t: d.record for t, d in done.items()}
-        splits = assign_splits({t: r.namespaces for t, r in records.items()}, p.split_fractions, p.split_seed)
+        free = {t: r.namespaces for t, r in records.items() if r.declared_split is None}
+        splits = assign_splits(free, p.split_fractions, p.split_seed)
+        splits.update({t: r.declared_split for t, r in records.items() if r.declared_split is not None})
         rows = [ManifestRow(**vars(records[t]), split=splits[t], fingerprint=done[t].fingerprint) for t in sorted(records)]
-        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows]})
+        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows],
+                                        "scan": scan_corpus(corpus_dir(ctx)).summary().to_json()})
+
+    def status_notes(self, ctx: StageContext) -> list[str]:
+        """The corpus scan and the decisions ingest took, from the manifest."""
+        path = ctx.path(MANIFEST)
+        if not path.exists():
+            return []
+        try:
+            data = read_json(path)
+            rows = [ManifestRow.from_json(row) for row in data["tracks"]]
+            scan = ScanSummary.from_json(data["scan"])
+        except (KeyError, TypeError, ValueError):
+            return [f"{path} is not a manifest of this mirpipe; rerun ingest"]
+        notes = [f"corpus: {scan.files} files seen, {scan.tracks} tracks"
+                 + "".join(f"; {n} {reason}" for reason, n in scan.ignored.items())]
+        for reason, paths in scan.examples.items():
+            notes += [f"  left out ({reason}): {path}" for path in paths[:NOTES_LISTED]]
+            if scan.ignored[reason] > NOTES_LISTED:
+                notes.append(f"  ... {scan.ignored[reason] - NOTES_LISTED} more ({path})")
+        declared = sum(r.declared_split is not None for r in rows)
+        if declared:
+            notes.append(f"splits: {declared} of {len(rows)} tracks use the split their JAMS declares")
+        noticed = [(r.track, n) for r in rows for n in r.notices]
+        by_code: dict[str, int] = {}
+        for _, n in noticed:
+            by_code[n.code] = by_code.get(n.code, 0) + 1
+        if noticed:
+            notes.append("warnings: " + ", ".join(f"{code} {k}" for code, k in sorted(by_code.items())))
+            notes += [f"  WARNING {track}: {n.code}: {n.message}" for track, n in noticed[:NOTES_LISTED]]
+            if len(noticed) > NOTES_LISTED:
+                notes.append(f"  ... {len(noticed) - NOTES_LISTED} more warnings ({path})")
+        return notes
+
+
+NOTES_LISTED = 20  # lines per kind that status prints (the manifest keeps them all)
 
 
 def read_manifest(ctx: StageContext) -> dict[str, ManifestRow]:

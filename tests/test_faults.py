@@ -207,7 +207,9 @@ def _memory_hog(corpus: Path, template_jams: Path) -> None:
     """A valid, small file (100 Hz, 5.5 hours, 4 MB) whose resampling to 22050 Hz needs > 2 GB: it kills its worker every time."""
     t = np.arange(2_000_000) / 100.0
     sf.write(corpus / "hog.wav", (0.3 * np.sin(2 * np.pi * 7 * t)).astype(np.float32), 100, subtype="PCM_16")
-    shutil.copy(template_jams, corpus / "hog.jams")
+    data = json.loads(template_jams.read_text())
+    data["file_metadata"]["duration"] = len(t) / 100.0  # the hog's own duration (ingest checks it)
+    (corpus / "hog.jams").write_text(json.dumps(data))
 
 
 @pytest.mark.slow
@@ -237,7 +239,7 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
     assert "QUARANTINED features hog: QuarantinedError:" in status.stdout and "hog.wav" in status.stdout
     row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == ["features"])
-    assert row[1:] == ["2", "1", "0", "0", "1"]  # total done pending failed quarantined
+    assert row[1:] == ["2", "1", "0", "0", "0", "1"]  # total done running pending failed quarantined
     assert out["status"]["features"]["quarantined"] == 1
 
 
@@ -273,12 +275,12 @@ def test_second_concurrent_run_is_refused_and_nothing_is_corrupted(augmented, fa
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = subprocess.Popen(MIRPIPE + args, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = augmented / ".mirpipe.lock"
-    _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), what="the first run to hold the lock")
+    _wait_for(lambda: lock.exists() and f'"pid": {first.pid},' in lock.read_text(), what="the first run to hold the lock")
     out, err = second.communicate("\n", timeout=120)
     first_running = first.poll() is None
     _, first_err = first.communicate(timeout=300)
     assert first_running, "the first run ended before the second tried: nothing was concurrent"
-    assert second.returncode == 2 and "in use by another mirpipe run" in err
+    assert second.returncode == 2 and f"in use by another mirpipe run (pid {first.pid} on " in err
     assert first.returncode == 0, first_err[-3000:]
     assert_same_store(store_contents(augmented), reference_store)
 

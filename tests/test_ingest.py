@@ -24,6 +24,11 @@ def _good(corpus, name, index=0):
     return s
 
 
+def _tone(n: int) -> np.ndarray:
+    """A quiet 220 Hz tone (well above the silence threshold) of ``n`` samples."""
+    return (0.05 * np.sin(2 * np.pi * 220 * np.arange(n) / 22050)).astype(np.float32)
+
+
 @pytest.fixture
 def messy_corpus(tmp_path):
     corpus = tmp_path / "corpus"
@@ -43,19 +48,21 @@ def messy_corpus(tmp_path):
     (corpus / "noise.wav").write_bytes(np.random.default_rng(0).bytes(4096))
     shutil.copy(good_jams, corpus / "noise.jams")
     # annotations running past the audio
-    sf.write(corpus / "short.flac", np.zeros(22050, np.float32), 22050)
-    shutil.copy(good_jams, corpus / "short.jams")
+    sf.write(corpus / "short.flac", _tone(22050), 22050)
+    data = json.loads(good_jams.read_text())
+    data["file_metadata"]["duration"] = 1.0  # the file's duration is right; its chords run on
+    (corpus / "short.jams").write_text(json.dumps(data))
     # schema-invalid JAMS
-    sf.write(corpus / "badjams.flac", np.zeros(22050 * 8, np.float32), 22050)
+    sf.write(corpus / "badjams.flac", _tone(22050 * 8), 22050)
     data = json.loads(good_jams.read_text())
     data["annotations"][0]["data"][0]["value"] = "H:maj"
     (corpus / "badjams.jams").write_text(json.dumps(data))
     # audio without JAMS, JAMS without audio
-    sf.write(corpus / "lonely.flac", np.zeros(22050, np.float32), 22050)
+    sf.write(corpus / "lonely.flac", _tone(22050), 22050)
     shutil.copy(good_jams, corpus / "orphan.jams")
     # two audio files with the same id
     shutil.copy(corpus / "good_a.flac", corpus / "twin.flac")
-    sf.write(corpus / "twin.wav", np.zeros(22050, np.float32), 22050)
+    sf.write(corpus / "twin.wav", _tone(22050), 22050)
     shutil.copy(good_jams, corpus / "twin.jams")
     # infinite samples
     y = np.ones(22050 * 8, np.float32) * 0.1
@@ -71,7 +78,7 @@ def messy_corpus(tmp_path):
     (corpus / "container.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isomiso2" + bytes(4096))
     shutil.copy(good_jams, corpus / "container.jams")
     # a JAMS with a namespace jams does not know
-    sf.write(corpus / "namespace.flac", np.zeros(22050 * 8, np.float32), 22050)
+    sf.write(corpus / "namespace.flac", _tone(22050 * 8), 22050)
     data = json.loads(good_jams.read_text())
     data["annotations"][0]["namespace"] = "chord_klingon"
     (corpus / "namespace.jams").write_text(json.dumps(data))

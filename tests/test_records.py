@@ -10,13 +10,17 @@ from mirpipe.errors import WorkdirFileError
 from mirpipe.records import RecordError
 from mirpipe.stages import StageContext
 from mirpipe.stages.features import FeaturesRecord
-from mirpipe.stages.ingest import MANIFEST, ManifestRow, read_manifest
+from mirpipe.stages.annotations import Choice, Preparation
+from mirpipe.stages.ingest import MANIFEST, ManifestRow, Notice, read_manifest
 from mirpipe.storage import ArraySpec, IndexRow, open_store
 
 
 def _row(**over) -> ManifestRow:
     base = dict(track="t", audio="/c/t.flac", jams="/c/t.jams", sr=22050, duration=3.5, channels=1,
                 audio_sha256="a", jams_sha256="j", namespaces=["chord_harte"], offers=["chord", "chord_harte"],
+                prep=Preparation(channel=None, choices={"chord": Choice(1, [0, 1], "last", "human")},
+                                 timing_tolerance=1e-3, duration=3.5),
+                notices=[Notice("several_annotations", "2 chord annotations")], declared_split=None, content="c",
                 split="train", fingerprint="f")
     return ManifestRow(**{**base, **over})
 
@@ -41,7 +45,8 @@ def test_a_row_with_missing_or_unknown_keys_is_refused_by_name(change, message):
 def test_a_malformed_manifest_or_index_names_the_file(tmp_path):
     ctx = StageContext(tmp_path, {})
     (tmp_path / MANIFEST).write_text(json.dumps({"tracks": [_row().to_json()]}))
-    assert read_manifest(ctx)["t"].offers == ["chord", "chord_harte"]
+    row = read_manifest(ctx)["t"]
+    assert row == _row() and row.prep.choices["chord"].annotator == "human" and row.notices[0].code == "several_annotations"
     bad = _row().to_json()
     del bad["split"]
     (tmp_path / MANIFEST).write_text(json.dumps({"tracks": [bad]}))

@@ -1,0 +1,19 @@
+"""Bounded submission: a stage of any size keeps at most a window of items in flight on the scheduler."""
+
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import parse_cluster
+
+
+def test_items_go_to_dask_in_a_bounded_window_and_all_come_back():
+    cluster = parse_cluster({"type": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"})
+    with open_executor(cluster) as ex:
+        window = ex.window()
+        assert window == max(ex.MIN_WINDOW, ex.WINDOW_PER_THREAD * 2)
+        calls = [(f"noop-{i}", (-i,)) for i in range(10 * window)]
+        results, in_flight = {}, []
+        for key, value in ex.run(abs, calls):
+            results[key] = value
+            in_flight.append(len(ex.client.futures))
+        assert results == {f"noop-{i}": i for i in range(10 * window)}
+        assert max(in_flight) <= window  # never the whole stage at once
+        assert max(in_flight) >= min(window, 8)  # but the workers are kept busy

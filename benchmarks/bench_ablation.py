@@ -40,7 +40,7 @@ COLUMNS = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads",
 
 def config(args, augment: dict | None = None) -> PipelineConfig:
     return PipelineConfig.model_validate({
-        "synthesize": {"tracks": args.tracks, "seed": args.corpus_seed},
+        "synthesize": {"tracks": args.tracks, "seed": args.corpus_seed, "clips_per_family": 0},
         "augment": {"shifts": list(range(-args.max_shift, args.max_shift + 1)), **(augment or {})},
         "features": {"tasks": args.tasks},
         "train": {"tasks": ["chord"], "seed": args.seed, "steps_per_epoch": args.steps_per_epoch,

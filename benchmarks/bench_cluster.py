@@ -34,7 +34,7 @@ STAGES_TIMED = ("features",)
 def _config(tracks: int, duration: float, shifts: int, mode: str) -> PipelineConfig:
     half = shifts // 2
     return PipelineConfig.model_validate(
-        {"synthesize": {"tracks": tracks, "min_duration": duration, "max_duration": duration + 4},
+        {"synthesize": {"tracks": tracks, "clips_per_family": 0, "min_duration": duration, "max_duration": duration + 4},
          "augment": {"shifts": list(range(-half, shifts - half)), "mode": mode}}
     )
 

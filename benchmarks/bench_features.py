@@ -42,7 +42,7 @@ STORES = ("zarr", "hdf5")
 
 def config(args, mode: str | None = None, store: str = "zarr", store_path: Path | None = None) -> PipelineConfig:
     raw = {
-        "synthesize": {"tracks": args.tracks, "min_duration": args.duration, "max_duration": args.duration + 0.5,
+        "synthesize": {"tracks": args.tracks, "clips_per_family": 0, "min_duration": args.duration, "max_duration": args.duration + 0.5,
                        "solo_fraction": 0.0, "seed": args.seed},
         "augment": {"mode": mode or "feature"},
         "features": {"store": store, **({"store_path": str(store_path)} if store_path else {})},

@@ -48,7 +48,7 @@ def ensure_store(workdir: Path, tracks: int) -> Path:
 
     print(f"building a feature-mode zarr store in {workdir}: {tracks} tracks, chord targets, shifts -6..6")
     cfg = PipelineConfig.model_validate({
-        "synthesize": {"tracks": tracks, "solo_fraction": 0.0},
+        "synthesize": {"tracks": tracks, "solo_fraction": 0.0, "clips_per_family": 0},
         "augment": {"mode": "feature", "shifts": list(SHIFTS)},
         "features": {"store": "zarr", "tasks": ["chord"]},
     })

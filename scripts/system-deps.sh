@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # System packages mirpipe needs beyond PyPI. Installs them with apt when it can,
-# otherwise stops with a message naming the package.
+# otherwise stops with a message naming the packages.
 #   rubberband-cli : the 'rubberband' program behind the rubberband pitch-shift backend
+#   libfluidsynth3 : FluidSynth, the demo corpus's sampled renderer (through pyfluidsynth)
+#   fluid-soundfont-gm, musescore-general-soundfont-small : GM soundfonts of the demo's train/val tracks
+#   timgm6mb-soundfont : the GM soundfont of the demo's test tracks (unseen in training)
+# Without FluidSynth or the soundfonts the demo falls back to its numpy timbres (it says so).
 set -euo pipefail
 
 missing=()
 command -v rubberband >/dev/null 2>&1 || missing+=(rubberband-cli)
+if ! ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so\.3'; then missing+=(libfluidsynth3); fi
+sf_dirs="/usr/share/sounds/sf2 /usr/share/sounds/sf3 /usr/share/soundfonts"
+have_sf() { for d in $sf_dirs; do [ -f "$d/$1" ] && return 0; done; return 1; }
+have_sf FluidR3_GM.sf2 || missing+=(fluid-soundfont-gm)
+have_sf MuseScore_General_Lite.sf3 || missing+=(musescore-general-soundfont-small)
+have_sf TimGM6mb.sf2 || missing+=(timgm6mb-soundfont)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -18,9 +28,11 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
     echo "mirpipe: installing system packages with sudo: ${missing[*]}" >&2
-    sudo -n apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    sudo -n apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+        || { sudo -n apt-get update -q >/dev/null && sudo -n apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 else
     echo "mirpipe: missing system package(s): ${missing[*]}" >&2
-    echo "mirpipe: install them with your package manager (Debian/Ubuntu: apt-get install ${missing[*]}; conda: conda install -c conda-forge rubberband)" >&2
+    echo "mirpipe: install them with your package manager (Debian/Ubuntu: apt-get install ${missing[*]}; conda: conda install -c conda-forge rubberband fluidsynth)" >&2
+    echo "mirpipe: (soundfonts elsewhere: set MIRPIPE_SOUNDFONT_PATH; without them the demo uses its numpy timbres)" >&2
     exit 1
 fi

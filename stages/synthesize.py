@@ -1,9 +1,18 @@
-"""synthesize: render the embedded demo corpus (FLAC + JAMS per track), deterministic for a seed."""
+"""synthesize: render the embedded demo corpus (FLAC + JAMS per track), deterministic for a seed.
+
+Two renderers: ``soundfont`` (MIDI arrangements played by General MIDI soundfonts
+through FluidSynth; the default when FluidSynth and the soundfonts are installed) and
+``numpy`` (the synthetic timbres of ``synth/timbres.py``; the fallback). The stage
+decides each track's split itself (``jam.sandbox.split``) and renders the test split
+with a soundfont no train or val track uses.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+import sys
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Any, Literal, Mapping
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -12,25 +21,49 @@ from mirpipe.records import Record
 from mirpipe.storage.atomic import temp_path
 
 from .base import STAGES, Done, Stage, StageContext, WorkItem
-from .synth.track import annotate, compose, render
+from .synth import splits
+from .synth.families import SOLO_FAMILIES
 
 CORPUS_DIR = "corpus"
+NUMPY_CLIP_FAMILIES = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")  # synth/timbres.py
+
+
+def _default_soundfonts() -> dict[str, list[str]]:
+    train = ["FluidR3_GM.sf2", "MuseScore_General_Lite.sf3"]
+    return {"train": train, "val": list(train), "test": ["TimGM6mb.sf2"]}
 
 
 class SynthesizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tracks: int = Field(24, ge=1, le=100_000, description="number of demo tracks")
+    tracks: int = Field(80, ge=1, le=100_000, description="number of demo tracks (band mixtures and solo melodies)")
     seed: int = Field(0, description="corpus seed: same seed, same corpus")
     sr: int = Field(22050, ge=8000)
-    min_duration: float = Field(20.0, gt=2.0)
-    max_duration: float = Field(60.0, gt=2.0)
-    solo_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of melody-only solo tracks")
+    min_duration: float = Field(15.0, gt=2.0)
+    max_duration: float = Field(35.0, gt=2.0)
+    solo_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks")
+    clips_per_family: int = Field(20, ge=0, le=10_000, description="short solo clips per instrument family")
+    clip_min_duration: float = Field(3.0, gt=0.5)
+    clip_max_duration: float = Field(6.0, gt=0.5)
+    renderer: Literal["auto", "soundfont", "numpy"] = Field(
+        "auto", description="soundfont: FluidSynth + GM soundfonts; numpy: synthetic timbres; auto: soundfont when installed")
+    soundfonts: dict[str, list[str]] = Field(default_factory=_default_soundfonts,
+                                             description="per split, the soundfonts (file names or paths) its tracks draw from")
 
     @model_validator(mode="after")
-    def _durations(self):
+    def _check(self):
         if self.max_duration < self.min_duration:
             raise ValueError(f"max_duration {self.max_duration} < min_duration {self.min_duration}")
+        if self.clip_max_duration < self.clip_min_duration:
+            raise ValueError(f"clip_max_duration {self.clip_max_duration} < clip_min_duration {self.clip_min_duration}")
+        if set(self.soundfonts) != set(splits.SPLITS) or not all(self.soundfonts.values()):
+            raise ValueError(f"soundfonts needs a non-empty list for each of {splits.SPLITS}")
+        seen = set(self.soundfonts["train"]) | set(self.soundfonts["val"])
+        if seen & set(self.soundfonts["test"]):
+            raise ValueError(f"the test soundfonts must be unseen in train and val: {sorted(seen & set(self.soundfonts['test']))}")
         return self
+
+    def all_soundfonts(self) -> list[str]:
+        return sorted({s for v in self.soundfonts.values() for s in v})
 
 
 @dataclass(frozen=True)
@@ -39,10 +72,44 @@ class SynthRecord(Record):
     duration: float
     solo: bool
     instruments: list[str]
+    split: str = "train"
+    kind: str = "mixture"  # mixture, solo, clip
+    renderer: str = "numpy"
+    soundfont: str | None = None
 
 
 def track_id(index: int) -> str:
     return f"demo-{index:04d}"
+
+
+def clip_id(family: str, index: int) -> str:
+    return f"solo-{family.replace(' ', '-')}-{index:03d}"
+
+
+@cache
+def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The renderer this machine runs and what identifies it (library version, soundfont sizes)."""
+    if renderer == "numpy":
+        return "numpy", {}
+    from .synth import soundfont
+
+    why = soundfont.available(list(soundfonts))
+    if why is None:
+        files = {s: soundfont.find_soundfont(s).stat().st_size for s in soundfonts}
+        return "soundfont", {"fluidsynth": soundfont.library_version(), "soundfont_bytes": files}
+    if renderer == "soundfont":
+        raise ValueError(f"synthesize.renderer is soundfont but {why}; run scripts/system-deps.sh")
+    print(f"mirpipe: synthesize: {why}; rendering the demo corpus with the numpy timbres instead "
+          "(scripts/system-deps.sh installs FluidSynth and the soundfonts)", file=sys.stderr)
+    return "numpy", {"soundfont_unavailable": why}
+
+
+def resolve_renderer(p: SynthesizeParams) -> tuple[str, dict[str, Any]]:
+    return _resolve(p.renderer, tuple(p.all_soundfonts()))
+
+
+def _clip_families(renderer: str) -> tuple[str, ...]:
+    return SOLO_FAMILIES if renderer == "soundfont" else NUMPY_CLIP_FAMILIES
 
 
 @STAGES.register
@@ -50,27 +117,50 @@ class Synthesize(Stage):
     name = "synthesize"
     params = SynthesizeParams
     optional = True  # only when pipeline.yaml (or `mirpipe demo`) asks for the demo corpus
-    version = "2"  # 2: quality prior, fewer inversions, symmetric chords in root position
+    version = "3"  # 3: sampled renderer (GM soundfonts), splits decided here, solo clips per family
     record_type = SynthRecord
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
+        renderer, _ = resolve_renderer(p)
         n_solo = round(p.tracks * p.solo_fraction)
-        return [
-            WorkItem(track_id(i), payload={"index": i, "solo": i >= p.tracks - n_solo}, identity={"index": i, "solo": i >= p.tracks - n_solo})
-            for i in range(p.tracks)
-        ]
+        items = []
+        for i in range(p.tracks):
+            solo = i >= p.tracks - n_solo
+            group = splits.GROUP_SOLO if solo else splits.GROUP_MIXTURE
+            split = splits.split_of(p.seed, group, i)
+            payload = {"index": i, "solo": solo, "kind": "solo" if solo else "mixture", "split": split, "family": None,
+                       "renderer": renderer,
+                       "soundfont": splits.soundfont_of(p.seed, group, i, p.soundfonts[split]) if renderer == "soundfont" else None}
+            items.append(WorkItem(track_id(i), payload=payload, identity=payload))
+        families = _clip_families(renderer)
+        for k in range(p.clips_per_family):
+            for f, family in enumerate(families):
+                group = splits.GROUP_CLIPS + f
+                split = splits.split_of(p.seed, group, k)
+                payload = {"index": k, "solo": True, "kind": "clip", "split": split, "family": family,
+                           "renderer": renderer,
+                           "soundfont": splits.soundfont_of(p.seed, group, k, p.soundfonts[split]) if renderer == "soundfont" else None}
+                items.append(WorkItem(clip_id(family, k), payload=payload, identity=payload))
+        return items
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
-        # The track count and solo share only decide which items exist: growing the corpus keeps old tracks.
-        return ctx.params["synthesize"].model_dump(mode="json", exclude={"tracks", "solo_fraction"})
+        # The track and clip counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
+        p: SynthesizeParams = ctx.params["synthesize"]
+        renderer, identity = resolve_renderer(p)
+        return {**p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "renderer"}),
+                "renderer": renderer, "renderer_identity": identity}
 
     def run(self, item: WorkItem, ctx: StageContext) -> SynthRecord:
         p: SynthesizeParams = ctx.params["synthesize"]
-        index, solo = item.payload["index"], item.payload["solo"]
-        score = compose(index, p.seed, solo, p.min_duration, p.max_duration)
-        y = render(score, p.sr, p.seed, index)
-        jam = annotate(score, item.id, solo)
+        pay = item.payload
+        renderer = pay["renderer"]  # the driver's decision: a worker without FluidSynth fails, it does not switch
+        if renderer == "soundfont":
+            y, jam, duration, instruments = _render_sampled(item.id, pay, p)
+        else:
+            y, jam, duration, instruments = _render_numpy(item.id, pay, p)
+        jam.sandbox.split = pay["split"]
+        jam.sandbox.mirpipe_demo["renderer"] = renderer
         corpus = ctx.path(CORPUS_DIR)
         corpus.mkdir(parents=True, exist_ok=True)
         audio, jams_path = corpus / f"{item.id}.flac", corpus / f"{item.id}.jams"
@@ -80,8 +170,38 @@ class Synthesize(Stage):
         tmp = temp_path(jams_path)
         jam.save(str(tmp), strict=True, fmt="json")
         tmp.replace(jams_path)
-        return SynthRecord(item.id, float(score.duration), bool(solo), sorted({score.melody_instrument, score.accompaniment} - {None}))
+        return SynthRecord(item.id, float(duration), bool(pay["solo"]), instruments, pay["split"], pay["kind"],
+                           renderer, pay["soundfont"])
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: SynthRecord) -> bool:
         corpus = ctx.path(CORPUS_DIR)
         return (corpus / f"{item.id}.flac").exists() and (corpus / f"{item.id}.jams").exists()
+
+
+def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
+    from .synth import labels, soundfont
+    from .synth.arrange import compose_clip, compose_mixture
+
+    if pay["kind"] == "clip":
+        perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
+    else:
+        perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
+    y, info = soundfont.render(perf, pay["soundfont"], p.sr)
+    jam = labels.annotate(perf, track, {"soundfont": info.soundfont, "missing_presets": info.missing_presets,
+                                        "fluidsynth": soundfont.library_version()})
+    return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
+
+
+def _render_numpy(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
+    from .synth.track import annotate, compose, render
+
+    if pay["kind"] == "clip":
+        index = 100_000 + NUMPY_CLIP_FAMILIES.index(pay["family"]) * 10_000 + pay["index"]
+        score = compose(index, p.seed, True, p.clip_min_duration, p.clip_max_duration + 4.0)
+        score = replace(score, melody_instrument=pay["family"])
+    else:
+        index = pay["index"]
+        score = compose(index, p.seed, pay["solo"], p.min_duration, p.max_duration)
+    y = render(score, p.sr, p.seed, index)
+    jam = annotate(score, track, pay["solo"])
+    return y, jam, score.duration, sorted({score.melody_instrument, score.accompaniment} - {None})

@@ -176,7 +176,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=DEMO_WORKDIR, show_default=True)
-@click.option("--tracks", type=int, default=None, help="number of demo tracks (default from pipeline.yaml, else 24)")
+@click.option("--tracks", type=int, default=None, help="number of demo band mixtures (default from pipeline.yaml, else 80)")
 @click.option("--seed", type=int, default=None, help="corpus seed")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml to start from")
 @click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml")

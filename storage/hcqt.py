@@ -23,6 +23,8 @@ pitch-shifted by ``n`` semitones would put it (when that ``k`` is in ``[0, n_bin
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -153,15 +155,20 @@ PASSBAND = 0.9
 
 def _cqt_db(y: np.ndarray, geom: WideCQT, start: int, stop: int, amin: float) -> np.ndarray:
     """dB of wide bins [start, stop) from one librosa.cqt call, shape (stop - start, T)."""
-    C = librosa.cqt(
-        y,
-        sr=geom.sr,
-        hop_length=geom.hop_length,
-        fmin=geom.wide_fmin * 2.0 ** (start / geom.bins_per_octave),
-        n_bins=stop - start,
-        bins_per_octave=geom.bins_per_octave,
-        tuning=0.0,
-    )
+    with warnings.catch_warnings():
+        # short clips (a few seconds): the lowest octaves' downsampled signal is shorter than their
+        # FFT, which librosa pads and warns about once per octave and track; the values are what
+        # librosa computes either way
+        warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large for input signal")
+        C = librosa.cqt(
+            y,
+            sr=geom.sr,
+            hop_length=geom.hop_length,
+            fmin=geom.wide_fmin * 2.0 ** (start / geom.bins_per_octave),
+            n_bins=stop - start,
+            bins_per_octave=geom.bins_per_octave,
+            tuning=0.0,
+        )
     return librosa.amplitude_to_db(np.abs(C), ref=1.0, amin=amin, top_db=None)
 
 

@@ -324,8 +324,10 @@ class Ingest(Stage):
         corpus = corpus_dir(ctx)
         if not corpus.is_dir():
             raise FileNotFoundError(f"corpus folder {corpus} does not exist")
+        scan = scan_corpus(corpus)
+        self._scanned = (corpus, scan.summary())  # for finalize's manifest: one walk of the corpus per run
         items = []
-        for track, files in sorted(scan_corpus(corpus).groups.items()):
+        for track, files in sorted(scan.groups.items()):
             identity = {"files": [_stat(f, p.change_detection == "content") for f in files["audio"] + files["jams"]]}
             items.append(WorkItem(track, payload={"track": track, **files}, identity=identity))
         return items
@@ -343,8 +345,10 @@ class Ingest(Stage):
         splits = assign_splits(free, p.split_fractions, p.split_seed)
         splits.update({t: r.declared_split for t, r in records.items() if r.declared_split is not None})
         rows = [ManifestRow(**vars(records[t]), split=splits[t], fingerprint=done[t].fingerprint) for t in sorted(records)]
-        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows],
-                                        "scan": scan_corpus(corpus_dir(ctx)).summary().to_json()})
+        corpus = corpus_dir(ctx)
+        scanned = getattr(self, "_scanned", None)
+        summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
+        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows], "scan": summary.to_json()})
 
     def status_notes(self, ctx: StageContext) -> list[str]:
         """The corpus scan and the decisions ingest took, from the manifest."""

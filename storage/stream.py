@@ -64,8 +64,7 @@ class StreamSpec:
 
     def prepare(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A stacked batch with the task's derived targets (``Task.prepare_batch``)."""
-        prepare = getattr(self.task, "prepare_batch", None)  # any object with ``transpose`` may stand for a task
-        return batch if prepare is None else prepare(batch)
+        return batch if self.task is None else self.task.prepare_batch(batch)
 
 
 def resolve_shift(attrs: dict[str, Any], shift: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mirpipe.models.task import Task
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches
 from mirpipe.storage.torch_data import epoch_loader
@@ -16,7 +17,7 @@ GEOMETRY = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bin
             "margin_bins": MARGIN, "frame_rate": 22050 / 2048}
 
 
-class RollPitches:
+class RollPitches(Task):
     """A task whose pitch-class targets roll with the shift (what the chord task does)."""
 
     def transpose(self, targets, n):

@@ -8,6 +8,7 @@ import jams
 import numpy as np
 
 from .arrange import BEND_RANGE, Performance, bend_track
+from .demo_jams import demo_jams
 from .families import FAMILIES
 from .track import CONTOUR_HOP, midi_to_hz
 
@@ -42,34 +43,15 @@ def contour(perf: Performance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def annotate(perf: Performance, track_id: str, sandbox: dict[str, Any]) -> jams.JAMS:
     """chord (mixtures), key_mode, pitch_contour, note_midi (the lead) and tag_open (families with spans)."""
-    jam = jams.JAMS()
-    jam.file_metadata.title = track_id
-    jam.file_metadata.artist = "mirpipe demo (sampled)"
-    jam.file_metadata.duration = perf.duration
-    meta = dict(annotator={"name": "mirpipe.synthesize"}, data_source="synthetic: General MIDI soundfont rendering")
-    if perf.chords:
-        ann = jams.Annotation("chord", time=0, duration=perf.duration, annotation_metadata=meta)
-        for seg in perf.chords:
-            ann.append(time=seg.start, duration=seg.end - seg.start, value=seg.label, confidence=1.0)
-        jam.annotations.append(ann)
-    key = jams.Annotation("key_mode", time=0, duration=perf.duration, annotation_metadata=meta)
-    for start, end, label in perf.keys:
-        key.append(time=start, duration=end - start, value=label, confidence=1.0)
-    jam.annotations.append(key)
-    times, hz, voiced = contour(perf)
-    pc = jams.Annotation("pitch_contour", time=0, duration=perf.duration, annotation_metadata=meta)
-    for t, f, v in zip(times, hz, voiced):
-        pc.append(time=float(t), duration=0.0, value={"index": 0, "frequency": float(f), "voiced": bool(v)}, confidence=1.0)
-    jam.annotations.append(pc)
-    notes = jams.Annotation("note_midi", time=0, duration=perf.duration, annotation_metadata=meta)
     shift = sounding_shift(perf)
-    for n in perf.melody:
-        notes.append(time=n.start, duration=n.end - n.start, value=float(n.key + shift), confidence=1.0)
-    jam.annotations.append(notes)
-    tags = jams.Annotation("tag_open", time=0, duration=perf.duration, annotation_metadata=meta)
-    for name, start, end in perf.tags:
-        tags.append(time=start, duration=end - start, value=name, confidence=1.0)
-    jam.annotations.append(tags)
+    jam = demo_jams(
+        track_id, "mirpipe demo (sampled)", perf.duration, "synthetic: General MIDI soundfont rendering",
+        chords=((seg.start, seg.end - seg.start, seg.label) for seg in perf.chords),
+        keys=((start, end - start, label) for start, end, label in perf.keys),
+        contour=contour(perf),
+        notes=((n.start, n.end - n.start, float(n.key + shift)) for n in perf.melody),
+        tags=((start, end - start, name) for name, start, end in perf.tags),
+    )
     jam.sandbox.mirpipe_demo = {
         "kind": perf.kind,
         "tempo": perf.tempo,

@@ -14,6 +14,7 @@ import numpy as np
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
 from mirpipe.models.instrument import INSTRUMENTS
 
+from .demo_jams import demo_jams
 from .timbres import TIMBRES
 
 CHORD_REGISTER = 52  # lowest MIDI note of the chord voicing (one octave up from here)
@@ -245,32 +246,14 @@ def contour(score: TrackScore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def annotate(score: TrackScore, track_id: str, solo: bool) -> jams.JAMS:
     """The JAMS of a score: chord (mixes only), key_mode, pitch_contour, note_midi, instrument tags."""
-    jam = jams.JAMS()
-    jam.file_metadata.title = track_id
-    jam.file_metadata.artist = "mirpipe demo synthesizer"
-    jam.file_metadata.duration = score.duration
-    meta = dict(annotator={"name": "mirpipe.synthesize"}, data_source="synthetic")
-    if score.chords:
-        ann = jams.Annotation("chord", time=0, duration=score.duration, annotation_metadata=meta)
-        for seg in score.chords:
-            ann.append(time=seg.start, duration=seg.end - seg.start, value=seg.label, confidence=1.0)
-        jam.annotations.append(ann)
-    key = jams.Annotation("key_mode", time=0, duration=score.duration, annotation_metadata=meta)
-    key.append(time=0.0, duration=score.duration, value=score.key, confidence=1.0)
-    jam.annotations.append(key)
-    times, hz, voiced = contour(score)
-    pc = jams.Annotation("pitch_contour", time=0, duration=score.duration, annotation_metadata=meta)
-    for t, f, v in zip(times, hz, voiced):
-        pc.append(time=float(t), duration=0.0, value={"index": 0, "frequency": float(f), "voiced": bool(v)}, confidence=1.0)
-    jam.annotations.append(pc)
-    notes = jams.Annotation("note_midi", time=0, duration=score.duration, annotation_metadata=meta)
-    for note in score.notes:
-        notes.append(time=note.start, duration=note.duration, value=float(note.midi), confidence=1.0)
-    jam.annotations.append(notes)
-    tags = jams.Annotation("tag_open", time=0, duration=score.duration, annotation_metadata=meta)
-    for name in sorted({score.melody_instrument, score.accompaniment} - {None}):
-        tags.append(time=0.0, duration=score.duration, value=name, confidence=1.0)
-    jam.annotations.append(tags)
+    jam = demo_jams(
+        track_id, "mirpipe demo synthesizer", score.duration, "synthetic",
+        chords=((seg.start, seg.end - seg.start, seg.label) for seg in score.chords),
+        keys=[(0.0, score.duration, score.key)],
+        contour=contour(score),
+        notes=((note.start, note.duration, float(note.midi)) for note in score.notes),
+        tags=((0.0, score.duration, name) for name in sorted({score.melody_instrument, score.accompaniment} - {None})),
+    )
     jam.sandbox.mirpipe_demo = {
         "solo": solo,
         "tempo": score.tempo,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .quiet_stdout import stdout_to_stderr
+
 if TYPE_CHECKING:
     from .config import PipelineBase
 
@@ -109,7 +111,7 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
     runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
     t0 = time.perf_counter()
 
-    with workdir_lock(workdir):
+    with workdir_lock(workdir), stdout_to_stderr(json_mode):
         wd.record(workdir, pipeline, cluster)  # under the lock: a refused second run changes nothing
         with open_executor(cluster, workdir) as executor:
             _echo(f"mirpipe: workdir {workdir.resolve()}", json_mode)
@@ -234,7 +236,8 @@ def status(workdir: Path, json_mode: bool) -> None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
     holder = active_run(workdir)
-    rows = Runner(workdir, pipeline, progress=False).status()
+    with stdout_to_stderr(json_mode):
+        rows = Runner(workdir, pipeline, progress=False).status()
     if json_mode:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "active_run": holder,
                                "stages": {r["stage"]: r for r in rows}}, indent=1))
@@ -263,7 +266,7 @@ def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
     if wd.recorded(workdir) is None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
-    with workdir_lock(workdir):  # no run may write while outputs are checked or markers forgotten
+    with workdir_lock(workdir), stdout_to_stderr(json_mode):  # no run may write while outputs are checked
         damaged = Runner(workdir, pipeline, progress=False).verify(repair=repair)
     if json_mode:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "damaged": damaged, "repaired": repair}))

@@ -1,6 +1,7 @@
 """The pipeline end to end on a real LocalCluster: done, resumable, minimal reruns, CLI."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,6 +79,22 @@ def test_changed_features_parameter_reruns_features_only(finished, sync_cluster)
     assert reports["features"].scheduled == reports["features"].total == 3
 
 
+def test_json_commands_keep_stdout_for_the_json_even_when_children_print(tmp_path):
+    """A library or worker process printing to stdout must not corrupt what a --json command prints."""
+    script = (
+        "import subprocess, sys, json\n"
+        "from mirpipe.pipeline.quiet_stdout import stdout_to_stderr\n"
+        "with stdout_to_stderr(True):\n"
+        "    print('noise from python')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"noise from a child\")'], check=True)\n"
+        "print(json.dumps({'ok': 1}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"ok": 1}
+    assert "noise from python" in res.stderr and "noise from a child" in res.stderr
+
+
 def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     workdir = tmp_path / "cli"
     cfg_file = tmp_path / "pipeline.yaml"
@@ -85,9 +102,9 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text("cluster:\n  type: local\n  n_workers: 2\n")
     mirpipe = [sys.executable, "-m", "mirpipe"]
-    first = subprocess.run(
+    first = subprocess.run(  # CI=1: some libraries (pyfluidsynth) print to stdout on CI machines
         mirpipe + ["demo", "--workdir", str(workdir), "--config", str(cfg_file), "--cluster", str(cluster_file), "--json"],
-        capture_output=True, text=True, cwd=repo_root, timeout=300,
+        capture_output=True, text=True, cwd=repo_root, timeout=300, env={**os.environ, "CI": "1"},
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Dask dashboard http" in first.stderr

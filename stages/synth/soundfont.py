@@ -8,7 +8,9 @@ Chorus is off (its send is 0 on every channel), reverb is on; one DSP thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -59,7 +61,8 @@ def find_soundfont(name: str) -> Path:
 def _fluidsynth():
     """The pyfluidsynth module with ``fluid_synth_write_float`` bound (float output, no dither)."""
     try:
-        import fluidsynth
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints where it found the library when $CI is set
+            import fluidsynth
     except ImportError as exc:  # pyfluidsynth missing, or it found no libfluidsynth
         raise SoundfontUnavailable(f"FluidSynth is not available ({exc}); Debian/Ubuntu: apt-get install libfluidsynth3, "
                                    "pip install pyfluidsynth") from None

@@ -85,7 +85,7 @@ def library_bound(audio_paths: list[str], cfg: PipelineConfig) -> float:
 def disk_usage(store: str, root: Path) -> dict[str, float]:
     """Per track: bytes of the entry file, files of the entry, bytes of the hcqt array (chunks as stored)."""
     s = open_store(store, root)
-    rows = s.read_index()
+    rows = s.read_index().values()
     total = hcqt = files = 0
     for r in rows:
         path = s.root / r.path

@@ -177,7 +177,7 @@ def main() -> None:
         zarr_store = open_store("zarr", root)
         task = TASKS.get("chord")
         names = [task.feature, *task.targets]
-        rows = zarr_store.read_index()
+        rows = list(zarr_store.read_index().values())
         keys = [EntryKey(r.track, r.frames[task.feature]) for r in rows if r.split == "train"] or \
             [EntryKey(r.track, r.frames[task.feature]) for r in rows]
         p = TrainParams()

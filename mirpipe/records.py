@@ -28,7 +28,8 @@ class Record:
     """Base of every typed record (subclasses are ``@dataclass(frozen=True)``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON values (nested records as objects); leaves are shared, not copied."""
+        return {name: _dump(getattr(self, name)) for name in _fields(type(self))}
 
     @classmethod
     def from_json(cls: type[R], data: Any) -> R:
@@ -48,6 +49,25 @@ class Record:
 
     def replace(self: R, **changes: Any) -> R:
         return dataclasses.replace(self, **changes)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _dump(value: Any) -> Any:
+    """A field's JSON value: records and dataclasses as objects, lists, tuples and dicts walked."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, Record):
+        return value.to_json()
+    if kind is list or kind is tuple:
+        return [_dump(v) for v in value]
+    if kind is dict:
+        return {k: _dump(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 @cache
@@ -89,3 +109,92 @@ def _loader(tp: Any) -> Callable[[Any], Any] | None:
             if isinstance(arg, type) and issubclass(arg, Record):
                 return arg.from_json
     return None
+
+
+class RecordTable(Mapping[str, R]):
+    """Records of one type stored by column and keyed by one field (the manifest, the store index).
+
+    One JSON document of columns (``{"format": "columns", "key": ..., "columns": {field: [...]}}``)
+    reads several times faster than one object per row, and a row is rebuilt as its record only
+    when it is asked for (``table[key]``); the hot loops of planning read single fields
+    (``value``) or whole columns (``column``) without building records at all.
+    """
+
+    FORMAT = "columns"
+
+    def __init__(self, record_type: type[R], key: str, columns: dict[str, list], extra: dict[str, Any] | None = None):
+        names, required, _ = _plan(record_type)
+        given = columns.keys()
+        if not (required <= given and given <= names and key in given):
+            missing, unknown = sorted(required - given), sorted(given - names)
+            raise RecordError(f"{record_type.__name__} table: missing columns {missing}, unknown {unknown}")
+        lengths = {len(col) for col in columns.values()}
+        if len(lengths) > 1:
+            raise RecordError(f"{record_type.__name__} table: columns of different lengths {sorted(lengths)}")
+        self.record_type, self.key, self.columns = record_type, key, columns
+        self.extra = dict(extra or {})  # document-level values beside the columns (the manifest's scan)
+        self._pos = {k: i for i, k in enumerate(columns[key])}
+        self._rows: dict[str, R] = {}
+
+    @classmethod
+    def from_rows(cls, record_type: type[R], key: str, rows: typing.Iterable[R],
+                  extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+        names = list(_fields(record_type))
+        dumped = [row.to_json() for row in rows]
+        return cls(record_type, key, {n: [d[n] for d in dumped] for n in names}, extra)
+
+    @classmethod
+    def from_dicts(cls, record_type: type[R], key: str, rows: typing.Iterable[Mapping[str, Any]],
+                   extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+        """A table from rows already in JSON form (ledger records): nothing is built or dumped."""
+        names = list(_fields(record_type))
+        columns: dict[str, list] = {n: [] for n in names}
+        for row in rows:
+            if row.keys() != columns.keys():
+                raise RecordError(f"{record_type.__name__} table: a row with fields {sorted(row)}, expected {sorted(names)}")
+            for n in names:
+                columns[n].append(row[n])
+        return cls(record_type, key, columns, extra)
+
+    @classmethod
+    def from_json(cls, record_type: type[R], key: str, data: Any, rows_key: str | None = None) -> "RecordTable[R]":
+        """A table from its JSON document, or from a list of row objects under ``rows_key`` (the
+        layout before tables), keyed by the field ``key``."""
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{record_type.__name__} table: expected an object, got {type(data).__name__}")
+        if data.get("format") == cls.FORMAT:
+            if not isinstance(data.get("columns"), Mapping) or not isinstance(data.get("key"), str):
+                raise RecordError(f"{record_type.__name__} table: no columns")
+            extra = {k: v for k, v in data.items() if k not in ("format", "key", "columns")}
+            return cls(record_type, key, dict(data["columns"]), extra)
+        if rows_key is not None and isinstance(data.get(rows_key), list):
+            extra = {k: v for k, v in data.items() if k != rows_key}
+            return cls.from_rows(record_type, key, [record_type.from_json(r) for r in data[rows_key]], extra)
+        raise RecordError(f"{record_type.__name__} table: not a table of this mirpipe")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.extra, "format": self.FORMAT, "key": self.key, "columns": self.columns}
+
+    def __getitem__(self, key: str) -> R:
+        row = self._rows.get(key)
+        if row is None:
+            i = self._pos[key]
+            row = self._rows[key] = self.record_type.from_json({n: col[i] for n, col in self.columns.items()})
+        return row
+
+    def __iter__(self):
+        return iter(self.columns[self.key])
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pos
+
+    def value(self, key: str, name: str) -> Any:
+        """One field of one row as stored (JSON), without building the record."""
+        return self.columns[name][self._pos[key]]
+
+    def column(self, name: str) -> list:
+        """A field of every row, in row order (``column(table.key)`` are the keys)."""
+        return self.columns[name]

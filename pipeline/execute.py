@@ -47,8 +47,8 @@ def execute_item(
     ledger = Ledger(ctx.workdir)
     t0 = time.perf_counter()
     if token is not None:
-        prior = ledger.failure(stage_name, item.id)
-        if prior is not None and prior.get("token") == token:
+        prior = ledger.timed_out(stage_name, token)  # this submission already ran out of time on a worker
+        if prior is not None:
             return {"status": "failed", "item": item.id, "failure": prior, "seconds": 0.0}
         ledger.note_start(stage_name, item.id, token)
     item = dataclasses.replace(item, payload={**item.payload, "fingerprint": fingerprint})
@@ -56,7 +56,7 @@ def execute_item(
 
     def _expired() -> None:  # worker case: recorded here, then the watchdog ends the process
         exc = TimeLimitError(item_file(item), f"exceeded the time limit of {limit:g}s ({stage_name} {item.id})")
-        ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, "", token=token)
+        ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, "", token=token, timed_out=True)
 
     while True:
         attempts += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from mirpipe.storage.atomic import remove_leftovers
 
 from .config import PipelineBase
 from .execute import execute_item
-from .ledger import QUARANTINED, Ledger, QuarantinedError
+from .ledger import QUARANTINED, Ledger, QuarantinedError, StageState
 from .progress import StageProgress
 
 LOCK_NAME = ".mirpipe.lock"
@@ -35,20 +36,23 @@ def stage_order(config: PipelineBase) -> list[str]:
     return config.stage_order()
 
 
-def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext) -> str:
-    blob = json.dumps(
-        {
-            "stage": stage.name,
-            "version": stage.version,
-            "params": stage.fingerprint_params(ctx),
-            "item": item.id,
-            "identity": item.identity,
-            "upstream": list(item.upstream),
-        },
-        sort_keys=True,
-        default=str,
-    )
+def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext, params_json: str | None = None) -> str:
+    """The item's fingerprint: sha256 of its stage, version, parameters, id, identity and upstream.
+
+    The JSON is the one ``json.dumps({...}, sort_keys=True, default=str)`` gives, assembled from
+    parts so that a stage's parameters (``params_json``, from ``params_blob``) are serialized
+    once per plan, not once per item.
+    """
+    if params_json is None:
+        params_json = params_blob(stage, ctx)
+    dump = functools.partial(json.dumps, sort_keys=True, default=str)
+    blob = (f'{{"identity": {dump(item.identity)}, "item": {dump(item.id)}, "params": {params_json}, '
+            f'"stage": {dump(stage.name)}, "upstream": {dump(list(item.upstream))}, "version": {dump(stage.version)}}}')
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def params_blob(stage: Stage, ctx: StageContext) -> str:
+    return json.dumps(stage.fingerprint_params(ctx), sort_keys=True, default=str)
 
 
 @dataclass
@@ -136,21 +140,24 @@ class Runner:
         self.log = log
         self.progress = progress
         self._done_cache: dict[str, dict[str, Done]] = {}
+        self._states: dict[str, StageState] = {}  # the ledger as the last plan of each stage read it
 
     # -- planning ------------------------------------------------------------
     def plan(self, name: str, force: bool = False, retry_failed: bool = False) -> StagePlan:
         stage = STAGES.get(name)
         upstream = {need: self.done_items(need) for need in stage.needs}
         items = stage.items(self.ctx, upstream)
-        markers = {} if force else self.ledger.done(name)
-        failures = self.ledger.failures(name)
+        state = self._states[name] = self.ledger.state(name)
+        markers = {} if force else state.done
+        failures = state.failed
         plan = StagePlan(name, total=len(items))
+        params_json = params_blob(stage, self.ctx)
         for item in items:
-            fp = fingerprint(stage, item, self.ctx)
+            fp = fingerprint(stage, item, self.ctx, params_json)
             marker = markers.get(item.id)
             record = self._record(stage, marker) if marker and marker["fingerprint"] == fp else None
             if record is not None and stage.outputs_valid(item, self.ctx, record):
-                plan.done[item.id] = Done(fp, record)
+                plan.done[item.id] = Done(fp, record, marker["record"])
                 plan.done_items[item.id] = item
                 continue
             failure = failures.get(item.id)
@@ -193,7 +200,7 @@ class Runner:
                         continue
                     if result["status"] == "done":
                         report.done += 1
-                        done[item.id] = Done(fp, stage.load_record(result["record"]))
+                        done[item.id] = Done(fp, stage.load_record(result["record"]), result["record"])
                     else:
                         report.failures.append(result["failure"])
                         self._log_failure(name, result["failure"])
@@ -203,6 +210,7 @@ class Runner:
         report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)
         report.failed = len(report.failures) - report.quarantined  # as in status: the two are apart
         stage.finalize(self.ctx, done)
+        self.ledger.compact(name)  # the stage's logs folded into one file (we hold the workdir lock)
         self._done_cache[name] = done
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
@@ -213,7 +221,6 @@ class Runner:
         calls, by_key = [], {}
         for item, fp in todo:
             key = f"{stage.name}-{item.id}-{fp[:8]}-{uuid.uuid4().hex[:8]}"  # also the submission token
-            self.ledger.clear_starts(stage.name, item.id)
             calls.append((key, (stage.name, item, fp, self.ctx, rp.retries, rp.retry_backoff, rp.time_limit if stage.bounded_time else None, key)))
             by_key[key] = (item, fp)
         resources = executor.resources_for(stage.name, stage.resources)
@@ -228,8 +235,8 @@ class Runner:
         (it killed its worker more than the allowed failures), or None to resubmit a bystander once."""
         from .execute import item_file
 
-        recorded = self.ledger.failure(name, item.id)
-        if recorded is not None and recorded.get("token") == token:
+        recorded = self.ledger.timed_out(name, token)
+        if recorded is not None:
             return {"status": "failed", "failure": recorded}
         starts = self.ledger.starts(name, item.id, token)
         if type(exc).__name__ == "KilledWorker":
@@ -281,6 +288,8 @@ class Runner:
                     damaged.append({"stage": name, "item": item_id})
                     if repair:
                         self.ledger.forget(name, item_id)
+            if repair:
+                self.ledger.compact(name)
         return damaged
 
     def status(self) -> list[dict[str, Any]]:
@@ -291,7 +300,7 @@ class Runner:
         for name in stage_order(self.config):
             plan = self.plan(name)
             self._done_cache[name] = plan.done
-            started = self.ledger.started(name) if live else set()
+            started = set(self._states[name].starts) if live else set()
             running = sum(item.id in started for item, _ in plan.todo)
             out.append(
                 {

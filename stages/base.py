@@ -40,6 +40,13 @@ class Done:
 
     fingerprint: str
     record: Any
+    raw: Mapping[str, Any] | None = None  # the record's JSON as the ledger holds it, where at hand
+
+    def record_json(self) -> dict[str, Any]:
+        """The record's JSON form (the ledger's, or dumped from the record)."""
+        if self.raw is not None:
+            return dict(self.raw)
+        return self.record.to_json() if isinstance(self.record, Record) else dict(self.record)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ IGNORED_LISTED = 200  # paths listed per reason in the manifest (all are counted
 def track_id(key: str) -> str:
     """A readable, path-safe id for the NFC relative stem ``key`` ("album/01"); a lossy
     cleaning adds a short hash of ``key``, so two different names never share an id."""
+    if _UNSAFE.search(key) is None and all(part and part.strip(" .") == part for part in key.split("/")):
+        return key  # the common case: nothing to clean
     parts = [(_UNSAFE.sub("_", part).strip(" .") or "_") for part in key.split("/")]
     ident = "/".join(parts)
     return ident if ident == key else f"{ident}~{_short_hash(key)}"
@@ -91,6 +93,8 @@ def scan_corpus(corpus: Path) -> Scan:
             visited[key] = full
             keep.append(name)
         dirnames[:] = keep
+        reldir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if reldir == "." else reldir + "/"
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             scan.files += 1
@@ -104,7 +108,7 @@ def scan_corpus(corpus: Path) -> Scan:
                 scan.ignored["not audio or JAMS"].append(full)
                 continue
             # special files (a FIFO, a device) and broken links are kept: validation classifies them
-            rel = os.path.relpath(os.path.join(dirpath, stem), root).replace(os.sep, "/")
+            rel = prefix + stem
             by_key[unicodedata.normalize("NFC", rel)][kind].append(full)
     ids = {key: track_id(key) for key in by_key}
     # ids that differ only in case would share a file on case-insensitive file systems

@@ -112,17 +112,17 @@ class Evaluate(Stage):
                 continue
             task = TASKS.get(task_name)
             tracks = sorted(
-                t for t, row in manifest.items()
-                if row.split == "test" and task.usable(row.offers)
-                and t in upstream["features"]
+                t for t, split, offers in zip(manifest, manifest.column("split"), manifest.column("offers"))
+                if split == "test" and task.usable(offers) and t in upstream["features"]
             )
+            value = manifest.value  # raw fields: no record is built per track
             for i, track in enumerate(tracks):
                 feat = upstream["features"][track]
                 items.append(
                     WorkItem(
                         f"{task_name}/{track}",
-                        payload={"task": task_name, "track": track, "jams": manifest[track].jams,
-                                 "audio": manifest[track].audio, "prep": manifest[track].prep.to_json(),
+                        payload={"task": task_name, "track": track, "jams": value(track, "jams"),
+                                 "audio": value(track, "audio"), "prep": value(track, "prep"),
                                  "plot": i < p.figures},
                         identity={"trained_at": trained.record.trained_at,
                                   "decoding": p.decode_params(task_name).model_dump(mode="json"),

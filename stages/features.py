@@ -9,6 +9,7 @@ variants of the same entry.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mirpipe.models.task import TASKS
 from mirpipe.records import Record
 from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import ArraySpec, IndexRow
+from mirpipe.storage.base import ArraySpec
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .annotations import Preparation, prepared_jams
@@ -177,10 +178,11 @@ class Features(Stage):
         manifest = read_manifest(ctx)
         # identity is the track's content (audio and JAMS bytes and ingest's decisions), not ingest's
         # fingerprint: a file touched, moved or re-hashed without changing is not recomputed
+        value = manifest.value  # raw fields: no record is built per track
         return [
-            WorkItem(track, payload={"track": track, "audio": manifest[track].audio, "jams": manifest[track].jams,
-                                     "prep": manifest[track].prep.to_json()},
-                     identity={"content": manifest[track].content})
+            WorkItem(track, payload={"track": track, "audio": value(track, "audio"), "jams": value(track, "jams"),
+                                     "prep": value(track, "prep")},
+                     identity={"content": value(track, "content")})
             for track in sorted(upstream["ingest"])
             if track in manifest
         ]
@@ -232,13 +234,13 @@ class Features(Stage):
         store = open_store(p.store, store_root(ctx))
         manifest = read_manifest(ctx)
         rows = []
+        root = str(store.root)
         for track, d in sorted(done.items()):
-            r: FeaturesRecord = d.record
             if track not in manifest:
                 continue
-            rows.append(IndexRow(
-                track=track, split=manifest[track].split, variants=r.variants, shifts=r.shifts, frames=r.frames,
-                arrays=r.arrays, path=str(store.entry_path(track).relative_to(store.root)),
-            ))
-        store.write_index(rows)
+            r = d.record_json()
+            rows.append({"track": track, "split": manifest.value(track, "split"), "variants": r["variants"],
+                         "shifts": r["shifts"], "frames": r["frames"], "arrays": r["arrays"],
+                         "path": os.path.relpath(store.entry_path(track), root)})
+        store.write_index_json(rows)
         store.remove_leftovers()

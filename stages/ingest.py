@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.errors import WorkdirFileError
 from mirpipe.models.task import TASKS, offered_namespaces
-from mirpipe.records import Record, RecordError
-from mirpipe.storage.atomic import read_json, write_json
+from mirpipe.records import Record, RecordError, RecordTable
+from mirpipe.storage.atomic import read_cached, read_json, write_json_if_changed
 
 from . import errors
 from .annotations import ChoiceRule, Preparation, apply, choose
@@ -344,11 +344,12 @@ class Ingest(Stage):
         free = {t: r.namespaces for t, r in records.items() if r.declared_split is None}
         splits = assign_splits(free, p.split_fractions, p.split_seed)
         splits.update({t: r.declared_split for t, r in records.items() if r.declared_split is not None})
-        rows = [ManifestRow(**vars(records[t]), split=splits[t], fingerprint=done[t].fingerprint) for t in sorted(records)]
+        rows = ({**done[t].record_json(), "split": splits[t], "fingerprint": done[t].fingerprint} for t in sorted(records))
         corpus = corpus_dir(ctx)
         scanned = getattr(self, "_scanned", None)
         summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
-        write_json(ctx.path(MANIFEST), {"tracks": [row.to_json() for row in rows], "scan": summary.to_json()})
+        table = RecordTable.from_dicts(ManifestRow, "track", rows, extra={"scan": summary.to_json()})
+        write_json_if_changed(ctx.path(MANIFEST), table.to_json())
 
     def status_notes(self, ctx: StageContext) -> list[str]:
         """The corpus scan and the decisions ingest took, from the manifest."""
@@ -356,10 +357,9 @@ class Ingest(Stage):
         if not path.exists():
             return []
         try:
-            data = read_json(path)
-            rows = [ManifestRow.from_json(row) for row in data["tracks"]]
-            scan = ScanSummary.from_json(data["scan"])
-        except (KeyError, TypeError, ValueError):
+            manifest = read_manifest(ctx)
+            scan = ScanSummary.from_json(manifest.extra["scan"])
+        except (KeyError, TypeError, ValueError, WorkdirFileError):
             return [f"{path} is not a manifest of this mirpipe; rerun ingest"]
         notes = [f"corpus: {scan.files} files seen, {scan.tracks} tracks"
                  + "".join(f"; {n} {reason}" for reason, n in scan.ignored.items())]
@@ -367,10 +367,10 @@ class Ingest(Stage):
             notes += [f"  left out ({reason}): {path}" for path in paths[:NOTES_LISTED]]
             if scan.ignored[reason] > NOTES_LISTED:
                 notes.append(f"  ... {scan.ignored[reason] - NOTES_LISTED} more ({path})")
-        declared = sum(r.declared_split is not None for r in rows)
+        declared = sum(split is not None for split in manifest.column("declared_split"))
         if declared:
-            notes.append(f"splits: {declared} of {len(rows)} tracks use the split their JAMS declares")
-        noticed = [(r.track, n) for r in rows for n in r.notices]
+            notes.append(f"splits: {declared} of {len(manifest)} tracks use the split their JAMS declares")
+        noticed = [(track, Notice.from_json(n)) for track, notices in zip(manifest, manifest.column("notices")) for n in notices]
         by_code: dict[str, int] = {}
         for _, n in noticed:
             by_code[n.code] = by_code.get(n.code, 0) + 1
@@ -385,13 +385,17 @@ class Ingest(Stage):
 NOTES_LISTED = 20  # lines per kind that status prints (the manifest keeps them all)
 
 
-def read_manifest(ctx: StageContext) -> dict[str, ManifestRow]:
-    """The manifest's rows by track id ({} before ingest ran); a malformed file is a ``WorkdirFileError``."""
+def read_manifest(ctx: StageContext) -> RecordTable[ManifestRow]:
+    """The manifest's rows by track id (empty before ingest ran); read once per version of the
+    file in a process. A malformed file is a ``WorkdirFileError``."""
     path = ctx.path(MANIFEST)
     if not path.exists():
-        return {}
+        return RecordTable.from_rows(ManifestRow, "track", [])
+    return read_cached(path, _load_manifest)
+
+
+def _load_manifest(path: Path) -> RecordTable[ManifestRow]:
     try:
-        rows = [ManifestRow.from_json(row) for row in read_json(path)["tracks"]]
+        return RecordTable.from_json(ManifestRow, "track", read_json(path), rows_key="tracks")
     except (KeyError, TypeError, RecordError) as exc:
         raise WorkdirFileError(path, f"not a manifest written by this mirpipe ({exc}); rerun ingest") from None
-    return {row.track: row for row in rows}

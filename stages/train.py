@@ -155,16 +155,12 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     """Training and validation entries of the tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
+    index = open_store(p.store, store_root(ctx)).read_index()
     train, val = [], []
-    for row in open_store(p.store, store_root(ctx)).read_index():
-        track = manifest.get(row.track)
-        if track is None or not task.usable(track.offers):
+    for track, split, frames in zip(index, index.column("split"), index.column("frames")):
+        if split not in ("train", "val") or track not in manifest or not task.usable(manifest.value(track, "offers")):
             continue
-        key = EntryKey(row.track, row.frames[task.feature])
-        if row.split == "train":
-            train.append(key)
-        elif row.split == "val":
-            val.append(key)
+        (train if split == "train" else val).append(EntryKey(track, frames[task.feature]))
     return train, val
 
 
@@ -208,11 +204,11 @@ class Train(Stage):
             task = TASKS.get(name)
             read = {}
             for item_id, done in feats.items():
-                row = manifest.get(item_id)
-                if row is None or not task.usable(row.offers):
+                if item_id not in manifest or not task.usable(manifest.value(item_id, "offers")):
                     continue
-                if row.split in ("train", "val"):
-                    read[item_id] = f"{row.split} {done.fingerprint}"
+                split = manifest.value(item_id, "split")
+                if split in ("train", "val"):
+                    read[item_id] = f"{split} {done.fingerprint}"
             digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
             items.append(WorkItem(
                 name, payload={"task": name},

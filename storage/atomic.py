@@ -13,7 +13,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -85,6 +85,35 @@ def read_json(path: Path | str):
 
 def write_json(path: Path, obj) -> None:
     write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def write_json_if_changed(path: Path, obj) -> bool:
+    """Write a large document compactly, unless the file already holds exactly it (a rerun with
+    nothing new keeps the file, and every reader's cache of it); True when written."""
+    data = json.dumps(obj, separators=(",", ":"), default=str).encode()
+    try:
+        if os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_bytes(path, data)
+    return True
+
+
+_READ_CACHE: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+
+def read_cached(path: Path | str, build: Callable[[Path], Any]) -> Any:
+    """``build(path)``, once per version of the file in this process: files mirpipe writes are
+    replaced by rename, so (inode, size, mtime) tells a new version."""
+    st = os.stat(path)
+    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _READ_CACHE.get(str(path))
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    value = build(Path(path))
+    _READ_CACHE[str(path)] = (version, value)
+    return value
 
 
 def remove_leftovers(root: Path) -> int:

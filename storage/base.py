@@ -23,10 +23,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from mirpipe.errors import WorkdirFileError
-from mirpipe.records import Record, RecordError
+from mirpipe.records import Record, RecordError, RecordTable
 from mirpipe.registry import Registry
 
-from .atomic import read_json, remove_leftovers, write_json
+from .atomic import read_cached, read_json, remove_leftovers, write_json_if_changed
 
 INDEX_NAME = "index.json"
 CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a patch one or two
@@ -146,20 +146,31 @@ class FeatureStore(ABC):
 
     # -- index (driver only) -------------------------------------------------
     def write_index(self, rows: list[IndexRow]) -> None:
-        write_json(self.root / INDEX_NAME, {"backend": self.backend, "entries": [r.to_json() for r in rows]})
+        self.write_index_json([row.to_json() for row in rows])
 
-    def read_index(self) -> list[IndexRow]:
-        """The index rows ([] before features ran); a malformed index is a ``WorkdirFileError``."""
+    def write_index_json(self, rows: Iterable[dict[str, Any]]) -> None:
+        """The index from rows in JSON form (the fields of ``IndexRow``); the file is left as it is
+        when it already holds them."""
+        table = RecordTable.from_dicts(IndexRow, "track", rows, extra={"backend": self.backend})
+        write_json_if_changed(self.root / INDEX_NAME, table.to_json())
+
+    def read_index(self) -> RecordTable[IndexRow]:
+        """The index rows by track (empty before features ran), read once per version of the file
+        in a process; a malformed index is a ``WorkdirFileError``."""
         path = self.root / INDEX_NAME
         if not path.exists():
-            return []
-        try:
-            return [IndexRow.from_json(row) for row in read_json(path)["entries"]]
-        except (KeyError, TypeError, RecordError) as exc:
-            raise WorkdirFileError(path, f"not a store index written by this mirpipe ({exc}); rerun features") from None
+            return RecordTable.from_rows(IndexRow, "track", [])
+        return read_cached(path, _load_index)
 
     def remove_leftovers(self) -> int:
         return remove_leftovers(self.root)
+
+
+def _load_index(path: Path) -> RecordTable[IndexRow]:
+    try:
+        return RecordTable.from_json(IndexRow, "track", read_json(path), rows_key="entries")
+    except (KeyError, TypeError, RecordError) as exc:
+        raise WorkdirFileError(path, f"not a store index written by this mirpipe ({exc}); rerun features") from None
 
 
 STORE_BACKENDS: Registry[type[FeatureStore]] = Registry(

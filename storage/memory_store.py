@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mirpipe.records import RecordTable
+
 from .base import STORE_BACKENDS, Entry, FeatureStore, IndexRow
 
 _ENTRIES: dict[str, dict[str, Entry]] = {}
@@ -46,11 +48,11 @@ class MemoryStore(FeatureStore):
     def entry_stamp(self, track: str) -> list[int] | None:
         return [0, 0] if self.has_entry(track) else None
 
-    def write_index(self, rows: list[IndexRow]) -> None:
-        self.index = rows
+    def write_index_json(self, rows) -> None:
+        self.index = RecordTable.from_dicts(IndexRow, "track", rows)
 
-    def read_index(self) -> list[IndexRow]:
-        return getattr(self, "index", [])
+    def read_index(self) -> RecordTable[IndexRow]:
+        return getattr(self, "index", None) or RecordTable.from_rows(IndexRow, "track", [])
 
     def remove_leftovers(self) -> int:
         return 0

@@ -61,13 +61,21 @@ def corpus_config(corpus: Path, store: str = "zarr", shifts=None, mode: str = FA
     )
 
 
+def manifest_rows(workdir: Path) -> dict[str, dict]:
+    """The rows of a workdir's manifest.json (a table of columns) as JSON objects, by track."""
+    import json
+
+    columns = json.loads((Path(workdir) / "manifest.json").read_text())["columns"]
+    return {track: {name: col[i] for name, col in columns.items()} for i, track in enumerate(columns["track"])}
+
+
 def store_contents(workdir: Path, backend: str = "zarr") -> dict:
     """Every entry's arrays and attributes (less the per-run fingerprint): what "identical store" compares."""
     from mirpipe.storage import open_store
 
     store = open_store(backend, Path(workdir) / "features")
     out = {}
-    for row in store.read_index():
+    for row in store.read_index().values():
         entry = store.read_entry(row.track)
         attrs = {k: v for k, v in entry.attrs.items() if k != "fingerprint"}
         out[row.track] = (entry.arrays, attrs)

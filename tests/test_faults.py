@@ -40,7 +40,7 @@ def _write_configs(tmp_path: Path, pipeline, cluster: dict) -> tuple[Path, Path]
 
 
 def _done_markers(workdir: Path, stage: str = "features") -> int:
-    return len(list((workdir / "ledger" / stage).rglob("*.done.json")))
+    return len(Ledger(workdir).done(stage))
 
 
 def _wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:

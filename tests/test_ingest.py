@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import manifest_rows
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.runner import Runner
@@ -107,7 +108,7 @@ EXPECTED = {
 
 def test_bad_inputs_are_classified_and_good_tracks_go_on(messy_corpus, tmp_path, sync_cluster):
     cfg = PipelineConfig.model_validate(
-        {"ingest": {"corpus": str(messy_corpus)}, "run": {"retries": 2, "retry_backoff": 0, "time_limit": 2}}
+        {"ingest": {"corpus": str(messy_corpus)}, "run": {"retries": 2, "retry_backoff": 0, "time_limit": 8}}
     )
     runner = Runner(tmp_path / "work", cfg, progress=False)
     with open_executor(sync_cluster) as ex:
@@ -119,7 +120,7 @@ def test_bad_inputs_are_classified_and_good_tracks_go_on(messy_corpus, tmp_path,
         assert f["error_class"] == cls, (item, f)
         assert f["kind"] == "input" and filename in f["file"] and f["message"] and f["traceback"]
         assert f["attempts"] == 1  # input errors are not retried
-    manifest = json.loads((tmp_path / "work" / "manifest.json").read_text())["tracks"]
+    manifest = list(manifest_rows(tmp_path / "work").values())
     assert [r["track"] for r in manifest] == ["good_a", "good_b"]
     assert all(len(r["audio_sha256"]) == 64 and r["duration"] > 5 for r in manifest)
     log = (tmp_path / "work" / "logs" / "failures.log").read_text().splitlines()

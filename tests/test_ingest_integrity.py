@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import corpus_config
+from conftest import corpus_config, manifest_rows
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
@@ -135,7 +135,7 @@ def test_messy_corpus_every_track_processed_right_or_classified(corpus, tmp_path
     for item, (cls, filename) in EXPECTED_FAILURES.items():
         assert failures[item]["error_class"] == cls and failures[item]["file"].endswith(filename), failures[item]
         assert failures[item]["kind"] == "input" and failures[item]["attempts"] == 1
-    manifest = {r["track"]: r for r in json.loads((work / "manifest.json").read_text())["tracks"]}
+    manifest = manifest_rows(work)
     # ids from the path relative to the root, NFC, readable in any script; the symlinked folder is followed
     assert set(manifest) == {"plain", "two_chord_annotations", "inverted_stereo", "和弦進行", "コード進行",
                              "albumA/01", "albumB/01", "Café", "linked_folder/linked", "noisy_boundaries"}
@@ -180,7 +180,7 @@ def test_messy_corpus_every_track_processed_right_or_classified(corpus, tmp_path
 
 def test_default_rule_is_first_and_says_so(corpus, tmp_path):
     reports, _ = _run(tmp_path / "work", corpus, only="ingest")
-    manifest = {r["track"]: r for r in json.loads((tmp_path / "work" / "manifest.json").read_text())["tracks"]}
+    manifest = manifest_rows(tmp_path / "work")
     notice = manifest["two_chord_annotations"]["notices"][0]
     assert notice["code"] == "several_annotations" and "#0" in notice["message"] and "rule first" in notice["message"]
 
@@ -188,7 +188,7 @@ def test_default_rule_is_first_and_says_so(corpus, tmp_path):
 def test_duration_mismatch_can_be_corrected_with_a_warning(corpus, tmp_path):
     work = tmp_path / "work"
     reports, _ = _run(work, corpus, only="ingest", duration_mismatch="correct")
-    manifest = {r["track"]: r for r in json.loads((work / "manifest.json").read_text())["tracks"]}
+    manifest = manifest_rows(work)
     for track in ("duration_longer", "duration_shorter"):
         assert [n["code"] for n in manifest[track]["notices"]] == ["duration_corrected"]
         assert manifest[track]["duration"] == pytest.approx(sf.info(manifest[track]["audio"]).duration)

@@ -46,9 +46,10 @@ def test_store_index_and_entries(finished):
     store = open_store("zarr", workdir / "features")
     index = store.read_index()
     assert len(index) == 3
-    manifest = {r["track"]: r["split"] for r in json.loads((workdir / "manifest.json").read_text())["tracks"]}
+    columns = json.loads((workdir / "manifest.json").read_text())["columns"]
+    manifest = dict(zip(columns["track"], columns["split"]))
     margin = max(abs(s) for s in SMALL_SHIFTS) * 3  # bins per side for the largest shift, 3 bins/semitone
-    for row in index:
+    for row in index.values():
         assert row.split == manifest[row.track]
         assert store.is_valid(row.track)
         assert row.variants == [0] and row.shifts == SMALL_SHIFTS  # shifts are sampled, not stored

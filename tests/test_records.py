@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,45 @@ def test_a_malformed_manifest_or_index_names_the_file(tmp_path):
     store = open_store("zarr", tmp_path / "features")
     row = IndexRow("t", "train", [0], [0, 1], {"cqt": 5}, {"cqt": ArraySpec([1, 5, 216], "float16")}, "t.zarr.zip")
     store.write_index([row])
-    assert store.read_index() == [row]
-    (tmp_path / "features" / "index.json").write_text(json.dumps({"entries": [{"track": "t"}]}))
+    assert list(store.read_index().values()) == [row]
+    (tmp_path / "features" / "index.json").write_text(json.dumps({"format": "columns", "key": "track", "columns": {"track": ["t"]}}))
     with pytest.raises(WorkdirFileError, match="index.json"):
         store.read_index()
+
+
+def test_record_table_round_trips_reads_fields_without_building_rows_and_reads_the_old_layout():
+    from mirpipe.records import RecordTable
+
+    rows = [IndexRow(f"t{i}", "train" if i % 2 else "test", [0], [-1, 0, 1], {"cqt": 5 + i},
+                     {"cqt": ArraySpec([1, 5 + i, 216], "uint8")}, f"t{i}.zarr.zip") for i in range(4)]
+    table = RecordTable.from_rows(IndexRow, "track", rows, extra={"backend": "zarr"})
+    back = RecordTable.from_json(IndexRow, "track", json.loads(json.dumps(table.to_json())))
+    assert list(back) == ["t0", "t1", "t2", "t3"] and back.extra == {"backend": "zarr"}
+    assert back.value("t2", "frames") == {"cqt": 7} and back.column("split") == ["test", "train"] * 2
+    assert not back._rows  # nothing built yet
+    assert list(back.values()) == rows and back["t3"] is back["t3"]
+    old = RecordTable.from_json(IndexRow, "track", {"entries": [r.to_json() for r in rows]}, rows_key="entries")
+    assert list(old.values()) == rows
+    with pytest.raises(RecordError, match="missing columns"):
+        RecordTable.from_json(IndexRow, "track", {"format": "columns", "key": "track", "columns": {"track": ["a"]}})
+    columns = {**table.to_json()["columns"], "split": ["train"]}
+    with pytest.raises(RecordError, match="different lengths"):
+        RecordTable(IndexRow, "track", columns)
+
+
+def test_planning_fingerprints_are_the_plain_json_digest():
+    """The fingerprint is assembled from parts (parameters serialized once per plan); it must stay
+    the digest of the whole document, or every workdir would recompute everything."""
+    import hashlib
+
+    from mirpipe.pipeline.config import PipelineConfig
+    from mirpipe.pipeline.runner import fingerprint
+    from mirpipe.stages import STAGES, StageContext, WorkItem
+
+    ctx = StageContext(Path("/tmp/w"), PipelineConfig().stage_params())
+    stage = STAGES.get("features")
+    item = WorkItem("albumA/和弦 \"1\"", payload={}, identity={"content": "abc", "n": [1, 2.5, None]}, upstream=("x", "y"))
+    plain = json.dumps({"stage": stage.name, "version": stage.version, "params": stage.fingerprint_params(ctx),
+                        "item": item.id, "identity": item.identity, "upstream": list(item.upstream)},
+                       sort_keys=True, default=str)
+    assert fingerprint(stage, item, ctx) == hashlib.sha256(plain.encode()).hexdigest()[:32]

@@ -14,6 +14,7 @@ import pytest
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
+from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 
 pytestmark = pytest.mark.slow
@@ -105,9 +106,9 @@ def _features_under_way(ex, augmented, fault_corpus):
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(reports=runner.run(ex, only="features")))
     thread.start()
-    ledger = augmented / "ledger" / "features"
+    ledger = Ledger(augmented)
     end = time.monotonic() + 180
-    while not list(ledger.rglob("*.done.json")) and time.monotonic() < end:
+    while not ledger.done("features") and time.monotonic() < end:
         time.sleep(0.05)
     busy = [addr for addr, keys in ex.client.processing().items() if keys]
     return thread, out, busy

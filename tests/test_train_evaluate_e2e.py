@@ -11,6 +11,7 @@ from conftest import small_config
 from mirpipe.models.chord import METRICS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
+from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 
 TINY_TRAIN = {
@@ -41,7 +42,7 @@ def trained(tmp_path_factory):
 def test_train_runs_as_a_task_and_keeps_its_checkpoints(trained):
     workdir, _, reports = trained
     assert (reports["train"].done, reports["train"].failed) == (1, 0), reports["train"].failures
-    record = json.loads((workdir / "ledger" / "train" / "chord.done.json").read_text())["record"]
+    record = Ledger(workdir).done("train")["chord"]["record"]
     assert record["steps"] == 10 and record["epochs"] == 2 and record["finished"]
     assert record["loader_workers"] == 0  # a Dask worker process cannot fork DataLoader workers
     assert record["train_entries"] == 4 and record["val_entries"] == 1  # 4 train tracks (shifts drawn when sampling); 1 val track

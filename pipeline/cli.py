@@ -406,8 +406,8 @@ def import_mirdata(name: str, data_home: Path, out: Path, index: Path | None, da
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard
 def import_folder(source: Path, out: Path, json_mode: bool) -> None:
-    """Import a folder of audio files with .lab chord files and .csv f0 files (time,Hz) of the
-    same name beside them (subfolders kept)."""
+    """Import a folder of audio files with annotation files of the same name beside them
+    (.lab, .csv, .jams: see `mirpipe import list`); subfolders are kept."""
     src, dst = source.resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise ValueError(f"--out {out} and {source} must not contain one another")

@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml Makefile scripts/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[hpc,dev]"
+	$(BIN)/python -m pip install -q -e ".[hpc,dev,datasets]"
 	@# muda depends on the obsolete 'pysoundfile', whose soundfile.py overwrites the
 	@# real soundfile module (it then cannot find libsndfile): put soundfile's back.
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps "soundfile>=0.13"
-	$(BIN)/python -c "import mirpipe, soundfile, muda, zarr, h5py, torch, dask_jobqueue; print('mirpipe: environment ready (torch', torch.__version__ + ')')"
+	$(BIN)/python -c "import mirpipe, soundfile, muda, zarr, h5py, torch, dask_jobqueue, mirdata; print('mirpipe: environment ready (torch', torch.__version__ + ')')"
 	touch $@
 
 install: $(STAMP)

@@ -10,3 +10,15 @@ storage)``; ``registry`` and this module are imported by all of them.
 from __future__ import annotations
 
 __version__ = "0.2.0"
+
+__all__ = ["__version__", "cluster"]
+
+
+def __getattr__(name: str):
+    """``mirpipe.cluster`` (joblib scripts on the cluster of a cluster.yaml), imported on first
+    use so that ``import mirpipe`` stays cheap (no Dask, no joblib)."""
+    if name == "cluster":
+        from mirpipe.pipeline.joblib_backend import cluster
+
+        return cluster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

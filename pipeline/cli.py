@@ -349,5 +349,79 @@ def tasks() -> None:
         click.echo(f"{task.name:12} {task.namespace:14} {'trainable' if task.trainable else 'targets only'}")
 
 
+# -- import: datasets researchers already have (mirpipe.importers) ---------------------------------
+
+
+@main.group("import")
+def import_group() -> None:
+    """Turn a dataset you already have into a corpus: each track's audio is linked in place
+    (a symlink, nothing copied) and its annotations become a strictly valid JAMS beside
+    the link. Exit code 1 when some track failed (each named with its file and reason)."""
+
+
+def _run_import(name: str, root: Path, out: Path, json_mode: bool, checksums: bool = False, **options) -> None:
+    from tqdm import tqdm
+
+    from mirpipe.importers import IMPORTERS
+    from mirpipe.importers.write import import_listing
+
+    importer = IMPORTERS.get(name)
+    with stdout_to_stderr(json_mode):
+        listing = importer.list_tracks(root, **options)
+        with tqdm(total=len(listing.tracks), desc="import", unit="track", file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:
+            report = import_listing(listing, out, name, checksums=checksums, progress=bar.update)
+    for line in report.lines():
+        _echo(line, json_mode)
+    if json_mode:
+        click.echo(json.dumps(report.to_json()))
+    sys.exit(EXIT_FAILED_ITEMS if report.failed else EXIT_OK)
+
+
+@import_group.command("mirdata")
+@click.argument("name")
+@click.option("--data-home", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="the dataset's folder, in its mirdata loader's layout")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="the corpus folder to write (links + JAMS)")
+@click.option("--index", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="a mirdata index JSON (default: mirdata's own if fetched, else one in --data-home, else built from the files)")
+@click.option("--dataset-version", default="default", show_default=True, help="the mirdata index version")
+@click.option("--checksums", is_flag=True, help="compare every file's md5 with the index (slow: reads all the audio)")
+@click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
+@_guard
+def import_mirdata(name: str, data_home: Path, out: Path, index: Path | None, dataset_version: str, checksums: bool,
+                   json_mode: bool) -> None:
+    """Import the mirdata dataset NAME found under --data-home (nothing is downloaded).
+    NAME: see `mirpipe import list`."""
+    from mirpipe.importers import IMPORTERS
+
+    if name in IMPORTERS and IMPORTERS.get(name).kind != "mirdata":
+        raise ValueError(f"{name!r} is not a mirdata importer (see `mirpipe import list`)")
+    _run_import(name, data_home, out, json_mode, checksums=checksums, index=index, version=dataset_version)
+
+
+@import_group.command("folder")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="the corpus folder to write (links + JAMS)")
+@click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
+@_guard
+def import_folder(source: Path, out: Path, json_mode: bool) -> None:
+    """Import a folder of audio files with annotation files of the same name beside them
+    (.lab, .csv, .jams: see `mirpipe import list`); subfolders are kept."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"--out {out} and {source} must not contain one another")
+    _run_import("folder", source, out, json_mode)
+
+
+@import_group.command("list")
+def import_list() -> None:
+    """List the importers: the name, the command that reaches it, what it reads."""
+    from mirpipe.importers import IMPORTERS
+
+    for importer in IMPORTERS.values():
+        click.echo(f"{importer.name:16} {('import ' + importer.kind):15} {importer.summary}")
+
+
 if __name__ == "__main__":
     main()

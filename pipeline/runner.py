@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from mirpipe.storage.atomic import remove_leftovers
 
 from .config import PipelineBase
 from .execute import execute_item
-from .ledger import QUARANTINED, Ledger, QuarantinedError, StageState
+from .ledger import QUARANTINED, Ledger, QuarantinedError
 from .progress import StageProgress
 
 LOCK_NAME = ".mirpipe.lock"
@@ -45,10 +44,13 @@ def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext, params_json: st
     """
     if params_json is None:
         params_json = params_blob(stage, ctx)
-    dump = functools.partial(json.dumps, sort_keys=True, default=str)
+    dump = _ENCODE  # one encoder for every call: json.dumps with options builds a new one each time
     blob = (f'{{"identity": {dump(item.identity)}, "item": {dump(item.id)}, "params": {params_json}, '
             f'"stage": {dump(stage.name)}, "upstream": {dump(list(item.upstream))}, "version": {dump(stage.version)}}}')
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+_ENCODE = json.JSONEncoder(sort_keys=True, default=str).encode
 
 
 def params_blob(stage: Stage, ctx: StageContext) -> str:
@@ -140,14 +142,15 @@ class Runner:
         self.log = log
         self.progress = progress
         self._done_cache: dict[str, dict[str, Done]] = {}
-        self._states: dict[str, StageState] = {}  # the ledger as the last plan of each stage read it
+        self._started: dict[str, set[str]] = {}  # items whose run began, as the last plan of each stage read the ledger
 
     # -- planning ------------------------------------------------------------
     def plan(self, name: str, force: bool = False, retry_failed: bool = False) -> StagePlan:
         stage = STAGES.get(name)
         upstream = {need: self.done_items(need) for need in stage.needs}
         items = stage.items(self.ctx, upstream)
-        state = self._states[name] = self.ledger.state(name)
+        state = self.ledger.state(name)
+        self._started[name] = set(state.starts)
         markers = {} if force else state.done
         failures = state.failed
         plan = StagePlan(name, total=len(items))
@@ -300,7 +303,7 @@ class Runner:
         for name in stage_order(self.config):
             plan = self.plan(name)
             self._done_cache[name] = plan.done
-            started = set(self._states[name].starts) if live else set()
+            started = self._started[name] if live else set()
             running = sum(item.id in started for item, _ in plan.todo)
             out.append(
                 {

@@ -9,6 +9,7 @@ variants of the same entry.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -152,6 +153,12 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
     return arrays, attrs, timings
 
 
+@functools.lru_cache(maxsize=8)
+def _planning_store(backend: str, root: str):
+    """One store object for the per-item checks of a plan (it only looks at files)."""
+    return open_store(backend, root)
+
+
 @STAGES.register
 class Features(Stage):
     name = "features"
@@ -212,7 +219,7 @@ class Features(Stage):
         modification time); a truncated, cut or rewritten entry makes the item pending again.
         ``mirpipe verify`` opens every entry instead (``verify_outputs``)."""
         p: FeaturesParams = ctx.params["features"]
-        store = open_store(p.store, store_root(ctx))
+        store = _planning_store(p.store, str(store_root(ctx)))
         if record.stamp is None:  # a record from before stamps: the deep check
             return store.is_valid(item.payload["track"])
         return store.entry_stamp(item.payload["track"]) == record.stamp

@@ -336,7 +336,7 @@ class Ingest(Stage):
         return validate_track(item.id, item.payload["audio"], item.payload["jams"], ctx.params["ingest"])
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrackRecord) -> bool:
-        return Path(record.audio).exists() and Path(record.jams).exists()
+        return os.path.exists(record.audio) and os.path.exists(record.jams)
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: IngestParams = ctx.params["ingest"]

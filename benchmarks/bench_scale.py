@@ -12,6 +12,9 @@ writes the manifest, the store index and the reports. Then, each in a fresh proc
 - **status**: ``Runner.status`` (what ``mirpipe status`` computes);
 - the driver's peak memory (max RSS of that process) and the files per track in the workdir.
 
+Wall and CPU seconds are both printed: on a shared machine the wall time grows with the
+load, the CPU seconds much less.
+
 Then a stage of no-op items on a 2-worker LocalCluster through the real ``DaskExecutor``
 (bounded submission window): seconds per task and the scheduler's memory as it goes.
 
@@ -126,15 +129,15 @@ def fabricate(workdir: Path, corpus: Path) -> None:
 def measure(workdir: Path, corpus: Path, what: str) -> dict:
     """One measurement in this (fresh) process."""
     runner = Runner(workdir, config(corpus), progress=False, log=lambda m: None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if what == "plan":
         reports = runner.run(executor=None)
         assert all(r.scheduled == 0 for r in reports), [(r.stage, r.scheduled) for r in reports]
     else:
         rows = runner.status()
         assert all(r["pending"] == 0 for r in rows), rows
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _in_fresh_process(workdir: Path, corpus: Path, what: str) -> dict:
@@ -161,8 +164,9 @@ def bench_size(n: int, tmp: Path) -> None:
     plan = _in_fresh_process(workdir, corpus, "plan")
     status = _in_fresh_process(workdir, corpus, "status")
     per_track, by_top = files_per_track(workdir, n)
-    print(f"{n:>7} tracks: plan a done rerun {plan['seconds']:6.2f} s (peak RSS {plan['peak_rss_mb']:5.0f} MB); "
-          f"status {status['seconds']:6.2f} s (peak RSS {status['peak_rss_mb']:5.0f} MB); "
+    print(f"{n:>7} tracks: plan a done rerun {plan['seconds']:6.2f} s wall, {plan['cpu_seconds']:6.2f} s CPU "
+          f"(peak RSS {plan['peak_rss_mb']:5.0f} MB); status {status['seconds']:6.2f} s wall, {status['cpu_seconds']:6.2f} s CPU "
+          f"(peak RSS {status['peak_rss_mb']:5.0f} MB); "
           f"{per_track:.2f} files per track in the workdir {by_top}  [built in {built:.0f} s]", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.rmtree(corpus, ignore_errors=True)

@@ -160,7 +160,7 @@ class Runner:
             marker = markers.get(item.id)
             record = self._record(stage, marker) if marker and marker["fingerprint"] == fp else None
             if record is not None and stage.outputs_valid(item, self.ctx, record):
-                plan.done[item.id] = Done(fp, record, marker["record"])
+                plan.done[item.id] = Done(fp, raw=marker["record"], load=stage.load_record)
                 plan.done_items[item.id] = item
                 continue
             failure = failures.get(item.id)
@@ -203,7 +203,7 @@ class Runner:
                         continue
                     if result["status"] == "done":
                         report.done += 1
-                        done[item.id] = Done(fp, stage.load_record(result["record"]), result["record"])
+                        done[item.id] = Done(fp, raw=result["record"], load=stage.load_record)
                     else:
                         report.failures.append(result["failure"])
                         self._log_failure(name, result["failure"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from pydantic import BaseModel
 
@@ -33,20 +33,35 @@ class WorkItem:
     upstream: tuple[str, ...] = ()  # upstream fingerprints, hashed too
 
 
-@dataclass(frozen=True)
 class Done:
-    """An upstream item that is complete: its fingerprint and the record its run returned
-    (an instance of the stage's ``record_type``)."""
+    """An item that is complete: its fingerprint and the record its run returned (an instance
+    of the stage's ``record_type``).
 
-    fingerprint: str
-    record: Any
-    raw: Mapping[str, Any] | None = None  # the record's JSON as the ledger holds it, where at hand
+    Planning keeps a done item's record as the ledger's JSON and rebuilds the typed record
+    each time ``record`` is read (100,000 typed records are most of a plan's memory);
+    downstream code reads it a few times per item at most.
+    """
+
+    __slots__ = ("fingerprint", "_record", "raw", "_load")
+
+    def __init__(self, fingerprint: str, record: Any = None, raw: Mapping[str, Any] | None = None,
+                 load: Callable[[Mapping[str, Any]], Any] | None = None):
+        self.fingerprint, self._record, self.raw, self._load = fingerprint, record, raw, load
+
+    @property
+    def record(self) -> Any:
+        if self._record is None and self.raw is not None and self._load is not None:
+            return self._load(self.raw)
+        return self._record
 
     def record_json(self) -> dict[str, Any]:
         """The record's JSON form (the ledger's, or dumped from the record)."""
         if self.raw is not None:
             return dict(self.raw)
         return self.record.to_json() if isinstance(self.record, Record) else dict(self.record)
+
+    def __repr__(self) -> str:
+        return f"Done({self.fingerprint!r})"
 
 
 @dataclass(frozen=True)

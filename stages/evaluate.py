@@ -116,6 +116,7 @@ class Evaluate(Stage):
                 if split == "test" and task.usable(offers) and t in upstream["features"]
             )
             value = manifest.value  # raw fields: no record is built per track
+            trained_at = trained.record.trained_at
             for i, track in enumerate(tracks):
                 feat = upstream["features"][track]
                 items.append(
@@ -124,7 +125,7 @@ class Evaluate(Stage):
                         payload={"task": task_name, "track": track, "jams": value(track, "jams"),
                                  "audio": value(track, "audio"), "prep": value(track, "prep"),
                                  "plot": i < p.figures},
-                        identity={"trained_at": trained.record.trained_at,
+                        identity={"trained_at": trained_at,
                                   "decoding": p.decode_params(task_name).model_dump(mode="json"),
                                   **({"baseline": task.baseline_name} if task.baseline_name and p.baselines else {})},
                         upstream=(trained.fingerprint, feat.fingerprint),
@@ -195,7 +196,8 @@ class Evaluate(Stage):
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         by_task: dict[str, list[EvaluateRecord]] = {}
         for d in done.values():
-            by_task.setdefault(d.record.task, []).append(d.record)
+            record = d.record
+            by_task.setdefault(record.task, []).append(record)
         for task_name, records in by_task.items():
             task = TASKS.get(task_name)
             records.sort(key=lambda r: r.track)

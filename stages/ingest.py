@@ -340,11 +340,11 @@ class Ingest(Stage):
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         p: IngestParams = ctx.params["ingest"]
-        records = {t: d.record for t, d in done.items()}
-        free = {t: r.namespaces for t, r in records.items() if r.declared_split is None}
+        records = {t: d.record_json() for t, d in done.items()}  # JSON: 100,000 typed records cost memory
+        free = {t: r["namespaces"] for t, r in records.items() if r["declared_split"] is None}
         splits = assign_splits(free, p.split_fractions, p.split_seed)
-        splits.update({t: r.declared_split for t, r in records.items() if r.declared_split is not None})
-        rows = ({**done[t].record_json(), "split": splits[t], "fingerprint": done[t].fingerprint} for t in sorted(records))
+        splits.update({t: r["declared_split"] for t, r in records.items() if r["declared_split"] is not None})
+        rows = ({**records[t], "split": splits[t], "fingerprint": done[t].fingerprint} for t in sorted(records))
         corpus = corpus_dir(ctx)
         scanned = getattr(self, "_scanned", None)
         summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()

@@ -117,7 +117,9 @@ class Synthesize(Stage):
     name = "synthesize"
     params = SynthesizeParams
     optional = True  # only when pipeline.yaml (or `mirpipe demo`) asks for the demo corpus
-    version = "3"  # 3: sampled renderer (GM soundfonts), splits decided here, solo clips per family
+    version = "4"  # 3: sampled renderer (GM soundfonts), splits decided here, solo clips per family;
+    # 4: the melody contour voiced through each note's audible release, note_midi holds every pitched part,
+    # both at the octave each preset sounds (measured per soundfont)
     record_type = SynthRecord
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
@@ -187,8 +189,11 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
     else:
         perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
+    others = tuple(sorted({e.channel for e in perf.events} - {perf.melody_channel}))
+    lead = soundfont.render(perf, pay["soundfont"], p.sr, mute=others)[0] if others else y  # the lead alone: its release
     jam = labels.annotate(perf, track, {"soundfont": info.soundfont, "missing_presets": info.missing_presets,
-                                        "fluidsynth": soundfont.library_version()})
+                                        "fluidsynth": soundfont.library_version()}, lead_audio=lead, sr=p.sr,
+                          sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr))
     return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
 
 

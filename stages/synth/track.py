@@ -244,14 +244,32 @@ def contour(score: TrackScore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return times, hz, voiced
 
 
+def sounding_notes(score: TrackScore) -> list[tuple[float, float, float]]:
+    """(start, duration, MIDI) of every note ``render`` plays: chord tones and bass (re-struck on
+    every beat by a decaying timbre) and the melody; sorted by (start, pitch)."""
+    out: list[tuple[float, float, float]] = []
+    if score.accompaniment:
+        sustained, beat = TIMBRES[score.accompaniment].sustained, 60.0 / score.tempo
+        for seg in score.chords:
+            if seg.bass is None:
+                continue
+            strikes = [seg.start] if sustained else list(np.arange(seg.start, seg.end - 1e-6, beat))
+            for k, s in enumerate(strikes):
+                e = seg.end if sustained or k == len(strikes) - 1 else strikes[k + 1]
+                out += [(float(s), float(e - s), float(m)) for m in (*seg.tones, seg.bass)]
+    out += [(note.start, note.duration, float(note.midi)) for note in score.notes]
+    return sorted(out)
+
+
 def annotate(score: TrackScore, track_id: str, solo: bool) -> jams.JAMS:
-    """The JAMS of a score: chord (mixes only), key_mode, pitch_contour, note_midi, instrument tags."""
+    """The JAMS of a score: chord (mixes only), key_mode, pitch_contour, note_midi (every note
+    played), instrument tags."""
     jam = demo_jams(
         track_id, "mirpipe demo synthesizer", score.duration, "synthetic",
         chords=((seg.start, seg.end - seg.start, seg.label) for seg in score.chords),
         keys=[(0.0, score.duration, score.key)],
         contour=contour(score),
-        notes=((note.start, note.duration, float(note.midi)) for note in score.notes),
+        notes=sounding_notes(score),
         tags=((0.0, score.duration, name) for name in sorted({score.melody_instrument, score.accompaniment} - {None})),
     )
     jam.sandbox.mirpipe_demo = {

@@ -101,6 +101,23 @@ def _network(path: str, mtime_ns: int, task: str, device: str):
     return build_network(_bundle(path, mtime_ns).tasks[task], device)
 
 
+def features_of(audio: str | Path, bundle: ModelBundle, kinds: Sequence[str]):
+    """(arrays ``(1, T, bins)`` as the store holds them, geometry, duration in s) of one recording:
+    decoded with ingest's checks and computed by the features stage's own function, with the
+    margin and settings the network was trained with (checked against the training store's geometry)."""
+    channels, file_sr, _ = decode_checked(Path(audio))
+    duration = channels.shape[1] / file_sr
+    fp = FeaturesParams.model_validate({"sr": bundle.features["sr"],
+                                        **{k: v["params"] for k, v in bundle.features["kinds"].items()}})
+    y, _ = to_mono(channels, file_sr, fp.sr)
+    arrays, geometry = compute_features([y], fp, list(kinds), int(bundle.features["margin"]))
+    for k in kinds:
+        trained = bundle.features.get("geometry", {}).get(k)
+        if trained is not None and json.loads(json.dumps(geometry[k])) != trained:
+            raise ValueError(f"{k} features computed here differ from the training store's: {geometry[k]} vs {trained}")
+    return arrays, geometry, duration
+
+
 def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str], device: str = "auto",
                  key: str = "") -> dict[str, Any]:
     """Predict every task of ``tasks`` on one recording and write ``output`` (a JAMS).
@@ -116,17 +133,7 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
     mtime = os.stat(bundle_path).st_mtime_ns
     bundle = _bundle(bundle_path, mtime)
     dev = resolve_device(device)
-    channels, file_sr, _ = decode_checked(Path(audio))
-    duration = channels.shape[1] / file_sr
-    fp = FeaturesParams.model_validate({"sr": bundle.features["sr"],
-                                        **{k: v["params"] for k, v in bundle.features["kinds"].items()}})
-    y, _ = to_mono(channels, file_sr, fp.sr)
-    kinds = sorted({bundle.tasks[t].feature for t in tasks})
-    arrays, geometry = compute_features([y], fp, kinds, int(bundle.features["margin"]))
-    for k in kinds:
-        trained = bundle.features.get("geometry", {}).get(k)
-        if trained is not None and json.loads(json.dumps(geometry[k])) != trained:
-            raise ValueError(f"{k} features computed here differ from the training store's: {geometry[k]} vs {trained}")
+    arrays, geometry, duration = features_of(audio, bundle, sorted({bundle.tasks[t].feature for t in tasks}))
     digest = hashlib.sha256(Path(audio).read_bytes()).hexdigest()
     jam = jams.JAMS(file_metadata=jams.FileMetadata(title=Path(audio).stem, duration=duration,
                                                     identifiers={"sha256": digest, "filename": Path(audio).name}))

@@ -379,7 +379,7 @@ def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | N
 
     from . import workdir as wd
     from .cluster import open_executor
-    from .predict import resolve_model, run_predict
+    from .predict import ADMIN, resolve_model, run_predict
 
     wanted = _task_list(tasks)
     for name in wanted or ():
@@ -401,7 +401,7 @@ def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | N
             else:
                 _echo(f"  {r['status']:7} {r['output']}: {r['summary']}", json_mode)
 
-        with open_executor(cluster_cfg, None) as executor:
+        with open_executor(cluster_cfg, out / ADMIN) as executor:  # batch job logs, TLS files: <out>/.mirpipe
             _echo(f"mirpipe: cluster {executor.description}", json_mode)
             report = run_predict(inputs, bundle_path, bundle, out, chosen, executor, device=device, force=force,
                                  progress=show)

@@ -1,6 +1,7 @@
 """The driver of ``mirpipe predict`` and ``mirpipe export``: resolve the model (a bundle file or a
 workdir), list the inputs, skip what is current, run one Dask task per file on the configured
-cluster, and record each output in ``<out>/.mirpipe-predict.jsonl`` (resume reads it once)."""
+cluster, and record each output in ``<out>/.mirpipe/predict.jsonl`` (resume reads it once).
+``<out>/.mirpipe/`` also holds a workdir model's bundle and, on a batch system, the job logs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any, Callable, Sequence
 
 from mirpipe.models.bundle import SUFFIX, ModelBundle, load_bundle
 
-LEDGER = ".mirpipe-predict.jsonl"
-MODEL_DIR = ".model"  # a workdir model's bundle, written under --out for the workers to read
+ADMIN = ".mirpipe"  # under --out: what predict keeps besides the outputs
+LEDGER = f"{ADMIN}/predict.jsonl"
+MODEL_DIR = f"{ADMIN}/model"  # a workdir model's bundle, written under --out for the workers to read
 
 
 @dataclass
@@ -104,7 +106,7 @@ def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, 
     """Predict each input not yet done for this model; failures are recorded, the rest go on."""
     from mirpipe.stages.predict import input_key, predict_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    (out / ADMIN).mkdir(parents=True, exist_ok=True)
     listing = list_inputs(inputs)
     done = {} if force else read_ledger(out)
     results: dict[int, dict[str, Any]] = {}

@@ -79,7 +79,7 @@ def test_predict_on_test_tracks_equals_evaluate(trained, tmp_path):
     code, out, _ = _cli(["predict", *tests.values(), "--model", workdir, "--out", tmp_path / "out", "--cluster", sync, "--json"])
     assert code == 0
     files = {Path(f["input"]).stem: f for f in json.loads(out)["files"]}
-    bundle = load_bundle(next((tmp_path / "out" / ".model").glob("*.mirpipe")))
+    bundle = load_bundle(next((tmp_path / "out" / ".mirpipe" / "model").glob("*.mirpipe")))
     store = open_store("zarr", workdir / "features")
     for track in tests:  # predict computes features as the features stage stored them, bit for bit
         kinds = sorted({m.feature for m in bundle.tasks.values()})

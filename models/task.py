@@ -235,3 +235,10 @@ class Task:
         total = sum(seconds.values())
         share = f" ({seconds[top] / total:.0%} of the time)" if total > 0 else ""
         return f"{len(data)} segments, {len(seconds)} labels, mostly {top}{share}"
+
+    def transpose_reference(self, annotation, n: int):
+        """The reference annotation of the track pitch-shifted by ``n`` semitones (robustness
+        scoring), or None (the default): evaluate then transposes the whole JAMS with the deformer
+        audio-mode augmentation uses (chord and key labels, f0 and notes move; tags stay). A task
+        whose namespace that deformer does not know, yet moves with pitch, overrides this."""
+        return None

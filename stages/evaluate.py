@@ -215,11 +215,14 @@ class Evaluate(Stage):
         kind = FEATURE_KINDS.get(task.feature)
         out = {}
         shifts = [n for n in where if n != 0]
-        for n, jam_n, _ in deform(ref_jam, shifts, "librosa"):
+        ref0 = task.reference(ref_jam)
+        own = {n: task.transpose_reference(ref0, n) for n in shifts}  # the task's own, where it has one
+        deformed = dict((n, jam_n) for n, jam_n, _ in deform(ref_jam, [n for n in shifts if own[n] is None], "librosa"))
+        for n in shifts:
             variant, residual = where[n]
             est = task.decode(task.predict(model, kind.view(read[variant], geometry, residual), device), frame_times,
                               duration, state, options)
-            ref = task.reference(jam_n)
+            ref = own[n] if own[n] is not None else task.reference(deformed[n])
             try:
                 out[str(n)] = task.score(ref, est)
             except ValueError as exc:

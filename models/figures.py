@@ -70,3 +70,27 @@ def plot_salience(path: Path, salience: np.ndarray, frame_rate: float, grid, con
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def plot_robustness(path: Path, shifts: Sequence[int], table: dict[str, list[float | None]], title: str) -> None:
+    """One line per metric: its pooled score over the test tracks at each pitch shift (semitones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (metric, values) in enumerate(table.items()):
+        y = [np.nan if v is None else v for v in values]
+        ax.plot(list(shifts), y, marker="o", color=f"C{i % 10}", label=metric)
+    ax.axvline(0, color="0.6", lw=0.8, ls="--")
+    ax.set_xticks(list(shifts))
+    ax.set_xlabel("pitch shift (semitones)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)

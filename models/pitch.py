@@ -187,6 +187,14 @@ class PitchTask(Task):
         times = librosa.times_like(f0, sr=sr, hop_length=hop)
         return sal.contour_annotation(times, np.nan_to_num(f0), voiced & np.isfinite(f0), duration)
 
+    def describe(self, annotation) -> str:
+        times, hz = sal.contour_arrays(annotation)
+        voiced = hz > 0
+        if not len(hz):
+            return "no frames"
+        median = f", median {np.median(hz[voiced]):.0f} Hz" if voiced.any() else ""
+        return f"{len(hz)} frames, {voiced.mean():.0%} voiced{median}"
+
     # -- scoring -------------------------------------------------------------------------
     def score(self, ref, est) -> Scores:
         rt, rf = sal.contour_arrays(ref)

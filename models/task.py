@@ -219,3 +219,26 @@ class Task:
              prediction: np.ndarray | None = None) -> None:
         """A figure of one scored track (written through the atomic helper); ``prediction`` is
         what ``predict`` returned for it."""
+
+    # -- prediction ------------------------------------------------------------------
+    def describe(self, annotation) -> str:
+        """One line on a decoded annotation (``mirpipe predict`` prints it per file). Generic:
+        the observations, and for labels the distinct ones and the one covering the most time."""
+        data = list(annotation.data)
+        labels = [obs.value for obs in data]
+        if not labels or not all(isinstance(v, str) for v in labels):
+            return f"{len(data)} observations"
+        seconds: dict[str, float] = {}
+        for obs in data:
+            seconds[obs.value] = seconds.get(obs.value, 0.0) + float(obs.duration or 0.0)
+        top = max(seconds, key=seconds.get)
+        total = sum(seconds.values())
+        share = f" ({seconds[top] / total:.0%} of the time)" if total > 0 else ""
+        return f"{len(data)} segments, {len(seconds)} labels, mostly {top}{share}"
+
+    def transpose_reference(self, annotation, n: int):
+        """The reference annotation of the track pitch-shifted by ``n`` semitones (robustness
+        scoring), or None (the default): evaluate then transposes the whole JAMS with the deformer
+        audio-mode augmentation uses (chord and key labels, f0 and notes move; tags stay). A task
+        whose namespace that deformer does not know, yet moves with pitch, overrides this."""
+        return None

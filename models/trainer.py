@@ -36,6 +36,7 @@ from mirpipe.storage.atomic import atomic_path
 from .task import Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
+PROGRESS_FILE = "progress.json"  # the last epoch's figures, rewritten atomically at each epoch end
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,30 @@ class Trainer:
             st.finished = True
         if improved:
             atomic_save(self.checkpoint(), self.best_path)
+        self._write_progress(row, score)
+
+    @property
+    def progress_path(self) -> Path:
+        return self.out_dir / PROGRESS_FILE
+
+    def _write_progress(self, row: dict[str, Any], score: float) -> None:
+        """The last epoch's figures, atomically (``mirpipe status`` reads them while training runs)."""
+        from mirpipe.storage.atomic import write_json
+
+        st, s = self.state, self.settings
+
+        def finite(x):
+            return float(x) if x is not None and math.isfinite(x) else None
+
+        write_json(self.progress_path, {
+            "task": self.task.name, "epoch": st.epoch, "max_epochs": s.max_epochs, "step": st.global_step,
+            "total_steps": s.max_epochs * s.steps_per_epoch, "train_loss": finite(row["train_loss"]),
+            "val_loss": finite(row["val_loss"]), "metric": self.task.metric_name, "value": finite(score),
+            "best": finite(st.best_metric), "best_step": st.best_step, "lr": row["lr"],
+            "patches_per_s": finite(row["patches_per_s"]), "finished": st.finished,
+            "tensorboard": str(self.tb_dir) if self.tb_dir else None,
+            "updated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""

@@ -349,6 +349,98 @@ def tasks() -> None:
         click.echo(f"{task.name:12} {task.namespace:14} {'trainable' if task.trainable else 'targets only'}")
 
 
+# -- predict and export: a trained model on new recordings (mirpipe.pipeline.predict) -------------
+
+
+def _task_list(tasks: str | None) -> list[str] | None:
+    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", required=True, type=click.Path(path_type=Path, exists=True),
+              help="a model file (mirpipe export) or a trained workdir")
+@click.option("--tasks", default=None, help="comma-separated tasks to predict (default: every task of the model)")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="folder of the JAMS outputs")
+@click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None,
+              help="cluster.yaml (default: the workdir's record, else ./cluster.yaml, else a LocalCluster)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
+@click.option("--force", is_flag=True, help="predict again even where an output for this model and input exists")
+@click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout (per file: output and summary)")
+@_guard
+def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | None, device: str, force: bool,
+            json_mode: bool) -> None:
+    """Apply a trained model to recordings: one JAMS per input (AUDIO files or folders of them, searched
+    recursively) in --out, one annotation per task, decoded as evaluate decodes. One Dask task per file on
+    the configured cluster; an output already written for the same input and model is skipped.
+
+    Exit code 0 when every file is done, 1 when some failed (each named with its file and reason)."""
+    from mirpipe.models.task import TASKS
+
+    from . import workdir as wd
+    from .cluster import open_executor
+    from .predict import ADMIN, resolve_model, run_predict
+
+    wanted = _task_list(tasks)
+    for name in wanted or ():
+        TASKS.check(name)
+    with stdout_to_stderr(json_mode):
+        bundle_path, bundle = resolve_model(model, out, wanted if model.is_dir() else None,
+                                            warn=lambda m: click.echo(f"mirpipe: warning: {m}", err=True))
+        missing = [t for t in wanted or () if t not in bundle.tasks]
+        if missing:
+            raise ValueError(f"{model}: the model has no {', '.join(missing)} (it holds {', '.join(bundle.tasks)})")
+        chosen = wanted or list(bundle.tasks)
+        cluster_cfg = wd.resolve(model if model.is_dir() else out, None, cluster)[1]
+        _echo(f"mirpipe: model {bundle.name} ({bundle.identity}; tasks {', '.join(chosen)}; "
+              f"training fingerprint {bundle.fingerprint})", json_mode)
+
+        def show(r) -> None:
+            if r["status"] == "failed":
+                _echo(f"  FAILED {r['input']}: {r['error_class']}: {r['message']}", json_mode)
+            else:
+                _echo(f"  {r['status']:7} {r['output']}: {r['summary']}", json_mode)
+
+        with open_executor(cluster_cfg, out / ADMIN) as executor:  # batch job logs, TLS files: <out>/.mirpipe
+            _echo(f"mirpipe: cluster {executor.description}", json_mode)
+            report = run_predict(inputs, bundle_path, bundle, out, chosen, executor, device=device, force=force,
+                                 progress=show)
+    counts = report.counts()
+    _echo("mirpipe: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; outputs in {out}", json_mode)
+    if json_mode:
+        click.echo(json.dumps({"model": {"name": bundle.name, "identity": bundle.identity, "tasks": chosen,
+                                         "training_fingerprint": bundle.fingerprint},
+                               "out": str(out), "counts": counts, "files": report.results}))
+    sys.exit(EXIT_FAILED_ITEMS if report.failed else EXIT_OK)
+
+
+@main.command()
+@click.option("--workdir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="NAME.mirpipe")
+@click.option("--tasks", default=None, help="comma-separated tasks (default: every trained task)")
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def export(workdir: Path, out: Path, tasks: str | None, json_mode: bool) -> None:
+    """Bundle a workdir's trained models into one file for `mirpipe predict --model`: weights, feature
+    settings, vocabularies and decoding state (transition prior, tuned threshold), library versions and
+    the training fingerprint."""
+    from mirpipe.models.bundle import SUFFIX
+
+    from .predict import export as export_bundle
+
+    if out.suffix != SUFFIX:
+        raise ValueError(f"--out {out}: a model file is named NAME{SUFFIX}")
+    with stdout_to_stderr(json_mode):
+        bundle = export_bundle(workdir, out, _task_list(tasks))
+    info = {"out": str(out), "name": bundle.name, "identity": bundle.identity, "tasks": sorted(bundle.tasks),
+            "training_fingerprint": bundle.fingerprint, "bytes": out.stat().st_size, "versions": bundle.versions}
+    if json_mode:
+        click.echo(json.dumps(info))
+    else:
+        click.echo(f"mirpipe: exported {', '.join(info['tasks'])} to {out} ({info['bytes'] / 1e6:.1f} MB; "
+                   f"identity {bundle.identity}; training fingerprint {bundle.fingerprint})")
+
+
 # -- import: datasets researchers already have (mirpipe.importers) ---------------------------------
 
 

@@ -193,6 +193,8 @@ class Runner:
         report.failures = list(plan.failed.values())
         done = dict(plan.done)
         if plan.todo:
+            for line in stage.start_notes(self.ctx):
+                self.log(line)
             bar = StageProgress(name, len(plan.todo), enabled=self.progress and not stage.reports_progress)
             todo, final = list(plan.todo), False
             while todo:  # a second pass resubmits bystanders of a killed worker once
@@ -319,6 +321,7 @@ class Runner:
                         for f in plan.failed.values()
                     ],
                     "notes": STAGES.get(name).status_notes(self.ctx),
+                    **({"details": details} if (details := STAGES.get(name).status_details(self.ctx)) else {}),
                 }
             )
         return out

@@ -39,11 +39,16 @@ def downmix(channels: np.ndarray, channel: int | None = None) -> np.ndarray:
 def load_mono(path: Path | str, sr: int | None = None, channel: int | None = None) -> tuple[np.ndarray, int]:
     """Decode a file to mono float32 (the channel mean, or one channel), resampled to ``sr``
     when given (soxr, high quality)."""
-    import librosa
-
     channels, file_sr = load_channels(path)
     if channel is not None and channel >= channels.shape[0]:
         raise ValueError(f"{path}: channel {channel} asked for, the file has {channels.shape[0]}")
+    return to_mono(channels, file_sr, sr, channel)
+
+
+def to_mono(channels: np.ndarray, file_sr: int, sr: int | None = None, channel: int | None = None) -> tuple[np.ndarray, int]:
+    """``load_mono`` of channels already decoded (the same downmix and resampler)."""
+    import librosa
+
     y = downmix(channels, channel)
     if sr is not None and sr != file_sr:
         y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")

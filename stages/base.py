@@ -126,6 +126,14 @@ class Stage(ABC):
         """Lines ``mirpipe status`` prints under the stage (what it decided or left out); cheap to compute."""
         return []
 
+    def status_details(self, ctx: StageContext) -> dict[str, Any] | None:
+        """Figures ``mirpipe status --json`` shows under the stage (e.g. training's last epoch); cheap."""
+        return None
+
+    def start_notes(self, ctx: StageContext) -> list[str]:
+        """Lines the runner prints once when the stage starts work (e.g. how to watch it)."""
+        return []
+
 
 STAGES: Registry[Stage] = Registry(
     "stage",

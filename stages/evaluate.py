@@ -47,6 +47,7 @@ class EvaluateRecord(Record):
     estimate: str  # the estimated JAMS, relative to the workdir
     figure: str | None = None
     baseline: dict[str, dict[str, float]] | None = None  # the task's baseline method, scored the same way
+    shifted: dict[str, dict[str, dict[str, float]]] | None = None  # robustness: shift (str) -> scores at that shift
 
 
 class EvaluateParams(BaseModel):
@@ -56,6 +57,8 @@ class EvaluateParams(BaseModel):
     decoding: dict[str, Any] = Field(default_factory=dict, description="per task, its decoding options")
     figures: int = Field(3, ge=0, description="tracks to plot per task")
     baselines: bool = Field(True, description="score each task's baseline method (if it has one) beside the model")
+    robustness: bool = Field(False, description="also score the test tracks at every shift of augment.shifts "
+                             "(reference transposed with them): reports/<task>/robustness.csv, .json, .png")
     device: str = Field("auto", description="auto, cpu, cuda")
 
     @field_validator("tasks")
@@ -100,11 +103,12 @@ class Evaluate(Stage):
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # tasks and decoding go into each item (changing one task's decoding rescores that task only)
-        return ctx.params["evaluate"].model_dump(mode="json", exclude={"device", "tasks", "decoding"})
+        return ctx.params["evaluate"].model_dump(mode="json", exclude={"device", "tasks", "decoding", "robustness"})
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: EvaluateParams = ctx.params["evaluate"]
         manifest = read_manifest(ctx)
+        shifts = [n for n in ctx.params["augment"].active_shifts() if n != 0] if p.robustness else []
         items = []
         for task_name in p.tasks:
             trained = upstream["train"].get(task_name)
@@ -124,8 +128,9 @@ class Evaluate(Stage):
                         f"{task_name}/{track}",
                         payload={"task": task_name, "track": track, "jams": value(track, "jams"),
                                  "audio": value(track, "audio"), "prep": value(track, "prep"),
-                                 "plot": i < p.figures},
+                                 "plot": i < p.figures, "shifts": shifts},
                         identity={"trained_at": trained_at,
+                                  **({"robustness": shifts} if shifts else {}),
                                   "decoding": p.decode_params(task_name).model_dump(mode="json"),
                                   **({"baseline": task.baseline_name} if task.baseline_name and p.baselines else {})},
                         upstream=(trained.fingerprint, feat.fingerprint),
@@ -145,11 +150,15 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
+        shifts = [int(n) for n in item.payload.get("shifts") or ()]
         with open_store(fp.store, store_root(ctx)).opened(track, [task.feature]) as (arrays, attrs):
-            variant, _ = resolve_shift(attrs, 0)  # only the unshifted variant is read (audio mode stores them all)
-            stored = np.asarray(arrays[task.feature][variant])
+            # the variant of each shift scored (audio mode stores every shift; feature mode one, read once)
+            where = {n: resolve_shift(attrs, n) for n in [0, *shifts]}
+            read = {v: np.asarray(arrays[task.feature][v]) for v in sorted({v for v, _ in where.values()})}
         geometry = attrs["features"][task.feature]
-        features = FEATURE_KINDS.get(task.feature).view(stored, geometry, 0)
+        kind = FEATURE_KINDS.get(task.feature)
+        stored = read[where[0][0]]
+        features = kind.view(stored, geometry, 0)
         frame_rate = geometry["sr"] / geometry["hop_length"]
         prediction = task.predict(model, features, device)
         jams_path = item.payload["jams"]
@@ -181,6 +190,10 @@ class Evaluate(Stage):
                     baseline = task.score(ref, base)
                 except ValueError as exc:
                     raise errors.ScoringError(jams_path, f"{task.name} baseline scoring failed: {exc}") from None
+        shifted = None
+        if shifts:
+            shifted = self._score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam,
+                                         meta.get("state", {}), p.decode_params(task.name), jams_path)
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
@@ -188,7 +201,33 @@ class Evaluate(Stage):
             extra = {"prediction": prediction} if "prediction" in inspect.signature(task.plot).parameters else {}
             task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", **extra)
             figure = str(fig.relative_to(ctx.workdir))
-        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline)
+        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline,
+                              shifted)
+
+    @staticmethod
+    def _score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam, state, options,
+                      jams_path) -> dict[str, dict[str, dict[str, float]]]:
+        """Scores of the track transposed by each shift: the features at that shift (a bin offset in
+        feature mode, the stored variant in audio mode) against the reference transposed the same way
+        (the JAMS deformer of audio-mode augmentation, so every namespace moves as training's did)."""
+        from .deform import deform
+
+        kind = FEATURE_KINDS.get(task.feature)
+        out = {}
+        shifts = [n for n in where if n != 0]
+        ref0 = task.reference(ref_jam)
+        own = {n: task.transpose_reference(ref0, n) for n in shifts}  # the task's own, where it has one
+        deformed = dict((n, jam_n) for n, jam_n, _ in deform(ref_jam, [n for n in shifts if own[n] is None], "librosa"))
+        for n in shifts:
+            variant, residual = where[n]
+            est = task.decode(task.predict(model, kind.view(read[variant], geometry, residual), device), frame_times,
+                              duration, state, options)
+            ref = own[n] if own[n] is not None else task.reference(deformed[n])
+            try:
+                out[str(n)] = task.score(ref, est)
+            except ValueError as exc:
+                raise errors.ScoringError(jams_path, f"{task.name} scoring at a shift of {n} failed: {exc}") from None
+        return out
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> bool:
         return (ctx.workdir / record.estimate).exists()
@@ -233,3 +272,34 @@ class Evaluate(Stage):
                            for r in records},
                 **baseline,
             })
+            if any(r.shifted for r in records):
+                write_robustness(out, task, records)
+
+
+def robustness_table(task, records) -> tuple[list[int], dict[str, list[float | None]], list[int]]:
+    """(shifts, {metric: pooled score at each shift}, tracks scored at each shift); shift 0 pools the
+    same per-track scores as scores.json."""
+    shifts = sorted({0, *(int(n) for r in records if r.shifted for n in r.shifted)})
+    per_shift = {n: [r.scores if n == 0 else r.shifted[str(n)] for r in records
+                     if n == 0 or (r.shifted and str(n) in r.shifted)] for n in shifts}
+    pooled = {n: task.pool(per_shift[n]) for n in shifts}
+    table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.metrics}
+    return shifts, table, [len(per_shift[n]) for n in shifts]
+
+
+def write_robustness(out: Path, task, records) -> None:
+    """reports/<task>/robustness.csv (metric x shift), .json and .png (the summary columns)."""
+    from mirpipe.models.figures import plot_robustness
+
+    shifts, table, counts = robustness_table(task, records)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["metric", *(f"{n:+d}" if n else "0" for n in shifts)])
+    for m, values in table.items():
+        writer.writerow([m, *("" if v is None else f"{v:.4f}" for v in values)])
+    write_bytes(out / "robustness.csv", text.getvalue().encode())
+    write_json(out / "robustness.json", {"shifts": shifts, "metrics": table, "n_tracks": counts,
+                                         "columns": list(task.score_columns)})
+    shown = {m: table[m] for m in task.score_columns if m in table} or table
+    plot_robustness(out / "robustness.png", shifts, shown,
+                    f"{task.name}: test tracks transposed (pooled over {max(counts)} tracks)")

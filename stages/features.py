@@ -93,6 +93,21 @@ def store_root(ctx: StageContext) -> Path:
     return Path(p.store_path) if p.store_path is not None else ctx.path("features")
 
 
+def compute_features(waveforms: list[np.ndarray], p: FeaturesParams, kinds: list[str],
+                     margin: int) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Each feature kind of ``kinds`` over each waveform (mono, at ``p.sr``), stored ``(V, T, bins)``
+    with ``margin`` semitones of margin bins, and each kind's geometry. The one place features
+    are computed: the features stage and ``predict`` (new recordings) both call it."""
+    arrays: dict[str, np.ndarray] = {}
+    geometry: dict[str, dict[str, Any]] = {}
+    for name in kinds:
+        kind, params = FEATURE_KINDS.get(name), p.kind_params(name)
+        computed = [kind.compute(y_v, p.sr, params, margin) for y_v in waveforms]
+        arrays[name] = np.stack([c[0] for c in computed])
+        geometry[name] = computed[0][1]
+    return arrays, geometry
+
+
 def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams,
                   prep: Preparation | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Arrays ``(V, T, ...)``, attributes and timings of one track's entry.
@@ -121,15 +136,9 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
             t = time.perf_counter()
             versions.append((pitch_shift(y, p.sr, n, aug.backend), jam_n))
             timings["pitch_shift"] += time.perf_counter() - t
-    arrays: dict[str, np.ndarray] = {}
-    geometry: dict[str, dict[str, Any]] = {}
-    for name in p.kinds():
-        t = time.perf_counter()
-        kind, params = FEATURE_KINDS.get(name), p.kind_params(name)
-        computed = [kind.compute(y_v, p.sr, params, aug.margin()) for y_v, _ in versions]
-        arrays[name] = np.stack([c[0] for c in computed])
-        geometry[name] = computed[0][1]
-        timings["features"] += time.perf_counter() - t
+    t = time.perf_counter()
+    arrays, geometry = compute_features([y_v for y_v, _ in versions], p, p.kinds(), aug.margin())
+    timings["features"] += time.perf_counter() - t
     t = time.perf_counter()
     for task_name in p.target_tasks():
         task = TASKS.get(task_name)

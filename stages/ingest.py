@@ -202,8 +202,11 @@ def reference_namespaces() -> set[str]:
     return {task.namespace for task in TASKS.values() if not task.merges_annotations}
 
 
-def _check_audio(audio_path: Path, p: IngestParams, notices: list[Notice]) -> tuple[int | None, float, int, int]:
-    """Decode and check the audio; pick what stands for it. Returns (channel, duration, sr, channels)."""
+def decode_checked(audio_path: Path) -> tuple[np.ndarray, int, tuple[int, int, int] | None]:
+    """Decode an audio file to ``(C, n)`` channels, or raise the classified error naming it (unreadable,
+    undecodable, unsupported, empty, NaN/inf samples). Returns (channels, sr, header frames or None).
+    Ingest and ``predict`` both read audio through it."""
+    audio_path = Path(audio_path)
     header = header_frames(audio_path)
     try:
         channels, sr = load_channels(audio_path)
@@ -216,6 +219,12 @@ def _check_audio(audio_path: Path, p: IngestParams, notices: list[Notice]) -> tu
         raise errors.EmptyAudioError(audio_path, "no samples")
     if not np.all(np.isfinite(channels)):
         raise errors.NonFiniteAudioError(audio_path, f"{int(np.sum(~np.isfinite(channels)))} NaN/inf samples")
+    return channels, sr, header
+
+
+def _check_audio(audio_path: Path, p: IngestParams, notices: list[Notice]) -> tuple[int | None, float, int, int]:
+    """Decode and check the audio; pick what stands for it. Returns (channel, duration, sr, channels)."""
+    channels, sr, header = decode_checked(audio_path)
     n = channels.shape[1]
     declared = riff_declared_frames(audio_path)
     if declared is None and header is not None:

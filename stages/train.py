@@ -287,6 +287,40 @@ class Train(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
         return (ctx.workdir / record.checkpoint).exists()
 
+    def start_notes(self, ctx: StageContext) -> list[str]:
+        return [f"train: watch it with `tensorboard --logdir {ctx.path('train').resolve()}` "
+                f"(or `mirpipe status --workdir {ctx.workdir}`)"]
+
+    def status_details(self, ctx: StageContext) -> dict[str, Any] | None:
+        return training_progress(ctx) or None
+
+    def status_notes(self, ctx: StageContext) -> list[str]:
+        lines = []
+        for name, p in training_progress(ctx).items():
+            def f(x, fmt=".3f"):
+                return "-" if x is None else format(x, fmt)
+            lines.append(
+                f"{name}: epoch {p['epoch']}/{p['max_epochs']} step {p['step']}/{p['total_steps']} "
+                f"loss {f(p['train_loss'])} val_loss {f(p['val_loss'])} {p['metric']} {f(p['value'])} "
+                f"(best {f(p['best'])}) {f(p['patches_per_s'], '.0f')} patches/s; "
+                f"{'finished' if p['finished'] else 'last epoch'} {p['updated']}")
+        return lines
+
+
+def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
+    """Each configured task's last epoch figures (``train/<task>/progress.json``), where training began."""
+    from mirpipe.storage.atomic import read_json
+
+    out = {}
+    for name in ctx.params["train"].tasks:
+        path = train_dir(ctx, name) / "progress.json"
+        if path.exists():
+            try:
+                out[name] = read_json(path)
+            except Exception:  # noqa: BLE001 - a status view never fails on a figure
+                continue
+    return out
+
 
 def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
     """``Task.tune`` each checkpoint's model on the validation batches; what it returns joins the

@@ -208,4 +208,18 @@ def test_atomic_save_goes_through_atomic_path(tmp_path, monkeypatch):
 
 def test_fit_writes_checkpoints_without_temporaries(tmp_path):
     _trainer(tmp_path, progress="off").fit(stop_at_step=4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "progress.json"]
+
+
+def test_each_epoch_end_rewrites_the_progress_figures(tmp_path):
+    import json
+
+    trainer = _trainer(tmp_path, progress="off")
+    trainer.fit(stop_at_step=STEPS_PER_EPOCH + 1)  # one epoch done, the second begun
+    first = json.loads((tmp_path / "progress.json").read_text())
+    assert (first["epoch"], first["step"], first["finished"]) == (1, STEPS_PER_EPOCH, False)
+    assert first["metric"] == "accuracy" and first["value"] == trainer.state.history[0]["accuracy"]
+    assert first["train_loss"] == trainer.state.history[0]["train_loss"] and first["patches_per_s"] > 0
+    _trainer(tmp_path, progress="off").fit()  # resumed to the end
+    last = json.loads((tmp_path / "progress.json").read_text())
+    assert (last["epoch"], last["step"], last["finished"]) == (MAX_EPOCHS, TOTAL, True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,6 +119,13 @@ class InstrumentModel(BaseModel):
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     harmonics: int = Field(6, ge=1, description="input channels: the HCQT view's harmonics (features.hcqt.harmonics)")
     patch_frames: int = Field(88, ge=8, description="frames of the patches predict cuts (~1 s at hop 256)")
+    freq_pooling: Literal["flatten", "global"] = Field(
+        "flatten", description="flatten: keep frequency (register) under the heads; global: pool it like time")
+    eq_db: float = Field(0.0, ge=0.0, description="training augmentation: random EQ curves of about this many dB")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="training augmentation: patch dB scaled by 1 +- this")
+    stretch: float = Field(0.0, ge=0.0, lt=1.0, description="training augmentation: patches resampled in time by up to 1 +- this")
+    harmonic_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+                                         description="the HCQT view's harmonics (where each channel reads the EQ curve)")
 
 
 class InstrumentDecoding(BaseModel):
@@ -188,7 +195,8 @@ class InstrumentTask(Task):
         from .instrument_net import InstrumentNet
 
         net = InstrumentNet(params.harmonics, n_bins, len(self._vocab().classes), list(params.channels), params.hidden,
-                            params.pool_frames, params.pool_bins, params.dropout)
+                            params.pool_frames, params.pool_bins, params.dropout, params.freq_pooling, params.eq_db,
+                            params.contrast, list(params.harmonic_ratios), stretch=params.stretch)
         net.patch_frames = params.patch_frames
         return net
 

@@ -101,6 +101,14 @@ class Vocabulary:
                    {k: dict(v) for k, v in data.get("outside", {}).items()})
 
 
+def training_identity(vocabulary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What of a vocabulary a trained model depends on: its classes and aliases (not the counts,
+    so a test track's new label rescores without retraining)."""
+    if vocabulary is None:
+        return None
+    return {"classes": list(vocabulary["classes"]), "aliases": dict(vocabulary.get("aliases", {}))}
+
+
 def build_vocabulary(tracks: Iterable[tuple[str, Sequence[str]]], params: VocabularyParams | None = None) -> Vocabulary:
     """The vocabulary of ``(split, labels)`` per track: each label normalised and aliased; the
     classes are ``params.classes`` or every label a training track carries (sorted); the rest

@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.models.labels import training_identity
 from mirpipe.models.task import TASKS, Task, per_task_params
 from mirpipe.records import Record
 from mirpipe.storage import open_store
@@ -219,7 +220,7 @@ class Train(Stage):
                 name, payload={"task": name},
                 identity={"model": p.model_params(name).model_dump(mode="json"),
                           "shifts": ctx.params["augment"].active_shifts(),
-                          **({"vocabulary": vocabulary(ctx, task)} if task.has_labels else {}),
+                          **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.has_labels else {}),
                           **({"overrides": p.for_task(name).model_dump(mode="json", exclude=NOT_FINGERPRINTED)}
                              if p.overrides.get(name) else {})},
                 upstream=(digest,),

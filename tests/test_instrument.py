@@ -13,7 +13,8 @@ import soundfile as sf
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 
 from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts
-from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes
+from mirpipe.models.labels import (Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes,
+                                   training_identity)
 from mirpipe.models.task import TASKS
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
@@ -49,6 +50,9 @@ def test_vocabulary_normalises_aliases_counts_per_split_and_reports_labels_outsi
     assert "2 classes" in lines and "cello 2/1/0" in lines and "violoncello -> cello" in lines
     assert "label 'theremin' is no class" in lines and "label \"oboe d'amore\" is no class" in lines
     assert Vocabulary.from_json(json.loads(json.dumps(vocab.to_json()))) == vocab
+    # training depends on the classes and aliases, not on the counts (a new test-only label retrains nothing)
+    more = build_vocabulary(tracks + [("test", ["kazoo"]), ("test", ["cello"])], VocabularyParams(aliases={"Violoncello ": "Cello"}))
+    assert more.outside != vocab.outside and training_identity(more.to_json()) == training_identity(vocab.to_json())
 
 
 def test_a_declared_class_without_a_training_example_is_a_clear_error():

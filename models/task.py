@@ -20,7 +20,14 @@ features stage, the configuration and the CLI know no task by name:
 - **scoring**: ``score`` (one track; each metric with the weight that pools it,
   e.g. seconds), ``score_columns`` (what the summary table shows) and ``plot``;
 - **baseline** (optional): ``baseline_name`` and ``baseline`` (a non-learned method run
-  on the same test audio, scored with the same ``score`` into the same report).
+  on the same test audio, scored with the same ``score`` into the same report);
+- **a corpus vocabulary** (optional): ``labels`` (the class labels a track carries; ingest
+  records them and builds the vocabulary, ``models.labels``), ``bind`` (the task with that
+  vocabulary: at training from the manifest, at evaluation from the checkpoint) and
+  ``stream_weights`` (a weight per training track, e.g. class-balanced streaming);
+- **pooled scores** (optional): ``evidence`` (what pooling needs of one track beyond its
+  scores, e.g. its clip label) and ``pool_evidence`` (metrics over all tracks' evidence,
+  e.g. macro-F1, and pooled figures such as a confusion matrix).
 
 Torch-dependent parts import torch inside their methods, so the feature workers
 that only ``encode`` targets never import it. A target-only task (``trainable =
@@ -145,6 +152,25 @@ class Task:
         found = annotations(jam, self.namespace)
         return found[0] if found else None
 
+    def labels(self, jam) -> list[str] | None:
+        """The class labels a track carries (raw, as annotated), for a task whose classes come from
+        the corpus; None (the default): the task has a fixed vocabulary."""
+        return None
+
+    @property
+    def has_labels(self) -> bool:
+        return type(self).labels is not Task.labels
+
+    def bind(self, vocabulary: Mapping[str, Any] | None) -> "Task":
+        """This task with the corpus vocabulary (``models.labels.Vocabulary`` as JSON); the default
+        ignores it. Training binds the manifest's, evaluation the checkpoint's."""
+        return self
+
+    def stream_weights(self, labels: Sequence[Sequence[str]]) -> list[float] | None:
+        """A sampling weight per training track (its ``labels``, as ingest recorded them) for the
+        patch mux; None (the default): every track alike."""
+        return None
+
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         """Targets on the frame grid, keyed by name (stored as ``targets/<name>``)."""
         raise NotImplementedError
@@ -210,6 +236,16 @@ class Task:
 
     def pool(self, per_track: Sequence[Scores]) -> dict[str, float | None]:
         return pool_weighted(per_track, self.metrics)
+
+    def evidence(self, ref, est) -> dict[str, Any] | None:
+        """JSON-able data of one track that pooled metrics need beyond its scores (e.g. its clip
+        label and the estimate's); kept in the evaluate record. None (the default): nothing."""
+        return None
+
+    def pool_evidence(self, evidence: Sequence[Mapping[str, Any]], figures: Path) -> dict[str, Any]:
+        """Metrics over every scored track's ``evidence`` (JSON-able; they join and override the
+        pooled totals in ``scores.json``), and pooled figures written under ``figures``."""
+        return {}
 
     def summary(self, scores: Mapping[str, Any]) -> str:
         """A few words on one track's scores (figure titles)."""

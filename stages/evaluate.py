@@ -48,6 +48,7 @@ class EvaluateRecord(Record):
     figure: str | None = None
     baseline: dict[str, dict[str, float]] | None = None  # the task's baseline method, scored the same way
     shifted: dict[str, dict[str, dict[str, float]]] | None = None  # robustness: shift (str) -> scores at that shift
+    evidence: dict[str, Any] | None = None  # what the task's pooled metrics need of this track (``Task.evidence``)
 
 
 class EvaluateParams(BaseModel):
@@ -83,10 +84,10 @@ def load_model(ctx: StageContext, task_name: str, which: str, device):
     """The trained network (eval mode) and the checkpoint's metadata."""
     import torch
 
-    task = TASKS.get(task_name)
     path = train_dir(ctx, task_name) / f"{which}.pt"
     ckpt = torch.load(path, map_location=device, weights_only=False)
     meta = ckpt["meta"]
+    task = TASKS.get(task_name).bind(meta.get("vocabulary"))  # the classes it was trained on
     params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta["model"]}}).model_params(task_name)
     model = build_model(task, params, meta["n_bins"])
     model.load_state_dict(ckpt["model"])
@@ -150,6 +151,7 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
+        task = task.bind(meta.get("vocabulary"))
         shifts = [int(n) for n in item.payload.get("shifts") or ()]
         with open_store(fp.store, store_root(ctx)).opened(track, [task.feature]) as (arrays, attrs):
             # the variant of each shift scored (audio mode stores every shift; feature mode one, read once)
@@ -201,8 +203,9 @@ class Evaluate(Stage):
             extra = {"prediction": prediction} if "prediction" in inspect.signature(task.plot).parameters else {}
             task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", **extra)
             figure = str(fig.relative_to(ctx.workdir))
+        evidence = task.evidence(ref, est)
         return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline,
-                              shifted)
+                              shifted, evidence)
 
     @staticmethod
     def _score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam, state, options,
@@ -252,6 +255,8 @@ class Evaluate(Stage):
                                    if base_cols else ())])
             write_bytes(out / "scores.csv", table.getvalue().encode())
             totals = task.pool([r.scores for r in records])
+            evidence = [r.evidence for r in records if r.evidence is not None]
+            pooled = task.pool_evidence(evidence, out / "figures") if evidence else {}  # e.g. macro-F1, a confusion matrix
             based = [r for r in records if r.baseline is not None]
             baseline = {}
             if based:
@@ -271,6 +276,7 @@ class Evaluate(Stage):
                 "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.metrics if m in r.scores}
                            for r in records},
                 **baseline,
+                **pooled,
             })
             if any(r.shifted for r in records):
                 write_robustness(out, task, records)

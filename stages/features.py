@@ -258,5 +258,6 @@ class Features(Stage):
             rows.append({"track": track, "split": manifest.value(track, "split"), "variants": r["variants"],
                          "shifts": r["shifts"], "frames": r["frames"], "arrays": r["arrays"],
                          "path": os.path.relpath(store.entry_path(track), root)})
-        store.write_index_json(rows)
+        # the class vocabularies ingest built travel with the index (the store alone says what its labels mean)
+        store.write_index_json(rows, extra={"vocabularies": manifest.extra.get("vocabularies", {})})
         store.remove_leftovers()

@@ -14,14 +14,16 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mirpipe.errors import WorkdirFileError
+from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
+from mirpipe.models.labels import notes as vocabulary_notes
 from mirpipe.models.task import TASKS, offered_namespaces
 from mirpipe.records import Record, RecordError, RecordTable
 from mirpipe.storage.atomic import read_cached, read_json, write_json_if_changed
@@ -59,6 +61,18 @@ class IngestParams(BaseModel):
     timing_tolerance: float = Field(1e-3, ge=0.0, description="seconds of gap or overlap between consecutive chord/key/segment "
                                                               "observations that are snapped (with a warning); larger overlaps fail")
     declared_splits: bool = Field(True, description="honour a split the JAMS declares in sandbox.split (train/val/test)")
+    vocabularies: dict[str, VocabularyParams] = Field(
+        default_factory=dict, description="per task whose classes come from the corpus's labels: aliases and an "
+                                          "optional fixed class list (the vocabulary is rebuilt without re-ingesting)")
+
+    @field_validator("vocabularies")
+    @classmethod
+    def _vocabularies(cls, v: dict[str, VocabularyParams]) -> dict[str, VocabularyParams]:
+        for name in v:
+            if not TASKS.get(TASKS.check(name)).has_labels:
+                raise ValueError(f"vocabularies.{name}: task {name!r} has a fixed vocabulary; tasks with corpus labels: "
+                                 + ", ".join(t.name for t in TASKS.values() if t.has_labels))
+        return v
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -95,6 +109,8 @@ class TrackRecord(Record):
     notices: list[Notice]
     declared_split: str | None  # the JAMS's own sandbox.split, when honoured
     content: str  # digest of the audio and JAMS bytes and of ``prep``: what later stages depend on
+    # per task whose classes come from the corpus (``Task.labels``): the labels the track carries, normalised
+    labels: dict[str, list[str]] = field(default_factory=dict, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -175,6 +191,7 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
                 jams_path, f"{ann.namespace} annotation ends at {end:.2f}s, audio lasts {duration:.2f}s"
             )
     declared = _declared_split(jam, jams_path) if p.declared_splits else None
+    labels = {task.name: found for task in TASKS.values() if task.has_labels and (found := task.labels(jam))}
     audio_sha, jams_sha = _sha256(audio_path), _sha256(jams_path)
     content = hashlib.sha256(json.dumps(
         {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version}, sort_keys=True,
@@ -194,6 +211,7 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         notices=notices,
         declared_split=declared,
         content=content,
+        labels=labels,
     )
 
 
@@ -318,12 +336,13 @@ class Ingest(Stage):
     params = IngestParams
     after = ("synthesize",)  # reads the corpus synthesize writes, when it runs
     needs = ()
-    version = "3"  # 3: path-based ids, the Preparation (reference choice, channel, snapping, duration), notices
+    version = "4"  # 3: path-based ids, the Preparation (reference choice, channel, snapping, duration), notices; 4: labels
     record_type = TrackRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # Splits are assigned by finalize (driver): changing them re-ingests nothing.
-        return ctx.params["ingest"].model_dump(mode="json", exclude={"corpus", "split_seed", "split_fractions", "change_detection"})
+        return ctx.params["ingest"].model_dump(mode="json", exclude={"corpus", "split_seed", "split_fractions", "change_detection",
+                                                                    "vocabularies"})
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: IngestParams = ctx.params["ingest"]
@@ -354,7 +373,8 @@ class Ingest(Stage):
         corpus = corpus_dir(ctx)
         scanned = getattr(self, "_scanned", None)
         summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
-        table = RecordTable.from_dicts(ManifestRow, "track", rows, extra={"scan": summary.to_json()})
+        vocabularies = build_vocabularies(records, splits, p)
+        table = RecordTable.from_dicts(ManifestRow, "track", rows, extra={"scan": summary.to_json(), "vocabularies": vocabularies})
         write_json_if_changed(ctx.path(MANIFEST), table.to_json())
 
     def status_notes(self, ctx: StageContext) -> list[str]:
@@ -373,6 +393,8 @@ class Ingest(Stage):
             notes += [f"  left out ({reason}): {path}" for path in paths[:NOTES_LISTED]]
             if scan.ignored[reason] > NOTES_LISTED:
                 notes.append(f"  ... {scan.ignored[reason] - NOTES_LISTED} more ({path})")
+        for task_name, vocab in manifest.extra.get("vocabularies", {}).items():
+            notes += vocabulary_notes(task_name, Vocabulary.from_json(vocab))
         declared = sum(split is not None for split in manifest.column("declared_split"))
         if declared:
             notes.append(f"splits: {declared} of {len(manifest)} tracks use the split their JAMS declares")
@@ -386,6 +408,17 @@ class Ingest(Stage):
             if len(noticed) > NOTES_LISTED:
                 notes.append(f"  ... {len(noticed) - NOTES_LISTED} more warnings ({path})")
         return notes
+
+
+def build_vocabularies(records: Mapping[str, Mapping[str, Any]], splits: Mapping[str, str], p: IngestParams) -> dict[str, Any]:
+    """Per task with corpus labels, its vocabulary (classes, aliases, tracks per class and split,
+    labels outside the classes) from what ``validate_track`` recorded."""
+    out = {}
+    for task in TASKS.values():
+        if task.has_labels:
+            tracks = ((splits[t], r.get("labels", {}).get(task.name, [])) for t, r in records.items())
+            out[task.name] = build_vocabulary(tracks, p.vocabularies.get(task.name)).to_json()
+    return out
 
 
 NOTES_LISTED = 20  # lines per kind that status prints (the manifest keeps them all)

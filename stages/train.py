@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.models.labels import training_identity
 from mirpipe.models.task import TASKS, Task, per_task_params
 from mirpipe.records import Record
 from mirpipe.storage import open_store
@@ -151,6 +152,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def vocabulary(ctx: StageContext, task: Task) -> dict[str, Any] | None:
+    """The class vocabulary ingest built for ``task`` from the corpus's labels (None: the task's own)."""
+    return read_manifest(ctx).extra.get("vocabularies", {}).get(task.name) if task.has_labels else None
+
+
 def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
     """Training and validation entries of the tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
@@ -214,6 +220,7 @@ class Train(Stage):
                 name, payload={"task": name},
                 identity={"model": p.model_params(name).model_dump(mode="json"),
                           "shifts": ctx.params["augment"].active_shifts(),
+                          **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.has_labels else {}),
                           **({"overrides": p.for_task(name).model_dump(mode="json", exclude=NOT_FINGERPRINTED)}
                              if p.overrides.get(name) else {})},
                 upstream=(digest,),
@@ -226,6 +233,8 @@ class Train(Stage):
 
         fp: FeaturesParams = ctx.params["features"]
         task = TASKS.get(item.payload["task"])
+        vocab = vocabulary(ctx, task)
+        task = task.bind(vocab)
         p: TrainParams = ctx.params["train"].for_task(task.name)
         train_keys, val_keys = split_keys(ctx, task)
         if not train_keys:
@@ -233,10 +242,13 @@ class Train(Stage):
         shifts = tuple(ctx.params["augment"].active_shifts())
         spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
-        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
-        stream.check_workers(p.loader_workers)
         store = open_store(fp.store, store_root(ctx))
         state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)
+        manifest = read_manifest(ctx)
+        weights = task.stream_weights([manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
+        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed,
+                             weights=None if weights is None else {k.track: w for k, w in zip(train_keys, weights)})
+        stream.check_workers(p.loader_workers)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
@@ -251,6 +263,7 @@ class Train(Stage):
             "model": model_params.model_dump(mode="json"),
             "n_bins": n_bins,
             "state": state,
+            "vocabulary": vocab,
             "train_entries": len(train_keys),
             "val_entries": len(val_keys),
         }

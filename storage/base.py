@@ -148,10 +148,10 @@ class FeatureStore(ABC):
     def write_index(self, rows: list[IndexRow]) -> None:
         self.write_index_json([row.to_json() for row in rows])
 
-    def write_index_json(self, rows: Iterable[dict[str, Any]]) -> None:
-        """The index from rows in JSON form (the fields of ``IndexRow``); the file is left as it is
-        when it already holds them."""
-        table = RecordTable.from_dicts(IndexRow, "track", rows, extra={"backend": self.backend})
+    def write_index_json(self, rows: Iterable[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+        """The index from rows in JSON form (the fields of ``IndexRow``) and document-level ``extra``
+        values (the corpus's class vocabularies); the file is left as it is when it already holds them."""
+        table = RecordTable.from_dicts(IndexRow, "track", rows, extra={**(extra or {}), "backend": self.backend})
         write_json_if_changed(self.root / INDEX_NAME, table.to_json())
 
     def read_index(self) -> RecordTable[IndexRow]:

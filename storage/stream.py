@@ -10,7 +10,8 @@ bin offset (the feature kind's ``view``) with the targets moved by the task
 (``transpose``): index arithmetic instead of stored copies. A ``StochasticMux`` per *shard* mixes the streamers; the
 batch sequence round-robins over a fixed number of shards, so a worker count
 that divides the shard count changes who computes a batch, never which batch
-it is. Seeds derive from (seed, epoch, shard, streamer, activation): pescador
+it is. A mux may weight its streamers (``weights``: one per track, e.g. so every class is
+drawn about equally often). Seeds derive from (seed, epoch, shard, streamer, activation): pescador
 muxes re-seed identically on every ``iterate()``, so an epoch must bring its own.
 """
 
@@ -20,7 +21,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pescador
@@ -186,6 +187,23 @@ class PatchStreamer(pescador.Streamer):
         self.stream_ = random_patches(spec, key, derive_seed(self.base_seed, self.activations_))
 
 
+class WeightedMux(pescador.StochasticMux):
+    """A ``StochasticMux`` that also *activates* streamers in proportion to their weights.
+
+    pescador 3.0 draws the streamer to activate uniformly (its ``distribution_``); the weights
+    only tilt sampling among the active ones, and a rate limit then undoes the tilt (pescador
+    issue #161): 12 tracks of one class and 2 of another still stream ~6:1. Here each
+    activation draws by weight, so a streamer's share of patches follows its weight.
+    """
+
+    def _new_stream(self, idx):
+        if self.mode == "with_replacement":
+            live = np.where(self.distribution_ > 0, self.weights, 0.0)
+            if live.sum() > 0:
+                self.distribution_ = live / live.sum()
+        super()._new_stream(idx)
+
+
 @dataclass(frozen=True)
 class MuxSettings:
     batch_size: int = 32
@@ -198,11 +216,16 @@ class MuxSettings:
 class PatchStream:
     """Endless batches of random patches over a set of entries, reproducible from a seed."""
 
-    def __init__(self, spec: StreamSpec, keys: Sequence[EntryKey], mux: MuxSettings, seed: int):
+    def __init__(self, spec: StreamSpec, keys: Sequence[EntryKey], mux: MuxSettings, seed: int,
+                 weights: Mapping[str, float] | None = None):
         if not keys:
             raise ValueError("no store entries to stream from (is the split empty?)")
         self.spec = spec
         self.keys = sorted(keys, key=lambda k: k.track)
+        # a sampling weight per track (e.g. class-balanced: ``Task.stream_weights``); None: uniform
+        self.weights = None if weights is None else {k.track: float(weights[k.track]) for k in self.keys}
+        if self.weights is not None and not all(w > 0 and np.isfinite(w) for w in self.weights.values()):
+            raise ValueError("stream weights must be positive and finite")
         self.mux = mux
         self.seed = seed
         self.n_shards = min(mux.n_shards, len(self.keys))
@@ -219,8 +242,9 @@ class PatchStream:
         keys = self.keys[shard :: self.n_shards]
         streamers = [PatchStreamer(self.spec, k, derive_seed(self.seed, epoch, shard, i)) for i, k in enumerate(keys)]
         n_active = self.mux.n_active if self.mux.mode == "with_replacement" else min(self.mux.n_active, len(streamers))
-        mux = pescador.StochasticMux(
-            streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode,
+        weights = None if self.weights is None else np.array([self.weights[k.track] for k in keys])
+        mux = (pescador.StochasticMux if weights is None else WeightedMux)(
+            streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode, weights=weights,
             random_state=derive_seed(self.seed, epoch, shard, "mux"),
         )
         return map(self.spec.prepare, pescador.buffer_stream(mux.iterate(), self.mux.batch_size))

@@ -77,6 +77,17 @@ class Voicing(Task):
         return {"voicing_accuracy": {"score": float(np.mean(voiced_ref == voiced_est)), "weight": float(ref.duration)}}
 
 
+class TargetsOnly(Task):
+    """Toy target-only task (``trainable = False``): encodes targets, has no network."""
+
+    name = "toy_targets_only"
+    namespace = "tag_open"
+    trainable = False
+
+    def encode(self, jam, frame_times):
+        return {"toy_zero": np.zeros(len(frame_times), np.int8)}
+
+
 @pytest.fixture
 def toy_task():
     TASKS.register(Voicing)
@@ -120,8 +131,12 @@ def test_config_names_are_checked_against_the_registries():
     assert "unknown task 'chords'" in text and "chord" in text
     assert "unknown store backend 'parquet'" in text and "zarr" in text and "hdf5" in text
     assert "unknown pitch-shift backend 'sox'" in text and "rubberband" in text
-    with pytest.raises(ConfigError, match="no network to train yet"):
-        parse_pipeline({"train": {"tasks": ["instrument"]}})  # targets only, no network yet
+    TASKS.register(TargetsOnly)
+    try:
+        with pytest.raises(ConfigError, match="no network to train yet"):
+            parse_pipeline({"train": {"tasks": ["toy_targets_only"]}})  # targets only, no network yet
+    finally:
+        TASKS.unregister("toy_targets_only")
 
 
 def test_run_order_comes_from_needs_and_a_registered_stage_joins_it(tmp_path):

@@ -113,6 +113,9 @@ class Timbre:
     accompaniment: bool  # weak 3rd/5th partials: safe for chords (chroma stays exact)
 
 
+# The numpy renderer's timbre names, in a fixed order (what its tracks draw from and tag).
+INSTRUMENTS = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")
+
 TIMBRES: dict[str, Timbre] = {
     t.name: t
     for t in (

@@ -12,10 +12,9 @@ import jams
 import numpy as np
 
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
-from mirpipe.models.instrument import INSTRUMENTS
 
 from .demo_jams import demo_jams
-from .timbres import TIMBRES
+from .timbres import INSTRUMENTS, TIMBRES
 
 CHORD_REGISTER = 52  # lowest MIDI note of the chord voicing (one octave up from here)
 BASS_REGISTER = 40

@@ -47,6 +47,7 @@ class TaskModel:
     state: dict[str, Any]  # fit_state + tune (decoding needs it)
     decoding: dict[str, Any]  # the task's ``DecodeParams`` as evaluate used them
     training: dict[str, Any]  # fingerprint (training data and settings), checkpoint, steps, best metric
+    vocabulary: dict[str, Any] | None = None  # the corpus classes it was trained on (``Task.bind``), if any
     weights: dict[str, Any] = field(repr=False, default_factory=dict)  # state_dict (tensors)
 
 
@@ -189,7 +190,7 @@ def build_network(m: TaskModel, device):
     """The task's network with the bundle's weights, in eval mode on ``device``."""
     from .task import TASKS
 
-    task = TASKS.get(m.name)
+    task = TASKS.get(m.name).bind(m.vocabulary)  # a corpus-vocabulary task sizes its heads by its classes
     model = task.build(n_bins=m.n_bins, params=task.Params.model_validate(m.params))
     model.load_state_dict(m.weights)
     return model.to(device).eval()

@@ -59,6 +59,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
             training={"fingerprint": st.get("run_key", ""), "checkpoint": ev.checkpoint, "steps": st.get("global_step"),
                       "best_metric": st.get("best_metric"), "metric": task.metric_name,
                       "train_entries": meta.get("train_entries"), "val_entries": meta.get("val_entries")},
+            vocabulary=meta.get("vocabulary"),
             weights={k: v.detach().cpu() for k, v in ckpt["model"].items()},
         )
     if not models:
@@ -139,7 +140,8 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
                                                     identifiers={"sha256": digest, "filename": Path(audio).name}))
     summary = []
     for name in tasks:
-        task, m = TASKS.get(name), bundle.tasks[name]
+        m = bundle.tasks[name]
+        task = TASKS.get(name).bind(m.vocabulary)
         geo = geometry[m.feature]
         features = FEATURE_KINDS.get(m.feature).view(arrays[m.feature][0], geo, 0)
         prediction = task.predict(_network(bundle_path, mtime, name, str(dev)), features, dev)

@@ -287,3 +287,25 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
     assert (tmp_path / "reports" / "instrument" / "figures" / "confusion_matrix.png").exists()
     est = jams.load(str(tmp_path / "reports" / "instrument" / "estimates" / "mix_test.jams"))
     assert est.annotations[0].namespace == "tag_open" and est.annotations[0].sandbox.activity["classes"] == vocab.classes
+
+    # the trained model as one file predicts with the vocabulary it was trained on (predict + export)
+    from click.testing import CliRunner
+
+    from mirpipe.pipeline import workdir as wd
+    from mirpipe.pipeline.cli import main
+
+    wd.record(tmp_path, cfg, sync_cluster)  # what `mirpipe run` records: export reads it
+    sync = tmp_path / "sync.yaml"
+    sync.write_text("cluster:\n  type: sync\n")
+    bundle = tmp_path / "inst.mirpipe"
+    res = CliRunner().invoke(main, ["export", "--workdir", str(tmp_path), "--out", str(bundle)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    inputs = [own_corpus / "mix_test.wav", own_corpus / "odd.wav"]
+    res = CliRunner().invoke(main, ["predict", *map(str, inputs), "--model", str(bundle), "--out", str(tmp_path / "pred"),
+                                    "--cluster", str(sync)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for audio in inputs:
+        out = jams.load(str(tmp_path / "pred" / f"{audio.stem}.jams"), validate=True, strict=True)
+        ann = out.search(namespace="tag_open")[0]
+        assert ann.sandbox.activity["classes"] == vocab.classes
+        assert ann.data and {o.value for o in ann.data} <= set(vocab.classes)

@@ -48,8 +48,9 @@ def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext, params_json: st
     esc = _STRING  # strings straight to the C encoder: json's encode() costs a Python call each
     up = item.upstream
     upstream = "[" + ", ".join(map(esc, up)) + "]" if all(type(u) is str for u in up) else _ENCODE(list(up))
+    version = esc(stage.version) if type(stage.version) is str else _ENCODE(stage.version)
     blob = (f'{{"identity": {_ENCODE(item.identity)}, "item": {esc(item.id)}, "params": {params_json}, '
-            f'"stage": {esc(stage.name)}, "upstream": {upstream}, "version": {_ENCODE(stage.version) if type(stage.version) is not str else esc(stage.version)}}}')
+            f'"stage": {esc(stage.name)}, "upstream": {upstream}, "version": {version}}}')
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -18,7 +18,7 @@ load, the CPU seconds much less.
 Then a stage of no-op items on a 2-worker LocalCluster through the real ``DaskExecutor``
 (bounded submission window): seconds per task and the scheduler's memory as it goes.
 
-    python benchmarks/bench_scale.py [--sizes 1000 10000 100000] [--noop 100000]
+    python benchmarks/bench_scale.py [--sizes 1000 10000 100000] [--noop 100000] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -137,7 +137,20 @@ def measure(workdir: Path, corpus: Path, what: str) -> dict:
         rows = runner.status()
         assert all(r["pending"] == 0 for r in rows), rows
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory since it started. Linux's VmHWM, not ``ru_maxrss``: that one
+    survives ``exec``, so a child forked from a large parent would report the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _in_fresh_process(workdir: Path, corpus: Path, what: str) -> dict:
@@ -155,11 +168,14 @@ def files_per_track(workdir: Path, n: int) -> tuple[float, dict[str, int]]:
     return sum(by_top.values()) / n, by_top
 
 
-def bench_size(n: int, tmp: Path) -> None:
+def bench_size(n: int, tmp: Path, keep: bool = False) -> None:
     corpus, workdir = tmp / f"corpus{n}", tmp / f"work{n}"
     t = time.perf_counter()
-    build(corpus, n)
-    fabricate(workdir, corpus)
+    if not (keep and (workdir / "ledger").is_dir()):  # --keep: a workdir built by an earlier run is measured again
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(corpus, ignore_errors=True)
+        build(corpus, n)
+        fabricate(workdir, corpus)
     built = time.perf_counter() - t
     plan = _in_fresh_process(workdir, corpus, "plan")
     status = _in_fresh_process(workdir, corpus, "status")
@@ -168,16 +184,18 @@ def bench_size(n: int, tmp: Path) -> None:
           f"(peak RSS {plan['peak_rss_mb']:5.0f} MB); status {status['seconds']:6.2f} s wall, {status['cpu_seconds']:6.2f} s CPU "
           f"(peak RSS {status['peak_rss_mb']:5.0f} MB); "
           f"{per_track:.2f} files per track in the workdir {by_top}  [built in {built:.0f} s]", flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
-    shutil.rmtree(corpus, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(corpus, ignore_errors=True)
 
 
 def _noop(i: int) -> int:
     return i
 
 
-def bench_noop(n: int) -> None:
-    """``n`` no-op tasks through the runner's executor (bounded window), scheduler memory sampled."""
+def bench_noop(n: int, every: float = 30.0) -> None:
+    """``n`` no-op tasks through the runner's executor (bounded window), scheduler memory sampled;
+    a line every ``every`` seconds shows tasks done, the rate and the memory as it goes (flat or not)."""
     import threading
 
     import psutil
@@ -190,15 +208,23 @@ def bench_noop(n: int) -> None:
         scheduler = psutil.Process(os.getpid())  # LocalCluster's scheduler runs in this process
         samples: list[float] = []
         stop = threading.Event()
+        done = 0
+        t0 = time.perf_counter()
 
         def sample() -> None:
+            last = time.perf_counter()
             while not stop.wait(0.5):
                 samples.append(scheduler.memory_info().rss / 2**20)
+                if time.perf_counter() - last >= every:
+                    last = time.perf_counter()
+                    elapsed = last - t0
+                    print(f"  {elapsed:6.0f} s: {done:7d} tasks done ({1e3 * elapsed / max(done, 1):.2f} ms per task), "
+                          f"driver+scheduler RSS {samples[-1]:.0f} MB", flush=True)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        t0 = time.perf_counter()
-        done = sum(1 for _ in ex.run(_noop, [(f"noop-{i}", (i,)) for i in range(n)]))
+        for _ in ex.run(_noop, [(f"noop-{i}", (i,)) for i in range(n)]):
+            done += 1
         seconds = time.perf_counter() - t0
         stop.set()
         sampler.join()
@@ -211,15 +237,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10_000, 100_000])
     ap.add_argument("--noop", type=int, default=100_000, help="no-op items on the LocalCluster (0: skip)")
+    ap.add_argument("--keep", type=Path, help="build the workdirs here and keep them (a later run with the same "
+                    "--keep measures them again, without building)")
     ap.add_argument("--measure", nargs=3, metavar=("WHAT", "WORKDIR", "CORPUS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         what, workdir, corpus = args.measure
         print(json.dumps(measure(Path(workdir), Path(corpus), what)))
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
         for n in args.sizes:
-            bench_size(n, Path(tmp))
+            bench_size(n, args.keep, keep=True)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.sizes:
+                bench_size(n, Path(tmp))
     if args.noop:
         bench_noop(args.noop)
 

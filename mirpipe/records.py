@@ -16,6 +16,8 @@ from dataclasses import MISSING, dataclass
 from functools import cache
 from typing import Any, Callable, Mapping, TypeVar
 
+from mirpipe import columns as columns_format
+
 R = TypeVar("R", bound="Record")
 
 
@@ -81,6 +83,11 @@ def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
     }
 
 
+def record_fields(cls: type) -> list[str]:
+    """A record type's field names, in order."""
+    return list(_fields(cls))
+
+
 @cache
 def _plan(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, Callable[[Any], Any]]]:
     """Per record class, once: its field names, the required ones, and a loader for each field
@@ -115,26 +122,31 @@ def _loader(tp: Any) -> Callable[[Any], Any] | None:
 class RecordTable(Mapping[str, R]):
     """Records of one type stored by column and keyed by one field (the manifest, the store index).
 
-    One JSON document of columns (``{"format": "columns", "key": ..., "columns": {field: [...]}}``)
-    reads several times faster than one object per row, and a row is rebuilt as its record only
-    when it is asked for (``table[key]``); the hot loops of planning read single fields
-    (``value``) or whole columns (``column``) without building records at all.
+    Stored as a column document (``mirpipe.columns``: one line per column), a table decodes only the
+    columns it is asked for, and a row is rebuilt as its record only when it is asked for
+    (``table[key]``); the hot loops of planning read single fields (``value``) or whole columns
+    (``column``) without building records at all. Tables are read-only.
     """
 
-    FORMAT = "columns"
+    FORMAT = columns_format.FORMAT
 
-    def __init__(self, record_type: type[R], key: str, columns: dict[str, list], extra: dict[str, Any] | None = None):
+    def __init__(self, record_type: type[R], key: str, columns: Mapping[str, list], extra: dict[str, Any] | None = None):
         names, required, _ = _plan(record_type)
         given = columns.keys()
         if not (required <= given and given <= names and key in given):
             missing, unknown = sorted(required - given), sorted(given - names)
             raise RecordError(f"{record_type.__name__} table: missing columns {missing}, unknown {unknown}")
-        lengths = {len(col) for col in columns.values()}
-        if len(lengths) > 1:
-            raise RecordError(f"{record_type.__name__} table: columns of different lengths {sorted(lengths)}")
+        if not isinstance(columns, columns_format.Columns) or columns.rows is None:  # decoded: check them now
+            lengths = {len(columns[n]) for n in given}
+            if len(lengths) > 1:
+                raise RecordError(f"{record_type.__name__} table: columns of different lengths {sorted(lengths)}")
+            columns = columns_format.Columns(decoded={n: columns[n] for n in given}, rows=lengths.pop() if lengths else 0)
         self.record_type, self.key, self.columns = record_type, key, columns
         self.extra = dict(extra or {})  # document-level values beside the columns (the manifest's scan)
-        self._pos = {k: i for i, k in enumerate(columns[key])}
+        try:
+            self._pos = {k: i for i, k in enumerate(columns[key])}
+        except columns_format.ColumnError as exc:
+            raise RecordError(f"{record_type.__name__} table: {exc}") from None
         self._rows: dict[str, R] = {}
 
     @classmethod
@@ -158,6 +170,17 @@ class RecordTable(Mapping[str, R]):
         return cls(record_type, key, columns, extra)
 
     @classmethod
+    def from_columns(cls, record_type: type[R], key: str, columns: Mapping[str, "list | columns_format.Raw"], rows: int,
+                     extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+        """A table from whole columns, some of them JSON text copied from another column document
+        (``Raw``: a rerun that changes nothing writes the manifest from the ledger's bytes)."""
+        raw = {n: c.text for n, c in columns.items() if isinstance(c, columns_format.Raw)}
+        decoded = {n: c for n, c in columns.items() if not isinstance(c, columns_format.Raw)}
+        if any(len(c) != rows for c in decoded.values()):
+            raise RecordError(f"{record_type.__name__} table: columns of different lengths")
+        return cls(record_type, key, columns_format.Columns(raw, decoded, rows, order=list(columns)), extra)
+
+    @classmethod
     def from_json(cls, record_type: type[R], key: str, data: Any, rows_key: str | None = None) -> "RecordTable[R]":
         """A table from its JSON document, or from a list of row objects under ``rows_key`` (the
         layout before tables), keyed by the field ``key``."""
@@ -166,15 +189,35 @@ class RecordTable(Mapping[str, R]):
         if data.get("format") == cls.FORMAT:
             if not isinstance(data.get("columns"), Mapping) or not isinstance(data.get("key"), str):
                 raise RecordError(f"{record_type.__name__} table: no columns")
-            extra = {k: v for k, v in data.items() if k not in ("format", "key", "columns")}
+            extra = {k: v for k, v in data.items() if k not in ("format", "key", "columns", "rows")}
             return cls(record_type, key, dict(data["columns"]), extra)
         if rows_key is not None and isinstance(data.get(rows_key), list):
             extra = {k: v for k, v in data.items() if k != rows_key}
             return cls.from_rows(record_type, key, [record_type.from_json(r) for r in data[rows_key]], extra)
         raise RecordError(f"{record_type.__name__} table: not a table of this mirpipe")
 
+    @classmethod
+    def from_bytes(cls, record_type: type[R], key: str, data: bytes, rows_key: str | None = None) -> "RecordTable[R]":
+        """A table from a file's bytes: a column document (its columns decoded when used), or one of
+        the older JSON layouts ``from_json`` reads."""
+        try:
+            header, cols = columns_format.loads(data)
+        except columns_format.ColumnError as exc:
+            raise RecordError(f"{record_type.__name__} table: {exc}") from None
+        if cols is None:
+            return cls.from_json(record_type, key, header, rows_key)
+        if not isinstance(header.get("key"), str):
+            raise RecordError(f"{record_type.__name__} table: no key")
+        extra = {k: v for k, v in header.items() if k not in ("format", "key", "rows")}
+        return cls(record_type, key, cols, extra)
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.extra, "format": self.FORMAT, "key": self.key, "columns": self.columns}
+        return {**self.extra, "format": self.FORMAT, "key": self.key, "columns": {n: self.columns[n] for n in self.columns}}
+
+    def to_bytes(self) -> bytes:
+        """The table as a column document (columns read from a file and unchanged are copied as text)."""
+        return columns_format.dumps({**self.extra, "key": self.key},
+                                    {n: self.columns.source(n) for n in self.columns}, len(self))
 
     def __getitem__(self, key: str) -> R:
         row = self._rows.get(key)
@@ -192,6 +235,10 @@ class RecordTable(Mapping[str, R]):
     def __contains__(self, key: object) -> bool:
         return key in self._pos
 
+    def position(self, key: str) -> int | None:
+        """The row of ``key`` in every column (None when absent)."""
+        return self._pos.get(key)
+
     def value(self, key: str, name: str) -> Any:
         """One field of one row as stored (JSON), without building the record."""
         return self.columns[name][self._pos[key]]
@@ -199,3 +246,47 @@ class RecordTable(Mapping[str, R]):
     def column(self, name: str) -> list:
         """A field of every row, in row order (``column(table.key)`` are the keys)."""
         return self.columns[name]
+
+
+class RecordView:
+    """A record read from its JSON form one field at a time: ``view.audio`` is what the typed record's
+    ``audio`` would be (nested records built), without building the others. Planning checks each done
+    item's outputs through one (``Stage.outputs_valid``); ``fits`` says first whether the fields are
+    those of the record type."""
+
+    __slots__ = ("_type", "_data")
+
+    def __init__(self, record_type: type[Record], data: Mapping[str, Any]):
+        object.__setattr__(self, "_type", record_type)
+        object.__setattr__(self, "_data", data)
+
+    @staticmethod
+    def fits(record_type: type[Record], keys: typing.AbstractSet[str]) -> bool:
+        names, required, _ = _plan(record_type)
+        return required <= keys and keys <= names
+
+    def __getattr__(self, name: str) -> Any:
+        loader = _view_loaders(self._type).get(name, _NO_FIELD)
+        if loader is _NO_FIELD:
+            raise AttributeError(f"{self._type.__name__} has no field {name!r}")
+        try:
+            value = self._data[name]
+        except KeyError:  # a field left to its default
+            return getattr(self._type.from_json(self._data), name)
+        return loader(value) if loader is not None and value is not None else value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a record view is read-only")
+
+    def __repr__(self) -> str:
+        return f"RecordView({self._type.__name__})"
+
+
+_NO_FIELD = object()
+
+
+@cache
+def _view_loaders(cls: type) -> dict[str, Callable[[Any], Any] | None]:
+    """Per record class: each field's loader (None: the JSON value is the field)."""
+    names, _, loaders = _plan(cls)
+    return {n: loaders.get(n) for n in names}

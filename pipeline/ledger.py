@@ -1,7 +1,11 @@
 """The ledger: what is done and what failed, per stage, in O(1) files under <workdir>/ledger/<stage>/.
 
-- ``state.json``: the compacted state, ``{"done": {item: marker}, "failed": {item: failure}}``,
-  replaced atomically by the driver at the end of a stage (it holds the workdir lock);
+- ``state.json``: the compacted state, replaced atomically by the driver at the end of a stage
+  (it holds the workdir lock): a column document (``mirpipe.columns``) with one row per done
+  item (columns ``item``, ``fingerprint``, ``attempts``, ``seconds``, ``at`` and one column
+  ``record.<field>`` per field of the records) and the failure records in its header. Planning
+  decodes the item, fingerprint and the few record columns its validity checks read; a rerun
+  that changes nothing passes the other columns on as text (the manifest, the store index);
 - ``log/<host>-<pid>-<random>.jsonl``: one append-only log per process that writes
   (each worker, the driver). A line is one event (``done``, ``failed``, ``start``,
   ``forget``), appended with one ``write`` and fsynced before the call returns; a torn
@@ -12,8 +16,9 @@
 A worker appends an item's ``done`` event only after its outputs are committed, so a crash
 in between leaves the item pending, as before. The state is the compacted file folded
 with the logs' events in time order; compaction folds the logs into ``state.json`` and
-deletes them. Markers of the older one-file-per-item layout (``<item>.done.json``) are
-read too and folded in at the next compaction.
+deletes them. The older layouts, ``state.json`` as one object ``{"done": {item: marker},
+"failed": {item: failure}}`` and one marker file per item (``<item>.done.json``), are read too
+and rewritten in this one at the next compaction.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import time
 import traceback as tb
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
+from mirpipe import columns
 from mirpipe.stages.errors import InputError
 from mirpipe.storage.atomic import write_bytes
 
@@ -64,19 +70,132 @@ class Failure:
         return dict(self.__dict__)
 
 
+MARKER_COLUMNS = ("fingerprint", "attempts", "seconds", "at")  # a done marker's values beside item and record
+RECORD = "record."  # prefix of the record's columns
+
+
+class DoneTable(Mapping[str, dict]):
+    """A stage's done markers by item (``{item, fingerprint, record, attempts, seconds, at}``): the
+    compacted columns, with the logs' events laid over them. Planning asks ``fingerprint`` and
+    ``record`` (a view of the record's columns) per item; a whole marker is built only when indexed."""
+
+    def __init__(self, base: columns.Columns | None = None, record_fields: list[str] | None = None,
+                 overlay: dict[str, dict] | None = None):
+        self.base = base
+        self.fields = None if record_fields is None else {f: RECORD + f for f in record_fields}
+        self.overlay: dict[str, dict] = dict(overlay or {})
+        self.removed: set[str] = set()
+        self._pos: dict[str, int] | None = None
+
+    @property
+    def pos(self) -> dict[str, int]:
+        """Row of each item of the compacted columns."""
+        if self._pos is None:
+            self._pos = {} if self.base is None else {k: i for i, k in enumerate(self.base["item"])}
+        return self._pos
+
+    def _row(self, item: str) -> int | None:
+        if item in self.removed or item in self.overlay:
+            return None
+        return self.pos.get(item)
+
+    def fingerprint(self, item: str) -> str | None:
+        marker = self.overlay.get(item)
+        if marker is not None:
+            return marker.get("fingerprint")
+        i = self._row(item)
+        return None if i is None else self.base["fingerprint"][i]
+
+    def fingerprints(self) -> dict[str, str]:
+        """The fingerprint of every done item (one dict, built at C speed from the columns)."""
+        out = {} if self.base is None else dict(zip(self.base["item"], self.base["fingerprint"]))
+        for item in self.removed:
+            out.pop(item, None)
+        out.update((item, marker.get("fingerprint")) for item, marker in self.overlay.items())
+        return out
+
+    def record(self, item: str) -> Mapping[str, Any] | None:
+        """The item's record in JSON form (for compacted rows, a view that decodes a column when read)."""
+        marker = self.overlay.get(item)
+        if marker is not None:
+            return marker.get("record")
+        i = self._row(item)
+        if i is None:
+            return None
+        return self.base["record"][i] if self.fields is None else columns.Row(self.base, self.fields, i)
+
+    def set(self, item: str, marker: dict) -> None:
+        self.overlay[item] = marker
+        self.removed.discard(item)
+
+    def discard(self, item: str) -> None:
+        self.overlay.pop(item, None)
+        self.removed.add(item)
+
+    def __getitem__(self, item: str) -> dict:
+        marker = self.overlay.get(item)
+        if marker is not None:
+            return marker
+        i = self._row(item)
+        if i is None:
+            raise KeyError(item)
+        record = self.record(item)
+        return {"item": item, **{c: self.base[c][i] for c in MARKER_COLUMNS}, "record": dict(record)}
+
+    def __iter__(self) -> Iterator[str]:
+        if self.base is not None:
+            yield from (k for k in self.base["item"] if k not in self.removed and k not in self.overlay)
+        yield from self.overlay
+
+    def __len__(self) -> int:
+        base = sum(1 for k in self.pos if k not in self.removed and k not in self.overlay)
+        return base + len(self.overlay)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.overlay or (item not in self.removed and item in self.pos)
+
+    def unchanged(self) -> bool:
+        """Nothing laid over the compacted columns."""
+        return not self.overlay and not self.removed
+
+    def to_columns(self) -> tuple[dict[str, "list | columns.Raw"], list[str] | None]:
+        """Every marker as columns, rows sorted by item, and the record's fields (None when the records do
+        not all have the same fields: one column ``record`` of objects instead)."""
+        if self.base is not None and self.unchanged():
+            names = ["item", *MARKER_COLUMNS, *(["record"] if self.fields is None else self.fields.values())]
+            return {n: self.base.source(n) for n in names}, None if self.fields is None else list(self.fields)
+        items = sorted(self)
+        rows: list[int | dict] = [self.overlay[k] if k in self.overlay else self.pos[k] for k in items]
+        out: dict[str, list] = {"item": items}
+        for c in MARKER_COLUMNS:
+            col = self.base[c] if self.base is not None and c in self.base else None
+            out[c] = [r.get(c) if type(r) is dict else col[r] for r in rows]
+        fields = list(self.fields) if self.fields is not None else None
+        overlay_records = [r.get("record") for r in rows if type(r) is dict]
+        if fields is None and self.base is None and overlay_records and isinstance(overlay_records[0], dict):
+            fields = list(overlay_records[0])
+        if fields is not None and all(isinstance(rec, dict) and rec.keys() == set(fields) for rec in overlay_records):
+            for f in fields:
+                col = self.base[RECORD + f] if self.base is not None and self.fields is not None else None
+                out[RECORD + f] = [r["record"][f] if type(r) is dict else col[r] for r in rows]
+            return out, fields
+        out["record"] = [r.get("record") if type(r) is dict else dict(self.record(k)) for k, r in zip(items, rows)]
+        return out, None
+
+
 @dataclass
 class StageState:
     """A stage's ledger folded: done markers and failure records by item, and the tokens of the
     submissions that started since the last compaction (per item, in order)."""
 
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: DoneTable = field(default_factory=DoneTable)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     starts: dict[str, list[str]] = field(default_factory=dict)
 
     def apply(self, event: dict[str, Any]) -> None:
         op, item = event.pop("op"), event["item"]
         if op == "done":
-            self.done[item] = event
+            self.done.set(item, event)
             self.failed.pop(item, None)
             self.starts.pop(item, None)
         elif op == "failed":
@@ -84,7 +203,7 @@ class StageState:
         elif op == "start":
             self.starts.setdefault(item, []).append(event["token"])
         elif op == "forget":
-            self.done.pop(item, None)
+            self.done.discard(item)
 
 
 class _Logs:
@@ -179,8 +298,15 @@ class Ledger:
         base = self._base(stage)
         state = StageState()
         try:
-            data = json.loads((base / STATE).read_bytes())
-            state.done, state.failed = data["done"], data["failed"]
+            header, cols = columns.read(base / STATE)
+            if cols is None:  # the layout before columns: one object
+                state.done, state.failed = DoneTable(overlay=header["done"]), dict(header["failed"])
+            else:
+                fields = header["record_fields"]
+                needed = {"item", *MARKER_COLUMNS, *([RECORD + f for f in fields] if isinstance(fields, list) else ["record"])}
+                if not (fields is None or isinstance(fields, list)) or not cols.keys() >= needed:
+                    raise ValueError("no item, fingerprint or record columns")
+                state.done, state.failed = DoneTable(cols, fields), dict(header["failed"])
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -228,7 +354,7 @@ class Ledger:
                     out.append({**data, "op": op, "at": data.get("at", 0.0)})
         return out
 
-    def done(self, stage: str) -> dict[str, dict[str, Any]]:
+    def done(self, stage: str) -> DoneTable:
         return self.state(stage).done
 
     def failures(self, stage: str) -> dict[str, dict[str, Any]]:
@@ -265,11 +391,12 @@ class Ledger:
             return
         folded = [p for p in (base / LOG_DIR).glob("*.jsonl")] if (base / LOG_DIR).is_dir() else []
         legacy = [e for e in os.scandir(base) if e.name not in (STATE, LOG_DIR, TIMEOUTS_DIR)]
-        if not folded and not legacy and not (base / TIMEOUTS_DIR).exists():
+        if not folded and not legacy and not (base / TIMEOUTS_DIR).exists() and not _old_state(base / STATE):
             return
         state = self.state(stage)
-        body = json.dumps({"done": state.done, "failed": state.failed}, default=str, separators=(",", ":"))
-        write_bytes(base / STATE, body.encode())
+        cols, fields = state.done.to_columns()
+        header = {"key": "item", "record_fields": fields, "failed": state.failed}
+        write_bytes(base / STATE, columns.dumps(header, cols, len(state.done)))
         for path in folded:
             path.unlink(missing_ok=True)
         for entry in legacy:
@@ -278,3 +405,12 @@ class Ledger:
             else:
                 os.unlink(entry.path)
         shutil.rmtree(base / TIMEOUTS_DIR, ignore_errors=True)
+
+
+def _old_state(path: Path) -> bool:
+    """``state.json`` in the layout before columns (rewritten at the next compaction)."""
+    try:
+        with open(path, "rb") as fh:
+            return not columns.is_column_document(fh)
+    except FileNotFoundError:
+        return False

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from mirpipe.records import RecordError
+from mirpipe.columns import Row
+from mirpipe.records import RecordView
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 
@@ -44,13 +45,17 @@ def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext, params_json: st
     """
     if params_json is None:
         params_json = params_blob(stage, ctx)
-    dump = _ENCODE  # one encoder for every call: json.dumps with options builds a new one each time
-    blob = (f'{{"identity": {dump(item.identity)}, "item": {dump(item.id)}, "params": {params_json}, '
-            f'"stage": {dump(stage.name)}, "upstream": {dump(list(item.upstream))}, "version": {dump(stage.version)}}}')
+    esc = _STRING  # strings straight to the C encoder: json's encode() costs a Python call each
+    up = item.upstream
+    upstream = "[" + ", ".join(map(esc, up)) + "]" if all(type(u) is str for u in up) else _ENCODE(list(up))
+    version = esc(stage.version) if type(stage.version) is str else _ENCODE(stage.version)
+    blob = (f'{{"identity": {_ENCODE(item.identity)}, "item": {esc(item.id)}, "params": {params_json}, '
+            f'"stage": {esc(stage.name)}, "upstream": {upstream}, "version": {version}}}')
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 _ENCODE = json.JSONEncoder(sort_keys=True, default=str).encode
+_STRING = json.encoder.encode_basestring_ascii  # what that encoder writes for a str
 
 
 def params_blob(stage: Stage, ctx: StageContext) -> str:
@@ -151,16 +156,27 @@ class Runner:
         items = stage.items(self.ctx, upstream)
         state = self.ledger.state(name)
         self._started[name] = set(state.starts)
-        markers = {} if force else state.done
+        markers = state.done
         failures = state.failed
         plan = StagePlan(name, total=len(items))
         params_json = params_blob(stage, self.ctx)
-        for item in items:
-            fp = fingerprint(stage, item, self.ctx, params_json)
-            marker = markers.get(item.id)
-            record = self._record(stage, marker) if marker and marker["fingerprint"] == fp else None
-            if record is not None and stage.outputs_valid(item, self.ctx, record):
-                plan.done[item.id] = Done(fp, raw=marker["record"], load=stage.load_record)
+        fits: dict[int, bool] = {}  # per set of record fields (a compacted table has one), whether they fit
+        recorded = {} if force else markers.fingerprints()
+        fps = [fingerprint(stage, item, self.ctx, params_json) for item in items]
+        candidates, raws = [], []  # recorded done with this fingerprint: are the outputs still there?
+        for item, fp in zip(items, fps):
+            if recorded.get(item.id) == fp:
+                raw = markers.record(item.id)
+                if raw is not None and self._fits(stage, raw, fits):
+                    candidates.append(item)
+                    raws.append(raw)
+        valid = stage.outputs_valid_many(candidates, self.ctx, raws) if candidates else []
+        done = {item.id: raw for item, raw, ok in zip(candidates, raws, valid) if ok}
+        load = stage.load_record
+        for item, fp in zip(items, fps):
+            raw = done.get(item.id)
+            if raw is not None:
+                plan.done[item.id] = Done(fp, raw=raw, load=load)
                 plan.done_items[item.id] = item
                 continue
             failure = failures.get(item.id)
@@ -171,12 +187,17 @@ class Runner:
         return plan
 
     @staticmethod
-    def _record(stage: Stage, marker: Mapping[str, Any]) -> Any:
-        """A done marker's typed record; None (the item runs again) when it no longer fits the record type."""
-        try:
-            return stage.load_record(marker["record"])
-        except RecordError:
-            return None
+    def _fits(stage: Stage, raw: Mapping[str, Any], fits: dict[int, bool]) -> bool:
+        """A done item's record (JSON form) has the fields of the stage's record type; one that no
+        longer fits makes the item run again. A compacted table's rows share their fields: checked once."""
+        if stage.record_type is None:
+            return isinstance(raw, Mapping)
+        if type(raw) is Row:
+            ok = fits.get(id(raw.fields))
+            if ok is None:
+                ok = fits[id(raw.fields)] = RecordView.fits(stage.record_type, raw.fields.keys())
+            return ok
+        return isinstance(raw, dict) and RecordView.fits(stage.record_type, raw.keys())
 
     def done_items(self, name: str) -> dict[str, Done]:
         """Done items of a stage that has been run (or planned) in this runner."""

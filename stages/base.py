@@ -15,11 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from pydantic import BaseModel
 
-from mirpipe.records import Record
+from mirpipe.records import Record, RecordError, RecordView
 from mirpipe.registry import Registry
 
 
@@ -62,6 +62,12 @@ class Done:
 
     def __repr__(self) -> str:
         return f"Done({self.fingerprint!r})"
+
+
+def record_rows(done: "Iterable[Done]") -> list[Mapping[str, Any]]:
+    """The records of done items in JSON form, as the ledger holds them (a row of its columns, or a
+    dict): ``mirpipe.columns.gather`` turns them into the columns of the manifest or the index."""
+    return [d.raw if d.raw is not None else d.record_json() for d in done]
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,22 @@ class Stage(ABC):
         """Whether the outputs of a done item are still in place (checked before skipping it, for every
         done item when planning: keep it to a ``stat`` or two, from what the record holds)."""
         return True
+
+    def outputs_valid_many(self, items: list[WorkItem], ctx: StageContext, raws: list[Mapping[str, Any]]) -> list[bool]:
+        """``outputs_valid`` of many done items at once: planning calls this one, with each record in
+        its JSON form as the ledger keeps it (fields already checked against ``record_type``). This
+        one hands ``outputs_valid`` a read-only ``RecordView`` of each (only the fields it reads are
+        decoded); a stage with many items may override it to read the records by column
+        (``mirpipe.columns.values``). A record whose fields do not load counts as invalid."""
+        if self.record_type is None:
+            return [bool(self.outputs_valid(item, ctx, dict(raw))) for item, raw in zip(items, raws)]
+        out = []
+        for item, raw in zip(items, raws):
+            try:
+                out.append(bool(self.outputs_valid(item, ctx, RecordView(self.record_type, raw))))
+            except (RecordError, TypeError, AttributeError):
+                out.append(False)
+        return out
 
     def verify_outputs(self, item: WorkItem, ctx: StageContext, record: Any) -> bool:
         """The deep check of ``mirpipe verify``: open the outputs and check their contents."""

@@ -25,6 +25,7 @@ from .audio_io import AUDIO_EXTENSIONS
 # characters a track id does not keep (control characters, and what Windows or shells choke on)
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"\\|?*]+')
 IGNORED_LISTED = 200  # paths listed per reason in the manifest (all are counted)
+_KINDS = {"jams": "jams", **{ext.lstrip(".").lower(): "audio" for ext in AUDIO_EXTENSIONS}}  # by extension, no dot
 
 
 def track_id(key: str) -> str:
@@ -95,21 +96,22 @@ def scan_corpus(corpus: Path) -> Scan:
         dirnames[:] = keep
         reldir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         prefix = "" if reldir == "." else reldir + "/"
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            scan.files += 1
-            if name.startswith("."):
-                scan.ignored["hidden file"].append(full)
+        base = os.path.join(dirpath, "")  # file paths as os.path.join(dirpath, name) gives them
+        scan.files += len(filenames)
+        for name in sorted(filenames):  # (the per-file work is kept small: a corpus has 10^5-10^6 files)
+            if name[0] == ".":
+                scan.ignored["hidden file"].append(base + name)
                 continue
-            stem, suffix = os.path.splitext(name)
-            suffix = suffix.lower()
-            kind = "jams" if suffix == ".jams" else "audio" if suffix in AUDIO_EXTENSIONS else None
+            stem, dot, ext = name.rpartition(".")  # as os.path.splitext for a name not starting with "."
+            kind = _KINDS.get(ext.lower()) if dot else None
             if kind is None:
-                scan.ignored["not audio or JAMS"].append(full)
+                scan.ignored["not audio or JAMS"].append(base + name)
                 continue
             # special files (a FIFO, a device) and broken links are kept: validation classifies them
             rel = prefix + stem
-            by_key[unicodedata.normalize("NFC", rel)][kind].append(full)
+            if not rel.isascii():
+                rel = unicodedata.normalize("NFC", rel)
+            by_key[rel][kind].append(base + name)
     ids = {key: track_id(key) for key in by_key}
     # ids that differ only in case would share a file on case-insensitive file systems
     folded: dict[str, set[str]] = defaultdict(set)

@@ -20,15 +20,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mirpipe.models.task import TASKS
-from mirpipe.records import Record
+from mirpipe import columns
+from mirpipe.records import Record, RecordTable
 from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import ArraySpec
+from mirpipe.storage.base import ArraySpec, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .annotations import Preparation, prepared_jams
 from .audio_io import load_mono
 from .augment import AugmentParams
-from .base import STAGES, Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from .ingest import read_manifest
 from .pitch_shift import pitch_shift
 
@@ -194,13 +195,13 @@ class Features(Stage):
         manifest = read_manifest(ctx)
         # identity is the track's content (audio and JAMS bytes and ingest's decisions), not ingest's
         # fingerprint: a file touched, moved or re-hashed without changing is not recomputed
-        value = manifest.value  # raw fields: no record is built per track
+        pos = manifest.position  # raw fields by row: no record is built per track
+        audio, jams, prep, content = (manifest.column(n) for n in ("audio", "jams", "prep", "content"))
         return [
-            WorkItem(track, payload={"track": track, "audio": value(track, "audio"), "jams": value(track, "jams"),
-                                     "prep": value(track, "prep")},
-                     identity={"content": value(track, "content")})
+            WorkItem(track, payload={"track": track, "audio": audio[i], "jams": jams[i], "prep": prep[i]},
+                     identity={"content": content[i]})
             for track in sorted(upstream["ingest"])
-            if track in manifest
+            if (i := pos(track)) is not None
         ]
 
     def run(self, item: WorkItem, ctx: StageContext) -> FeaturesRecord:
@@ -227,11 +228,16 @@ class Features(Stage):
         """Planning's check, one ``stat``: the entry is the file this item wrote (same size and
         modification time); a truncated, cut or rewritten entry makes the item pending again.
         ``mirpipe verify`` opens every entry instead (``verify_outputs``)."""
+        return self.outputs_valid_many([item], ctx, [{"stamp": record.stamp}])[0]
+
+    def outputs_valid_many(self, items: list[WorkItem], ctx: StageContext, raws: list[Mapping[str, Any]]) -> list[bool]:
+        """``outputs_valid`` by column: the recorded stamps against one ``stat`` per entry."""
         p: FeaturesParams = ctx.params["features"]
         store = _planning_store(p.store, str(store_root(ctx)))
-        if record.stamp is None:  # a record from before stamps: the deep check
-            return store.is_valid(item.payload["track"])
-        return store.entry_stamp(item.payload["track"]) == record.stamp
+        stamp_of = store.entry_stamp
+        return [store.is_valid(item.payload["track"]) if stamp is None  # a record from before stamps: the deep check
+                else stamp_of(item.payload["track"]) == stamp
+                for item, stamp in zip(items, columns.values(raws, "stamp", None))]
 
     def verify_outputs(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
         """Every chunk present, and every array read and decoded (zip CRCs, codec errors)."""
@@ -246,18 +252,19 @@ class Features(Stage):
         return True
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
+        """The store index by column (the record columns copied as text when every record is a row of
+        the ledger's columns in order, as in ingest's manifest)."""
         p: FeaturesParams = ctx.params["features"]
         store = open_store(p.store, store_root(ctx))
         manifest = read_manifest(ctx)
-        rows = []
-        root = str(store.root)
-        for track, d in sorted(done.items()):
-            if track not in manifest:
-                continue
-            r = d.record_json()
-            rows.append({"track": track, "split": manifest.value(track, "split"), "variants": r["variants"],
-                         "shifts": r["shifts"], "frames": r["frames"], "arrays": r["arrays"],
-                         "path": os.path.relpath(store.entry_path(track), root)})
-        # the class vocabularies ingest built travel with the index (the store alone says what its labels mean)
-        store.write_index_json(rows, extra={"vocabularies": manifest.extra.get("vocabularies", {})})
+        tracks = [t for t in sorted(done) if t in manifest]
+        split = manifest.value
+        store.write_index_table(RecordTable.from_columns(IndexRow, "track", {
+            "track": tracks,
+            "split": [split(t, "split") for t in tracks],
+            **columns.gather(record_rows(done[t] for t in tracks), ["variants", "shifts", "frames", "arrays"]),
+            "path": [store.entry_relpath(t) for t in tracks],
+        }, rows=len(tracks),
+            # the class vocabularies ingest built travel with the index (the store alone says what its labels mean)
+            extra={"vocabularies": manifest.extra.get("vocabularies", {})}))
         store.remove_leftovers()

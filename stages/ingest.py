@@ -21,17 +21,18 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mirpipe import columns
 from mirpipe.errors import WorkdirFileError
 from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
 from mirpipe.models.labels import notes as vocabulary_notes
 from mirpipe.models.task import TASKS, offered_namespaces
-from mirpipe.records import Record, RecordError, RecordTable
-from mirpipe.storage.atomic import read_cached, read_json, write_json_if_changed
+from mirpipe.records import Record, RecordError, RecordTable, record_fields
+from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_changed
 
 from . import errors
 from .annotations import ChoiceRule, Preparation, apply, choose
 from .audio_io import header_frames, load_channels, riff_declared_frames
-from .base import STAGES, Done, Stage, StageContext, WorkItem
+from .base import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from .corpus_scan import ScanSummary, scan_corpus
 
 MANIFEST = "manifest.json"
@@ -361,21 +362,37 @@ class Ingest(Stage):
         return validate_track(item.id, item.payload["audio"], item.payload["jams"], ctx.params["ingest"])
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrackRecord) -> bool:
-        return os.path.exists(record.audio) and os.path.exists(record.jams)
+        """The record names the files the scan just found (and stat'ed into the fingerprint): no file
+        operation when they are the same strings."""
+        return all(path in item.payload[kind] or os.path.exists(path) for kind, path in (("audio", record.audio), ("jams", record.jams)))
+
+    def outputs_valid_many(self, items: list[WorkItem], ctx: StageContext, raws: list[Mapping[str, Any]]) -> list[bool]:
+        """``outputs_valid`` by column."""
+        exists = os.path.exists
+        return [(a in item.payload["audio"] or exists(a)) and (j in item.payload["jams"] or exists(j))
+                for item, a, j in zip(items, columns.values(raws, "audio"), columns.values(raws, "jams"))]
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
+        """The manifest: the records by column, with the split and fingerprint of each track. When every
+        record is a row of the ledger's columns in order (a rerun that changes nothing), their columns
+        are copied as text: the file is rebuilt without decoding them."""
         p: IngestParams = ctx.params["ingest"]
-        records = {t: d.record_json() for t, d in done.items()}  # JSON: 100,000 typed records cost memory
-        free = {t: r["namespaces"] for t, r in records.items() if r["declared_split"] is None}
+        tracks = sorted(done)
+        rows = record_rows(done[t] for t in tracks)
+        declared = columns.values(rows, "declared_split")
+        free = {t: ns for t, ns, d in zip(tracks, columns.values(rows, "namespaces"), declared) if d is None}
         splits = assign_splits(free, p.split_fractions, p.split_seed)
-        splits.update({t: r["declared_split"] for t, r in records.items() if r["declared_split"] is not None})
-        rows = ({**records[t], "split": splits[t], "fingerprint": done[t].fingerprint} for t in sorted(records))
         corpus = corpus_dir(ctx)
         scanned = getattr(self, "_scanned", None)
         summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
-        vocabularies = build_vocabularies(records, splits, p)
-        table = RecordTable.from_dicts(ManifestRow, "track", rows, extra={"scan": summary.to_json(), "vocabularies": vocabularies})
-        write_json_if_changed(ctx.path(MANIFEST), table.to_json())
+        split_of = [d if d is not None else splits[t] for t, d in zip(tracks, declared)]
+        vocabularies = build_vocabularies(split_of, columns.values(rows, "labels", {}), p)
+        table = RecordTable.from_columns(ManifestRow, "track", {
+            **columns.gather(rows, list(record_fields(TrackRecord))),
+            "split": split_of,
+            "fingerprint": [done[t].fingerprint for t in tracks],
+        }, rows=len(tracks), extra={"scan": summary.to_json(), "vocabularies": vocabularies})
+        write_bytes_if_changed(ctx.path(MANIFEST), table.to_bytes())
 
     def status_notes(self, ctx: StageContext) -> list[str]:
         """The corpus scan and the decisions ingest took, from the manifest."""
@@ -410,13 +427,13 @@ class Ingest(Stage):
         return notes
 
 
-def build_vocabularies(records: Mapping[str, Mapping[str, Any]], splits: Mapping[str, str], p: IngestParams) -> dict[str, Any]:
+def build_vocabularies(splits: Sequence[str], labels: Sequence[Mapping[str, list[str]] | None], p: IngestParams) -> dict[str, Any]:
     """Per task with corpus labels, its vocabulary (classes, aliases, tracks per class and split,
-    labels outside the classes) from what ``validate_track`` recorded."""
+    labels outside the classes) from what ``validate_track`` recorded (each track's split and labels)."""
     out = {}
     for task in TASKS.values():
         if task.has_labels:
-            tracks = ((splits[t], r.get("labels", {}).get(task.name, [])) for t, r in records.items())
+            tracks = ((split, (lab or {}).get(task.name, [])) for split, lab in zip(splits, labels))
             out[task.name] = build_vocabulary(tracks, p.vocabularies.get(task.name)).to_json()
     return out
 
@@ -435,6 +452,6 @@ def read_manifest(ctx: StageContext) -> RecordTable[ManifestRow]:
 
 def _load_manifest(path: Path) -> RecordTable[ManifestRow]:
     try:
-        return RecordTable.from_json(ManifestRow, "track", read_json(path), rows_key="tracks")
+        return RecordTable.from_bytes(ManifestRow, "track", read_file(path), rows_key="tracks")
     except (KeyError, TypeError, RecordError) as exc:
         raise WorkdirFileError(path, f"not a manifest written by this mirpipe ({exc}); rerun ingest") from None

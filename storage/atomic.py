@@ -73,6 +73,16 @@ def write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
 
 
+def read_file(path: Path | str) -> bytes:
+    """A file mirpipe wrote; a WorkdirFileError naming the file when it cannot be read."""
+    from mirpipe.errors import WorkdirFileError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise WorkdirFileError(path, f"cannot be read: {type(exc).__name__}: {exc}") from None
+
+
 def read_json(path: Path | str):
     """A JSON file mirpipe wrote; a WorkdirFileError naming the file when it cannot be read."""
     from mirpipe.errors import WorkdirFileError
@@ -90,7 +100,11 @@ def write_json(path: Path, obj) -> None:
 def write_json_if_changed(path: Path, obj) -> bool:
     """Write a large document compactly, unless the file already holds exactly it (a rerun with
     nothing new keeps the file, and every reader's cache of it); True when written."""
-    data = json.dumps(obj, separators=(",", ":"), default=str).encode()
+    return write_bytes_if_changed(path, json.dumps(obj, separators=(",", ":"), default=str).encode())
+
+
+def write_bytes_if_changed(path: Path, data: bytes) -> bool:
+    """``write_bytes`` unless the file already holds exactly ``data``; True when written."""
     try:
         if os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
             return False
@@ -117,14 +131,21 @@ def read_cached(path: Path | str, build: Callable[[Path], Any]) -> Any:
 
 
 def remove_leftovers(root: Path) -> int:
-    """Delete temporary and trash files left under ``root`` by killed writers; returns how many."""
+    """Delete temporary and trash files left under ``root`` by killed writers; returns how many.
+    One walk of the tree (a store holds one file per track)."""
     n = 0
-    if not root.exists():
+    if not os.path.isdir(root):
         return 0
-    for p in list(root.rglob(f"{TMP_PREFIX}*")) + list(root.rglob(f"{TRASH_PREFIX}*")):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        n += 1
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [d for d in dirnames if d.startswith((TMP_PREFIX, TRASH_PREFIX))]:
+            shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+            dirnames.remove(name)
+            n += 1
+        for name in filenames:
+            if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    pass
+                n += 1
     return n

@@ -26,7 +26,7 @@ from mirpipe.errors import WorkdirFileError
 from mirpipe.records import Record, RecordError, RecordTable
 from mirpipe.registry import Registry
 
-from .atomic import read_cached, read_json, remove_leftovers, write_json_if_changed
+from .atomic import read_cached, read_file, remove_leftovers, write_bytes_if_changed
 
 INDEX_NAME = "index.json"
 CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a patch one or two
@@ -81,7 +81,11 @@ class FeatureStore(ABC):
         self.root = Path(root)
 
     def entry_path(self, track: str) -> Path:
-        return self.root / f"{track}{self.suffix}"
+        return self.root / self.entry_relpath(track)
+
+    def entry_relpath(self, track: str) -> str:
+        """The entry's path relative to the store root (the index's ``path``)."""
+        return f"{track}{self.suffix}"
 
     def has_entry(self, track: str) -> bool:
         return self.entry_path(track).exists()
@@ -89,8 +93,8 @@ class FeatureStore(ABC):
     def entry_stamp(self, track: str) -> list[int] | None:
         """(size, mtime_ns) of the entry file, None when it is missing: what a completion record keeps
         so that planning notices a damaged or replaced entry without opening it."""
-        try:
-            st = os.stat(self.entry_path(track))
+        try:  # a string path: planning stats every entry, and pathlib costs more than the stat
+            st = os.stat(f"{self.root}{os.sep}{self.entry_relpath(track)}")
         except OSError:
             return None
         return [st.st_size, st.st_mtime_ns]
@@ -151,8 +155,12 @@ class FeatureStore(ABC):
     def write_index_json(self, rows: Iterable[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
         """The index from rows in JSON form (the fields of ``IndexRow``) and document-level ``extra``
         values (the corpus's class vocabularies); the file is left as it is when it already holds them."""
-        table = RecordTable.from_dicts(IndexRow, "track", rows, extra={**(extra or {}), "backend": self.backend})
-        write_json_if_changed(self.root / INDEX_NAME, table.to_json())
+        self.write_index_table(RecordTable.from_dicts(IndexRow, "track", rows, extra={**(extra or {}), "backend": self.backend}))
+
+    def write_index_table(self, table: RecordTable[IndexRow]) -> None:
+        """The index as a column document (left as it is when the file already holds it)."""
+        table.extra["backend"] = self.backend
+        write_bytes_if_changed(self.root / INDEX_NAME, table.to_bytes())
 
     def read_index(self) -> RecordTable[IndexRow]:
         """The index rows by track (empty before features ran), read once per version of the file
@@ -168,7 +176,7 @@ class FeatureStore(ABC):
 
 def _load_index(path: Path) -> RecordTable[IndexRow]:
     try:
-        return RecordTable.from_json(IndexRow, "track", read_json(path), rows_key="entries")
+        return RecordTable.from_bytes(IndexRow, "track", read_file(path), rows_key="entries")
     except (KeyError, TypeError, RecordError) as exc:
         raise WorkdirFileError(path, f"not a store index written by this mirpipe ({exc}); rerun features") from None
 

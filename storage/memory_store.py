@@ -48,8 +48,8 @@ class MemoryStore(FeatureStore):
     def entry_stamp(self, track: str) -> list[int] | None:
         return [0, 0] if self.has_entry(track) else None
 
-    def write_index_json(self, rows, extra=None) -> None:
-        self.index = RecordTable.from_dicts(IndexRow, "track", rows, extra=extra)
+    def write_index_table(self, table: RecordTable[IndexRow]) -> None:
+        self.index = table
 
     def read_index(self) -> RecordTable[IndexRow]:
         return getattr(self, "index", None) or RecordTable.from_rows(IndexRow, "track", [])

@@ -80,3 +80,37 @@ def test_markers_of_the_one_file_per_item_layout_are_read_and_folded_in(tmp_path
     ledger.compact("features")
     assert [p.name for p in _files(base)] == [STATE]
     assert set(ledger.done("features")) == {"albumA/01"} and set(ledger.failures("features")) == {"b"}
+
+
+def test_state_of_the_one_object_layout_is_read_and_rewritten_as_columns(tmp_path):
+    """``state.json`` as one object (the layout before columns) is read, and the next compaction
+    rewrites it as a column document holding the same markers and failures."""
+    base = tmp_path / "ledger" / "features"
+    base.mkdir(parents=True)
+    marker = {"item": "a", "fingerprint": "fp", "record": {"track": "a", "stamp": [1, 2]}, "attempts": 1, "seconds": 0.1, "at": 1.0}
+    failure = {"item": "b", "fingerprint": "fp", "message": "m", "at": 2.0}
+    (base / STATE).write_text(json.dumps({"done": {"a": marker}, "failed": {"b": failure}}))
+    ledger = Ledger(tmp_path)
+    assert ledger.done("features")["a"] == marker and ledger.failure("features", "b") == failure
+    ledger.compact("features")  # nothing to fold but the old layout: rewritten
+    assert (base / STATE).read_bytes().split(b"\n")[0].endswith(b'"columns":{')
+    state = ledger.state("features")
+    assert dict(state.done) == {"a": marker} and state.failed == {"b": failure}
+    assert state.done.fingerprint("a") == "fp" and dict(state.done.record("a")) == marker["record"]
+    assert json.loads((base / STATE).read_text())["columns"]["record.stamp"] == [[1, 2]]  # still plain JSON
+
+
+def test_compacted_rows_are_read_by_column_and_overlaid_by_later_events(tmp_path):
+    ledger = Ledger(tmp_path)
+    for i in range(3):
+        ledger.mark_done("features", f"t{i}", f"fp{i}", {"track": f"t{i}", "n": i}, 1, 0.1)
+    ledger.compact("features")
+    ledger.mark_done("features", "t1", "new", {"track": "t1", "n": 10}, 2, 0.1)
+    ledger.forget("features", "t2")
+    done = ledger.done("features")
+    assert done.base is not None and not done.base._decoded  # nothing decoded until asked
+    assert done.fingerprints() == {"t0": "fp0", "t1": "new"} and sorted(done) == ["t0", "t1"]
+    assert done.record("t0")["n"] == 0 and "record.track" not in done.base._decoded  # one column decoded
+    assert done["t1"]["record"] == {"track": "t1", "n": 10} and "t2" not in done
+    ledger.compact("features")
+    assert {k: m["record"]["n"] for k, m in ledger.done("features").items()} == {"t0": 0, "t1": 10}

@@ -99,3 +99,28 @@ def test_planning_fingerprints_are_the_plain_json_digest():
                         "item": item.id, "identity": item.identity, "upstream": list(item.upstream)},
                        sort_keys=True, default=str)
     assert fingerprint(stage, item, ctx) == hashlib.sha256(plain.encode()).hexdigest()[:32]
+
+
+def test_column_documents_decode_columns_on_use_and_copy_unchanged_ones_as_text():
+    from mirpipe import columns
+
+    data = columns.dumps({"key": "track", "scan": {"files": 2}},
+                         {"track": ["a", "b"], "frames": [{"cqt": 1}, {"cqt": 2}], "note": ["x\ny", None]}, rows=2)
+    assert json.loads(data)["columns"]["note"] == ["x\ny", None]  # one valid JSON document
+    header, cols = columns.loads(data)
+    assert header["scan"] == {"files": 2} and list(cols) == ["track", "frames", "note"] and not cols._decoded
+    fields = {"track": "track", "frames": "frames"}  # field -> column, shared by the rows of one document
+    rows = [columns.Row(cols, fields, i) for i in range(2)]
+    assert rows[1]["frames"] == {"cqt": 2} and set(cols._decoded) == {"frames"}
+    whole = columns.gather(rows, ["track", "frames"])
+    assert all(isinstance(c, columns.Raw) for c in whole.values())  # every row, in order: copied as text
+    part = columns.gather(rows[1:], ["track"])
+    assert part == {"track": ["b"]}
+    again = columns.dumps(header, whole, rows=2)
+    assert columns.loads(again)[1]["frames"] == [{"cqt": 1}, {"cqt": 2}]
+    cut = data[: data.rindex(b"\n}}")]
+    with pytest.raises(columns.ColumnError, match="cut short"):
+        columns.loads(cut)
+    short = data.replace(b'"note":["x\\ny",null]', b'"note":["x"]')
+    with pytest.raises(columns.ColumnError, match="expected 2 values"):
+        columns.loads(short)[1]["note"]

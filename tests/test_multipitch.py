@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mirpipe.models import multif0 as mf
-from mirpipe.models import multipitch  # noqa: F401  (registers the task)
 from mirpipe.models import salience as sal
 from mirpipe.models.task import TASKS, pool_weighted
 

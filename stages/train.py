@@ -73,9 +73,6 @@ class TrainParams(BaseModel):
     n_active: int = Field(32, ge=1, description="streamers active at once in each mux")
     rate: float = Field(32.0, gt=1.0, description="expected patches per activation (one slab read each)")
     mux_mode: Literal["with_replacement", "single_active", "exhaustive"] = "with_replacement"
-    sample_by: Literal["tracks", "frames"] = Field(
-        "tracks", description="which streamer the mux activates: every track as likely, or a track as likely as its "
-        "length (frames: every second of training audio as likely, as scores pooled by duration count it)")
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
     # optimisation
@@ -236,7 +233,7 @@ class Train(Stage):
         shifts = tuple(ctx.params["augment"].active_shifts())
         spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
-        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards, p.sample_by), p.seed)
+        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed)
         stream.check_workers(p.loader_workers)
         store = open_store(fp.store, store_root(ctx))
         state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)

@@ -193,7 +193,6 @@ class MuxSettings:
     rate: float = 16.0
     mode: str = "with_replacement"  # or single_active, exhaustive
     n_shards: int = 4
-    sample_by: str = "tracks"  # tracks: every track as likely; frames: a track as likely as its length
 
 
 class PatchStream:
@@ -220,10 +219,8 @@ class PatchStream:
         keys = self.keys[shard :: self.n_shards]
         streamers = [PatchStreamer(self.spec, k, derive_seed(self.seed, epoch, shard, i)) for i, k in enumerate(keys)]
         n_active = self.mux.n_active if self.mux.mode == "with_replacement" else min(self.mux.n_active, len(streamers))
-        weights = np.array([k.n_frames for k in keys], float) if self.mux.sample_by == "frames" else None
         mux = pescador.StochasticMux(
             streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode,
-            weights=None if weights is None else weights / weights.sum(),
             random_state=derive_seed(self.seed, epoch, shard, "mux"),
         )
         return map(self.spec.prepare, pescador.buffer_stream(mux.iterate(), self.mux.batch_size))

@@ -94,3 +94,33 @@ def plot_robustness(path: Path, shifts: Sequence[int], table: dict[str, list[flo
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def plot_salience_points(path: Path, salience: np.ndarray, frame_rate: float, grid,
+                         rows: Sequence[tuple[str, tuple[np.ndarray, list]]], title: str) -> None:
+    """A (T, bins) salience map with multi-f0 frames over it: (name, (times, f0s per frame)) each,
+    one colour per row (the multi-f0 counterpart of ``plot_salience``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    duration = salience.shape[0] / frame_rate
+    fig, ax = plt.subplots(figsize=(14, 5))
+    ax.imshow(np.asarray(salience, np.float32).T, origin="lower", aspect="auto", cmap="Greys",
+              extent=(0, duration, -0.5, salience.shape[1] - 0.5))
+    styles = [dict(color="tab:blue", s=6, alpha=0.35, marker="s", lw=0), dict(color="tab:red", s=2, marker=".", lw=0)]
+    for (name, (times, freqs)), style in zip(rows, styles * len(rows)):
+        t = np.repeat(np.asarray(times, float), [len(f) for f in freqs])
+        hz = np.concatenate([np.asarray(f, float) for f in freqs]) if len(freqs) else np.zeros(0)
+        ax.scatter(t, grid.bin_of(hz), label=name, **style)
+    ticks = np.arange(0, salience.shape[1] + 1, grid.bins_per_octave)
+    ax.set_yticks(ticks, [f"C{1 + i}" for i in range(len(ticks))])
+    ax.set_ylabel("f0 (salience bins)")
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)

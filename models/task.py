@@ -46,7 +46,7 @@ from mirpipe.registry import Registry
 
 TASKS: Registry["Task"] = Registry(
     "task",
-    builtin=("mirpipe.models.chord", "mirpipe.models.pitch", "mirpipe.models.instrument"),
+    builtin=("mirpipe.models.chord", "mirpipe.models.pitch", "mirpipe.models.multipitch", "mirpipe.models.instrument"),
     entry_points="mirpipe.tasks",
     instantiate=True,
 )

@@ -26,9 +26,12 @@ def test_entry_layout_is_variant_and_time_major_and_aligned(entry):
     assert arrays["cqt"].shape == (1, T, 216 + 2 * 9) and arrays["cqt"].dtype == np.float16  # 3 semitones of margin
     for name in ("targets/chord_root", "targets/chord_bass", "targets/chord_tag"):
         assert arrays[name].shape == (1, T)
-    assert arrays["targets/chord_pitches"].shape == (1, T, 12) and arrays["targets/instruments"].shape == (1, T, 8)
+    assert arrays["targets/chord_pitches"].shape == (1, T, 12)
     Th = arrays["hcqt"].shape[1]
     assert arrays["targets/f0_hz"].shape == (1, Th) and Th == pytest.approx(T * 8, abs=8)  # hop 256 vs 2048
+    # instrument label ids (8 slots) and the multi-f0 notes live on the HCQT grid, as their tasks read it
+    assert arrays["targets/instrument_labels"].shape == (1, Th, 8) and arrays["targets/instrument_labels"].dtype == np.int32
+    assert arrays["targets/notes_hz"].shape == (1, Th, 16)
     assert attrs["variants"] == [0] and attrs["shifts"] == [-2, 0, 3] and attrs["mode"] == "feature"
     assert attrs["features"]["cqt"]["margin_bins"] == 9
     assert np.isfinite(arrays["cqt"].astype(np.float32)).all()

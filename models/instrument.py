@@ -388,13 +388,9 @@ def clip_scores(ref: Sequence[str], est: Sequence[str], classes: Sequence[str]) 
 
 def plot_confusion(path: Path, classes: Sequence[str], matrix: np.ndarray, title: str) -> None:
     """The confusion matrix (rows: reference, columns: estimate) with class names and counts."""
-    import matplotlib
+    from .figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mirpipe.storage.atomic import atomic_path
-
+    plt = pyplot()
     n = len(classes)
     fig, ax = plt.subplots(figsize=(2 + 0.6 * n, 1.5 + 0.6 * n))
     ax.imshow(matrix, cmap="Blues")
@@ -408,7 +404,4 @@ def plot_confusion(path: Path, classes: Sequence[str], matrix: np.ndarray, title
     ax.set_xlabel("estimate")
     ax.set_ylabel("reference")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

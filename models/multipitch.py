@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import multif0 as mf
 from . import salience as sal
-from .pitch import PitchModel, PitchTask
+from .pitch import PitchModel, predict_salience, salience_net
 from .task import TASKS, Scores, Task, annotations
 
 NOTES = "targets/notes_hz"
@@ -82,7 +82,7 @@ class MultipitchTask(Task):
         return {**batch, SALIENCE: mf.multi_target(batch[NOTES], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
-        return PitchTask.build(self, n_bins, params)
+        return salience_net(self.name, self.grid, n_bins, params)
 
     def loss(self, outputs, batch):
         from .pitch_net import masked_bce
@@ -126,7 +126,7 @@ class MultipitchTask(Task):
 
     # -- inference -----------------------------------------------------------------------
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
-        return PitchTask.predict(self, model, features, device)
+        return predict_salience(model, features, device)
 
     def decode(self, prediction, frame_times, duration, state: Mapping[str, Any], options: MultipitchDecoding):
         threshold = options.threshold or float(state.get("threshold", 0.5))

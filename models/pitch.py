@@ -71,6 +71,32 @@ class PitchModel(BaseModel):
     harmonics: int = Field(6, ge=1, description="input channels: the HCQT view's harmonics (features.hcqt.harmonics)")
 
 
+def salience_net(task: str, grid: sal.Grid, n_bins: int, params: PitchModel):
+    """The salience network of ``params`` for an HCQT view of ``n_bins`` bins (the output grid's)."""
+    from .pitch_net import SalienceNet
+
+    if n_bins != grid.n_bins:
+        raise ValueError(f"the {task} model's output grid has {grid.n_bins} bins; the HCQT view has {n_bins}")
+    return SalienceNet(in_channels=params.harmonics, channels=list(params.channels), tall_channels=params.tall_channels,
+                       tall_bins=params.tall_bins, tall_frames=params.tall_frames, dropout=params.dropout)
+
+
+def predict_salience(model, features: np.ndarray, device) -> np.ndarray:
+    """(T, bins) salience of a whole track, in chunks of frames (overlapping by the receptive field)."""
+    import torch
+
+    x = np.asarray(features, np.float32)  # (H, T, F)
+    T = x.shape[1]
+    chunk, pad = 2048, 16
+    out = np.zeros((T, x.shape[2]), np.float32)
+    with torch.no_grad():
+        for a in range(0, T, chunk):
+            lo, hi = max(0, a - pad), min(T, a + chunk + pad)
+            y = torch.sigmoid(model(torch.from_numpy(x[:, lo:hi])[None].to(device)).float())[0].cpu().numpy()
+            out[a : min(T, a + chunk)] = y[a - lo : a - lo + min(chunk, T - a)]
+    return out
+
+
 class PitchDecoding(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float | None = Field(None, gt=0, lt=1, description="voicing threshold; null: the one tuned on the validation split")
@@ -108,12 +134,7 @@ class PitchTask(Task):
         return {**batch, SALIENCE: sal.salience_target(batch[F0], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
-        from .pitch_net import SalienceNet
-
-        if n_bins != self.grid.n_bins:
-            raise ValueError(f"the pitch model's output grid has {self.grid.n_bins} bins; the HCQT view has {n_bins}")
-        return SalienceNet(in_channels=params.harmonics, channels=list(params.channels), tall_channels=params.tall_channels,
-                           tall_bins=params.tall_bins, tall_frames=params.tall_frames, dropout=params.dropout)
+        return salience_net(self.name, self.grid, n_bins, params)
 
     def loss(self, outputs, batch):
         from .pitch_net import masked_bce
@@ -152,19 +173,7 @@ class PitchTask(Task):
 
     # -- inference -----------------------------------------------------------------------
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
-        """(T, 360) salience of a whole track, in chunks of frames (overlapping by the receptive field)."""
-        import torch
-
-        x = np.asarray(features, np.float32)  # (H, T, F)
-        T = x.shape[1]
-        chunk, pad = 2048, 16
-        out = np.zeros((T, x.shape[2]), np.float32)
-        with torch.no_grad():
-            for a in range(0, T, chunk):
-                lo, hi = max(0, a - pad), min(T, a + chunk + pad)
-                y = torch.sigmoid(model(torch.from_numpy(x[:, lo:hi])[None].to(device)).float())[0].cpu().numpy()
-                out[a : min(T, a + chunk)] = y[a - lo : a - lo + min(chunk, T - a)]
-        return out
+        return predict_salience(model, features, device)
 
     def decode(self, prediction, frame_times, duration, state: Mapping[str, Any], options: PitchDecoding):
         threshold = options.threshold or float(state.get("threshold", 0.5))

@@ -122,7 +122,8 @@ class ManifestRow(TrackRecord):
     fingerprint: str
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path | str) -> str:
+    """The file's sha256, read in blocks (audio files can be large)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -137,7 +138,7 @@ def _stat(path: str, content: bool) -> list:
     out = [path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     if content:
         try:
-            out.append(_sha256(Path(path)))
+            out.append(file_sha256(Path(path)))
         except OSError:
             pass
     return out
@@ -193,7 +194,7 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
             )
     declared = _declared_split(jam, jams_path) if p.declared_splits else None
     labels = {task.name: found for task in TASKS.values() if task.has_labels and (found := task.labels(jam))}
-    audio_sha, jams_sha = _sha256(audio_path), _sha256(jams_path)
+    audio_sha, jams_sha = file_sha256(audio_path), file_sha256(jams_path)
     content = hashlib.sha256(json.dumps(
         {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version}, sort_keys=True,
     ).encode()).hexdigest()[:32]

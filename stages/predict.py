@@ -28,7 +28,7 @@ from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from .audio_io import to_mono
 from .base import StageContext
 from .features import FeaturesParams, compute_features, store_root
-from .ingest import decode_checked
+from .ingest import decode_checked, file_sha256
 
 
 def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, name: str = "") -> ModelBundle:
@@ -135,7 +135,7 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
     bundle = _bundle(bundle_path, mtime)
     dev = resolve_device(device)
     arrays, geometry, duration = features_of(audio, bundle, sorted({bundle.tasks[t].feature for t in tasks}))
-    digest = hashlib.sha256(Path(audio).read_bytes()).hexdigest()
+    digest = file_sha256(audio)
     jam = jams.JAMS(file_metadata=jams.FileMetadata(title=Path(audio).stem, duration=duration,
                                                     identifiers={"sha256": digest, "filename": Path(audio).name}))
     summary = []

@@ -48,8 +48,13 @@ class SalienceNet(nn.Module):
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on the salience, over frames with a reference (f0 >= 0)."""
-    mask = (f0 >= 0).to(logits.dtype)[..., None]
+    """Binary cross-entropy on the salience, over frames with a reference (f0 >= 0).
+
+    Float32 throughout, whatever the logits' dtype: under CUDA autocast the logits are float16,
+    and a float16 count of a batch's frames times 360 bins overflows (65504) to inf, which made
+    the loss 0 and stopped all learning.
+    """
+    mask = (f0 >= 0).float()[..., None]
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
     return (loss * mask).sum() / (mask.sum() * logits.shape[-1]).clamp_min(1.0)
 

@@ -187,6 +187,19 @@ def test_batches_carry_the_salience_built_from_their_f0(hcqt_store):
     np.testing.assert_array_equal(batch["targets/salience"], sal.salience_target(batch[F0]))
 
 
+def test_the_loss_is_the_same_for_float16_logits_as_under_cuda_autocast():
+    """A GPU batch (32 patches x 64 frames x 360 bins) in float16: the loss must not collapse to 0."""
+    from mirpipe.models.pitch_net import masked_bce
+
+    rng = np.random.default_rng(0)
+    f0 = torch.from_numpy(np.where(rng.random((32, 64)) < 0.8, rng.uniform(60, 900, (32, 64)), 0.0).astype(np.float32))
+    target = torch.from_numpy(sal.salience_target(f0.numpy()))
+    logits = torch.from_numpy(rng.normal(-4, 2, (32, 64, 360)).astype(np.float32)).half()
+    full = masked_bce(logits.float(), target, f0)
+    assert float(full) > 0.01
+    torch.testing.assert_close(masked_bce(logits, target, f0), full)
+
+
 def test_pitch_k_steps_then_resume_to_2k_equals_2k_in_one_go(hcqt_store, tmp_path):
     store, frames = hcqt_store
     k = 4  # mid-epoch

@@ -75,6 +75,9 @@ class TrainParams(BaseModel):
     rate: float = Field(32.0, gt=1.0, description="expected patches per activation (one slab read each)")
     mux_mode: Literal["with_replacement", "single_active", "exhaustive"] = "with_replacement"
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
+    sampling: Literal["track", "frames"] = Field(
+        "track", description="how often the mux draws a track: track (each alike) or frames (in proportion to its "
+        "length: every frame of training audio about equally likely); times the task's own stream weights")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
     # optimisation
     steps_per_epoch: int = Field(100, ge=1)
@@ -138,6 +141,15 @@ NOT_FINGERPRINTED = {
     "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
     "overrides",
 }
+# Settings added after models were trained: at these values they are what training did before
+# they existed, so they stay out of the fingerprint there (an upgrade does not retrain).
+SINCE_ADDED = {"sampling": "track"}
+
+
+def fingerprinted(p: "TrainParams") -> dict[str, Any]:
+    """The settings a training's fingerprint covers."""
+    dumped = p.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+    return {k: v for k, v in dumped.items() if k not in SINCE_ADDED or v != SINCE_ADDED[k]}
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
@@ -176,6 +188,17 @@ def _unshifted_targets(store, track: str, names) -> dict[str, np.ndarray]:
     return {n: a[variant] for n, a in entry.arrays.items()}
 
 
+def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: list[list[str]]) -> list[float] | None:
+    """A mux weight per training entry (``labels``: each one's, as ingest recorded them): the task's
+    own (``Task.stream_weights``, e.g. class balance) times the entry's length in frames under
+    ``sampling: frames``; None: uniform."""
+    weights = task.stream_weights(labels)
+    if sampling == "frames":
+        lengths = [float(k.n_frames) for k in keys]
+        weights = lengths if weights is None else [w * n for w, n in zip(weights, lengths)]
+    return weights
+
+
 def build_model(task: Task, params: BaseModel, n_bins: int):
     return task.build(n_bins=n_bins, params=params)
 
@@ -194,7 +217,7 @@ class Train(Stage):
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: TrainParams = ctx.params["train"]
-        return p.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+        return fingerprinted(p)
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         """One item per task. Its fingerprint covers what training reads: the features of the
@@ -221,7 +244,7 @@ class Train(Stage):
                 identity={"model": p.model_params(name).model_dump(mode="json"),
                           "shifts": ctx.params["augment"].active_shifts(),
                           **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.has_labels else {}),
-                          **({"overrides": p.for_task(name).model_dump(mode="json", exclude=NOT_FINGERPRINTED)}
+                          **({"overrides": fingerprinted(p.for_task(name))}
                              if p.overrides.get(name) else {})},
                 upstream=(digest,),
             ))
@@ -245,7 +268,8 @@ class Train(Stage):
         store = open_store(fp.store, store_root(ctx))
         state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)
         manifest = read_manifest(ctx)
-        weights = task.stream_weights([manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
+        weights = sampling_weights(task, p.sampling, train_keys,
+                                   [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
         stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed,
                              weights=None if weights is None else {k.track: w for k, w in zip(train_keys, weights)})
         stream.check_workers(p.loader_workers)

@@ -137,3 +137,43 @@ def test_validation_stream_covers_every_frame_once_in_order(store):
     expected = np.concatenate([_arrays(t, n)["targets/frame_id"][0] for t, n in sorted(LENGTHS.items())])
     assert np.array_equal(ids, expected)
     assert list(track_patches(spec, keys, batch_size=4))[0]["cqt"].tobytes() == batches[0]["cqt"].tobytes()
+
+
+def test_frames_sampling_draws_each_track_in_proportion_to_its_length(store):
+    """``train.sampling: frames``: the mux draws a track as often as its share of the frames (the
+    pitch corpus: short solo clips would otherwise outweigh the long mixtures), times the task's
+    own stream weights; ``track``: every track alike."""
+    from mirpipe.stages.train import sampling_weights
+
+    keys = _keys()
+    assert sampling_weights(RollPitches(), "track", keys, [[] for _ in keys]) is None
+    lengths = sampling_weights(RollPitches(), "frames", keys, [[] for _ in keys])
+    assert lengths == [float(n) for n in LENGTHS.values()]
+
+    class Halves(RollPitches):
+        def stream_weights(self, labels):
+            return [0.5 if ls else 1.0 for ls in labels]
+
+    assert sampling_weights(Halves(), "frames", keys, [["x"], [], [], [], []]) == [150.0, 95.0, 420.0, 180.0, 250.0]
+
+    spec = _spec(store.backend, str(store.root), patch=16, slab=64, shifts=(0,))
+    mux = MuxSettings(batch_size=16, n_active=2, rate=2.0, n_shards=1)
+
+    def shares(weights) -> np.ndarray:
+        stream = PatchStream(spec, keys, mux, seed=5, weights=weights)
+        batches = stream.batches(epoch=0)
+        track = np.concatenate([next(batches)["targets/frame_id"][:, 0] // 10_000 for _ in range(150)])
+        return np.bincount(track, minlength=len(keys)) / len(track)
+
+    total = sum(LENGTHS.values())
+    by_frames = shares({k.track: w for k, w in zip(keys, lengths)})
+    assert np.all(np.abs(by_frames - np.array(list(LENGTHS.values())) / total) < 0.05), by_frames
+    assert np.all(np.abs(shares(None) - 1 / len(keys)) < 0.06)
+
+
+def test_sampling_enters_the_training_fingerprint_only_where_it_changes_training():
+    """Workdirs trained before ``sampling`` existed keep their fingerprint (an upgrade does not retrain)."""
+    from mirpipe.stages.train import TrainParams, fingerprinted
+
+    assert "sampling" not in fingerprinted(TrainParams())
+    assert fingerprinted(TrainParams(sampling="frames"))["sampling"] == "frames"

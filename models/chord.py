@@ -9,10 +9,10 @@ root/bass/pitches): losses must ignore them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import mir_eval.chord
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,12 +50,24 @@ TAG_X = 169
 NO_ROOT = 12
 IGNORE = -1
 
-_QUALITY_BITMAPS = np.stack([mir_eval.chord.quality_to_bitmap(q) for q in QUALITIES])
+
+
+def _mir_eval_chord():
+    """``mir_eval.chord``, imported when first used: ``import mir_eval`` loads scipy.stats (~1.3 s),
+    which planning a run (it loads every registered task) should not pay."""
+    import mir_eval.chord
+
+    return mir_eval.chord
+
+
+@functools.cache
+def _quality_bitmaps() -> np.ndarray:
+    return np.stack([_mir_eval_chord().quality_to_bitmap(q) for q in QUALITIES])
 
 
 def quality_intervals(quality: str) -> list[int]:
     """Semitone intervals above the root of a vocabulary quality."""
-    return [int(i) for i in np.flatnonzero(mir_eval.chord.quality_to_bitmap(quality))]
+    return [int(i) for i in np.flatnonzero(_mir_eval_chord().quality_to_bitmap(quality))]
 
 
 def tag_to_label(tag: int) -> str:
@@ -77,7 +89,7 @@ def encode_label(label: str) -> tuple[int, np.ndarray, int, int]:
     ``IGNORE`` everywhere for X. Raises ``mir_eval.chord.InvalidChordException``
     for labels mir_eval cannot parse.
     """
-    root, bitmap, bass = mir_eval.chord.encode(label, reduce_extended_chords=True)
+    root, bitmap, bass = _mir_eval_chord().encode(label, reduce_extended_chords=True)
     if label == "X" or (root < 0 and np.all(bitmap < 0)):
         return IGNORE, np.full(12, IGNORE, dtype=np.int8), IGNORE, TAG_X
     if root < 0:
@@ -86,8 +98,8 @@ def encode_label(label: str) -> tuple[int, np.ndarray, int, int]:
     bass_abs = (root + bass) % 12
     pitches[bass_abs] = 1  # the bass sounds even when it is not a chord tone (C:maj/b7)
     # The class ignores the inversion: match the quality of the label without its bass.
-    _, quality_bitmap, _ = mir_eval.chord.encode(label.split("/")[0], reduce_extended_chords=True)
-    match = np.flatnonzero((_QUALITY_BITMAPS == quality_bitmap).all(axis=1))
+    _, quality_bitmap, _ = _mir_eval_chord().encode(label.split("/")[0], reduce_extended_chords=True)
+    match = np.flatnonzero((_quality_bitmaps() == quality_bitmap).all(axis=1))
     tag = int(root * len(QUALITIES) + match[0]) if match.size else TAG_X
     return int(root), pitches, int(bass_abs), tag
 
@@ -103,7 +115,7 @@ def transpose_label(label: str, n_semitones: int) -> str:
     while root_end < len(label) and label[root_end] in "b#":
         root_end += 1
     root = label[:root_end]
-    pc = mir_eval.chord.pitch_class_to_semitone(root)
+    pc = _mir_eval_chord().pitch_class_to_semitone(root)
     return PITCH_NAMES[(pc + int(n_semitones)) % 12] + label[root_end:]
 
 

@@ -44,6 +44,7 @@ LEDGER_DIR = "ledger"
 STATE = "state.json"
 LOG_DIR = "log"
 TIMEOUTS_DIR = "timeouts"
+FINALIZED = "finalized.json"  # per stage, the key of what its last finalize read (at the ledger's root)
 LEGACY_SUFFIXES = {".done.json": "done", ".failed.json": "failed"}  # the one-file-per-item layout
 QUARANTINED = "quarantined"
 
@@ -382,17 +383,50 @@ class Ledger:
         return set(self.state(stage).starts)
 
     # -- compaction (the driver, holding the workdir lock) -----------------------------
-    def compact(self, stage: str) -> None:
+    # -- what finalize last read (the driver) -----------------------------------------------
+    def stamp(self, stage: str) -> list:
+        """Size and modification time of the stage's state and logs: any event recorded changes it."""
+        base = self._base(stage)
+        out = []
+        for path in [base / STATE, *sorted((base / LOG_DIR).glob("*.jsonl"))]:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            out.append([path.name, st.st_size, st.st_mtime_ns])
+        return out
+
+    def finalized(self, stage: str) -> str | None:
+        try:
+            return json.loads((self.root / FINALIZED).read_bytes()).get(stage)
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+
+    def set_finalized(self, stage: str, key: str | None) -> None:
+        try:
+            keys = json.loads((self.root / FINALIZED).read_bytes())
+            keys = keys if isinstance(keys, dict) else {}
+        except (FileNotFoundError, ValueError):
+            keys = {}
+        if keys.get(stage) == key:
+            return
+        if key is None:
+            keys.pop(stage, None)
+        else:
+            keys[stage] = key
+        write_bytes(self.root / FINALIZED, json.dumps(keys, sort_keys=True, indent=1).encode())
+
+    def compact(self, stage: str) -> bool:
         """Fold the logs into ``state.json``, then delete them (and the watchdog's token files
         and older markers). A log a straggler appends to meanwhile loses at most that event: its
-        item runs again."""
+        item runs again. False when there was nothing to fold."""
         base = self._base(stage)
         if not base.is_dir():
-            return
+            return False
         folded = [p for p in (base / LOG_DIR).glob("*.jsonl")] if (base / LOG_DIR).is_dir() else []
         legacy = [e for e in os.scandir(base) if e.name not in (STATE, LOG_DIR, TIMEOUTS_DIR)]
         if not folded and not legacy and not (base / TIMEOUTS_DIR).exists() and not _old_state(base / STATE):
-            return
+            return False
         state = self.state(stage)
         cols, fields = state.done.to_columns()
         header = {"key": "item", "record_fields": fields, "failed": state.failed}
@@ -405,6 +439,7 @@ class Ledger:
             else:
                 os.unlink(entry.path)
         shutil.rmtree(base / TIMEOUTS_DIR, ignore_errors=True)
+        return True
 
 
 def _old_state(path: Path) -> bool:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from mirpipe import __version__
 from mirpipe.columns import Row
 from mirpipe.records import RecordView
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
@@ -235,11 +237,29 @@ class Runner:
             bar.close()
         report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)
         report.failed = len(report.failures) - report.quarantined  # as in status: the two are apart
-        stage.finalize(self.ctx, done)
-        self.ledger.compact(name)  # the stage's logs folded into one file (we hold the workdir lock)
+        key = None if plan.todo else self._finalize_key(stage, done)
+        if key is None or key != self.ledger.finalized(name):  # else: nothing finalize reads has changed
+            stage.finalize(self.ctx, done)
+        compacted = self.ledger.compact(name)  # the stage's logs folded into one file (we hold the workdir lock)
+        self.ledger.set_finalized(name, key if key is not None and not compacted else self._finalize_key(stage, done))
         self._done_cache[name] = done
         report.seconds = round(time.perf_counter() - t0, 3)
         return report
+
+    def _finalize_key(self, stage: Stage, done: Mapping[str, Done]) -> str | None:
+        """A digest of what the stage's ``finalize`` reads (see ``Stage.finalize_outputs``); None where
+        the stage declares no outputs or one is missing: finalize must run."""
+        outputs = stage.finalize_outputs(self.ctx)
+        if outputs is None or not all(os.path.exists(p) for p in outputs):
+            return None
+        module = sys.modules[type(stage).__module__].__file__
+        h = hashlib.sha256(json.dumps([
+            stage.name, stage.version, __version__, hashlib.sha256(Path(module).read_bytes()).hexdigest(),
+            {n: p.model_dump(mode="json") if p is not None else None for n, p in self.ctx.params.items()},
+            stage.finalize_inputs(self.ctx), self.ledger.stamp(stage.name),
+        ], sort_keys=True, default=str).encode())
+        h.update("".join(f"{item_id}\t{done[item_id].fingerprint}\n" for item_id in sorted(done)).encode())
+        return h.hexdigest()
 
     def _submit(self, stage: Stage, todo: list[tuple[WorkItem, str]], executor, final: bool):
         """Run items on the executor; yield (item, fingerprint, result), result None = resubmit."""

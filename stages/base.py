@@ -144,6 +144,18 @@ class Stage(ABC):
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""
 
+    def finalize_outputs(self, ctx: StageContext) -> list[Path] | None:
+        """The files ``finalize`` writes. A stage that declares them lets a rerun skip ``finalize``
+        when nothing it reads changed since it last ran: no item ran, the same done items and
+        fingerprints, the same parameters, ledger and ``finalize_inputs``, the same mirpipe and
+        stage module, and these files present. None (the default): it runs every time."""
+        return None
+
+    def finalize_inputs(self, ctx: StageContext) -> Any:
+        """What ``finalize`` reads besides its done items, the parameters and the ledger (JSON-able;
+        e.g. the stamp of a file it reads)."""
+        return None
+
     def status_notes(self, ctx: StageContext) -> list[str]:
         """Lines ``mirpipe status`` prints under the stage (what it decided or left out); cheap to compute."""
         return []

@@ -120,8 +120,13 @@ def scan_corpus(corpus: Path) -> Scan:
     for key, ident in ids.items():
         if len(folded[ident.casefold()]) > 1 and not ident.endswith(_short_hash(key)):
             ids[key] = f"{ident}~{_short_hash(key)}"
+    groups = scan.groups
     for key in sorted(by_key):
-        group = scan.groups.setdefault(ids[key], {"audio": [], "jams": []})
+        files = by_key[key]
+        group = groups.get(ids[key])
+        if group is None:  # the common case: one key per id, its files found in name order
+            groups[ids[key]] = {kind: paths if len(paths) < 2 else sorted(paths) for kind, paths in files.items()}
+            continue
         for kind in ("audio", "jams"):
-            group[kind].extend(sorted(by_key[key][kind]))
+            group[kind] = sorted(group[kind] + files[kind])
     return scan

@@ -235,6 +235,9 @@ class Evaluate(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> bool:
         return (ctx.workdir / record.estimate).exists()
 
+    def finalize_outputs(self, ctx: StageContext) -> list[Path]:
+        return [report_dir(ctx, t) / name for t in ctx.params["evaluate"].tasks for name in ("scores.json", "scores.csv")]
+
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         by_task: dict[str, list[EvaluateRecord]] = {}
         for d in done.values():

@@ -23,14 +23,14 @@ from mirpipe.models.task import TASKS
 from mirpipe import columns
 from mirpipe.records import Record, RecordTable
 from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import ArraySpec, IndexRow
+from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .annotations import Preparation, prepared_jams
 from .audio_io import load_mono
 from .augment import AugmentParams
 from .base import STAGES, Done, Stage, StageContext, WorkItem, record_rows
-from .ingest import read_manifest
+from .ingest import MANIFEST, read_manifest
 from .pitch_shift import pitch_shift
 
 
@@ -250,6 +250,17 @@ class Features(Stage):
         except Exception:  # noqa: BLE001 - any failure to read back is damage
             return False
         return True
+
+    def finalize_outputs(self, ctx: StageContext) -> list[Path]:
+        return [Path(store_root(ctx)) / INDEX_NAME]
+
+    def finalize_inputs(self, ctx: StageContext) -> Any:
+        """The manifest it takes splits and vocabularies from (rewritten only when it changes)."""
+        try:
+            st = os.stat(ctx.path(MANIFEST))
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """The store index by column (the record columns copied as text when every record is a row of

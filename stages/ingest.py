@@ -373,6 +373,15 @@ class Ingest(Stage):
         return [(a in item.payload["audio"] or exists(a)) and (j in item.payload["jams"] or exists(j))
                 for item, a, j in zip(items, columns.values(raws, "audio"), columns.values(raws, "jams"))]
 
+    def finalize_outputs(self, ctx: StageContext) -> list[Path]:
+        return [ctx.path(MANIFEST)]
+
+    def finalize_inputs(self, ctx: StageContext) -> Any:
+        """The corpus scan's summary (files left out change the manifest without changing a track)."""
+        corpus = corpus_dir(ctx)
+        scanned = getattr(self, "_scanned", None)
+        return (scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()).to_json()
+
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """The manifest: the records by column, with the split and fingerprint of each track. When every
         record is a row of the ledger's columns in order (a rerun that changes nothing), their columns

@@ -332,3 +332,41 @@ def test_changed_shifts_rerun_what_they_change(augmented, fault_corpus):
         assert Runner(augmented, feature_mode, progress=False).run(ex)[1].scheduled == FAULT_TRACKS
         same_margin = corpus_config(fault_corpus, shifts=[-2, -1, 0, 1], mode="feature")
         assert Runner(augmented, same_margin, progress=False).run(ex)[1].scheduled == 0
+
+
+def test_a_rerun_that_changes_nothing_skips_finalize_and_any_change_it_reads_brings_it_back(augmented, fault_corpus, monkeypatch):
+    """Manifest and store index are rewritten only when what they are built from changed: the done
+    items, the parameters, the ledger, the corpus scan (ingest), the manifest (features), or the
+    file itself is gone."""
+    calls: list[str] = []
+    for name in ("ingest", "features"):
+        cls = type(STAGES.get(name))
+        original = cls.finalize
+        monkeypatch.setattr(cls, "finalize", lambda self, ctx, done, _f=original, _n=name: (calls.append(_n), _f(self, ctx, done)))
+    cfg = corpus_config(fault_corpus)
+    index = augmented / "features" / "index.json"
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(augmented, cfg, progress=False).run(ex, until="features")
+        assert calls == ["features"]  # the template's ingest ran and finalized already
+        built = index.read_bytes()
+
+        calls.clear()
+        assert [r.scheduled for r in Runner(augmented, cfg, progress=False).run(ex, until="features")] == [0, 0]
+        assert calls == []
+
+        (fault_corpus / "liner-notes.txt").write_text("not a track")  # the scan changes, no track does
+        try:
+            Runner(augmented, cfg, progress=False).run(ex, until="features")
+        finally:
+            (fault_corpus / "liner-notes.txt").unlink()
+        assert calls == ["ingest", "features"]  # a new manifest: features rebuilds its index from it
+        scan = json.loads((augmented / "manifest.json").read_text())["scan"]
+        assert scan["ignored"].get("not audio or JAMS") == 1, scan
+
+        calls.clear()
+        Runner(augmented, cfg, progress=False).run(ex, until="features")
+        assert calls == ["ingest", "features"]  # the file is gone again
+        calls.clear()
+        index.unlink()
+        Runner(augmented, cfg, progress=False).run(ex, until="features")
+        assert calls == ["features"] and index.read_bytes() == built

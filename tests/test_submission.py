@@ -17,3 +17,15 @@ def test_items_go_to_dask_in_a_bounded_window_and_all_come_back():
         assert results == {f"noop-{i}": i for i in range(10 * window)}
         assert max(in_flight) <= window  # never the whole stage at once
         assert max(in_flight) >= min(window, 8)  # but the workers are kept busy
+
+        # distributed keeps one {"type": "Future"} per submit in the span's metadata for the
+        # scheduler's life; the executor trims it every TRIM_EVERY results, so it stays bounded
+        def collections(dask_scheduler=None):
+            return sum(len((s._metadata or {}).get("collections", ())) for s in dask_scheduler.extensions["spans"].spans.values())
+
+        ex.TRIM_EVERY = 100
+        grown = ex.client.run_on_scheduler(collections)
+        assert grown >= 10 * window - 100  # what it grows by without the trim
+        for _ in ex.run(abs, [(f"more-{i}", (i,)) for i in range(450)]):
+            pass
+        assert ex.client.run_on_scheduler(collections) <= 60  # at most the 50 since the last trim, and one kept

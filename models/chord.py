@@ -51,7 +51,6 @@ NO_ROOT = 12
 IGNORE = -1
 
 
-
 def _mir_eval_chord():
     """``mir_eval.chord``, imported when first used: ``import mir_eval`` loads scipy.stats (~1.3 s),
     which planning a run (it loads every registered task) should not pay."""

@@ -33,12 +33,16 @@ install() {
         || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 }
 
+# The CPUs this process may use, whatever OMP_NUM_THREADS says: nproc honours it, and Dask's
+# nanny sets it to 1 in the process that starts a LocalCluster (pytest, before test_slurm starts
+# SLURM), which made a one-CPU node that runs one worker job at a time.
+cpus_here() {
+    env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc
+}
+
 write_conf() {
     local cpus mem_mb
-    # the CPUs this process may use, whatever OMP_NUM_THREADS says: nproc honours it, and Dask's
-    # nanny sets it to 1 in the process that starts a LocalCluster (pytest, before test_slurm starts
-    # SLURM), which made a one-CPU node that runs one worker job at a time
-    cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
+    cpus="$(cpus_here)"
     # leave 1 GiB to the system
     mem_mb=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) - 1024 ))
     $SUDO mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$LOGS"
@@ -121,7 +125,7 @@ start() {
     pgrep -x slurmctld >/dev/null 2>&1 || $SUDO slurmctld
     pgrep -x slurmd >/dev/null 2>&1 || $SUDO slurmd
     for _ in $(seq 60); do
-        if node_ready; then log "running: node $HOST ($(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPUs), partition debug"; return 0; fi
+        if node_ready; then log "running: node $HOST ($(cpus_here) CPUs), partition debug"; return 0; fi
         # a node left DOWN/DRAIN by an earlier unclean stop
         scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
         sleep 1

@@ -378,9 +378,13 @@ class Ingest(Stage):
 
     def finalize_inputs(self, ctx: StageContext) -> Any:
         """The corpus scan's summary (files left out change the manifest without changing a track)."""
+        return self._scan_summary(ctx).to_json()
+
+    def _scan_summary(self, ctx: StageContext) -> ScanSummary:
+        """The summary of this run's corpus scan (``items`` walked it), or of a fresh one."""
         corpus = corpus_dir(ctx)
         scanned = getattr(self, "_scanned", None)
-        return (scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()).to_json()
+        return scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """The manifest: the records by column, with the split and fingerprint of each track. When every
@@ -392,9 +396,7 @@ class Ingest(Stage):
         declared = columns.values(rows, "declared_split")
         free = {t: ns for t, ns, d in zip(tracks, columns.values(rows, "namespaces"), declared) if d is None}
         splits = assign_splits(free, p.split_fractions, p.split_seed)
-        corpus = corpus_dir(ctx)
-        scanned = getattr(self, "_scanned", None)
-        summary = scanned[1] if scanned is not None and scanned[0] == corpus else scan_corpus(corpus).summary()
+        summary = self._scan_summary(ctx)
         split_of = [d if d is not None else splits[t] for t, d in zip(tracks, declared)]
         vocabularies = build_vocabularies(split_of, columns.values(rows, "labels", {}), p)
         table = RecordTable.from_columns(ManifestRow, "track", {

@@ -21,11 +21,29 @@ def _http_hosts(cluster) -> set[str]:
     return {sock.getsockname()[0] for sock in server._sockets.values()}
 
 
-def _refused(address: str, **kwargs) -> bool:
-    from distributed import Client
+def _refused(address: str, security=None) -> bool:
+    """Whether the scheduler at `address` refuses one RPC (`identity`) from a client holding `security`.
+
+    Spoken at the comm level in a fresh event loop rather than through `distributed.Client`: a Client
+    starts its own IO-loop thread and gives up with a bare AssertionError when that thread takes over
+    10 s to start on a loaded machine, which is not a refusal (CI saw exactly that once)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    connection_args = security.get_connection_args("client") if security is not None else {}
+
+    async def one_rpc() -> None:
+        comm = await connect(address, timeout=5, **connection_args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            reply = await asyncio.wait_for(comm.read(), 5)
+            assert reply.get("type") == "Scheduler", reply
+        finally:
+            await comm.close()
 
     try:
-        Client(address, timeout="2s", **kwargs).close()
+        asyncio.run(one_rpc())
     except (OSError, TimeoutError, ValueError, TypeError):
         return True
     return False
@@ -54,6 +72,7 @@ def test_jobqueue_scheduler_uses_tls_and_refuses_clients_without_its_credentials
         assert _refused(f"tcp://{host_port}")
         assert _refused(address)
         assert _refused(address, security=Security.temporary())
+        assert not _refused(address, security=ex.client.security)  # the helper can tell: the run's own credentials get in
     assert list(tls_dir.iterdir()) == []  # the run's credentials are gone with it
 
 
@@ -78,3 +97,4 @@ def test_local_cluster_listens_on_localhost_by_default_and_tls_is_optional():
         assert address.startswith("tls://127.0.0.1:") and ex.dashboard_link is None
         assert ex.client.submit(sum, [1, 2]).result() == 3
         assert _refused(address) and _refused("tcp://" + address.split("://", 1)[1])
+        assert not _refused(address, security=ex.client.security)

@@ -100,6 +100,8 @@ def predict_salience(model, features: np.ndarray, device) -> np.ndarray:
 class PitchDecoding(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float | None = Field(None, gt=0, lt=1, description="voicing threshold; null: the one tuned on the validation split")
+    viterbi: bool = Field(True, description="pitch from a Viterbi path through the salience (continuity prior) rather than each frame's argmax")
+    smoothing_cents: float = Field(40.0, gt=0, le=600, description="with viterbi: standard deviation of the pitch change between frames")
 
 
 @TASKS.register
@@ -177,7 +179,8 @@ class PitchTask(Task):
 
     def decode(self, prediction, frame_times, duration, state: Mapping[str, Any], options: PitchDecoding):
         threshold = options.threshold or float(state.get("threshold", 0.5))
-        hz, voiced = sal.decode_f0(prediction, threshold, self.grid)
+        sigma = options.smoothing_cents / self.grid.cents_per_bin if options.viterbi else None
+        hz, voiced = sal.decode_f0(prediction, threshold, self.grid, viterbi_sigma_bins=sigma)
         return sal.contour_annotation(frame_times, hz, voiced, duration)
 
     def baseline(self, audio_path: str, prep, duration: float):

@@ -8,6 +8,7 @@ decoding and scoring run wherever evaluation does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -69,28 +70,60 @@ def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins:
 
 # -- decoding --------------------------------------------------------------------------------
 
+def refine(salience: np.ndarray, bins: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Fractional bin per frame: the salience-weighted mean of the bins within ``radius`` of ``bins``."""
+    s = np.asarray(salience, dtype=np.float64)
+    T, F = s.shape
+    idx = np.asarray(bins)[:, None] + np.arange(-radius, radius + 1)[None, :]
+    ok = (idx >= 0) & (idx < F)
+    w = np.maximum(np.where(ok, s[np.arange(T)[:, None], np.clip(idx, 0, F - 1)], 0.0), 0.0)
+    den = w.sum(axis=1)
+    return np.where(den > 0, (w * idx).sum(axis=1) / np.maximum(den, 1e-12), bins)
+
+
 def peak_frequency(salience: np.ndarray, grid: Grid = Grid(), radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(peak salience, f0 in Hz) per frame of a (T, n_bins) map: the argmax bin refined to
     sub-bin precision by the salience-weighted mean of the bins within ``radius`` of it."""
     s = np.asarray(salience, dtype=np.float64)
-    T, F = s.shape
-    if T == 0:
+    if s.shape[0] == 0:
         return np.zeros(0), np.zeros(0)
     peak = np.argmax(s, axis=1)
-    offsets = np.arange(-radius, radius + 1)
-    idx = peak[:, None] + offsets[None, :]
-    ok = (idx >= 0) & (idx < F)
-    w = np.where(ok, s[np.arange(T)[:, None], np.clip(idx, 0, F - 1)], 0.0)
-    w = np.maximum(w, 0.0)
-    den = w.sum(axis=1)
-    refined = np.where(den > 0, (w * idx).sum(axis=1) / np.maximum(den, 1e-12), peak)
-    return s[np.arange(T), peak], grid.hz_of(refined)
+    return s[np.arange(s.shape[0]), peak], grid.hz_of(refine(s, peak, radius))
 
 
-def decode_f0(salience: np.ndarray, threshold: float, grid: Grid = Grid()) -> tuple[np.ndarray, np.ndarray]:
-    """(f0 in Hz, voiced) per frame: the refined peak, voiced where its salience is >= threshold.
+@functools.lru_cache(maxsize=8)
+def _pitch_transitions(n_bins: int, sigma_bins: float, jump: float) -> np.ndarray:
+    """(n_bins, n_bins) transition matrix: a Gaussian step of ``sigma_bins`` between frames, and
+    ``jump`` of the mass spread evenly over every bin (a new note may start anywhere)."""
+    d = np.arange(n_bins)[:, None] - np.arange(n_bins)[None, :]
+    local = np.exp(-0.5 * (d / sigma_bins) ** 2)
+    local /= local.sum(axis=1, keepdims=True)
+    return (1.0 - jump) * local + jump / n_bins
+
+
+def viterbi_bins(salience: np.ndarray, sigma_bins: float = 2.0, jump: float = 0.01) -> np.ndarray:
+    """The most likely bin sequence through a (T, n_bins) salience map, each frame's salience
+    (normalised over bins) as its observation likelihood and a continuity prior between frames
+    (``_pitch_transitions``): an isolated frame whose peak jumps to the accompaniment or an
+    octave away stays on the melody's track. (librosa.sequence.viterbi, as CREPE decodes.)"""
+    import librosa
+
+    s = np.maximum(np.asarray(salience, dtype=np.float64), 1e-6)
+    if s.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    prob = (s / s.sum(axis=1, keepdims=True)).T
+    return librosa.sequence.viterbi(prob, _pitch_transitions(s.shape[1], float(sigma_bins), float(jump))).astype(np.int64)
+
+
+def decode_f0(salience: np.ndarray, threshold: float, grid: Grid = Grid(),
+              viterbi_sigma_bins: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(f0 in Hz, voiced) per frame: voiced where the frame's peak salience is >= threshold (the
+    quantity the threshold was tuned on); the pitch is the refined peak, or with
+    ``viterbi_sigma_bins`` the refined bin of the Viterbi path (``viterbi_bins``).
     Unvoiced frames keep their pitch guess (scored by raw pitch accuracy, mir_eval's convention)."""
     peak, hz = peak_frequency(salience, grid)
+    if viterbi_sigma_bins and len(peak):
+        hz = grid.hz_of(refine(salience, viterbi_bins(salience, viterbi_sigma_bins)))
     return hz, peak >= threshold
 
 

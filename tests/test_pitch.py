@@ -67,7 +67,8 @@ def test_threshold_tuning_picks_the_best_overall_accuracy():
     assert sal.overall_accuracy_curve(peak, correct, voiced, [threshold])[0] == pytest.approx(accuracy)
 
 
-def test_a_salience_map_of_a_contour_decodes_back_within_10_cents():
+@pytest.mark.parametrize("viterbi_sigma_bins", [None, 2.0], ids=["argmax", "viterbi"])
+def test_a_salience_map_of_a_contour_decodes_back_within_10_cents(viterbi_sigma_bins):
     rng = np.random.default_rng(1)
     T = 800
     times = np.arange(T) * 256 / 22050
@@ -75,7 +76,7 @@ def test_a_salience_map_of_a_contour_decodes_back_within_10_cents():
     f0 = 440.0 * 2 ** ((midi - 69) / 12)
     f0[100:180] = 0.0
     sal_map = sal.salience_target(f0) * 0.9
-    hz, voiced = sal.decode_f0(sal_map, threshold=0.3)
+    hz, voiced = sal.decode_f0(sal_map, threshold=0.3, viterbi_sigma_bins=viterbi_sigma_bins)
     assert (voiced == (f0 > 0)).all()
     cents = 1200 * np.abs(np.log2(hz[f0 > 0] / f0[f0 > 0]))
     assert cents.max() < 10.0
@@ -84,6 +85,38 @@ def test_a_salience_map_of_a_contour_decodes_back_within_10_cents():
     t, signed = sal.contour_arrays(ann)
     np.testing.assert_allclose(t, times)
     assert (signed[f0 > 0] > 0).all() and (signed[f0 == 0] < 0).all()  # unvoiced frames keep their guess
+
+
+def test_viterbi_keeps_the_melody_where_single_frames_peak_in_the_accompaniment():
+    """A held melody note (A4) over a chord tone a fifth below that peaks higher in scattered
+    frames: each frame's argmax jumps to the chord tone there, the Viterbi path does not; a real
+    note change (to C5, held) is followed."""
+    T = 300
+    melody = np.where(np.arange(T) < 200, 440.0, 523.25)
+    sal_map = 0.8 * sal.salience_target(melody)
+    rng = np.random.default_rng(5)
+    spurious = rng.choice(T, 40, replace=False)
+    sal_map[spurious] = np.maximum(sal_map[spurious], 0.95 * sal.salience_target(np.full(spurious.size, 293.66)))
+    hz_argmax, _ = sal.decode_f0(sal_map, threshold=0.3)
+    hz_viterbi, voiced = sal.decode_f0(sal_map, threshold=0.3, viterbi_sigma_bins=2.0)
+    cents = lambda hz: 1200 * np.abs(np.log2(hz / melody))  # noqa: E731
+    assert (cents(hz_argmax)[spurious] > 600).all()  # the constructed case does fool the argmax
+    assert cents(hz_viterbi).max() < 10.0 and voiced.all()
+
+
+def test_pitch_decoding_uses_viterbi_by_default_and_can_be_turned_off():
+    from mirpipe.models.pitch import PitchDecoding
+    from mirpipe.models.task import TASKS
+
+    task = TASKS.get("pitch")
+    T = 120
+    melody = np.full(T, 440.0)
+    sal_map = 0.8 * sal.salience_target(melody)
+    sal_map[60] = 0.95 * sal.salience_target(np.array([293.66]))[0]
+    times = np.arange(T) * 256 / 22050
+    est = {v: sal.contour_arrays(task.decode(sal_map, times, T * 256 / 22050, {"threshold": 0.3}, PitchDecoding(viterbi=v)))[1]
+           for v in (True, False)}
+    assert abs(est[True][60] - 440.0) < 3.0 and abs(est[False][60] - 293.66) < 3.0
 
 
 # -- scores --------------------------------------------------------------------------------

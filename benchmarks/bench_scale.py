@@ -193,9 +193,10 @@ def _noop(i: int) -> int:
     return i
 
 
-def bench_noop(n: int, every: float = 30.0) -> None:
+def bench_noop(n: int, every: float = 30.0, trim: bool = True) -> None:
     """``n`` no-op tasks through the runner's executor (bounded window), scheduler memory sampled;
-    a line every ``every`` seconds shows tasks done, the rate and the memory as it goes (flat or not)."""
+    a line every ``every`` seconds shows tasks done, the rate and the memory as it goes (flat or not).
+    ``trim=False`` turns off the executor's periodic scheduler trim, to see what it saves."""
     import threading
 
     import psutil
@@ -205,6 +206,8 @@ def bench_noop(n: int, every: float = 30.0) -> None:
 
     with open_executor(parse_cluster({"type": "local", "n_workers": 2, "threads_per_worker": 1})) as ex:
         ex.client.wait_for_workers(2)
+        if not trim:
+            ex.TRIM_EVERY = 10**12
         scheduler = psutil.Process(os.getpid())  # LocalCluster's scheduler runs in this process
         samples: list[float] = []
         stop = threading.Event()
@@ -229,7 +232,7 @@ def bench_noop(n: int, every: float = 30.0) -> None:
         stop.set()
         sampler.join()
     q = np.percentile(samples, [10, 50, 100]) if samples else [float("nan")] * 3
-    print(f"{done} no-op tasks on a 2-worker LocalCluster: {seconds:.1f} s = {1e3 * seconds / n:.2f} ms per task; "
+    print(f"{done} no-op tasks on a 2-worker LocalCluster{'' if trim else ' (no scheduler trim)'}: {seconds:.1f} s = {1e3 * seconds / n:.2f} ms per task; "
           f"driver+scheduler RSS p10 {q[0]:.0f} MB, median {q[1]:.0f} MB, max {q[2]:.0f} MB")
 
 
@@ -237,6 +240,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10_000, 100_000])
     ap.add_argument("--noop", type=int, default=100_000, help="no-op items on the LocalCluster (0: skip)")
+    ap.add_argument("--no-trim", action="store_true", help="the no-op stage without the executor's scheduler trim")
     ap.add_argument("--keep", type=Path, help="build the workdirs here and keep them (a later run with the same "
                     "--keep measures them again, without building)")
     ap.add_argument("--measure", nargs=3, metavar=("WHAT", "WORKDIR", "CORPUS"), help=argparse.SUPPRESS)
@@ -254,7 +258,7 @@ def main() -> None:
             for n in args.sizes:
                 bench_size(n, Path(tmp))
     if args.noop:
-        bench_noop(args.noop)
+        bench_noop(args.noop, trim=not args.no_trim)
 
 
 if __name__ == "__main__":

@@ -126,21 +126,30 @@ class DaskExecutor:
                 self.trim_scheduler()
             top_up()
 
-    # distributed records {"type": "Future"} in the span's metadata for every ``submit`` and keeps
-    # it for the scheduler's life (distributed PR #8612): ~0.3 KB a task, 30 MB per 100,000 items
+    # What the scheduler keeps per task after the task is gone, trimmed every TRIM_EVERY results
+    # (~0.3 KB a task before, 30 MB per 100,000 items): distributed records {"type": "Future"} in
+    # the span's metadata for every ``submit`` for the scheduler's life (distributed PR #8612), and
+    # dask.utils.key_split caches the prefix of every key it has seen (an LRU of 100,000 keys).
     TRIM_EVERY = 2000
 
     def trim_scheduler(self) -> int:
-        """Drop the repeated entries of the scheduler's span metadata (what a 100,000-item stage
-        would otherwise grow it by); the distinct entries stay. Returns how many were dropped."""
+        """Drop what the scheduler holds for tasks long forgotten: the repeated entries of its span
+        metadata (the distinct ones stay) and the key-prefix cache. Returns how many metadata
+        entries were dropped."""
         try:
-            return int(self.client.run_on_scheduler(_trim_span_metadata))
+            return int(self.client.run_on_scheduler(_trim_scheduler))
         except Exception:  # noqa: BLE001 - a scheduler without spans, or an older distributed: nothing to trim
             return 0
 
 
-def _trim_span_metadata(dask_scheduler=None) -> int:
-    """On the scheduler: each span's ``collections`` metadata reduced to its distinct entries."""
+def _trim_scheduler(dask_scheduler=None) -> int:
+    """On the scheduler: each span's ``collections`` metadata reduced to its distinct entries, and
+    ``dask.utils.key_split``'s cache emptied (a cache: it refills with the keys still in use)."""
+    from dask.utils import key_split
+
+    clear = getattr(key_split, "cache_clear", None)
+    if clear is not None:
+        clear()
     spans = dask_scheduler.extensions.get("spans")
     dropped = 0
     for span in getattr(spans, "spans", {}).values():

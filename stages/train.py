@@ -92,7 +92,7 @@ class TrainParams(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     amp: bool = Field(True, description="mixed precision on CUDA")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default all cores")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: in a Dask worker its own threads (its share of the cores), else all cores")
     progress: Literal["auto", "bar", "lines", "off"] = Field(
         "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines"
     )

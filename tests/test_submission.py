@@ -19,13 +19,21 @@ def test_items_go_to_dask_in_a_bounded_window_and_all_come_back():
         assert max(in_flight) >= min(window, 8)  # but the workers are kept busy
 
         # distributed keeps one {"type": "Future"} per submit in the span's metadata for the
-        # scheduler's life; the executor trims it every TRIM_EVERY results, so it stays bounded
+        # scheduler's life, and dask's key_split caches every key's prefix (up to 100,000); the
+        # executor trims both every TRIM_EVERY results, so they stay bounded
         def collections(dask_scheduler=None):
             return sum(len((s._metadata or {}).get("collections", ())) for s in dask_scheduler.extensions["spans"].spans.values())
+
+        def cached_keys(dask_scheduler=None):
+            from dask.utils import key_split
+
+            return key_split.cache_info().currsize
 
         ex.TRIM_EVERY = 100
         grown = ex.client.run_on_scheduler(collections)
         assert grown >= 10 * window - 100  # what it grows by without the trim
+        assert ex.client.run_on_scheduler(cached_keys) >= 10 * window - 100
         for _ in ex.run(abs, [(f"more-{i}", (i,)) for i in range(450)]):
             pass
         assert ex.client.run_on_scheduler(collections) <= 60  # at most the 50 since the last trim, and one kept
+        assert ex.client.run_on_scheduler(cached_keys) <= 50 + window + 10  # the keys seen since the last trim

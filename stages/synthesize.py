@@ -104,8 +104,30 @@ def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str,
     return "numpy", {"soundfont_unavailable": why}
 
 
+# A test soundfont sharing this share of its sample names with a train/val one is not unseen.
+SHARED_SAMPLES_LIMIT = 0.25
+
+
 def resolve_renderer(p: SynthesizeParams) -> tuple[str, dict[str, Any]]:
-    return _resolve(p.renderer, tuple(p.all_soundfonts()))
+    renderer, identity = _resolve(p.renderer, tuple(p.all_soundfonts()))
+    if renderer == "soundfont":
+        _check_test_soundfonts_unseen(tuple(p.soundfonts["test"]), tuple(p.soundfonts["train"] + p.soundfonts["val"]))
+    return renderer, identity
+
+
+@cache
+def _check_test_soundfonts_unseen(test: tuple[str, ...], seen: tuple[str, ...]) -> None:
+    """The test split's timbres must be unseen in training: different file names are not enough
+    when one soundfont is built from another's recordings (csound's sf_GMbank shares 392 of
+    TimGM6mb's 521 sample names), so the samples' names are compared."""
+    from .synth import soundfont
+
+    for t in test:
+        for s in seen:
+            shared, total = soundfont.shared_samples(soundfont.find_soundfont(t), soundfont.find_soundfont(s))
+            if total and shared / total >= SHARED_SAMPLES_LIMIT:
+                raise ValueError(f"synthesize.soundfonts: the test soundfont {t} shares {shared} of its {total} sample "
+                                 f"names with {s}, a train/val soundfont: its timbres would not be unseen in training")
 
 
 def _clip_families(renderer: str) -> tuple[str, ...]:

@@ -59,6 +59,39 @@ def test_test_soundfonts_must_be_unseen():
         SynthesizeParams(soundfonts={"train": ["a.sf2"], "val": ["a.sf2"], "test": ["a.sf2"]})
 
 
+def _soundfont_file(path, sample_names):
+    """A RIFF sfbk file holding only what ``sample_names`` reads: the pdta list's shdr records
+    (an odd-sized sdta chunk without its pad byte before it, as some sf3 writers leave it)."""
+    import struct
+
+    shdr = b"".join(n.encode("latin-1").ljust(20, b"\0") + bytes(26) for n in [*sample_names, "EOS"])
+    pdta = b"pdta" + b"phdr" + struct.pack("<I", 0) + b"shdr" + struct.pack("<I", len(shdr)) + shdr
+    sdta = b"sdta" + b"smpl" + struct.pack("<I", 3) + b"xyz"
+    body = b"sfbk" + b"LIST" + struct.pack("<I", len(sdta)) + sdta + b"LIST" + struct.pack("<I", len(pdta)) + pdta
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_a_test_soundfont_built_from_a_training_soundfonts_samples_is_refused(tmp_path):
+    from mirpipe.stages.synthesize import _check_test_soundfonts_unseen
+
+    train = _soundfont_file(tmp_path / "train.sf2", [f"Violin {n}(L)" for n in "ABCDEFG"] + ["Cello C2", "Flute C5"])
+    derived = _soundfont_file(tmp_path / "derived.sf3", [f"Violin {n}" for n in "ABCD"] + ["Oboe C5", "Tuba C2"])
+    other = _soundfont_file(tmp_path / "other.sf2", ["VlnA4", "Vc C2", "Flute C5", "Oboe C5", "Tuba C2"])
+    assert soundfont.sample_names(str(train)) == {f"Violin {n}" for n in "ABCDEFG"} | {"Cello C2", "Flute C5"}
+    assert soundfont.shared_samples(derived, train) == (4, 6)
+    with pytest.raises(ValueError, match=r"derived.sf3 shares 4 of its 6 sample names with .*train.sf2"):
+        _check_test_soundfonts_unseen((str(derived),), (str(train),))
+    _check_test_soundfonts_unseen((str(other),), (str(train),))  # 1 of 5 shared: a different soundfont
+
+
+@needs_soundfonts
+def test_the_demo_test_soundfont_shares_no_recordings_with_the_training_ones():
+    for seen in (TRAIN_SF, OTHER_TRAIN_SF):
+        shared, total = soundfont.shared_samples(soundfont.find_soundfont(TEST_SF), soundfont.find_soundfont(seen))
+        assert total > 400 and shared / total < 0.05, (seen, shared, total)
+
+
 # -- determinism ----------------------------------------------------------------------------------
 
 

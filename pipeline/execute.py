@@ -11,6 +11,7 @@ from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
 from mirpipe.stages.errors import TimeLimitError, is_permanent
 
+from .allocator import reuse_freed_memory
 from .ledger import Ledger
 from .timelimit import ItemTimeout, time_limit
 
@@ -42,6 +43,7 @@ def execute_item(
     counts them to tell an item that kills its worker from a bystander), and a
     failure the watchdog recorded for this token is returned, not rerun.
     """
+    reuse_freed_memory()  # Dask workers start with glibc returning every freed block > 64 KB to the OS
     import_plugins(ctx.plugins)  # a fresh worker process knows only the built-in implementations
     stage = STAGES.get(stage_name)
     ledger = Ledger(ctx.workdir)

@@ -46,6 +46,7 @@ class TrainerSettings:
     patience: int = 5  # epochs without a better validation metric before stopping
     lr: float = 2e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau on the validation metric; cosine: to 0 by the last step
     lr_factor: float = 0.5  # ReduceLROnPlateau on the validation metric
     lr_patience: int = 2
     grad_clip: float = 5.0
@@ -298,9 +299,15 @@ class Trainer:
         random.seed(settings.seed)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
-        )
+        if settings.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, settings.max_epochs * settings.steps_per_epoch))
+        elif settings.lr_schedule == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
+            )
+        else:
+            raise ValueError(f"lr_schedule must be plateau or cosine, not {settings.lr_schedule!r}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState(run_key=run_key)
         self.tensorboard = tensorboard
@@ -376,6 +383,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.settings.lr_schedule == "cosine":
+            self.scheduler.step()
         return {"loss": float(total.detach()), **parts}
 
     @torch.no_grad()
@@ -429,7 +438,8 @@ class Trainer:
         st = self.state
         val = self.validate()
         score = val[self.task.metric_name]
-        self.scheduler.step(score)
+        if self.settings.lr_schedule == "plateau":
+            self.scheduler.step(score)
         improved = score > st.best_metric
         if improved:
             st.best_metric, st.best_step, st.bad_epochs = score, st.global_step, 0

@@ -84,6 +84,9 @@ class TrainParams(BaseModel):
     max_epochs: int = Field(8, ge=1)
     patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
     lr: float = Field(2e-3, gt=0)
+    lr_schedule: Literal["plateau", "cosine"] = Field(
+        "plateau", description="plateau: ReduceLROnPlateau on the validation metric (lr_factor, lr_patience); "
+        "cosine: from lr down to 0 over max_epochs x steps_per_epoch, stepped every step")
     lr_factor: float = Field(0.5, gt=0, lt=1)
     lr_patience: int = Field(2, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -143,7 +146,7 @@ NOT_FINGERPRINTED = {
 }
 # Settings added after models were trained: at these values they are what training did before
 # they existed, so they stay out of the fingerprint there (an upgrade does not retrain).
-SINCE_ADDED = {"sampling": "track"}
+SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
 
 
 def fingerprinted(p: "TrainParams") -> dict[str, Any]:
@@ -279,7 +282,7 @@ class Train(Stage):
         model = build_model(task, model_params, n_bins)
         settings = TrainerSettings(
             steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
-            weight_decay=p.weight_decay, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
+            weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
             checkpoint_every=p.checkpoint_every, device=p.device, amp=p.amp, seed=p.seed, threads=p.threads,
         )
         meta = {

@@ -36,7 +36,7 @@ def store(tmp_path_factory):
     return store
 
 
-def _trainer(store, out_dir, workers=0, run_key="run-1", **model):
+def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", **model):
     torch.manual_seed(0)
     params = TASK.Params(**{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
     model = TASK.build(n_bins=N_BINS, params=params)
@@ -44,7 +44,8 @@ def _trainer(store, out_dir, workers=0, run_key="run-1", **model):
     keys = [EntryKey(f"t{i}", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
     settings = TrainerSettings(steps_per_epoch=4, max_epochs=10, patience=10, lr=1e-2, checkpoint_every=3,
-                               device="cpu", seed=5, threads=1, deterministic=True, lr_patience=3)
+                               device="cpu", seed=5, threads=1, deterministic=True, lr_patience=3,
+                               lr_schedule=lr_schedule)
     return Trainer(
         model, TASK,
         lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=workers),
@@ -57,15 +58,16 @@ def _params(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_k_steps_then_resume_to_2k_equals_2k_in_one_go(store, tmp_path):
+@pytest.mark.parametrize("lr_schedule", ["plateau", "cosine"])
+def test_k_steps_then_resume_to_2k_equals_2k_in_one_go(store, tmp_path, lr_schedule):
     k = 6  # mid-epoch: the resumed run must skip into epoch 1 exactly
-    straight = _trainer(store, tmp_path / "straight")
+    straight = _trainer(store, tmp_path / "straight", lr_schedule=lr_schedule)
     straight.fit(stop_at_step=2 * k)
-    first = _trainer(store, tmp_path / "resumed")
+    first = _trainer(store, tmp_path / "resumed", lr_schedule=lr_schedule)
     first.fit(stop_at_step=k)
     assert first.state.global_step == k and (tmp_path / "resumed" / "last.pt").exists()
     mid = _params(first)
-    second = _trainer(store, tmp_path / "resumed", workers=2)  # a fresh process would do the same
+    second = _trainer(store, tmp_path / "resumed", workers=2, lr_schedule=lr_schedule)  # a fresh process would do the same
     second.fit(stop_at_step=2 * k)
     assert second.state.global_step == 2 * k
     a, b = _params(straight), _params(second)
@@ -77,6 +79,17 @@ def test_k_steps_then_resume_to_2k_equals_2k_in_one_go(store, tmp_path):
         {k: v for k, v in row.items() if k not in timing} for row in straight.state.history
     ]
     assert second.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_the_cosine_schedule_anneals_the_learning_rate_to_zero_by_the_last_step(store, tmp_path):
+    import math
+
+    trainer = _trainer(store, tmp_path / "cosine", lr_schedule="cosine")  # 10 epochs x 4 steps, lr 1e-2
+    trainer.fit(stop_at_step=10)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 10 / 40)))
+    trainer.fit()
+    assert trainer.state.global_step == 40 and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert [row["lr"] for row in trainer.state.history] == sorted((row["lr"] for row in trainer.state.history), reverse=True)
 
 
 def test_checkpoint_holds_everything_needed_to_resume(store, tmp_path):

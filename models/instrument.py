@@ -146,6 +146,7 @@ class InstrumentTask(Task):
     metric_name = "patch_accuracy"
     metrics = ("accuracy", "mAP")  # per track: a clip's accuracy, a mixture's mean AP
     score_columns = ("accuracy", "macro_f1", "mAP")
+    scored_by = "scikit-learn: accuracy and macro-F1 over the solo clips, mAP over the mixtures' patches"
     Params = InstrumentModel
     DecodeParams = InstrumentDecoding
     vocabulary: Vocabulary | None = None  # set by ``bind``

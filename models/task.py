@@ -138,6 +138,7 @@ class Task:
     metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
     metrics: ClassVar[tuple[str, ...]] = ()  # per-track scores, in table order
     score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows
+    scored_by: ClassVar[str] = "mir_eval, duration-weighted"  # how the pooled scores were made (the summary's header)
     Params: ClassVar[type[BaseModel]] = NoParams
     DecodeParams: ClassVar[type[BaseModel]] = NoParams
     baseline_name: ClassVar[str | None] = None  # a reference method scored beside the model (``baseline``)

@@ -90,7 +90,8 @@ def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, dict]:
 def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> None:
     for task, s in scores.items():
         columns = s.get("columns") or [k for k, v in s.items() if isinstance(v, float)]
-        _echo(f"\n{task} scores (mir_eval, duration-weighted over {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
+        scored_by = s.get("scored_by", "mir_eval, duration-weighted")  # scores.json written before the field existed
+        _echo(f"\n{task} scores ({scored_by}; {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
         rows = [("model", s)]
         if isinstance(s.get("baseline"), dict):
             rows.append((str(s["baseline"].get("name") or "baseline"), s["baseline"]))

@@ -273,6 +273,7 @@ class Evaluate(Stage):
             write_json(out / "scores.json", {
                 **{m: _finite(v) for m, v in totals.items()},
                 "columns": list(task.score_columns),
+                "scored_by": task.scored_by,
                 "n_tracks": len(records),
                 "seconds": sum(r.duration for r in records),
                 "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",

@@ -5,9 +5,9 @@ Dask's nanny starts every worker process with ``MALLOC_TRIM_THRESHOLD_=65536``
 back to the OS, and because a threshold set explicitly also freezes the mmap threshold at
 128 KB, every tensor or audio buffer larger than that is a fresh ``mmap`` whose pages fault
 in again on first touch. A training step allocates and frees the same few-MB activations
-every time: pitch training in a Dask worker ran at 7 patches/s with 50 s of system time
-per 30 steps, against 11 patches/s and 2 s without that setting (``benchmarks`` figures in
-the README). Items here free what they allocate and return small records, so the memory
+every time: a salience-model training in a Dask worker ran at 7 patches/s with 50 s of system time
+per 30 steps, against 11 patches/s and 2 s without that setting (the README's "Training and
+evaluation" has the figures). Items here free what they allocate and return small records, so the memory
 the setting saves is small and the price is most of a core.
 """
 

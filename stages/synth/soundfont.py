@@ -63,6 +63,15 @@ def sample_names(path: str) -> frozenset[str]:
     read by walking the RIFF chunks (the sample data is skipped, not read)."""
     import struct
 
+    try:
+        return _shdr_names(path)
+    except struct.error:
+        raise ValueError(f"{path}: truncated SoundFont (a chunk header runs past the end of the file)") from None
+
+
+def _shdr_names(path: str) -> frozenset[str]:
+    import struct
+
     names: set[str] = set()
     with open(path, "rb") as f:
         riff, _, form = struct.unpack("<4sI4s", f.read(12))

@@ -121,9 +121,10 @@ def decode_f0(salience: np.ndarray, threshold: float, grid: Grid = Grid(),
     quantity the threshold was tuned on); the pitch is the refined peak, or with
     ``viterbi_sigma_bins`` the refined bin of the Viterbi path (``viterbi_bins``).
     Unvoiced frames keep their pitch guess (scored by raw pitch accuracy, mir_eval's convention)."""
-    peak, hz = peak_frequency(salience, grid)
-    if viterbi_sigma_bins and len(peak):
-        hz = grid.hz_of(refine(salience, viterbi_bins(salience, viterbi_sigma_bins)))
+    s = np.asarray(salience, dtype=np.float64)
+    if viterbi_sigma_bins and s.shape[0]:
+        return grid.hz_of(refine(s, viterbi_bins(s, viterbi_sigma_bins))), s.max(axis=1) >= threshold
+    peak, hz = peak_frequency(s, grid)
     return hz, peak >= threshold
 
 

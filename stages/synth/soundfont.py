@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import io
 import os
+import struct
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,8 +62,6 @@ def find_soundfont(name: str) -> Path:
 def sample_names(path: str) -> frozenset[str]:
     """The names of a soundfont's samples (sf2 and sf3: the ``shdr`` records of its ``pdta`` list),
     read by walking the RIFF chunks (the sample data is skipped, not read)."""
-    import struct
-
     try:
         return _shdr_names(path)
     except struct.error:
@@ -70,34 +69,30 @@ def sample_names(path: str) -> frozenset[str]:
 
 
 def _shdr_names(path: str) -> frozenset[str]:
-    import struct
-
-    names: set[str] = set()
     with open(path, "rb") as f:
         riff, _, form = struct.unpack("<4sI4s", f.read(12))
         if riff != b"RIFF" or form != b"sfbk":
             raise ValueError(f"{path}: not a SoundFont (RIFF sfbk) file")
-        while header := f.read(8):
-            if len(header) < 8:
-                break
+        while len(header := f.read(8)) == 8:
             cid, size = struct.unpack("<4sI", header)
             end = f.tell() + size
             if cid == b"LIST" and f.read(4) == b"pdta":
                 while f.tell() < end:
                     sid, ssize = struct.unpack("<4sI", f.read(8))
                     if sid == b"shdr":
-                        data = f.read(ssize)
-                        for i in range(0, len(data) - 45, 46):
-                            name = data[i:i + 20].split(b"\0", 1)[0].decode("latin-1").strip()
-                            name = name.removesuffix("(L)").removesuffix("(R)").strip()  # a stereo pair is one recording
-                            if name and name != "EOS":
-                                names.add(name)
-                        return frozenset(names)
+                        return frozenset(_record_names(f.read(ssize))) - {"", "EOS"}
                     f.seek(ssize + (ssize & 1), 1)
             f.seek(end)
             if size & 1 and f.read(1) not in (b"\0", b""):  # RIFF pads odd chunks; some sf3 writers do not
                 f.seek(end)
-    return frozenset(names)
+    return frozenset()
+
+
+def _record_names(shdr: bytes):
+    """Each 46-byte sample header's name (its first 20 bytes); a stereo pair is one recording."""
+    for i in range(0, len(shdr) - 45, 46):
+        name = shdr[i:i + 20].split(b"\0", 1)[0].decode("latin-1").strip()
+        yield name.removesuffix("(L)").removesuffix("(R)").strip()
 
 
 def shared_samples(a: Path | str, b: Path | str) -> tuple[int, int]:

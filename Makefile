@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.mirpipe-installed
 
 .PHONY: install demo test clean-demo bench bench-cluster slurm-start slurm-stop
 
-$(STAMP): pyproject.toml Makefile scripts/system-deps.sh
+$(STAMP): pyproject.toml Makefile scripts/system-deps.sh scripts/fetch_samples.py
 	bash scripts/system-deps.sh
+	@# the demo's sample library (npm registry, pinned + sha512-checked); without it the demo says so and goes on
+	$(PYTHON) scripts/fetch_samples.py || echo "mirpipe: going on without the sample library" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"

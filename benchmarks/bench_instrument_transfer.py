@@ -12,7 +12,7 @@ validation step, and the mean of the last five evaluations (30 clips: one clip i
 so single figures are noisy; compare seeds).
 
     python benchmarks/bench_instrument_transfer.py --workdir DIR [--variants base,global,eq20]
-        [--steps 500] [--seeds 0,1]
+        [--steps 500] [--seeds 0,1] [--train-sources FluidR3_GM.sf2,tonejs-instruments] [--holdout freepats]
 
 Variants: base (pipeline.yaml's augmentation), global (frequency pooled like time),
 eq20 (EQ augmentation of 20 dB), noaug, fmask (SpecAugment masks), mixup, hrel
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,12 @@ def load(workdir: Path, store_kind: str) -> tuple[dict, list, list[str]]:
             data[(t, sh)] = pool(torch.from_numpy(np.asarray(kind.view(arr, geom, sh), np.float32))[None])[0].numpy()
         meta.append((t, split, ls[0]))
     return data, meta, sorted({m[2] for m in meta})
+
+
+def source_of(workdir: Path, track: str) -> str:
+    """What rendered a demo clip: its soundfont or sample library (the JAMS sandbox); else 'unknown'."""
+    demo = json.loads((workdir / "corpus" / f"{track}.jams").read_text()).get("sandbox", {}).get("mirpipe_demo", {})
+    return demo.get("sample_library") or demo.get("soundfont") or "unknown"
 
 
 class HarmonicRelative(nn.Module):
@@ -150,9 +157,22 @@ def main() -> None:
     ap.add_argument("--variants", default="base,global,eq20")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--train-sources", default=None,
+                    help="comma-separated soundfonts / sample libraries whose training clips are used (default: all)")
+    ap.add_argument("--holdout", default=None,
+                    help="a source whose clips (every split) become the test set and leave training and validation")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, meta, classes = load(args.workdir, args.store)
+    sources = {t: source_of(args.workdir, t) for t, _, _ in meta}
+    print("training clips per source:", dict(sorted(Counter(sources[t] for t, s, _ in meta if s == "train").items())))
+    if args.holdout:
+        meta = [(t, "test" if sources[t] == args.holdout else ("val" if s == "test" else s), lab) for t, s, lab in meta]
+        print(f"test: the {sum(m[1] == 'test' for m in meta)} clips of {args.holdout}; val: the other val and test clips")
+    if args.train_sources:
+        keep = set(args.train_sources.split(","))
+        meta = [m for m in meta if m[1] != "train" or sources[m[0]] in keep]
+        print(f"training on {sorted(keep)}: {sum(m[1] == 'train' for m in meta)} clips")
     print(f"{len(meta)} solo clips, {len(classes)} classes; columns: val acc/F1, test acc/F1")
     for name in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -5,6 +5,7 @@
 #   libfluidsynth3 : FluidSynth, the demo corpus's sampled renderer (through pyfluidsynth)
 #   fluid-soundfont-gm, musescore-general-soundfont-small : GM soundfonts of the demo's train/val tracks
 #   timgm6mb-soundfont : the GM soundfont of the demo's test tracks (unseen in training)
+#   freepats : GUS patches, a sample library the demo's training solo clips also draw from
 # Without FluidSynth or the soundfonts the demo falls back to its numpy timbres (it says so).
 set -euo pipefail
 
@@ -16,6 +17,7 @@ have_sf() { for d in $sf_dirs; do [ -f "$d/$1" ] && return 0; done; return 1; }
 have_sf FluidR3_GM.sf2 || missing+=(fluid-soundfont-gm)
 have_sf MuseScore_General_Lite.sf3 || missing+=(musescore-general-soundfont-small)
 have_sf TimGM6mb.sf2 || missing+=(timgm6mb-soundfont)
+[ -f /usr/share/midi/freepats/Tone_000/040_Violin.pat ] || missing+=(freepats)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

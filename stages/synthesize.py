@@ -23,13 +23,14 @@ from mirpipe.storage.atomic import temp_path
 from .base import STAGES, Done, Stage, StageContext, WorkItem
 from .synth import splits
 from .synth.families import SOLO_FAMILIES
+from .synth.samples import is_library
 
 CORPUS_DIR = "corpus"
 NUMPY_CLIP_FAMILIES = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")  # synth/timbres.py
 
 
 def _default_soundfonts() -> dict[str, list[str]]:
-    train = ["FluidR3_GM.sf2", "MuseScore_General_Lite.sf3"]
+    train = ["FluidR3_GM.sf2", "MuseScore_General_Lite.sf3", "tonejs-instruments", "freepats"]
     return {"train": train, "val": list(train), "test": ["TimGM6mb.sf2"]}
 
 
@@ -46,8 +47,11 @@ class SynthesizeParams(BaseModel):
     clip_max_duration: float = Field(6.0, gt=0.5)
     renderer: Literal["auto", "soundfont", "numpy"] = Field(
         "auto", description="soundfont: FluidSynth + GM soundfonts; numpy: synthetic timbres; auto: soundfont when installed")
-    soundfonts: dict[str, list[str]] = Field(default_factory=_default_soundfonts,
-                                             description="per split, the soundfonts (file names or paths) its tracks draw from")
+    soundfonts: dict[str, list[str]] = Field(
+        default_factory=_default_soundfonts,
+        description="per split, the sources its tracks draw from: soundfonts (.sf2/.sf3 file names or paths) for every "
+                    "track, and sample libraries (any other name: a directory of recorded notes, synth/samples.py) "
+                    "for the solo clips")
 
     @model_validator(mode="after")
     def _check(self):
@@ -57,13 +61,21 @@ class SynthesizeParams(BaseModel):
             raise ValueError(f"clip_max_duration {self.clip_max_duration} < clip_min_duration {self.clip_min_duration}")
         if set(self.soundfonts) != set(splits.SPLITS) or not all(self.soundfonts.values()):
             raise ValueError(f"soundfonts needs a non-empty list for each of {splits.SPLITS}")
+        for split, sources in self.soundfonts.items():
+            if not any(not is_library(s) for s in sources):
+                raise ValueError(f"soundfonts.{split} names no soundfont (.sf2/.sf3): its mixtures need one "
+                                 f"(sample libraries play solo clips only): {sources}")
         seen = set(self.soundfonts["train"]) | set(self.soundfonts["val"])
         if seen & set(self.soundfonts["test"]):
             raise ValueError(f"the test soundfonts must be unseen in train and val: {sorted(seen & set(self.soundfonts['test']))}")
         return self
 
     def all_soundfonts(self) -> list[str]:
-        return sorted({s for v in self.soundfonts.values() for s in v})
+        """Every soundfont file named (sample libraries are not soundfonts)."""
+        return sorted({s for v in self.soundfonts.values() for s in v if not is_library(s)})
+
+    def all_libraries(self) -> list[str]:
+        return sorted({s for v in self.soundfonts.values() for s in v if is_library(s)})
 
 
 @dataclass(frozen=True)
@@ -109,10 +121,41 @@ SHARED_SAMPLES_LIMIT = 0.25
 
 
 def resolve_renderer(p: SynthesizeParams) -> tuple[str, dict[str, Any]]:
+    """The renderer, and what identifies it: FluidSynth's version, the soundfonts' sizes and the
+    installed sample libraries' files (a library installed later re-renders the corpus)."""
     renderer, identity = _resolve(p.renderer, tuple(p.all_soundfonts()))
     if renderer == "soundfont":
-        _check_test_soundfonts_unseen(tuple(p.soundfonts["test"]), tuple(p.soundfonts["train"] + p.soundfonts["val"]))
+        _check_test_soundfonts_unseen(tuple(s for s in p.soundfonts["test"] if not is_library(s)),
+                                      tuple(s for s in p.soundfonts["train"] + p.soundfonts["val"] if not is_library(s)))
+        libraries = _libraries(p.renderer, tuple(p.all_libraries()))
+        if libraries:
+            identity = {**identity, "sample_libraries": libraries}
     return renderer, identity
+
+
+@cache
+def _libraries(renderer: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """{library: its identity} of the installed sample libraries; one that is not installed is
+    left out with a message on stderr (``renderer: soundfont``: an error), as a missing
+    soundfont makes ``auto`` fall back."""
+    from .synth import samples
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = samples.library_identity(samples.find_library(name, SOLO_FAMILIES))
+        except samples.SampleLibraryUnavailable as exc:
+            if renderer == "soundfont":
+                raise ValueError(f"synthesize.renderer is soundfont but {exc}") from None
+            print(f"mirpipe: synthesize: {exc}; the solo clips are rendered with the soundfonts alone", file=sys.stderr)
+    return out
+
+
+def sources_of(p: SynthesizeParams, split: str, kind: str) -> list[str]:
+    """What a track of ``kind`` in ``split`` may be rendered with: the split's soundfonts, and for
+    solo clips also its installed sample libraries."""
+    installed = _libraries(p.renderer, tuple(p.all_libraries()))
+    return [s for s in p.soundfonts[split] if not is_library(s) or (kind == "clip" and s in installed)]
 
 
 @cache
@@ -155,7 +198,8 @@ class Synthesize(Stage):
             split = splits.split_of(p.seed, group, i)
             payload = {"index": i, "solo": solo, "kind": "solo" if solo else "mixture", "split": split, "family": None,
                        "renderer": renderer,
-                       "soundfont": splits.soundfont_of(p.seed, group, i, p.soundfonts[split]) if renderer == "soundfont" else None}
+                       "soundfont": splits.soundfont_of(p.seed, group, i, sources_of(p, split, "mixture"))
+                       if renderer == "soundfont" else None}
             items.append(WorkItem(track_id(i), payload=payload, identity=payload))
         families = _clip_families(renderer)
         for k in range(p.clips_per_family):
@@ -164,7 +208,8 @@ class Synthesize(Stage):
                 split = splits.split_of(p.seed, group, k)
                 payload = {"index": k, "solo": True, "kind": "clip", "split": split, "family": family,
                            "renderer": renderer,
-                           "soundfont": splits.soundfont_of(p.seed, group, k, p.soundfonts[split]) if renderer == "soundfont" else None}
+                           "soundfont": splits.soundfont_of(p.seed, group, k, sources_of(p, split, "clip"))
+                           if renderer == "soundfont" else None}
                 items.append(WorkItem(clip_id(family, k), payload=payload, identity=payload))
         return items
 
@@ -208,6 +253,8 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
 
     if pay["kind"] == "clip":
         perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
+        if is_library(pay["soundfont"]):
+            return _render_library_clip(track, perf, pay, p)
     else:
         perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
@@ -216,6 +263,16 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
     jam = labels.annotate(perf, track, {"soundfont": info.soundfont, "missing_presets": info.missing_presets,
                                         "fluidsynth": soundfont.library_version()}, lead_audio=lead, sr=p.sr,
                           sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr))
+    return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
+
+
+def _render_library_clip(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
+    """A solo clip played by a sample library's recordings (synth/samples.py)."""
+    from .synth import labels, samples
+
+    y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, SOLO_FAMILIES.index(pay["family"]), pay["index"]))
+    jam = labels.annotate(perf, track, {"sample_library": info.library, "instrument": info.instrument,
+                                        "recordings": info.recordings}, lead_audio=y, sr=p.sr, sounding=info.sounding)
     return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
 
 

@@ -59,11 +59,11 @@ def sounding_offsets(perf: Performance, soundfont_name: str, sr: int) -> Soundin
                             tuple(sorted(events, key=Event.sort_key)), (), (), 0, (), 0.0)
         y, _ = soundfont.render(probe, soundfont_name, sr)
         for t, key in zip(starts, keys):
-            _PROBED[(soundfont_name, sr, bank, program, key)] = _period_octave(y[int((t + 0.1) * sr): int((t + PROBE_NOTE) * sr)], sr, key)
+            _PROBED[(soundfont_name, sr, bank, program, key)] = period_octave(y[int((t + 0.1) * sr): int((t + PROBE_NOTE) * sr)], sr, key)
     return {(ch, key): _PROBED[(soundfont_name, sr, parts[ch].bank, parts[ch].program, key)] for ch, key in wanted}
 
 
-def _period_octave(seg: np.ndarray, sr: int, key: int) -> int:
+def period_octave(seg: np.ndarray, sr: int, key: int) -> int:
     power = np.abs(np.fft.rfft(np.asarray(seg, np.float64) * np.hanning(len(seg)))) ** 2
     if power.sum() <= 0:
         return 0

@@ -1,21 +1,22 @@
-"""Play a solo clip from a sample library: recorded notes, one audio file per pitch.
+"""Play a solo clip from a sample library: recorded notes, one per pitch (or a few).
 
-The demo's third source of instrument timbres, beside the GM soundfonts. Its two training
+The demo's other sources of instrument timbres, beside the GM soundfonts. Its two training
 soundfonts share most of their recordings (MuseScore General is built on FluidR3's samples),
-so without it the instrument model hears one recording set per family; a library adds other
-recordings of every family (``tonejs-instruments``: MIT, installed by
-``scripts/fetch_samples.py``).
+so without them the instrument model hears one recording set per family; a library adds other
+recordings of every family: ``tonejs-instruments`` (MIT, MP3s; ``scripts/fetch_samples.py``)
+and ``freepats`` (GUS patches; Debian).
 
-Layout: ``<dir>/<library>/<instrument>/<note><octave>[ v<k>].<ext>`` (``As3.mp3`` is A#3,
-``F2 v2.mp3`` a second take of F2), ``<dir>`` from ``$MIRPIPE_SAMPLES_PATH`` or the search
-path below. A family plays one of its instruments (``INSTRUMENTS``; other libraries name their
-directories after the family: ``acoustic-guitar``).
+Layouts: ``<library>/<instrument>/<note><octave>[ v<k>].<ext>`` (``As3.mp3`` is A#3,
+``F2 v2.mp3`` a second take of F2), or ``<library>/.../<program>.pat`` (a GUS patch: its
+samples' root pitches and sustain loops, ``gus_patch.py``); ``<library>`` is found in
+``$MIRPIPE_SAMPLES_PATH`` or ``SEARCH_PATH``. A family plays one of its instruments
+(``INSTRUMENTS``; other libraries name their directories after the family: ``acoustic-guitar``).
 
-Playing, as a sampler does: each note takes the recorded pitch nearest its key, resampled
-by the time-varying ratio its key and pitch bends ask for (the sample's own tuning measured
-at load, so the annotated contour is what sounds), gained by velocity, volume (CC7) and
-expression (CC11), released with a short fade at note-off; a synthetic room reverb (decaying
-noise, RT60 and send drawn per clip) follows.
+Playing, as a sampler does: each note takes the recording nearest its key, resampled by the
+time-varying ratio its key and pitch bends ask for (the recording's own tuning measured at
+load, so the annotated contour is what sounds; a patch's loop played out), gained by velocity,
+volume (CC7) and expression (CC11), released with a short fade at note-off; a synthetic room
+reverb (decaying noise, RT60 and send drawn per clip) follows.
 """
 
 from __future__ import annotations

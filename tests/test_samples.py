@@ -122,6 +122,16 @@ def test_a_library_clip_sounds_its_annotated_contour(library, family):
     assert np.array_equal(y, again)  # deterministic for a seed (the room is drawn from it)
 
 
+def test_libraries_are_found_where_the_installer_puts_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIRPIPE_SAMPLES_PATH", raising=False)
+    monkeypatch.setenv("MIRPIPE_SAMPLES_DIR", str(tmp_path / "dir"))
+    assert samples.search_dirs()[0] == tmp_path / "dir"
+    monkeypatch.delenv("MIRPIPE_SAMPLES_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert samples.search_dirs()[0] == tmp_path / "xdg" / "mirpipe" / "samples"
+    assert _installer().default_dir() == tmp_path / "xdg" / "mirpipe" / "samples"
+
+
 def test_a_library_without_a_familys_recordings_is_named(tmp_path):
     root = _library(tmp_path / "s", skip=("cello",))
     with pytest.raises(samples.SampleLibraryUnavailable, match=r"no recordings for cello"):
@@ -168,6 +178,7 @@ def test_synthesize_plays_solo_clips_from_the_library_and_mixtures_from_soundfon
 @needs_soundfonts
 def test_without_the_library_the_clips_come_from_the_soundfonts(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MIRPIPE_SAMPLES_PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("MIRPIPE_SAMPLES_DIR", str(tmp_path / "not-installed"))
     monkeypatch.setattr(samples, "SEARCH_PATH", ())
     _clear()
     try:

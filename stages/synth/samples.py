@@ -33,8 +33,7 @@ import numpy as np
 from .arrange import BEND_RANGE, Performance, bend_track
 from .families import FAMILIES
 
-SEARCH_PATH = ("~/.local/share/mirpipe/samples", "/usr/local/share/mirpipe/samples", "/usr/share/mirpipe/samples",
-               "/usr/share/midi")  # Debian's freepats
+SEARCH_PATH = ("/usr/local/share/mirpipe/samples", "/usr/share/mirpipe/samples", "/usr/share/midi")  # the last: Debian's freepats
 INSTRUMENTS: dict[str, dict[str, tuple[str, ...]]] = {  # library -> family -> its instrument directories
     "tonejs-instruments": {
         "piano": ("piano",), "acoustic guitar": ("guitar-acoustic", "guitar-nylon"), "electric guitar": ("guitar-electric",),
@@ -74,8 +73,12 @@ def is_library(source: str) -> bool:
 
 
 def search_dirs() -> list[Path]:
+    """``$MIRPIPE_SAMPLES_PATH``, then where ``scripts/fetch_samples.py`` installs
+    (``$MIRPIPE_SAMPLES_DIR``, else ``${XDG_DATA_HOME:-~/.local/share}/mirpipe/samples``), then ``SEARCH_PATH``."""
     extra = [p for p in os.environ.get("MIRPIPE_SAMPLES_PATH", "").split(os.pathsep) if p]
-    return [Path(p).expanduser() for p in (*extra, *SEARCH_PATH)]
+    data = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    installed = os.environ.get("MIRPIPE_SAMPLES_DIR") or os.path.join(data, "mirpipe", "samples")
+    return [Path(p).expanduser() for p in (*extra, installed, *SEARCH_PATH)]
 
 
 def family_instruments(library: str, family: str) -> tuple[str, ...]:

@@ -62,7 +62,7 @@ class SynthesizeParams(BaseModel):
         if set(self.soundfonts) != set(splits.SPLITS) or not all(self.soundfonts.values()):
             raise ValueError(f"soundfonts needs a non-empty list for each of {splits.SPLITS}")
         for split, sources in self.soundfonts.items():
-            if not any(not is_library(s) for s in sources):
+            if not self.soundfont_files(split):
                 raise ValueError(f"soundfonts.{split} names no soundfont (.sf2/.sf3): its mixtures need one "
                                  f"(sample libraries play solo clips only): {sources}")
         seen = set(self.soundfonts["train"]) | set(self.soundfonts["val"])
@@ -70,9 +70,12 @@ class SynthesizeParams(BaseModel):
             raise ValueError(f"the test soundfonts must be unseen in train and val: {sorted(seen & set(self.soundfonts['test']))}")
         return self
 
+    def soundfont_files(self, *splits: str) -> list[str]:
+        """The soundfont files the splits name (sample libraries are not soundfonts)."""
+        return [s for split in splits for s in self.soundfonts[split] if not is_library(s)]
+
     def all_soundfonts(self) -> list[str]:
-        """Every soundfont file named (sample libraries are not soundfonts)."""
-        return sorted({s for v in self.soundfonts.values() for s in v if not is_library(s)})
+        return sorted(set(self.soundfont_files(*self.soundfonts)))
 
     def all_libraries(self) -> list[str]:
         return sorted({s for v in self.soundfonts.values() for s in v if is_library(s)})
@@ -125,8 +128,7 @@ def resolve_renderer(p: SynthesizeParams) -> tuple[str, dict[str, Any]]:
     installed sample libraries' files (a library installed later re-renders the corpus)."""
     renderer, identity = _resolve(p.renderer, tuple(p.all_soundfonts()))
     if renderer == "soundfont":
-        _check_test_soundfonts_unseen(tuple(s for s in p.soundfonts["test"] if not is_library(s)),
-                                      tuple(s for s in p.soundfonts["train"] + p.soundfonts["val"] if not is_library(s)))
+        _check_test_soundfonts_unseen(tuple(p.soundfont_files("test")), tuple(p.soundfont_files("train", "val")))
         libraries = _libraries(p.renderer, tuple(p.all_libraries()))
         if libraries:
             identity = {**identity, "sample_libraries": libraries}

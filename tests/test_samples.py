@@ -88,7 +88,7 @@ def test_a_recording_is_cut_at_its_onset_and_its_tuning_measured(library):
     full = librosa.resample(sf.read(path)[0], orig_sr=FILE_SR, target_sr=SR)
     assert len(full) - len(rec.audio) == pytest.approx(LEAD_IN * SR, abs=0.002 * SR)
     assert np.abs(rec.audio[:10]).max() > 0  # starts at the onset, not in the lead-in
-    assert samples.octave_of(rec, SR) == 0
+    assert rec.octave == samples.octave_of(rec.audio, rec.key, SR) == 0
 
 
 def test_the_nearest_recording_plays_each_key():

@@ -377,6 +377,14 @@ def bend_track(events: tuple[Event, ...], channel: int) -> tuple[np.ndarray, np.
     return np.array([x[0] for x in b]), np.array([x[1] for x in b], dtype=float)
 
 
+def bend_semitones(track: tuple[np.ndarray, np.ndarray], times: np.ndarray) -> np.ndarray:
+    """The pitch bend in effect at each time (the last bend event at or before it; events sit
+    on the render block grid, where the synthesizer applies them), in semitones."""
+    bt, bv = track
+    idx = np.searchsorted(bt, np.asarray(times) + 1e-9, side="right") - 1
+    return np.where(idx >= 0, bv[np.maximum(idx, 0)], 0.0) * BEND_RANGE / 8192.0
+
+
 # -- whole performances -------------------------------------------------------------------------
 
 

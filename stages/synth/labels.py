@@ -18,7 +18,7 @@ from typing import Any
 import jams
 import numpy as np
 
-from .arrange import BEND_RANGE, DRUM_CHANNEL, Event, Part, Performance, bend_track
+from .arrange import DRUM_CHANNEL, Event, Part, Performance, bend_semitones, bend_track
 from .demo_jams import demo_jams
 from .families import FAMILIES
 from .track import CONTOUR_HOP, midi_to_hz
@@ -141,15 +141,13 @@ def contour(perf: Performance, release: list[float] | None = None,
     voiced = np.zeros(times.shape, bool)
     if perf.melody_channel is None or not perf.melody:
         return times, hz, voiced
-    bt, bv = bend_track(perf.events, perf.melody_channel)
+    bends = bend_track(perf.events, perf.melody_channel)
     sounding = sounding or family_offsets(perf)
     for i, n in enumerate(perf.melody):
         end = max(n.end, release[i]) if release is not None else n.end
         inside = (times >= n.start - 1e-9) & (times < end - 1e-9)
         at = np.minimum(times[inside], n.end - 1e-6)  # after note-off: the bend in effect at note-off
-        idx = np.searchsorted(bt, at + 1e-9, side="right") - 1
-        bend = np.where(idx >= 0, bv[np.maximum(idx, 0)], 0.0)
-        hz[inside] = midi_to_hz(n.key + sounding_shift(perf, n.key, sounding) + bend * BEND_RANGE / 8192.0)
+        hz[inside] = midi_to_hz(n.key + sounding_shift(perf, n.key, sounding) + bend_semitones(bends, at))
         voiced |= inside
     return times, hz, voiced
 

@@ -30,8 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .arrange import BEND_RANGE, Performance, bend_track
+from .arrange import Performance, bend_semitones, bend_track
 from .families import FAMILIES
+from .track import midi_to_hz
 
 SEARCH_PATH = ("/usr/local/share/mirpipe/samples", "/usr/share/mirpipe/samples", "/usr/share/midi")  # the last: Debian's freepats
 INSTRUMENTS: dict[str, dict[str, tuple[str, ...]]] = {  # library -> family -> its instrument directories
@@ -122,15 +123,12 @@ def _recordings(directory: str) -> tuple[tuple[int, str], ...]:
     if d.suffix.lower() == ".pat":
         if not d.is_file():
             return ()
-        return tuple(sorted((int(round(_midi(s.root_hz))), f"{d}#{i}") for i, s in enumerate(_patch(str(d)))))
+        return tuple(sorted((int(round(12 * np.log2(s.root_hz / 440.0) + 69)), f"{d}#{i}")
+                            for i, s in enumerate(_patch(str(d)))))
     if not d.is_dir():
         return ()
     out = [(k, str(p)) for p in d.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and (k := key_of(p.stem)) is not None]
     return tuple(sorted(out))
-
-
-def _midi(hz: float) -> float:
-    return 69.0 + 12.0 * float(np.log2(hz / 440.0))
 
 
 @cache
@@ -161,6 +159,7 @@ class Recording:
     key: int  # the key its file name says
     pitch: float  # the pitch it sounds (fractional MIDI, measured)
     audio: np.ndarray  # mono float32 at the render rate, from its onset
+    octave: int  # 0, or -12 / -24 where it sounds one / two octaves below its name (``octave_of``)
 
 
 @cache
@@ -187,7 +186,7 @@ def load(path: str, key: int, sr: int, decaying: bool = False) -> Recording:
         raise SampleLibraryUnavailable(f"{path}: silent recording")
     onset = int(np.argmax(np.abs(y) >= peak * 10 ** (ONSET_DB / 20)))
     y = np.ascontiguousarray(y[onset:], dtype=np.float32)
-    return Recording(key, key + _detune_semitones(y, key, sr), y)
+    return Recording(key, key + _detune_semitones(y, key, sr), y, octave_of(y, key, sr))
 
 
 def _detune_semitones(y: np.ndarray, key: int, sr: int) -> float:
@@ -196,7 +195,7 @@ def _detune_semitones(y: np.ndarray, key: int, sr: int) -> float:
     import librosa
 
     seg = y[int(0.1 * sr): int(0.8 * sr)]
-    hz = 440.0 * 2 ** ((key - 69) / 12)
+    hz = float(midi_to_hz(key))
     if len(seg) < 4096 or hz * 2 ** (1.5 / 12) >= sr / 4:
         return 0.0
     f0 = librosa.yin(seg, fmin=hz * 2 ** (-1.5 / 12), fmax=hz * 2 ** (1.5 / 12), sr=sr, frame_length=4096)
@@ -212,12 +211,12 @@ def nearest(recordings: tuple[tuple[int, str], ...], key: int, rng: np.random.Ge
     return takes[int(rng.integers(len(takes)))]
 
 
-def octave_of(rec: Recording, sr: int) -> int:
-    """0, or -12 / -24 where the recording sounds one / two octaves below its name (an organ's
+def octave_of(audio: np.ndarray, key: int, sr: int) -> int:
+    """0, or -12 / -24 where a recording sounds one / two octaves below its name (an organ's
     16' stop), measured as ``labels.sounding_offsets`` measures soundfont presets."""
     from .labels import period_octave
 
-    return period_octave(rec.audio[int(0.1 * sr): int(0.6 * sr)], sr, rec.key)
+    return period_octave(audio[int(0.1 * sr): int(0.6 * sr)], sr, key)
 
 
 @dataclass(frozen=True)
@@ -242,13 +241,14 @@ def render_clip(perf: Performance, library: str, sr: int, seed: Sequence[int]) -
     family = perf.parts[0].tag
     root = find_library(library, [family])
     rng = np.random.default_rng([*seed, 7331])
-    instrument = family_instruments(library, family)[int(rng.integers(len(family_instruments(library, family))))]
+    choices = family_instruments(library, family)
+    instrument = choices[int(rng.integers(len(choices)))]
     recordings = _recordings(str(root / instrument))
     ch = perf.melody_channel
     n = int(np.ceil(perf.duration * sr))
     dry = np.zeros(n, np.float64)
     level = _gain(perf.events, ch, 7) * _gain(perf.events, ch, 11)
-    bt, bv = bend_track(perf.events, ch)
+    bends = bend_track(perf.events, ch)
     velocity = {(e.time, e.a): e.b for e in perf.events if e.kind == "on" and e.channel == ch}
     tau = RELEASE_S[FAMILIES[family].sustained]
     played, sounding = [], {}
@@ -256,7 +256,7 @@ def render_clip(perf: Performance, library: str, sr: int, seed: Sequence[int]) -
         key, path = nearest(recordings, note.key, rng)
         rec = load(path, key, sr, not FAMILIES[family].sustained)
         played.append(Path(path).name)
-        sounding[(ch, note.key)] = octave_of(rec, sr)
+        sounding[(ch, note.key)] = rec.octave
         i0 = int(round(note.start * sr))
         held = int(round((note.end - note.start) * sr))
         length = min(held + int(5 * tau * sr), n - i0)
@@ -264,9 +264,7 @@ def render_clip(perf: Performance, library: str, sr: int, seed: Sequence[int]) -
             continue
         t = note.start + np.arange(length) / sr
         at = np.minimum(t, note.end - 1e-6)  # after note-off the bend stays where it was
-        idx = np.searchsorted(bt, at + 1e-9, side="right") - 1
-        bend = np.where(idx >= 0, bv[np.maximum(idx, 0)], 0.0) * BEND_RANGE / 8192.0
-        ratio = 2.0 ** ((note.key + bend - rec.pitch) / 12.0)
+        ratio = 2.0 ** ((note.key + bend_semitones(bends, at) - rec.pitch) / 12.0)
         pos = np.concatenate([[0.0], np.cumsum(ratio[:-1])])
         inside = pos < len(rec.audio) - 1
         voice = np.interp(pos[inside], np.arange(len(rec.audio)), rec.audio)

@@ -245,7 +245,8 @@ class Task:
 
     def pool_evidence(self, evidence: Sequence[Mapping[str, Any]], figures: Path) -> dict[str, Any]:
         """Metrics over every scored track's ``evidence`` (JSON-able; they join and override the
-        pooled totals in ``scores.json``), and pooled figures written under ``figures``."""
+        pooled totals in ``scores.json``; a ``notes`` list of lines is printed under the task's
+        score table, e.g. an interval), and pooled figures written under ``figures``."""
         return {}
 
     def summary(self, scores: Mapping[str, Any]) -> str:

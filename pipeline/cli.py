@@ -103,6 +103,8 @@ def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> Non
         for name, row in rows:
             head = f"{name:<{label}} " if label else ""
             _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
+        for note in s.get("notes", []):  # e.g. how far the test set's size lets a score be trusted
+            _echo(f"  {note}", json_mode)
         _echo(f"  per track: {workdir / 'reports' / task / 'scores.csv'}; figures: {workdir / 'reports' / task / 'figures'}", json_mode)
 
 

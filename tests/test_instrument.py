@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 
-from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts
+from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts, wilson_interval
 from mirpipe.models.labels import (Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes,
                                    training_identity)
 from mirpipe.models.task import TASKS
@@ -203,6 +203,22 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
     assert pooled["macro_f1"] == out["macro_f1"] and pooled["confusion"]["classes"] == labels
     assert np.asarray(pooled["confusion"]["matrix"]).sum() == 40
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    # the accuracy's Wilson interval: centred on (k + z^2/2) / (n + z^2), and printed as a note
+    k, n, z = sum(a == b for a, b in zip(ref, est)), 40, 1.959964
+    centre, half = (k + z * z / 2) / (n + z * z), z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    assert pooled["accuracy_ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
+    assert wilson_interval(15, 30) == pytest.approx((0.3315, 0.6685), abs=1e-4)
+    assert wilson_interval(30, 30)[1] == 1.0 and wilson_interval(0, 30)[0] == 0.0
+    assert any("95% interval" in note and "40 solo clips" in note for note in pooled["notes"])
+
+
+def test_score_table_prints_a_tasks_notes(capsys):
+    from mirpipe.pipeline.cli import _score_table
+
+    scores = {"instrument": {"accuracy": 0.5, "columns": ["accuracy"], "n_tracks": 30, "seconds": 90.0,
+                             "notes": ["30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)"]}}
+    _score_table(scores, __import__("pathlib").Path("w"), json_mode=False)
+    assert "  30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)" in capsys.readouterr().out
 
 
 # -- a corpus of its own, end to end -------------------------------------------------------------

@@ -9,10 +9,12 @@ stores), fast enough to compare ideas in ~1 CPU-minute per variant. Every 50 ste
 decodes val and test clips as ``InstrumentTask.decode`` does (argmax of the mean patch
 log-probability) and prints clip accuracy and macro-F1: at the last step, at the best
 validation step, and the mean of the last five evaluations (30 clips: one clip is 0.033,
-so single figures are noisy; compare seeds).
+so single figures are noisy; compare seeds). ``--schedule cosine`` anneals the learning rate to 0
+by the last step, as ``lr_schedule: cosine`` does in training.
 
     python benchmarks/bench_instrument_transfer.py --workdir DIR [--variants base,global,eq20]
         [--steps 500] [--seeds 0,1] [--train-sources FluidR3_GM.sf2,tonejs-instruments] [--holdout freepats]
+        [--schedule constant|cosine]
 
 Variants: base (pipeline.yaml's augmentation), global (frequency pooled like time),
 eq20 (EQ augmentation of 20 dB), noaug, fmask (SpecAugment masks), mixup, hrel
@@ -81,7 +83,7 @@ class HarmonicRelative(nn.Module):
         return self.body(torch.cat([x, rel[:, [0, 2, 3, 4, 5]]], 1))
 
 
-def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int) -> dict:
+def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant") -> dict:
     from sklearn.metrics import f1_score
 
     torch.manual_seed(seed)
@@ -96,6 +98,7 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int) -> di
     if opts.get("hrel"):
         net.body = HarmonicRelative(net.body, net.body[0].out_channels)
     opt = torch.optim.Adam(net.parameters(), lr=0.003)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if schedule == "cosine" else None
 
     def batch(B=32):
         xs, ys = [], []
@@ -143,6 +146,8 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int) -> di
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         if step % 50 == 0:
             hist.append((step, *clips("val"), *clips("test")))
     best = max(hist, key=lambda h: h[1])
@@ -157,6 +162,8 @@ def main() -> None:
     ap.add_argument("--variants", default="base,global,eq20")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="learning rate: constant 0.003, or annealed from 0.003 to 0 by the last step")
     ap.add_argument("--train-sources", default=None,
                     help="comma-separated soundfonts / sample libraries whose training clips are used (default: all)")
     ap.add_argument("--holdout", default=None,
@@ -173,10 +180,10 @@ def main() -> None:
         keep = set(args.train_sources.split(","))
         meta = [m for m in meta if m[1] != "train" or sources[m[0]] in keep]
         print(f"training on {sorted(keep)}: {sum(m[1] == 'train' for m in meta)} clips")
-    print(f"{len(meta)} solo clips, {len(classes)} classes; columns: val acc/F1, test acc/F1")
+    print(f"{len(meta)} solo clips, {len(classes)} classes, lr {args.schedule}; columns: val acc/F1, test acc/F1")
     for name in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            r = run(data, meta, classes, name, VARIANTS[name], args.steps, seed)
+            r = run(data, meta, classes, name, VARIANTS[name], args.steps, seed, args.schedule)
             fmt = lambda h: f"{h[0]:.3f} {h[1]:.3f} | {h[2]:.3f} {h[3]:.3f}"  # noqa: E731
             print(f"{name:8s} seed {seed}: last {fmt(r['last'][1:])}   best-val (step {r['best'][0]}) {fmt(r['best'][1:])}   "
                   f"mean of last 5 {fmt(r['tail'])}   {r['cpu_s']:.0f} CPU-s", flush=True)

@@ -338,6 +338,9 @@ class InstrumentTask(Task):
             out.setdefault("notes", []).append(
                 f"{len(clips)} solo clips: accuracy {out['accuracy']:.3f}, 95% interval {lo:.2f}-{hi:.2f} (Wilson); "
                 f"one clip moves it by {1 / len(clips):.3f}")
+            weakest = weakest_classes(out["per_class"])
+            if weakest:
+                out["notes"].append("lowest recall: " + ", ".join(weakest))
             plot_confusion(figures / "confusion_matrix.png", out["confusion"]["classes"], np.asarray(out["confusion"]["matrix"]),
                            f"instrument: {len(clips)} test clips, accuracy {out['accuracy']:.3f} "
                            f"(95% {lo:.2f}-{hi:.2f}), macro-F1 {out['macro_f1']:.3f}")
@@ -393,6 +396,12 @@ def clip_scores(ref: Sequence[str], est: Sequence[str], classes: Sequence[str]) 
                       for i, c in enumerate(labels)},
         "confusion": {"classes": labels, "matrix": confusion_matrix(ref, est, labels=labels).tolist()},
     }
+
+
+def weakest_classes(per_class: Mapping[str, Mapping[str, float]], n: int = 3) -> list[str]:
+    """The n reference classes recalled least (under 1), as 'name right/support', worst first."""
+    rows = [(v["recall"], c, v["support"]) for c, v in per_class.items() if v["support"] and v["recall"] < 1]
+    return [f"{c} {round(r * s)}/{s}" for r, c, s in sorted(rows)[:n]]
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

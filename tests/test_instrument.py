@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 
-from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts, wilson_interval
+from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts, weakest_classes, wilson_interval
 from mirpipe.models.labels import (Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes,
                                    training_identity)
 from mirpipe.models.task import TASKS
@@ -210,6 +210,10 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
     assert wilson_interval(15, 30) == pytest.approx((0.3315, 0.6685), abs=1e-4)
     assert wilson_interval(30, 30)[1] == 1.0 and wilson_interval(0, 30)[0] == 0.0
     assert any("95% interval" in note and "40 solo clips" in note for note in pooled["notes"])
+    assert pooled["notes"][-1].startswith("lowest recall: ")
+    per_class = {"oboe": {"recall": 0.5, "support": 4}, "harp": {"recall": 1.0, "support": 3},
+                 "tuba": {"recall": 0.0, "support": 2}, "kazoo": {"recall": 0.0, "support": 0}}
+    assert weakest_classes(per_class) == ["tuba 0/2", "oboe 2/4"]  # never-sounding and perfect classes left out
 
 
 def test_score_table_prints_a_tasks_notes(capsys):

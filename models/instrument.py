@@ -335,12 +335,10 @@ class InstrumentTask(Task):
         if clips:
             out.update(clip_scores([e["ref"] for e in clips], [e["est"] for e in clips], clips[0]["classes"]))
             lo, hi = out["accuracy_ci95"]
-            out.setdefault("notes", []).append(
-                f"{len(clips)} solo clips: accuracy {out['accuracy']:.3f}, 95% interval {lo:.2f}-{hi:.2f} (Wilson); "
-                f"one clip moves it by {1 / len(clips):.3f}")
             weakest = weakest_classes(out["per_class"])
-            if weakest:
-                out["notes"].append("lowest recall: " + ", ".join(weakest))
+            out["notes"] = [f"{len(clips)} solo clips: accuracy {out['accuracy']:.3f}, 95% interval {lo:.2f}-{hi:.2f} "
+                            f"(Wilson); one clip moves it by {1 / len(clips):.3f}",
+                            *(["lowest recall: " + ", ".join(weakest)] if weakest else [])]
             plot_confusion(figures / "confusion_matrix.png", out["confusion"]["classes"], np.asarray(out["confusion"]["matrix"]),
                            f"instrument: {len(clips)} test clips, accuracy {out['accuracy']:.3f} "
                            f"(95% {lo:.2f}-{hi:.2f}), macro-F1 {out['macro_f1']:.3f}")

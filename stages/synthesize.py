@@ -250,32 +250,38 @@ class Synthesize(Stage):
 
 
 def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
-    from .synth import labels, soundfont
     from .synth.arrange import compose_clip, compose_mixture
 
     if pay["kind"] == "clip":
         perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
-        if is_library(pay["soundfont"]):
-            return _render_library_clip(track, perf, pay, p)
     else:
         perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
+    play = _play_library if is_library(pay["soundfont"]) else _play_soundfont  # libraries: solo clips only (sources_of)
+    y, jam = play(track, perf, pay, p)
+    return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
+
+
+def _play_soundfont(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
+    """A performance played by FluidSynth with a GM soundfont, annotated from its lead part alone."""
+    from .synth import labels, soundfont
+
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
     others = tuple(sorted({e.channel for e in perf.events} - {perf.melody_channel}))
     lead = soundfont.render(perf, pay["soundfont"], p.sr, mute=others)[0] if others else y  # the lead alone: its release
     jam = labels.annotate(perf, track, {"soundfont": info.soundfont, "missing_presets": info.missing_presets,
                                         "fluidsynth": soundfont.library_version()}, lead_audio=lead, sr=p.sr,
                           sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr))
-    return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
+    return y, jam
 
 
-def _render_library_clip(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
+def _play_library(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
     """A solo clip played by a sample library's recordings (synth/samples.py)."""
     from .synth import labels, samples
 
     y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, SOLO_FAMILIES.index(pay["family"]), pay["index"]))
     jam = labels.annotate(perf, track, {"sample_library": info.library, "instrument": info.instrument,
                                         "recordings": info.recordings}, lead_audio=y, sr=p.sr, sounding=info.sounding)
-    return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
+    return y, jam
 
 
 def _render_numpy(track: str, pay: Mapping[str, Any], p: SynthesizeParams):

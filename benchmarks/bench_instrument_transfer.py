@@ -18,7 +18,8 @@ by the last step, as ``lr_schedule: cosine`` does in training.
 
 Variants: base (pipeline.yaml's augmentation), global (frequency pooled like time),
 eq20 (EQ augmentation of 20 dB), noaug, fmask (SpecAugment masks), mixup, hrel
-(harmonic channels relative to h=1 added), small (8/16/32 filters, dropout 0.5).
+(harmonic channels relative to h=1 added), small (8/16/32 filters, dropout 0.5), fmix / fmix8
+(frequency-wise MixStyle on the input patches, p 0.4 / 0.8, alpha 0.3).
 """
 
 from __future__ import annotations
@@ -43,7 +44,21 @@ VARIANTS = {
     "base": {}, "global": {"pooling": "global"}, "eq20": {"eq": 20.0}, "noaug": {"eq": 0.0, "contrast": 0.0, "stretch": 0.0},
     "fmask": {"fmask": 12, "tmask": 10}, "mixup": {"mixup": 0.4}, "hrel": {"hrel": True},
     "small": {"channels": [8, 16, 32], "dropout": 0.5},
+    "fmix": {"fmix": (0.4, 0.3)}, "fmix8": {"fmix": (0.8, 0.3)},
 }
+
+
+def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, rng: np.random.Generator) -> torch.Tensor:
+    """Frequency-wise MixStyle (Schmid et al., DCASE 2022): with probability ``p`` per batch, each
+    patch's per-bin mean and std (over channels and time) are mixed with another patch's, so the
+    net sees the spectral colouring of one source on the notes of another."""
+    if rng.random() >= p:
+        return x
+    mu = x.mean(dim=(1, 2), keepdim=True)
+    sig = (x.var(dim=(1, 2), keepdim=True) + 1e-6).sqrt()
+    lam = torch.from_numpy(rng.beta(alpha, alpha, (len(x), 1, 1, 1)).astype(np.float32))
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    return (x - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
 
 
 def load(workdir: Path, store_kind: str) -> tuple[dict, list, list[str]]:
@@ -117,6 +132,8 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, sched
                 w = int(rng.integers(0, width + 1))
                 a = int(rng.integers(0, x.shape[axis] - w + 1))
                 x[i].narrow(axis - 1, a, w).fill_(float(x[i].mean()))
+        if opts.get("fmix"):
+            x = freq_mixstyle(x, *opts["fmix"], rng)
         return x, torch.tensor(ys)
 
     def clips(split):

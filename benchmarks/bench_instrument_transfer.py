@@ -14,7 +14,7 @@ by the last step, as ``lr_schedule: cosine`` does in training.
 
     python benchmarks/bench_instrument_transfer.py --workdir DIR [--variants base,global,eq20]
         [--steps 500] [--seeds 0,1] [--train-sources FluidR3_GM.sf2,tonejs-instruments] [--holdout freepats]
-        [--schedule constant|cosine]
+        [--schedule constant|cosine] [--patch 44]
 
 Variants: base (pipeline.yaml's augmentation), global (frequency pooled like time),
 eq20 (EQ augmentation of 20 dB), noaug, fmask (SpecAugment masks), mixup, hrel
@@ -98,7 +98,8 @@ class HarmonicRelative(nn.Module):
         return self.body(torch.cat([x, rel[:, [0, 2, 3, 4, 5]]], 1))
 
 
-def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant") -> dict:
+def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant",
+        P: int = P) -> dict:
     from sklearn.metrics import f1_score
 
     torch.manual_seed(seed)
@@ -181,6 +182,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
                     help="learning rate: constant 0.003, or annealed from 0.003 to 0 by the last step")
+    ap.add_argument("--patch", type=int, default=P,
+                    help=f"patch length in pooled frames (~43/s; default {P}, the ~1 s patches training cuts)")
     ap.add_argument("--train-sources", default=None,
                     help="comma-separated soundfonts / sample libraries whose training clips are used (default: all)")
     ap.add_argument("--holdout", default=None,
@@ -200,7 +203,7 @@ def main() -> None:
     print(f"{len(meta)} solo clips, {len(classes)} classes, lr {args.schedule}; columns: val acc/F1, test acc/F1")
     for name in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            r = run(data, meta, classes, name, VARIANTS[name], args.steps, seed, args.schedule)
+            r = run(data, meta, classes, name, VARIANTS[name], args.steps, seed, args.schedule, args.patch)
             fmt = lambda h: f"{h[0]:.3f} {h[1]:.3f} | {h[2]:.3f} {h[3]:.3f}"  # noqa: E731
             print(f"{name:8s} seed {seed}: last {fmt(r['last'][1:])}   best-val (step {r['best'][0]}) {fmt(r['best'][1:])}   "
                   f"mean of last 5 {fmt(r['tail'])}   {r['cpu_s']:.0f} CPU-s", flush=True)

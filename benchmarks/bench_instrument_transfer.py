@@ -99,7 +99,7 @@ class HarmonicRelative(nn.Module):
 
 
 def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant",
-        P: int = P) -> dict:
+        patch: int = P) -> dict:
     from sklearn.metrics import f1_score
 
     torch.manual_seed(seed)
@@ -121,10 +121,10 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, sched
         for _ in range(B):
             t, y = train[rng.integers(len(train))]
             x = data[(t, int(rng.choice(list(SHIFTS))))]
-            s = int(rng.integers(0, max(1, x.shape[1] - P + 1)))
-            p = x[:, s : s + P]
-            if p.shape[1] < P:
-                p = np.concatenate([p, np.full((6, P - p.shape[1], bins), x.min(), np.float32)], 1)
+            s = int(rng.integers(0, max(1, x.shape[1] - patch + 1)))
+            p = x[:, s : s + patch]
+            if p.shape[1] < patch:
+                p = np.concatenate([p, np.full((6, patch - p.shape[1], bins), x.min(), np.float32)], 1)
             xs.append(p)
             ys.append(y)
         x = torch.from_numpy(np.stack(xs))
@@ -143,10 +143,10 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, sched
         with torch.no_grad():
             for x, _ in sets[split]:
                 T = x.shape[1]
-                starts = list(range(0, max(1, T - P + 1), P // 2))
-                if T > P and starts[-1] != T - P:
-                    starts.append(T - P)
-                xb = torch.from_numpy(np.stack([x[:, s : s + P] for s in starts]))
+                starts = list(range(0, max(1, T - patch + 1), patch // 2))
+                if T > patch and starts[-1] != T - patch:
+                    starts.append(T - patch)
+                xb = torch.from_numpy(np.stack([x[:, s : s + patch] for s in starts]))
                 pred.append(int(torch.log_softmax(net(xb)["clip"], -1).mean(0).argmax()))
         net.train()
         ys = [y for _, y in sets[split]]

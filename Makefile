@@ -9,14 +9,14 @@ STAMP  := $(VENV)/.mirpipe-installed
 
 .PHONY: install demo test clean-demo bench bench-cluster slurm-start slurm-stop
 
-$(STAMP): pyproject.toml Makefile scripts/system-deps.sh scripts/fetch_samples.py
+$(STAMP): pyproject.toml Makefile scripts/system-deps.sh demo/fetch_samples.py
 	bash scripts/system-deps.sh
 	@# the demo's sample library (npm registry, pinned + sha512-checked); without it the demo says so and goes on
-	$(PYTHON) scripts/fetch_samples.py || echo "mirpipe: going on without the sample library" >&2
+	$(PYTHON) demo/fetch_samples.py || echo "mirpipe: going on without the sample library" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[hpc,dev,datasets]"
+	$(BIN)/python -m pip install -q -e ".[hpc,dev,datasets,demo]"
 	@# muda depends on the obsolete 'pysoundfile', whose soundfile.py overwrites the
 	@# real soundfile module (it then cannot find libsndfile): put soundfile's back.
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps "soundfile>=0.13"

@@ -27,9 +27,9 @@ def render_folder(folder: Path, renderer: str, tracks: int, seed: int, sr: int =
     """Mixtures with chords, rendered by the numpy timbres or one soundfont (seed offset: not demo tracks)."""
     import soundfile as sf
 
-    from mirpipe.stages.synth import labels, soundfont
-    from mirpipe.stages.synth.arrange import compose_mixture
-    from mirpipe.stages.synth.track import annotate, compose, render
+    from mirpipe.demo import labels, soundfont
+    from mirpipe.demo.arrange import compose_mixture
+    from mirpipe.demo.track import annotate, compose, render
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(tracks):
@@ -62,8 +62,8 @@ def main() -> None:
 
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline import workdir as wd
-    from mirpipe.stages.audio_io import AUDIO_EXTENSIONS
-    from mirpipe.stages.base import StageContext
+    from mirpipe.audio.io import AUDIO_EXTENSIONS
+    from mirpipe.stage import StageContext
     from mirpipe.stages.evaluate import load_model
     from mirpipe.stages.features import compute_entry
     from mirpipe.storage.feature_kinds import FEATURE_KINDS

@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore")
 from mirpipe.pipeline.cluster import SyncExecutor  # noqa: E402
 from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
 from mirpipe.pipeline.runner import Runner  # noqa: E402
-from mirpipe.stages.audio_io import load_mono  # noqa: E402
+from mirpipe.audio.io import load_mono  # noqa: E402
 from mirpipe.stages.ingest import read_manifest  # noqa: E402
 from mirpipe.storage import open_store  # noqa: E402
 from mirpipe.storage.feature_kinds import FEATURE_KINDS  # noqa: E402

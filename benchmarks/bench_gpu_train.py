@@ -51,7 +51,7 @@ TASK = "pitch"
 def pack(workdir: Path, out: Path, max_mb: float) -> None:
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline.workdir import resolve
-    from mirpipe.stages.base import StageContext
+    from mirpipe.stage import StageContext
     from mirpipe.stages.train import split_keys
     from mirpipe.storage import open_store
 

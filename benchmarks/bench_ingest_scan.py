@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages import STAGES, StageContext
-from mirpipe.stages.corpus_scan import scan_corpus
+from mirpipe.corpus import scan_corpus
 
 
 def build(root: Path, n: int) -> None:

@@ -26,7 +26,7 @@ def main() -> None:
     import torch
 
     from mirpipe.pipeline.predict import list_inputs, resolve_model
-    from mirpipe.stages.predict import predict_file
+    from mirpipe.pipeline.inference import predict_file
 
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="bench-predict-"))

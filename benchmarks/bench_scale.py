@@ -44,7 +44,7 @@ from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
 from mirpipe.pipeline.ledger import Ledger  # noqa: E402
 from mirpipe.pipeline.runner import Runner  # noqa: E402
 from mirpipe.stages import STAGES  # noqa: E402
-from mirpipe.stages.annotations import Preparation  # noqa: E402
+from mirpipe.annotations.prepare import Preparation  # noqa: E402
 from mirpipe.stages.evaluate import EvaluateRecord  # noqa: E402
 from mirpipe.stages.features import FeaturesRecord, store_root  # noqa: E402
 from mirpipe.stages.ingest import TrackRecord  # noqa: E402

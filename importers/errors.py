@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mirpipe.stages.errors import InputError
+from mirpipe.errors import InputError
 
 
 class MissingFileError(InputError):

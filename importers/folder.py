@@ -18,9 +18,9 @@ from pathlib import Path
 
 import jams
 
-from mirpipe.stages import errors as stage_errors
-from mirpipe.stages.audio_io import AUDIO_EXTENSIONS
-from mirpipe.stages.corpus_scan import track_id
+from mirpipe import errors as stage_errors
+from mirpipe.audio.io import AUDIO_EXTENSIONS
+from mirpipe.corpus import track_id
 
 from . import IMPORTERS
 from .base import AnnotationFile, Importer, Listing, TrackSource

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mirpipe.stages.audio_io import AUDIO_EXTENSIONS
+from mirpipe.audio.io import AUDIO_EXTENSIONS
 
 from . import IMPORTERS
 from .base import AnnotationFile, Importer, Listing, TrackSource

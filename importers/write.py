@@ -25,8 +25,8 @@ from typing import Callable
 import jams
 
 from mirpipe.records import Record
-from mirpipe.stages import errors as stage_errors
-from mirpipe.stages.audio_io import AUDIO_EXTENSIONS
+from mirpipe import errors as stage_errors
+from mirpipe.audio.io import AUDIO_EXTENSIONS
 from mirpipe.storage.atomic import temp_path, write_bytes
 
 from .base import Listing, TrackSource

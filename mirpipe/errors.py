@@ -1,4 +1,6 @@
-"""Errors every layer may raise (this module imports nothing heavy)."""
+"""Errors every layer may raise (this module imports nothing heavy).
+
+An ``InputError`` is the input's fault: it is recorded per item, never retried."""
 
 from __future__ import annotations
 
@@ -12,3 +14,99 @@ class WorkdirFileError(RuntimeError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+class InputError(Exception):
+    """A bad input file; ``path`` names it and ``reason`` says what is wrong."""
+
+    kind = "input"
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (type(self), (self.path, self.reason))
+
+
+class AudioDecodeError(InputError):
+    """The audio cannot be opened or decoded."""
+
+
+class UnreadableFileError(InputError):
+    """The file exists but cannot be read (permissions, I/O error)."""
+
+
+class EmptyAudioError(InputError):
+    """The audio holds no samples."""
+
+
+class NonFiniteAudioError(InputError):
+    """The audio contains NaN or infinite samples."""
+
+
+class LengthMismatchError(InputError):
+    """The decoded length disagrees with the header (truncated file)."""
+
+
+class AnnotationSchemaError(InputError):
+    """The JAMS does not load or does not validate against its schema."""
+
+
+class UnknownNamespaceError(AnnotationSchemaError):
+    """The JAMS uses an annotation namespace the jams schema does not know."""
+
+
+class TimeLimitError(InputError):
+    """Processing the file took longer than the per-item time limit (a hung read, a pathological file)."""
+
+
+class AnnotationRangeError(InputError):
+    """An annotation runs past the end of the audio."""
+
+
+class MissingAnnotationError(InputError):
+    """Audio without a JAMS beside it."""
+
+
+class MissingAudioError(InputError):
+    """A JAMS without audio beside it."""
+
+
+class DuplicateTrackError(InputError):
+    """Two inputs map to the same track id."""
+
+
+class UnsupportedFormatError(InputError):
+    """A container no decoder here understands."""
+
+
+class SilentAudioError(InputError):
+    """The audio is silent or nearly so (below ``ingest.silence_db``): nothing to learn from."""
+
+
+class DurationMismatchError(InputError):
+    """The JAMS ``file_metadata.duration`` disagrees with the decoded audio beyond the tolerance
+    (the annotation likely belongs to another version of the recording)."""
+
+
+class AnnotationOverlapError(InputError):
+    """Observations of a namespace that forbids overlaps (chords, keys, segments) overlap by more
+    than the timing tolerance."""
+
+
+class AnnotationChoiceError(InputError):
+    """Several annotations of a task's namespace, and the configured rule picks none of them."""
+
+
+class SplitError(InputError):
+    """The JAMS declares a split (``sandbox.split``) that is not train, val or test."""
+
+
+class ScoringError(InputError):
+    """The reference cannot be scored (mir_eval rejects it): deterministic, so never retried."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors worth no retry: the same input fails the same way."""
+    return isinstance(exc, InputError)

@@ -16,9 +16,10 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mirpipe.annotations.namespaces import PITCH_NAMES, transpose_label
+
 from .task import TASKS, Scores, Task, annotations
 
-PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 QUALITIES = (
     "maj", "min", "dim", "aug", "min6", "maj6", "min7",
@@ -101,21 +102,6 @@ def encode_label(label: str) -> tuple[int, np.ndarray, int, int]:
     match = np.flatnonzero((_quality_bitmaps() == quality_bitmap).all(axis=1))
     tag = int(root * len(QUALITIES) + match[0]) if match.size else TAG_X
     return int(root), pitches, int(bass_abs), tag
-
-
-def transpose_label(label: str, n_semitones: int) -> str:
-    """Transpose a Harte chord (or key) label; degrees are relative, so only the root moves.
-
-    Output roots are ASCII sharps (``D#``), which JAMS and mir_eval both accept.
-    """
-    if label in ("N", "X") or not label:
-        return label
-    root_end = 1
-    while root_end < len(label) and label[root_end] in "b#":
-        root_end += 1
-    root = label[:root_end]
-    pc = _mir_eval_chord().pitch_class_to_semitone(root)
-    return PITCH_NAMES[(pc + int(n_semitones)) % 12] + label[root_end:]
 
 
 def transpose_targets(targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:

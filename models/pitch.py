@@ -190,7 +190,7 @@ class PitchTask(Task):
         tolerance can see)."""
         import librosa
 
-        from mirpipe.stages.audio_io import load_mono
+        from mirpipe.audio.io import load_mono
 
         sr, hop = 22050, 256
         y, _ = load_mono(audio_path, sr, channel=prep.channel)

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from mirpipe.annotations.namespaces import matches
 from mirpipe.registry import Registry
 
 TASKS: Registry["Task"] = Registry(
@@ -73,7 +74,7 @@ def annotations(jam, namespace: str) -> list:
         if ann.namespace == namespace:
             out.append(ann)
             continue
-        source = next((src for src in converters if _matches(ann.namespace, src)), None)
+        source = next((src for src in converters if matches(ann.namespace, src)), None)
         if source is not None:
             out.append(converters[source](deepcopy(ann)))
     return out
@@ -86,22 +87,9 @@ def offered_namespaces(namespaces: Sequence[str]) -> list[str]:
     offered = set(namespaces)
     for target, sources in jams.nsconvert.__CONVERSION__.items():
         for source in sources:
-            if any(_matches(ns, source) for ns in namespaces):
+            if any(matches(ns, source) for ns in namespaces):
                 offered.add(target)
     return sorted(offered)
-
-
-def converts_to(namespace: str, target: str) -> bool:
-    """Is an annotation in ``namespace`` one of ``target`` (itself or convertible with jams.nsconvert)?"""
-    import jams
-
-    return namespace == target or any(_matches(namespace, src) for src in jams.nsconvert.__CONVERSION__.get(target, {}))
-
-
-def _matches(namespace: str, pattern: str) -> bool:
-    import re
-
-    return re.fullmatch(pattern, namespace) is not None
 
 
 def per_task_params(value, kind: str, attr: str) -> dict[str, BaseModel]:

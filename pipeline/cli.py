@@ -191,12 +191,15 @@ def main() -> None:
 @_guard
 def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | None, cluster: Path | None, json_mode: bool) -> None:
     """Synthesize the demo corpus, then run every stage on it: features, training, evaluation (prints the scores)."""
-    from mirpipe.stages.synthesize import SynthesizeParams
+    from mirpipe.stages import STAGES
 
     from . import workdir as wd
 
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
-    synth = pipeline.synthesize or SynthesizeParams()
+    if "synthesize" not in STAGES:
+        raise click.ClickException("the demo synthesizer (mirpipe.demo) is not registered: reinstall mirpipe")
+    SynthesizeParams = STAGES.get("synthesize").params
+    synth = getattr(pipeline, "synthesize", None) or SynthesizeParams()
     updates = {k: v for k, v in {"tracks": tracks, "seed": seed}.items() if v is not None}
     synth = SynthesizeParams.model_validate({**synth.model_dump(), **updates})
     pipeline = pipeline.model_copy(update={"synthesize": synth})

@@ -9,7 +9,7 @@ from typing import Any
 
 from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
-from mirpipe.stages.errors import TimeLimitError, is_permanent
+from mirpipe.errors import TimeLimitError, is_permanent
 
 from .allocator import reuse_freed_memory
 from .ledger import Ledger

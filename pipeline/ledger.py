@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from mirpipe import columns
-from mirpipe.stages.errors import InputError
+from mirpipe.errors import InputError
 from mirpipe.storage.atomic import write_bytes
 
 LEDGER_DIR = "ledger"

@@ -34,8 +34,8 @@ class PredictReport:
 
 
 def bundle_of_workdir(workdir: Path, tasks: Sequence[str] | None = None) -> ModelBundle:
-    from mirpipe.stages.base import StageContext
-    from mirpipe.stages.predict import bundle_from_workdir
+    from mirpipe.stage import StageContext
+    from mirpipe.pipeline.inference import bundle_from_workdir
 
     from . import workdir as wd
     from .config import ConfigError
@@ -63,7 +63,7 @@ def resolve_model(model: Path, out: Path, tasks: Sequence[str] | None, warn: Cal
 def list_inputs(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     """(audio file, output path relative to --out): a folder's audio files (recursively, by
     extension) keep their subfolders; a file named on the command line is taken whatever it is."""
-    from mirpipe.stages.audio_io import AUDIO_EXTENSIONS
+    from mirpipe.audio.io import AUDIO_EXTENSIONS
 
     out = []
     for p in paths:
@@ -93,7 +93,7 @@ def read_ledger(out: Path) -> dict[str, str]:
 
 
 def _failure(audio: Path, rel: Path, exc: BaseException) -> dict[str, Any]:
-    from mirpipe.stages.errors import InputError
+    from mirpipe.errors import InputError
 
     return {"input": str(audio), "output": None, "status": "failed", "error_class": type(exc).__name__,
             "file": getattr(exc, "path", str(audio)) if isinstance(exc, InputError) else str(audio),
@@ -104,7 +104,7 @@ def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, 
                 executor, device: str = "auto", force: bool = False,
                 progress: Callable[[dict[str, Any]], None] | None = None) -> PredictReport:
     """Predict each input not yet done for this model; failures are recorded, the rest go on."""
-    from mirpipe.stages.predict import input_key, predict_file
+    from mirpipe.pipeline.inference import input_key, predict_file
 
     (out / ADMIN).mkdir(parents=True, exist_ok=True)
     listing = list_inputs(inputs)
@@ -114,7 +114,7 @@ def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, 
     seen: dict[Path, Path] = {}
     for i, (audio, rel) in enumerate(listing):
         if rel in seen:
-            from mirpipe.stages.errors import DuplicateTrackError
+            from mirpipe.errors import DuplicateTrackError
 
             results[i] = _failure(audio, rel, DuplicateTrackError(audio, f"writes {rel}, as {seen[rel]} does: "
                                                                          "rename one or predict them separately"))
@@ -123,7 +123,7 @@ def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, 
         try:
             key = input_key(bundle.identity, tasks, audio)
         except OSError as exc:
-            from mirpipe.stages.errors import MissingAudioError, UnreadableFileError
+            from mirpipe.errors import MissingAudioError, UnreadableFileError
 
             cls = MissingAudioError if isinstance(exc, FileNotFoundError) else UnreadableFileError
             results[i] = _failure(audio, rel, cls(audio, exc.strerror or str(exc)))

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import STAGES, Done, Stage, StageContext, WorkItem, run_order
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, run_order
 
 __all__ = ["STAGES", "Stage", "StageContext", "WorkItem", "Done", "run_order"]

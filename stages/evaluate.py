@@ -23,9 +23,9 @@ from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
 from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 
-from . import errors
-from .annotations import Preparation, prepared_jams
-from .base import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe import errors
+from mirpipe.annotations.prepare import Preparation, prepared_jams
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
 from .train import TrainParams, build_model, train_dir, trainable_tasks
@@ -213,7 +213,7 @@ class Evaluate(Stage):
         """Scores of the track transposed by each shift: the features at that shift (a bin offset in
         feature mode, the stored variant in audio mode) against the reference transposed the same way
         (the JAMS deformer of audio-mode augmentation, so every namespace moves as training's did)."""
-        from .deform import deform
+        from mirpipe.audio.deform import deform
 
         kind = FEATURE_KINDS.get(task.feature)
         out = {}

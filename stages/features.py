@@ -26,12 +26,12 @@ from mirpipe.storage import STORE_BACKENDS, open_store
 from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
-from .annotations import Preparation, prepared_jams
-from .audio_io import load_mono
-from .augment import AugmentParams
-from .base import STAGES, Done, Stage, StageContext, WorkItem, record_rows
+from mirpipe.annotations.prepare import Preparation, prepared_jams
+from mirpipe.audio.io import load_mono
+from mirpipe.shifts import AugmentParams
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from .ingest import MANIFEST, read_manifest
-from .pitch_shift import pitch_shift
+from mirpipe.audio.pitch_shift import pitch_shift
 
 
 class FeaturesParams(BaseModel):
@@ -119,7 +119,7 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
     import jams
     import librosa
 
-    from .deform import deform
+    from mirpipe.audio.deform import deform
 
     t0 = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)

@@ -29,11 +29,11 @@ from mirpipe.models.task import TASKS, offered_namespaces
 from mirpipe.records import Record, RecordError, RecordTable, record_fields
 from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_changed
 
-from . import errors
-from .annotations import ChoiceRule, Preparation, apply, choose
-from .audio_io import header_frames, load_channels, riff_declared_frames
-from .base import STAGES, Done, Stage, StageContext, WorkItem, record_rows
-from .corpus_scan import ScanSummary, scan_corpus
+from mirpipe import errors
+from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
+from mirpipe.audio.io import header_frames, load_channels, riff_declared_frames
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
+from mirpipe.corpus import ScanSummary, scan_corpus
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")

@@ -23,8 +23,8 @@ from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
 
-from .augment import AugmentParams
-from .base import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.shifts import AugmentParams
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
 from .features import FeaturesParams, store_root
 from .ingest import read_manifest
 

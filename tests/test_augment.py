@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import shutil
 
-from mirpipe.stages.deform import deform
-from mirpipe.stages.pitch_shift import PITCH_SHIFTERS, pitch_shift
-from mirpipe.stages.synth.track import annotate, compose
+from mirpipe.audio.deform import deform
+from mirpipe.audio.pitch_shift import PITCH_SHIFTERS, pitch_shift
+from mirpipe.demo.track import annotate, compose
 
 SHIFTS = list(range(-6, 7))
 

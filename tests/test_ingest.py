@@ -15,7 +15,7 @@ from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.runner import Runner
 from mirpipe.stages.ingest import assign_splits
-from mirpipe.stages.synth.track import annotate, compose, render
+from mirpipe.demo.track import annotate, compose, render
 
 
 def _good(corpus, name, index=0):

@@ -19,8 +19,8 @@ from mirpipe.models.task import TASKS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
-from mirpipe.stages.corpus_scan import scan_corpus, track_id
-from mirpipe.stages.synth.track import annotate, compose, render
+from mirpipe.corpus import scan_corpus, track_id
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
 
 SR = 22050
@@ -158,7 +158,7 @@ def test_messy_corpus_every_track_processed_right_or_classified(corpus, tmp_path
     # boundaries off by floating-point noise are snapped (recorded); labels intact; mir_eval accepts them
     row = manifest["noisy_boundaries"]
     assert [n["code"] for n in row["notices"]] == ["snapped"]
-    from mirpipe.stages.annotations import Preparation, prepared_jams
+    from mirpipe.annotations.prepare import Preparation, prepared_jams
     ref = prepared_jams(row["jams"], Preparation.from_json(row["prep"]))
     intervals, labels = ref.annotations.search(namespace="chord")[0].to_interval_values()
     assert np.all(intervals[:-1, 1] <= intervals[1:, 0])

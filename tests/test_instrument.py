@@ -272,7 +272,7 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
     from mirpipe.pipeline.config import parse_pipeline
     from mirpipe.pipeline.runner import Runner
     from mirpipe.stages.ingest import Ingest, read_manifest
-    from mirpipe.stages.base import StageContext
+    from mirpipe.stage import StageContext
 
     cfg = parse_pipeline({
         "ingest": {"corpus": str(own_corpus), "vocabularies": {"instrument": {"aliases": {"etherphone": "Theremin"}}}},

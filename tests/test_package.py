@@ -54,7 +54,7 @@ def test_the_wheel_installs_only_mirpipe_at_top_level(tmp_path, repo_root):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"mirpipe"}, top
-    for sub in ("pipeline/cli.py", "stages/train.py", "storage/zarr_store.py", "models/chord.py", "stages/synth/track.py",
+    for sub in ("pipeline/cli.py", "stages/train.py", "storage/zarr_store.py", "models/chord.py", "demo/track.py",
                 "importers/write.py", "pipeline/joblib_backend.py"):
         assert f"mirpipe/{sub}" in names
 

@@ -25,7 +25,7 @@ from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
-from mirpipe.stages.predict import features_of
+from mirpipe.pipeline.inference import features_of
 from mirpipe.storage import open_store
 
 SHIFTS = [-1, 0, 2]

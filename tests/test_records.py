@@ -11,7 +11,7 @@ from mirpipe.errors import WorkdirFileError
 from mirpipe.records import RecordError
 from mirpipe.stages import StageContext
 from mirpipe.stages.features import FeaturesRecord
-from mirpipe.stages.annotations import Choice, Preparation
+from mirpipe.annotations.prepare import Choice, Preparation
 from mirpipe.stages.ingest import MANIFEST, ManifestRow, Notice, read_manifest
 from mirpipe.storage import ArraySpec, IndexRow, open_store
 

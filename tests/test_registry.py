@@ -116,7 +116,7 @@ def test_a_task_defined_in_a_test_module_trains_and_is_scored_through_the_pipeli
 
 def test_generic_code_names_no_task():
     root = Path(__file__).resolve().parent.parent
-    files = [root / "stages" / "train.py", root / "stages" / "evaluate.py", root / "stages" / "predict.py",
+    files = [root / "stages" / "train.py", root / "stages" / "evaluate.py",
              root / "models" / "bundle.py", *sorted((root / "pipeline").glob("*.py"))]
     pattern = re.compile(r"\b(chord|pitch|instrument|melody)\b", re.IGNORECASE)
     found = [f"{f.name}:{i}: {line.strip()}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
@@ -142,7 +142,7 @@ def test_config_names_are_checked_against_the_registries():
 def test_run_order_comes_from_needs_and_a_registered_stage_joins_it(tmp_path):
     from pydantic import BaseModel
 
-    from mirpipe.stages.base import Stage
+    from mirpipe.stage import Stage
 
     assert run_order() == ["synthesize", "ingest", "features", "train", "evaluate"]
 

@@ -16,11 +16,11 @@ from mirpipe.models.chord import encode_label
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import PipelineConfig, parse_cluster
 from mirpipe.pipeline.runner import Runner
-from mirpipe.stages.synth import soundfont
-from mirpipe.stages.synth.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
-from mirpipe.stages.synth.families import FAMILIES, SOLO_FAMILIES
-from mirpipe.stages.synth.labels import annotate, contour
-from mirpipe.stages.synthesize import Synthesize, SynthesizeParams, StageContext
+from mirpipe.demo import soundfont
+from mirpipe.demo.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
+from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES
+from mirpipe.demo.labels import annotate, contour
+from mirpipe.demo.stage import Synthesize, SynthesizeParams, StageContext
 
 SR = 22050
 TRAIN_SF, OTHER_TRAIN_SF, TEST_SF = "FluidR3_GM.sf2", "MuseScore_General_Lite.sf3", "TimGM6mb.sf2"
@@ -75,7 +75,7 @@ def _soundfont_file(path, sample_names):
 
 
 def test_a_test_soundfont_built_from_a_training_soundfonts_samples_is_refused(tmp_path):
-    from mirpipe.stages.synthesize import _check_test_soundfonts_unseen
+    from mirpipe.demo.stage import _check_test_soundfonts_unseen
 
     train = _soundfont_file(tmp_path / "train.sf2", [f"Violin {n}(L)" for n in "ABCDEFG"] + ["Cello C2", "Flute C5"])
     derived = _soundfont_file(tmp_path / "derived.sf3", [f"Violin {n}" for n in "ABCD"] + ["Oboe C5", "Tuba C2"])

@@ -1,4 +1,4 @@
-"""The sample-library renderer (stages/synth/samples.py), its place in synthesize, and the installer."""
+"""The sample-library renderer (demo/samples.py), its place in synthesize, and the installer."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mirpipe.stages import synthesize as synth_stage
-from mirpipe.stages.synth import samples, soundfont
-from mirpipe.stages.synth.arrange import compose_clip
-from mirpipe.stages.synth.families import FAMILIES, SOLO_FAMILIES
-from mirpipe.stages.synth.labels import contour
-from mirpipe.stages.synthesize import CORPUS_DIR, StageContext, Synthesize, SynthesizeParams
+from mirpipe.demo import stage as synth_stage
+from mirpipe.demo import samples, soundfont
+from mirpipe.demo.arrange import compose_clip
+from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES
+from mirpipe.demo.labels import contour
+from mirpipe.demo.stage import CORPUS_DIR, StageContext, Synthesize, SynthesizeParams
 
 SR = 22050
 LIB = "tonejs-instruments"
@@ -222,7 +222,7 @@ def _write_patch(path: Path, tones: list[tuple[float, float]], rate: int = 32000
 
 
 def test_gus_patch_samples_are_read_looped_and_tuned(tmp_path):
-    from mirpipe.stages.synth.gus_patch import PatchError, read_patch
+    from mirpipe.demo.gus_patch import PatchError, read_patch
 
     pat = tmp_path / "040_Violin.pat"
     a4, c5 = 440.0, 440.0 * 2 ** (3 / 12)
@@ -248,7 +248,7 @@ def test_gus_patch_samples_are_read_looped_and_tuned(tmp_path):
 
 
 def _installer():
-    spec = importlib.util.spec_from_file_location("fetch_samples", Path(__file__).parents[1] / "scripts" / "fetch_samples.py")
+    spec = importlib.util.spec_from_file_location("fetch_samples", Path(__file__).parents[1] / "demo" / "fetch_samples.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -10,9 +10,9 @@ import soundfile as sf
 
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline.config import PipelineConfig
-from mirpipe.stages.deform import deform
+from mirpipe.audio.deform import deform
 from mirpipe.stages.features import compute_entry
-from mirpipe.stages.synth.track import annotate, compose, render
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, StreamSpec, read_slab
 

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages.features import compute_entry
-from mirpipe.stages.synth.track import annotate, compose, render
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
 
 

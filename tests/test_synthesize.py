@@ -7,8 +7,8 @@ import pytest
 import scipy.signal
 
 from mirpipe.models.chord import QUALITIES, encode_label
-from mirpipe.stages.synth.track import annotate, compose, contour, render
-from mirpipe.stages.synth.timbres import INSTRUMENTS, TIMBRES
+from mirpipe.demo.track import annotate, compose, contour, render
+from mirpipe.demo.timbres import INSTRUMENTS, TIMBRES
 
 SR = 22050
 

@@ -3,7 +3,7 @@
 The demo's other sources of instrument timbres, beside the GM soundfonts. Its two training
 soundfonts share most of their recordings (MuseScore General is built on FluidR3's samples),
 so without them the instrument model hears one recording set per family; a library adds other
-recordings of every family: ``tonejs-instruments`` (MIT, MP3s; ``scripts/fetch_samples.py``)
+recordings of every family: ``tonejs-instruments`` (MIT, MP3s; ``demo/fetch_samples.py``)
 and ``freepats`` (GUS patches; Debian).
 
 Layouts: ``<library>/<instrument>/<note><octave>[ v<k>].<ext>`` (``As3.mp3`` is A#3,
@@ -52,7 +52,7 @@ INSTRUMENTS: dict[str, dict[str, tuple[str, ...]]] = {  # library -> family -> i
         }.items()
     },
 }
-INSTALL_HINTS = {"tonejs-instruments": "python3 scripts/fetch_samples.py installs it",
+INSTALL_HINTS = {"tonejs-instruments": "python3 demo/fetch_samples.py installs it",
                  "freepats": "Debian/Ubuntu: apt-get install freepats"}
 AUDIO_SUFFIXES = (".mp3", ".ogg", ".flac", ".wav", ".pat")
 UNROLL_S = 6.0  # a looped patch sample is played out to this length (longer than any demo note)
@@ -74,7 +74,7 @@ def is_library(source: str) -> bool:
 
 
 def search_dirs() -> list[Path]:
-    """``$MIRPIPE_SAMPLES_PATH``, then where ``scripts/fetch_samples.py`` installs
+    """``$MIRPIPE_SAMPLES_PATH``, then where ``demo/fetch_samples.py`` installs
     (``$MIRPIPE_SAMPLES_DIR``, else ``${XDG_DATA_HOME:-~/.local/share}/mirpipe/samples``), then ``SEARCH_PATH``."""
     extra = [p for p in os.environ.get("MIRPIPE_SAMPLES_PATH", "").split(os.pathsep) if p]
     data = os.environ.get("XDG_DATA_HOME") or "~/.local/share"

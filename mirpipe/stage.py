@@ -172,8 +172,7 @@ class Stage(ABC):
 STAGES: Registry[Stage] = Registry(
     "stage",
     builtin=(
-        "mirpipe.stages.synthesize", "mirpipe.stages.ingest",
-        "mirpipe.stages.features", "mirpipe.stages.train", "mirpipe.stages.evaluate",
+        "mirpipe.stages.ingest", "mirpipe.stages.features", "mirpipe.stages.train", "mirpipe.stages.evaluate",
     ),
     entry_points="mirpipe.stages",
     instantiate=True,

@@ -15,10 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from mirpipe.models.task import converts_to
+from mirpipe.annotations.namespaces import converts_to
 from mirpipe.records import Record
 
-from . import errors
+from mirpipe import errors
 
 # Namespaces whose observations partition time (mir_eval rejects overlapping chord intervals).
 PARTITION_NAMESPACES = re.compile(r"^(chord|key|segment)")

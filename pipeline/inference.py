@@ -25,10 +25,10 @@ from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
-from .audio_io import to_mono
-from .base import StageContext
-from .features import FeaturesParams, compute_features, store_root
-from .ingest import decode_checked, file_sha256
+from mirpipe.audio.io import to_mono
+from mirpipe.stage import StageContext
+from mirpipe.stages.features import FeaturesParams, compute_features, store_root
+from mirpipe.stages.ingest import decode_checked, file_sha256
 
 
 def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, name: str = "") -> ModelBundle:

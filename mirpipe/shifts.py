@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .pitch_shift import PITCH_SHIFTERS
+from mirpipe.audio.pitch_shift import PITCH_SHIFTERS
 
 
 class AugmentParams(BaseModel):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mirpipe.records import Record
 
-from .audio_io import AUDIO_EXTENSIONS
+from mirpipe.audio.io import AUDIO_EXTENSIONS
 
 # characters a track id does not keep (control characters, and what Windows or shells choke on)
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"\\|?*]+')

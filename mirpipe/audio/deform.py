@@ -24,9 +24,9 @@ with warnings.catch_warnings():
     import muda
     from muda.deformers import PitchShift
 
-from mirpipe.models.chord import transpose_label
+from mirpipe.annotations.namespaces import transpose_label
 
-from .pitch_shift import pitch_shift
+from mirpipe.audio.pitch_shift import pitch_shift
 
 
 class JointPitchShift(PitchShift):

@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mirpipe.records import Record
 from mirpipe.storage.atomic import temp_path
 
-from .base import STAGES, Done, Stage, StageContext, WorkItem
-from .synth import splits
-from .synth.families import SOLO_FAMILIES
-from .synth.samples import is_library
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from . import splits
+from .families import SOLO_FAMILIES
+from .samples import is_library
 
 CORPUS_DIR = "corpus"
 NUMPY_CLIP_FAMILIES = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")  # synth/timbres.py
@@ -106,7 +106,7 @@ def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str,
     """The renderer this machine runs and what identifies it (library version, soundfont sizes)."""
     if renderer == "numpy":
         return "numpy", {}
-    from .synth import soundfont
+    from . import soundfont
 
     why = soundfont.available(list(soundfonts))
     if why is None:
@@ -140,7 +140,7 @@ def _libraries(renderer: str, names: tuple[str, ...]) -> dict[str, Any]:
     """{library: its identity} of the installed sample libraries; one that is not installed is
     left out with a message on stderr (``renderer: soundfont``: an error), as a missing
     soundfont makes ``auto`` fall back."""
-    from .synth import samples
+    from . import samples
 
     out = {}
     for name in names:
@@ -165,7 +165,7 @@ def _check_test_soundfonts_unseen(test: tuple[str, ...], seen: tuple[str, ...]) 
     """The test split's timbres must be unseen in training: different file names are not enough
     when one soundfont is built from another's recordings (csound's sf_GMbank shares 392 of
     TimGM6mb's 521 sample names), so the samples' names are compared."""
-    from .synth import soundfont
+    from . import soundfont
 
     for t in test:
         for s in seen:
@@ -250,7 +250,7 @@ class Synthesize(Stage):
 
 
 def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
-    from .synth.arrange import compose_clip, compose_mixture
+    from .arrange import compose_clip, compose_mixture
 
     if pay["kind"] == "clip":
         perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
@@ -263,7 +263,7 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
 
 def _play_soundfont(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
     """A performance played by FluidSynth with a GM soundfont, annotated from its lead part alone."""
-    from .synth import labels, soundfont
+    from . import labels, soundfont
 
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
     others = tuple(sorted({e.channel for e in perf.events} - {perf.melody_channel}))
@@ -276,7 +276,7 @@ def _play_soundfont(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParam
 
 def _play_library(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams):
     """A solo clip played by a sample library's recordings (synth/samples.py)."""
-    from .synth import labels, samples
+    from . import labels, samples
 
     y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, SOLO_FAMILIES.index(pay["family"]), pay["index"]))
     jam = labels.annotate(perf, track, {"sample_library": info.library, "instrument": info.instrument,
@@ -285,7 +285,7 @@ def _play_library(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams)
 
 
 def _render_numpy(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
-    from .synth.track import annotate, compose, render
+    from .track import annotate, compose, render
 
     if pay["kind"] == "clip":
         index = 100_000 + NUMPY_CLIP_FAMILIES.index(pay["family"]) * 10_000 + pay["index"]

@@ -330,7 +330,7 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
     row = {k: summary[k] for k in ("steps", "epochs", "best_metric", "best_step", "metric", "seconds")}
     row.update(workers=workers, steps_per_epoch=steps,
                history=[{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in summary["history"]],
-               threshold=torch.load(trainer.best_path, weights_only=False)["meta"]["state"].get("threshold"))
+               threshold=torch.load(trainer.best_path, weights_only=True)["meta"]["state"].get("threshold"))
     print("trained:", json.dumps(row), flush=True)
     return row
 

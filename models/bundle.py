@@ -155,16 +155,22 @@ def check_versions(bundle: ModelBundle) -> tuple[list[str], list[str]]:
 def load_bundle(path: Path | str, warn=None) -> ModelBundle:
     """Read and check a bundle; raises ``BundleError`` naming the file and every mismatch that
     stops it, and passes each lesser mismatch to ``warn`` (default: ``warnings.warn``)."""
+    import pickle
+
     import torch
+
+    from .checkpoint import refusal
 
     path = Path(path)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
         bundle = _from_payload(raw)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:  # refused by the safe loader: never advise loading it unsafely
+        raise BundleError(f"{path}: not a mirpipe model bundle, it cannot be loaded safely ({refusal(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a foreign, torn or older file: say which and why
-        raise BundleError(f"{path}: not a mirpipe model bundle ({type(exc).__name__}: {exc})") from None
+        raise BundleError(f"{path}: not a mirpipe model bundle ({type(exc).__name__}: {refusal(exc)})") from None
     errors, warns = check_versions(bundle)
     if errors:
         raise BundleError(f"{path}: cannot be used with this installation: " + "; ".join(errors))

@@ -6,7 +6,9 @@ A checkpoint holds the model, optimizer, scheduler, grad scaler, every RNG state
 and the stream position (epoch, step within it). Batches are a pure function of
 (seed, epoch, index), so resuming re-creates the epoch's stream and skips what
 was consumed: on CPU with deterministic settings, k steps + resume to 2k equals
-2k steps in one go.
+2k steps in one go. It holds only tensors and plain values (RNG states included) and is read
+with torch's safe unpickler (``checkpoint.load_checkpoint``): a crafted file never runs code, and
+one the safe loader refuses is an unreadable checkpoint (the run starts over).
 
 Progress goes to stderr (stdout carries ``--json``): a tqdm bar with loss,
 patches/s and the ETA over ``max_epochs * steps_per_epoch`` steps when stderr is
@@ -33,6 +35,7 @@ import torch
 
 from mirpipe.storage.atomic import atomic_path
 
+from .checkpoint import load_checkpoint, plain
 from .task import Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
@@ -100,18 +103,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain values (the safe loader refuses numpy arrays)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+              "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    """Restore what ``rng_states`` saved, bit for bit."""
+    torch.set_rng_state(states["torch"].cpu())
+    n = states["numpy"]
+    np.random.set_state(("MT19937", np.asarray(n["key"], np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -335,9 +346,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
-            "state": asdict(self.state),
-            "settings": asdict(self.settings),
-            "meta": self.meta,
+            "state": plain(asdict(self.state)),
+            "settings": plain(asdict(self.settings)),
+            "meta": plain(self.meta),
         }
 
     def save_last(self) -> None:
@@ -348,11 +359,11 @@ class Trainer:
         if not self.last_path.exists():
             return False
         try:
-            ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
+            ckpt = load_checkpoint(self.last_path, map_location=self.device)  # never unpickles code
+            state = TrainState(**ckpt["state"])
+        except Exception as exc:  # noqa: BLE001 - a torn, foreign or unsafe file: start over, say so
             self.log(f"train: ignoring unreadable checkpoint {self.last_path}: {exc}")
             return False
-        state = TrainState(**ckpt["state"])
         if state.run_key != self.state.run_key or state.finished:
             return False
         self.model.load_state_dict(ckpt["model"])

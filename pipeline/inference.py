@@ -37,7 +37,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
     ``tasks``: those to include (default: every task of ``train.tasks`` with a checkpoint).
     The feature geometry comes from a store entry, so predict can check it computes the
     features the network was trained on."""
-    import torch
+    from mirpipe.models.checkpoint import load_checkpoint
 
     fp: FeaturesParams = ctx.params["features"]
     ev = ctx.params["evaluate"]
@@ -50,7 +50,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
             if tasks:
                 raise FileNotFoundError(f"{path}: task {task_name!r} has no trained checkpoint in {ctx.workdir}")
             continue
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)  # never unpickles code: CheckpointError (a ValueError) naming the file
         meta, st = ckpt["meta"], ckpt.get("state", {})
         models[task_name] = TaskModel(
             name=task_name, task_version=str(task.version), feature=task.feature, params=meta["model"],

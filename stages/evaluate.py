@@ -81,11 +81,11 @@ def report_dir(ctx: StageContext, task: str) -> Path:
 
 
 def load_model(ctx: StageContext, task_name: str, which: str, device):
-    """The trained network (eval mode) and the checkpoint's metadata."""
-    import torch
+    """The trained network (eval mode) and the checkpoint's metadata (read safely: ``CheckpointError`` if refused)."""
+    from mirpipe.models.checkpoint import load_checkpoint
 
     path = train_dir(ctx, task_name) / f"{which}.pt"
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(path, map_location=device)
     meta = ckpt["meta"]
     task = TASKS.get(task_name).bind(meta.get("vocabulary"))  # the classes it was trained on
     params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta["model"]}}).model_params(task_name)

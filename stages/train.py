@@ -327,6 +327,14 @@ class Train(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
         return (ctx.workdir / record.checkpoint).exists()
 
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
+        """The checkpoint is there and the safe loader accepts it (an older mirpipe's or a tampered one is damaged:
+        ``mirpipe verify --repair`` has it trained again)."""
+        from mirpipe.models.checkpoint import checkpoint_is_safe
+
+        path = ctx.workdir / record.checkpoint
+        return path.exists() and checkpoint_is_safe(path)
+
     def start_notes(self, ctx: StageContext) -> list[str]:
         return [f"train: watch it with `tensorboard --logdir {ctx.path('train').resolve()}` "
                 f"(or `mirpipe status --workdir {ctx.workdir}`)"]
@@ -365,17 +373,16 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
 def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
     """``Task.tune`` each checkpoint's model on the validation batches; what it returns joins the
     checkpoint's ``meta.state`` (evaluation decodes with it). Tasks without ``tune`` cost nothing."""
-    import torch
-
+    from mirpipe.models.checkpoint import load_checkpoint, plain
     from mirpipe.models.trainer import atomic_save
 
     if type(task).tune is Task.tune:
         return
     for path in paths:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
         tuned = task.tune(model.eval(), batches(), device)
-        ckpt["meta"]["state"] = {**ckpt["meta"].get("state", {}), **tuned}
+        ckpt["meta"]["state"] = plain({**ckpt["meta"].get("state", {}), **tuned})  # numpy floats as Python's
         atomic_save(ckpt, path)
         _log(f"train[{task.name}]: tuned on the validation split for {path.name}: {tuned}")
 

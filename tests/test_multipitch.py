@@ -169,7 +169,7 @@ def test_tiny_multipitch_model_trains_and_scores(tmp_path, sync_cluster):
     with open_executor(sync_cluster) as ex:
         reports = {r.stage: r for r in Runner(tmp_path, cfg, progress=False).run(ex)}
     assert reports["train"].done == 1 and reports["evaluate"].failed == 0 and reports["evaluate"].done >= 1
-    ckpt = torch.load(tmp_path / "train" / "multipitch" / "best.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "train" / "multipitch" / "best.pt", weights_only=True)
     assert 0 < ckpt["meta"]["state"]["threshold"] < 1
     out = tmp_path / "reports" / "multipitch"
     scores = json.loads((out / "scores.json").read_text())

@@ -266,7 +266,7 @@ def test_tiny_pitch_model_trains_and_scores_against_pyin(tmp_path, sync_cluster)
     with open_executor(sync_cluster) as ex:
         reports = {r.stage: r for r in Runner(tmp_path, cfg, progress=False).run(ex)}
     assert reports["train"].done == 1 and reports["evaluate"].failed == 0 and reports["evaluate"].done >= 1
-    ckpt = torch.load(tmp_path / "train" / "pitch" / "best.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "train" / "pitch" / "best.pt", weights_only=True)
     assert 0 < ckpt["meta"]["state"]["threshold"] < 1  # tuned on the validation split, kept in the checkpoint
     out = tmp_path / "reports" / "pitch"
     scores = json.loads((out / "scores.json").read_text())

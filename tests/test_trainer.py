@@ -95,12 +95,12 @@ def test_the_cosine_schedule_anneals_the_learning_rate_to_zero_by_the_last_step(
 def test_checkpoint_holds_everything_needed_to_resume(store, tmp_path):
     trainer = _trainer(store, tmp_path)
     summary = trainer.fit(stop_at_step=8)
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "state", "settings", "meta"} <= set(ckpt)
     assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
     assert ckpt["state"]["global_step"] == 8 and ckpt["state"]["epoch"] == 2 and ckpt["state"]["step_in_epoch"] == 0
     assert len(summary["history"]) == 2 and "tag_accuracy" in summary["history"][0]
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["state"]["best_step"] in (4, 8)
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
 

@@ -159,7 +159,7 @@ def test_a_resumed_run_writes_on_in_its_own_tensorboard_folder(tmp_path):
     first.fit(stop_at_step=5)
     first.close()
     run = first.state.tb_run
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["tb_run"] == run
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["state"]["tb_run"] == run
     second = _trainer(tmp_path, tensorboard=True, progress="off")  # a new process would do the same
     summary = second.fit()
     second.close()
@@ -170,13 +170,13 @@ def test_a_resumed_run_writes_on_in_its_own_tensorboard_folder(tmp_path):
 
 def test_a_checkpoint_from_before_run_folders_still_resumes(tmp_path):
     _trainer(tmp_path, progress="off").fit(stop_at_step=2)
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     del ckpt["state"]["tb_run"]
     atomic_save(ckpt, tmp_path / "last.pt")
     trainer = _trainer(tmp_path, progress="off")
     assert trainer.try_resume() and trainer.state.global_step == 2 and trainer.state.tb_run == ""
     trainer.fit(stop_at_step=3)
-    assert trainer.state.tb_run and TrainState(**torch.load(tmp_path / "last.pt", weights_only=False)["state"]).tb_run
+    assert trainer.state.tb_run and TrainState(**torch.load(tmp_path / "last.pt", weights_only=True)["state"]).tb_run
 
 
 def test_atomic_save_goes_through_atomic_path(tmp_path, monkeypatch):
@@ -189,7 +189,7 @@ def test_atomic_save_goes_through_atomic_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", spy)
     atomic_save({"x": 1}, tmp_path / "sub" / "last.pt")
-    assert torch.load(tmp_path / "sub" / "last.pt") == {"x": 1}
+    assert torch.load(tmp_path / "sub" / "last.pt", weights_only=True) == {"x": 1}
     assert seen[0].name.startswith(TMP_PREFIX) and seen[0].name.endswith("-last.pt") and seen[0].parent == tmp_path / "sub"
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["last.pt"]
 
@@ -202,7 +202,7 @@ def test_atomic_save_goes_through_atomic_path(tmp_path, monkeypatch):
         atomic_save({"x": 2}, tmp_path / "sub" / "last.pt")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["last.pt"]  # the temporary is gone, the old file stays
     monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(tmp_path / "sub" / "last.pt") == {"x": 1}
+    assert torch.load(tmp_path / "sub" / "last.pt", weights_only=True) == {"x": 1}
     assert remove_leftovers(tmp_path) == 0
 
 

@@ -1,6 +1,6 @@
 """What ``mirpipe predict`` costs per recording: CPU seconds per second of audio, per file and in total.
 
-Runs ``stages.predict.predict_file`` in this process (the Dask task's body) on each audio file
+Runs ``pipeline.inference.predict_file`` in this process (the Dask task's body) on each audio file
 of a folder, after one warm-up file (model load, imports), with the model given as a bundle
 file or a workdir (bundled first, as predict does).
 

@@ -28,7 +28,7 @@ from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.stages.base import StageContext, WorkItem
 from mirpipe.stages.evaluate import load_model
-from mirpipe.stages.predict import bundle_from_workdir
+from mirpipe.pipeline.inference import bundle_from_workdir
 from mirpipe.stages.train import Train
 
 TASK = TASKS.get("chord")

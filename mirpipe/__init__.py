@@ -1,10 +1,13 @@
 """mirpipe: an out-of-core data pipeline for music information retrieval research.
 
 The top-level folders of the repository install as sub-packages of this one
-(``mirpipe.pipeline``, ``mirpipe.stages``, ``mirpipe.storage``,
-``mirpipe.models``), so nothing named ``models`` or ``storage`` lands on a
-user's ``sys.path``. Dependency direction: ``pipeline -> stages -> (models,
-storage)``; ``registry`` and this module are imported by all of them.
+(``mirpipe.pipeline``, ``mirpipe.stages``, ``mirpipe.importers``, ``mirpipe.storage``,
+``mirpipe.models``, and the demo plugin ``mirpipe.demo``), so nothing named ``models``
+or ``storage`` lands on a user's ``sys.path``. Dependency direction (checked by
+tests/test_layout.py): ``pipeline -> stages, importers, demo -> models, storage ->
+core``, where the core is every other module here (registry, records, errors, the
+stage contract ``stage``, ``audio``, ``annotations``, ``corpus``, ``shifts``). This
+module is the public facade above them all.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ from its header, read and validate the annotations, then link the audio in place
 JAMS beside the link (the JAMS last: it is what makes the pair a track).
 
 Why a symlink and not a JAMS that points at the audio: ``ingest`` pairs audio and JAMS by their
-path in the corpus folder (``stages/corpus_scan.py``) and reads the audio it paired, so a link
+path in the corpus folder (``mirpipe/corpus.py``) and reads the audio it paired, so a link
 makes an imported corpus an ordinary corpus: scan, ingest, change detection (``os.stat``
 follows the link to the original), features and ``predict`` need nothing new, and nothing is
 copied. The JAMS also records the original path (``sandbox.mirpipe_import.audio``).

@@ -197,6 +197,6 @@ def build_network(m: TaskModel, device):
     from .task import TASKS
 
     task = TASKS.get(m.name).bind(m.vocabulary)  # a corpus-vocabulary task sizes its heads by its classes
-    model = task.build(n_bins=m.n_bins, params=task.Params.model_validate(m.params))
+    model = task.network.build(n_bins=m.n_bins, params=task.network.Params.model_validate(m.params))
     model.load_state_dict(m.weights)
     return model.to(device).eval()

@@ -17,8 +17,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mirpipe.annotations.namespaces import PITCH_NAMES, transpose_label
+from mirpipe.annotations.transpose import transpose_labels
 
-from .task import TASKS, Scores, Task, annotations
+from .task import TASKS, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 
 QUALITIES = (
@@ -289,26 +290,27 @@ class ChordDecoding(BaseModel):
     viterbi: bool = Field(True, description="decode with the self-transition prior; false: frame argmax")
 
 
-@TASKS.register
-class ChordTask(Task):
-    """Chord recognition: 170 chord classes plus structured root/pitches/bass heads."""
+class ChordTargets(Targets):
+    """Root, pitches, bass and tag per frame; labels (and the arrays) move by n semitones."""
 
-    name = "chord"
-    version = "1"
     namespace = "chord"
-    feature = "cqt"
-    targets = ("targets/chord_root", "targets/chord_pitches", "targets/chord_bass", "targets/chord_tag")
-    metric_name = "tag_accuracy"
-    metrics = METRICS
-    score_columns = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
-    Params = ChordModel
-    DecodeParams = ChordDecoding
+    version = "1"
+    arrays = ("targets/chord_root", "targets/chord_pitches", "targets/chord_bass", "targets/chord_tag")
+    moves = "chord|chord_harte"
 
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         return encode(jam, frame_times)
 
     def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         return transpose_targets(targets, n)
+
+    def transpose_annotation(self, annotation, n: int):
+        return transpose_labels(annotation, n)
+
+
+class ChordNetwork(Network):
+    Params = ChordModel
+    metric_name = "tag_accuracy"
 
     def build(self, n_bins: int, params: ChordModel):
         from .chord_net import ChordNet
@@ -329,6 +331,10 @@ class ChordTask(Task):
         tags = (t["targets/chord_tag"] for t in training_targets)
         return {"self_transition": self_transition(tags).tolist()}
 
+
+class ChordDecoder(Decoder):
+    DecodeParams = ChordDecoding
+
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         import torch
 
@@ -340,11 +346,28 @@ class ChordTask(Task):
         p_self = np.asarray(state["self_transition"]) if options.viterbi and state.get("self_transition") else None
         return decode(prediction, frame_times, duration, p_self)
 
+
+class ChordScorer(Scorer):
+    metrics = METRICS
+    score_columns = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads", "seg")
+
     def score(self, ref, est) -> Scores:
         return score(ref, est)
 
     def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray | None = None) -> None:
+             prediction: np.ndarray) -> None:
         from .figures import plot_segments
 
         plot_segments(path, features, frame_rate, [("reference", ref), ("estimate", est)], title, ylabel="CQT bin")
+
+
+@TASKS.register
+class ChordTask(Task):
+    """Chord recognition: 170 chord classes plus structured root/pitches/bass heads."""
+
+    name = "chord"
+    feature = "cqt"
+    targets = ChordTargets()
+    network = ChordNetwork()
+    decoder = ChordDecoder()
+    scorer = ChordScorer()

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .labels import Vocabulary, label_id, normalise
-from .task import TASKS, Scores, Task, annotations
+from .task import TASKS, CorpusVocabulary, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 LABELS = "targets/instrument_labels"
 PRESENCE = "targets/instrument_presence"
@@ -133,44 +133,45 @@ class InstrumentDecoding(BaseModel):
     threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid activity above which an instrument sounds in a patch")
 
 
-@TASKS.register
-class InstrumentTask(Task):
-    """Which instrument plays a solo clip, and which instruments sound when in a mixture."""
+def _required(vocabulary: Vocabulary | None) -> Vocabulary:
+    if vocabulary is None:
+        raise ValueError("instrument: no vocabulary (run ingest, which builds it from the corpus's tags)")
+    return vocabulary
 
-    name = "instrument"
-    version = "2"  # 2: label ids over the track's own tags, on the HCQT grid
+
+class InstrumentTargets(Targets):
+    """Label ids sounding per HCQT frame: independent of the vocabulary; invariant under a shift."""
+
     namespace = "tag_open"
-    feature = "hcqt"
+    version = "2"  # 2: label ids over the track's own tags, on the HCQT grid
+    arrays = (LABELS,)
     merges_annotations = True  # tags from several annotations all hold
-    targets = (LABELS,)
-    metric_name = "patch_accuracy"
-    metrics = ("accuracy", "mAP")  # per track: a clip's accuracy, a mixture's mean AP
-    score_columns = ("accuracy", "macro_f1", "mAP")
-    scored_by = "scikit-learn: accuracy and macro-F1 over the solo clips, mAP over the mixtures' patches"
-    Params = InstrumentModel
-    DecodeParams = InstrumentDecoding
-    vocabulary: Vocabulary | None = None  # set by ``bind``
-    _lookup: Mapping[int, int] = {}  # stored label id -> class index (``bind``)
+    moves = None  # a transposed flute is still a flute
 
-    # -- data ----------------------------------------------------------------------------
+    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
+        return encode(jam, frame_times)
+
+
+class InstrumentVocabulary(CorpusVocabulary):
+    """The corpus's tags as classes (``bind`` sets ``classes``: the vocabulary ingest built)."""
+
+    def __init__(self, classes: Vocabulary | None = None):
+        self.classes = classes
+
     def labels(self, jam) -> list[str]:
         return sorted({name for name, _, _ in tag_spans(jam)})
 
-    def bind(self, vocabulary):
-        bound = copy.copy(self)
-        bound.vocabulary = None if vocabulary is None else Vocabulary.from_json(vocabulary)
-        bound._lookup = bound.vocabulary.id_lookup() if bound.vocabulary is not None else {}
+    def bind(self, task: Task, vocabulary: Mapping[str, Any] | None) -> Task:
+        bound = copy.copy(task)
+        classes = None if vocabulary is None else Vocabulary.from_json(vocabulary)
+        bound.vocabulary = InstrumentVocabulary(classes)
+        bound.network = InstrumentNetwork(classes)
         return bound
-
-    def _vocab(self) -> Vocabulary:
-        if self.vocabulary is None:
-            raise ValueError("instrument: no vocabulary (run ingest, which builds it from the corpus's tags)")
-        return self.vocabulary
 
     def stream_weights(self, labels: Sequence[Sequence[str]]) -> list[float]:
         """Per track, the mean over its classes of 1 / (training tracks of that class): each class
         then weighs about the same in the mux (a track without a class gets the smallest weight)."""
-        vocab = self._vocab()
+        vocab = _required(self.classes)
         classes = [{vocab.canonical(x) for x in ls} & set(vocab.classes) for ls in labels]
         counts: dict[str, int] = {}
         for cs in classes:
@@ -180,13 +181,20 @@ class InstrumentTask(Task):
         floor = min((w for w in weights if w > 0), default=1.0)
         return [w if w > 0 else floor for w in weights]
 
-    def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
-        return encode(jam, frame_times)
 
-    def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        return targets  # a transposed flute is still a flute
+class InstrumentNetwork(Network):
+    """Presence and single-instrument heads over the bound vocabulary's classes."""
 
-    # -- training ------------------------------------------------------------------------
+    Params = InstrumentModel
+    metric_name = "patch_accuracy"
+
+    def __init__(self, vocabulary: Vocabulary | None = None):
+        self.vocabulary = vocabulary
+        self._lookup: Mapping[int, int] = vocabulary.id_lookup() if vocabulary is not None else {}  # label id -> class
+
+    def _vocab(self) -> Vocabulary:
+        return _required(self.vocabulary)
+
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         presence, single = batch_targets(batch[LABELS], self._lookup, len(self._vocab().classes))
         out = {k: v for k, v in batch.items() if k != LABELS}
@@ -230,10 +238,13 @@ class InstrumentTask(Task):
     def fit_state(self, training_targets) -> dict[str, Any]:
         """The vocabulary (every class with a training example, else an error)."""
         vocab = self._vocab()
-        vocab.check_trainable(self.name)
+        vocab.check_trainable("instrument")
         return {"vocabulary": vocab.to_json()}
 
-    # -- inference -----------------------------------------------------------------------
+
+class InstrumentDecoder(Decoder):
+    DecodeParams = InstrumentDecoding
+
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         """Per patch (every half patch): [start frame, stop frame, C clip log-probabilities, C activities]."""
         import torch
@@ -292,7 +303,12 @@ class InstrumentTask(Task):
         )
         return ann
 
-    # -- scoring -------------------------------------------------------------------------
+
+class InstrumentScorer(Scorer):
+    metrics = ("accuracy", "mAP")  # per track: a clip's accuracy, a mixture's mean AP
+    score_columns = ("accuracy", "macro_f1", "mAP")
+    scored_by = "scikit-learn: accuracy and macro-F1 over the solo clips, mAP over the mixtures' patches"
+
     def _compare(self, ref, est) -> dict[str, Any] | None:
         box = est.sandbox
         activity = getattr(box, "activity", None)
@@ -358,11 +374,24 @@ class InstrumentTask(Task):
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.metrics if m in scores)
 
     def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray | None = None) -> None:
+             prediction: np.ndarray) -> None:
         from .figures import plot_segments
 
         plot_segments(path, features[min(1, features.shape[0] - 1)], frame_rate, [("reference", ref), ("estimate", est)],
                       title, ylabel="HCQT bin (h=1)")
+
+
+@TASKS.register
+class InstrumentTask(Task):
+    """Which instrument plays a solo clip, and which instruments sound when in a mixture."""
+
+    name = "instrument"
+    feature = "hcqt"
+    targets = InstrumentTargets()
+    network = InstrumentNetwork()
+    decoder = InstrumentDecoder()
+    scorer = InstrumentScorer()
+    vocabulary = InstrumentVocabulary()
 
 
 def average_precisions(truth: np.ndarray, probs: np.ndarray) -> dict[int, float | None]:

@@ -28,9 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import multif0 as mf
 from . import salience as sal
 from .pitch import PitchModel, predict_salience, salience_net
-from .task import TASKS, Scores, Task, annotations
+from mirpipe.annotations.transpose import scale_hz
+
+from .task import TASKS, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 NOTES = "targets/notes_hz"
+FEATURE = "hcqt"
 SALIENCE = "targets/salience"
 THRESHOLDS = np.round(np.concatenate([np.arange(0.02, 0.1, 0.01), np.arange(0.1, 0.951, 0.025)]), 4)
 
@@ -53,21 +56,12 @@ class MultipitchDecoding(BaseModel):
     threshold: float | None = Field(None, gt=0, lt=1, description="peak threshold; null: the one tuned on the validation split")
 
 
-@TASKS.register
-class MultipitchTask(Task):
-    """Every sounding f0; the store keeps f0s per frame, the salience target is built when sampling."""
+class MultipitchTargets(Targets):
+    """The f0s of the notes sounding per HCQT frame; they scale by 2^(n/12) under a shift."""
 
-    name = "multipitch"
     namespace = "note_hz"
-    feature = "hcqt"
-    targets = (NOTES,)
-    metric_name = "note_recall_at_r"  # share of reference notes among each frame's n_ref highest peaks
-    metrics = mf.METRICS
-    score_columns = ("Acc", "P", "R", "Etot", "Acc_chroma")
-    Params = PitchModel
-    DecodeParams = MultipitchDecoding
-    grid = sal.Grid()
-    sigma_bins = 1.0
+    arrays = (NOTES,)
+    moves = "note_hz"
 
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         return encode(jam, frame_times)
@@ -77,12 +71,21 @@ class MultipitchTask(Task):
         f = targets[NOTES]
         return {**targets, NOTES: np.where(f > 0, f * np.float32(2.0 ** (n / 12)), f).astype(f.dtype)}
 
-    # -- training ------------------------------------------------------------------------
+    def transpose_annotation(self, annotation, n: int):
+        return scale_hz(annotation, n)
+
+
+class MultipitchNetwork(Network):
+    Params = PitchModel
+    metric_name = "note_recall_at_r"  # share of reference notes among each frame's n_ref highest peaks
+    grid = sal.Grid()
+    sigma_bins = 1.0
+
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {**batch, SALIENCE: mf.multi_target(batch[NOTES], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
-        return salience_net(self.name, self.grid, n_bins, params)
+        return salience_net("multipitch", self.grid, n_bins, params)
 
     def loss(self, outputs, batch):
         from .pitch_net import masked_bce
@@ -110,6 +113,11 @@ class MultipitchTask(Task):
             hit = (close & ranked[..., None, :]).any(-1) & (notes > 0)
         return float(hit.sum()), float((notes > 0).sum())
 
+
+class MultipitchDecoder(Decoder):
+    DecodeParams = MultipitchDecoding
+    grid = sal.Grid()
+
     def tune(self, model, batches, device) -> dict[str, Any]:
         """The peak threshold with the best pooled multi-f0 accuracy on the validation batches."""
         import torch
@@ -118,13 +126,12 @@ class MultipitchTask(Task):
         model.eval()
         with torch.no_grad():
             for batch in batches:
-                s = torch.sigmoid(model(batch[self.feature].to(device)).float()).cpu().numpy()
+                s = torch.sigmoid(model(batch[FEATURE].to(device)).float()).cpu().numpy()
                 notes = batch[NOTES].numpy()
                 matches += [mf.frame_matches(s[i], notes[i], self.grid) for i in range(s.shape[0])]
         threshold, accuracy = mf.tune_threshold(matches, THRESHOLDS)
         return {"threshold": threshold, "val_accuracy": accuracy}
 
-    # -- inference -----------------------------------------------------------------------
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         return predict_salience(model, features, device)
 
@@ -134,7 +141,12 @@ class MultipitchTask(Task):
         hop = float(times[1] - times[0]) if len(times) > 1 else mf.REF_HOP
         return mf.multif0_annotation(times, mf.peaks(prediction, threshold, self.grid), hop, duration)
 
-    # -- scoring -------------------------------------------------------------------------
+
+class MultipitchScorer(Scorer):
+    metrics = mf.METRICS
+    score_columns = ("Acc", "P", "R", "Etot", "Acc_chroma")
+    grid = sal.Grid()
+
     def score(self, ref, est) -> Scores:
         rt, rf = mf.frames_of_notes(ref)
         et, ef = mf.frames_of_estimate(est)
@@ -144,8 +156,20 @@ class MultipitchTask(Task):
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in ("Acc", "P", "R") if m in scores)
 
     def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray | None = None) -> None:
+             prediction: np.ndarray) -> None:
         from .figures import plot_salience_points
 
         rows = [("reference", mf.frames_of_notes(ref)), ("estimate", mf.frames_of_estimate(est))]
-        plot_salience_points(path, prediction if prediction is not None else features[1], frame_rate, self.grid, rows, title)
+        plot_salience_points(path, prediction, frame_rate, self.grid, rows, title)
+
+
+@TASKS.register
+class MultipitchTask(Task):
+    """Every sounding f0; the store keeps f0s per frame, the salience target is built when sampling."""
+
+    name = "multipitch"
+    feature = FEATURE
+    targets = MultipitchTargets()
+    network = MultipitchNetwork()
+    decoder = MultipitchDecoder()
+    scorer = MultipitchScorer()

@@ -23,9 +23,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import salience as sal
-from .task import TASKS, Scores, Task, annotations
+from mirpipe.annotations.transpose import scale_contour
+
+from .task import TASKS, Baseline, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 F0 = "targets/f0_hz"
+FEATURE = "hcqt"
 SALIENCE = "targets/salience"
 
 
@@ -104,21 +107,12 @@ class PitchDecoding(BaseModel):
     smoothing_cents: float = Field(40.0, gt=0, le=600, description="with viterbi: standard deviation of the pitch change between frames")
 
 
-@TASKS.register
-class PitchTask(Task):
-    """Melody f0; the store keeps f0 per frame, the salience target is built when sampling."""
+class PitchTargets(Targets):
+    """f0 in Hz per HCQT frame; it scales by 2^(n/12) under a shift of n semitones."""
 
-    name = "pitch"
     namespace = "pitch_contour"
-    feature = "hcqt"  # f0 lives on the harmonic CQT's frame grid (hop 256)
-    targets = (F0,)
-    metric_name = "raw_pitch_accuracy"  # frames whose argmax is within 50 cents of a voiced reference (no threshold)
-    metrics = sal.METRICS
-    score_columns = ("OA", "RPA", "RCA", "VR", "VFA")
-    Params = PitchModel
-    DecodeParams = PitchDecoding
-    baseline_name = "pyin"
-    grid = sal.Grid()
+    arrays = (F0,)
+    moves = "pitch_contour"
 
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         return encode(jam, frame_times)
@@ -129,14 +123,21 @@ class PitchTask(Task):
         scaled = np.where(f0 > 0, f0 * np.float32(2.0 ** (n / 12)), f0)
         return {**targets, F0: scaled.astype(f0.dtype)}
 
-    # -- training ------------------------------------------------------------------------
+    def transpose_annotation(self, annotation, n: int):
+        return scale_contour(annotation, n)
+
+
+class PitchNetwork(Network):
+    Params = PitchModel
+    metric_name = "raw_pitch_accuracy"  # frames whose argmax is within 50 cents of a voiced reference (no threshold)
+    grid = sal.Grid()
     sigma_bins = 1.0  # the target Gaussian's standard deviation: 1 bin = 20 cents (the paper's)
 
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {**batch, SALIENCE: sal.salience_target(batch[F0], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
-        return salience_net(self.name, self.grid, n_bins, params)
+        return salience_net("pitch", self.grid, n_bins, params)
 
     def loss(self, outputs, batch):
         from .pitch_net import masked_bce
@@ -157,6 +158,11 @@ class PitchTask(Task):
             cents = (1200.0 * torch.log2(hz / f0.clamp_min(1e-6))).abs()
         return float((voiced & (cents < 50)).sum()), float(voiced.sum())
 
+
+class PitchDecoder(Decoder):
+    DecodeParams = PitchDecoding
+    grid = sal.Grid()
+
     def tune(self, model, batches, device) -> dict[str, Any]:
         """The voicing threshold with the best frame overall accuracy on the validation batches."""
         import torch
@@ -165,7 +171,7 @@ class PitchTask(Task):
         model.eval()
         with torch.no_grad():
             for batch in batches:
-                s = torch.sigmoid(model(batch[self.feature].to(device)).float()).cpu().numpy()
+                s = torch.sigmoid(model(batch[FEATURE].to(device)).float()).cpu().numpy()
                 f0 = batch[F0].numpy()
                 for i in range(s.shape[0]):
                     peak, hz = sal.peak_frequency(s[i], self.grid)
@@ -173,7 +179,6 @@ class PitchTask(Task):
         threshold, accuracy = sal.tune_threshold(outcomes)
         return {"threshold": threshold, "val_overall_accuracy": accuracy}
 
-    # -- inference -----------------------------------------------------------------------
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         return predict_salience(model, features, device)
 
@@ -183,7 +188,37 @@ class PitchTask(Task):
         hz, voiced = sal.decode_f0(prediction, threshold, self.grid, viterbi_sigma_bins=sigma)
         return sal.contour_annotation(frame_times, hz, voiced, duration)
 
-    def baseline(self, audio_path: str, prep, duration: float):
+    def describe(self, annotation) -> str:
+        times, hz = sal.contour_arrays(annotation)
+        voiced = hz > 0
+        if not len(hz):
+            return "no frames"
+        median = f", median {np.median(hz[voiced]):.0f} Hz" if voiced.any() else ""
+        return f"{len(hz)} frames, {voiced.mean():.0%} voiced{median}"
+
+
+class PitchScorer(Scorer):
+    metrics = sal.METRICS
+    score_columns = ("OA", "RPA", "RCA", "VR", "VFA")
+    grid = sal.Grid()
+
+    def score(self, ref, est) -> Scores:
+        rt, rf = sal.contour_arrays(ref)
+        et, ef = sal.contour_arrays(est)
+        return sal.melody_scores(rt, rf, et, ef)
+
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
+             prediction: np.ndarray) -> None:
+        from .figures import plot_salience
+
+        plot_salience(path, prediction, frame_rate, self.grid,
+                      [("reference", ref), ("estimate", est)], title)
+
+
+class Pyin(Baseline):
+    name = "pyin"
+
+    def run(self, audio_path: str, prep, duration: float):
         """``librosa.pyin`` over the whole track (C2..C7, hop 256 at 22050 Hz), unvoiced frames
         keeping their pitch guess as the model's do. Its pitch bins are 20 cents (``resolution``
         0.2; librosa's default 0.1 makes the Viterbi pass 5x slower for nothing a 50-cent
@@ -199,23 +234,15 @@ class PitchTask(Task):
         times = librosa.times_like(f0, sr=sr, hop_length=hop)
         return sal.contour_annotation(times, np.nan_to_num(f0), voiced & np.isfinite(f0), duration)
 
-    def describe(self, annotation) -> str:
-        times, hz = sal.contour_arrays(annotation)
-        voiced = hz > 0
-        if not len(hz):
-            return "no frames"
-        median = f", median {np.median(hz[voiced]):.0f} Hz" if voiced.any() else ""
-        return f"{len(hz)} frames, {voiced.mean():.0%} voiced{median}"
 
-    # -- scoring -------------------------------------------------------------------------
-    def score(self, ref, est) -> Scores:
-        rt, rf = sal.contour_arrays(ref)
-        et, ef = sal.contour_arrays(est)
-        return sal.melody_scores(rt, rf, et, ef)
+@TASKS.register
+class PitchTask(Task):
+    """Melody f0; the store keeps f0 per frame, the salience target is built when sampling."""
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray | None = None) -> None:
-        from .figures import plot_salience
-
-        plot_salience(path, prediction if prediction is not None else features[1], frame_rate, self.grid,
-                      [("reference", ref), ("estimate", est)], title)
+    name = "pitch"
+    feature = FEATURE  # f0 lives on the harmonic CQT's frame grid (hop 256)
+    targets = PitchTargets()
+    network = PitchNetwork()
+    decoder = PitchDecoder()
+    scorer = PitchScorer()
+    baseline = Pyin()

@@ -1,48 +1,51 @@
-"""The task interface and its registry: a new task is one module.
+"""The task contract and its registry: a new task is one module, composed of a few small parts.
 
-A task module subclasses ``Task`` and registers it with ``@TASKS.register``. It
-declares everything the generic code needs, so ``Train``, ``Evaluate``, the
-features stage, the configuration and the CLI know no task by name:
+A task module defines its parts and registers a ``Task`` holding them with ``@TASKS.register``.
+The generic code (``Train``, ``Evaluate``, the features stage, the configuration, the CLI) knows
+no task by name and never inspects a task's methods: an optional capability is a part, or a
+method, that is None when absent.
 
-- **data**: the store array its network reads (``feature``), the JAMS namespace of
-  its reference (``namespace``; compatible namespaces are converted with
-  ``jams.nsconvert``), and ``encode`` (targets on a frame grid, stored under
-  ``targets/``; bump ``version`` when they change);
-- **training**: ``Params`` (network hyper-parameters, validated from
-  ``train.models.<task>``), ``prepare_batch`` (batch targets derived from the stored
-  ones when a batch is cut, e.g. a salience map from f0), ``build``, ``loss``,
-  ``metric`` / ``metric_name``, ``fit_state`` (what it estimates from training
-  targets, e.g. a transition prior, kept in the checkpoint) and ``tune`` (what it
-  estimates from the trained model on the validation split, e.g. a decision
-  threshold, kept in the checkpoint too);
-- **inference**: ``DecodeParams`` (``evaluate.decoding.<task>``), ``predict``
-  (network output of a whole track) and ``decode`` (to a JAMS annotation);
-- **scoring**: ``score`` (one track; each metric with the weight that pools it,
-  e.g. seconds), ``score_columns`` (what the summary table shows) and ``plot``;
-- **baseline** (optional): ``baseline_name`` and ``baseline`` (a non-learned method run
-  on the same test audio, scored with the same ``score`` into the same report);
-- **a corpus vocabulary** (optional): ``labels`` (the class labels a track carries; ingest
-  records them and builds the vocabulary, ``models.labels``), ``bind`` (the task with that
-  vocabulary: at training from the manifest, at evaluation from the checkpoint) and
-  ``stream_weights`` (a weight per training track, e.g. class-balanced streaming);
-- **pooled scores** (optional): ``evidence`` (what pooling needs of one track beyond its
-  scores, e.g. its clip label) and ``pool_evidence`` (metrics over all tracks' evidence,
-  e.g. macro-F1, and pooled figures such as a confusion matrix).
+- ``Targets`` (required): the reference's JAMS ``namespace`` (compatible namespaces are
+  converted with ``jams.nsconvert``), ``encode`` (targets on a frame grid, stored under
+  ``targets/``; ``arrays`` names those a training patch carries; bump ``version`` when they
+  change), and how the task moves under a pitch shift, in one place: ``transpose`` (target
+  arrays, feature-mode patches) and ``transpose_annotation`` (the reference annotation, for the
+  namespaces matching ``moves``: audio-mode augmentation through ``annotation_transposers`` and
+  evaluate's robustness table). ``moves = None`` declares the task invariant.
+- ``network`` (``Network``; None: a target-only task, not trainable): ``Params``
+  (``train.models.<task>``), ``prepare_batch`` (batch targets derived when a batch is cut, e.g.
+  a salience map from f0), ``build``, ``loss``, ``metric`` / ``metric_name`` and ``fit_state``
+  (what it estimates from the training targets, e.g. a transition prior, kept in the checkpoint).
+- ``decoder`` (``Decoder``): ``DecodeParams`` (``evaluate.decoding.<task>``), ``predict``
+  (network output of a whole track), ``decode`` (to a JAMS annotation), ``describe`` (one line
+  for ``mirpipe predict``) and optionally ``tune`` (estimated from the trained model on the
+  validation split, e.g. a threshold, kept in the checkpoint's state).
+- ``scorer`` (``Scorer``): ``metrics``, ``score`` (one track; each metric with the weight that
+  pools it), ``pool``, ``score_columns`` / ``scored_by`` (the summary table), ``summary`` and
+  ``plot`` (always given the prediction); optionally ``evidence`` / ``pool_evidence`` (metrics
+  over every track's evidence, e.g. macro-F1, and pooled figures).
+- ``vocabulary`` (optional ``CorpusVocabulary``): ``labels`` (the classes a track carries;
+  ingest records them and builds the vocabulary, ``models.labels``), ``bind`` (the task with
+  that vocabulary: at training from the manifest, at evaluation from the checkpoint) and
+  ``stream_weights`` (a weight per training track, e.g. class-balanced streaming).
+- ``baseline`` (optional ``Baseline``): a non-learned method run on the same test audio, scored
+  by the same ``scorer`` into the same report.
 
-Torch-dependent parts import torch inside their methods, so the feature workers
-that only ``encode`` targets never import it. A target-only task (``trainable =
-False``) encodes targets for the store and nothing else yet.
+Torch-dependent parts import torch inside their methods, so the feature workers that only
+``encode`` targets never import it. ``docs/extending/task.md`` adds a beat-tracking task end
+to end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from mirpipe.annotations.namespaces import matches
+from mirpipe.annotations.transpose import UNCLAIMED, Transposer
 from mirpipe.registry import Registry
 
 TASKS: Registry["Task"] = Registry(
@@ -92,11 +95,12 @@ def offered_namespaces(namespaces: Sequence[str]) -> list[str]:
     return sorted(offered)
 
 
-def per_task_params(value, kind: str, attr: str) -> dict[str, BaseModel]:
-    """Validate ``{task: raw settings}`` with each task's own model (``Params`` or ``DecodeParams``)."""
+def per_task_params(value, kind: str, model_of: Callable[["Task"], type[BaseModel]]) -> dict[str, BaseModel]:
+    """Validate ``{task: raw settings}`` with each task's own model (``model_of(task)``: its
+    ``network.Params`` or ``decoder.DecodeParams``)."""
     if not isinstance(value, dict):
         raise ValueError(f"{kind} maps task names to their settings")
-    return {name: raw if isinstance(raw, BaseModel) else getattr(TASKS.get(name), attr).model_validate(raw or {})
+    return {name: raw if isinstance(raw, BaseModel) else model_of(TASKS.get(name)).model_validate(raw or {})
             for name, raw in value.items()}
 
 
@@ -111,27 +115,20 @@ def pool_weighted(per_track: Sequence[Scores], metrics: Sequence[str]) -> dict[s
     return totals
 
 
-class Task:
-    """One model the pipeline trains and scores; see the module docstring."""
+class Targets:
+    """What a task learns from: its reference namespace, its stored targets, and how both move
+    under a pitch shift (the one place that says so)."""
 
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"  # of the targets ``encode`` writes (the features fingerprint holds it)
     namespace: ClassVar[str]  # JAMS namespace of the reference
-    feature: ClassVar[str] = "cqt"  # feature kind the network reads (a store array; its frame grid holds the targets)
-    targets: ClassVar[tuple[str, ...]] = ()  # store arrays a training patch carries ("targets/...")
-    trainable: ClassVar[bool] = True
+    arrays: ClassVar[tuple[str, ...]] = ()  # store arrays a training patch carries ("targets/...")
+    version: ClassVar[str] = "1"  # of the targets ``encode`` writes (the features fingerprint holds it)
     # False: one reference per track (ingest picks it by ``ingest.annotation_choice`` when several
     # compete); True: every annotation of the namespace counts (instrument tags from several taggers)
     merges_annotations: ClassVar[bool] = False
-    metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
-    metrics: ClassVar[tuple[str, ...]] = ()  # per-track scores, in table order
-    score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows
-    scored_by: ClassVar[str] = "mir_eval, duration-weighted"  # how the pooled scores were made (the summary's header)
-    Params: ClassVar[type[BaseModel]] = NoParams
-    DecodeParams: ClassVar[type[BaseModel]] = NoParams
-    baseline_name: ClassVar[str | None] = None  # a reference method scored beside the model (``baseline``)
+    # regex of the namespaces ``transpose_annotation`` moves (the reference's, and those converted to
+    # it when they move differently); None: the task is invariant under a pitch shift
+    moves: ClassVar[str | None] = None
 
-    # -- data --------------------------------------------------------------------
     def usable(self, namespaces: Sequence[str]) -> bool:
         """Does a track offering these namespaces (after conversion) teach this task?"""
         return self.namespace in namespaces
@@ -141,41 +138,33 @@ class Task:
         found = annotations(jam, self.namespace)
         return found[0] if found else None
 
-    def labels(self, jam) -> list[str] | None:
-        """The class labels a track carries (raw, as annotated), for a task whose classes come from
-        the corpus; None (the default): the task has a fixed vocabulary."""
-        return None
-
-    @property
-    def has_labels(self) -> bool:
-        return type(self).labels is not Task.labels
-
-    def bind(self, vocabulary: Mapping[str, Any] | None) -> "Task":
-        """This task with the corpus vocabulary (``models.labels.Vocabulary`` as JSON); the default
-        ignores it. Training binds the manifest's, evaluation the checkpoint's."""
-        return self
-
-    def stream_weights(self, labels: Sequence[Sequence[str]]) -> list[float] | None:
-        """A sampling weight per training track (its ``labels``, as ingest recorded them) for the
-        patch mux; None (the default): every track alike."""
-        return None
-
     def encode(self, jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
         """Targets on the frame grid, keyed by name (stored as ``targets/<name>``)."""
         raise NotImplementedError
 
     def transpose(self, targets: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        """The targets (store names -> frames) of audio pitch-shifted by ``n`` semitones.
-
-        Feature-mode augmentation takes a shift as a bin offset of the features when a
-        patch is cut, and moves the targets with this; a task whose targets do not move
-        (instrument labels) returns them as they are.
-        """
-        if n == 0:
+        """The targets (store names -> frames) of audio pitch-shifted by ``n`` semitones: feature
+        mode takes a shift as a bin offset of the features when a patch is cut and moves the targets
+        with this. The default serves invariant tasks (``moves`` None): the targets as they are."""
+        if n == 0 or self.moves is None:
             return targets
-        raise NotImplementedError(f"task {self.name!r} does not say how its targets move under a pitch shift")
+        raise NotImplementedError(f"{type(self).__name__} moves with pitch but does not say how its targets do")
 
-    # -- training ----------------------------------------------------------------
+    def transpose_annotation(self, annotation, n: int):
+        """The annotation (in a namespace matching ``moves``) of audio pitch-shifted by ``n``
+        semitones, a new one (the given one untouched): audio-mode augmentation and evaluate's
+        robustness table. The default serves invariant tasks: the annotation as it is."""
+        if n == 0 or self.moves is None:
+            return annotation
+        raise NotImplementedError(f"{type(self).__name__} moves with pitch but does not say how its annotation does")
+
+
+class Network:
+    """How a task trains: its network, loss and validation metric."""
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+    metric_name: ClassVar[str] = "accuracy"  # validation metric, higher is better
+
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of stored targets (numpy, ``(B, T, ...)``; padded frames ``-1``) with whatever
         the loss needs derived from them; runs where batches are cut (loader workers)."""
@@ -183,7 +172,7 @@ class Task:
 
     def build(self, n_bins: int, params: BaseModel):
         """The network (a torch.nn.Module) for ``n_bins`` feature bins."""
-        raise NotImplementedError(f"task {self.name!r} has no network yet")
+        raise NotImplementedError
 
     def loss(self, outputs, batch):
         """(loss tensor, {part: float}) of a batch."""
@@ -198,55 +187,24 @@ class Task:
         stored in the checkpoint for decoding."""
         return {}
 
-    def tune(self, model, batches, device) -> dict[str, Any]:
-        """JSON-able values estimated from the trained ``model`` (eval mode) on the validation
-        ``batches`` (tensors, as ``prepare_batch`` made them), merged into the checkpoint's state."""
-        return {}
 
-    # -- inference ---------------------------------------------------------------
+class Decoder:
+    """How a trained network's output becomes a JAMS annotation."""
+
+    DecodeParams: ClassVar[type[BaseModel]] = NoParams
+    # optional: (model in eval mode, validation batches as ``prepare_batch`` made them, device) ->
+    # JSON-able values merged into the checkpoint's state (e.g. a tuned threshold); None: nothing to tune
+    tune: Callable[[Any, Any, Any], dict[str, Any]] | None = None
+
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         """The network's output over a whole track (T, ...) as a numpy array."""
         raise NotImplementedError
 
     def decode(self, prediction: np.ndarray, frame_times: np.ndarray, duration: float,
                state: Mapping[str, Any], options: BaseModel):
-        """A JAMS annotation of ``namespace`` from a whole-track prediction."""
+        """A JAMS annotation of the task's namespace from a whole-track prediction."""
         raise NotImplementedError
 
-    def baseline(self, audio_path: str, prep, duration: float):
-        """The baseline's annotation of one test track (``stages.annotations.Preparation`` says how
-        to read its audio), or None; scored with ``score`` beside the model's."""
-        return None
-
-    # -- scoring -----------------------------------------------------------------
-    def score(self, ref, est) -> Scores:
-        """Per-metric score of one track and the weight that pools it over tracks."""
-        raise NotImplementedError
-
-    def pool(self, per_track: Sequence[Scores]) -> dict[str, float | None]:
-        return pool_weighted(per_track, self.metrics)
-
-    def evidence(self, ref, est) -> dict[str, Any] | None:
-        """JSON-able data of one track that pooled metrics need beyond its scores (e.g. its clip
-        label and the estimate's); kept in the evaluate record. None (the default): nothing."""
-        return None
-
-    def pool_evidence(self, evidence: Sequence[Mapping[str, Any]], figures: Path) -> dict[str, Any]:
-        """Metrics over every scored track's ``evidence`` (JSON-able; they join and override the
-        pooled totals in ``scores.json``; a ``notes`` list of lines is printed under the task's
-        score table, e.g. an interval), and pooled figures written under ``figures``."""
-        return {}
-
-    def summary(self, scores: Mapping[str, Any]) -> str:
-        """A few words on one track's scores (figure titles)."""
-        return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.score_columns[:2] if m in scores)
-
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray | None = None) -> None:
-        """A figure of one scored track (written through the atomic helper); ``prediction`` is
-        what ``predict`` returned for it."""
-
-    # -- prediction ------------------------------------------------------------------
     def describe(self, annotation) -> str:
         """One line on a decoded annotation (``mirpipe predict`` prints it per file). Generic:
         the observations, and for labels the distinct ones and the one covering the most time."""
@@ -262,9 +220,106 @@ class Task:
         share = f" ({seconds[top] / total:.0%} of the time)" if total > 0 else ""
         return f"{len(data)} segments, {len(seconds)} labels, mostly {top}{share}"
 
-    def transpose_reference(self, annotation, n: int):
-        """The reference annotation of the track pitch-shifted by ``n`` semitones (robustness
-        scoring), or None (the default): evaluate then transposes the whole JAMS with the deformer
-        audio-mode augmentation uses (chord and key labels, f0 and notes move; tags stay). A task
-        whose namespace that deformer does not know, yet moves with pitch, overrides this."""
+
+class Scorer:
+    """How a track is scored and scores are pooled, summarised and drawn."""
+
+    metrics: ClassVar[tuple[str, ...]] = ()  # per-track scores, in table order
+    score_columns: ClassVar[tuple[str, ...]] = ()  # the pooled scores the run summary shows
+    scored_by: ClassVar[str] = "mir_eval, duration-weighted"  # how the pooled scores were made (the summary's header)
+    # optional: (ref, est) -> JSON-able data of one track that pooled metrics need beyond its scores
+    # (e.g. its clip label and the estimate's), kept in the evaluate record; None: nothing
+    evidence: Callable[[Any, Any], dict[str, Any] | None] | None = None
+    # optional: (every scored track's evidence, figures folder) -> metrics joining (overriding) the
+    # pooled totals in ``scores.json`` (a ``notes`` list of lines is printed under the score table),
+    # pooled figures written under the folder; None when ``evidence`` is None
+    pool_evidence: Callable[[Sequence[Mapping[str, Any]], Path], dict[str, Any]] | None = None
+
+    def score(self, ref, est) -> Scores:
+        """Per-metric score of one track and the weight that pools it over tracks."""
+        raise NotImplementedError
+
+    def pool(self, per_track: Sequence[Scores]) -> dict[str, float | None]:
+        return pool_weighted(per_track, self.metrics)
+
+    def summary(self, scores: Mapping[str, Any]) -> str:
+        """A few words on one track's scores (figure titles)."""
+        return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.score_columns[:2] if m in scores)
+
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
+             prediction: np.ndarray) -> None:
+        """A figure of one scored track (written through the atomic helper); ``prediction`` is what
+        ``Decoder.predict`` returned for it. The default draws nothing."""
+
+
+class CorpusVocabulary:
+    """A task whose classes come from the corpus (instrument tags): what a track carries, the task
+    bound to the vocabulary ingest built, and per-track sampling weights."""
+
+    def labels(self, jam) -> list[str] | None:
+        """The class labels a track carries (raw, as annotated)."""
+        raise NotImplementedError
+
+    def bind(self, task: "Task", vocabulary: Mapping[str, Any] | None) -> "Task":
+        """``task`` with the corpus vocabulary (``models.labels.Vocabulary`` as JSON)."""
+        raise NotImplementedError
+
+    def stream_weights(self, labels: Sequence[Sequence[str]]) -> list[float] | None:
+        """A sampling weight per training track (its ``labels``, as ingest recorded them) for the
+        patch mux; None: every track alike."""
         return None
+
+
+class Baseline:
+    """A non-learned method scored beside the model on the same test audio."""
+
+    name: ClassVar[str]
+
+    def run(self, audio_path: str, prep, duration: float):
+        """The baseline's annotation of one test track (``mirpipe.annotations.prepare.Preparation``
+        says how to read its audio), or None; scored with the task's ``Scorer``."""
+        raise NotImplementedError
+
+
+class Task:
+    """One model the pipeline trains and scores: a name, the feature it reads, and its parts
+    (see the module docstring). Optional parts are None when absent."""
+
+    name: ClassVar[str]
+    feature: ClassVar[str] = "cqt"  # feature kind the network reads (a store array; its frame grid holds the targets)
+    targets: Targets
+    network: Network | None = None
+    decoder: Decoder | None = None
+    scorer: Scorer | None = None
+    vocabulary: CorpusVocabulary | None = None
+    baseline: Baseline | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.network is not None
+
+    @property
+    def namespace(self) -> str:
+        return self.targets.namespace
+
+    @property
+    def version(self) -> str:
+        return self.targets.version
+
+    def bind(self, vocabulary: Mapping[str, Any] | None) -> "Task":
+        """This task with the corpus vocabulary; a task without one (``vocabulary`` None) ignores it.
+        Training binds the manifest's, evaluation the checkpoint's."""
+        return self if self.vocabulary is None else self.vocabulary.bind(self, vocabulary)
+
+
+def annotation_transposers() -> dict[str, Transposer]:
+    """{namespace regex: transposer} for ``mirpipe.audio.deform``: every registered task's
+    ``Targets.transpose_annotation`` for the namespaces it ``moves``, then the pitched namespaces
+    no task claims (``mirpipe.annotations.transpose.UNCLAIMED``)."""
+    out: dict[str, Transposer] = {}
+    for task in TASKS.values():
+        if task.targets.moves is not None:
+            out.setdefault(task.targets.moves, task.targets.transpose_annotation)
+    for pattern, transposer in UNCLAIMED.items():  # after the tasks': the deformer takes the first match
+        out.setdefault(pattern, transposer)
+    return out

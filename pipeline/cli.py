@@ -88,11 +88,11 @@ def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, dict]:
 
 
 def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> None:
-    from mirpipe.models.task import Task
+    from mirpipe.models.task import Scorer
 
     for task, s in scores.items():
         columns = s.get("columns") or [k for k, v in s.items() if isinstance(v, float)]
-        scored_by = s.get("scored_by", Task.scored_by)  # scores.json written before the field existed: the default
+        scored_by = s.get("scored_by", Scorer.scored_by)  # scores.json written before the field existed: the default
         _echo(f"\n{task} scores ({scored_by}; {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
         rows = [("model", s)]
         if isinstance(s.get("baseline"), dict):

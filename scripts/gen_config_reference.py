@@ -206,7 +206,7 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
                 )
             )
             for task in sorted(TASKS.names()):
-                params = TASKS.get(task).Params
+                params = TASKS.get(task).network.Params
                 if params.model_fields:
                     body.append(
                         (
@@ -220,7 +220,7 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
                     body.extend(rows(params, f"train.models.{task}.", placeholders))
         if name == "evaluate":
             for task in sorted(TASKS.names()):
-                params = TASKS.get(task).DecodeParams
+                params = TASKS.get(task).decoder.DecodeParams
                 if params.model_fields:
                     body.append(
                         (

@@ -1,12 +1,11 @@
 """evaluate: per test track (unshifted), predict over the whole track, decode to
 JAMS, score with the task's metrics (mir_eval); the driver writes per-track CSV, pooled
 totals (``reports/<task>/scores.json``) and the figures. Every task-specific step is
-the task's own (``mirpipe.models.task.Task``)."""
+the task's own (its parts: ``mirpipe.models.task``)."""
 
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 from dataclasses import dataclass
@@ -70,10 +69,10 @@ class EvaluateParams(BaseModel):
     @field_validator("decoding", mode="before")
     @classmethod
     def _decoding(cls, v: Any) -> dict[str, BaseModel]:
-        return per_task_params(v, "decoding", "DecodeParams")
+        return per_task_params(v, "decoding", lambda t: t.decoder.DecodeParams)
 
     def decode_params(self, task: str) -> BaseModel:
-        return self.decoding.get(task) or TASKS.get(task).DecodeParams()
+        return self.decoding.get(task) or TASKS.get(task).decoder.DecodeParams()
 
 
 def report_dir(ctx: StageContext, task: str) -> Path:
@@ -118,7 +117,7 @@ class Evaluate(Stage):
             task = TASKS.get(task_name)
             tracks = sorted(
                 t for t, split, offers in zip(manifest, manifest.column("split"), manifest.column("offers"))
-                if split == "test" and task.usable(offers) and t in upstream["features"]
+                if split == "test" and task.targets.usable(offers) and t in upstream["features"]
             )
             value = manifest.value  # raw fields: no record is built per track
             trained_at = trained.record.trained_at
@@ -133,7 +132,7 @@ class Evaluate(Stage):
                         identity={"trained_at": trained_at,
                                   **({"robustness": shifts} if shifts else {}),
                                   "decoding": p.decode_params(task_name).model_dump(mode="json"),
-                                  **({"baseline": task.baseline_name} if task.baseline_name and p.baselines else {})},
+                                  **({"baseline": task.baseline.name} if task.baseline is not None and p.baselines else {})},
                         upstream=(trained.fingerprint, feat.fingerprint),
                     )
                 )
@@ -162,17 +161,17 @@ class Evaluate(Stage):
         stored = read[where[0][0]]
         features = kind.view(stored, geometry, 0)
         frame_rate = geometry["sr"] / geometry["hop_length"]
-        prediction = task.predict(model, features, device)
+        prediction = task.decoder.predict(model, features, device)
         jams_path = item.payload["jams"]
         prep = Preparation.from_json(item.payload["prep"])
         ref_jam = prepared_jams(jams_path, prep)  # the reference ingest chose, snapped as ingest validated it
-        ref = task.reference(ref_jam)
+        ref = task.targets.reference(ref_jam)
         if ref is None:
             raise errors.AnnotationSchemaError(jams_path, f"no {task.namespace} annotation to score against")
         n_frames = stored.shape[0]
         duration = prep.duration  # the audio's, never the JAMS's own claim
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
-        est = task.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
+        est = task.decoder.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
         est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta["model"], sort_keys=True)}
         out = report_dir(ctx, task.name)
         est_jam = jams.JAMS(file_metadata=ref_jam.file_metadata)
@@ -181,15 +180,15 @@ class Evaluate(Stage):
         with atomic_path(est_path) as tmp:
             est_jam.save(str(tmp), strict=True)
         try:
-            scores = task.score(ref, est)
+            scores = task.scorer.score(ref, est)
         except ValueError as exc:  # mir_eval rejects the reference: the same every time, so not retried
             raise errors.ScoringError(jams_path, f"{task.name} scoring failed: {exc}") from None
         baseline = None
-        if task.baseline_name and p.baselines:
-            base = task.baseline(item.payload["audio"], prep, duration)
+        if task.baseline is not None and p.baselines:
+            base = task.baseline.run(item.payload["audio"], prep, duration)
             if base is not None:
                 try:
-                    baseline = task.score(ref, base)
+                    baseline = task.scorer.score(ref, base)
                 except ValueError as exc:
                     raise errors.ScoringError(jams_path, f"{task.name} baseline scoring failed: {exc}") from None
         shifted = None
@@ -199,11 +198,9 @@ class Evaluate(Stage):
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            # the prediction goes to tasks whose plot takes it (a plugin written before it existed may not)
-            extra = {"prediction": prediction} if "prediction" in inspect.signature(task.plot).parameters else {}
-            task.plot(fig, features, frame_rate, ref, est, f"{track}: {task.summary(scores)}", **extra)
+            task.scorer.plot(fig, features, frame_rate, ref, est, f"{track}: {task.scorer.summary(scores)}", prediction)
             figure = str(fig.relative_to(ctx.workdir))
-        evidence = task.evidence(ref, est)
+        evidence = task.scorer.evidence(ref, est) if task.scorer.evidence is not None else None
         return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline,
                               shifted, evidence)
 
@@ -212,22 +209,19 @@ class Evaluate(Stage):
                       jams_path) -> dict[str, dict[str, dict[str, float]]]:
         """Scores of the track transposed by each shift: the features at that shift (a bin offset in
         feature mode, the stored variant in audio mode) against the reference transposed the same way
-        (the JAMS deformer of audio-mode augmentation, so every namespace moves as training's did)."""
-        from mirpipe.audio.deform import deform
-
+        (``Targets.transpose_annotation``, as audio-mode augmentation moves it)."""
         kind = FEATURE_KINDS.get(task.feature)
         out = {}
         shifts = [n for n in where if n != 0]
-        ref0 = task.reference(ref_jam)
-        own = {n: task.transpose_reference(ref0, n) for n in shifts}  # the task's own, where it has one
-        deformed = dict((n, jam_n) for n, jam_n, _ in deform(ref_jam, [n for n in shifts if own[n] is None], "librosa"))
+        ref0 = task.targets.reference(ref_jam)
         for n in shifts:
             variant, residual = where[n]
-            est = task.decode(task.predict(model, kind.view(read[variant], geometry, residual), device), frame_times,
+            prediction = task.decoder.predict(model, kind.view(read[variant], geometry, residual), device)
+            est = task.decoder.decode(prediction, frame_times,
                               duration, state, options)
-            ref = own[n] if own[n] is not None else task.reference(deformed[n])
+            ref = task.targets.transpose_annotation(ref0, n)
             try:
-                out[str(n)] = task.score(ref, est)
+                out[str(n)] = task.scorer.score(ref, est)
             except ValueError as exc:
                 raise errors.ScoringError(jams_path, f"{task.name} scoring at a shift of {n} failed: {exc}") from None
         return out
@@ -249,35 +243,38 @@ class Evaluate(Stage):
             out = report_dir(ctx, task_name)
             table = io.StringIO()
             writer = csv.writer(table)
-            base_cols = [f"{task.baseline_name}:{m}" for m in task.metrics] if any(r.baseline for r in records) else []
-            writer.writerow(["track", "duration", *task.metrics, *base_cols])
+            base_cols = [f"{task.baseline.name}:{m}" for m in task.scorer.metrics] if any(r.baseline for r in records) else []
+            writer.writerow(["track", "duration", *task.scorer.metrics, *base_cols])
             for r in records:
                 writer.writerow([r.track, f"{r.duration:.3f}",
-                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.metrics),
-                                 *((f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else "" for m in task.metrics)
+                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.scorer.metrics),
+                                 *((f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else ""
+                                    for m in task.scorer.metrics)
                                    if base_cols else ())])
             write_bytes(out / "scores.csv", table.getvalue().encode())
-            totals = task.pool([r.scores for r in records])
+            totals = task.scorer.pool([r.scores for r in records])
             evidence = [r.evidence for r in records if r.evidence is not None]
-            pooled = task.pool_evidence(evidence, out / "figures") if evidence else {}  # e.g. macro-F1, a confusion matrix
+            pool_evidence = task.scorer.pool_evidence
+            # e.g. macro-F1, a confusion matrix
+            pooled = pool_evidence(evidence, out / "figures") if evidence and pool_evidence else {}
             based = [r for r in records if r.baseline is not None]
             baseline = {}
             if based:
                 baseline = {"baseline": {
-                    "name": task.baseline_name,
-                    **{m: _finite(v) for m, v in task.pool([r.baseline for r in based]).items()},
+                    "name": task.baseline.name,
+                    **{m: _finite(v) for m, v in task.scorer.pool([r.baseline for r in based]).items()},
                     "n_tracks": len(based),
-                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.metrics if m in r.baseline}
+                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.scorer.metrics if m in r.baseline}
                                for r in based},
                 }}
             write_json(out / "scores.json", {
                 **{m: _finite(v) for m, v in totals.items()},
-                "columns": list(task.score_columns),
-                "scored_by": task.scored_by,
+                "columns": list(task.scorer.score_columns),
+                "scored_by": task.scorer.scored_by,
                 "n_tracks": len(records),
                 "seconds": sum(r.duration for r in records),
                 "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
-                "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.metrics if m in r.scores}
+                "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.scorer.metrics if m in r.scores}
                            for r in records},
                 **baseline,
                 **pooled,
@@ -292,8 +289,8 @@ def robustness_table(task, records) -> tuple[list[int], dict[str, list[float | N
     shifts = sorted({0, *(int(n) for r in records if r.shifted for n in r.shifted)})
     per_shift = {n: [r.scores if n == 0 else r.shifted[str(n)] for r in records
                      if n == 0 or (r.shifted and str(n) in r.shifted)] for n in shifts}
-    pooled = {n: task.pool(per_shift[n]) for n in shifts}
-    table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.metrics}
+    pooled = {n: task.scorer.pool(per_shift[n]) for n in shifts}
+    table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.scorer.metrics}
     return shifts, table, [len(per_shift[n]) for n in shifts]
 
 
@@ -309,7 +306,7 @@ def write_robustness(out: Path, task, records) -> None:
         writer.writerow([m, *("" if v is None else f"{v:.4f}" for v in values)])
     write_bytes(out / "robustness.csv", text.getvalue().encode())
     write_json(out / "robustness.json", {"shifts": shifts, "metrics": table, "n_tracks": counts,
-                                         "columns": list(task.score_columns)})
-    shown = {m: table[m] for m in task.score_columns if m in table} or table
+                                         "columns": list(task.scorer.score_columns)})
+    shown = {m: table[m] for m in task.scorer.score_columns if m in table} or table
     plot_robustness(out / "robustness.png", shifts, shown,
                     f"{task.name}: test tracks transposed (pooled over {max(counts)} tracks)")

@@ -120,6 +120,7 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
     import librosa
 
     from mirpipe.audio.deform import deform
+    from mirpipe.models.task import annotation_transposers
 
     t0 = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)
@@ -130,7 +131,7 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
         versions = [(y, jam)]
     else:  # audio mode: the waveform and the annotations of every shift, in memory
         t = time.perf_counter()
-        deformed = list(deform(jam, variants, aug.backend))
+        deformed = list(deform(jam, variants, aug.backend, transposers=annotation_transposers()))
         timings["annotations"] = time.perf_counter() - t
         versions = []
         for n, jam_n, _ in deformed:
@@ -145,7 +146,7 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
         task = TASKS.get(task_name)
         n_frames = arrays[task.feature].shape[1]
         times = librosa.frames_to_time(np.arange(n_frames), sr=p.sr, hop_length=FEATURE_KINDS.get(task.feature).hop_length(p.kind_params(task.feature)))
-        encoded = [task.encode(jam_v, times) for _, jam_v in versions]
+        encoded = [task.targets.encode(jam_v, times) for _, jam_v in versions]
         for key in encoded[0]:
             arrays[f"targets/{key}"] = np.stack([e[key] for e in encoded])
     timings["targets"] = time.perf_counter() - t

@@ -70,9 +70,9 @@ class IngestParams(BaseModel):
     @classmethod
     def _vocabularies(cls, v: dict[str, VocabularyParams]) -> dict[str, VocabularyParams]:
         for name in v:
-            if not TASKS.get(TASKS.check(name)).has_labels:
+            if TASKS.get(TASKS.check(name)).vocabulary is None:
                 raise ValueError(f"vocabularies.{name}: task {name!r} has a fixed vocabulary; tasks with corpus labels: "
-                                 + ", ".join(t.name for t in TASKS.values() if t.has_labels))
+                                 + ", ".join(t.name for t in TASKS.values() if t.vocabulary is not None))
         return v
 
     @model_validator(mode="after")
@@ -110,7 +110,7 @@ class TrackRecord(Record):
     notices: list[Notice]
     declared_split: str | None  # the JAMS's own sandbox.split, when honoured
     content: str  # digest of the audio and JAMS bytes and of ``prep``: what later stages depend on
-    # per task whose classes come from the corpus (``Task.labels``): the labels the track carries, normalised
+    # per task whose classes come from the corpus (``task.vocabulary.labels``): the labels the track carries, normalised
     labels: dict[str, list[str]] = field(default_factory=dict, kw_only=True)
 
 
@@ -193,7 +193,8 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
                 jams_path, f"{ann.namespace} annotation ends at {end:.2f}s, audio lasts {duration:.2f}s"
             )
     declared = _declared_split(jam, jams_path) if p.declared_splits else None
-    labels = {task.name: found for task in TASKS.values() if task.has_labels and (found := task.labels(jam))}
+    labels = {task.name: found for task in TASKS.values()
+              if task.vocabulary is not None and (found := task.vocabulary.labels(jam))}
     audio_sha, jams_sha = file_sha256(audio_path), file_sha256(jams_path)
     content = hashlib.sha256(json.dumps(
         {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version}, sort_keys=True,
@@ -219,7 +220,7 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
 
 def reference_namespaces() -> set[str]:
     """The namespaces a task takes one reference from (where ingest picks among competitors)."""
-    return {task.namespace for task in TASKS.values() if not task.merges_annotations}
+    return {task.namespace for task in TASKS.values() if not task.targets.merges_annotations}
 
 
 def decode_checked(audio_path: Path) -> tuple[np.ndarray, int, tuple[int, int, int] | None]:
@@ -444,7 +445,7 @@ def build_vocabularies(splits: Sequence[str], labels: Sequence[Mapping[str, list
     labels outside the classes) from what ``validate_track`` recorded (each track's split and labels)."""
     out = {}
     for task in TASKS.values():
-        if task.has_labels:
+        if task.vocabulary is not None:
             tracks = ((split, (lab or {}).get(task.name, [])) for split, lab in zip(splits, labels))
             out[task.name] = build_vocabulary(tracks, p.vocabularies.get(task.name)).to_json()
     return out

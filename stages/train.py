@@ -113,7 +113,7 @@ class TrainParams(BaseModel):
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, v: Any) -> dict[str, BaseModel]:
-        return per_task_params(v, "models", "Params")
+        return per_task_params(v, "models", lambda t: t.network.Params)
 
     @field_validator("overrides")
     @classmethod
@@ -135,7 +135,7 @@ class TrainParams(BaseModel):
 
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""
-        return self.models.get(task) or TASKS.get(task).Params()
+        return self.models.get(task) or TASKS.get(task).network.Params()
 
 
 # Settings that change where or how fast training runs, not what it learns; the task
@@ -169,7 +169,7 @@ def seed_everything(seed: int) -> None:
 
 def vocabulary(ctx: StageContext, task: Task) -> dict[str, Any] | None:
     """The class vocabulary ingest built for ``task`` from the corpus's labels (None: the task's own)."""
-    return read_manifest(ctx).extra.get("vocabularies", {}).get(task.name) if task.has_labels else None
+    return read_manifest(ctx).extra.get("vocabularies", {}).get(task.name) if task.vocabulary is not None else None
 
 
 def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
@@ -179,7 +179,7 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     index = open_store(p.store, store_root(ctx)).read_index()
     train, val = [], []
     for track, split, frames in zip(index, index.column("split"), index.column("frames")):
-        if split not in ("train", "val") or track not in manifest or not task.usable(manifest.value(track, "offers")):
+        if split not in ("train", "val") or track not in manifest or not task.targets.usable(manifest.value(track, "offers")):
             continue
         (train if split == "train" else val).append(EntryKey(track, frames[task.feature]))
     return train, val
@@ -193,9 +193,9 @@ def _unshifted_targets(store, track: str, names) -> dict[str, np.ndarray]:
 
 def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: list[list[str]]) -> list[float] | None:
     """A mux weight per training entry (``labels``: each one's, as ingest recorded them): the task's
-    own (``Task.stream_weights``, e.g. class balance) times the entry's length in frames under
+    own (``task.vocabulary.stream_weights``, e.g. class balance) times the entry's length in frames under
     ``sampling: frames``; None: uniform."""
-    weights = task.stream_weights(labels)
+    weights = task.vocabulary.stream_weights(labels) if task.vocabulary is not None else None
     if sampling == "frames":
         lengths = [float(k.n_frames) for k in keys]
         weights = lengths if weights is None else [w * n for w, n in zip(weights, lengths)]
@@ -203,7 +203,7 @@ def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: li
 
 
 def build_model(task: Task, params: BaseModel, n_bins: int):
-    return task.build(n_bins=n_bins, params=params)
+    return task.network.build(n_bins=n_bins, params=params)
 
 
 @STAGES.register
@@ -236,7 +236,7 @@ class Train(Stage):
             task = TASKS.get(name)
             read = {}
             for item_id, done in feats.items():
-                if item_id not in manifest or not task.usable(manifest.value(item_id, "offers")):
+                if item_id not in manifest or not task.targets.usable(manifest.value(item_id, "offers")):
                     continue
                 split = manifest.value(item_id, "split")
                 if split in ("train", "val"):
@@ -246,7 +246,7 @@ class Train(Stage):
                 name, payload={"task": name},
                 identity={"model": p.model_params(name).model_dump(mode="json"),
                           "shifts": ctx.params["augment"].active_shifts(),
-                          **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.has_labels else {}),
+                          **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
                           **({"overrides": fingerprinted(p.for_task(name))}
                              if p.overrides.get(name) else {})},
                 upstream=(digest,),
@@ -266,10 +266,10 @@ class Train(Stage):
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
-        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames,
+        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
         store = open_store(fp.store, store_root(ctx))
-        state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)
+        state = task.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
         manifest = read_manifest(ctx)
         weights = sampling_weights(task, p.sampling, train_keys,
                                    [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
@@ -371,17 +371,17 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
 
 def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
-    """``Task.tune`` each checkpoint's model on the validation batches; what it returns joins the
-    checkpoint's ``meta.state`` (evaluation decodes with it). Tasks without ``tune`` cost nothing."""
+    """``task.decoder.tune`` each checkpoint's model on the validation batches; what it returns joins
+    the checkpoint's ``meta.state`` (evaluation decodes with it). A decoder without ``tune`` costs nothing."""
     from mirpipe.models.checkpoint import load_checkpoint, plain
     from mirpipe.models.trainer import atomic_save
 
-    if type(task).tune is Task.tune:
+    if task.decoder is None or task.decoder.tune is None:
         return
     for path in paths:
         ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
-        tuned = task.tune(model.eval(), batches(), device)
+        tuned = task.decoder.tune(model.eval(), batches(), device)
         ckpt["meta"]["state"] = plain({**ckpt["meta"].get("state", {}), **tuned})  # numpy floats as Python's
         atomic_save(ckpt, path)
         _log(f"train[{task.name}]: tuned on the validation split for {path.name}: {tuned}")

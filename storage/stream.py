@@ -56,16 +56,16 @@ class StreamSpec:
     patch_frames: int = 128
     slab_frames: int = 1024  # frames read per activation (a whole track when shorter)
     shifts: tuple[int, ...] = (0,)  # semitones an activation draws from
-    task: Any = None  # what moves the targets under a shift (``transpose(targets, n)``) and derives batch
-    # targets from stored ones (``prepare_batch(batch)``); None: only shift 0, batches as stored
+    task: Any = None  # what moves the targets under a shift (``targets.transpose(targets, n)``) and derives batch
+    # targets from stored ones (``network.prepare_batch(batch)``); None: only shift 0, batches as stored
 
     @property
     def names(self) -> list[str]:
         return [self.feature, *self.targets]
 
     def prepare(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A stacked batch with the task's derived targets (``Task.prepare_batch``)."""
-        return batch if self.task is None else self.task.prepare_batch(batch)
+        """A stacked batch with the task's derived targets (``task.network.prepare_batch``)."""
+        return batch if self.task is None else self.task.network.prepare_batch(batch)
 
 
 def resolve_shift(attrs: dict[str, Any], shift: int) -> tuple[int, int]:
@@ -150,7 +150,7 @@ def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int
     if residual:
         if spec.task is None:
             raise ValueError(f"a shift of {residual} semitones needs the task that moves the targets")
-        targets = spec.task.transpose(targets, residual)
+        targets = spec.task.targets.transpose(targets, residual)
     geometry = attrs["features"][spec.feature]
     kind = FEATURE_KINDS.get(geometry["kind"])
     frames = np.asarray(arrays[spec.feature][variant, start:stop])

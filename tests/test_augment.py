@@ -7,6 +7,7 @@ import pytest
 import shutil
 
 from mirpipe.audio.deform import deform
+from mirpipe.models.task import annotation_transposers
 from mirpipe.audio.pitch_shift import PITCH_SHIFTERS, pitch_shift
 from mirpipe.demo.track import annotate, compose
 
@@ -27,7 +28,7 @@ def _values(jam, ns):
 
 
 def test_thirteen_variants_validate_and_parse(source_jam, tmp_path):
-    outputs = list(deform(source_jam, SHIFTS, "librosa"))
+    outputs = list(deform(source_jam, SHIFTS, "librosa", transposers=annotation_transposers()))
     assert [n for n, _, _ in outputs] == SHIFTS
     for n, out, y in outputs:
         assert y is None  # no audio unless asked
@@ -44,7 +45,7 @@ def test_every_pitched_namespace_moves_exactly(source_jam):
     orig_chords = _values(source_jam, "chord")
     orig_contour = _values(source_jam, "pitch_contour")
     orig_notes = _values(source_jam, "note_midi")
-    for n, out, _ in deform(source_jam, SHIFTS, "librosa"):
+    for n, out, _ in deform(source_jam, SHIFTS, "librosa", transposers=annotation_transposers()):
         for a, b in zip(orig_chords, _values(out, "chord")):
             if a == "N":
                 assert b == "N"
@@ -67,7 +68,7 @@ def test_every_pitched_namespace_moves_exactly(source_jam):
 
 def test_keep_audio_shifts_the_audio_too(source_jam):
     y = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
-    (n, out, shifted), = deform(source_jam, [2], "librosa", audio=(y, 22050))
+    (n, out, shifted), = deform(source_jam, [2], "librosa", audio=(y, 22050), transposers=annotation_transposers())
     assert shifted.shape == y.shape and not np.allclose(shifted, y)
     assert not hasattr(out.sandbox.muda, "_audio")
 

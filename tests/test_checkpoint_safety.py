@@ -162,8 +162,8 @@ def _trainer(store, out_dir: Path, log=lambda m: None) -> Trainer:
     from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
     torch.manual_seed(0)
-    model = TASK.build(n_bins=N_BINS, params=TASK.Params(architecture="cr2", structured=True, hidden=8, channels=4))
-    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets, patch_frames=32, slab_frames=64)
+    model = TASK.network.build(n_bins=N_BINS, params=TASK.network.Params(architecture="cr2", structured=True, hidden=8, channels=4))
+    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", 120) for i in range(3)]
     stream = PatchStream(spec, keys[:2], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=1), seed=3)
     settings = TrainerSettings(steps_per_epoch=3, max_epochs=3, patience=5, checkpoint_every=2, device="cpu", seed=5,

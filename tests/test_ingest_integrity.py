@@ -119,7 +119,7 @@ def _run(work, corpus, only="features", **ingest):
 
 def _chord_tags(jam, n_frames):
     times = librosa.frames_to_time(np.arange(n_frames), sr=SR, hop_length=2048)
-    return TASKS.get("chord").encode(jam, times)["chord_tag"]
+    return TASKS.get("chord").targets.encode(jam, times)["chord_tag"]
 
 
 def _stored(work, track, name="targets/chord_tag"):

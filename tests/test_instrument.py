@@ -61,7 +61,7 @@ def test_a_declared_class_without_a_training_example_is_a_clear_error():
     assert "class 'oboe' has no training example" in "\n".join(notes("instrument", vocab))
     task = TASKS.get("instrument").bind(vocab.to_json())
     with pytest.raises(ValueError, match=r"\['oboe'\] have no training example"):
-        task.fit_state(iter(()))
+        task.network.fit_state(iter(()))
     with pytest.raises(ValueError, match="not at another alias"):
         VocabularyParams(aliases={"a": "b", "b": "c"})
 
@@ -77,10 +77,10 @@ def test_stored_targets_are_label_ids_independent_of_the_vocabulary():
     # the same stored ids under two vocabularies: the batch targets follow the vocabulary
     batch = {LABELS: np.stack([ids[:4], ids[4:]])}
     small = TASKS.get("instrument").bind(build_vocabulary([("train", ["violin", "cello"])]).to_json())
-    out = small.prepare_batch(dict(batch))
+    out = small.network.prepare_batch(dict(batch))
     assert np.allclose(out[PRESENCE], [[0.5, 1.0], [0.5, 0.0]]) and list(out[SINGLE]) == [-1, -1]  # drums is unknown here
     big = TASKS.get("instrument").bind(build_vocabulary([("train", ["violin", "cello", "drums"])]).to_json())
-    out = big.prepare_batch(dict(batch))
+    out = big.network.prepare_batch(dict(batch))
     assert np.allclose(out[PRESENCE], [[0.5, 1.0, 1.0], [0.5, 1.0, 0.0]]) and LABELS not in out
 
 
@@ -92,7 +92,7 @@ def test_single_instrument_patches_get_a_class_and_padding_is_ignored():
     ids[1, :2, 0] = f
     ids[1, 2:] = -1  # padded frames
     ids[2, :, 0], ids[2, 1, 1] = f, o
-    out = task.prepare_batch({LABELS: ids})
+    out = task.network.prepare_batch({LABELS: ids})
     assert list(out[SINGLE]) == [1, 0, -1]
     assert np.allclose(out[PRESENCE], [[0, 1], [1, 0], [1, 0.25]])
 
@@ -113,7 +113,7 @@ def test_class_balanced_weights_draw_every_class_about_equally(tmp_path):
                           {"track": track, "variants": [0], "features": {"cqt": GEOMETRY}})
     vocab = build_vocabulary([("train", names) for names in labels.values()])
     task = TASKS.get("instrument").bind(vocab.to_json())
-    weights = task.stream_weights(list(labels.values()))
+    weights = task.vocabulary.stream_weights(list(labels.values()))
     per_class: dict[str, float] = {}
     for names, w in zip(labels.values(), weights):
         per_class[normalise(names[0])] = per_class.get(normalise(names[0]), 0) + w
@@ -152,7 +152,7 @@ def test_a_clip_label_is_the_mean_of_its_patch_log_probabilities():
     n_frames, patch = 20, 10
     pred = _prediction(np.log(probs), np.full((3, 3), 0.1), patch, n_frames)
     times = np.arange(n_frames) * 0.1
-    est = task.decode(pred, times, 2.0, {"vocabulary": vocab.to_json()}, task.DecodeParams())
+    est = task.decoder.decode(pred, times, 2.0, {"vocabulary": vocab.to_json()}, task.decoder.DecodeParams())
     mean = np.log(probs).mean(axis=0)
     assert est.sandbox.clip["label"] == ["a", "b", "c"][int(np.argmax(mean))] == "c"
     assert est.sandbox.clip["probabilities"]["c"] == pytest.approx(np.exp(mean[2]) / np.exp(mean).sum(), abs=1e-4)
@@ -169,18 +169,18 @@ def test_mixture_activity_is_decoded_to_time_spans_and_scored_with_average_preci
     act[:, 0] = np.linspace(0.1, 0.6, 9)
     pred = _prediction(np.log(np.full((9, 3), 1 / 3)), act, patch, n_frames)
     times = np.arange(n_frames) * 0.1
-    est = task.decode(pred, times, 5.0, {"vocabulary": vocab.to_json()}, task.DecodeParams(threshold=0.5))
+    est = task.decoder.decode(pred, times, 5.0, {"vocabulary": vocab.to_json()}, task.decoder.DecodeParams(threshold=0.5))
     spans = {(o.value, round(o.time, 3), round(o.duration, 3)) for o in est.data}
     assert ("drums", 0.0, 5.0) in spans and ("flute", 1.0, 2.0) in spans and ("bass", 3.5, 1.5) in spans
     ref = _jam([("Drums", 0.0, 5.0), ("flute", 1.0, 1.0), ("bass", 2.0, 3.0)], 5.0).annotations[0]
-    ev = task.evidence(ref, est)
+    ev = task.scorer.evidence(ref, est)
     assert ev["kind"] == "mixture" and ev["classes"] == vocab.classes
     truth, scores = np.asarray(ev["ref"]), np.asarray(ev["est"])
     assert truth.shape == scores.shape == (9, 3)
     assert list(truth[:, 2]) == [0, 1, 1, 1, 0, 0, 0, 0, 0]  # a patch counts a class sounding in half of it
     expected = np.mean([average_precision_score(truth[:, k], scores[:, k]) for k in range(3)])
-    assert task.score(ref, est)["mAP"]["score"] == pytest.approx(expected)
-    pooled = task.pool_evidence([ev, ev], figures=None)
+    assert task.scorer.score(ref, est)["mAP"]["score"] == pytest.approx(expected)
+    pooled = task.scorer.pool_evidence([ev, ev], figures=None)
     assert pooled["mAP"] == pytest.approx(np.mean([average_precision_score(np.r_[truth[:, k], truth[:, k]],
                                                                            np.r_[scores[:, k], scores[:, k]]) for k in range(3)]))
 
@@ -199,7 +199,7 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
         assert out["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
     # the pooled report: the same numbers from per-track evidence, and the confusion matrix figure
     task = TASKS.get("instrument")
-    pooled = task.pool_evidence([{"kind": "clip", "classes": classes, "ref": a, "est": b} for a, b in zip(ref, est)], tmp_path)
+    pooled = task.scorer.pool_evidence([{"kind": "clip", "classes": classes, "ref": a, "est": b} for a, b in zip(ref, est)], tmp_path)
     assert pooled["macro_f1"] == out["macro_f1"] and pooled["confusion"]["classes"] == labels
     assert np.asarray(pooled["confusion"]["matrix"]).sum() == 40
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000

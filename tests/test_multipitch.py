@@ -33,7 +33,7 @@ def _notes_jam(notes, duration):
 def test_sounding_notes_fill_each_frame_lowest_first_and_a_unison_counts_once():
     times = np.arange(100) * 0.01
     jam = _notes_jam([(0.1, 0.5, 60), (0.3, 0.5, 64), (0.3, 0.2, 60), (0.2, 0.05, 55.5)], 1.0)  # note_midi converted
-    f = TASK.encode(jam, times)["notes_hz"]
+    f = TASK.targets.encode(jam, times)["notes_hz"]
     assert f.shape == (100, mf.MAX_NOTES) and f.dtype == np.float32
     c4, e4, g3q = (440 * 2 ** ((m - 69) / 12) for m in (60, 64, 55.5))
     assert not f[:10].any() and (f[10, :2] == [np.float32(c4), 0]).all()  # start inclusive
@@ -41,7 +41,7 @@ def test_sounding_notes_fill_each_frame_lowest_first_and_a_unison_counts_once():
     np.testing.assert_allclose(f[35, :3], [c4, e4, 0], rtol=1e-6)  # C4 twice (two parts): one f0
     np.testing.assert_allclose(f[60, :2], [e4, 0], rtol=1e-6)  # C4 ended at 0.6 (end exclusive)
     assert not f[80:].any()
-    assert (TASK.encode(jams.JAMS(), times)["notes_hz"] == -1).all()  # no notes: no reference
+    assert (TASK.targets.encode(jams.JAMS(), times)["notes_hz"] == -1).all()  # no notes: no reference
 
 
 def test_the_multi_target_is_each_notes_20_cent_gaussian_and_shifts_move_it_exactly():
@@ -49,16 +49,16 @@ def test_the_multi_target_is_each_notes_20_cent_gaussian_and_shifts_move_it_exac
     f[0, :2] = GRID.hz_of([100, 140])
     f[1, 0] = GRID.hz_of(220.5)
     f[2] = -1  # padding
-    t = TASK.prepare_batch({NOTES: f})["targets/salience"]
+    t = TASK.network.prepare_batch({NOTES: f})["targets/salience"]
     assert t.shape == (3, 360)
     assert t[0, 100] == pytest.approx(1) == t[0, 140] and t[0, 101] == pytest.approx(np.exp(-0.5), rel=1e-5)
     np.testing.assert_allclose(t[0], np.maximum(sal.salience_target(f[0, 0]), sal.salience_target(f[0, 1])))
     assert t[1, 220] == pytest.approx(np.exp(-0.125), rel=1e-5) and not t[2].any()
     for n in (-4, 3):
-        moved = TASK.transpose({NOTES: f}, n)[NOTES]
+        moved = TASK.targets.transpose({NOTES: f}, n)[NOTES]
         np.testing.assert_allclose(moved[f > 0], f[f > 0] * 2 ** (n / 12), rtol=1e-6)
         assert (moved[f <= 0] == f[f <= 0]).all()
-        np.testing.assert_allclose(TASK.prepare_batch({NOTES: moved})["targets/salience"], np.roll(t, 5 * n, axis=-1), atol=2e-4)
+        np.testing.assert_allclose(TASK.network.prepare_batch({NOTES: moved})["targets/salience"], np.roll(t, 5 * n, axis=-1), atol=2e-4)
 
 
 # -- threshold, decoding -------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_a_salience_map_of_several_voices_decodes_back_within_10_cents_through_j
     T = 400
     ref = _chords(rng, T)
     times = np.arange(T) * HOP
-    est = TASK.decode(mf.multi_target(ref) * 0.8, times, T * HOP, {"threshold": 0.3}, TASK.DecodeParams())
+    est = TASK.decoder.decode(mf.multi_target(ref) * 0.8, times, T * HOP, {"threshold": 0.3}, TASK.decoder.DecodeParams())
     est.validate()
     et, ef = mf.frames_of_estimate(est)
     np.testing.assert_allclose(et, times, atol=1e-9)
@@ -135,15 +135,15 @@ def test_pooled_scores_equal_mir_eval_per_track_and_over_the_concatenated_frames
 
 def test_task_scores_a_note_reference_against_a_frame_estimate_as_mir_eval_does():
     jam = _notes_jam([(0.1, 0.5, 60), (0.3, 0.5, 64), (0.7, 0.2, 67)], 1.0)
-    ref = TASK.reference(jam)
+    ref = TASK.targets.reference(jam)
     T = int(np.ceil(1.0 / HOP))
     times = np.arange(T) * HOP
-    f = TASK.encode(jam, times)["notes_hz"]
+    f = TASK.targets.encode(jam, times)["notes_hz"]
     f[::5, 0] *= 2  # some octave errors
     est = mf.multif0_annotation(times, [r[r > 0] for r in f], HOP, 1.0)
-    scores = TASK.score(ref, est)
+    scores = TASK.scorer.score(ref, est)
     rt = np.arange(100) * 0.01
-    rf = [r[r > 0].astype(float) for r in TASK.encode(jam, rt)["notes_hz"]]
+    rf = [r[r > 0].astype(float) for r in TASK.targets.encode(jam, rt)["notes_hz"]]
     expected = mir_eval.multipitch.evaluate(rt, rf, times, [r[r > 0].astype(float) for r in f])
     assert {k: v["score"] for k, v in scores.items()} == pytest.approx({mf.SHORT[k]: v for k, v in expected.items()})
     assert 0.6 < scores["Acc"]["score"] < 1.0 and scores["Acc_chroma"]["score"] > 0.95

@@ -41,11 +41,11 @@ def test_shifted_f0_scales_exactly_and_moves_the_target_by_5_bins_a_semitone(n):
     f0 = GRID.hz_of(rng.uniform(60, 290, 50)).astype(np.float32)
     f0[::7] = 0.0
     f0[-3:] = -1.0  # padding stays padding
-    moved = TASK.transpose({F0: f0}, n)[F0]
+    moved = TASK.targets.transpose({F0: f0}, n)[F0]
     assert moved.dtype == f0.dtype
     np.testing.assert_allclose(moved[f0 > 0], f0[f0 > 0] * 2.0 ** (n / 12), rtol=1e-6)
     assert (moved[f0 <= 0] == f0[f0 <= 0]).all()
-    np.testing.assert_allclose(TASK.prepare_batch({F0: moved})["targets/salience"],
+    np.testing.assert_allclose(TASK.network.prepare_batch({F0: moved})["targets/salience"],
                                np.roll(sal.salience_target(f0), 5 * n, axis=-1), atol=2e-4)
 
 
@@ -114,7 +114,7 @@ def test_pitch_decoding_uses_viterbi_by_default_and_can_be_turned_off():
     sal_map = 0.8 * sal.salience_target(melody)
     sal_map[60] = 0.95 * sal.salience_target(np.array([293.66]))[0]
     times = np.arange(T) * 256 / 22050
-    est = {v: sal.contour_arrays(task.decode(sal_map, times, T * 256 / 22050, {"threshold": 0.3}, PitchDecoding(viterbi=v)))[1]
+    est = {v: sal.contour_arrays(task.decoder.decode(sal_map, times, T * 256 / 22050, {"threshold": 0.3}, PitchDecoding(viterbi=v)))[1]
            for v in (True, False)}
     assert abs(est[True][60] - 440.0) < 3.0 and abs(est[False][60] - 293.66) < 3.0
 
@@ -158,7 +158,7 @@ def test_task_scores_jams_contours_as_mir_eval_does():
     ref_hz, est_hz = _random_contour(rng, 400), _random_contour(rng, 400)
     ref = sal.contour_annotation(times, ref_hz, ref_hz > 0, 5.0)
     est = sal.contour_annotation(times, est_hz, est_hz > 0, 5.0)
-    scores = TASK.score(ref, est)
+    scores = TASK.scorer.score(ref, est)
     expected = mir_eval.melody.evaluate(times, ref_hz, times, est_hz)
     assert {k: v["score"] for k, v in scores.items()} == pytest.approx({sal.SHORT[k]: v for k, v in expected.items()})
 
@@ -200,8 +200,8 @@ def hcqt_store(tmp_path_factory):
 
 def _pitch_trainer(store, frames, out_dir, workers=0):
     torch.manual_seed(0)
-    model = TASK.build(360, TASK.Params(channels=[4], tall_channels=2, tall_bins=9))
-    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets, patch_frames=16, slab_frames=64,
+    model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
+    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64,
                       shifts=(-2, 0, 2), task=TASK)
     keys = [EntryKey(f"p{i}", n) for i, n in enumerate(frames)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=2, n_active=2, rate=4, n_shards=2), seed=3)
@@ -214,7 +214,7 @@ def _pitch_trainer(store, frames, out_dir, workers=0):
 
 def test_batches_carry_the_salience_built_from_their_f0(hcqt_store):
     store, frames = hcqt_store
-    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets, patch_frames=16, slab_frames=64, shifts=(-2, 2), task=TASK)
+    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 2), task=TASK)
     batch = next(PatchStream(spec, [EntryKey("p0", frames[0])], MuxSettings(batch_size=3, n_active=1, rate=4, n_shards=1), 0).batches(0))
     assert batch["hcqt"].shape == (3, 6, 16, 360) and batch["targets/salience"].shape == (3, 16, 360)
     np.testing.assert_array_equal(batch["targets/salience"], sal.salience_target(batch[F0]))

@@ -96,7 +96,7 @@ def test_predict_on_test_tracks_equals_evaluate(trained, tmp_path):
             assert len(ours) == 1, name
             theirs = jams.load(str(workdir / "reports" / name / "estimates" / f"{track}.jams")).annotations[0]
             ref = json.loads((workdir / "reports" / name / "scores.json").read_text())["tracks"][track]
-            got = task.score(task.reference(jams.load(str(Path(tests[track]).with_suffix(".jams")))), ours[0])
+            got = task.scorer.score(task.targets.reference(jams.load(str(Path(tests[track]).with_suffix(".jams")))), ours[0])
             if name == "chord":  # the same features, network and Viterbi decoding: the same segments
                 assert _obs(ours[0]) == _obs(theirs)
                 for metric, value in ref.items():
@@ -185,7 +185,7 @@ def test_robustness_table_per_task_and_shift_zero_is_the_normal_score(trained):
         task, out = TASKS.get(name), workdir / "reports" / name
         rows = list(csv.reader(open(out / "robustness.csv")))
         assert rows[0] == ["metric", "-1", "0", "+2"]
-        assert [r[0] for r in rows[1:]] == list(task.metrics) and all(len(r) == len(SHIFTS) + 1 for r in rows)
+        assert [r[0] for r in rows[1:]] == list(task.scorer.metrics) and all(len(r) == len(SHIFTS) + 1 for r in rows)
         table = json.loads((out / "robustness.json").read_text())
         scores = json.loads((out / "scores.json").read_text())
         assert table["shifts"] == SHIFTS
@@ -204,7 +204,7 @@ def test_status_shows_each_tasks_last_epoch_and_run_printed_tensorboard(trained)
     assert sorted(details) == TASK_NAMES
     for name, p in details.items():
         assert (p["epoch"], p["max_epochs"], p["step"], p["finished"]) == (2, 2, 6, True)
-        assert p["metric"] == TASKS.get(name).metric_name and p["train_loss"] > 0 and p["val_loss"] > 0
+        assert p["metric"] == TASKS.get(name).network.metric_name and p["train_loss"] > 0 and p["val_loss"] > 0
         assert p["patches_per_s"] > 0 and 0.0 <= p["value"] <= 1.0
     code, out, _ = _cli(["status", "--workdir", workdir])
     assert "chord: epoch 2/2 step 6/6" in out and "finished" in out

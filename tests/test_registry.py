@@ -11,27 +11,25 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from mirpipe.models.task import TASKS, Task, annotations
+from mirpipe.models.task import TASKS, Decoder, Network, Scorer, Targets, Task, annotations
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import ConfigError, parse_cluster, parse_pipeline
 from mirpipe.registry import Registry, UnknownNameError
 from mirpipe.stages import STAGES, run_order
 
 
-class Voicing(Task):
-    """Toy task: is the melody voiced in this frame? A per-frame linear model on the CQT."""
-
-    name = "toy_voicing"
+class VoicingTargets(Targets):
     namespace = "pitch_contour"
-    targets = ("targets/toy_voiced",)
-    metric_name = "frame_accuracy"
-    metrics = ("voicing_accuracy",)
-    score_columns = ("voicing_accuracy",)
+    arrays = ("targets/toy_voiced",)
 
     def encode(self, jam, frame_times):
         from mirpipe.models.pitch import encode
 
         return {"toy_voiced": (encode(jam, frame_times)["f0_hz"] > 0).astype(np.int8)}
+
+
+class VoicingNetwork(Network):
+    metric_name = "frame_accuracy"
 
     def build(self, n_bins, params):
         import torch
@@ -48,6 +46,8 @@ class Voicing(Task):
         correct = ((outputs[..., 0] > 0) == (batch["targets/toy_voiced"] > 0)).sum()
         return float(correct), float(batch["targets/toy_voiced"].numel())
 
+
+class VoicingDecoder(Decoder):
     def predict(self, model, features, device):
         import torch
 
@@ -64,6 +64,11 @@ class Voicing(Task):
                 ann.append(time=float(t), duration=min(step, duration - float(t)), value="voiced")
         return ann
 
+
+class VoicingScorer(Scorer):
+    metrics = ("voicing_accuracy",)
+    score_columns = ("voicing_accuracy",)
+
     def score(self, ref, est):
         grid = np.arange(0, ref.duration, 0.05)
         times, values = ref.to_event_values()
@@ -77,15 +82,28 @@ class Voicing(Task):
         return {"voicing_accuracy": {"score": float(np.mean(voiced_ref == voiced_est)), "weight": float(ref.duration)}}
 
 
-class TargetsOnly(Task):
-    """Toy target-only task (``trainable = False``): encodes targets, has no network."""
+class Voicing(Task):
+    """Toy task: is the melody voiced in this frame? A per-frame linear model on the CQT."""
 
-    name = "toy_targets_only"
+    name = "toy_voicing"
+    targets = VoicingTargets()
+    network = VoicingNetwork()
+    decoder = VoicingDecoder()
+    scorer = VoicingScorer()
+
+
+class ZeroTargets(Targets):
     namespace = "tag_open"
-    trainable = False
 
     def encode(self, jam, frame_times):
         return {"toy_zero": np.zeros(len(frame_times), np.int8)}
+
+
+class TargetsOnly(Task):
+    """Toy target-only task (no ``network``): encodes targets, has no network."""
+
+    name = "toy_targets_only"
+    targets = ZeroTargets()
 
 
 @pytest.fixture

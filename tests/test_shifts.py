@@ -11,6 +11,7 @@ import soundfile as sf
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.audio.deform import deform
+from mirpipe.models.task import annotation_transposers
 from mirpipe.stages.features import compute_entry
 from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
@@ -54,9 +55,9 @@ def stores(track, tmp_path_factory):
 def _reference_targets(track, n: int, n_frames: int, hop: int, name: str) -> dict[str, np.ndarray]:
     """Targets of task ``name`` encoded from the reference JAMS whose labels were shifted by n (muda, mir_eval labels)."""
     jam = jams.load(str(track / "t.jams"))
-    (_, shifted, _), = deform(jam, [n], "librosa")
+    (_, shifted, _), = deform(jam, [n], "librosa", transposers=annotation_transposers())
     times = np.arange(n_frames) * hop / SR
-    return {f"targets/{k}": v for k, v in TASKS.get(name).encode(shifted, times).items()}
+    return {f"targets/{k}": v for k, v in TASKS.get(name).targets.encode(shifted, times).items()}
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
@@ -65,16 +66,16 @@ def test_a_patch_at_shift_n_carries_the_reference_labels_shifted_by_n(stores, tr
     attrs = open_store(backend, stores[mode, backend]).read_attrs("t")
     for task_name in ("chord", "instrument"):  # each on its own feature's frame grid
         task = TASKS.get(task_name)
-        spec = StreamSpec(backend, str(stores[mode, backend]), task.feature, task.targets, shifts=tuple(SHIFTS), task=task)
+        spec = StreamSpec(backend, str(stores[mode, backend]), task.feature, task.targets.arrays, shifts=tuple(SHIFTS), task=task)
         n_frames = open_store(backend, stores[mode, backend]).read_entry("t", [task.feature]).arrays[task.feature].shape[1]
         for n in SHIFTS:
             slab = read_slab(spec, EntryKey("t", n_frames), 0, n_frames, shift=n)
             reference = _reference_targets(track, n, n_frames, attrs["features"][task.feature]["hop_length"], task_name)
-            for name in task.targets:
+            for name in task.targets.arrays:
                 assert np.array_equal(slab.targets[name], reference[name]), (mode, n, name)
             assert slab.shift == (n if mode == "feature" else 0)
     task = TASKS.get("chord")
-    spec = StreamSpec(backend, str(stores[mode, backend]), "cqt", task.targets, shifts=tuple(SHIFTS), task=task)
+    spec = StreamSpec(backend, str(stores[mode, backend]), "cqt", task.targets.arrays, shifts=tuple(SHIFTS), task=task)
     n_frames = open_store(backend, stores[mode, backend]).read_entry("t", ["cqt"]).arrays["cqt"].shape[1]
     assert read_slab(spec, EntryKey("t", n_frames), 0, n_frames, 2).patch("cqt", 0, 16)["cqt"].shape == (16, 216)
     # the labels really move: a shifted chord class differs from the unshifted one where a chord sounds

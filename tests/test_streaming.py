@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mirpipe.models.task import Task
+from mirpipe.models.task import CorpusVocabulary, Network, Targets, Task
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches
 from mirpipe.storage.torch_data import epoch_loader
@@ -17,11 +17,21 @@ GEOMETRY = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bin
             "margin_bins": MARGIN, "frame_rate": 22050 / 2048}
 
 
-class RollPitches(Task):
-    """A task whose pitch-class targets roll with the shift (what the chord task does)."""
+class RollTargets(Targets):
+    """Pitch-class targets that roll with the shift (what the chord task's do)."""
+
+    moves = "chord"
 
     def transpose(self, targets, n):
         return {**targets, "targets/pitches": np.roll(targets["targets/pitches"], n, axis=-1)}
+
+
+class RollPitches(Task):
+    """A task whose targets roll with the shift; its batches are as stored."""
+
+    name = "roll_pitches"
+    targets = RollTargets()
+    network = Network()
 
 
 def _arrays(track: str, n: int) -> dict[str, np.ndarray]:
@@ -150,9 +160,12 @@ def test_frames_sampling_draws_each_track_in_proportion_to_its_length(store):
     lengths = sampling_weights(RollPitches(), "frames", keys, [[] for _ in keys])
     assert lengths == [float(n) for n in LENGTHS.values()]
 
-    class Halves(RollPitches):
+    class HalvesVocabulary(CorpusVocabulary):
         def stream_weights(self, labels):
             return [0.5 if ls else 1.0 for ls in labels]
+
+    class Halves(RollPitches):
+        vocabulary = HalvesVocabulary()
 
     assert sampling_weights(Halves(), "frames", keys, [["x"], [], [], [], []]) == [150.0, 95.0, 420.0, 180.0, 250.0]
 

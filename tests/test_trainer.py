@@ -38,9 +38,9 @@ def store(tmp_path_factory):
 
 def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", **model):
     torch.manual_seed(0)
-    params = TASK.Params(**{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
-    model = TASK.build(n_bins=N_BINS, params=params)
-    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets, patch_frames=32, slab_frames=64)
+    params = TASK.network.Params(**{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
+    model = TASK.network.build(n_bins=N_BINS, params=params)
+    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
     settings = TrainerSettings(steps_per_epoch=4, max_epochs=10, patience=10, lr=1e-2, checkpoint_every=3,

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from mirpipe.models.task import Task
+from mirpipe.models.task import Network, Task
 from mirpipe.models.trainer import PROGRESS_ENV, Trainer, TrainerSettings, TrainState, atomic_save, progress_mode
 from mirpipe.storage.atomic import TMP_PREFIX, remove_leftovers
 
@@ -23,10 +23,7 @@ def _metric(outputs, batch):
     return float((outputs.argmax(-1) == batch["y"]).sum()), float(batch["y"].numel())
 
 
-class _Toy(Task):
-    name = "toy"
-    feature = "x"
-    targets = ("y",)
+class _ToyNetwork(Network):
     metric_name = "accuracy"
 
     def loss(self, outputs, batch):
@@ -34,6 +31,12 @@ class _Toy(Task):
 
     def metric(self, outputs, batch):
         return _metric(outputs, batch)
+
+
+class _Toy(Task):
+    name = "toy"
+    feature = "x"
+    network = _ToyNetwork()
 
 
 TASK = _Toy()

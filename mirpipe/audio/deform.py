@@ -14,32 +14,29 @@ from __future__ import annotations
 import re
 import warnings
 from copy import copy, deepcopy
+from typing import Mapping
 
 import jams
 import numpy as np
-from jams.core import Observation
-
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # muda imports pkg_resources
     import muda
     from muda.deformers import PitchShift
 
-from mirpipe.annotations.namespaces import transpose_label
+from mirpipe.annotations.transpose import UNCLAIMED, Transposer
 
 from mirpipe.audio.pitch_shift import pitch_shift
 
 
 class JointPitchShift(PitchShift):
-    """Integer pitch shifts applied exactly to chord, key_mode, pitch and note namespaces."""
+    """Integer pitch shifts applied exactly to the namespaces its ``transposers`` name (set after
+    construction, so muda's serialized parameters stay n_semitones and backend)."""
 
     def __init__(self, n_semitones=0, backend="librosa"):
         PitchShift.__init__(self, n_semitones=n_semitones)
         self.backend = backend
         self.dispatch.clear()
-        self._register("chord|chord_harte|key_mode", self.deform_label)
-        self._register("pitch_contour", self.deform_contour)
-        self._register("pitch_hz|note_hz", self.deform_hz)
-        self._register("pitch_midi|note_midi", self.deform_midi)
+        self.transposers: Mapping[str, Transposer] = dict(UNCLAIMED)
 
     def states(self, jam):
         for semitones in self.n_semitones:
@@ -53,58 +50,34 @@ class JointPitchShift(PitchShift):
 
     def _transform(self, jam, state):
         """muda's ``_transform``, minus its costs: namespaces are matched directly (``JAMS.search``
-        serializes every observation of every annotation), and the data of an annotation a handler
-        rewrites is not deep-copied first (a 10 ms pitch contour dominated the copy); handlers build
-        their new observations in one pass instead of appending them one by one."""
+        serializes every observation of every annotation), and the data of an annotation a
+        transposer rewrites is not deep-copied first (a 10 ms pitch contour dominated the copy).
+        Each annotation moves by the first pattern it matches."""
         handlers = {}
         for ann in jam.annotations:
-            for pattern, function_name in self.dispatch.items():
-                if re.fullmatch(pattern, ann.namespace):
-                    handlers.setdefault(id(ann), []).append(function_name)
-        # the rewritten annotations' data is shared with the source in the copy; each handler
-        # replaces it (``pop_data``) without touching the source's observations
+            pattern = next((pat for pat in self.transposers if re.fullmatch(pat, ann.namespace)), None)
+            if pattern is not None:
+                handlers[id(ann)] = self.transposers[pattern]
+        # the rewritten annotations' data is shared with the source in the copy; each transposer
+        # returns a new annotation whose data replaces it, never touching the source's observations
         memo = {id(ann.data): ann.data for ann in jam.annotations if id(ann) in handlers}
         jam_w = deepcopy(jam, memo)
         jam_w.sandbox.muda["history"].append({"transformer": self.__serialize__, "state": state})
         self.audio(jam_w.sandbox.muda, state)
-        for pattern, function_name in self.dispatch.items():  # muda's order: per pattern, every match
-            for ann_src, ann in zip(jam.annotations, jam_w.annotations):
-                if function_name in handlers.get(id(ann_src), ()):
-                    getattr(self, function_name)(ann, state)
+        for ann_src, ann in zip(jam.annotations, jam_w.annotations):
+            if id(ann_src) in handlers:
+                ann.data = handlers[id(ann_src)](ann, state["n_semitones"]).data
         return jam_w
 
-    @staticmethod
-    def _rewrite(annotation, value_of):
-        """Replace every observation's value by ``value_of(value)`` (times, durations, confidences kept)."""
-        old = annotation.pop_data()
-        annotation.data.update([Observation(o.time, o.duration, value_of(o.value), o.confidence) for o in old])
 
-    @staticmethod
-    def deform_label(annotation, state):
-        n = state["n_semitones"]
-        JointPitchShift._rewrite(annotation, lambda v: transpose_label(v, n))
-
-    @staticmethod
-    def deform_contour(annotation, state):
-        scale = 2.0 ** (state["n_semitones"] / 12.0)
-        JointPitchShift._rewrite(
-            annotation, lambda v: {"index": v["index"], "frequency": scale * v["frequency"], "voiced": v["voiced"]})
-
-    @staticmethod
-    def deform_hz(annotation, state):
-        scale = 2.0 ** (state["n_semitones"] / 12.0)
-        JointPitchShift._rewrite(annotation, lambda v: scale * v)
-
-    @staticmethod
-    def deform_midi(annotation, state):
-        n = state["n_semitones"]
-        JointPitchShift._rewrite(annotation, lambda v: v + n)
-
-
-def deform(jam: jams.JAMS, shifts: list[int], backend: str, audio: tuple[np.ndarray, int] | None = None):
+def deform(jam: jams.JAMS, shifts: list[int], backend: str, audio: tuple[np.ndarray, int] | None = None,
+           transposers: Mapping[str, Transposer] | None = None):
     """Yield (n_semitones, deformed JAMS, shifted audio or None) for each shift.
 
     The JAMS carries muda's deformation history; the audio is shifted only when given.
+    ``transposers`` ({namespace regex: transposer}, first match wins) say how annotations move
+    (``mirpipe.models.task.annotation_transposers()``: the tasks' own, then ``UNCLAIMED``); None:
+    ``UNCLAIMED`` alone. Annotations matching none stay as they are.
     """
     # the source's annotations are shared, never modified (``_transform`` copies what it keeps and
     # rebuilds what it rewrites); only the sandbox that muda writes to is the source's no more
@@ -115,7 +88,10 @@ def deform(jam: jams.JAMS, shifts: list[int], backend: str, audio: tuple[np.ndar
     else:
         muda.jam_pack(jam)
     for n in shifts:
-        out = next(JointPitchShift(n_semitones=[n], backend=backend).transform(jam))
+        shifter = JointPitchShift(n_semitones=[n], backend=backend)
+        if transposers is not None:
+            shifter.transposers = dict(transposers)
+        out = next(shifter.transform(jam))
         y = None
         box = out.sandbox.muda
         if audio is not None:

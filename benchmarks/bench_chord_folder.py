@@ -89,19 +89,19 @@ def main() -> None:
         stored = arrays[task.feature][attrs["variants"].index(0)]
         features = FEATURE_KINDS.get(task.feature).view(stored, geometry, 0)
         ref_jam = jams.load(str(jams_path), validate=False)
-        ref = task.reference(ref_jam)
+        ref = task.targets.reference(ref_jam)
         if ref is None:
             print(f"{jams_path.name}: no chord annotation, skipped", file=sys.stderr)
             continue
         frame_times = librosa.frames_to_time(np.arange(stored.shape[0]), sr=geometry["sr"], hop_length=geometry["hop_length"])
         duration = float(ref_jam.file_metadata.duration or frame_times[-1])
-        est = task.decode(task.predict(model, features, torch.device("cpu")), frame_times, duration,
-                          meta.get("state", {}), decoding)
-        scores = task.score(ref, est)
+        est = task.decoder.decode(task.decoder.predict(model, features, torch.device("cpu")), frame_times, duration,
+                                  meta.get("state", {}), decoding)
+        scores = task.scorer.score(ref, est)
         per_track.append(scores)
         if not args.json:
-            print(f"{audio.name:32s} {task.summary(scores)}")
-    totals = task.pool(per_track)
+            print(f"{audio.name:32s} {task.scorer.summary(scores)}")
+    totals = task.scorer.pool(per_track)
     if args.json:
         print(json.dumps({"folder": str(args.folder), "tracks": len(per_track), **totals}))
         return

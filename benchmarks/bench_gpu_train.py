@@ -158,7 +158,7 @@ def make_stream(packed: dict, root: Path, batch: int, n_shards: int, task):
     from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
 
     p = packed["train"]
-    spec = StreamSpec(packed["backend"], str(root), task.feature, task.targets, p["patch_frames"], p["slab_frames"],
+    spec = StreamSpec(packed["backend"], str(root), task.feature, task.targets.arrays, p["patch_frames"], p["slab_frames"],
                       shifts=tuple(packed["shifts"]), task=task)
     keys = [EntryKey(t, n) for t, n in packed["keys"]["train"]]
     val = [EntryKey(t, n) for t, n in packed["keys"]["val"]]
@@ -170,8 +170,8 @@ def data_alone(spec, stream, n_batches: int) -> dict[str, float]:
     import mirpipe.storage.stream as sm
 
     task = spec.task
-    reads, view, targets = Timed(sm.read_slab), Timed(sm.Slab.patch), Timed(task.prepare_batch)
-    sm.read_slab, sm.Slab.patch, task.prepare_batch = reads, view, targets
+    reads, view, targets = Timed(sm.read_slab), Timed(sm.Slab.patch), Timed(task.network.prepare_batch)
+    sm.read_slab, sm.Slab.patch, task.network.prepare_batch = reads, view, targets
     try:
         it = stream.batches(epoch=99)
         for _ in range(8):  # open the entries' handles first
@@ -183,7 +183,7 @@ def data_alone(spec, stream, n_batches: int) -> dict[str, float]:
         total = time.perf_counter() - t0
     finally:
         sm.read_slab, sm.Slab.patch = reads.fn, view.fn
-        del task.prepare_batch
+        del task.network.prepare_batch
     per = lambda s: s / n_batches * 1e3  # noqa: E731 - ms per batch
     return {"batches_per_s": n_batches / total, "patches_per_s": n / total, "ms_per_batch": per(total),
             "ms_slab_reads": per(reads.seconds), "slab_reads_per_batch": reads.calls / n_batches,
@@ -268,7 +268,7 @@ def run(args) -> None:
     print("data alone (trainer process):", json.dumps(results["data_alone"]), flush=True)
 
     torch.manual_seed(0)
-    model = task.build(n_bins=n_bins, params=params)
+    model = task.network.build(n_bins=n_bins, params=params)
     results["parameters"] = sum(x.numel() for x in model.parameters())
     settings = TrainerSettings(steps_per_epoch=10**9, max_epochs=1, lr=p["lr"], device=args.device, amp=not args.no_amp,
                                seed=0, threads=args.threads)
@@ -312,7 +312,7 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
     steps = max(10, int(best["steps_per_s"] * args.train_seconds * 0.8 / epochs))
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-train-"))
     torch.manual_seed(0)
-    model = task.build(n_bins=n_bins, params=params)
+    model = task.network.build(n_bins=n_bins, params=params)
     settings = TrainerSettings(steps_per_epoch=steps, max_epochs=epochs, patience=epochs, lr=args.train_lr or p["lr"],
                                device=args.device, amp=not args.no_amp, seed=0, checkpoint_every=10**9,
                                threads=args.threads)

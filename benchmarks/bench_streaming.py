@@ -176,7 +176,7 @@ def main() -> None:
         root = ensure_store(workdir, args.tracks)
         zarr_store = open_store("zarr", root)
         task = TASKS.get("chord")
-        names = [task.feature, *task.targets]
+        names = [task.feature, *task.targets.arrays]
         rows = list(zarr_store.read_index().values())
         keys = [EntryKey(r.track, r.frames[task.feature]) for r in rows if r.split == "train"] or \
             [EntryKey(r.track, r.frames[task.feature]) for r in rows]
@@ -188,7 +188,7 @@ def main() -> None:
 
         copy_store(zarr_store, "hdf5", tmp / "h5", [k.track for k in keys], names)
         preload_memory("bench", zarr_store, keys, names)
-        common = dict(feature=task.feature, targets=task.targets, patch_frames=p.patch_frames,
+        common = dict(feature=task.feature, targets=task.targets.arrays, patch_frames=p.patch_frames,
                       slab_frames=p.slab_frames, shifts=SHIFTS, task=task)
         specs = {
             "memory": StreamSpec("memory", "bench", **common),

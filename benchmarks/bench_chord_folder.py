@@ -107,7 +107,7 @@ def main() -> None:
         return
     print(f"\nchord scores (mir_eval, duration-weighted over {len(per_track)} tracks of {args.folder}; "
           f"model {args.workdir}/train/chord/{args.checkpoint}.pt; {time.perf_counter() - t0:.0f} s)")
-    cols = list(task.score_columns)
+    cols = list(task.scorer.score_columns)
     print("".join(f"{c:>9s}" for c in cols))
     print("".join(f"{totals[c]:9.3f}" if totals.get(c) is not None else f"{'-':>9s}" for c in cols))
 

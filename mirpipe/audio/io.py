@@ -13,12 +13,17 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".
 
 def decode_errors() -> tuple[type[BaseException], ...]:
     """What the decoders raise for a file they cannot decode, i.e. the file's fault: libsndfile's errors
-    (``soundfile.SoundFileError``, a ``RuntimeError``), audioread's (``DecodeError``: no backend, ffmpeg,
-    gstreamer or raw decoder errors) and ``EOFError`` (a stream that ends early). Anything else, a
-    ``MemoryError`` or a ``TypeError`` from a bug, is not the file's fault and must not be blamed on it."""
+    (``soundfile.SoundFileError``), audioread's (``DecodeError``: no backend, ffmpeg, gstreamer or raw
+    decoder errors), and what its raw backend lets through from the standard library's readers: a bare
+    ``RuntimeError`` (``wave`` on a chunk that runs past the end), ``wave.Error``, ``struct.error`` and
+    ``EOFError`` (a stream that ends early). Anything else, a ``MemoryError`` or a ``TypeError`` from a
+    bug, is not the file's fault and must not be blamed on it."""
+    import struct
+    import wave
+
     from audioread.exceptions import DecodeError
 
-    return (sf.SoundFileError, DecodeError, EOFError)
+    return (sf.SoundFileError, DecodeError, RuntimeError, wave.Error, struct.error, EOFError)
 
 
 def load_channels(path: Path | str) -> tuple[np.ndarray, int]:

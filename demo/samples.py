@@ -176,7 +176,7 @@ def load(path: str, key: int, sr: int, decaying: bool = False) -> Recording:
     else:
         try:
             y, file_sr = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as exc:
+        except (sf.SoundFileError, OSError) as exc:  # libsndfile's own errors: the library's file is unusable
             raise SampleLibraryUnavailable(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from None
         y = y.mean(axis=1)
     if file_sr != sr:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mirpipe.errors import ConfigurationError
 from mirpipe.records import Record
 from mirpipe.storage.atomic import temp_path
 
@@ -113,7 +114,7 @@ def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str,
         files = {s: soundfont.find_soundfont(s).stat().st_size for s in soundfonts}
         return "soundfont", {"fluidsynth": soundfont.library_version(), "soundfont_bytes": files}
     if renderer == "soundfont":
-        raise ValueError(f"synthesize.renderer is soundfont but {why}; run scripts/system-deps.sh")
+        raise ConfigurationError(f"synthesize.renderer is soundfont but {why}; run scripts/system-deps.sh")
     print(f"mirpipe: synthesize: {why}; rendering the demo corpus with the numpy timbres instead "
           "(scripts/system-deps.sh installs FluidSynth and the soundfonts)", file=sys.stderr)
     return "numpy", {"soundfont_unavailable": why}
@@ -148,7 +149,7 @@ def _libraries(renderer: str, names: tuple[str, ...]) -> dict[str, Any]:
             out[name] = samples.library_identity(samples.find_library(name, SOLO_FAMILIES))
         except samples.SampleLibraryUnavailable as exc:
             if renderer == "soundfont":
-                raise ValueError(f"synthesize.renderer is soundfont but {exc}") from None
+                raise ConfigurationError(f"synthesize.renderer is soundfont but {exc}") from None
             print(f"mirpipe: synthesize: {exc}; the solo clips are rendered with the soundfonts alone", file=sys.stderr)
     return out
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mirpipe.audio.io import AUDIO_EXTENSIONS
+from mirpipe.errors import ConfigurationError
 
 from . import IMPORTERS
 from .base import AnnotationFile, Importer, Listing, TrackSource
@@ -32,7 +33,7 @@ from .convert import contour, events, intervals, tag
 from .errors import AnnotationFormatError, IndexEntryError
 
 
-class MirdataMissingError(ValueError):
+class MirdataMissingError(ConfigurationError):
     """mirdata is not installed (a usage error: the CLI exits 2 with the install line)."""
 
 
@@ -69,7 +70,7 @@ class MirdataImporter(Importer):
         raise NotImplementedError
 
     def check_data_home(self, root: Path) -> None:
-        """A usage error (ValueError) when something the whole dataset needs is missing."""
+        """A usage error (``ConfigurationError``) when something the whole dataset needs is missing."""
 
     # -- the index -------------------------------------------------------------------------------
 
@@ -85,10 +86,10 @@ class MirdataImporter(Importer):
             if path.is_file():
                 return _read_index(path), f"index: {path} ({how}, version {dataset.version})"
             if explicit is not None:
-                raise ValueError(f"--index {path}: no such file")
+                raise ConfigurationError(f"--index {path}: no such file")
         index = self.index_from_layout(root)
         if not index["tracks"]:
-            raise ValueError(f"{self.name}: no tracks under {root} in the loader's layout ({self.layout}); "
+            raise ConfigurationError(f"{self.name}: no tracks under {root} in the loader's layout ({self.layout}); "
                              f"is --data-home the folder that holds them?")
         return index, (f"index: built from the files under {root} ({len(index['tracks'])} tracks, no checksums): "
                        f"mirdata's {filename} is not installed (with network access, "
@@ -100,7 +101,7 @@ class MirdataImporter(Importer):
         mirdata = _mirdata()
         root = Path(root)
         if not root.is_dir():
-            raise ValueError(f"--data-home {root}: not a folder")
+            raise ConfigurationError(f"--data-home {root}: not a folder")
         module = importlib.import_module(f"mirdata.datasets.{self.name}")
         dataset = module.Dataset(data_home=str(root), version=version)
         data, how = self.resolve_index(dataset, root, index)
@@ -126,9 +127,9 @@ def _read_index(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable mirdata index: {exc}") from None
+        raise ConfigurationError(f"{path}: not a readable mirdata index: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tracks"), dict):
-        raise ValueError(f"{path}: not a mirdata index (no 'tracks' mapping)")
+        raise ConfigurationError(f"{path}: not a mirdata index (no 'tracks' mapping)")
     return data
 
 
@@ -304,7 +305,8 @@ class MedleySolosDB(MirdataImporter):
 
     def check_data_home(self, root: Path) -> None:
         if not (root / self.METADATA).is_file():
-            raise ValueError(f"medley_solos_db: {root / self.METADATA} is missing: it holds every clip's instrument and split")
+            raise ConfigurationError(f"medley_solos_db: {root / self.METADATA} is missing: "
+                                     "it holds every clip's instrument and split")
 
     def index_from_layout(self, root: Path) -> dict[str, Any]:
         import csv

@@ -15,6 +15,7 @@ removes what an earlier import wrote for a track that now fails.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import time
@@ -26,7 +27,7 @@ import jams
 
 from mirpipe.records import Record
 from mirpipe import errors as stage_errors
-from mirpipe.audio.io import AUDIO_EXTENSIONS
+from mirpipe.audio.io import AUDIO_EXTENSIONS, decode_errors
 from mirpipe.storage.atomic import temp_path, write_bytes
 
 from .base import Listing, TrackSource
@@ -76,12 +77,12 @@ def audio_duration(path: Path) -> float:
         info = sf.info(str(path))
         frames, sr = int(info.frames), int(info.samplerate)
         seconds = frames / sr if sr > 0 else 0.0
-    except Exception as exc:  # noqa: BLE001 - not a container libsndfile reads: try a decoder
+    except (sf.SoundFileError, OSError) as exc:  # not a container libsndfile reads: try a decoder
         try:
             import librosa
 
             seconds = float(librosa.get_duration(path=str(path)))
-        except Exception:  # noqa: BLE001
+        except (*decode_errors(), OSError):  # the decoders' own errors only: a bug or MemoryError propagates
             cls = stage_errors.AudioDecodeError if path.suffix.lower() in (".wav", ".flac", ".ogg") else stage_errors.UnsupportedFormatError
             raise cls(path, f"cannot read the audio: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not seconds > 0:
@@ -132,7 +133,11 @@ def build_jams(src: TrackSource, importer: str, checksums: bool) -> tuple[jams.J
                 anns = part.read(part.path, duration)
             except (stage_errors.InputError, PermissionError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - a parser's own error: the file's fault
+            # a parser's own error is the file's fault: bad numbers or text (ValueError), missing fields or
+            # columns (LookupError), csv and jams errors; jams and mirdata build objects straight from the
+            # parsed document, so a malformed one raises TypeError/AttributeError there. MemoryError propagates.
+            except (ValueError, LookupError, TypeError, AttributeError, EOFError, OSError, csv.Error,
+                    jams.JamsError) as exc:
                 raise AnnotationFormatError(part.path, f"{part.what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
             for ann in anns:
                 check_annotation(ann, part.path)

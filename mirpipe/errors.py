@@ -1,13 +1,33 @@
 """Errors every layer may raise (this module imports nothing heavy).
 
-An ``InputError`` is the input's fault: it is recorded per item, never retried."""
+Every error mirpipe raises on purpose derives from ``MirpipeError``; anything else that
+reaches the command line is a bug (exit 3, traceback in a log file). Three families:
+
+- ``ConfigurationError``: a configuration file, command-line option or named file the user
+  must fix (the CLI exits 2 with the message);
+- ``WorkdirError``: the workdir cannot be used as it is (busy with another run, a file mirpipe
+  keeps there cannot be read; the CLI exits 2);
+- ``InputError``: an input file's fault, recorded per item and never retried (exit 1)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class WorkdirFileError(RuntimeError):
+class MirpipeError(Exception):
+    """The root of every error mirpipe raises on purpose (a bug raises something else)."""
+
+
+class ConfigurationError(MirpipeError, ValueError):
+    """A configuration file, command-line option or named file the user must fix; the message names it.
+    A ``ValueError`` too, so callers written before this class keep catching it."""
+
+
+class WorkdirError(MirpipeError):
+    """The workdir cannot be used as it is: another run holds it, or a file in it cannot be read."""
+
+
+class WorkdirFileError(WorkdirError, RuntimeError):
     """A file mirpipe keeps in a workdir or store (record, manifest, index) that cannot be read."""
 
     def __init__(self, path: Path | str, reason: str):
@@ -15,7 +35,11 @@ class WorkdirFileError(RuntimeError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
-class InputError(Exception):
+    def __reduce__(self):  # picklable across Dask workers
+        return (type(self), (self.path, self.reason))
+
+
+class InputError(MirpipeError):
     """A bad input file; ``path`` names it and ``reason`` says what is wrong."""
 
     kind = "input"

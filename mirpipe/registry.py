@@ -20,11 +20,15 @@ import importlib
 import inspect
 from typing import Generic, Iterator, Sequence, TypeVar
 
+from .errors import ConfigurationError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
-    """A name that no implementation registered; the message lists the names that exist."""
+class UnknownNameError(ConfigurationError, KeyError):
+    """A name that no implementation registered; the message lists the names that exist.
+    A configuration error (the name comes from pipeline.yaml or the command line), and a
+    ``KeyError`` and ``ValueError`` for the callers that catch those."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -55,7 +59,7 @@ class Registry(Generic[T]):
             value = target() if self.instantiate and isinstance(target, type) else target
             previous = self._items.get(key)
             if previous is not None and _origin(previous) != _origin(value):
-                raise ValueError(f"{self.kind} {key!r} is already registered by {_origin(previous)}")
+                raise ConfigurationError(f"{self.kind} {key!r} is already registered by {_origin(previous)}")
             self._items[key] = value
             return target
 
@@ -118,4 +122,4 @@ def import_plugins(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ValueError(f"plugin module {module!r} cannot be imported: {exc}") from None
+            raise ConfigurationError(f"plugin module {module!r} cannot be imported: {exc}") from None

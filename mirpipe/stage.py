@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from pydantic import BaseModel
 
+from mirpipe.errors import ConfigurationError
 from mirpipe.records import Record, RecordError, RecordView
 from mirpipe.registry import Registry
 
@@ -190,14 +191,14 @@ def run_order(enabled: set[str] | None = None) -> list[str]:
         if name in order:
             return
         if name in visiting:
-            raise ValueError(f"stages depend on each other in a cycle through {name!r}")
+            raise ConfigurationError(f"stages depend on each other in a cycle through {name!r}")
         visiting.add(name)
         stage = STAGES.get(name)
         for dep in (*stage.needs, *stage.after):
             if dep in names:
                 visit(dep)
             elif dep in stage.needs:
-                raise ValueError(f"stage {name!r} needs {dep!r}, which is not enabled")
+                raise ConfigurationError(f"stage {name!r} needs {dep!r}, which is not enabled")
         visiting.discard(name)
         order.append(name)
 

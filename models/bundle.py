@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from mirpipe.errors import ConfigurationError
+
 SUFFIX = ".mirpipe"
 FORMAT = 1
 CHECKED_LIBRARIES = ("mirpipe", "torch", "librosa", "numpy", "jams")
@@ -31,8 +33,9 @@ CHECKED_LIBRARIES = ("mirpipe", "torch", "librosa", "numpy", "jams")
 STRICT_LIBRARIES = ("mirpipe", "torch", "librosa")
 
 
-class BundleError(ValueError):
-    """A bundle that cannot be used here (what does not match is in the message)."""
+class BundleError(ConfigurationError):
+    """A bundle (``--model``) that cannot be used here (what does not match is in the message); the CLI
+    exits 2 with it. A ``ConfigurationError``, so a ``MirpipeError`` and a ``ValueError``."""
 
 
 @dataclass
@@ -169,7 +172,9 @@ def load_bundle(path: Path | str, warn=None) -> ModelBundle:
         raise
     except pickle.UnpicklingError as exc:  # refused by the safe loader: never advise loading it unsafely
         raise BundleError(f"{path}: not a mirpipe model bundle, it cannot be loaded safely ({refusal(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a foreign, torn or older file: say which and why
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a foreign, torn or older file (torch raises by cause): say which and why
         raise BundleError(f"{path}: not a mirpipe model bundle ({type(exc).__name__}: {refusal(exc)})") from None
     errors, warns = check_versions(bundle)
     if errors:

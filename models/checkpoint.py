@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirpipe.errors import WorkdirError
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded safely or at all (the message names the file and why)."""
+
+class CheckpointError(WorkdirError, ValueError):
+    """A checkpoint that cannot be loaded safely or at all (the message names the file and why);
+    the CLI exits 2 with it. A ``ValueError`` too, for callers written before ``MirpipeError``."""
 
 
 def refusal(exc: BaseException) -> str:
@@ -41,7 +44,9 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"{path}: cannot be loaded safely, it holds more than tensors and plain values "
                               f"({refusal(exc)}): an older mirpipe's checkpoint or a tampered file; "
                               "train again (`mirpipe verify --repair` marks a workdir's for it)") from None
-    except Exception as exc:  # noqa: BLE001 - a torn or foreign file
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch's zip reader and unpickler raise anything on a torn or foreign file
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {refusal(exc)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a mirpipe checkpoint (a {type(ckpt).__name__}, not a dict)")
@@ -53,7 +58,7 @@ def checkpoint_is_safe(path: Path | str) -> bool:
     beyond it (cheap enough for planning a run)."""
     try:
         return not torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not a torch zip checkpoint at all
+    except Exception:  # noqa: BLE001 - not a torch zip checkpoint at all (torch raises by cause): the loader refuses it too
         return False
 
 

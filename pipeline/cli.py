@@ -2,7 +2,10 @@
 
 Exit codes: 0 every item done; 1 some items failed or were quarantined (the run
 itself finished and recorded them); 2 bad configuration, a busy workdir, or a
-workdir file that cannot be read (the message names the file).
+workdir file that cannot be read (a ``ConfigurationError`` or ``WorkdirError``; the
+message names the file); 3 an unexpected error, i.e. a bug (one line naming the log
+file that holds the traceback: ``<workdir>/logs/`` when there is a workdir, else
+``~/.cache/mirpipe/``). Ctrl-C is click's: "Aborted!", exit 1.
 
 Only click is imported at start, so ``--help`` is instant; each command imports
 what it uses.
@@ -18,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mirpipe.errors import ConfigurationError
+
 from .quiet_stdout import stdout_to_stderr
 
 if TYPE_CHECKING:
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
 
 DEMO_WORKDIR = Path("work/demo")
 DEFAULT_WORKDIR = Path("work/run")  # run and status
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_UNEXPECTED = 0, 1, 2, 3
 
 
 class StageChoice(click.Choice):
@@ -142,22 +147,54 @@ def _exit_code(status_rows) -> int:
     return EXIT_FAILED_ITEMS if any(r["failed"] or r["quarantined"] for r in status_rows) else EXIT_OK
 
 
+def _error_log(exc: BaseException, workdir: object) -> Path:
+    """Write ``exc``'s traceback (with the command line and version) to a new log file and return its path:
+    ``<workdir>/logs/`` when the command has a workdir that exists, else ``~/.cache/mirpipe/`` (or
+    ``$XDG_CACHE_HOME/mirpipe/``), else the temp folder."""
+    import os
+    import tempfile
+    import traceback
+
+    from mirpipe import __version__
+
+    text = (f"mirpipe {__version__}: {' '.join(sys.argv)}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    name = f"mirpipe-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mirpipe"
+    folders = [Path(workdir) / "logs"] if isinstance(workdir, Path) and workdir.is_dir() else []
+    for folder in [*folders, cache, Path(tempfile.gettempdir())]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text)
+            return path.resolve()
+        except OSError:  # a read-only or full place: try the next one
+            continue
+    raise exc  # nowhere to write: Python's own traceback is the report
+
+
 def _guard(fn):
-    """Turn configuration and workdir errors into a one-line message and exit code 2."""
+    """Configuration and workdir errors (and a missing path the command line named): one line, exit 2.
+    Any other exception is a bug: one line naming the log file that holds its traceback, exit 3.
+    click's own exceptions, ``sys.exit`` and Ctrl-C (KeyboardInterrupt: click's "Aborted!") pass through."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mirpipe.errors import WorkdirFileError
-
-        from .config import ConfigError
-        from .runner import WorkdirBusyError
+        from mirpipe.errors import WorkdirError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, WorkdirBusyError, WorkdirFileError, FileNotFoundError, ValueError) as exc:
+        except (ConfigurationError, WorkdirError, FileNotFoundError) as exc:
             click.echo(f"mirpipe: error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line: a bug is reported (exit 3), never mislabelled
+            log = _error_log(exc, kwargs.get("workdir"))
+            message = (str(exc).splitlines() or [""])[0][:300]
+            click.echo(f"mirpipe: unexpected error: {type(exc).__name__}: {message} (traceback in {log})", err=True)
+            sys.exit(EXIT_UNEXPECTED)
 
     return wrapper
 
@@ -170,7 +207,8 @@ def _version() -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
     "Exit codes: 0 every item done; 1 some items failed or were quarantined; "
-    "2 bad configuration, busy workdir or unreadable workdir file."))
+    "2 bad configuration, busy workdir or unreadable workdir file; "
+    "3 an unexpected error (a bug: the message names the log file with the traceback)."))
 @click.version_option(_version(), prog_name="mirpipe")
 def main() -> None:
     """mirpipe: augment audio with its JAMS annotations, compute CQT features into a
@@ -397,7 +435,7 @@ def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | N
                                             warn=lambda m: click.echo(f"mirpipe: warning: {m}", err=True))
         missing = [t for t in wanted or () if t not in bundle.tasks]
         if missing:
-            raise ValueError(f"{model}: the model has no {', '.join(missing)} (it holds {', '.join(bundle.tasks)})")
+            raise ConfigurationError(f"{model}: the model has no {', '.join(missing)} (it holds {', '.join(bundle.tasks)})")
         chosen = wanted or list(bundle.tasks)
         cluster_cfg = wd.resolve(model if model.is_dir() else out, None, cluster)[1]
         _echo(f"mirpipe: model {bundle.name} ({bundle.identity}; tasks {', '.join(chosen)}; "
@@ -437,7 +475,7 @@ def export(workdir: Path, out: Path, tasks: str | None, json_mode: bool) -> None
     from .predict import export as export_bundle
 
     if out.suffix != SUFFIX:
-        raise ValueError(f"--out {out}: a model file is named NAME{SUFFIX}")
+        raise ConfigurationError(f"--out {out}: a model file is named NAME{SUFFIX}")
     with stdout_to_stderr(json_mode):
         bundle = export_bundle(workdir, out, _task_list(tasks))
     info = {"out": str(out), "name": bundle.name, "identity": bundle.identity, "tasks": sorted(bundle.tasks),
@@ -496,7 +534,7 @@ def import_mirdata(name: str, data_home: Path, out: Path, index: Path | None, da
     from mirpipe.importers import IMPORTERS
 
     if name in IMPORTERS and IMPORTERS.get(name).kind != "mirdata":
-        raise ValueError(f"{name!r} is not a mirdata importer (see `mirpipe import list`)")
+        raise ConfigurationError(f"{name!r} is not a mirdata importer (see `mirpipe import list`)")
     _run_import(name, data_home, out, json_mode, checksums=checksums, index=index, version=dataset_version)
 
 
@@ -510,7 +548,7 @@ def import_folder(source: Path, out: Path, json_mode: bool) -> None:
     (.lab, .csv, .jams: see `mirpipe import list`); subfolders are kept."""
     src, dst = source.resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
-        raise ValueError(f"--out {out} and {source} must not contain one another")
+        raise ConfigurationError(f"--out {out} and {source} must not contain one another")
     _run_import("folder", source, out, json_mode)
 
 

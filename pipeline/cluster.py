@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from mirpipe.errors import ConfigurationError
+
 from .cluster_config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
 
 Call = tuple[str, tuple[Any, ...]]  # (key, args)
@@ -28,7 +30,7 @@ class SyncExecutor:
         for key, args in calls:
             try:
                 yield key, fn(*args)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - as Dask hands back a task's exception: the runner classifies it
                 yield key, exc
 
 
@@ -65,7 +67,7 @@ class DaskExecutor:
             return None
         try:
             link = self.client.dashboard_link
-        except Exception:
+        except Exception:  # noqa: BLE001 - a client without a dashboard (or whose cluster is gone): show none
             return None
         server = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
         try:
@@ -174,7 +176,7 @@ def _dask_jobqueue():
     try:
         import dask_jobqueue
     except ImportError:
-        raise RuntimeError("cluster types slurm/pbs/sge/lsf need dask-jobqueue: pip install 'mirpipe[hpc]'") from None
+        raise ConfigurationError("cluster types slurm/pbs/sge/lsf need dask-jobqueue: pip install 'mirpipe[hpc]'") from None
     return dask_jobqueue
 
 
@@ -228,7 +230,7 @@ def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
     try:
         security = Security.temporary()  # require_encryption=True
     except ImportError:
-        raise RuntimeError(
+        raise ConfigurationError(
             "tls: true needs the 'cryptography' package to make temporary credentials "
             "(pip install cryptography), or set tls: false in cluster.yaml on a trusted network"
         ) from None

@@ -20,6 +20,7 @@ from .cluster_config import (  # noqa: F401 - re-exported
     parse_walltime,
 )
 
+from mirpipe.errors import ConfigurationError
 from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, run_order
 
@@ -86,8 +87,9 @@ class ClusterFile(BaseModel):
     cluster: ClusterConfig
 
 
-class ConfigError(ValueError):
-    """A configuration file that does not validate; the message names the file and fields."""
+class ConfigError(ConfigurationError):
+    """A configuration file that does not validate; the message names the file and fields
+    (a ``ConfigurationError``, so a ``MirpipeError`` and a ``ValueError``)."""
 
 
 def _format(path: Path | str, exc: ValidationError) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from mirpipe import __version__
 from mirpipe.columns import Row
+from mirpipe.errors import ConfigurationError, WorkdirError
 from mirpipe.records import RecordView
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
@@ -29,8 +30,8 @@ from .progress import StageProgress
 LOCK_NAME = ".mirpipe.lock"
 
 
-class WorkdirBusyError(RuntimeError):
-    """Another mirpipe run holds the workdir."""
+class WorkdirBusyError(WorkdirError, RuntimeError):
+    """Another mirpipe run holds the workdir (the CLI exits 2)."""
 
 
 def stage_order(config: PipelineBase) -> list[str]:
@@ -311,7 +312,7 @@ class Runner:
         order = stage_order(self.config)
         for name in [until, only, *force]:
             if name is not None and name not in order:
-                raise ValueError(f"unknown stage {name!r}; stages are {order}")
+                raise ConfigurationError(f"unknown stage {name!r}; stages are {order}")
         if only:
             selected = [only]
         elif until:

@@ -31,7 +31,7 @@ from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_change
 
 from mirpipe import errors
 from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
-from mirpipe.audio.io import header_frames, load_channels, riff_declared_frames
+from mirpipe.audio.io import decode_errors, header_frames, load_channels, riff_declared_frames
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.corpus import ScanSummary, scan_corpus
 
@@ -226,16 +226,19 @@ def reference_namespaces() -> set[str]:
 def decode_checked(audio_path: Path) -> tuple[np.ndarray, int, tuple[int, int, int] | None]:
     """Decode an audio file to ``(C, n)`` channels, or raise the classified error naming it (unreadable,
     undecodable, unsupported, empty, NaN/inf samples). Returns (channels, sr, header frames or None).
-    Ingest and ``predict`` both read audio through it."""
+    Ingest and ``predict`` both read audio through it. Only the decoders' own errors are blamed on the
+    file (``decode_errors``); a MemoryError or a bug propagates, so the runner retries it."""
     audio_path = Path(audio_path)
     header = header_frames(audio_path)
     try:
         channels, sr = load_channels(audio_path)
     except PermissionError as exc:
         raise errors.UnreadableFileError(audio_path, str(exc)) from None
-    except Exception as exc:
+    except decode_errors() as exc:
         cls = errors.AudioDecodeError if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg") else errors.UnsupportedFormatError
         raise cls(audio_path, f"cannot decode: {type(exc).__name__}: {exc}") from None
+    except OSError as exc:  # an I/O error reading it (a folder, a vanished file, a failing disk)
+        raise errors.UnreadableFileError(audio_path, f"cannot be read: {type(exc).__name__}: {exc}") from None
     if channels.size == 0:
         raise errors.EmptyAudioError(audio_path, "no samples")
     if not np.all(np.isfinite(channels)):
@@ -276,7 +279,10 @@ def _load_jams(jams_path: Path):
     _check_namespaces(jams_path)
     try:
         return jams.load(str(jams_path), validate=True, strict=True)
-    except Exception as exc:
+    # jams builds its objects straight from the JSON mapping before it validates, so a malformed document
+    # raises TypeError/KeyError/AttributeError/IndexError from inside jams: the document's fault, like a
+    # schema error or bad JSON (ValueError). A MemoryError or an error in mirpipe's own code is not caught.
+    except (jams.JamsError, ValueError, TypeError, LookupError, AttributeError, OSError) as exc:
         raise errors.AnnotationSchemaError(jams_path, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
 
 

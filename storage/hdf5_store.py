@@ -60,5 +60,5 @@ class HDF5Store(FeatureStore):
                     if f[n].size:
                         f[n][-1:]  # the last chunk decodes: the file was not cut short
                 return bool(names) and ATTRS_KEY in f.attrs
-        except Exception:
+        except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError... by cause: any means recompute it
             return False

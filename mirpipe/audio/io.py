@@ -11,6 +11,21 @@ import soundfile as sf
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".opus", ".au")
 
 
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """What the decoders raise for a file they cannot decode, i.e. the file's fault: libsndfile's errors
+    (``soundfile.SoundFileError``), audioread's (``DecodeError``: no backend, ffmpeg, gstreamer or raw
+    decoder errors), and what its raw backend lets through from the standard library's readers: a bare
+    ``RuntimeError`` (``wave`` on a chunk that runs past the end), ``wave.Error``, ``struct.error`` and
+    ``EOFError`` (a stream that ends early). Anything else, a ``MemoryError`` or a ``TypeError`` from a
+    bug, is not the file's fault and must not be blamed on it."""
+    import struct
+    import wave
+
+    from audioread.exceptions import DecodeError
+
+    return (sf.SoundFileError, DecodeError, RuntimeError, wave.Error, struct.error, EOFError)
+
+
 def load_channels(path: Path | str) -> tuple[np.ndarray, int]:
     """Decode a file to float32 channels ``(C, n)`` at its own rate.
 
@@ -60,7 +75,7 @@ def header_frames(path: Path | str) -> tuple[int, int, int] | None:
     """(frames, samplerate, channels) from the header when soundfile reads the container, else None."""
     try:
         info = sf.info(str(path))
-    except Exception:
+    except (sf.SoundFileError, OSError):  # not a container libsndfile reads (or not readable): no header
         return None
     return int(info.frames), int(info.samplerate), int(info.channels)
 

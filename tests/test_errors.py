@@ -1,0 +1,129 @@
+"""Errors: one root class; the CLI tells configuration and workdir errors (exit 2) from bugs (exit 3,
+traceback in a log file); decoding blames a file only for the decoders' own errors."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from mirpipe import errors
+from mirpipe.errors import ConfigurationError, InputError, MirpipeError, WorkdirError, WorkdirFileError
+from mirpipe.importers.mirdata_loaders import MirdataMissingError
+from mirpipe.models.bundle import BundleError
+from mirpipe.models.checkpoint import CheckpointError
+from mirpipe.pipeline import workdir as wd
+from mirpipe.pipeline.cli import main
+from mirpipe.pipeline.config import ConfigError, PipelineConfig
+from mirpipe.pipeline.runner import Runner, WorkdirBusyError
+from mirpipe.registry import UnknownNameError
+from mirpipe.stages import ingest
+
+
+def test_every_deliberate_error_derives_from_the_root_and_keeps_its_old_bases():
+    for cls in (ConfigError, UnknownNameError, BundleError, MirdataMissingError):
+        assert issubclass(cls, ConfigurationError) and issubclass(cls, ValueError)
+    for cls in (WorkdirFileError, WorkdirBusyError, CheckpointError):
+        assert issubclass(cls, WorkdirError)
+    assert issubclass(WorkdirFileError, RuntimeError) and issubclass(WorkdirBusyError, RuntimeError)
+    assert issubclass(CheckpointError, ValueError) and issubclass(UnknownNameError, KeyError)
+    for cls in (ConfigurationError, WorkdirError, InputError, errors.AudioDecodeError):
+        assert issubclass(cls, MirpipeError)
+    assert not issubclass(InputError, (ConfigurationError, WorkdirError))
+    assert errors.is_permanent(errors.AudioDecodeError("a.wav", "x")) and not errors.is_permanent(ValueError("bug"))
+    assert str(UnknownNameError("unknown task 'x'")) == "unknown task 'x'"  # not quoted as a KeyError would be
+
+
+def _cli(args, **env):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env or None)
+
+
+def test_a_bad_pipeline_yaml_exits_2_naming_the_file(tmp_path):
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text("features:\n  store: parquet\n")
+    res = _cli(["run", "--config", bad, "--workdir", tmp_path / "w"])
+    assert res.exit_code == 2 and "mirpipe: error:" in res.stderr and str(bad) in res.stderr
+    assert "features.store" in res.stderr and not (tmp_path / "w").exists()
+
+
+def _bug(*args, **kwargs):
+    raise ValueError("a plain ValueError from a bug")
+
+
+def test_an_unexpected_error_exits_3_with_one_line_naming_the_traceback_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(wd, "resolve", _bug)  # the first thing `run` does
+    work = tmp_path / "w"
+    work.mkdir()
+    res = _cli(["run", "--workdir", work])
+    assert res.exit_code == 3, res.output
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("mirpipe: unexpected error: ValueError: a plain ValueError from a bug (traceback in ")
+    (log,) = (work / "logs").glob("mirpipe-error-*.log")
+    assert line.endswith(f"(traceback in {log.resolve()})")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "_bug" in text and "a plain ValueError from a bug" in text
+
+
+def test_without_a_workdir_the_log_goes_to_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(wd, "resolve", _bug)
+    res = _cli(["cluster", "show"], XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert res.exit_code == 3
+    (log,) = (tmp_path / "cache" / "mirpipe").glob("mirpipe-error-*.log")
+    assert str(log.resolve()) in res.stderr and "ValueError" in log.read_text()
+
+
+def test_ctrl_c_keeps_clicks_abort(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wd, "resolve", interrupted)
+    res = _cli(["run", "--workdir", tmp_path])
+    assert res.exit_code == 1 and "Aborted!" in res.output and not (tmp_path / "logs").exists()
+
+
+def _wav(path, n=22050 * 2):
+    sf.write(path, (0.05 * np.sin(2 * np.pi * 220 * np.arange(n) / 22050)).astype(np.float32), 22050)
+    return path
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), TypeError("a bug"), AttributeError("a bug"), KeyError("a bug")])
+def test_decoding_does_not_blame_the_file_for_memory_errors_or_bugs(tmp_path, monkeypatch, exc):
+    def broken(path):
+        raise exc
+
+    monkeypatch.setattr(ingest, "load_channels", broken)
+    with pytest.raises(type(exc)):
+        ingest.decode_checked(_wav(tmp_path / "a.wav"))
+
+
+def test_a_corrupt_file_is_still_an_audio_decode_error(tmp_path):
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(errors.AudioDecodeError, match="noise.wav"):
+        ingest.decode_checked(noise)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(b"fLaC" + np.random.default_rng(1).bytes(2048))
+    with pytest.raises(errors.AudioDecodeError, match="cut.flac"):
+        ingest.decode_checked(cut)
+
+
+def test_a_bug_while_decoding_is_retried_and_recorded_as_no_input_error(tmp_path, monkeypatch, sync_cluster):
+    from mirpipe.pipeline.cluster import open_executor
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    from mirpipe.demo.track import annotate, compose, render
+
+    s = compose(0, 0, False, 6, 8)
+    sf.write(corpus / "a.flac", render(s, 22050, 0, 0), 22050)
+    annotate(s, "a", False).save(str(corpus / "a.jams"))
+
+    def broken(path):
+        raise TypeError("a bug in the decoding path")
+
+    monkeypatch.setattr(ingest, "load_channels", broken)
+    cfg = PipelineConfig.model_validate({"ingest": {"corpus": str(corpus)}, "run": {"retries": 1, "retry_backoff": 0}})
+    with open_executor(sync_cluster) as ex:
+        (report,) = Runner(tmp_path / "work", cfg, progress=False).run(ex, only="ingest")
+    (failure,) = report.failures
+    assert failure["error_class"] == "TypeError" and failure["kind"] != "input"
+    assert failure["attempts"] == 2  # retried, not blamed on a.flac

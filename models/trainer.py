@@ -36,29 +36,11 @@ import torch
 from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
+from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's
 from .task import Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
 PROGRESS_FILE = "progress.json"  # the last epoch's figures, rewritten atomically at each epoch end
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    steps_per_epoch: int = 100
-    max_epochs: int = 20
-    patience: int = 5  # epochs without a better validation metric before stopping
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau on the validation metric; cosine: to 0 by the last step
-    lr_factor: float = 0.5  # ReduceLROnPlateau on the validation metric
-    lr_patience: int = 2
-    grad_clip: float = 5.0
-    checkpoint_every: int = 50  # steps
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision, CUDA only
-    seed: int = 0
-    threads: int | None = None  # CPU threads for torch; default ``default_threads()``
-    deterministic: bool = False
 
 
 def default_threads() -> int:
@@ -347,7 +329,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             "state": plain(asdict(self.state)),
-            "settings": plain(asdict(self.settings)),
+            "settings": plain(self.settings.model_dump(mode="json")),
             "meta": plain(self.meta),
         }
 

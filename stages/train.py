@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.labels import training_identity
+from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
 from mirpipe.records import Record
 from mirpipe.storage import open_store
@@ -57,16 +58,22 @@ class TrainRecord(Record):
     history: list[dict[str, Any]]
 
 
-class TrainParams(BaseModel):
+class TrainParams(TrainingSettings):
     """Streaming and optimisation settings shared by every task, and each task's network
-    (``models.<task>``, validated by the task's own parameter model)."""
+    (``models.<task>``, validated by the task's own parameter model).
+
+    The optimisation settings are the inherited fields of ``models.settings.TrainingSettings``. Each
+    field declares whether it is fingerprinted (the task list and the per-task networks go into each
+    task's own item instead)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)")
-    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
+    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)",
+                             json_schema_extra=NOT_FINGERPRINTED)
+    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters",
+                                   json_schema_extra=NOT_FINGERPRINTED)
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per task, streaming/optimisation settings of this section that differ for it "
-        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})")
+        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})", json_schema_extra=NOT_FINGERPRINTED)
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
@@ -77,29 +84,15 @@ class TrainParams(BaseModel):
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
     sampling: Literal["track", "frames"] = Field(
         "track", description="how often the mux draws a track: track (each alike) or frames (in proportion to its "
-        "length: every frame of training audio about equally likely); times the task's own stream weights")
-    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
-    # optimisation
-    steps_per_epoch: int = Field(100, ge=1)
-    max_epochs: int = Field(8, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
-    lr: float = Field(2e-3, gt=0)
-    lr_schedule: Literal["plateau", "cosine"] = Field(
-        "plateau", description="plateau: ReduceLROnPlateau on the validation metric (lr_factor, lr_patience); "
-        "cosine: from lr down to 0 over max_epochs x steps_per_epoch, stepped every step")
-    lr_factor: float = Field(0.5, gt=0, lt=1)
-    lr_patience: int = Field(2, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(5.0, gt=0)
-    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
-    seed: int = 0
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    amp: bool = Field(True, description="mixed precision on CUDA")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: in a Dask worker its own threads (its share of the cores), else all cores")
+        "length: every frame of training audio about equally likely); times the task's own stream weights",
+        json_schema_extra=since("track"))
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)",
+                                json_schema_extra=NOT_FINGERPRINTED)
     progress: Literal["auto", "bar", "lines", "off"] = Field(
-        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines"
-    )
-    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal")
+        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines",
+        json_schema_extra=NOT_FINGERPRINTED)
+    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal",
+                                     json_schema_extra=NOT_FINGERPRINTED)
 
 
     @field_validator("tasks")
@@ -136,23 +129,6 @@ class TrainParams(BaseModel):
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""
         return self.models.get(task) or TASKS.get(task).Params()
-
-
-# Settings that change where or how fast training runs, not what it learns; the task
-# list and the per-task networks go into each task's own item instead.
-NOT_FINGERPRINTED = {
-    "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
-    "overrides",
-}
-# Settings added after models were trained: at these values they are what training did before
-# they existed, so they stay out of the fingerprint there (an upgrade does not retrain).
-SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
-
-
-def fingerprinted(p: "TrainParams") -> dict[str, Any]:
-    """The settings a training's fingerprint covers."""
-    dumped = p.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
-    return {k: v for k, v in dumped.items() if k not in SINCE_ADDED or v != SINCE_ADDED[k]}
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
@@ -254,7 +230,7 @@ class Train(Stage):
         return items
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
-        from mirpipe.models.trainer import Trainer, TrainerSettings
+        from mirpipe.models.trainer import Trainer
         from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
         fp: FeaturesParams = ctx.params["features"]
@@ -280,11 +256,7 @@ class Train(Stage):
         model_params = p.model_params(task.name)
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
         model = build_model(task, model_params, n_bins)
-        settings = TrainerSettings(
-            steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
-            weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
-            checkpoint_every=p.checkpoint_every, device=p.device, amp=p.amp, seed=p.seed, threads=p.threads,
-        )
+        settings = p.trainer_settings()
         meta = {
             "task": task.name,
             "model": model_params.model_dump(mode="json"),

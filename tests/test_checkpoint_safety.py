@@ -26,7 +26,7 @@ from mirpipe.models.trainer import Trainer, TrainerSettings, TrainState
 from mirpipe.pipeline import workdir as wd
 from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.config import parse_cluster
-from mirpipe.stages.base import StageContext, WorkItem
+from mirpipe.stage import StageContext, WorkItem
 from mirpipe.stages.evaluate import load_model
 from mirpipe.pipeline.inference import bundle_from_workdir
 from mirpipe.stages.train import Train

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from mirpipe.records import Record, RecordError, RecordView
 from mirpipe.registry import Registry
+from mirpipe.workdir import Workdir
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class StageContext:
 
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
+
+    @property
+    def dirs(self) -> Workdir:
+        """Every path of the workdir (``mirpipe.workdir.Workdir``): stages ask it, not each other."""
+        return Workdir(self.workdir)
 
 
 class Stage(ABC):

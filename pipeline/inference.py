@@ -27,7 +27,7 @@ from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from mirpipe.audio.io import to_mono
 from mirpipe.stage import StageContext
-from mirpipe.stages.features import FeaturesParams, compute_features, store_root
+from mirpipe.stages.features import FeaturesParams, compute_features
 from mirpipe.stages.ingest import decode_checked, file_sha256
 
 
@@ -45,7 +45,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
     models: dict[str, TaskModel] = {}
     for task_name in wanted:
         task = TASKS.get(task_name)
-        path = ctx.path("train", task_name, f"{ev.checkpoint}.pt")
+        path = ctx.dirs.checkpoint(task_name, ev.checkpoint)
         if not path.exists():
             if tasks:
                 raise FileNotFoundError(f"{path}: task {task_name!r} has no trained checkpoint in {ctx.workdir}")
@@ -66,7 +66,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
         raise FileNotFoundError(f"{ctx.workdir}: no trained model (train/<task>/{ev.checkpoint}.pt) to export")
     kinds = sorted({m.feature for m in models.values()})
     geometry = {}
-    store = open_store(fp.store, store_root(ctx))
+    store = open_store(fp.store, ctx.dirs.store_root(fp.store_path))
     index = store.read_index() if store.root.exists() else None
     if index is not None and len(index):
         attrs = store.read_attrs(next(iter(index)))

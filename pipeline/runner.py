@@ -20,13 +20,14 @@ from mirpipe.columns import Row
 from mirpipe.records import RecordView
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
+from mirpipe.workdir import Workdir
 
 from .config import PipelineBase
 from .execute import execute_item
 from .ledger import QUARANTINED, Ledger, QuarantinedError
 from .progress import StageProgress
 
-LOCK_NAME = ".mirpipe.lock"
+LOCK_NAME = Workdir.LOCK
 
 
 class WorkdirBusyError(RuntimeError):
@@ -294,10 +295,10 @@ class Runner:
         return {"status": "failed", "failure": failure.as_dict()}
 
     def _log_failure(self, stage: str, failure: dict[str, Any]) -> None:
-        logs = self.workdir / "logs"
+        logs = Workdir(self.workdir).logs
         logs.mkdir(parents=True, exist_ok=True)
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure.get('kind')} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
-        with open(logs / "failures.log", "a") as fh:
+        with open(Workdir(self.workdir).failures_log, "a") as fh:
             fh.write(line.replace("\n", " ") + "\n")
 
     def run(

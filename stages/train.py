@@ -26,7 +26,7 @@ from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpe
 
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
-from .features import FeaturesParams, store_root
+from .features import FeaturesParams
 from .ingest import read_manifest
 
 
@@ -132,7 +132,8 @@ class TrainParams(TrainingSettings):
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
-    return ctx.path("train", task)
+    """``Workdir.train_dir`` (kept for callers of the helper)."""
+    return ctx.dirs.train_dir(task)
 
 
 def seed_everything(seed: int) -> None:
@@ -152,7 +153,7 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     """Training and validation entries of the tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
-    index = open_store(p.store, store_root(ctx)).read_index()
+    index = open_store(p.store, ctx.dirs.store_root(p.store_path)).read_index()
     train, val = [], []
     for track, split, frames in zip(index, index.column("split"), index.column("frames")):
         if split not in ("train", "val") or track not in manifest or not task.usable(manifest.value(track, "offers")):
@@ -242,9 +243,10 @@ class Train(Stage):
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
-        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets, p.patch_frames, p.slab_frames,
+        root = ctx.dirs.store_root(fp.store_path)
+        spec = StreamSpec(fp.store, str(root), task.feature, task.targets, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
-        store = open_store(fp.store, store_root(ctx))
+        store = open_store(fp.store, root)
         state = task.fit_state(_unshifted_targets(store, k.track, task.targets) for k in train_keys)
         manifest = read_manifest(ctx)
         weights = sampling_weights(task, p.sampling, train_keys,
@@ -274,7 +276,7 @@ class Train(Stage):
         def val_batches():
             return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))
 
-        trainer = Trainer(model, task, train_batches, val_batches, settings, train_dir(ctx, task.name),
+        trainer = Trainer(model, task, train_batches, val_batches, settings, ctx.dirs.train_dir(task.name),
                           run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log,
                           progress=p.progress, progress_interval=p.progress_interval)
         try:
@@ -308,7 +310,7 @@ class Train(Stage):
         return path.exists() and checkpoint_is_safe(path)
 
     def start_notes(self, ctx: StageContext) -> list[str]:
-        return [f"train: watch it with `tensorboard --logdir {ctx.path('train').resolve()}` "
+        return [f"train: watch it with `tensorboard --logdir {ctx.dirs.train_root.resolve()}` "
                 f"(or `mirpipe status --workdir {ctx.workdir}`)"]
 
     def status_details(self, ctx: StageContext) -> dict[str, Any] | None:
@@ -333,7 +335,7 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
     out = {}
     for name in ctx.params["train"].tasks:
-        path = train_dir(ctx, name) / "progress.json"
+        path = ctx.dirs.progress(name)
         if path.exists():
             try:
                 out[name] = read_json(path)

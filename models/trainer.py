@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import numpy as np
 import torch
 
+from mirpipe.records import CheckpointMeta, TrainingProgress
 from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
@@ -264,7 +265,7 @@ class Trainer:
         settings: TrainerSettings,
         out_dir: Path,
         run_key: str,
-        meta: dict[str, Any] | None = None,
+        meta: CheckpointMeta | dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         tensorboard: bool = True,
         progress: str = "auto",
@@ -330,7 +331,7 @@ class Trainer:
             "rng": rng_states(),
             "state": plain(asdict(self.state)),
             "settings": plain(self.settings.model_dump(mode="json")),
-            "meta": plain(self.meta),
+            "meta": plain(self.meta.to_json() if isinstance(self.meta, CheckpointMeta) else self.meta),
         }
 
     def save_last(self) -> None:
@@ -471,15 +472,15 @@ class Trainer:
         def finite(x):
             return float(x) if x is not None and math.isfinite(x) else None
 
-        write_json(self.progress_path, {
-            "task": self.task.name, "epoch": st.epoch, "max_epochs": s.max_epochs, "step": st.global_step,
-            "total_steps": s.max_epochs * s.steps_per_epoch, "train_loss": finite(row["train_loss"]),
-            "val_loss": finite(row["val_loss"]), "metric": self.task.metric_name, "value": finite(score),
-            "best": finite(st.best_metric), "best_step": st.best_step, "lr": row["lr"],
-            "patches_per_s": finite(row["patches_per_s"]), "finished": st.finished,
-            "tensorboard": str(self.tb_dir) if self.tb_dir else None,
-            "updated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        write_json(self.progress_path, TrainingProgress(
+            task=self.task.name, epoch=st.epoch, max_epochs=s.max_epochs, step=st.global_step,
+            total_steps=s.max_epochs * s.steps_per_epoch, train_loss=finite(row["train_loss"]),
+            val_loss=finite(row["val_loss"]), metric=self.task.metric_name, value=finite(score),
+            best=finite(st.best_metric), best_step=st.best_step, lr=row["lr"],
+            patches_per_s=finite(row["patches_per_s"]), finished=st.finished,
+            tensorboard=str(self.tb_dir) if self.tb_dir else None,
+            updated=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ).to_json())
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""

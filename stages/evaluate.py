@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS, per_task_params
-from mirpipe.records import Record
+from mirpipe.records import CheckpointMeta, Record
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
@@ -87,10 +87,10 @@ def load_model(ctx: StageContext, task_name: str, which: str, device):
 
     path = ctx.dirs.checkpoint(task_name, which)
     ckpt = load_checkpoint(path, map_location=device)
-    meta = ckpt["meta"]
-    task = TASKS.get(task_name).bind(meta.get("vocabulary"))  # the classes it was trained on
-    params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta["model"]}}).model_params(task_name)
-    model = build_model(task, params, meta["n_bins"])
+    meta = CheckpointMeta.from_json(ckpt["meta"])
+    task = TASKS.get(task_name).bind(meta.vocabulary)  # the classes it was trained on
+    params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta.model}}).model_params(task_name)
+    model = build_model(task, params, meta.n_bins)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), meta
 
@@ -152,7 +152,7 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
-        task = task.bind(meta.get("vocabulary"))
+        task = task.bind(meta.vocabulary)
         shifts = [int(n) for n in item.payload.get("shifts") or ()]
         with open_store(fp.store, ctx.dirs.store_root(fp.store_path)).opened(track, [task.feature]) as (arrays, attrs):
             # the variant of each shift scored (audio mode stores every shift; feature mode one, read once)
@@ -173,8 +173,8 @@ class Evaluate(Stage):
         n_frames = stored.shape[0]
         duration = prep.duration  # the audio's, never the JAMS's own claim
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
-        est = task.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
-        est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta["model"], sort_keys=True)}
+        est = task.decode(prediction, frame_times, duration, meta.state, p.decode_params(task.name))
+        est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta.model, sort_keys=True)}
         out = ctx.dirs.report_dir(task.name)
         est_jam = jams.JAMS(file_metadata=ref_jam.file_metadata)
         est_jam.annotations.append(est)
@@ -196,7 +196,7 @@ class Evaluate(Stage):
         shifted = None
         if shifts:
             shifted = self._score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam,
-                                         meta.get("state", {}), p.decode_params(task.name), jams_path)
+                                         meta.state, p.decode_params(task.name), jams_path)
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mirpipe.models.labels import training_identity
 from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
-from mirpipe.records import Record
+from mirpipe.records import CheckpointMeta, Record
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
@@ -259,15 +259,8 @@ class Train(Stage):
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
         model = build_model(task, model_params, n_bins)
         settings = p.trainer_settings()
-        meta = {
-            "task": task.name,
-            "model": model_params.model_dump(mode="json"),
-            "n_bins": n_bins,
-            "state": state,
-            "vocabulary": vocab,
-            "train_entries": len(train_keys),
-            "val_entries": len(val_keys),
-        }
+        meta = CheckpointMeta(task=task.name, model=model_params.model_dump(mode="json"), n_bins=n_bins, state=state,
+                              vocabulary=vocab, train_entries=len(train_keys), val_entries=len(val_keys))
         loader_workers = p.loader_workers if not _daemonic() else 0  # Dask worker processes cannot fork loaders
 
         def train_batches(epoch: int, skip: int):
@@ -356,7 +349,8 @@ def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
         ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
         tuned = task.tune(model.eval(), batches(), device)
-        ckpt["meta"]["state"] = plain({**ckpt["meta"].get("state", {}), **tuned})  # numpy floats as Python's
+        meta = CheckpointMeta.from_json(ckpt["meta"])
+        ckpt["meta"] = plain(meta.replace(state={**meta.state, **tuned}).to_json())  # numpy floats as Python's
         atomic_save(ckpt, path)
         _log(f"train[{task.name}]: tuned on the validation split for {path.name}: {tuned}")
 

@@ -96,7 +96,7 @@ def main() -> None:
         frame_times = librosa.frames_to_time(np.arange(stored.shape[0]), sr=geometry["sr"], hop_length=geometry["hop_length"])
         duration = float(ref_jam.file_metadata.duration or frame_times[-1])
         est = task.decoder.decode(task.decoder.predict(model, features, torch.device("cpu")), frame_times, duration,
-                                  meta.get("state", {}), decoding)
+                                  meta.state, decoding)
         scores = task.scorer.score(ref, est)
         per_track.append(scores)
         if not args.json:

@@ -290,3 +290,89 @@ def _view_loaders(cls: type) -> dict[str, Callable[[Any], Any] | None]:
     """Per record class: each field's loader (None: the JSON value is the field)."""
     names, _, loaders = _plan(cls)
     return {n: loaders.get(n) for n in names}
+
+
+# -- records that cross rooms: checkpoints, item results, status rows, training progress --------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointMeta(Record):
+    """What a checkpoint holds beside the weights to rebuild and decode its model (``meta``): built once
+    by training, changed with ``replace`` (tuning adds to ``state``), stored as plain JSON values
+    (``to_json``: what ``torch.load(weights_only=True)`` reads back). ``model`` and ``n_bins`` are what
+    every reader needs; the rest has the value a reader assumed when it was absent."""
+
+    model: dict[str, Any]
+    n_bins: int
+    task: str = ""
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # the task's fitted/tuned decoding state
+    vocabulary: dict[str, Any] | None = None  # the classes trained on (None: the task's own)
+    train_entries: int | None = None
+    val_entries: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The keys in the order training has always written them."""
+        return {"task": self.task, "model": self.model, "n_bins": self.n_bins, "state": self.state,
+                "vocabulary": self.vocabulary, "train_entries": self.train_entries, "val_entries": self.val_entries}
+
+
+@dataclass(frozen=True)
+class ItemResult(Record):
+    """What running one item returns to the runner (``pipeline.execute.execute_item``): done with the
+    stage's record in JSON form, or failed with the ledger's failure row."""
+
+    status: str  # "done" | "failed"
+    item: str | None = None
+    record: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
+    seconds: float = 0.0
+    attempts: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+@dataclass(frozen=True)
+class StatusRow(Record):
+    """One stage in ``mirpipe status`` (the table and ``--json``): item counts, failures, notes and,
+    where the stage has them, details (absent from the JSON when there are none)."""
+
+    stage: str
+    total: int
+    done: int
+    running: int
+    pending: int
+    failed: int
+    quarantined: int
+    failures: list[dict[str, Any]]
+    notes: list[str]
+    details: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if out["details"] is None:
+            del out["details"]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainingProgress(Record):
+    """A task's last epoch of training (``train/<task>/progress.json``, read by ``mirpipe status``)."""
+
+    task: str
+    epoch: int
+    max_epochs: int
+    step: int
+    total_steps: int
+    train_loss: float | None
+    val_loss: float | None
+    metric: str
+    value: float | None
+    best: float | None
+    best_step: int
+    lr: float
+    patches_per_s: float | None
+    finished: bool
+    tensorboard: str | None
+    updated: str

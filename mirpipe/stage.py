@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from mirpipe.errors import ConfigurationError
 from mirpipe.records import Record, RecordError, RecordView
 from mirpipe.registry import Registry
+from mirpipe.workdir import Workdir
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class StageContext:
 
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
+
+    @property
+    def dirs(self) -> Workdir:
+        """Every path of the workdir (``mirpipe.workdir.Workdir``): stages ask it, not each other."""
+        return Workdir(self.workdir)
 
 
 class Stage(ABC):

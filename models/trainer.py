@@ -33,32 +33,15 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import numpy as np
 import torch
 
+from mirpipe.records import CheckpointMeta, TrainingProgress
 from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
+from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's
 from .task import Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
 PROGRESS_FILE = "progress.json"  # the last epoch's figures, rewritten atomically at each epoch end
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    steps_per_epoch: int = 100
-    max_epochs: int = 20
-    patience: int = 5  # epochs without a better validation metric before stopping
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau on the validation metric; cosine: to 0 by the last step
-    lr_factor: float = 0.5  # ReduceLROnPlateau on the validation metric
-    lr_patience: int = 2
-    grad_clip: float = 5.0
-    checkpoint_every: int = 50  # steps
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision, CUDA only
-    seed: int = 0
-    threads: int | None = None  # CPU threads for torch; default ``default_threads()``
-    deterministic: bool = False
 
 
 def default_threads() -> int:
@@ -282,7 +265,7 @@ class Trainer:
         settings: TrainerSettings,
         out_dir: Path,
         run_key: str,
-        meta: dict[str, Any] | None = None,
+        meta: CheckpointMeta | dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         tensorboard: bool = True,
         progress: str = "auto",
@@ -347,8 +330,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             "state": plain(asdict(self.state)),
-            "settings": plain(asdict(self.settings)),
-            "meta": plain(self.meta),
+            "settings": plain(self.settings.model_dump(mode="json")),
+            "meta": plain(self.meta.to_json() if isinstance(self.meta, CheckpointMeta) else self.meta),
         }
 
     def save_last(self) -> None:
@@ -489,15 +472,15 @@ class Trainer:
         def finite(x):
             return float(x) if x is not None and math.isfinite(x) else None
 
-        write_json(self.progress_path, {
-            "task": self.task.name, "epoch": st.epoch, "max_epochs": s.max_epochs, "step": st.global_step,
-            "total_steps": s.max_epochs * s.steps_per_epoch, "train_loss": finite(row["train_loss"]),
-            "val_loss": finite(row["val_loss"]), "metric": self.task.network.metric_name, "value": finite(score),
-            "best": finite(st.best_metric), "best_step": st.best_step, "lr": row["lr"],
-            "patches_per_s": finite(row["patches_per_s"]), "finished": st.finished,
-            "tensorboard": str(self.tb_dir) if self.tb_dir else None,
-            "updated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        write_json(self.progress_path, TrainingProgress(
+            task=self.task.name, epoch=st.epoch, max_epochs=s.max_epochs, step=st.global_step,
+            total_steps=s.max_epochs * s.steps_per_epoch, train_loss=finite(row["train_loss"]),
+            val_loss=finite(row["val_loss"]), metric=self.task.network.metric_name, value=finite(score),
+            best=finite(st.best_metric), best_step=st.best_step, lr=row["lr"],
+            patches_per_s=finite(row["patches_per_s"]), finished=st.finished,
+            tensorboard=str(self.tb_dir) if self.tb_dir else None,
+            updated=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ).to_json())
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mirpipe.errors import ConfigurationError
+from mirpipe.workdir import Workdir
 
 from .quiet_stdout import stdout_to_stderr
 
@@ -86,7 +87,7 @@ def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, dict]:
     """The evaluate stage's duration-weighted totals per task, where they exist."""
     out = {}
     for task in pipeline.evaluate.tasks:
-        path = workdir / "reports" / task / "scores.json"
+        path = Workdir(workdir).scores(task)
         if path.exists():
             out[task] = json.loads(path.read_text())
     return out
@@ -110,7 +111,7 @@ def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> Non
             _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
         for note in s.get("notes", []):  # e.g. how far the test set's size lets a score be trusted
             _echo(f"  {note}", json_mode)
-        _echo(f"  per track: {workdir / 'reports' / task / 'scores.csv'}; figures: {workdir / 'reports' / task / 'figures'}", json_mode)
+        _echo(f"  per track: {Workdir(workdir).scores_csv(task)}; figures: {Workdir(workdir).figures(task)}", json_mode)
 
 
 def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **run_kwargs) -> int:

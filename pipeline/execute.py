@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-from typing import Any
 
+from mirpipe.records import ItemResult
 from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
 from mirpipe.errors import TimeLimitError, is_permanent
@@ -36,8 +36,8 @@ def execute_item(
     backoff: float,
     limit: float | None = None,
     token: str | None = None,
-) -> dict[str, Any]:
-    """Never raises for the item's own errors: returns ``{"status": "done"|"failed", ...}``.
+) -> ItemResult:
+    """Never raises for the item's own errors: returns an ``ItemResult``, done or failed.
 
     ``token`` names this submission: each start is noted in the ledger (the runner
     counts them to tell an item that kills its worker from a bystander), and a
@@ -51,7 +51,7 @@ def execute_item(
     if token is not None:
         prior = ledger.timed_out(stage_name, token)  # this submission already ran out of time on a worker
         if prior is not None:
-            return {"status": "failed", "item": item.id, "failure": prior, "seconds": 0.0}
+            return ItemResult("failed", item.id, failure=prior, seconds=0.0)
         ledger.note_start(stage_name, item.id, token)
     item = dataclasses.replace(item, payload={**item.payload, "fingerprint": fingerprint})
     attempts = 0
@@ -71,10 +71,10 @@ def execute_item(
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, classified
             if is_permanent(exc) or attempts > retries:
                 failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc(), token=token)
-                return {"status": "failed", "item": item.id, "failure": failure.as_dict(), "seconds": time.perf_counter() - t0}
+                return ItemResult("failed", item.id, failure=failure.as_dict(), seconds=time.perf_counter() - t0)
             time.sleep(backoff * 2 ** (attempts - 1))
             continue
         seconds = time.perf_counter() - t0
         record = stage.dump_record(record)
         ledger.mark_done(stage_name, item.id, fingerprint, record, attempts, seconds)
-        return {"status": "done", "item": item.id, "record": record, "seconds": seconds, "attempts": attempts}
+        return ItemResult("done", item.id, record=record, seconds=seconds, attempts=attempts)

@@ -21,13 +21,14 @@ import numpy as np
 
 from mirpipe.models.bundle import ModelBundle, TaskModel, build_network, current_versions, load_bundle
 from mirpipe.models.task import TASKS
+from mirpipe.records import CheckpointMeta
 from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from mirpipe.audio.io import to_mono
 from mirpipe.stage import StageContext
-from mirpipe.stages.features import FeaturesParams, compute_features, store_root
+from mirpipe.stages.features import FeaturesParams, compute_features
 from mirpipe.stages.ingest import decode_checked, file_sha256
 
 
@@ -45,28 +46,28 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
     models: dict[str, TaskModel] = {}
     for task_name in wanted:
         task = TASKS.get(task_name)
-        path = ctx.path("train", task_name, f"{ev.checkpoint}.pt")
+        path = ctx.dirs.checkpoint(task_name, ev.checkpoint)
         if not path.exists():
             if tasks:
                 raise FileNotFoundError(f"{path}: task {task_name!r} has no trained checkpoint in {ctx.workdir}")
             continue
         ckpt = load_checkpoint(path)  # never unpickles code: CheckpointError (a ValueError) naming the file
-        meta, st = ckpt["meta"], ckpt.get("state", {})
+        meta, st = CheckpointMeta.from_json(ckpt["meta"]), ckpt.get("state", {})
         models[task_name] = TaskModel(
-            name=task_name, task_version=str(task.version), feature=task.feature, params=meta["model"],
-            n_bins=int(meta["n_bins"]), state=json.loads(json.dumps(meta.get("state", {}))),
+            name=task_name, task_version=str(task.version), feature=task.feature, params=meta.model,
+            n_bins=int(meta.n_bins), state=json.loads(json.dumps(meta.state)),
             decoding=ev.decode_params(task_name).model_dump(mode="json"),
             training={"fingerprint": st.get("run_key", ""), "checkpoint": ev.checkpoint, "steps": st.get("global_step"),
                       "best_metric": st.get("best_metric"), "metric": task.network.metric_name,
-                      "train_entries": meta.get("train_entries"), "val_entries": meta.get("val_entries")},
-            vocabulary=meta.get("vocabulary"),
+                      "train_entries": meta.train_entries, "val_entries": meta.val_entries},
+            vocabulary=meta.vocabulary,
             weights={k: v.detach().cpu() for k, v in ckpt["model"].items()},
         )
     if not models:
         raise FileNotFoundError(f"{ctx.workdir}: no trained model (train/<task>/{ev.checkpoint}.pt) to export")
     kinds = sorted({m.feature for m in models.values()})
     geometry = {}
-    store = open_store(fp.store, store_root(ctx))
+    store = open_store(fp.store, ctx.dirs.store_root(fp.store_path))
     index = store.read_index() if store.root.exists() else None
     if index is not None and len(index):
         attrs = store.read_attrs(next(iter(index)))

@@ -39,8 +39,9 @@ from typing import Any, Iterator, Mapping
 from mirpipe import columns
 from mirpipe.errors import InputError
 from mirpipe.storage.atomic import write_bytes
+from mirpipe.workdir import Workdir
 
-LEDGER_DIR = "ledger"
+LEDGER_DIR = Workdir.LEDGER
 STATE = "state.json"
 LOG_DIR = "log"
 TIMEOUTS_DIR = "timeouts"

@@ -18,16 +18,17 @@ from typing import Any, Callable, Iterator, Mapping
 from mirpipe import __version__
 from mirpipe.columns import Row
 from mirpipe.errors import ConfigurationError, WorkdirError
-from mirpipe.records import RecordView
+from mirpipe.records import ItemResult, RecordView, StatusRow
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
+from mirpipe.workdir import Workdir
 
 from .config import PipelineBase
 from .execute import execute_item
 from .ledger import QUARANTINED, Ledger, QuarantinedError
 from .progress import StageProgress
 
-LOCK_NAME = ".mirpipe.lock"
+LOCK_NAME = Workdir.LOCK
 
 
 class WorkdirBusyError(WorkdirError, RuntimeError):
@@ -227,12 +228,12 @@ class Runner:
                     if result is None:
                         retry.append((item, fp))
                         continue
-                    if result["status"] == "done":
+                    if result.done:
                         report.done += 1
-                        done[item.id] = Done(fp, raw=result["record"], load=stage.load_record)
+                        done[item.id] = Done(fp, raw=result.record, load=stage.load_record)
                     else:
-                        report.failures.append(result["failure"])
-                        self._log_failure(name, result["failure"])
+                        report.failures.append(result.failure)
+                        self._log_failure(name, result.failure)
                     bar.update(failed=len(report.failures))
                 todo, final = retry, True
             bar.close()
@@ -284,7 +285,7 @@ class Runner:
 
         recorded = self.ledger.timed_out(name, token)
         if recorded is not None:
-            return {"status": "failed", "failure": recorded}
+            return ItemResult("failed", item.id, failure=recorded)
         starts = self.ledger.starts(name, item.id, token)
         if type(exc).__name__ == "KilledWorker":
             if starts > executor.allowed_failures or final:
@@ -292,13 +293,13 @@ class Runner:
             else:
                 return None
         failure = self.ledger.mark_failed(name, item.id, fp, exc, attempts=max(starts, 1), token=token, file=item_file(item))
-        return {"status": "failed", "failure": failure.as_dict()}
+        return ItemResult("failed", item.id, failure=failure.as_dict())
 
     def _log_failure(self, stage: str, failure: dict[str, Any]) -> None:
-        logs = self.workdir / "logs"
+        logs = Workdir(self.workdir).logs
         logs.mkdir(parents=True, exist_ok=True)
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure.get('kind')} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
-        with open(logs / "failures.log", "a") as fh:
+        with open(Workdir(self.workdir).failures_log, "a") as fh:
             fh.write(line.replace("\n", " ") + "\n")
 
     def run(
@@ -349,21 +350,19 @@ class Runner:
             self._done_cache[name] = plan.done
             started = self._started[name] if live else set()
             running = sum(item.id in started for item, _ in plan.todo)
-            out.append(
-                {
-                    "stage": name,
-                    "total": plan.total,
-                    "done": len(plan.done),
-                    "running": running,
-                    "pending": len(plan.todo) - running,
-                    "failed": sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
-                    "quarantined": sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
-                    "failures": [
-                        {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
-                        for f in plan.failed.values()
-                    ],
-                    "notes": STAGES.get(name).status_notes(self.ctx),
-                    **({"details": details} if (details := STAGES.get(name).status_details(self.ctx)) else {}),
-                }
-            )
+            out.append(StatusRow(
+                stage=name,
+                total=plan.total,
+                done=len(plan.done),
+                running=running,
+                pending=len(plan.todo) - running,
+                failed=sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
+                quarantined=sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
+                failures=[
+                    {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
+                    for f in plan.failed.values()
+                ],
+                notes=STAGES.get(name).status_notes(self.ctx),
+                details=STAGES.get(name).status_details(self.ctx) or None,
+            ).to_json())
         return out

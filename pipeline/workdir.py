@@ -7,10 +7,11 @@ from pathlib import Path
 import yaml
 
 from mirpipe.storage.atomic import write_bytes
+from mirpipe.workdir import Workdir
 
 from .config import ClusterConfig, ConfigError, PipelineBase, config_model, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
 
-RECORD = "mirpipe.yaml"
+RECORD = Workdir.RECORD
 DEFAULT_PIPELINE = Path("pipeline.yaml")
 DEFAULT_CLUSTER = Path("cluster.yaml")
 

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS, per_task_params
-from mirpipe.records import Record
+from mirpipe.records import CheckpointMeta, Record
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
@@ -25,9 +25,9 @@ from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 from mirpipe import errors
 from mirpipe.annotations.prepare import Preparation, prepared_jams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
-from .features import FeaturesParams, store_root
+from .features import FeaturesParams
 from .ingest import read_manifest
-from .train import TrainParams, build_model, train_dir, trainable_tasks
+from .train import TrainParams, build_model, trainable_tasks
 
 
 def _finite(x: float | None) -> float | None:
@@ -76,19 +76,20 @@ class EvaluateParams(BaseModel):
 
 
 def report_dir(ctx: StageContext, task: str) -> Path:
-    return ctx.path("reports", task)
+    """``Workdir.report_dir`` (kept for callers of the helper)."""
+    return ctx.dirs.report_dir(task)
 
 
 def load_model(ctx: StageContext, task_name: str, which: str, device):
     """The trained network (eval mode) and the checkpoint's metadata (read safely: ``CheckpointError`` if refused)."""
     from mirpipe.models.checkpoint import load_checkpoint
 
-    path = train_dir(ctx, task_name) / f"{which}.pt"
+    path = ctx.dirs.checkpoint(task_name, which)
     ckpt = load_checkpoint(path, map_location=device)
-    meta = ckpt["meta"]
-    task = TASKS.get(task_name).bind(meta.get("vocabulary"))  # the classes it was trained on
-    params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta["model"]}}).model_params(task_name)
-    model = build_model(task, params, meta["n_bins"])
+    meta = CheckpointMeta.from_json(ckpt["meta"])
+    task = TASKS.get(task_name).bind(meta.vocabulary)  # the classes it was trained on
+    params = TrainParams.model_validate({"tasks": [task_name], "models": {task_name: meta.model}}).model_params(task_name)
+    model = build_model(task, params, meta.n_bins)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), meta
 
@@ -150,9 +151,9 @@ class Evaluate(Stage):
         track = item.payload["track"]
         device = resolve_device(p.device)
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
-        task = task.bind(meta.get("vocabulary"))
+        task = task.bind(meta.vocabulary)
         shifts = [int(n) for n in item.payload.get("shifts") or ()]
-        with open_store(fp.store, store_root(ctx)).opened(track, [task.feature]) as (arrays, attrs):
+        with open_store(fp.store, ctx.dirs.store_root(fp.store_path)).opened(track, [task.feature]) as (arrays, attrs):
             # the variant of each shift scored (audio mode stores every shift; feature mode one, read once)
             where = {n: resolve_shift(attrs, n) for n in [0, *shifts]}
             read = {v: np.asarray(arrays[task.feature][v]) for v in sorted({v for v, _ in where.values()})}
@@ -171,9 +172,9 @@ class Evaluate(Stage):
         n_frames = stored.shape[0]
         duration = prep.duration  # the audio's, never the JAMS's own claim
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
-        est = task.decoder.decode(prediction, frame_times, duration, meta.get("state", {}), p.decode_params(task.name))
-        est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta["model"], sort_keys=True)}
-        out = report_dir(ctx, task.name)
+        est = task.decoder.decode(prediction, frame_times, duration, meta.state, p.decode_params(task.name))
+        est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta.model, sort_keys=True)}
+        out = ctx.dirs.report_dir(task.name)
         est_jam = jams.JAMS(file_metadata=ref_jam.file_metadata)
         est_jam.annotations.append(est)
         est_path = out / "estimates" / f"{track}.jams"
@@ -194,7 +195,7 @@ class Evaluate(Stage):
         shifted = None
         if shifts:
             shifted = self._score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam,
-                                         meta.get("state", {}), p.decode_params(task.name), jams_path)
+                                         meta.state, p.decode_params(task.name), jams_path)
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
@@ -230,7 +231,7 @@ class Evaluate(Stage):
         return (ctx.workdir / record.estimate).exists()
 
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
-        return [report_dir(ctx, t) / name for t in ctx.params["evaluate"].tasks for name in ("scores.json", "scores.csv")]
+        return [path for t in ctx.params["evaluate"].tasks for path in (ctx.dirs.scores(t), ctx.dirs.scores_csv(t))]
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         by_task: dict[str, list[EvaluateRecord]] = {}
@@ -240,7 +241,7 @@ class Evaluate(Stage):
         for task_name, records in by_task.items():
             task = TASKS.get(task_name)
             records.sort(key=lambda r: r.track)
-            out = report_dir(ctx, task_name)
+            out = ctx.dirs.report_dir(task_name)
             table = io.StringIO()
             writer = csv.writer(table)
             base_cols = [f"{task.baseline.name}:{m}" for m in task.scorer.metrics] if any(r.baseline for r in records) else []
@@ -267,7 +268,7 @@ class Evaluate(Stage):
                     "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.scorer.metrics if m in r.baseline}
                                for r in based},
                 }}
-            write_json(out / "scores.json", {
+            write_json(ctx.dirs.scores(task_name), {
                 **{m: _finite(v) for m, v in totals.items()},
                 "columns": list(task.scorer.score_columns),
                 "scored_by": task.scorer.scored_by,

@@ -30,7 +30,7 @@ from mirpipe.annotations.prepare import Preparation, prepared_jams
 from mirpipe.audio.io import load_mono
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
-from .ingest import MANIFEST, read_manifest
+from .ingest import read_manifest
 from mirpipe.audio.pitch_shift import pitch_shift
 
 
@@ -90,8 +90,9 @@ class FeaturesRecord(Record):
 
 
 def store_root(ctx: StageContext) -> Path:
+    """The feature store of ``ctx`` (``Workdir.store_root`` with ``features.store_path``)."""
     p: FeaturesParams = ctx.params["features"]
-    return Path(p.store_path) if p.store_path is not None else ctx.path("features")
+    return ctx.dirs.store_root(p.store_path)
 
 
 def compute_features(waveforms: list[np.ndarray], p: FeaturesParams, kinds: list[str],
@@ -258,7 +259,7 @@ class Features(Stage):
     def finalize_inputs(self, ctx: StageContext) -> Any:
         """The manifest it takes splits and vocabularies from (rewritten only when it changes)."""
         try:
-            st = os.stat(ctx.path(MANIFEST))
+            st = os.stat(ctx.dirs.manifest)
         except FileNotFoundError:
             return None
         return [st.st_size, st.st_mtime_ns]

@@ -34,8 +34,9 @@ from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
 from mirpipe.audio.io import decode_errors, header_frames, load_channels, riff_declared_frames
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.corpus import ScanSummary, scan_corpus
+from mirpipe.workdir import Workdir
 
-MANIFEST = "manifest.json"
+MANIFEST = Workdir.MANIFEST
 SPLITS = ("train", "val", "test")
 
 
@@ -146,7 +147,7 @@ def _stat(path: str, content: bool) -> list:
 
 def corpus_dir(ctx: StageContext) -> Path:
     p: IngestParams = ctx.params["ingest"]
-    return Path(p.corpus) if p.corpus is not None else ctx.path("corpus")
+    return ctx.dirs.corpus(p.corpus)
 
 
 def validate_track(track: str, audio: list[str], jams_paths: list[str], p: IngestParams) -> TrackRecord:
@@ -381,7 +382,7 @@ class Ingest(Stage):
                 for item, a, j in zip(items, columns.values(raws, "audio"), columns.values(raws, "jams"))]
 
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
-        return [ctx.path(MANIFEST)]
+        return [ctx.dirs.manifest]
 
     def finalize_inputs(self, ctx: StageContext) -> Any:
         """The corpus scan's summary (files left out change the manifest without changing a track)."""
@@ -411,11 +412,11 @@ class Ingest(Stage):
             "split": split_of,
             "fingerprint": [done[t].fingerprint for t in tracks],
         }, rows=len(tracks), extra={"scan": summary.to_json(), "vocabularies": vocabularies})
-        write_bytes_if_changed(ctx.path(MANIFEST), table.to_bytes())
+        write_bytes_if_changed(ctx.dirs.manifest, table.to_bytes())
 
     def status_notes(self, ctx: StageContext) -> list[str]:
         """The corpus scan and the decisions ingest took, from the manifest."""
-        path = ctx.path(MANIFEST)
+        path = ctx.dirs.manifest
         if not path.exists():
             return []
         try:
@@ -463,7 +464,7 @@ NOTES_LISTED = 20  # lines per kind that status prints (the manifest keeps them 
 def read_manifest(ctx: StageContext) -> RecordTable[ManifestRow]:
     """The manifest's rows by track id (empty before ingest ran); read once per version of the
     file in a process. A malformed file is a ``WorkdirFileError``."""
-    path = ctx.path(MANIFEST)
+    path = ctx.dirs.manifest
     if not path.exists():
         return RecordTable.from_rows(ManifestRow, "track", [])
     return read_cached(path, _load_manifest)

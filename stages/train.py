@@ -17,15 +17,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.labels import training_identity
+from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
-from mirpipe.records import Record
+from mirpipe.records import CheckpointMeta, Record
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
 
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
-from .features import FeaturesParams, store_root
+from .features import FeaturesParams
 from .ingest import read_manifest
 
 
@@ -57,16 +58,22 @@ class TrainRecord(Record):
     history: list[dict[str, Any]]
 
 
-class TrainParams(BaseModel):
+class TrainParams(TrainingSettings):
     """Streaming and optimisation settings shared by every task, and each task's network
-    (``models.<task>``, validated by the task's own parameter model)."""
+    (``models.<task>``, validated by the task's own parameter model).
+
+    The optimisation settings are the inherited fields of ``models.settings.TrainingSettings``. Each
+    field declares whether it is fingerprinted (the task list and the per-task networks go into each
+    task's own item instead)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)")
-    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters")
+    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)",
+                             json_schema_extra=NOT_FINGERPRINTED)
+    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters",
+                                   json_schema_extra=NOT_FINGERPRINTED)
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per task, streaming/optimisation settings of this section that differ for it "
-        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})")
+        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})", json_schema_extra=NOT_FINGERPRINTED)
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
@@ -77,29 +84,15 @@ class TrainParams(BaseModel):
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
     sampling: Literal["track", "frames"] = Field(
         "track", description="how often the mux draws a track: track (each alike) or frames (in proportion to its "
-        "length: every frame of training audio about equally likely); times the task's own stream weights")
-    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)")
-    # optimisation
-    steps_per_epoch: int = Field(100, ge=1)
-    max_epochs: int = Field(8, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
-    lr: float = Field(2e-3, gt=0)
-    lr_schedule: Literal["plateau", "cosine"] = Field(
-        "plateau", description="plateau: ReduceLROnPlateau on the validation metric (lr_factor, lr_patience); "
-        "cosine: from lr down to 0 over max_epochs x steps_per_epoch, stepped every step")
-    lr_factor: float = Field(0.5, gt=0, lt=1)
-    lr_patience: int = Field(2, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(5.0, gt=0)
-    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
-    seed: int = 0
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    amp: bool = Field(True, description="mixed precision on CUDA")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: in a Dask worker its own threads (its share of the cores), else all cores")
+        "length: every frame of training audio about equally likely); times the task's own stream weights",
+        json_schema_extra=since("track"))
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)",
+                                json_schema_extra=NOT_FINGERPRINTED)
     progress: Literal["auto", "bar", "lines", "off"] = Field(
-        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines"
-    )
-    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal")
+        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines",
+        json_schema_extra=NOT_FINGERPRINTED)
+    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal",
+                                     json_schema_extra=NOT_FINGERPRINTED)
 
 
     @field_validator("tasks")
@@ -138,25 +131,9 @@ class TrainParams(BaseModel):
         return self.models.get(task) or TASKS.get(task).network.Params()
 
 
-# Settings that change where or how fast training runs, not what it learns; the task
-# list and the per-task networks go into each task's own item instead.
-NOT_FINGERPRINTED = {
-    "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
-    "overrides",
-}
-# Settings added after models were trained: at these values they are what training did before
-# they existed, so they stay out of the fingerprint there (an upgrade does not retrain).
-SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
-
-
-def fingerprinted(p: "TrainParams") -> dict[str, Any]:
-    """The settings a training's fingerprint covers."""
-    dumped = p.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
-    return {k: v for k, v in dumped.items() if k not in SINCE_ADDED or v != SINCE_ADDED[k]}
-
-
 def train_dir(ctx: StageContext, task: str) -> Path:
-    return ctx.path("train", task)
+    """``Workdir.train_dir`` (kept for callers of the helper)."""
+    return ctx.dirs.train_dir(task)
 
 
 def seed_everything(seed: int) -> None:
@@ -176,7 +153,7 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     """Training and validation entries of the tracks annotated for the task."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
-    index = open_store(p.store, store_root(ctx)).read_index()
+    index = open_store(p.store, ctx.dirs.store_root(p.store_path)).read_index()
     train, val = [], []
     for track, split, frames in zip(index, index.column("split"), index.column("frames")):
         if split not in ("train", "val") or track not in manifest or not task.targets.usable(manifest.value(track, "offers")):
@@ -254,7 +231,7 @@ class Train(Stage):
         return items
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
-        from mirpipe.models.trainer import Trainer, TrainerSettings
+        from mirpipe.models.trainer import Trainer
         from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
         fp: FeaturesParams = ctx.params["features"]
@@ -266,9 +243,10 @@ class Train(Stage):
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
-        spec = StreamSpec(fp.store, str(store_root(ctx)), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames,
+        root = ctx.dirs.store_root(fp.store_path)
+        spec = StreamSpec(fp.store, str(root), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
-        store = open_store(fp.store, store_root(ctx))
+        store = open_store(fp.store, root)
         state = task.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
         manifest = read_manifest(ctx)
         weights = sampling_weights(task, p.sampling, train_keys,
@@ -280,20 +258,9 @@ class Train(Stage):
         model_params = p.model_params(task.name)
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
         model = build_model(task, model_params, n_bins)
-        settings = TrainerSettings(
-            steps_per_epoch=p.steps_per_epoch, max_epochs=p.max_epochs, patience=p.patience, lr=p.lr,
-            weight_decay=p.weight_decay, lr_schedule=p.lr_schedule, lr_factor=p.lr_factor, lr_patience=p.lr_patience, grad_clip=p.grad_clip,
-            checkpoint_every=p.checkpoint_every, device=p.device, amp=p.amp, seed=p.seed, threads=p.threads,
-        )
-        meta = {
-            "task": task.name,
-            "model": model_params.model_dump(mode="json"),
-            "n_bins": n_bins,
-            "state": state,
-            "vocabulary": vocab,
-            "train_entries": len(train_keys),
-            "val_entries": len(val_keys),
-        }
+        settings = p.trainer_settings()
+        meta = CheckpointMeta(task=task.name, model=model_params.model_dump(mode="json"), n_bins=n_bins, state=state,
+                              vocabulary=vocab, train_entries=len(train_keys), val_entries=len(val_keys))
         loader_workers = p.loader_workers if not _daemonic() else 0  # Dask worker processes cannot fork loaders
 
         def train_batches(epoch: int, skip: int):
@@ -302,7 +269,7 @@ class Train(Stage):
         def val_batches():
             return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))
 
-        trainer = Trainer(model, task, train_batches, val_batches, settings, train_dir(ctx, task.name),
+        trainer = Trainer(model, task, train_batches, val_batches, settings, ctx.dirs.train_dir(task.name),
                           run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log,
                           progress=p.progress, progress_interval=p.progress_interval)
         try:
@@ -336,7 +303,7 @@ class Train(Stage):
         return path.exists() and checkpoint_is_safe(path)
 
     def start_notes(self, ctx: StageContext) -> list[str]:
-        return [f"train: watch it with `tensorboard --logdir {ctx.path('train').resolve()}` "
+        return [f"train: watch it with `tensorboard --logdir {ctx.dirs.train_root.resolve()}` "
                 f"(or `mirpipe status --workdir {ctx.workdir}`)"]
 
     def status_details(self, ctx: StageContext) -> dict[str, Any] | None:
@@ -361,7 +328,7 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
     out = {}
     for name in ctx.params["train"].tasks:
-        path = train_dir(ctx, name) / "progress.json"
+        path = ctx.dirs.progress(name)
         if path.exists():
             try:
                 out[name] = read_json(path)
@@ -382,7 +349,8 @@ def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
         ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
         tuned = task.decoder.tune(model.eval(), batches(), device)
-        ckpt["meta"]["state"] = plain({**ckpt["meta"].get("state", {}), **tuned})  # numpy floats as Python's
+        meta = CheckpointMeta.from_json(ckpt["meta"])
+        ckpt["meta"] = plain(meta.replace(state={**meta.state, **tuned}).to_json())  # numpy floats as Python's
         atomic_save(ckpt, path)
         _log(f"train[{task.name}]: tuned on the validation split for {path.name}: {tuned}")
 

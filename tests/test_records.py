@@ -124,3 +124,25 @@ def test_column_documents_decode_columns_on_use_and_copy_unchanged_ones_as_text(
     short = data.replace(b'"note":["x\\ny",null]', b'"note":["x"]')
     with pytest.raises(columns.ColumnError, match="expected 2 values"):
         columns.loads(short)[1]["note"]
+
+
+def test_crossing_records_round_trip_with_the_keys_on_disk():
+    """Checkpoint meta, item results, status rows and training progress keep the JSON keys they had as dicts."""
+    from mirpipe.records import CheckpointMeta, ItemResult, StatusRow, TrainingProgress
+
+    meta = CheckpointMeta(task="chord", model={"width": 8}, n_bins=216, state={"t": 0.5}, vocabulary=None,
+                          train_entries=3, val_entries=1)
+    assert list(meta.to_json()) == ["task", "model", "n_bins", "state", "vocabulary", "train_entries", "val_entries"]
+    assert CheckpointMeta.from_json(meta.to_json()) == meta
+    tuned = meta.replace(state={**meta.state, "prior": [1.0]})
+    assert tuned.state == {"t": 0.5, "prior": [1.0]} and meta.state == {"t": 0.5}
+    assert CheckpointMeta.from_json({"model": {}, "n_bins": 4}).state == {}  # what readers assumed when absent
+    done = ItemResult("done", "a", record={"x": 1}, seconds=1.0, attempts=1)
+    assert done.done and ItemResult.from_json(done.to_json()) == done
+    row = StatusRow("train", 2, 1, 0, 1, 0, 0, [], [])
+    assert "details" not in row.to_json() and StatusRow.from_json(row.to_json()) == row
+    assert row.replace(details={"chord": {}}).to_json()["details"] == {"chord": {}}
+    progress = {"task": "chord", "epoch": 1, "max_epochs": 8, "step": 100, "total_steps": 800, "train_loss": 1.0,
+                "val_loss": None, "metric": "acc", "value": 0.5, "best": 0.5, "best_step": 100, "lr": 0.002,
+                "patches_per_s": 10.0, "finished": False, "tensorboard": None, "updated": "2026-01-01T00:00:00Z"}
+    assert TrainingProgress.from_json(progress).to_json() == progress

@@ -376,3 +376,53 @@ class TrainingProgress(Record):
     finished: bool
     tensorboard: str | None
     updated: str
+
+
+@dataclass(frozen=True)
+class TaskScores(Record):
+    """A task's pooled test scores (``reports/<task>/scores.json``, written by evaluate, read by the CLI).
+
+    On disk the pooled metrics sit at the top level beside the fixed keys, and so do the pooled figures
+    of ``Scorer.pool_evidence`` (which override a metric of the same name; ``notes`` is a list of lines
+    printed under the table). ``from_json`` reads a file of any mirpipe version: a number or null at the
+    top level is a metric, anything else unknown is kept in ``extra``."""
+
+    metrics: dict[str, float | None]  # pooled metric -> value (None: nothing to pool)
+    columns: list[str]  # what the summary table shows, in order
+    n_tracks: int
+    seconds: float
+    tracks: dict[str, dict[str, float | None]]  # track -> metric -> score
+    scored_by: str = "mir_eval, duration-weighted"  # files written before the key existed
+    weighting: str = ""
+    baseline: dict[str, Any] | None = None  # a reference method's pooled scores ("name", metrics, "tracks")
+    notes: list[str] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further pooled figures (JSON-able)
+
+    _FIXED = ("columns", "scored_by", "n_tracks", "seconds", "weighting", "tracks", "baseline", "notes")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.metrics, "columns": self.columns, "scored_by": self.scored_by,
+                               "n_tracks": self.n_tracks, "seconds": self.seconds, "weighting": self.weighting,
+                               "tracks": self.tracks}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline
+        out.update(self.extra)
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskScores:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"TaskScores: expected an object, got {type(data).__name__}")
+        missing = sorted({"n_tracks", "seconds"} - data.keys())
+        if missing:
+            raise RecordError(f"TaskScores: missing {missing}")
+        metrics = {k: v for k, v in data.items()
+                   if k not in cls._FIXED and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))}
+        extra = {k: v for k, v in data.items() if k not in cls._FIXED and k not in metrics}
+        columns = data.get("columns") or [k for k, v in metrics.items() if isinstance(v, float)]
+        return cls(metrics=metrics, columns=list(columns), n_tracks=int(data["n_tracks"]), seconds=float(data["seconds"]),
+                   tracks=dict(data.get("tracks") or {}), scored_by=data.get("scored_by", cls.scored_by),
+                   weighting=data.get("weighting", ""), baseline=data.get("baseline"),
+                   notes=list(data.get("notes") or []), extra=extra)

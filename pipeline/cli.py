@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 import click
 
@@ -27,6 +27,8 @@ from mirpipe.workdir import Workdir
 from .quiet_stdout import stdout_to_stderr
 
 if TYPE_CHECKING:
+    from mirpipe.records import TaskScores
+
     from .config import PipelineBase
 
 DEMO_WORKDIR = Path("work/demo")
@@ -83,33 +85,32 @@ def _table(reports, json_mode: bool) -> None:
             _echo(f"  {label} {r.stage} {f['item']}: {f['error_class']}: {f.get('file') or ''} {f['message']}", json_mode)
 
 
-def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, dict]:
-    """The evaluate stage's duration-weighted totals per task, where they exist."""
+def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, TaskScores]:
+    """The evaluate stage's pooled scores per task, where they exist."""
+    from mirpipe.records import TaskScores
+
     out = {}
     for task in pipeline.evaluate.tasks:
         path = Workdir(workdir).scores(task)
         if path.exists():
-            out[task] = json.loads(path.read_text())
+            out[task] = TaskScores.from_json(json.loads(path.read_text()))
     return out
 
 
-def _score_table(scores: dict[str, dict], workdir: Path, json_mode: bool) -> None:
-    from mirpipe.models.task import Scorer
-
+def _score_table(scores: dict[str, TaskScores], workdir: Path, json_mode: bool) -> None:
     for task, s in scores.items():
-        columns = s.get("columns") or [k for k, v in s.items() if isinstance(v, float)]
-        scored_by = s.get("scored_by", Scorer.scored_by)  # scores.json written before the field existed: the default
-        _echo(f"\n{task} scores ({scored_by}; {s['n_tracks']} test tracks, {s['seconds']:.0f} s):", json_mode)
-        rows = [("model", s)]
-        if isinstance(s.get("baseline"), dict):
-            rows.append((str(s["baseline"].get("name") or "baseline"), s["baseline"]))
+        _echo(f"\n{task} scores ({s.scored_by}; {s.n_tracks} test tracks, {s.seconds:.0f} s):", json_mode)
+        rows: list[tuple[str, Mapping[str, Any]]] = [("model", s.metrics)]
+        if isinstance(s.baseline, dict):
+            rows.append((str(s.baseline.get("name") or "baseline"), s.baseline))
         label = max(len(name) for name, _ in rows) if len(rows) > 1 else 0
         pad = " " * (label + 1) if label else ""
-        _echo("  " + pad + " ".join(f"{c:>8}" for c in columns), json_mode)
+        _echo("  " + pad + " ".join(f"{c:>8}" for c in s.columns), json_mode)
         for name, row in rows:
             head = f"{name:<{label}} " if label else ""
-            _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in columns), json_mode)
-        for note in s.get("notes", []):  # e.g. how far the test set's size lets a score be trusted
+            _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in s.columns),
+                  json_mode)
+        for note in s.notes:  # e.g. how far the test set's size lets a score be trusted
             _echo(f"  {note}", json_mode)
         _echo(f"  per track: {Workdir(workdir).scores_csv(task)}; figures: {Workdir(workdir).figures(task)}", json_mode)
 
@@ -139,7 +140,8 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
     _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
         status_rows = {r["stage"]: r for r in rows}
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "status": status_rows, "scores": scores}))
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "status": status_rows,
+                                "scores": {task: s.to_json() for task, s in scores.items()}}))
     return _exit_code(rows)
 
 

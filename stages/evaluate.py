@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.models.task import TASKS, per_task_params
-from mirpipe.records import CheckpointMeta, Record
+from mirpipe.records import CheckpointMeta, Record, TaskScores
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
@@ -268,18 +268,20 @@ class Evaluate(Stage):
                     "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.scorer.metrics if m in r.baseline}
                                for r in based},
                 }}
-            write_json(ctx.dirs.scores(task_name), {
-                **{m: _finite(v) for m, v in totals.items()},
-                "columns": list(task.scorer.score_columns),
-                "scored_by": task.scorer.scored_by,
-                "n_tracks": len(records),
-                "seconds": sum(r.duration for r in records),
-                "weighting": "each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
-                "tracks": {r.track: {m: _finite(r.scores[m]["score"]) for m in task.scorer.metrics if m in r.scores}
-                           for r in records},
-                **baseline,
-                **pooled,
-            })
+            pooled_metrics = {k: v for k, v in pooled.items() if k != "notes" and (v is None or isinstance(v, (int, float)))}
+            write_json(ctx.dirs.scores(task_name), TaskScores(
+                metrics={**{m: _finite(v) for m, v in totals.items()}, **pooled_metrics},  # pooled figures as they came
+                columns=list(task.scorer.score_columns),
+                scored_by=task.scorer.scored_by,
+                n_tracks=len(records),
+                seconds=sum(r.duration for r in records),
+                weighting="each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
+                tracks={r.track: {m: _finite(r.scores[m]["score"]) for m in task.scorer.metrics if m in r.scores}
+                        for r in records},
+                baseline=baseline.get("baseline"),
+                notes=list(pooled.get("notes", [])),
+                extra={k: v for k, v in pooled.items() if k != "notes" and k not in pooled_metrics},
+            ).to_json())
             if any(r.shifted for r in records):
                 write_robustness(out, task, records)
 

@@ -146,3 +146,19 @@ def test_crossing_records_round_trip_with_the_keys_on_disk():
                 "val_loss": None, "metric": "acc", "value": 0.5, "best": 0.5, "best_step": 100, "lr": 0.002,
                 "patches_per_s": 10.0, "finished": False, "tensorboard": None, "updated": "2026-01-01T00:00:00Z"}
     assert TrainingProgress.from_json(progress).to_json() == progress
+
+
+def test_task_scores_round_trip_keeps_the_keys_on_disk():
+    from mirpipe.records import TaskScores
+
+    on_disk = {"accuracy": 0.5, "macro_f1": None, "columns": ["accuracy", "macro_f1"], "scored_by": "scikit-learn",
+               "n_tracks": 2, "seconds": 3.5, "weighting": "w", "tracks": {"a": {"accuracy": 1.0}, "b": {"accuracy": 0.0}},
+               "baseline": {"name": "pyin", "accuracy": 0.25}, "confusion": [[1, 0], [0, 1]], "notes": ["a note"]}
+    scores = TaskScores.from_json(on_disk)
+    assert scores.metrics == {"accuracy": 0.5, "macro_f1": None}
+    assert scores.extra == {"confusion": [[1, 0], [0, 1]]} and scores.notes == ["a note"]
+    assert scores.to_json() == on_disk
+    old = {k: v for k, v in on_disk.items() if k not in ("columns", "scored_by")}  # a file from before those keys
+    assert TaskScores.from_json(old).columns == ["accuracy"] and TaskScores.from_json(old).scored_by.startswith("mir_eval")
+    with pytest.raises(RecordError, match="n_tracks"):
+        TaskScores.from_json({"seconds": 1.0})

@@ -67,7 +67,7 @@ class DaskExecutor:
             link = self.client.dashboard_link
         except Exception:
             return None
-        server = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
+        server: Any = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
         try:
             bound = [sock.getsockname()[:2] for sock in server._sockets.values()]
         except AttributeError:

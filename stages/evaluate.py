@@ -265,10 +265,10 @@ class Evaluate(Stage):
             if based:
                 baseline = {"baseline": {
                     "name": task.baseline_name,
-                    **{m: _finite(v) for m, v in task.pool([r.baseline for r in based]).items()},
+                    **{m: _finite(v) for m, v in task.pool([r.baseline for r in based if r.baseline is not None]).items()},
                     "n_tracks": len(based),
                     "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.metrics if m in r.baseline}
-                               for r in based},
+                               for r in based if r.baseline is not None},
                 }}
             write_json(out / "scores.json", {
                 **{m: _finite(v) for m, v in totals.items()},

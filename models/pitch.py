@@ -38,7 +38,7 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     """
     times = np.asarray(frame_times, dtype=float)
     f0 = np.zeros(len(times), dtype=np.float32)
-    anns = annotations(jam, "pitch_contour")
+    anns = annotations(jam, "pitch_contour")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
     if not anns or len(anns[0].data) == 0:
         return {"f0_hz": f0}
     data = anns[0].data

@@ -158,8 +158,8 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
         "features": geometry,
         "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
         "pitch_shift_backend": aug.backend if variants != [0] else None,
-        # type: ignore: librosa's __init__.pyi omits __version__ (set at runtime)
-        "versions": {"librosa": librosa.__version__, "jams": jams.__version__},  # type: ignore[attr-defined]
+        "versions": {"librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
+                     "jams": jams.__version__},
     }
     return arrays, attrs, timings
 

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.mirpipe-installed
 
-.PHONY: install demo test clean-demo bench bench-cluster slurm-start slurm-stop
+.PHONY: install demo lint test clean-demo bench bench-cluster slurm-start slurm-stop
 
 $(STAMP): pyproject.toml Makefile scripts/system-deps.sh demo/fetch_samples.py
 	bash scripts/system-deps.sh
@@ -28,7 +28,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mirpipe demo
 
-test: $(STAMP)
+# ruff's lint rules and formatting, then mypy (its packages and the .mypy-path links: pyproject's [tool.mypy])
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy
+
+# lint first: a lint failure fails `make test`
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -49,8 +49,8 @@ def sounding_offsets(perf: Performance, soundfont_name: str, sr: int) -> Soundin
         p = parts[ch]
         if (soundfont_name, sr, p.bank, p.program, key) not in _PROBED:
             missing.setdefault((p.bank, p.program), set()).add(key)
-    for (bank, program), keys in missing.items():
-        keys = sorted(keys)
+    for (bank, program), key_set in missing.items():
+        keys = sorted(key_set)
         starts = [round(i * (PROBE_NOTE + PROBE_GAP) * sr / 64) * 64 / sr for i in range(len(keys))]
         events = [Event(0.0, 0, "cc", 91, 0), Event(0.0, 0, "cc", 93, 0)]
         for t, key in zip(starts, keys):
@@ -199,7 +199,10 @@ def annotate(perf: Performance, track_id: str, sandbox: dict[str, Any], lead_aud
     the rendered lead alone, ``lead_audio`` at ``sr``, is given), note_midi (every pitched part)
     and tag_open (families with spans); pitches at the ``sounding`` octaves (``sounding_offsets``;
     default the families' nominal ones)."""
-    release = release_ends(perf, lead_audio, sr) if lead_audio is not None else None
+    release: list[float] | None = None
+    if lead_audio is not None:
+        assert sr is not None  # lead_audio comes with its rate
+        release = release_ends(perf, lead_audio, sr)
     sounding = sounding or family_offsets(perf)
     jam = demo_jams(
         track_id, "mirpipe demo (sampled)", perf.duration, "synthetic: General MIDI soundfont rendering",

@@ -297,4 +297,4 @@ def _render_numpy(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
         score = compose(index, p.seed, pay["solo"], p.min_duration, p.max_duration)
     y = render(score, p.sr, p.seed, index)
     jam = annotate(score, track, pay["solo"])
-    return y, jam, score.duration, sorted({score.melody_instrument, score.accompaniment} - {None})
+    return y, jam, score.duration, sorted({n for n in (score.melody_instrument, score.accompaniment) if n is not None})

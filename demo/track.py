@@ -269,7 +269,8 @@ def annotate(score: TrackScore, track_id: str, solo: bool) -> jams.JAMS:
         keys=[(0.0, score.duration, score.key)],
         contour=contour(score),
         notes=sounding_notes(score),
-        tags=((0.0, score.duration, name) for name in sorted({score.melody_instrument, score.accompaniment} - {None})),
+        tags=((0.0, score.duration, name)
+              for name in sorted({n for n in (score.melody_instrument, score.accompaniment) if n is not None})),
     )
     jam.sandbox.mirpipe_demo = {
         "solo": solo,

@@ -156,6 +156,7 @@ class Beatles(MirdataImporter):
 
     def index_from_layout(self, root: Path) -> dict[str, Any]:
         found: dict[tuple[str, str], Path | None] = {}
+        audio: Path | None  # (a file in the first loop, maybe None in the last)
         for album_dir in sorted((root / "audio").glob("*")):
             for audio in _audio_files(album_dir):
                 found[(album_dir.name, audio.stem)] = audio

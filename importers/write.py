@@ -208,7 +208,7 @@ def write_track(src: TrackSource, out: Path, importer: str, checksums: bool = Fa
 
 
 def import_listing(listing: Listing, out: Path, importer: str, checksums: bool = False,
-                   progress: Callable[[int], None] | None = None) -> ImportReport:
+                   progress: Callable[[int], object] | None = None) -> ImportReport:
     """Write every listed track into ``out``; failures are recorded, never stop the rest."""
     t0 = time.perf_counter()
     out = Path(out)

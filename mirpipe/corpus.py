@@ -86,12 +86,12 @@ def scan_corpus(corpus: Path) -> Scan:
             except OSError:
                 scan.ignored["folder that cannot be read"].append(full)
                 continue
-            key = (dst.st_dev, dst.st_ino)
-            if key in visited:
+            node = (dst.st_dev, dst.st_ino)  # (not `key`: that name holds str stems below)
+            if node in visited:
                 scan.ignored[f"symlinked folder already scanned (a loop or a second link)"].append(
-                    f"{full} -> {visited[key]}")
+                    f"{full} -> {visited[node]}")
                 continue
-            visited[key] = full
+            visited[node] = full
             keep.append(name)
         dirnames[:] = keep
         reldir = os.path.relpath(dirpath, root).replace(os.sep, "/")

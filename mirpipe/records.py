@@ -14,11 +14,18 @@ import types
 import typing
 from dataclasses import MISSING, dataclass
 from functools import cache
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar, cast
 
 from mirpipe import columns as columns_format
 
 R = TypeVar("R", bound="Record")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _per_class(fn: _F) -> _F:
+    """``functools.cache`` typed as the function it wraps: mypy does not take a record class for
+    Hashable (it checks the class against its instances' ``__hash__``)."""
+    return cast(_F, cache(fn))
 
 
 class RecordError(ValueError):
@@ -73,7 +80,7 @@ def _dump(value: Any) -> Any:
     return value
 
 
-@cache
+@_per_class
 def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
     """Field name -> (resolved type, has a default)."""
     hints = typing.get_type_hints(cls)
@@ -88,7 +95,7 @@ def record_fields(cls: type) -> list[str]:
     return list(_fields(cls))
 
 
-@cache
+@_per_class
 def _plan(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, Callable[[Any], Any]]]:
     """Per record class, once: its field names, the required ones, and a loader for each field
     whose type holds records (the other JSON values are taken as they are)."""
@@ -106,7 +113,8 @@ def _loader(tp: Any) -> Callable[[Any], Any] | None:
         inner = _loader(args[0])
         if inner is None:
             return (lambda v: tuple(v) if isinstance(v, list) else v) if origin is tuple else None
-        return lambda v: origin(inner(x) if x is not None else None for x in v) if type(v) is list else v
+        load_item = inner  # narrowed to a callable (mypy drops the narrowing of inner: it is reassigned below)
+        return lambda v: origin(load_item(x) if x is not None else None for x in v) if type(v) is list else v
     if origin is dict and len(args) == 2:
         inner = _loader(args[1])
         if inner is None:
@@ -282,10 +290,10 @@ class RecordView:
         return f"RecordView({self._type.__name__})"
 
 
-_NO_FIELD = object()
+_NO_FIELD: Any = object()  # Any: a sentinel beside the loaders (callables or None)
 
 
-@cache
+@_per_class
 def _view_loaders(cls: type) -> dict[str, Callable[[Any], Any] | None]:
     """Per record class: each field's loader (None: the JSON value is the field)."""
     names, _, loaders = _plan(cls)

@@ -77,7 +77,9 @@ class StageContext:
     """What a stage may look at: the workdir and every stage's parameters."""
 
     workdir: Path
-    params: Mapping[str, BaseModel]
+    # section name -> its model instance. Any: the models are per stage (config_model() builds them from the
+    # registry), so the mapping cannot type each key; a stage annotates what it takes: p: FeaturesParams = ...
+    params: Mapping[str, Any]
     plugins: tuple[str, ...] = ()  # modules a worker imports before running an item (they register things)
 
     def path(self, *parts: str) -> Path:

@@ -109,7 +109,8 @@ def current_versions() -> dict[str, str]:
 
     from mirpipe import __version__
 
-    return {"mirpipe": __version__, "torch": torch.__version__.split("+")[0], "librosa": librosa.__version__,
+    return {"mirpipe": __version__, "torch": torch.__version__.split("+")[0],
+            "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
             "numpy": numpy.__version__, "jams": jams.__version__}
 
 
@@ -135,6 +136,7 @@ def check_versions(bundle: ModelBundle) -> tuple[list[str], list[str]]:
         then, now = bundle.versions.get(lib), here.get(lib)
         if then is None or then == now:
             continue
+        assert now is not None  # current_versions() gives every checked library
         (ma, mi), (na, ni) = _major_minor(then), _major_minor(now)
         what = f"{lib} {then} at export, {now} here"
         if ma != na and lib in STRICT_LIBRARIES:

@@ -143,7 +143,7 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     annotation gets ``IGNORE`` everywhere (e.g. solo recordings).
     """
     n = len(frame_times)
-    anns = annotations(jam, "chord")
+    anns = annotations(jam, "chord")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
     if not anns:
         return {
             "chord_root": np.full(n, IGNORE, np.int16),

@@ -94,6 +94,7 @@ def loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tu
                 outputs["pitches"].float()[mask], target[mask].float()
             )
     total = sum(parts.values())
+    assert isinstance(total, torch.Tensor)  # (parts holds the tag loss at least)
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def salience_axes(salience: np.ndarray, frame_rate: float, grid, title: str):
     return fig, ax
 
 
-def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Sequence[tuple[str, object]],
+def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Sequence[tuple[str, Any]],
                   title: str, ylabel: str = "bin") -> None:
     """``features`` (T, F) over time, then one strip per (name, JAMS annotation) with its labelled segments."""
     plt = pyplot()

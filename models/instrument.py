@@ -47,7 +47,8 @@ SLOTS = 8  # labels sounding at once that a frame can hold
 def tag_spans(jam_or_ann, duration: float | None = None) -> list[tuple[str, float, float]]:
     """(normalised label, start, end) of every tag; a tag without duration runs to ``duration``
     (or forever). Takes a JAMS (every ``tag_open`` annotation, converted) or one annotation."""
-    anns = annotations(jam_or_ann, "tag_open") if hasattr(jam_or_ann, "annotations") else [jam_or_ann]
+    anns = (annotations(jam_or_ann, "tag_open")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
+            if hasattr(jam_or_ann, "annotations") else [jam_or_ann])
     out = []
     for ann in anns:
         for obs in ann.data:

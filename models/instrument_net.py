@@ -26,6 +26,8 @@ EQ_POINTS = 8  # control points of the random EQ curve over the semitone axis
 
 
 class InstrumentNet(nn.Module):
+    offsets: torch.Tensor  # a buffer (register_buffer): declared for the type checker
+    patch_frames: int  # set by the instrument task's build()
     def __init__(self, in_channels: int, n_bins: int, n_classes: int, channels: list[int], hidden: int = 64,
                  pool_frames: int = 2, pool_bins: int = 5, dropout: float = 0.3, freq_pooling: str = "flatten",
                  eq_db: float = 0.0, contrast: float = 0.0, harmonics: list[float] | None = None,

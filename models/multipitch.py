@@ -41,7 +41,7 @@ THRESHOLDS = np.round(np.concatenate([np.arange(0.02, 0.1, 0.01), np.arange(0.1,
 def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     """The f0s sounding at each frame from the first ``note_hz`` annotation (``note_midi``
     converted); a track without notes is ``-1`` everywhere (no reference: losses skip it)."""
-    anns = annotations(jam, "note_hz")
+    anns = annotations(jam, "note_hz")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
     if not anns:
         return {"notes_hz": np.full((len(frame_times), mf.MAX_NOTES), -1.0, np.float32)}
     data = anns[0].data

@@ -41,7 +41,7 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
     """
     times = np.asarray(frame_times, dtype=float)
     f0 = np.zeros(len(times), dtype=np.float32)
-    anns = annotations(jam, "pitch_contour")
+    anns = annotations(jam, "pitch_contour")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
     if not anns or len(anns[0].data) == 0:
         return {"f0_hz": f0}
     data = anns[0].data
@@ -229,7 +229,7 @@ class Pyin(Baseline):
 
         sr, hop = 22050, 256
         y, _ = load_mono(audio_path, sr, channel=prep.channel)
-        f0, voiced, _ = librosa.pyin(y, fmin=librosa.note_to_hz("C2"), fmax=librosa.note_to_hz("C7"), sr=sr,
+        f0, voiced, _ = librosa.pyin(y, fmin=float(librosa.note_to_hz("C2")), fmax=float(librosa.note_to_hz("C7")), sr=sr,
                                      frame_length=2048, hop_length=hop, fill_na=None, resolution=0.2)
         times = librosa.times_like(f0, sr=sr, hop_length=hop)
         return sal.contour_annotation(times, np.nan_to_num(f0), voiced & np.isfinite(f0), duration)

@@ -39,6 +39,7 @@ class SalienceNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(tall_channels, 1, (1, 1))
         with torch.no_grad():  # start near the targets' mean (a few bins of 360 lit): BCE then learns
+            assert self.out.bias is not None  # (Conv2d with bias)
             self.out.bias.fill_(OUT_BIAS)  # the peaks instead of spending its first steps on the offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +77,7 @@ class TallConv(nn.Module):
         ref = nn.Conv2d(c_in, c_out, (frames, bins))  # its initialization
         with torch.no_grad():
             self.weight.copy_(ref.weight)
+            assert ref.bias is not None  # (Conv2d with bias)
             self.bias.copy_(ref.bias)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:

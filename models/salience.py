@@ -59,8 +59,8 @@ def salience_target(f0_hz: np.ndarray, grid: Grid = Grid(), sigma_bins: float = 
     return t.astype(np.float32)
 
 
-def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins: float = 1.0) -> np.ndarray:
-    """Multi-f0 target: the element-wise maximum of each sounding note's Gaussian."""
+def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins: float = 1.0) -> np.ndarray | None:
+    """Multi-f0 target: the element-wise maximum of each sounding note's Gaussian (None without notes)."""
     out = None
     for f in note_hz:
         t = salience_target(f, grid, sigma_bins)

@@ -62,7 +62,7 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def annotations(jam, namespace: str) -> list:
+def annotations(jam, namespace: str) -> list:  # type: ignore[no-redef]  # over the __future__ import's name
     """The track's annotations in ``namespace``, converting compatible ones (``chord_harte`` ->
     ``chord``, ``pitch_hz`` -> ``pitch_contour``, ``tag_*`` -> ``tag_open``, ...) with jams.nsconvert."""
     from copy import deepcopy
@@ -170,7 +170,7 @@ class Network:
         the loss needs derived from them; runs where batches are cut (loader workers)."""
         return batch
 
-    def build(self, n_bins: int, params: BaseModel):
+    def build(self, n_bins: int, params: Any):  # Any: each task takes its own params model
         """The network (a torch.nn.Module) for ``n_bins`` feature bins."""
         raise NotImplementedError
 
@@ -201,7 +201,7 @@ class Decoder:
         raise NotImplementedError
 
     def decode(self, prediction: np.ndarray, frame_times: np.ndarray, duration: float,
-               state: Mapping[str, Any], options: BaseModel):
+               state: Mapping[str, Any], options: Any):  # Any: each task takes its own decode model
         """A JAMS annotation of the task's namespace from a whole-track prediction."""
         raise NotImplementedError
 
@@ -215,7 +215,7 @@ class Decoder:
         seconds: dict[str, float] = {}
         for obs in data:
             seconds[obs.value] = seconds.get(obs.value, 0.0) + float(obs.duration or 0.0)
-        top = max(seconds, key=seconds.get)
+        top = max(seconds, key=seconds.__getitem__)
         total = sum(seconds.values())
         share = f" ({seconds[top] / total:.0%} of the time)" if total > 0 else ""
         return f"{len(data)} segments, {len(seconds)} labels, mostly {top}{share}"

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO, cast
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ def resolve_device(name: str) -> torch.device:
 
 def rng_states() -> dict[str, Any]:
     """Every RNG state as tensors and plain values (the safe loader refuses numpy arrays)."""
-    _, key, pos, has_gauss, gauss = np.random.get_state()
+    _, key, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple
     version, internal, gauss_next = random.getstate()
     states = {"torch": torch.get_rng_state(),
               "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
@@ -208,6 +208,7 @@ class TrainProgress:
 
     def _line(self, text: str) -> None:
         self.last_line = self.clock()
+        assert self.stream is not None  # (no stream: progress_mode is off, nothing is written)
         try:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -294,7 +295,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         if settings.lr_schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=max(1, settings.max_epochs * settings.steps_per_epoch))
         elif settings.lr_schedule == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -305,7 +306,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState(run_key=run_key)
         self.tensorboard = tensorboard
-        self.writer = None  # opened by fit, once it knows whether this is a new run or a resumed one
+        # a SummaryWriter (imported lazily), opened by fit, once it knows whether this is a new run or a resumed one
+        self.writer: Any = None
         self._writer_dir: Path | None = None
 
     # -- checkpoints -----------------------------------------------------------
@@ -433,6 +435,7 @@ class Trainer:
         val = self.validate()
         score = val[self.task.network.metric_name]
         if self.settings.lr_schedule == "plateau":
+            assert isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
             self.scheduler.step(score)
         improved = score > st.best_metric
         if improved:

@@ -43,7 +43,7 @@ class StageChoice(click.Choice):
         super().__init__([])
 
     @property
-    def choices(self):  # type: ignore[override]
+    def choices(self):
         from mirpipe.stages import run_order
 
         return run_order()
@@ -90,7 +90,7 @@ def _scores(workdir: Path, pipeline: PipelineBase) -> dict[str, TaskScores]:
     from mirpipe.records import TaskScores
 
     out = {}
-    for task in pipeline.evaluate.tasks:
+    for task in pipeline.evaluate.tasks:  # type: ignore[attr-defined]  # dynamic stage section (config_model())
         path = Workdir(workdir).scores(task)
         if path.exists():
             out[task] = TaskScores.from_json(json.loads(path.read_text()))
@@ -240,6 +240,7 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
     if "synthesize" not in STAGES:
         raise click.ClickException("the demo synthesizer (mirpipe.demo) is not registered: reinstall mirpipe")
     SynthesizeParams = STAGES.get("synthesize").params
+    assert SynthesizeParams is not None  # the synthesize stage has its pipeline.yaml section
     synth = getattr(pipeline, "synthesize", None) or SynthesizeParams()
     updates = {k: v for k, v in {"tracks": tracks, "seed": seed}.items() if v is not None}
     synth = SynthesizeParams.model_validate({**synth.model_dump(), **updates})
@@ -481,7 +482,7 @@ def export(workdir: Path, out: Path, tasks: str | None, json_mode: bool) -> None
         raise ConfigurationError(f"--out {out}: a model file is named NAME{SUFFIX}")
     with stdout_to_stderr(json_mode):
         bundle = export_bundle(workdir, out, _task_list(tasks))
-    info = {"out": str(out), "name": bundle.name, "identity": bundle.identity, "tasks": sorted(bundle.tasks),
+    info: dict[str, Any] = {"out": str(out), "name": bundle.name, "identity": bundle.identity, "tasks": sorted(bundle.tasks),
             "training_fingerprint": bundle.fingerprint, "bytes": out.stat().st_size, "versions": bundle.versions}
     if json_mode:
         click.echo(json.dumps(info))

@@ -69,7 +69,7 @@ class DaskExecutor:
             link = self.client.dashboard_link
         except Exception:  # noqa: BLE001 - a client without a dashboard (or whose cluster is gone): show none
             return None
-        server = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
+        server: Any = getattr(getattr(getattr(self.client, "cluster", None), "scheduler", None), "http_server", None)
         try:
             bound = [sock.getsockname()[:2] for sock in server._sockets.values()]
         except AttributeError:

@@ -314,6 +314,7 @@ class JobqueueCluster(_ClusterBase):
     def walltime_seconds(self) -> float | None:
         """The job walltime in seconds: cluster.yaml's, else jobqueue.<type>.walltime; None when neither."""
         if self.is_set("walltime"):
+            assert self.walltime is not None  # is_set: not null
             return parse_walltime(self.walltime, self.type)
         site = jobqueue_config(self.type, "walltime")
         if site is None:
@@ -343,6 +344,7 @@ class JobqueueCluster(_ClusterBase):
         life, stagger = self.lifetime_seconds()
         args: list[str] = []
         if life is not None:
+            assert stagger is not None  # lifetime_seconds gives both or neither
             args += ["--lifetime", f"{int(life)}s", "--lifetime-stagger", f"{int(stagger)}s"]
         if self.lifetime_restart:
             args.append("--lifetime-restart")
@@ -357,6 +359,7 @@ class JobqueueCluster(_ClusterBase):
         (see pipeline.cluster): only `protocol` tells whether TLS is on."""
         kwargs = self.model_dump(include=set(PASSED_WHEN_SET), exclude_unset=True, exclude_none=True)
         if "walltime" in kwargs:
+            assert self.walltime is not None  # dumped with exclude_none
             kwargs["walltime"] = format_walltime(parse_walltime(self.walltime, self.type), self.type)
         if "python" not in kwargs and jobqueue_config(self.type, "python") is None:
             kwargs["python"] = python

@@ -66,6 +66,7 @@ def config_model() -> type[PipelineBase]:
             for section, model in s.sections.items():
                 doc = (model.__doc__ or "").strip().splitlines()
                 fields.setdefault(section, (model, Field(default_factory=model, description=doc[0] if doc else section)))
+            assert s.params is not None  # (kept above: the stages with a section)
             doc = (s.params.__doc__ or "").strip().splitlines()
             desc = f"{s.name} stage" + (f": {doc[0]}" if doc else "")
             if s.optional:

@@ -52,7 +52,7 @@ def cluster(config: str | Path | Mapping[str, Any] | ClusterConfig | None = None
     """
     import joblib
 
-    from .cluster import open_executor
+    from .cluster import DaskExecutor, open_executor
 
     cfg = _config(config)
     with open_executor(cfg, Path(workdir) if workdir is not None else None) as executor:
@@ -63,6 +63,7 @@ def cluster(config: str | Path | Mapping[str, Any] | ClusterConfig | None = None
             with joblib.parallel_config(backend="sequential", **joblib_options):
                 yield None
             return
+        assert isinstance(executor, DaskExecutor)  # (only type: sync opens a SyncExecutor)
         client = executor.client
         with joblib.parallel_config(backend="dask", client=client, wait_for_workers_timeout=wait_for_workers,
                                     **joblib_options):

@@ -34,7 +34,7 @@ import time
 import traceback as tb
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, cast
 
 from mirpipe import columns
 from mirpipe.errors import InputError
@@ -106,7 +106,10 @@ class DoneTable(Mapping[str, dict]):
         if marker is not None:
             return marker.get("fingerprint")
         i = self._row(item)
-        return None if i is None else self.base["fingerprint"][i]
+        if i is None:
+            return None
+        assert self.base is not None  # a row number is a row of the base
+        return self.base["fingerprint"][i]
 
     def fingerprints(self) -> dict[str, str]:
         """The fingerprint of every done item (one dict, built at C speed from the columns)."""
@@ -124,6 +127,7 @@ class DoneTable(Mapping[str, dict]):
         i = self._row(item)
         if i is None:
             return None
+        assert self.base is not None  # a row number is a row of the base
         return self.base["record"][i] if self.fields is None else columns.Row(self.base, self.fields, i)
 
     def set(self, item: str, marker: dict) -> None:
@@ -142,6 +146,7 @@ class DoneTable(Mapping[str, dict]):
         if i is None:
             raise KeyError(item)
         record = self.record(item)
+        assert self.base is not None and record is not None  # a row of the base has a record
         return {"item": item, **{c: self.base[c][i] for c in MARKER_COLUMNS}, "record": dict(record)}
 
     def __iter__(self) -> Iterator[str]:
@@ -167,10 +172,11 @@ class DoneTable(Mapping[str, dict]):
             names = ["item", *MARKER_COLUMNS, *(["record"] if self.fields is None else self.fields.values())]
             return {n: self.base.source(n) for n in names}, None if self.fields is None else list(self.fields)
         items = sorted(self)
-        rows: list[int | dict] = [self.overlay[k] if k in self.overlay else self.pos[k] for k in items]
-        out: dict[str, list] = {"item": items}
-        for c in MARKER_COLUMNS:
-            col = self.base[c] if self.base is not None and c in self.base else None
+        # int: a row of the base; dict: an overlay marker (type() dispatch below: mypy does not narrow on it)
+        rows: list[Any] = [self.overlay[k] if k in self.overlay else self.pos[k] for k in items]
+        out: dict[str, list | columns.Raw] = {"item": items}
+        for c in MARKER_COLUMNS:  # col: a base column (None without a base: then every row is a marker)
+            col: Any = self.base[c] if self.base is not None and c in self.base else None
             out[c] = [r.get(c) if type(r) is dict else col[r] for r in rows]
         fields = list(self.fields) if self.fields is not None else None
         overlay_records = [r.get("record") for r in rows if type(r) is dict]
@@ -181,7 +187,7 @@ class DoneTable(Mapping[str, dict]):
                 col = self.base[RECORD + f] if self.base is not None and self.fields is not None else None
                 out[RECORD + f] = [r["record"][f] if type(r) is dict else col[r] for r in rows]
             return out, fields
-        out["record"] = [r.get("record") if type(r) is dict else dict(self.record(k)) for k, r in zip(items, rows)]
+        out["record"] = [r.get("record") if type(r) is dict else dict(cast(Mapping, self.record(k))) for k, r in zip(items, rows)]
         return out, None
 
 

@@ -255,6 +255,7 @@ class Runner:
         if outputs is None or not all(os.path.exists(p) for p in outputs):
             return None
         module = sys.modules[type(stage).__module__].__file__
+        assert module is not None  # a stage's module is a file (its digest is part of the key)
         h = hashlib.sha256(json.dumps([
             stage.name, stage.version, __version__, hashlib.sha256(Path(module).read_bytes()).hexdigest(),
             {n: p.model_dump(mode="json") if p is not None else None for n, p in self.ctx.params.items()},

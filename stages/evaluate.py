@@ -263,10 +263,10 @@ class Evaluate(Stage):
             if based:
                 baseline = {"baseline": {
                     "name": task.baseline.name,
-                    **{m: _finite(v) for m, v in task.scorer.pool([r.baseline for r in based]).items()},
+                    **{m: _finite(v) for m, v in task.scorer.pool([r.baseline for r in based if r.baseline is not None]).items()},
                     "n_tracks": len(based),
                     "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.scorer.metrics if m in r.baseline}
-                               for r in based},
+                               for r in based if r.baseline is not None},
                 }}
             pooled_metrics = {k: v for k, v in pooled.items() if k != "notes" and (v is None or isinstance(v, (int, float)))}
             write_json(ctx.dirs.scores(task_name), TaskScores(

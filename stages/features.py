@@ -160,7 +160,8 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
         "features": geometry,
         "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
         "pitch_shift_backend": aug.backend if variants != [0] else None,
-        "versions": {"librosa": librosa.__version__, "jams": jams.__version__},
+        "versions": {"librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
+                     "jams": jams.__version__},
     }
     return arrays, attrs, timings
 

@@ -311,7 +311,7 @@ def _check_namespaces(jams_path: Path) -> None:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.AnnotationSchemaError(jams_path, f"not JSON: {exc}") from None
     annotations = raw.get("annotations", []) if isinstance(raw, dict) else []
-    used = {a.get("namespace") for a in annotations if isinstance(a, dict) and isinstance(a.get("namespace"), str)}
+    used = {ns for a in annotations if isinstance(a, dict) and isinstance(ns := a.get("namespace"), str)}
     unknown = sorted(used - set(jams.schema.__NAMESPACE__))
     if unknown:
         raise errors.UnknownNamespaceError(jams_path, f"unknown annotation namespace(s) {unknown}")

@@ -154,7 +154,8 @@ def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[Entr
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
     index = open_store(p.store, ctx.dirs.store_root(p.store_path)).read_index()
-    train, val = [], []
+    train: list[EntryKey] = []
+    val: list[EntryKey] = []
     for track, split, frames in zip(index, index.column("split"), index.column("frames")):
         if split not in ("train", "val") or track not in manifest or not task.targets.usable(manifest.value(track, "offers")):
             continue

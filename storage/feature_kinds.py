@@ -27,10 +27,11 @@ class FeatureKind:
     version: ClassVar[str] = "1"  # bump when what ``compute`` stores changes
     Params: ClassVar[type[BaseModel]]
 
-    def hop_length(self, params: BaseModel) -> int:
+    # params: Any, each kind takes its own Params model (CQTParams, HCQTParams...)
+    def hop_length(self, params: Any) -> int:
         return int(params.hop_length)
 
-    def compute(self, y: np.ndarray, sr: int, params: BaseModel, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def compute(self, y: np.ndarray, sr: int, params: Any, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
         """The stored ``(T, bins)`` array of one variant and its geometry (JSON-able)."""
         raise NotImplementedError
 

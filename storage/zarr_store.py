@@ -23,7 +23,9 @@ from .base import STORE_BACKENDS, FeatureStore, time_chunks
 def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
     names = [prefix + k for k in group.array_keys()]
     for k in group.group_keys():
-        names += _array_names(group[k], f"{prefix}{k}/")
+        sub = group[k]
+        assert isinstance(sub, zarr.Group)  # a key of group_keys()
+        names += _array_names(sub, f"{prefix}{k}/")
     return sorted(names)
 
 

@@ -90,6 +90,7 @@ def choose(jam, namespace: str, rule: ChoiceRule, path: str) -> Choice | None:
         index = found[0] if rule.rule == "first" else found[-1]
     else:
         name_of = annotator_name if rule.rule == "annotator" else curator_name
+        assert rule.name is not None  # (validated: these rules need a name)
         matching = [i for i in found if (name_of(jam.annotations[i]) or "").casefold() == rule.name.casefold()]
         if not matching:
             present = sorted({name_of(jam.annotations[i]) or "(unnamed)" for i in found})

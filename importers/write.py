@@ -82,7 +82,7 @@ def audio_duration(path: Path) -> float:
             import librosa
 
             seconds = float(librosa.get_duration(path=str(path)))
-        except (*decode_errors(), OSError):  # the decoders' own errors only: a bug or MemoryError propagates
+        except decode_errors() + (OSError,):  # the decoders' own errors only: a bug or MemoryError propagates
             cls = stage_errors.AudioDecodeError if path.suffix.lower() in (".wav", ".flac", ".ogg") else stage_errors.UnsupportedFormatError
             raise cls(path, f"cannot read the audio: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not seconds > 0:

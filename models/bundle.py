@@ -204,6 +204,6 @@ def build_network(m: TaskModel, device):
     from .task import TASKS
 
     task = TASKS.get(m.name).bind(m.vocabulary)  # a corpus-vocabulary task sizes its heads by its classes
-    model = task.network.build(n_bins=m.n_bins, params=task.network.Params.model_validate(m.params))
+    model = task.trained.network.build(n_bins=m.n_bins, params=task.trained.network.Params.model_validate(m.params))
     model.load_state_dict(m.weights)
     return model.to(device).eval()

@@ -39,13 +39,14 @@ to end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from mirpipe.annotations.namespaces import matches
 from mirpipe.annotations.transpose import UNCLAIMED, Transposer
+from mirpipe.errors import ConfigurationError
 from mirpipe.registry import Registry
 
 TASKS: Registry["Task"] = Registry(
@@ -281,6 +282,14 @@ class Baseline:
         raise NotImplementedError
 
 
+class Trained(NamedTuple):
+    """The parts every trainable task has (``Task.trained``), typed as present."""
+
+    network: Network
+    decoder: Decoder
+    scorer: Scorer
+
+
 class Task:
     """One model the pipeline trains and scores: a name, the feature it reads, and its parts
     (see the module docstring). Optional parts are None when absent."""
@@ -297,6 +306,16 @@ class Task:
     @property
     def trainable(self) -> bool:
         return self.network is not None
+
+    @property
+    def trained(self) -> Trained:
+        """The network, decoder and scorer that training, evaluation and prediction use; a
+        ConfigurationError naming the task when it has no network (a target-only task) or lacks the
+        decoder or scorer a trained network needs."""
+        if self.network is None or self.decoder is None or self.scorer is None:
+            missing = [n for n in ("network", "decoder", "scorer") if getattr(self, n) is None]
+            raise ConfigurationError(f"task {self.name!r} cannot be trained or scored: it has no {', '.join(missing)}")
+        return Trained(self.network, self.decoder, self.scorer)
 
     @property
     def namespace(self) -> str:

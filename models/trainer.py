@@ -372,7 +372,7 @@ class Trainer:
         self.model.train()
         batch = self._to_device(batch)
         outputs = self._forward(batch)
-        total, parts = self.task.network.loss(outputs, batch)
+        total, parts = self.task.trained.network.loss(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -390,12 +390,12 @@ class Trainer:
         for batch in self.val_batches():
             batch = self._to_device(batch)
             outputs = self._forward(batch)
-            total, _ = self.task.network.loss(outputs, batch)
+            total, _ = self.task.trained.network.loss(outputs, batch)
             loss_sum += float(total)
             n_batches += 1
-            a, b = self.task.network.metric(outputs, batch)
+            a, b = self.task.trained.network.metric(outputs, batch)
             num, den = num + a, den + b
-        return {"val_loss": loss_sum / max(n_batches, 1), self.task.network.metric_name: num / den if den else float("nan")}
+        return {"val_loss": loss_sum / max(n_batches, 1), self.task.trained.network.metric_name: num / den if den else float("nan")}
 
     def _start_run(self, resumed: bool) -> None:
         """Name a fresh run's TensorBoard folder; open the writer on this run's folder."""
@@ -433,7 +433,7 @@ class Trainer:
     def _end_epoch(self, train_loss: float, patches_per_s: float) -> None:
         st = self.state
         val = self.validate()
-        score = val[self.task.network.metric_name]
+        score = val[self.task.trained.network.metric_name]
         if self.settings.lr_schedule == "plateau":
             assert isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
             self.scheduler.step(score)
@@ -445,12 +445,12 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         row = {"epoch": st.epoch, "step": st.global_step, "train_loss": train_loss, **val, "lr": lr, "patches_per_s": patches_per_s}
         st.history.append(row)
-        for k in ("val_loss", self.task.network.metric_name):
+        for k in ("val_loss", self.task.trained.network.metric_name):
             self._scalar(f"val/{k}", val[k])
         self._scalar("lr", lr)
         self._say(
             f"train[{self.task.name}] epoch {st.epoch}: step {st.global_step} loss {train_loss:.3f} "
-            f"val_loss {val['val_loss']:.3f} {self.task.network.metric_name} {score:.3f} lr {lr:.2g} "
+            f"val_loss {val['val_loss']:.3f} {self.task.trained.network.metric_name} {score:.3f} lr {lr:.2g} "
             f"{patches_per_s:.0f} patches/s{' *' if improved else ''}"
         )
         st.epoch += 1
@@ -478,7 +478,7 @@ class Trainer:
         write_json(self.progress_path, TrainingProgress(
             task=self.task.name, epoch=st.epoch, max_epochs=s.max_epochs, step=st.global_step,
             total_steps=s.max_epochs * s.steps_per_epoch, train_loss=finite(row["train_loss"]),
-            val_loss=finite(row["val_loss"]), metric=self.task.network.metric_name, value=finite(score),
+            val_loss=finite(row["val_loss"]), metric=self.task.trained.network.metric_name, value=finite(score),
             best=finite(st.best_metric), best_step=st.best_step, lr=row["lr"],
             patches_per_s=finite(row["patches_per_s"]), finished=st.finished,
             tensorboard=str(self.tb_dir) if self.tb_dir else None,
@@ -528,7 +528,7 @@ class Trainer:
             "finished": st.finished,
             "best_metric": st.best_metric,
             "best_step": st.best_step,
-            "metric": self.task.network.metric_name,
+            "metric": self.task.trained.network.metric_name,
             "seconds": time.perf_counter() - t_start,
             "device": str(self.device),
             "amp": self.amp,

@@ -58,7 +58,7 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
             n_bins=int(meta.n_bins), state=json.loads(json.dumps(meta.state)),
             decoding=ev.decode_params(task_name).model_dump(mode="json"),
             training={"fingerprint": st.get("run_key", ""), "checkpoint": ev.checkpoint, "steps": st.get("global_step"),
-                      "best_metric": st.get("best_metric"), "metric": task.network.metric_name,
+                      "best_metric": st.get("best_metric"), "metric": task.trained.network.metric_name,
                       "train_entries": meta.train_entries, "val_entries": meta.val_entries},
             vocabulary=meta.vocabulary,
             weights={k: v.detach().cpu() for k, v in ckpt["model"].items()},
@@ -145,11 +145,11 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
         task = TASKS.get(name).bind(m.vocabulary)
         geo = geometry[m.feature]
         features = FEATURE_KINDS.get(m.feature).view(arrays[m.feature][0], geo, 0)
-        prediction = task.decoder.predict(_network(bundle_path, mtime, name, str(dev)), features, dev)
+        prediction = task.trained.decoder.predict(_network(bundle_path, mtime, name, str(dev)), features, dev)
         n_frames = arrays[m.feature].shape[1]
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geo["sr"], hop_length=geo["hop_length"])
-        options = task.decoder.DecodeParams.model_validate(m.decoding)
-        est = task.decoder.decode(prediction, frame_times, duration, m.state, options)
+        options = task.trained.decoder.DecodeParams.model_validate(m.decoding)
+        est = task.trained.decoder.decode(prediction, frame_times, duration, m.state, options)
         meta = est.annotation_metadata
         meta.annotator = {"name": "mirpipe", "model": bundle.name, "model_identity": bundle.identity,
                           "training_fingerprint": m.training.get("fingerprint", ""), "task": name,
@@ -159,7 +159,7 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
         meta.data_source = f"model trained on data with fingerprint {m.training.get('fingerprint', '')}"
         meta.corpus = bundle.name
         jam.annotations.append(est)
-        summary.append(f"{name}: {task.decoder.describe(est)}")
+        summary.append(f"{name}: {task.trained.decoder.describe(est)}")
     jam.sandbox.mirpipe = {"model": bundle.name, "model_identity": bundle.identity, "input": str(audio), "key": key,
                            "tasks": list(tasks)}
     with atomic_path(Path(output)) as tmp:

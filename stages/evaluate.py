@@ -69,10 +69,10 @@ class EvaluateParams(BaseModel):
     @field_validator("decoding", mode="before")
     @classmethod
     def _decoding(cls, v: Any) -> dict[str, BaseModel]:
-        return per_task_params(v, "decoding", lambda t: t.decoder.DecodeParams)
+        return per_task_params(v, "decoding", lambda t: t.trained.decoder.DecodeParams)
 
     def decode_params(self, task: str) -> BaseModel:
-        return self.decoding.get(task) or TASKS.get(task).decoder.DecodeParams()
+        return self.decoding.get(task) or TASKS.get(task).trained.decoder.DecodeParams()
 
 
 def report_dir(ctx: StageContext, task: str) -> Path:
@@ -162,7 +162,7 @@ class Evaluate(Stage):
         stored = read[where[0][0]]
         features = kind.view(stored, geometry, 0)
         frame_rate = geometry["sr"] / geometry["hop_length"]
-        prediction = task.decoder.predict(model, features, device)
+        prediction = task.trained.decoder.predict(model, features, device)
         jams_path = item.payload["jams"]
         prep = Preparation.from_json(item.payload["prep"])
         ref_jam = prepared_jams(jams_path, prep)  # the reference ingest chose, snapped as ingest validated it
@@ -172,7 +172,7 @@ class Evaluate(Stage):
         n_frames = stored.shape[0]
         duration = prep.duration  # the audio's, never the JAMS's own claim
         frame_times = librosa.frames_to_time(np.arange(n_frames), sr=geometry["sr"], hop_length=geometry["hop_length"])
-        est = task.decoder.decode(prediction, frame_times, duration, meta.state, p.decode_params(task.name))
+        est = task.trained.decoder.decode(prediction, frame_times, duration, meta.state, p.decode_params(task.name))
         est.annotation_metadata.annotator = {"name": "mirpipe", "model": json.dumps(meta.model, sort_keys=True)}
         out = ctx.dirs.report_dir(task.name)
         est_jam = jams.JAMS(file_metadata=ref_jam.file_metadata)
@@ -181,7 +181,7 @@ class Evaluate(Stage):
         with atomic_path(est_path) as tmp:
             est_jam.save(str(tmp), strict=True)
         try:
-            scores = task.scorer.score(ref, est)
+            scores = task.trained.scorer.score(ref, est)
         except ValueError as exc:  # mir_eval rejects the reference: the same every time, so not retried
             raise errors.ScoringError(jams_path, f"{task.name} scoring failed: {exc}") from None
         baseline = None
@@ -189,7 +189,7 @@ class Evaluate(Stage):
             base = task.baseline.run(item.payload["audio"], prep, duration)
             if base is not None:
                 try:
-                    baseline = task.scorer.score(ref, base)
+                    baseline = task.trained.scorer.score(ref, base)
                 except ValueError as exc:
                     raise errors.ScoringError(jams_path, f"{task.name} baseline scoring failed: {exc}") from None
         shifted = None
@@ -199,9 +199,9 @@ class Evaluate(Stage):
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            task.scorer.plot(fig, features, frame_rate, ref, est, f"{track}: {task.scorer.summary(scores)}", prediction)
+            task.trained.scorer.plot(fig, features, frame_rate, ref, est, f"{track}: {task.trained.scorer.summary(scores)}", prediction)
             figure = str(fig.relative_to(ctx.workdir))
-        evidence = task.scorer.evidence(ref, est) if task.scorer.evidence is not None else None
+        evidence = task.trained.scorer.evidence(ref, est) if task.trained.scorer.evidence is not None else None
         return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline,
                               shifted, evidence)
 
@@ -217,12 +217,12 @@ class Evaluate(Stage):
         ref0 = task.targets.reference(ref_jam)
         for n in shifts:
             variant, residual = where[n]
-            prediction = task.decoder.predict(model, kind.view(read[variant], geometry, residual), device)
-            est = task.decoder.decode(prediction, frame_times,
+            prediction = task.trained.decoder.predict(model, kind.view(read[variant], geometry, residual), device)
+            est = task.trained.decoder.decode(prediction, frame_times,
                               duration, state, options)
             ref = task.targets.transpose_annotation(ref0, n)
             try:
-                out[str(n)] = task.scorer.score(ref, est)
+                out[str(n)] = task.trained.scorer.score(ref, est)
             except ValueError as exc:
                 raise errors.ScoringError(jams_path, f"{task.name} scoring at a shift of {n} failed: {exc}") from None
         return out
@@ -244,39 +244,40 @@ class Evaluate(Stage):
             out = ctx.dirs.report_dir(task_name)
             table = io.StringIO()
             writer = csv.writer(table)
-            base_cols = [f"{task.baseline.name}:{m}" for m in task.scorer.metrics] if any(r.baseline for r in records) else []
-            writer.writerow(["track", "duration", *task.scorer.metrics, *base_cols])
+            base_name = task.baseline.name if task.baseline is not None else "baseline"
+            base_cols = [f"{base_name}:{m}" for m in task.trained.scorer.metrics] if any(r.baseline for r in records) else []
+            writer.writerow(["track", "duration", *task.trained.scorer.metrics, *base_cols])
             for r in records:
                 writer.writerow([r.track, f"{r.duration:.3f}",
-                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.scorer.metrics),
+                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.trained.scorer.metrics),
                                  *((f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else ""
-                                    for m in task.scorer.metrics)
+                                    for m in task.trained.scorer.metrics)
                                    if base_cols else ())])
             write_bytes(out / "scores.csv", table.getvalue().encode())
-            totals = task.scorer.pool([r.scores for r in records])
+            totals = task.trained.scorer.pool([r.scores for r in records])
             evidence = [r.evidence for r in records if r.evidence is not None]
-            pool_evidence = task.scorer.pool_evidence
+            pool_evidence = task.trained.scorer.pool_evidence
             # e.g. macro-F1, a confusion matrix
             pooled = pool_evidence(evidence, out / "figures") if evidence and pool_evidence else {}
             based = [r for r in records if r.baseline is not None]
             baseline = {}
             if based:
                 baseline = {"baseline": {
-                    "name": task.baseline.name,
-                    **{m: _finite(v) for m, v in task.scorer.pool([r.baseline for r in based if r.baseline is not None]).items()},
+                    "name": base_name,
+                    **{m: _finite(v) for m, v in task.trained.scorer.pool([r.baseline for r in based if r.baseline is not None]).items()},
                     "n_tracks": len(based),
-                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.scorer.metrics if m in r.baseline}
+                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.trained.scorer.metrics if m in r.baseline}
                                for r in based if r.baseline is not None},
                 }}
             pooled_metrics = {k: v for k, v in pooled.items() if k != "notes" and (v is None or isinstance(v, (int, float)))}
             write_json(ctx.dirs.scores(task_name), TaskScores(
                 metrics={**{m: _finite(v) for m, v in totals.items()}, **pooled_metrics},  # pooled figures as they came
-                columns=list(task.scorer.score_columns),
-                scored_by=task.scorer.scored_by,
+                columns=list(task.trained.scorer.score_columns),
+                scored_by=task.trained.scorer.scored_by,
                 n_tracks=len(records),
                 seconds=sum(r.duration for r in records),
                 weighting="each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
-                tracks={r.track: {m: _finite(r.scores[m]["score"]) for m in task.scorer.metrics if m in r.scores}
+                tracks={r.track: {m: _finite(r.scores[m]["score"]) for m in task.trained.scorer.metrics if m in r.scores}
                         for r in records},
                 baseline=baseline.get("baseline"),
                 notes=list(pooled.get("notes", [])),
@@ -292,8 +293,8 @@ def robustness_table(task, records) -> tuple[list[int], dict[str, list[float | N
     shifts = sorted({0, *(int(n) for r in records if r.shifted for n in r.shifted)})
     per_shift = {n: [r.scores if n == 0 else r.shifted[str(n)] for r in records
                      if n == 0 or (r.shifted and str(n) in r.shifted)] for n in shifts}
-    pooled = {n: task.scorer.pool(per_shift[n]) for n in shifts}
-    table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.scorer.metrics}
+    pooled = {n: task.trained.scorer.pool(per_shift[n]) for n in shifts}
+    table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.trained.scorer.metrics}
     return shifts, table, [len(per_shift[n]) for n in shifts]
 
 
@@ -309,7 +310,7 @@ def write_robustness(out: Path, task, records) -> None:
         writer.writerow([m, *("" if v is None else f"{v:.4f}" for v in values)])
     write_bytes(out / "robustness.csv", text.getvalue().encode())
     write_json(out / "robustness.json", {"shifts": shifts, "metrics": table, "n_tracks": counts,
-                                         "columns": list(task.scorer.score_columns)})
-    shown = {m: table[m] for m in task.scorer.score_columns if m in table} or table
+                                         "columns": list(task.trained.scorer.score_columns)})
+    shown = {m: table[m] for m in task.trained.scorer.score_columns if m in table} or table
     plot_robustness(out / "robustness.png", shifts, shown,
                     f"{task.name}: test tracks transposed (pooled over {max(counts)} tracks)")

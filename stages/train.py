@@ -106,7 +106,7 @@ class TrainParams(TrainingSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, v: Any) -> dict[str, BaseModel]:
-        return per_task_params(v, "models", lambda t: t.network.Params)
+        return per_task_params(v, "models", lambda t: t.trained.network.Params)
 
     @field_validator("overrides")
     @classmethod
@@ -128,7 +128,7 @@ class TrainParams(TrainingSettings):
 
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""
-        return self.models.get(task) or TASKS.get(task).network.Params()
+        return self.models.get(task) or TASKS.get(task).trained.network.Params()
 
 
 def train_dir(ctx: StageContext, task: str) -> Path:
@@ -181,7 +181,7 @@ def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: li
 
 
 def build_model(task: Task, params: BaseModel, n_bins: int):
-    return task.network.build(n_bins=n_bins, params=params)
+    return task.trained.network.build(n_bins=n_bins, params=params)
 
 
 @STAGES.register
@@ -248,7 +248,7 @@ class Train(Stage):
         spec = StreamSpec(fp.store, str(root), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames,
                           shifts=shifts, task=task)
         store = open_store(fp.store, root)
-        state = task.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
+        state = task.trained.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
         manifest = read_manifest(ctx)
         weights = sampling_weights(task, p.sampling, train_keys,
                                    [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
@@ -339,17 +339,17 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
 
 def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
-    """``task.decoder.tune`` each checkpoint's model on the validation batches; what it returns joins
+    """``task.trained.decoder.tune`` each checkpoint's model on the validation batches; what it returns joins
     the checkpoint's ``meta.state`` (evaluation decodes with it). A decoder without ``tune`` costs nothing."""
     from mirpipe.models.checkpoint import load_checkpoint, plain
     from mirpipe.models.trainer import atomic_save
 
-    if task.decoder is None or task.decoder.tune is None:
+    if task.decoder is None or task.trained.decoder.tune is None:
         return
     for path in paths:
         ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
-        tuned = task.decoder.tune(model.eval(), batches(), device)
+        tuned = task.trained.decoder.tune(model.eval(), batches(), device)
         meta = CheckpointMeta.from_json(ckpt["meta"])
         ckpt["meta"] = plain(meta.replace(state={**meta.state, **tuned}).to_json())  # numpy floats as Python's
         atomic_save(ckpt, path)

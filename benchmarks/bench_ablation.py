@@ -26,9 +26,9 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from mirpipe.pipeline.cluster import SyncExecutor  # noqa: E402
-from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
-from mirpipe.pipeline.runner import Runner  # noqa: E402
+from mirpipe.pipeline.cluster import SyncExecutor
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.pipeline.runner import Runner
 
 VARIANTS = {
     "none": {"enabled": False},
@@ -39,15 +39,23 @@ COLUMNS = ("root", "majmin", "mirex", "thirds", "triads", "sevenths", "tetrads",
 
 
 def config(args, augment: dict | None = None) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "synthesize": {"tracks": args.tracks, "seed": args.corpus_seed, "clips_per_family": 0},
-        "augment": {"shifts": list(range(-args.max_shift, args.max_shift + 1)), **(augment or {})},
-        "features": {"tasks": args.tasks},
-        "train": {"tasks": ["chord"], "seed": args.seed, "steps_per_epoch": args.steps_per_epoch,
-                  "max_epochs": args.epochs, "patience": args.patience, "progress": "off",
-                  **({"threads": args.threads} if args.threads else {})},
-        "evaluate": {"tasks": ["chord"], "figures": 0},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "synthesize": {"tracks": args.tracks, "seed": args.corpus_seed, "clips_per_family": 0},
+            "augment": {"shifts": list(range(-args.max_shift, args.max_shift + 1)), **(augment or {})},
+            "features": {"tasks": args.tasks},
+            "train": {
+                "tasks": ["chord"],
+                "seed": args.seed,
+                "steps_per_epoch": args.steps_per_epoch,
+                "max_epochs": args.epochs,
+                "patience": args.patience,
+                "progress": "off",
+                **({"threads": args.threads} if args.threads else {}),
+            },
+            "evaluate": {"tasks": ["chord"], "figures": 0},
+        }
+    )
 
 
 def main() -> None:
@@ -71,9 +79,11 @@ def main() -> None:
         base = workdir / "corpus-base"
         t0 = time.perf_counter()
         Runner(base, config(args), **quiet).run(SyncExecutor(), until="ingest")
-        print(f"corpus: {args.tracks} tracks (seed {args.corpus_seed}) in {time.perf_counter() - t0:.0f} s; train seed {args.seed}, "
-              f"{args.steps_per_epoch} steps/epoch, at most {args.epochs} epochs (patience {args.patience}), "
-              f"shifts -{args.max_shift}..{args.max_shift}")
+        print(
+            f"corpus: {args.tracks} tracks (seed {args.corpus_seed}) in {time.perf_counter() - t0:.0f} s; train seed {args.seed}, "
+            f"{args.steps_per_epoch} steps/epoch, at most {args.epochs} epochs (patience {args.patience}), "
+            f"shifts -{args.max_shift}..{args.max_shift}"
+        )
         scores, seconds = {}, {}
         for name in args.variants:
             wd = workdir / name
@@ -83,15 +93,22 @@ def main() -> None:
             times = {}
             for stage in ("features", "train", "evaluate"):
                 t = time.perf_counter()
-                report, = Runner(wd, cfg, **quiet).run(SyncExecutor(), only=stage) if stage != "features" else \
-                    Runner(wd, cfg, **quiet).run(SyncExecutor(), until="features")[-1:]
+                (report,) = (
+                    Runner(wd, cfg, **quiet).run(SyncExecutor(), only=stage)
+                    if stage != "features"
+                    else Runner(wd, cfg, **quiet).run(SyncExecutor(), until="features")[-1:]
+                )
                 if report.failures:
                     raise RuntimeError(f"{name}: {stage} failed: {report.failures[0]}")
                 times[stage] = time.perf_counter() - t
             scores[name] = json.loads((wd / "reports" / "chord" / "scores.json").read_text())
             seconds[name] = times
-            print(f"  {name:>8}: " + ", ".join(f"{s} {v:.0f} s" for s, v in times.items())
-                  + f"; majmin {scores[name].get('majmin')}", flush=True)
+            print(
+                f"  {name:>8}: "
+                + ", ".join(f"{s} {v:.0f} s" for s, v in times.items())
+                + f"; majmin {scores[name].get('majmin')}",
+                flush=True,
+            )
 
         n = {s["n_tracks"] for s in scores.values()}
         print(f"\nchord scores on the test split ({'/'.join(map(str, n))} tracks), mir_eval, weighted by duration")

@@ -26,7 +26,6 @@ import numpy as np
 def render_folder(folder: Path, renderer: str, tracks: int, seed: int, sr: int = 22050) -> None:
     """Mixtures with chords, rendered by the numpy timbres or one soundfont (seed offset: not demo tracks)."""
     import soundfile as sf
-
     from mirpipe.demo import labels, soundfont
     from mirpipe.demo.arrange import compose_mixture
     from mirpipe.demo.track import annotate, compose, render
@@ -59,14 +58,14 @@ def main() -> None:
     import jams
     import librosa
     import torch
-
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline import workdir as wd
-    from mirpipe.audio.io import AUDIO_EXTENSIONS
-    from mirpipe.stage import StageContext
     from mirpipe.stages.evaluate import load_model
     from mirpipe.stages.features import compute_entry
     from mirpipe.storage.feature_kinds import FEATURE_KINDS
+
+    from mirpipe.audio.io import AUDIO_EXTENSIONS
+    from mirpipe.stage import StageContext
 
     torch.set_num_threads(1)
     if args.render:
@@ -78,8 +77,11 @@ def main() -> None:
     task = TASKS.get("chord")
     model, meta = load_model(ctx, "chord", args.checkpoint, torch.device("cpu"))
     decoding = ev.decode_params("chord")
-    pairs = sorted((a, a.with_suffix(".jams")) for a in args.folder.iterdir()
-                   if a.suffix.lower() in AUDIO_EXTENSIONS and a.with_suffix(".jams").exists())
+    pairs = sorted(
+        (a, a.with_suffix(".jams"))
+        for a in args.folder.iterdir()
+        if a.suffix.lower() in AUDIO_EXTENSIONS and a.with_suffix(".jams").exists()
+    )
     if not pairs:
         sys.exit(f"{args.folder}: no audio + .jams pairs")
     per_track, t0 = [], time.perf_counter()
@@ -95,8 +97,9 @@ def main() -> None:
             continue
         frame_times = librosa.frames_to_time(np.arange(stored.shape[0]), sr=geometry["sr"], hop_length=geometry["hop_length"])
         duration = float(ref_jam.file_metadata.duration or frame_times[-1])
-        est = task.decoder.decode(task.decoder.predict(model, features, torch.device("cpu")), frame_times, duration,
-                                  meta.state, decoding)
+        est = task.decoder.decode(
+            task.decoder.predict(model, features, torch.device("cpu")), frame_times, duration, meta.state, decoding
+        )
         scores = task.scorer.score(ref, est)
         per_track.append(scores)
         if not args.json:
@@ -105,8 +108,10 @@ def main() -> None:
     if args.json:
         print(json.dumps({"folder": str(args.folder), "tracks": len(per_track), **totals}))
         return
-    print(f"\nchord scores (mir_eval, duration-weighted over {len(per_track)} tracks of {args.folder}; "
-          f"model {args.workdir}/train/chord/{args.checkpoint}.pt; {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"\nchord scores (mir_eval, duration-weighted over {len(per_track)} tracks of {args.folder}; "
+        f"model {args.workdir}/train/chord/{args.checkpoint}.pt; {time.perf_counter() - t0:.0f} s)"
+    )
     cols = list(task.scorer.score_columns)
     print("".join(f"{c:>9s}" for c in cols))
     print("".join(f"{totals[c]:9.3f}" if totals.get(c) is not None else f"{'-':>9s}" for c in cols))

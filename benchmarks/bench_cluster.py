@@ -22,10 +22,10 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from mirpipe.pipeline.cluster import open_executor  # noqa: E402
-from mirpipe.pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
-from mirpipe.pipeline.ledger import Ledger  # noqa: E402
-from mirpipe.pipeline.runner import Runner  # noqa: E402
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import PipelineConfig, parse_cluster
+from mirpipe.pipeline.ledger import Ledger
+from mirpipe.pipeline.runner import Runner
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES_TIMED = ("features",)
@@ -34,18 +34,36 @@ STAGES_TIMED = ("features",)
 def _config(tracks: int, duration: float, shifts: int, mode: str) -> PipelineConfig:
     half = shifts // 2
     return PipelineConfig.model_validate(
-        {"synthesize": {"tracks": tracks, "clips_per_family": 0, "min_duration": duration, "max_duration": duration + 4},
-         "augment": {"shifts": list(range(-half, shifts - half)), "mode": mode}}
+        {
+            "synthesize": {"tracks": tracks, "clips_per_family": 0, "min_duration": duration, "max_duration": duration + 4},
+            "augment": {"shifts": list(range(-half, shifts - half)), "mode": mode},
+        }
     )
 
 
 def _executors(slurm: bool) -> list[tuple[str, int, dict]]:
-    out = [("sync", 1, {"type": "sync"}),
-           ("local 1 worker", 1, {"type": "local", "n_workers": 1, "memory_limit": "4GiB"}),
-           ("local 2 workers", 2, {"type": "local", "n_workers": 2, "memory_limit": "4GiB"})]
+    out = [
+        ("sync", 1, {"type": "sync"}),
+        ("local 1 worker", 1, {"type": "local", "n_workers": 1, "memory_limit": "4GiB"}),
+        ("local 2 workers", 2, {"type": "local", "n_workers": 2, "memory_limit": "4GiB"}),
+    ]
     if slurm:
-        out.append(("slurm 2 jobs", 2, {"type": "slurm", "cores": 1, "memory": "4GiB", "jobs": 2, "queue": "debug",
-                                        "walltime": "00:30:00", "python": sys.executable, "local_directory": "/tmp"}))
+        out.append(
+            (
+                "slurm 2 jobs",
+                2,
+                {
+                    "type": "slurm",
+                    "cores": 1,
+                    "memory": "4GiB",
+                    "jobs": 2,
+                    "queue": "debug",
+                    "walltime": "00:30:00",
+                    "python": sys.executable,
+                    "local_directory": "/tmp",
+                },
+            )
+        )
     return out
 
 
@@ -99,19 +117,25 @@ def main() -> None:
             ingest = cfg.ingest.model_copy(update={"corpus": template / "corpus"})
             cfg = cfg.model_copy(update={"synthesize": None, "ingest": ingest})
             Runner(template, cfg, progress=False).run(ex, only="ingest")
-        print(f"demo corpus: {args.tracks} tracks of {args.duration:.0f}-{args.duration + 4:.0f} s, {args.shifts} shifts; "
-              f"timed: {' + '.join(STAGES_TIMED)}")
+        print(
+            f"demo corpus: {args.tracks} tracks of {args.duration:.0f}-{args.duration + 4:.0f} s, {args.shifts} shifts; "
+            f"timed: {' + '.join(STAGES_TIMED)}"
+        )
         rows = [bench_one(name, n, cl, template, cfg, args.noops) for name, n, cl in _executors(slurm)]
     finally:
         shutil.rmtree(template.parent, ignore_errors=True)
     base = rows[0]["wall"]
-    print(f"{'executor':>16} {'workers':>7} {'startup s':>9} {'wall s':>7} {'tasks':>5} {'task s':>7} {'speed-up':>8} "
-          f"{'efficiency':>10} {'noop ms/task':>12} {'overhead ms/task':>16}")
+    print(
+        f"{'executor':>16} {'workers':>7} {'startup s':>9} {'wall s':>7} {'tasks':>5} {'task s':>7} {'speed-up':>8} "
+        f"{'efficiency':>10} {'noop ms/task':>12} {'overhead ms/task':>16}"
+    )
     for r in rows:
         speedup = base / r["wall"]
         overhead = (r["wall"] - r["task_s"] / r["n"]) / r["tasks"]
-        print(f"{r['name']:>16} {r['n']:>7} {r['startup']:>9.1f} {r['wall']:>7.1f} {r['tasks']:>5} {r['task_s']:>7.1f} "
-              f"{speedup:>8.2f} {speedup / r['n']:>10.0%} {1000 * r['noop']:>12.2f} {1000 * overhead:>16.1f}")
+        print(
+            f"{r['name']:>16} {r['n']:>7} {r['startup']:>9.1f} {r['wall']:>7.1f} {r['tasks']:>5} {r['task_s']:>7.1f} "
+            f"{speedup:>8.2f} {speedup / r['n']:>10.0%} {1000 * r['noop']:>12.2f} {1000 * overhead:>16.1f}"
+        )
     if not slurm:
         print("slurm: skipped (scripts/slurm-local.sh status: no local SLURM; start it with make slurm-start)")
     print("efficiency = T_sync / (workers * T); noop = a batch of no-op tasks through the executor (submit + as_completed);")

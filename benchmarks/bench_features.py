@@ -28,13 +28,14 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-from mirpipe.pipeline.cluster import SyncExecutor  # noqa: E402
-from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
-from mirpipe.pipeline.runner import Runner  # noqa: E402
-from mirpipe.audio.io import load_mono  # noqa: E402
-from mirpipe.stages.ingest import read_manifest  # noqa: E402
-from mirpipe.storage import open_store  # noqa: E402
-from mirpipe.storage.feature_kinds import FEATURE_KINDS  # noqa: E402
+from mirpipe.pipeline.cluster import SyncExecutor
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages.ingest import read_manifest
+from mirpipe.storage import open_store
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
+
+from mirpipe.audio.io import load_mono
 
 MODES = ("audio", "feature")
 STORES = ("zarr", "hdf5")
@@ -42,8 +43,14 @@ STORES = ("zarr", "hdf5")
 
 def config(args, mode: str | None = None, store: str = "zarr", store_path: Path | None = None) -> PipelineConfig:
     raw = {
-        "synthesize": {"tracks": args.tracks, "clips_per_family": 0, "min_duration": args.duration, "max_duration": args.duration + 0.5,
-                       "solo_fraction": 0.0, "seed": args.seed},
+        "synthesize": {
+            "tracks": args.tracks,
+            "clips_per_family": 0,
+            "min_duration": args.duration,
+            "max_duration": args.duration + 0.5,
+            "solo_fraction": 0.0,
+            "seed": args.seed,
+        },
         "augment": {"mode": mode or "feature"},
         "features": {"store": store, **({"store_path": str(store_path)} if store_path else {})},
     }
@@ -122,8 +129,10 @@ def main() -> None:
         audio = [str(m.audio) for _, m in sorted(manifest.items())]
         audio_s = sum(len(load_mono(a, sr=base.features.sr)[0]) for a in audio) / base.features.sr
         n_shifts = {m: len(config(args, m).augment.active_shifts()) for m in MODES}
-        print(f"{len(audio)} tracks, {audio_s:.1f} s of audio; tasks {base.features.target_tasks()} -> kinds "
-              f"{base.features.kinds()}; {n_shifts['feature']} shifts; {args.reps} interleaved repetitions\n")
+        print(
+            f"{len(audio)} tracks, {audio_s:.1f} s of audio; tasks {base.features.target_tasks()} -> kinds "
+            f"{base.features.kinds()}; {n_shifts['feature']} shifts; {args.reps} interleaved repetitions\n"
+        )
 
         cpu: dict[tuple, list[float]] = {}
         wall: dict[tuple, list[float]] = {}
@@ -143,14 +152,16 @@ def main() -> None:
                 cpu.setdefault((mode, store), []).append(c)
                 wall.setdefault((mode, store), []).append(w)
                 roots.setdefault((mode, store), root)
-            for mode in (MODES if rep % 2 == 0 else MODES[::-1]):
+            for mode in MODES if rep % 2 == 0 else MODES[::-1]:
                 if rep < 0:
                     library_bound(audio[:1], config(args, mode))
                     continue
                 bound.setdefault(mode, []).append(library_bound(audio, config(args, mode)))
 
-        print(f"{'mode':>8} {'store':>6} {'var-s/cpu-s':>12} {'bound':>8} {'vs bound':>9} {'x-rt wall':>10} "
-              f"{'MB/track':>9} {'hcqt MB':>8} {'files':>6} {'vs f32':>7} {'hcqt/f32':>9}")
+        print(
+            f"{'mode':>8} {'store':>6} {'var-s/cpu-s':>12} {'bound':>8} {'vs bound':>9} {'x-rt wall':>10} "
+            f"{'MB/track':>9} {'hcqt MB':>8} {'files':>6} {'vs f32':>7} {'hcqt/f32':>9}"
+        )
         f32 = 4 * base.features.sr * audio_s / len(audio)  # float32 bytes of one track's audio
         for mode in MODES:
             variant_s = n_shifts[mode] * audio_s
@@ -159,26 +170,38 @@ def main() -> None:
                 rate = variant_s / statistics.median(cpu[mode, store])
                 xrt = variant_s / statistics.median(wall[mode, store])
                 d = disk_usage(store, roots[mode, store])
-                print(f"{mode:>8} {store:>6} {rate:>12.1f} {b:>8.1f} {rate / b:>8.1%} {xrt:>10.1f} "
-                      f"{d['bytes'] / 1e6:>9.2f} {d['hcqt_bytes'] / 1e6:>8.2f} {d['files']:>6.0f} "
-                      f"{d['bytes'] / f32:>6.2f}x {d['hcqt_bytes'] / f32:>8.2f}x")
-        print(f"\nvar-s/cpu-s: variant-seconds of audio per CPU second of the features stage through the runner "
-              f"(medians of {args.reps});\nfeature mode counts its {n_shifts['feature']} available shifts. bound: the "
-              "same for the bare library calls (load, librosa pitch_shift per variant,\nFEATURE_KINDS compute per kind) on "
-              "the same audio, interleaved with the stage runs. vs f32: on-disk bytes per track over\nthe float32 bytes "
-              f"of the track's audio ({f32 / 1e6:.2f} MB at {base.features.sr} Hz); files: files per track entry "
-              "(plus one shared index.json per store).")
-        print("\nwhere the stage's time goes (wall s summed over tracks, medians; rest = stage wall - steps: runner,"
-              " ledger, fingerprints, JAMS parse, index):")
+                print(
+                    f"{mode:>8} {store:>6} {rate:>12.1f} {b:>8.1f} {rate / b:>8.1%} {xrt:>10.1f} "
+                    f"{d['bytes'] / 1e6:>9.2f} {d['hcqt_bytes'] / 1e6:>8.2f} {d['files']:>6.0f} "
+                    f"{d['bytes'] / f32:>6.2f}x {d['hcqt_bytes'] / f32:>8.2f}x"
+                )
+        print(
+            f"\nvar-s/cpu-s: variant-seconds of audio per CPU second of the features stage through the runner "
+            f"(medians of {args.reps});\nfeature mode counts its {n_shifts['feature']} available shifts. bound: the "
+            "same for the bare library calls (load, librosa pitch_shift per variant,\nFEATURE_KINDS compute per kind) on "
+            "the same audio, interleaved with the stage runs. vs f32: on-disk bytes per track over\nthe float32 bytes "
+            f"of the track's audio ({f32 / 1e6:.2f} MB at {base.features.sr} Hz); files: files per track entry "
+            "(plus one shared index.json per store)."
+        )
+        print(
+            "\nwhere the stage's time goes (wall s summed over tracks, medians; rest = stage wall - steps: runner,"
+            " ledger, fingerprints, JAMS parse, index):"
+        )
         print(f"{'mode':>8} {'store':>6} " + " ".join(f"{k:>12}" for k in STEPS) + f" {'rest':>8} {'stage wall':>11}")
         for (mode, store), runs in steps.items():
             med = {k: statistics.median(r[k] for r in runs) for k in STEPS}
             w = statistics.median(wall[mode, store])
-            print(f"{mode:>8} {store:>6} " + " ".join(f"{med[k]:>12.2f}" for k in STEPS) + f" {w - sum(med.values()):>8.2f} {w:>11.2f}")
+            print(
+                f"{mode:>8} {store:>6} "
+                + " ".join(f"{med[k]:>12.2f}" for k in STEPS)
+                + f" {w - sum(med.values()):>8.2f} {w:>11.2f}"
+            )
         for mode in MODES:
-            print(f"  {mode:>8}: stage cpu s per rep " + ", ".join(
-                f"{s}=[{', '.join(f'{c:.2f}' for c in cpu[mode, s])}]" for s in STORES)
-                + f"; bound [{', '.join(f'{c:.2f}' for c in bound[mode])}]")
+            print(
+                f"  {mode:>8}: stage cpu s per rep "
+                + ", ".join(f"{s}=[{', '.join(f'{c:.2f}' for c in cpu[mode, s])}]" for s in STORES)
+                + f"; bound [{', '.join(f'{c:.2f}' for c in bound[mode])}]"
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 PAPER = {"channels": [128, 64, 64, 64], "tall_channels": 8, "tall_bins": 70}
 TASK = "pitch"
@@ -51,9 +51,10 @@ TASK = "pitch"
 def pack(workdir: Path, out: Path, max_mb: float) -> None:
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline.workdir import resolve
-    from mirpipe.stage import StageContext
     from mirpipe.stages.train import split_keys
     from mirpipe.storage import open_store
+
+    from mirpipe.stage import StageContext
 
     cfg, _ = resolve(workdir, None, None)
     ctx = StageContext(workdir, cfg.stage_params())
@@ -78,13 +79,23 @@ def pack(workdir: Path, out: Path, max_mb: float) -> None:
             used += size
             picked[split].append([k.track, k.n_frames])
     train_params = ctx.params["train"].for_task(TASK)
-    (out / "pack.json").write_text(json.dumps({
-        "backend": fp.store, "keys": picked, "train": train_params.model_dump(mode="json"),
-        "shifts": list(ctx.params["augment"].active_shifts()), "source": str(workdir),
-        "of": {"train": len(train), "val": len(val)},
-    }, indent=1))
-    print(f"packed {len(picked['train'])}/{len(train)} train and {len(picked['val'])}/{len(val)} val entries "
-          f"({used / 2**20:.1f} MiB) into {out}")
+    (out / "pack.json").write_text(
+        json.dumps(
+            {
+                "backend": fp.store,
+                "keys": picked,
+                "train": train_params.model_dump(mode="json"),
+                "shifts": list(ctx.params["augment"].active_shifts()),
+                "source": str(workdir),
+                "of": {"train": len(train), "val": len(val)},
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"packed {len(picked['train'])}/{len(train)} train and {len(picked['val'])}/{len(val)} val entries "
+        f"({used / 2**20:.1f} MiB) into {out}"
+    )
 
 
 # -- run (on the GPU machine) ------------------------------------------------------------------
@@ -137,8 +148,12 @@ class GpuSampler:
 
     def summary(self) -> dict[str, float]:
         s = np.array(self.samples or [0])
-        return {"util_mean": float(s.mean()), "util_median": float(np.median(s)),
-                "util_p10": float(np.percentile(s, 10)), "mem_used_gib": max(self.mem or [0]) / 2**30}
+        return {
+            "util_mean": float(s.mean()),
+            "util_median": float(np.median(s)),
+            "util_p10": float(np.percentile(s, 10)),
+            "mem_used_gib": max(self.mem or [0]) / 2**30,
+        }
 
 
 class NoSampler:
@@ -158,8 +173,16 @@ def make_stream(packed: dict, root: Path, batch: int, n_shards: int, task):
     from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
 
     p = packed["train"]
-    spec = StreamSpec(packed["backend"], str(root), task.feature, task.targets.arrays, p["patch_frames"], p["slab_frames"],
-                      shifts=tuple(packed["shifts"]), task=task)
+    spec = StreamSpec(
+        packed["backend"],
+        str(root),
+        task.feature,
+        task.targets.arrays,
+        p["patch_frames"],
+        p["slab_frames"],
+        shifts=tuple(packed["shifts"]),
+        task=task,
+    )
     keys = [EntryKey(t, n) for t, n in packed["keys"]["train"]]
     val = [EntryKey(t, n) for t, n in packed["keys"]["val"]]
     stream = PatchStream(spec, keys, MuxSettings(batch, p["n_active"], p["rate"], p["mux_mode"], n_shards), p["seed"])
@@ -185,17 +208,33 @@ def data_alone(spec, stream, n_batches: int) -> dict[str, float]:
         sm.read_slab, sm.Slab.patch = reads.fn, view.fn
         del task.network.prepare_batch
     per = lambda s: s / n_batches * 1e3  # noqa: E731 - ms per batch
-    return {"batches_per_s": n_batches / total, "patches_per_s": n / total, "ms_per_batch": per(total),
-            "ms_slab_reads": per(reads.seconds), "slab_reads_per_batch": reads.calls / n_batches,
-            "ms_patch_hcqt_view": per(view.seconds), "ms_targets": per(targets.seconds),
-            "ms_rest": per(total - reads.seconds - view.seconds - targets.seconds)}
+    return {
+        "batches_per_s": n_batches / total,
+        "patches_per_s": n / total,
+        "ms_per_batch": per(total),
+        "ms_slab_reads": per(reads.seconds),
+        "slab_reads_per_batch": reads.calls / n_batches,
+        "ms_patch_hcqt_view": per(view.seconds),
+        "ms_targets": per(targets.seconds),
+        "ms_rest": per(total - reads.seconds - view.seconds - targets.seconds),
+    }
 
 
 def make_trainer(task, model, settings, out: Path):
     from mirpipe.models.trainer import Trainer
 
-    return Trainer(model, task, lambda e, s: iter(()), lambda: iter(()), settings, out, run_key="bench",
-                   log=lambda m: None, tensorboard=False, progress="off")
+    return Trainer(
+        model,
+        task,
+        lambda e, s: iter(()),
+        lambda: iter(()),
+        settings,
+        out,
+        run_key="bench",
+        log=lambda m: None,
+        tensorboard=False,
+        progress="off",
+    )
 
 
 def gpu_alone(trainer, batch, steps: int) -> dict[str, float]:
@@ -230,13 +269,18 @@ def fed(trainer, stream, workers: int, seconds: float, sampler) -> dict[str, flo
             patches += int(batch[trainer.task.feature].shape[0])
         total = time.perf_counter() - t0
     del it
-    return {"workers": workers, "steps_per_s": steps / total, "patches_per_s": patches / total,
-            "wait_share": wait / total, "step_share": step / total, **sampler.summary()}
+    return {
+        "workers": workers,
+        "steps_per_s": steps / total,
+        "patches_per_s": patches / total,
+        "wait_share": wait / total,
+        "step_share": step / total,
+        **sampler.summary(),
+    }
 
 
 def run(args) -> None:
     import torch
-
     from mirpipe.models.task import TASKS
     from mirpipe.models.trainer import TrainerSettings
     from mirpipe.stages.train import TrainParams
@@ -250,8 +294,13 @@ def run(args) -> None:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         sys.exit("bench_gpu_train run: no CUDA device visible to torch (--device cpu checks the script)")
-    results: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-                     "cpus": len(__import__("os").sched_getaffinity(0)), "batch": args.batch, "model": args.model}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "batch": args.batch,
+        "model": args.model,
+    }
     n_shards = math.lcm(4, *[w for w in args.workers if w])  # every worker count divides it
     spec, stream, keys, val = make_stream(packed, root, args.batch, n_shards, task)
     store = open_store(packed["backend"], root)
@@ -259,10 +308,24 @@ def run(args) -> None:
     model_params = {**PAPER} if args.model == "paper" else dict(packed["train"].get("models", {}).get(TASK, {}))
     params = TrainParams.model_validate({"tasks": [TASK], "models": {TASK: model_params}}).model_params(TASK)
     p = packed["train"]
-    results.update(entries=len(keys), val_entries=len(val), patch_frames=p["patch_frames"], rate=p["rate"],
-                   n_active=p["n_active"], slab_frames=p["slab_frames"], network=params.model_dump(mode="json"))
-    print(json.dumps({k: results[k] for k in ("device", "torch", "cpus", "entries", "val_entries", "batch",
-                                               "patch_frames", "rate", "network")}), flush=True)
+    results.update(
+        entries=len(keys),
+        val_entries=len(val),
+        patch_frames=p["patch_frames"],
+        rate=p["rate"],
+        n_active=p["n_active"],
+        slab_frames=p["slab_frames"],
+        network=params.model_dump(mode="json"),
+    )
+    print(
+        json.dumps(
+            {
+                k: results[k]
+                for k in ("device", "torch", "cpus", "entries", "val_entries", "batch", "patch_frames", "rate", "network")
+            }
+        ),
+        flush=True,
+    )
 
     results["data_alone"] = data_alone(spec, stream, args.data_batches)
     print("data alone (trainer process):", json.dumps(results["data_alone"]), flush=True)
@@ -270,8 +333,9 @@ def run(args) -> None:
     torch.manual_seed(0)
     model = task.network.build(n_bins=n_bins, params=params)
     results["parameters"] = sum(x.numel() for x in model.parameters())
-    settings = TrainerSettings(steps_per_epoch=10**9, max_epochs=1, lr=p["lr"], device=args.device, amp=not args.no_amp,
-                               seed=0, threads=args.threads)
+    settings = TrainerSettings(
+        steps_per_epoch=10**9, max_epochs=1, lr=p["lr"], device=args.device, amp=not args.no_amp, seed=0, threads=args.threads
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     trainer = make_trainer(task, model, settings, tmp)
     batch = to_tensors(next(stream.batches(epoch=0)))
@@ -300,7 +364,6 @@ def run(args) -> None:
 def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict:
     """A real ``Trainer.fit`` sized to ``--train-seconds`` from the fed rate, then the threshold tuned."""
     import torch
-
     from mirpipe.models.trainer import Trainer, TrainerSettings
     from mirpipe.stages.train import tune_checkpoints
     from mirpipe.storage.stream import track_patches
@@ -313,24 +376,53 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-train-"))
     torch.manual_seed(0)
     model = task.network.build(n_bins=n_bins, params=params)
-    settings = TrainerSettings(steps_per_epoch=steps, max_epochs=epochs, patience=epochs, lr=args.train_lr or p["lr"],
-                               device=args.device, amp=not args.no_amp, seed=0, checkpoint_every=10**9,
-                               threads=args.threads)
+    settings = TrainerSettings(
+        steps_per_epoch=steps,
+        max_epochs=epochs,
+        patience=epochs,
+        lr=args.train_lr or p["lr"],
+        device=args.device,
+        amp=not args.no_amp,
+        seed=0,
+        checkpoint_every=10**9,
+        threads=args.threads,
+    )
 
     def val_batches():
         return (to_tensors(b) for b in track_patches(spec, val, args.batch))
 
-    meta = {"task": task.name, "model": params.model_dump(mode="json"), "n_bins": n_bins, "state": {},
-            "vocabulary": None, "train_entries": len(stream.keys), "val_entries": len(val)}
-    trainer = Trainer(model, task, lambda e, s: epoch_loader(stream, e, skip=s, n_workers=workers), val_batches,
-                      settings, out / "train", run_key="bench-gpu", meta=meta, log=print, tensorboard=False,
-                      progress="lines", progress_interval=30.0)
+    meta = {
+        "task": task.name,
+        "model": params.model_dump(mode="json"),
+        "n_bins": n_bins,
+        "state": {},
+        "vocabulary": None,
+        "train_entries": len(stream.keys),
+        "val_entries": len(val),
+    }
+    trainer = Trainer(
+        model,
+        task,
+        lambda e, s: epoch_loader(stream, e, skip=s, n_workers=workers),
+        val_batches,
+        settings,
+        out / "train",
+        run_key="bench-gpu",
+        meta=meta,
+        log=print,
+        tensorboard=False,
+        progress="lines",
+        progress_interval=30.0,
+    )
     summary = trainer.fit()
     tune_checkpoints(task, trainer.model, (trainer.best_path,), val_batches, trainer.device)
     row = {k: summary[k] for k in ("steps", "epochs", "best_metric", "best_step", "metric", "seconds")}
-    row.update(workers=workers, steps_per_epoch=steps,
-               history=[{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in summary["history"]],
-               threshold=torch.load(trainer.best_path, weights_only=True)["meta"]["state"].get("threshold"))
+    row.update(
+        workers=workers,
+        steps_per_epoch=steps,
+        history=[{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in summary["history"]],
+        threshold=torch.load(trainer.best_path, weights_only=True)["meta"]["state"].get("threshold"),
+    )
     print("trained:", json.dumps(row), flush=True)
     return row
 
@@ -344,8 +436,12 @@ def main() -> None:
     a.add_argument("--max-mb", type=float, default=40.0)
     b = sub.add_parser("run", help="measure on the GPU")
     b.add_argument("--pack", type=Path, required=True)
-    b.add_argument("--model", choices=["paper", "config"], default="paper",
-                   help="paper: channels [128, 64, 64, 64]; config: the workdir's train.models.pitch")
+    b.add_argument(
+        "--model",
+        choices=["paper", "config"],
+        default="paper",
+        help="paper: channels [128, 64, 64, 64]; config: the workdir's train.models.pitch",
+    )
     b.add_argument("--batch", type=int, default=32)
     b.add_argument("--workers", type=int, nargs="+", default=[0, 4, 8])
     b.add_argument("--seconds", type=float, default=40.0, help="fed run per worker count")

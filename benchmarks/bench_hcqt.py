@@ -17,7 +17,6 @@ import warnings
 
 import librosa
 import numpy as np
-
 from mirpipe.demo.track import compose, render
 from mirpipe.storage.hcqt import DB_RANGE, WideCQT, compute_wide_cqt, dequantize_db, harmonic_view, quantize_db
 
@@ -26,8 +25,9 @@ def exact_hcqt(y: np.ndarray, g: WideCQT) -> list[np.ndarray]:
     """Six librosa.cqt calls, (T, n_bins) dB each (same dB convention as compute_wide_cqt)."""
     out = []
     for h in g.harmonics:
-        C = librosa.cqt(y, sr=g.sr, hop_length=g.hop_length, fmin=h * g.fmin, n_bins=g.n_bins,
-                        bins_per_octave=g.bins_per_octave, tuning=0.0)
+        C = librosa.cqt(
+            y, sr=g.sr, hop_length=g.hop_length, fmin=h * g.fmin, n_bins=g.n_bins, bins_per_octave=g.bins_per_octave, tuning=0.0
+        )
         out.append(librosa.amplitude_to_db(np.abs(C), ref=1.0, amin=1e-5, top_db=None).T)
     return out
 
@@ -82,8 +82,10 @@ def main() -> None:
     y = render(score, g.sr, args.seed, args.index).astype(np.float32)
     print(f"track: {len(y) / g.sr:.2f} s at {g.sr} Hz, peak |y| {np.abs(y).max():.3f}")
     print(f"geometry: {g.to_json()}")
-    print(f"  wide CQT: {g.n_wide_bins} bins from {g.wide_fmin:.3f} Hz to {g.frequencies()[-1]:.1f} Hz "
-          f"(wanted {g.n_wanted_bins}, cut below Nyquist), margin {g.margin_bins} bins = +-{g.margin_semitones} st")
+    print(
+        f"  wide CQT: {g.n_wide_bins} bins from {g.wide_fmin:.3f} Hz to {g.frequencies()[-1]:.1f} Hz "
+        f"(wanted {g.n_wanted_bins}, cut below Nyquist), margin {g.margin_bins} bins = +-{g.margin_semitones} st"
+    )
 
     t_exact = cpu_time(lambda: exact_hcqt(y, g), args.repeats)
     t_wide = cpu_time(lambda: compute_wide_cqt(y, g), args.repeats)
@@ -101,11 +103,12 @@ def main() -> None:
     b8 = T * g.n_wide_bins
     print(f"\nstorage for {T} frames (audio float32: {audio_bytes / 1e6:.2f} MB):")
     print(f"  wide float16: {b16 / 1e6:6.2f} MB = {b16 / audio_bytes:.3f} x audio")
-    print(f"  wide uint8:   {b8 / 1e6:6.2f} MB = {b8 / audio_bytes:.3f} x audio  "
-          f"(all 13 shifts -6..+6; target <= 0.6x)")
+    print(f"  wide uint8:   {b8 / 1e6:6.2f} MB = {b8 / audio_bytes:.3f} x audio  (all 13 shifts -6..+6; target <= 0.6x)")
     hx = T * len(g.harmonics) * g.n_bins
-    print(f"  for comparison, exact HCQT uint8 per shift: {hx / audio_bytes:.3f} x audio, "
-          f"x13 shifts: {13 * hx / audio_bytes:.2f} x audio")
+    print(
+        f"  for comparison, exact HCQT uint8 per shift: {hx / audio_bytes:.3f} x audio, "
+        f"x13 shifts: {13 * hx / audio_bytes:.2f} x audio"
+    )
 
     tones = (55.0, 77.7, 97.0, 130.0, 180.3, 261.6, 440.0, 612.4, 1000.0)
     shifts = tuple(range(-6, 7))
@@ -117,16 +120,20 @@ def main() -> None:
     err = np.abs(q - wide)
     inside = (wide >= DB_RANGE[0]) & (wide <= DB_RANGE[1])
     print(f"\nquantization (DB_RANGE {DB_RANGE}, step {(DB_RANGE[1] - DB_RANGE[0]) / 255:.3f} dB) over the track:")
-    print(f"  uint8 vs float32: mean |dB| {err.mean():.3f}, max {err.max():.3f}; "
-          f"{100 * (1 - inside.mean()):.3f}% of values outside the range; track dB range "
-          f"[{wide.min():.1f}, {wide.max():.1f}]")
+    print(
+        f"  uint8 vs float32: mean |dB| {err.mean():.3f}, max {err.max():.3f}; "
+        f"{100 * (1 - inside.mean()):.3f}% of values outside the range; track dB range "
+        f"[{wide.min():.1f}, {wide.max():.1f}]"
+    )
 
     exact = exact_hcqt(y, g)
     v32 = harmonic_view(wide, g)
     v8 = harmonic_view(q, g)
     edge = 20  # frames dropped at each end
-    print("\nview vs exact HCQT, mean |dB| per harmonic (frames away from the ends, bins below Nyquist;"
-          "\n  'loud' = bins within 30 dB of the exact channel's maximum, 'all' = every bin):")
+    print(
+        "\nview vs exact HCQT, mean |dB| per harmonic (frames away from the ends, bins below Nyquist;"
+        "\n  'loud' = bins within 30 dB of the exact channel's maximum, 'all' = every bin):"
+    )
     print(f"  {'h':>4} {'f32 loud':>9} {'u8 loud':>9} {'f32 all':>9} {'u8 all':>9}")
     for i, h in enumerate(g.harmonics):
         e = exact[i][edge:-edge]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages import STAGES, StageContext
+
 from mirpipe.corpus import scan_corpus
 
 
@@ -48,8 +49,10 @@ def main() -> None:
             t = time.perf_counter()
             items = ingest.items(ctx, {})
             t_items = time.perf_counter() - t
-            print(f"{run:>6}: scan {t_scan:.2f} s ({scan.files} files, {len(scan.groups)} tracks); "
-                  f"ingest items (scan + stamps) {t_items:.2f} s = {1e6 * t_items / len(items):.0f} us per track")
+            print(
+                f"{run:>6}: scan {t_scan:.2f} s ({scan.files} files, {len(scan.groups)} tracks); "
+                f"ingest items (scan + stamps) {t_items:.2f} s = {1e6 * t_items / len(items):.0f} us per track"
+            )
 
 
 if __name__ == "__main__":

@@ -32,19 +32,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from mirpipe.models.instrument_net import InstrumentNet
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from torch import nn
 
 P = 44  # 88 frames at hop 256, pooled by 2
 SHIFTS = range(-6, 7)
 VARIANTS = {
-    "base": {}, "global": {"pooling": "global"}, "eq20": {"eq": 20.0}, "noaug": {"eq": 0.0, "contrast": 0.0, "stretch": 0.0},
-    "fmask": {"fmask": 12, "tmask": 10}, "mixup": {"mixup": 0.4}, "hrel": {"hrel": True},
+    "base": {},
+    "global": {"pooling": "global"},
+    "eq20": {"eq": 20.0},
+    "noaug": {"eq": 0.0, "contrast": 0.0, "stretch": 0.0},
+    "fmask": {"fmask": 12, "tmask": 10},
+    "mixup": {"mixup": 0.4},
+    "hrel": {"hrel": True},
     "small": {"channels": [8, 16, 32], "dropout": 0.5},
-    "fmix": {"fmix": (0.4, 0.3)}, "fmix8": {"fmix": (0.8, 0.3)},
+    "fmix": {"fmix": (0.4, 0.3)},
+    "fmix8": {"fmix": (0.8, 0.3)},
 }
 
 
@@ -73,7 +78,7 @@ def load(workdir: Path, store_kind: str) -> tuple[dict, list, list[str]]:
             continue
         e = store.read_entry(t, ["hcqt"])
         geom, arr = e.attrs["features"]["hcqt"], e.arrays["hcqt"][0]
-        for sh in (SHIFTS if split == "train" else [0]):
+        for sh in SHIFTS if split == "train" else [0]:
             data[(t, sh)] = pool(torch.from_numpy(np.asarray(kind.view(arr, geom, sh), np.float32))[None])[0].numpy()
         meta.append((t, split, ls[0]))
     return data, meta, sorted({m[2] for m in meta})
@@ -98,8 +103,7 @@ class HarmonicRelative(nn.Module):
         return self.body(torch.cat([x, rel[:, [0, 2, 3, 4, 5]]], 1))
 
 
-def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant",
-        patch: int = P) -> dict:
+def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, schedule: str = "constant", patch: int = P) -> dict:
     from sklearn.metrics import f1_score
 
     torch.manual_seed(seed)
@@ -108,9 +112,22 @@ def run(data, meta, classes, name: str, opts: dict, steps: int, seed: int, sched
     bins = next(iter(data.values())).shape[2]
     train = [(t, ci[lab]) for t, s, lab in meta if s == "train"]
     sets = {s: [(data[(t, 0)], ci[lab]) for t, s2, lab in meta if s2 == s] for s in ("val", "test")}
-    net = InstrumentNet(6, bins, len(classes), opts.get("channels", [16, 32, 64]), 64, 1, 1, opts.get("dropout", 0.3),
-                        opts.get("pooling", "flatten"), opts.get("eq", 10.0), opts.get("contrast", 0.3),
-                        [0.5, 1, 2, 3, 4, 5], bins_per_octave=12, stretch=opts.get("stretch", 0.3))
+    net = InstrumentNet(
+        6,
+        bins,
+        len(classes),
+        opts.get("channels", [16, 32, 64]),
+        64,
+        1,
+        1,
+        opts.get("dropout", 0.3),
+        opts.get("pooling", "flatten"),
+        opts.get("eq", 10.0),
+        opts.get("contrast", 0.3),
+        [0.5, 1, 2, 3, 4, 5],
+        bins_per_octave=12,
+        stretch=opts.get("stretch", 0.3),
+    )
     if opts.get("hrel"):
         net.body = HarmonicRelative(net.body, net.body[0].out_channels)
     opt = torch.optim.Adam(net.parameters(), lr=0.003)
@@ -180,14 +197,23 @@ def main() -> None:
     ap.add_argument("--variants", default="base,global,eq20")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
-                    help="learning rate: constant 0.003, or annealed from 0.003 to 0 by the last step")
-    ap.add_argument("--patch", type=int, default=P,
-                    help=f"patch length in pooled frames (~43/s; default {P}, the ~1 s patches training cuts)")
-    ap.add_argument("--train-sources", default=None,
-                    help="comma-separated soundfonts / sample libraries whose training clips are used (default: all)")
-    ap.add_argument("--holdout", default=None,
-                    help="a source whose clips (every split) become the test set and leave training and validation")
+    ap.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate: constant 0.003, or annealed from 0.003 to 0 by the last step",
+    )
+    ap.add_argument(
+        "--patch", type=int, default=P, help=f"patch length in pooled frames (~43/s; default {P}, the ~1 s patches training cuts)"
+    )
+    ap.add_argument(
+        "--train-sources",
+        default=None,
+        help="comma-separated soundfonts / sample libraries whose training clips are used (default: all)",
+    )
+    ap.add_argument(
+        "--holdout", default=None, help="a source whose clips (every split) become the test set and leave training and validation"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, meta, classes = load(args.workdir, args.store)
@@ -204,9 +230,12 @@ def main() -> None:
     for name in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             r = run(data, meta, classes, name, VARIANTS[name], args.steps, seed, args.schedule, args.patch)
-            fmt = lambda h: f"{h[0]:.3f} {h[1]:.3f} | {h[2]:.3f} {h[3]:.3f}"  # noqa: E731
-            print(f"{name:8s} seed {seed}: last {fmt(r['last'][1:])}   best-val (step {r['best'][0]}) {fmt(r['best'][1:])}   "
-                  f"mean of last 5 {fmt(r['tail'])}   {r['cpu_s']:.0f} CPU-s", flush=True)
+            fmt = lambda h: f"{h[0]:.3f} {h[1]:.3f} | {h[2]:.3f} {h[3]:.3f}"
+            print(
+                f"{name:8s} seed {seed}: last {fmt(r['last'][1:])}   best-val (step {r['best'][0]}) {fmt(r['best'][1:])}   "
+                f"mean of last 5 {fmt(r['tail'])}   {r['cpu_s']:.0f} CPU-s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
-    from mirpipe.pipeline.predict import list_inputs, resolve_model
     from mirpipe.pipeline.inference import predict_file
+    from mirpipe.pipeline.predict import list_inputs, resolve_model
 
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="bench-predict-"))
@@ -44,10 +43,14 @@ def main() -> None:
         res = predict_file(str(audio), str(out / rel), str(bundle_path), tasks)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         total_cpu, total_audio = total_cpu + cpu, total_audio + res["duration"]
-        print(f"{audio.name:32} {res['duration']:7.1f} s audio {cpu:6.2f} CPU s {wall:6.2f} wall s "
-              f"{res['duration'] / cpu:6.1f}x real time per CPU")
-    print(f"tasks {', '.join(tasks)}: {len(files) - 1} files, {total_audio:.0f} s of audio, {total_cpu:.1f} CPU s, "
-          f"{total_audio / total_cpu:.1f}x real time per CPU core (torch threads {args.threads})")
+        print(
+            f"{audio.name:32} {res['duration']:7.1f} s audio {cpu:6.2f} CPU s {wall:6.2f} wall s "
+            f"{res['duration'] / cpu:6.1f}x real time per CPU"
+        )
+    print(
+        f"tasks {', '.join(tasks)}: {len(files) - 1} files, {total_audio:.0f} s of audio, {total_cpu:.1f} CPU s, "
+        f"{total_audio / total_cpu:.1f}x real time per CPU core (torch threads {args.threads})"
+    )
 
 
 if __name__ == "__main__":

@@ -38,28 +38,31 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest_scan import build  # noqa: E402
+from bench_ingest_scan import build
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.pipeline.ledger import Ledger
+from mirpipe.pipeline.runner import Runner
+from mirpipe.stages import STAGES
+from mirpipe.stages.evaluate import EvaluateRecord
+from mirpipe.stages.features import FeaturesRecord, store_root
+from mirpipe.stages.ingest import TrackRecord
+from mirpipe.stages.train import TrainRecord
+from mirpipe.storage import open_store
+from mirpipe.storage.base import ArraySpec
 
-from mirpipe.pipeline.config import PipelineConfig  # noqa: E402
-from mirpipe.pipeline.ledger import Ledger  # noqa: E402
-from mirpipe.pipeline.runner import Runner  # noqa: E402
-from mirpipe.stages import STAGES  # noqa: E402
-from mirpipe.annotations.prepare import Preparation  # noqa: E402
-from mirpipe.stages.evaluate import EvaluateRecord  # noqa: E402
-from mirpipe.stages.features import FeaturesRecord, store_root  # noqa: E402
-from mirpipe.stages.ingest import TrackRecord  # noqa: E402
-from mirpipe.stages.train import TrainRecord  # noqa: E402
-from mirpipe.storage import open_store  # noqa: E402
-from mirpipe.storage.base import ArraySpec  # noqa: E402
+from mirpipe.annotations.prepare import Preparation
 
 FRAMES = {"cqt": 320, "hcqt": 2580}
 
 
 def config(corpus: Path) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "ingest": {"corpus": str(corpus)},
-        "train": {"tasks": ["chord"]}, "evaluate": {"tasks": ["chord"], "figures": 0, "baselines": False},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "ingest": {"corpus": str(corpus)},
+            "train": {"tasks": ["chord"]},
+            "evaluate": {"tasks": ["chord"], "figures": 0, "baselines": False},
+        }
+    )
 
 
 def _digest(text: str) -> str:
@@ -79,34 +82,73 @@ class Fabricator:
 
     def ingest(self, item):
         audio, jams = item.payload["audio"][0], item.payload["jams"][0]
-        return TrackRecord(track=item.id, audio=audio, jams=jams, sr=44100, duration=30.0, channels=2,
-                           audio_sha256=_digest(audio), jams_sha256=_digest(jams), namespaces=["chord"], offers=["chord"],
-                           prep=Preparation(channel=None, choices={}, timing_tolerance=1e-3, duration=30.0),
-                           notices=[], declared_split=None, content=_digest(item.id))
+        return TrackRecord(
+            track=item.id,
+            audio=audio,
+            jams=jams,
+            sr=44100,
+            duration=30.0,
+            channels=2,
+            audio_sha256=_digest(audio),
+            jams_sha256=_digest(jams),
+            namespaces=["chord"],
+            offers=["chord"],
+            prep=Preparation(channel=None, choices={}, timing_tolerance=1e-3, duration=30.0),
+            notices=[],
+            declared_split=None,
+            content=_digest(item.id),
+        )
 
     def features(self, item):
         path = self.store.entry_path(item.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.template, path)
-        return FeaturesRecord(track=item.id, variants=[0], shifts=list(range(-6, 7)), frames=dict(FRAMES),
-                              arrays={"cqt": ArraySpec([1, 320, 252], "uint8"), "hcqt": ArraySpec([1, 2580, 556], "uint8")},
-                              timings={"load": 0.5, "cqt": 1.0, "write": 0.1}, stamp=self.store.entry_stamp(item.id))
+        return FeaturesRecord(
+            track=item.id,
+            variants=[0],
+            shifts=list(range(-6, 7)),
+            frames=dict(FRAMES),
+            arrays={"cqt": ArraySpec([1, 320, 252], "uint8"), "hcqt": ArraySpec([1, 2580, 556], "uint8")},
+            timings={"load": 0.5, "cqt": 1.0, "write": 0.1},
+            stamp=self.store.entry_stamp(item.id),
+        )
 
     def train(self, item):
         ckpt = self.ctx.path("train", item.id, "best.pt")
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         ckpt.write_bytes(b"checkpoint")
-        return TrainRecord(task=item.id, trained_at=1.0, checkpoint=str(ckpt.relative_to(self.ctx.workdir)), train_entries=0,
-                           val_entries=0, loader_workers=0, tensorboard=None, steps=1, epochs=1, finished=True,
-                           best_metric=0.5, best_step=1, metric="accuracy", seconds=1.0, device="cpu", amp=False, history=[])
+        return TrainRecord(
+            task=item.id,
+            trained_at=1.0,
+            checkpoint=str(ckpt.relative_to(self.ctx.workdir)),
+            train_entries=0,
+            val_entries=0,
+            loader_workers=0,
+            tensorboard=None,
+            steps=1,
+            epochs=1,
+            finished=True,
+            best_metric=0.5,
+            best_step=1,
+            metric="accuracy",
+            seconds=1.0,
+            device="cpu",
+            amp=False,
+            history=[],
+        )
 
     def evaluate(self, item):
         task, track = item.payload["task"], item.payload["track"]
         est = self.ctx.path("reports", task, "estimates", f"{track}.jams")
         est.parent.mkdir(parents=True, exist_ok=True)
         est.write_text("{}")
-        return EvaluateRecord(task=task, track=track, duration=30.0, scores={"root": {"score": 0.8, "weight": 30.0}},
-                              estimate=str(est.relative_to(self.ctx.workdir)))
+        return EvaluateRecord(
+            task=task,
+            track=track,
+            duration=30.0,
+            scores={"root": {"score": 0.8, "weight": 30.0}},
+            estimate=str(est.relative_to(self.ctx.workdir)),
+        )
 
 
 def fabricate(workdir: Path, corpus: Path) -> None:
@@ -154,8 +196,9 @@ def _peak_rss_mb() -> float:
 
 
 def _in_fresh_process(workdir: Path, corpus: Path, what: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", what, str(workdir), str(corpus)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", what, str(workdir), str(corpus)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -180,10 +223,13 @@ def bench_size(n: int, tmp: Path, keep: bool = False) -> None:
     plan = _in_fresh_process(workdir, corpus, "plan")
     status = _in_fresh_process(workdir, corpus, "status")
     per_track, by_top = files_per_track(workdir, n)
-    print(f"{n:>7} tracks: plan a done rerun {plan['seconds']:6.2f} s wall, {plan['cpu_seconds']:6.2f} s CPU "
-          f"(peak RSS {plan['peak_rss_mb']:5.0f} MB); status {status['seconds']:6.2f} s wall, {status['cpu_seconds']:6.2f} s CPU "
-          f"(peak RSS {status['peak_rss_mb']:5.0f} MB); "
-          f"{per_track:.2f} files per track in the workdir {by_top}  [built in {built:.0f} s]", flush=True)
+    print(
+        f"{n:>7} tracks: plan a done rerun {plan['seconds']:6.2f} s wall, {plan['cpu_seconds']:6.2f} s CPU "
+        f"(peak RSS {plan['peak_rss_mb']:5.0f} MB); status {status['seconds']:6.2f} s wall, {status['cpu_seconds']:6.2f} s CPU "
+        f"(peak RSS {status['peak_rss_mb']:5.0f} MB); "
+        f"{per_track:.2f} files per track in the workdir {by_top}  [built in {built:.0f} s]",
+        flush=True,
+    )
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(corpus, ignore_errors=True)
@@ -200,7 +246,6 @@ def bench_noop(n: int, every: float = 30.0, trim: bool = True) -> None:
     import threading
 
     import psutil
-
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.config import parse_cluster
 
@@ -221,8 +266,11 @@ def bench_noop(n: int, every: float = 30.0, trim: bool = True) -> None:
                 if time.perf_counter() - last >= every:
                     last = time.perf_counter()
                     elapsed = last - t0
-                    print(f"  {elapsed:6.0f} s: {done:7d} tasks done ({1e3 * elapsed / max(done, 1):.2f} ms per task), "
-                          f"driver+scheduler RSS {samples[-1]:.0f} MB", flush=True)
+                    print(
+                        f"  {elapsed:6.0f} s: {done:7d} tasks done ({1e3 * elapsed / max(done, 1):.2f} ms per task), "
+                        f"driver+scheduler RSS {samples[-1]:.0f} MB",
+                        flush=True,
+                    )
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -232,8 +280,10 @@ def bench_noop(n: int, every: float = 30.0, trim: bool = True) -> None:
         stop.set()
         sampler.join()
     q = np.percentile(samples, [10, 50, 100]) if samples else [float("nan")] * 3
-    print(f"{done} no-op tasks on a 2-worker LocalCluster{'' if trim else ' (no scheduler trim)'}: {seconds:.1f} s = {1e3 * seconds / n:.2f} ms per task; "
-          f"driver+scheduler RSS p10 {q[0]:.0f} MB, median {q[1]:.0f} MB, max {q[2]:.0f} MB")
+    print(
+        f"{done} no-op tasks on a 2-worker LocalCluster{'' if trim else ' (no scheduler trim)'}: {seconds:.1f} s = {1e3 * seconds / n:.2f} ms per task; "
+        f"driver+scheduler RSS p10 {q[0]:.0f} MB, median {q[1]:.0f} MB, max {q[2]:.0f} MB"
+    )
 
 
 def main() -> None:
@@ -241,8 +291,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10_000, 100_000])
     ap.add_argument("--noop", type=int, default=100_000, help="no-op items on the LocalCluster (0: skip)")
     ap.add_argument("--no-trim", action="store_true", help="the no-op stage without the executor's scheduler trim")
-    ap.add_argument("--keep", type=Path, help="build the workdirs here and keep them (a later run with the same "
-                    "--keep measures them again, without building)")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="build the workdirs here and keep them (a later run with the same --keep measures them again, without building)",
+    )
     ap.add_argument("--measure", nargs=3, metavar=("WHAT", "WORKDIR", "CORPUS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:

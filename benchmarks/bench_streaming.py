@@ -27,13 +27,12 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
-
-from mirpipe.models.task import TASKS  # noqa: E402
-from mirpipe.stages.train import TrainParams  # noqa: E402
-from mirpipe.storage import open_store  # noqa: E402
-from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab  # noqa: E402
-from mirpipe.storage.torch_data import epoch_loader  # noqa: E402
+import numpy as np
+from mirpipe.models.task import TASKS
+from mirpipe.stages.train import TrainParams
+from mirpipe.storage import open_store
+from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab
+from mirpipe.storage.torch_data import epoch_loader
 
 SHIFTS = tuple(range(-6, 7))
 
@@ -47,11 +46,13 @@ def ensure_store(workdir: Path, tracks: int) -> Path:
     from mirpipe.pipeline.runner import Runner
 
     print(f"building a feature-mode zarr store in {workdir}: {tracks} tracks, chord targets, shifts -6..6")
-    cfg = PipelineConfig.model_validate({
-        "synthesize": {"tracks": tracks, "solo_fraction": 0.0, "clips_per_family": 0},
-        "augment": {"mode": "feature", "shifts": list(SHIFTS)},
-        "features": {"store": "zarr", "tasks": ["chord"]},
-    })
+    cfg = PipelineConfig.model_validate(
+        {
+            "synthesize": {"tracks": tracks, "solo_fraction": 0.0, "clips_per_family": 0},
+            "augment": {"mode": "feature", "shifts": list(SHIFTS)},
+            "features": {"store": "zarr", "tasks": ["chord"]},
+        }
+    )
     Runner(workdir, cfg, log=lambda m: None, progress=False).run(SyncExecutor(), until="features")
     return root
 
@@ -178,18 +179,27 @@ def main() -> None:
         task = TASKS.get("chord")
         names = [task.feature, *task.targets.arrays]
         rows = list(zarr_store.read_index().values())
-        keys = [EntryKey(r.track, r.frames[task.feature]) for r in rows if r.split == "train"] or \
-            [EntryKey(r.track, r.frames[task.feature]) for r in rows]
+        keys = [EntryKey(r.track, r.frames[task.feature]) for r in rows if r.split == "train"] or [
+            EntryKey(r.track, r.frames[task.feature]) for r in rows
+        ]
         p = TrainParams()
         mux = MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards)
         frames = sum(k.n_frames for k in keys)
-        print(f"{len(keys)} entries ({frames} cqt frames) from {root}; patch {p.patch_frames} frames, batch {p.batch_size}, "
-              f"n_active {p.n_active}, rate {p.rate}, slab {p.slab_frames} frames, {p.n_shards} shards, shifts -6..6")
+        print(
+            f"{len(keys)} entries ({frames} cqt frames) from {root}; patch {p.patch_frames} frames, batch {p.batch_size}, "
+            f"n_active {p.n_active}, rate {p.rate}, slab {p.slab_frames} frames, {p.n_shards} shards, shifts -6..6"
+        )
 
         copy_store(zarr_store, "hdf5", tmp / "h5", [k.track for k in keys], names)
         preload_memory("bench", zarr_store, keys, names)
-        common = dict(feature=task.feature, targets=task.targets.arrays, patch_frames=p.patch_frames,
-                      slab_frames=p.slab_frames, shifts=SHIFTS, task=task)
+        common = dict(
+            feature=task.feature,
+            targets=task.targets.arrays,
+            patch_frames=p.patch_frames,
+            slab_frames=p.slab_frames,
+            shifts=SHIFTS,
+            task=task,
+        )
         specs = {
             "memory": StreamSpec("memory", "bench", **common),
             "zarr": StreamSpec("zarr", str(root), **common),
@@ -212,11 +222,15 @@ def main() -> None:
             for name in specs:
                 rates = results[name, workers]
                 loader = "in-process" if workers == 0 else f"{workers} workers"
-                print(f"{name:>8} {loader:>12} {statistics.median(rates):>10.0f} {statistics.median(rates) / mem:>9.0%}   "
-                      + " ".join(f"{x:.0f}" for x in rates))
+                print(
+                    f"{name:>8} {loader:>12} {statistics.median(rates):>10.0f} {statistics.median(rates) / mem:>9.0%}   "
+                    + " ".join(f"{x:.0f}" for x in rates)
+                )
 
-        print(f"\ndiagnosis: one activation = one slab read of {p.slab_frames} frames feeding ~{p.rate:.0f} patches "
-              f"(ms, means over {args.reads} reads through open handles)")
+        print(
+            f"\ndiagnosis: one activation = one slab read of {p.slab_frames} frames feeding ~{p.rate:.0f} patches "
+            f"(ms, means over {args.reads} reads through open handles)"
+        )
         costs = {name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items()}
         cols = list(costs["zarr"])
         print(f"{'source':>8} " + " ".join(f"{c:>26}" for c in cols))
@@ -226,13 +240,17 @@ def main() -> None:
         per_patch = activations_per_patch(specs["memory"], keys, mux, args.batches, warmup)
         print(f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches)")
         gathered = zarr_gathered_slab(specs["zarr"], keys, p.slab_frames, args.reads)
-        print(f"zarr slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
-              f"(blocking, one array after another: {1e3 * costs['zarr']['slab']:.3f} ms)")
+        print(
+            f"zarr slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
+            f"(blocking, one array after another: {1e3 * costs['zarr']['slab']:.3f} ms)"
+        )
         for name in ("zarr", "hdf5"):
             extra = (costs[name]["slab"] - costs["memory"]["slab"]) * per_patch
-            print(f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "
-                  f"activation = {1e6 * extra:.1f} us per patch, against {1e6 * mem_patch:.0f} us per patch from memory "
-                  f"-> predicted ratio {mem_patch / (mem_patch + extra):.0%}")
+            print(
+                f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "
+                f"activation = {1e6 * extra:.1f} us per patch, against {1e6 * mem_patch:.0f} us per patch from memory "
+                f"-> predicted ratio {mem_patch / (mem_patch + extra):.0%}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if args.workdir is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
 
 from .families import COMP_FAMILIES, DRUM_KITS, FAMILIES, LEAD_FAMILIES, SOLO_FAMILIES, Family
@@ -96,8 +95,19 @@ class _Writer:
 
     def setup(self, part: Part) -> None:
         """Volume, pan, reverb and chorus sends and the pitch-bend range (RPN 0), at time 0."""
-        for ctrl, v in ((7, part.volume), (10, part.pan), (91, part.reverb), (93, 0), (11, 127),
-                        (101, 0), (100, 0), (6, BEND_RANGE), (38, 0), (101, 127), (100, 127)):
+        for ctrl, v in (
+            (7, part.volume),
+            (10, part.pan),
+            (91, part.reverb),
+            (93, 0),
+            (11, 127),
+            (101, 0),
+            (100, 0),
+            (6, BEND_RANGE),
+            (38, 0),
+            (101, 127),
+            (100, 127),
+        ):
             self.cc(part.channel, 0.0, ctrl, v)
         self.bend(part.channel, 0.0, 0)
 
@@ -107,8 +117,16 @@ class _Writer:
 
 def _part(rng, channel: int, role: str, tag: str, volume: tuple[int, int], pan: int) -> Part:
     fam = FAMILIES[tag]
-    return Part(channel, role, tag, 0, int(rng.choice(fam.programs)), int(rng.integers(*volume)),
-                int(np.clip(64 + pan + rng.integers(-8, 9), 0, 127)), int(rng.integers(20, 61)))
+    return Part(
+        channel,
+        role,
+        tag,
+        0,
+        int(rng.choice(fam.programs)),
+        int(rng.integers(*volume)),
+        int(np.clip(64 + pan + rng.integers(-8, 9), 0, 127)),
+        int(rng.integers(20, 61)),
+    )
 
 
 # -- harmony ------------------------------------------------------------------------------------
@@ -207,7 +225,7 @@ def _comp(w: _Writer, rng, part: Part, chords: list[_Chord], style: str, level: 
             if bassless and style != "pad":
                 voicing = [36 + (c.bass_pc - 36) % 12, *voicing]
         center = 0.7 * center + 0.3 * float(np.mean(voicing))
-        vel = lambda accent=0: int(level * rng.uniform(0.75, 0.95) + accent)  # noqa: E731
+        vel = lambda accent=0: int(level * rng.uniform(0.75, 0.95) + accent)
         beats = np.arange(c.start, c.end - 1e-6, c.beat)
         if style in ("block", "pad"):
             for k in voicing:
@@ -255,7 +273,7 @@ def _bass(w: _Writer, rng, part: Part, chords: list[_Chord], style: str, level: 
         tones = sorted({root + (pc - root) % 12 for pc in c.pcs} | {root + 12})
         beats = list(np.arange(c.start, c.end - 1e-6, c.beat))
         nxt = chords[i + 1].bass_pc if i + 1 < len(chords) else None
-        vel = lambda: int(level * rng.uniform(0.8, 1.0))  # noqa: E731
+        vel = lambda: int(level * rng.uniform(0.8, 1.0))
         if style == "whole":
             w.note(ch, c.start, c.end, root, vel())
             continue
@@ -287,7 +305,7 @@ def _drums(w: _Writer, rng, sections: list[tuple[float, float, float]], style: s
         n_beats = int(round((s1 - s0) / beat))
         for k in range(n_beats):
             t, pos, bar = s0 + k * beat, k % 4, k // 4
-            v = lambda base: int(np.clip(level * base * rng.uniform(0.85, 1.0), 1, 127))  # noqa: E731
+            v = lambda base: int(np.clip(level * base * rng.uniform(0.85, 1.0), 1, 127))
             if bar % 4 == 3 and pos == 3:  # a fill at the end of every fourth bar
                 for j, tom in enumerate((50, 48, 47, 45)):
                     w.note(ch, t + j * beat / 4, t + (j + 1) * beat / 4, tom, v(0.9))
@@ -313,8 +331,7 @@ def _drums(w: _Writer, rng, sections: list[tuple[float, float, float]], style: s
                 w.note(ch, t, t + 0.1, 37 if style == "bossa" else 38, v(0.85))
 
 
-def _melody_notes(rng, fam: Family, start: float, end: float, beat_at, key_at, chord_at,
-                  low: int, high: int) -> list[MelodyNote]:
+def _melody_notes(rng, fam: Family, start: float, end: float, beat_at, key_at, chord_at, low: int, high: int) -> list[MelodyNote]:
     """A phrase of single notes: chord tones on strong positions, steps and leaps, rests, glides."""
     notes: list[MelodyNote] = []
     t, prev, adjacent = start + 0.25 * beat_at(start), None, False
@@ -334,12 +351,18 @@ def _melody_notes(rng, fam: Family, start: float, end: float, beat_at, key_at, c
             pool = [m for m in pool if abs(m - prev) <= 7 and m != prev] or pool
         midi = int(rng.choice(pool))
         glide = fam.vibrato and prev is not None and adjacent and rng.random() < 0.35
-        notes.append(MelodyNote(
-            start=t, duration=dur, midi=midi, glide_from=prev if glide else None,
-            glide_time=float(rng.uniform(0.06, 0.12)),
-            vibrato_cents=float(rng.uniform(10, 35)) if fam.vibrato and dur > 0.4 else 0.0,
-            vibrato_rate=float(rng.uniform(4.5, 6.5)), vibrato_phase=float(rng.uniform(0, 2 * np.pi)),
-        ))
+        notes.append(
+            MelodyNote(
+                start=t,
+                duration=dur,
+                midi=midi,
+                glide_from=prev if glide else None,
+                glide_time=float(rng.uniform(0.06, 0.12)),
+                vibrato_cents=float(rng.uniform(10, 35)) if fam.vibrato and dur > 0.4 else 0.0,
+                vibrato_rate=float(rng.uniform(4.5, 6.5)),
+                vibrato_phase=float(rng.uniform(0, 2 * np.pi)),
+            )
+        )
         prev, adjacent = midi, True
         t += dur
     return notes
@@ -352,8 +375,7 @@ def _play_melody(w: _Writer, rng, ch: int, notes: list[MelodyNote], level: float
     for i, n in enumerate(notes):
         s = w.q(n.start)
         joined = i + 1 < len(notes) and abs(notes[i + 1].start - (n.start + n.duration)) < 1e-9
-        e = w.q(n.start + n.duration if legato or joined and notes[i + 1].glide_from is not None
-                else n.start + 0.92 * n.duration)
+        e = w.q(n.start + n.duration if legato or joined and notes[i + 1].glide_from is not None else n.start + 0.92 * n.duration)
         if e <= s:
             continue
         t = s
@@ -388,8 +410,7 @@ def bend_semitones(track: tuple[np.ndarray, np.ndarray], times: np.ndarray) -> n
 # -- whole performances -------------------------------------------------------------------------
 
 
-def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_duration: float,
-                    solo: bool = False) -> Performance:
+def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_duration: float, solo: bool = False) -> Performance:
     """A band (comp, optional pad, bass, drums) under a lead; ``solo``: the lead alone."""
     rng = np.random.default_rng([seed, index, 11])
     w = _Writer(sr)
@@ -431,8 +452,11 @@ def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_dur
         comp = _part(rng, 1, "comp", comp_tag, (70, 96), -25)
         parts.append(comp)
         guitar = "guitar" in comp_tag
-        styles = {"piano": ("block", "pulse", "arpeggio"), "electric piano": ("block", "pulse", "arpeggio"),
-                  "mallet percussion": ("arpeggio",)}.get(comp_tag, ("strum", "arpeggio") if guitar else ("block", "pulse"))
+        styles = {
+            "piano": ("block", "pulse", "arpeggio"),
+            "electric piano": ("block", "pulse", "arpeggio"),
+            "mallet percussion": ("arpeggio",),
+        }.get(comp_tag, ("strum", "arpeggio") if guitar else ("block", "pulse"))
         has_bass = rng.random() < 0.85
         if rng.random() < 0.35:
             pad_tag = str(rng.choice([f for f in ("strings", "organ", "synthesizer", "voice") if f not in (lead_tag, comp_tag)]))
@@ -473,10 +497,24 @@ def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_dur
             tags.append((p.tag, played[0].start, played[-1].end))
         elif p.role != "melody":
             tags.append((p.tag, 0.0, duration))
-    segs = tuple(ChordSegment(w.q(c.start), w.q(c.end), c.label, tuple(sorted(c.pcs)), c.bass_pc)
-                 for c in chords) if not solo else ()
-    return Performance("solo" if solo else "mixture", duration, tempo, tuple(keys), tuple(parts), w.sorted(),
-                       segs, tuple(played), 0, tuple(sorted(set(tags))), float(rng.uniform(-6.0, 0.0)))
+    segs = (
+        tuple(ChordSegment(w.q(c.start), w.q(c.end), c.label, tuple(sorted(c.pcs)), c.bass_pc) for c in chords)
+        if not solo
+        else ()
+    )
+    return Performance(
+        "solo" if solo else "mixture",
+        duration,
+        tempo,
+        tuple(keys),
+        tuple(parts),
+        w.sorted(),
+        segs,
+        tuple(played),
+        0,
+        tuple(sorted(set(tags))),
+        float(rng.uniform(-6.0, 0.0)),
+    )
 
 
 def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float) -> Performance:
@@ -491,9 +529,21 @@ def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: floa
     low, high = max(fam.low, center - 9), min(fam.high, center + 9)
     part = _part(rng, 0, "melody", family, (95, 121), 0)
     w.setup(part)
-    mel = _melody_notes(rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]),
-                        lambda t: (), low, high)
+    mel = _melody_notes(
+        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high
+    )
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(70, 120)), fam.sustained and rng.random() < 0.5)
     tags = ((family, played[0].start, played[-1].end),) if played else ()
-    return Performance("clip", duration, tempo, ((0.0, duration, f"{PITCH_NAMES[key_pc]}:{mode}"),), (part,),
-                       w.sorted(), (), tuple(played), 0, tags, float(rng.uniform(-6.0, 0.0)))
+    return Performance(
+        "clip",
+        duration,
+        tempo,
+        ((0.0, duration, f"{PITCH_NAMES[key_pc]}:{mode}"),),
+        (part,),
+        w.sorted(),
+        (),
+        tuple(played),
+        0,
+        tags,
+        float(rng.uniform(-6.0, 0.0)),
+    )

@@ -3,7 +3,8 @@ built from (time, duration, value) events so each renderer only says what it pla
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jams
 import numpy as np
@@ -11,9 +12,18 @@ import numpy as np
 Event = tuple[float, float, Any]  # time, duration, value
 
 
-def demo_jams(track_id: str, artist: str, duration: float, data_source: str, *, chords: Iterable[Event],
-              keys: Iterable[Event], contour: tuple[np.ndarray, np.ndarray, np.ndarray],
-              notes: Iterable[Event], tags: Iterable[Event]) -> jams.JAMS:
+def demo_jams(
+    track_id: str,
+    artist: str,
+    duration: float,
+    data_source: str,
+    *,
+    chords: Iterable[Event],
+    keys: Iterable[Event],
+    contour: tuple[np.ndarray, np.ndarray, np.ndarray],
+    notes: Iterable[Event],
+    tags: Iterable[Event],
+) -> jams.JAMS:
     """chord (only when there are chords), key_mode, pitch_contour (times, hz, voiced),
     note_midi and tag_open, each observation with confidence 1."""
     jam = jams.JAMS()
@@ -33,8 +43,10 @@ def demo_jams(track_id: str, artist: str, duration: float, data_source: str, *, 
         add("chord", chords)
     add("key_mode", keys)
     times, hz, voiced = contour
-    add("pitch_contour", ((float(t), 0.0, {"index": 0, "frequency": float(f), "voiced": bool(v)})
-                          for t, f, v in zip(times, hz, voiced)))
+    add(
+        "pitch_contour",
+        ((float(t), 0.0, {"index": 0, "frequency": float(f), "voiced": bool(v)}) for t, f, v in zip(times, hz, voiced)),
+    )
     add("note_midi", notes)
     add("tag_open", tags)
     return jam

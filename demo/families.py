@@ -50,17 +50,42 @@ FAMILIES: dict[str, Family] = {
 
 # Solo clips (Medley-solos-DB style) come from these families, one tag each.
 SOLO_FAMILIES: tuple[str, ...] = (
-    "piano", "acoustic guitar", "electric guitar", "organ", "violin",
-    "cello", "flute", "clarinet", "trumpet", "saxophone",
+    "piano",
+    "acoustic guitar",
+    "electric guitar",
+    "organ",
+    "violin",
+    "cello",
+    "flute",
+    "clarinet",
+    "trumpet",
+    "saxophone",
 )
 # Who plays the chords in a mixture, and how (patterns in arrange.py).
 COMP_FAMILIES: tuple[str, ...] = (
-    "piano", "electric piano", "acoustic guitar", "electric guitar", "organ",
-    "strings", "brass section", "synthesizer", "mallet percussion", "accordion",
+    "piano",
+    "electric piano",
+    "acoustic guitar",
+    "electric guitar",
+    "organ",
+    "strings",
+    "brass section",
+    "synthesizer",
+    "mallet percussion",
+    "accordion",
 )
 # Who sings the tune over the band.
 LEAD_FAMILIES: tuple[str, ...] = (
-    "flute", "violin", "clarinet", "trumpet", "saxophone", "oboe", "electric guitar", "synthesizer", "organ", "voice",
+    "flute",
+    "violin",
+    "clarinet",
+    "trumpet",
+    "saxophone",
+    "oboe",
+    "electric guitar",
+    "synthesizer",
+    "organ",
+    "voice",
 )
 # Drum kits: bank 128 presets (standard, room, power, electronic, TR-808, jazz, brush).
 DRUM_KITS: tuple[int, ...] = (0, 8, 16, 24, 25, 32, 40)

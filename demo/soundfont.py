@@ -22,8 +22,13 @@ import numpy as np
 from .arrange import DRUM_CHANNEL, Performance
 
 SEARCH_PATH = (  # where Debian, Fedora, Arch and Homebrew put soundfonts; MIRPIPE_SOUNDFONT_PATH first
-    "/usr/share/sounds/sf2", "/usr/share/sounds/sf3", "/usr/share/soundfonts", "/usr/share/sounds/soundfonts",
-    "/usr/local/share/soundfonts", "/opt/homebrew/share/soundfonts", "~/.local/share/soundfonts",
+    "/usr/share/sounds/sf2",
+    "/usr/share/sounds/sf3",
+    "/usr/share/soundfonts",
+    "/usr/share/sounds/soundfonts",
+    "/usr/local/share/soundfonts",
+    "/opt/homebrew/share/soundfonts",
+    "~/.local/share/soundfonts",
 )
 # Debian packages that provide the default soundfonts (scripts/system-deps.sh installs them).
 PACKAGES = {
@@ -91,7 +96,7 @@ def _shdr_names(path: str) -> frozenset[str]:
 def _record_names(shdr: bytes):
     """Each 46-byte sample header's name (its first 20 bytes); a stereo pair is one recording."""
     for i in range(0, len(shdr) - 45, 46):
-        name = shdr[i:i + 20].split(b"\0", 1)[0].decode("latin-1").strip()
+        name = shdr[i : i + 20].split(b"\0", 1)[0].decode("latin-1").strip()
         yield name.removesuffix("(L)").removesuffix("(R)").strip()
 
 
@@ -109,11 +114,20 @@ def _fluidsynth():
         with contextlib.redirect_stdout(io.StringIO()):  # it prints where it found the library when $CI is set
             import fluidsynth
     except ImportError as exc:  # pyfluidsynth missing, or it found no libfluidsynth
-        raise SoundfontUnavailable(f"FluidSynth is not available ({exc}); Debian/Ubuntu: apt-get install libfluidsynth3, "
-                                   "pip install pyfluidsynth") from None
+        raise SoundfontUnavailable(
+            f"FluidSynth is not available ({exc}); Debian/Ubuntu: apt-get install libfluidsynth3, pip install pyfluidsynth"
+        ) from None
     write = fluidsynth._fl.fluid_synth_write_float
-    write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    write.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     write.restype = ctypes.c_int
     return fluidsynth, write
 
@@ -145,8 +159,7 @@ class RenderInfo:
     missing_presets: list[str]  # "bank:program" the soundfont lacks (fallen back to program 0 of the bank)
 
 
-_SETTINGS = {"synth.chorus.active": 0, "synth.reverb.active": 1, "synth.cpu-cores": 1, "synth.polyphony": 256,
-             "synth.verbose": 0}
+_SETTINGS = {"synth.chorus.active": 0, "synth.reverb.active": 1, "synth.cpu-cores": 1, "synth.polyphony": 256, "synth.verbose": 0}
 
 
 @cache

@@ -10,18 +10,19 @@ with a soundfont no train or val track uses.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import soundfile as sf
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage.atomic import temp_path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.errors import ConfigurationError
 from mirpipe.records import Record
-from mirpipe.storage.atomic import temp_path
 
-from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from . import splits
 from .families import SOLO_FAMILIES
 from .samples import is_library
@@ -47,12 +48,14 @@ class SynthesizeParams(BaseModel):
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
     renderer: Literal["auto", "soundfont", "numpy"] = Field(
-        "auto", description="soundfont: FluidSynth + GM soundfonts; numpy: synthetic timbres; auto: soundfont when installed")
+        "auto", description="soundfont: FluidSynth + GM soundfonts; numpy: synthetic timbres; auto: soundfont when installed"
+    )
     soundfonts: dict[str, list[str]] = Field(
         default_factory=_default_soundfonts,
         description="per split, the sources its tracks draw from: soundfonts (.sf2/.sf3 file names or paths) for every "
-                    "track, and sample libraries (any other name: a directory of recorded notes, synth/samples.py) "
-                    "for the solo clips")
+        "track, and sample libraries (any other name: a directory of recorded notes, synth/samples.py) "
+        "for the solo clips",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -64,11 +67,15 @@ class SynthesizeParams(BaseModel):
             raise ValueError(f"soundfonts needs a non-empty list for each of {splits.SPLITS}")
         for split, sources in self.soundfonts.items():
             if not self.soundfont_files(split):
-                raise ValueError(f"soundfonts.{split} names no soundfont (.sf2/.sf3): its mixtures need one "
-                                 f"(sample libraries play solo clips only): {sources}")
+                raise ValueError(
+                    f"soundfonts.{split} names no soundfont (.sf2/.sf3): its mixtures need one "
+                    f"(sample libraries play solo clips only): {sources}"
+                )
         seen = set(self.soundfonts["train"]) | set(self.soundfonts["val"])
         if seen & set(self.soundfonts["test"]):
-            raise ValueError(f"the test soundfonts must be unseen in train and val: {sorted(seen & set(self.soundfonts['test']))}")
+            raise ValueError(
+                f"the test soundfonts must be unseen in train and val: {sorted(seen & set(self.soundfonts['test']))}"
+            )
         return self
 
     def soundfont_files(self, *splits: str) -> list[str]:
@@ -115,8 +122,11 @@ def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str,
         return "soundfont", {"fluidsynth": soundfont.library_version(), "soundfont_bytes": files}
     if renderer == "soundfont":
         raise ConfigurationError(f"synthesize.renderer is soundfont but {why}; run scripts/system-deps.sh")
-    print(f"mirpipe: synthesize: {why}; rendering the demo corpus with the numpy timbres instead "
-          "(scripts/system-deps.sh installs FluidSynth and the soundfonts)", file=sys.stderr)
+    print(
+        f"mirpipe: synthesize: {why}; rendering the demo corpus with the numpy timbres instead "
+        "(scripts/system-deps.sh installs FluidSynth and the soundfonts)",
+        file=sys.stderr,
+    )
     return "numpy", {"soundfont_unavailable": why}
 
 
@@ -172,8 +182,10 @@ def _check_test_soundfonts_unseen(test: tuple[str, ...], seen: tuple[str, ...]) 
         for s in seen:
             shared, total = soundfont.shared_samples(soundfont.find_soundfont(t), soundfont.find_soundfont(s))
             if total and shared / total >= SHARED_SAMPLES_LIMIT:
-                raise ValueError(f"synthesize.soundfonts: the test soundfont {t} shares {shared} of its {total} sample "
-                                 f"names with {s}, a train/val soundfont: its timbres would not be unseen in training")
+                raise ValueError(
+                    f"synthesize.soundfonts: the test soundfont {t} shares {shared} of its {total} sample "
+                    f"names with {s}, a train/val soundfont: its timbres would not be unseen in training"
+                )
 
 
 def _clip_families(renderer: str) -> tuple[str, ...]:
@@ -199,20 +211,34 @@ class Synthesize(Stage):
             solo = i >= p.tracks - n_solo
             group = splits.GROUP_SOLO if solo else splits.GROUP_MIXTURE
             split = splits.split_of(p.seed, group, i)
-            payload = {"index": i, "solo": solo, "kind": "solo" if solo else "mixture", "split": split, "family": None,
-                       "renderer": renderer,
-                       "soundfont": splits.soundfont_of(p.seed, group, i, sources_of(p, split, "mixture"))
-                       if renderer == "soundfont" else None}
+            payload = {
+                "index": i,
+                "solo": solo,
+                "kind": "solo" if solo else "mixture",
+                "split": split,
+                "family": None,
+                "renderer": renderer,
+                "soundfont": splits.soundfont_of(p.seed, group, i, sources_of(p, split, "mixture"))
+                if renderer == "soundfont"
+                else None,
+            }
             items.append(WorkItem(track_id(i), payload=payload, identity=payload))
         families = _clip_families(renderer)
         for k in range(p.clips_per_family):
             for f, family in enumerate(families):
                 group = splits.GROUP_CLIPS + f
                 split = splits.split_of(p.seed, group, k)
-                payload = {"index": k, "solo": True, "kind": "clip", "split": split, "family": family,
-                           "renderer": renderer,
-                           "soundfont": splits.soundfont_of(p.seed, group, k, sources_of(p, split, "clip"))
-                           if renderer == "soundfont" else None}
+                payload = {
+                    "index": k,
+                    "solo": True,
+                    "kind": "clip",
+                    "split": split,
+                    "family": family,
+                    "renderer": renderer,
+                    "soundfont": splits.soundfont_of(p.seed, group, k, sources_of(p, split, "clip"))
+                    if renderer == "soundfont"
+                    else None,
+                }
                 items.append(WorkItem(clip_id(family, k), payload=payload, identity=payload))
         return items
 
@@ -220,8 +246,11 @@ class Synthesize(Stage):
         # The track and clip counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, identity = resolve_renderer(p)
-        return {**p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "renderer"}),
-                "renderer": renderer, "renderer_identity": identity}
+        return {
+            **p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "renderer"}),
+            "renderer": renderer,
+            "renderer_identity": identity,
+        }
 
     def run(self, item: WorkItem, ctx: StageContext) -> SynthRecord:
         p: SynthesizeParams = ctx.params["synthesize"]
@@ -242,8 +271,9 @@ class Synthesize(Stage):
         tmp = temp_path(jams_path)
         jam.save(str(tmp), strict=True, fmt="json")
         tmp.replace(jams_path)
-        return SynthRecord(item.id, float(duration), bool(pay["solo"]), instruments, pay["split"], pay["kind"],
-                           renderer, pay["soundfont"])
+        return SynthRecord(
+            item.id, float(duration), bool(pay["solo"]), instruments, pay["split"], pay["kind"], renderer, pay["soundfont"]
+        )
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: SynthRecord) -> bool:
         corpus = ctx.path(CORPUS_DIR)
@@ -269,9 +299,14 @@ def _play_soundfont(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParam
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
     others = tuple(sorted({e.channel for e in perf.events} - {perf.melody_channel}))
     lead = soundfont.render(perf, pay["soundfont"], p.sr, mute=others)[0] if others else y  # the lead alone: its release
-    jam = labels.annotate(perf, track, {"soundfont": info.soundfont, "missing_presets": info.missing_presets,
-                                        "fluidsynth": soundfont.library_version()}, lead_audio=lead, sr=p.sr,
-                          sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr))
+    jam = labels.annotate(
+        perf,
+        track,
+        {"soundfont": info.soundfont, "missing_presets": info.missing_presets, "fluidsynth": soundfont.library_version()},
+        lead_audio=lead,
+        sr=p.sr,
+        sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr),
+    )
     return y, jam
 
 
@@ -280,8 +315,14 @@ def _play_library(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams)
     from . import labels, samples
 
     y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, SOLO_FAMILIES.index(pay["family"]), pay["index"]))
-    jam = labels.annotate(perf, track, {"sample_library": info.library, "instrument": info.instrument,
-                                        "recordings": info.recordings}, lead_audio=y, sr=p.sr, sounding=info.sounding)
+    jam = labels.annotate(
+        perf,
+        track,
+        {"sample_library": info.library, "instrument": info.instrument, "recordings": info.recordings},
+        lead_audio=y,
+        sr=p.sr,
+        sounding=info.sounding,
+    )
     return y, jam
 
 

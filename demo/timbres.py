@@ -7,8 +7,8 @@ note is its f0, which keeps the chord and melody annotations exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import jams
 import numpy as np
-
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
 
 from .demo_jams import demo_jams
@@ -264,13 +263,18 @@ def annotate(score: TrackScore, track_id: str, solo: bool) -> jams.JAMS:
     """The JAMS of a score: chord (mixes only), key_mode, pitch_contour, note_midi (every note
     played), instrument tags."""
     jam = demo_jams(
-        track_id, "mirpipe demo synthesizer", score.duration, "synthetic",
+        track_id,
+        "mirpipe demo synthesizer",
+        score.duration,
+        "synthetic",
         chords=((seg.start, seg.end - seg.start, seg.label) for seg in score.chords),
         keys=[(0.0, score.duration, score.key)],
         contour=contour(score),
         notes=sounding_notes(score),
-        tags=((0.0, score.duration, name)
-              for name in sorted({n for n in (score.melody_instrument, score.accompaniment) if n is not None})),
+        tags=(
+            (0.0, score.duration, name)
+            for name in sorted({n for n in (score.melody_instrument, score.accompaniment) if n is not None})
+        ),
     )
     jam.sandbox.mirpipe_demo = {
         "solo": solo,

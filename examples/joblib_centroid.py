@@ -43,7 +43,9 @@ def spectral_centroid(path: str) -> tuple[str, float, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path("work/demo/corpus"), help="folder of audio files (searched recursively)")
+    parser.add_argument(
+        "--corpus", type=Path, default=Path("work/demo/corpus"), help="folder of audio files (searched recursively)"
+    )
     parser.add_argument("--cluster", default=None, help="cluster.yaml (default: ./cluster.yaml, else a LocalCluster)")
     parser.add_argument("--out", type=Path, default=Path("centroids.csv"))
     parser.add_argument("--limit", type=int, default=None, help="only the first N files")

@@ -4,9 +4,10 @@ importer gets the same checks, error classes, JAMS validation and summary."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jams
 

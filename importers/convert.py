@@ -6,8 +6,9 @@ names the offending value."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jams
 import numpy as np
@@ -23,8 +24,9 @@ def new_annotation(namespace: str, duration: float, source: str, annotator: str 
     return jams.Annotation(namespace, time=0.0, duration=float(duration), annotation_metadata=meta)
 
 
-def intervals(namespace: str, spans: np.ndarray, values: Sequence[Any], duration: float, source: str,
-              annotator: str | None = None) -> jams.Annotation:
+def intervals(
+    namespace: str, spans: np.ndarray, values: Sequence[Any], duration: float, source: str, annotator: str | None = None
+) -> jams.Annotation:
     """(start, end) spans with one value each: chords, keys, sections, notes."""
     spans = np.asarray(spans, dtype=float).reshape(-1, 2)
     if len(spans) != len(values):
@@ -35,8 +37,9 @@ def intervals(namespace: str, spans: np.ndarray, values: Sequence[Any], duration
     return ann
 
 
-def events(namespace: str, times: Iterable[float], values: Iterable[Any], duration: float, source: str,
-           annotator: str | None = None) -> jams.Annotation:
+def events(
+    namespace: str, times: Iterable[float], values: Iterable[Any], duration: float, source: str, annotator: str | None = None
+) -> jams.Annotation:
     """Instants (beats, onsets): observations of duration 0."""
     ann = new_annotation(namespace, duration, source, annotator)
     for t, value in zip(times, values):
@@ -44,8 +47,9 @@ def events(namespace: str, times: Iterable[float], values: Iterable[Any], durati
     return ann
 
 
-def contour(times: np.ndarray, hz: np.ndarray, voiced: np.ndarray, duration: float, source: str,
-            annotator: str | None = None) -> jams.Annotation:
+def contour(
+    times: np.ndarray, hz: np.ndarray, voiced: np.ndarray, duration: float, source: str, annotator: str | None = None
+) -> jams.Annotation:
     """An f0 contour as ``pitch_contour``: one observation per sample; unvoiced samples keep
     their (absolute) frequency and say ``voiced: false``."""
     times, hz, voiced = np.asarray(times, float), np.asarray(hz, float), np.asarray(voiced, bool)
@@ -74,6 +78,7 @@ def _plain(value: Any) -> Any:
 
 
 # -- the folder importer's readers -------------------------------------------------------------
+
 
 def read_lab(path: Path, duration: float, source: str = "mirpipe import folder") -> list[jams.Annotation]:
     """A ``.lab`` chord file (start end label, whitespace separated) through ``jams.util.import_lab``."""
@@ -121,6 +126,7 @@ def read_two_columns(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- schema check --------------------------------------------------------------------------------
+
 
 def check_annotation(ann: jams.Annotation, path: Path | str) -> None:
     """Strict JAMS validation; an ``AnnotationFormatError`` naming the file and the first value the

@@ -67,16 +67,24 @@ class FolderImporter(Importer):
             audio = group.get("audio", [])
             sidecars = [p for suffix in SIDECARS for p in group.get(suffix, [])]
             if not audio:
-                listing.failures.append((ident, stage_errors.MissingAudioError(
-                    sidecars[0], "annotation without an audio file of the same name")))
+                listing.failures.append(
+                    (ident, stage_errors.MissingAudioError(sidecars[0], "annotation without an audio file of the same name"))
+                )
                 continue
             if len(audio) > 1:
-                listing.failures.append((ident, stage_errors.DuplicateTrackError(
-                    audio[0], f"several audio files share the name {rel!r}: {[p.name for p in audio]}")))
+                listing.failures.append(
+                    (
+                        ident,
+                        stage_errors.DuplicateTrackError(
+                            audio[0], f"several audio files share the name {rel!r}: {[p.name for p in audio]}"
+                        ),
+                    )
+                )
                 continue
             parts = [AnnotationFile(path, READERS[path.suffix.lower()], SIDECARS[path.suffix.lower()]) for path in sidecars]
-            listing.tracks.append(TrackSource(track=ident, audio=audio[0], annotations=parts,
-                                              provenance={"source": str(root.resolve())}))
+            listing.tracks.append(
+                TrackSource(track=ident, audio=audio[0], annotations=parts, provenance={"source": str(root.resolve())})
+            )
         if other:
             listing.notes.append(f"{other} files that are neither audio nor .lab/.csv/.jams were left alone")
         return listing

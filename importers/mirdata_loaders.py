@@ -42,7 +42,8 @@ def _mirdata():
         import mirdata
     except ImportError:
         raise MirdataMissingError(
-            "`mirpipe import mirdata` needs the mirdata package (1.0): pip install 'mirpipe[datasets]'") from None
+            "`mirpipe import mirdata` needs the mirdata package (1.0): pip install 'mirpipe[datasets]'"
+        ) from None
     return mirdata
 
 
@@ -89,11 +90,15 @@ class MirdataImporter(Importer):
                 raise ConfigurationError(f"--index {path}: no such file")
         index = self.index_from_layout(root)
         if not index["tracks"]:
-            raise ConfigurationError(f"{self.name}: no tracks under {root} in the loader's layout ({self.layout}); "
-                             f"is --data-home the folder that holds them?")
-        return index, (f"index: built from the files under {root} ({len(index['tracks'])} tracks, no checksums): "
-                       f"mirdata's {filename} is not installed (with network access, "
-                       f"mirdata.initialize({self.name!r}).download(['index']) fetches it; or pass it with --index)")
+            raise ConfigurationError(
+                f"{self.name}: no tracks under {root} in the loader's layout ({self.layout}); "
+                f"is --data-home the folder that holds them?"
+            )
+        return index, (
+            f"index: built from the files under {root} ({len(index['tracks'])} tracks, no checksums): "
+            f"mirdata's {filename} is not installed (with network access, "
+            f"mirdata.initialize({self.name!r}).download(['index']) fetches it; or pass it with --index)"
+        )
 
     # -- listing ---------------------------------------------------------------------------------
 
@@ -107,18 +112,29 @@ class MirdataImporter(Importer):
         data, how = self.resolve_index(dataset, root, index)
         dataset.__dict__["_index"] = data  # mirdata's cached_property: what `_index` would have read
         self.check_data_home(root)
-        listing = Listing(tracks=[], notes=[how], source=f"mirdata {self.name} {dataset.version} at {root} (mirdata {mirdata.__version__})")
+        listing = Listing(
+            tracks=[], notes=[how], source=f"mirdata {self.name} {dataset.version} at {root} (mirdata {mirdata.__version__})"
+        )
         for tid in dataset.track_ids:
             entry = data["tracks"][tid]
             try:
                 src = self.source(dataset, dataset.track(tid), root)
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
-                listing.failures.append((f"{self.name}/{tid}", IndexEntryError(
-                    root, f"track {tid!r}: the loader cannot use its index entry: {type(exc).__name__}: {exc}")))
+                listing.failures.append(
+                    (
+                        f"{self.name}/{tid}",
+                        IndexEntryError(
+                            root, f"track {tid!r}: the loader cannot use its index entry: {type(exc).__name__}: {exc}"
+                        ),
+                    )
+                )
                 continue
             src.provenance.update(dataset=self.name, version=dataset.version, track_id=tid, mirdata=mirdata.__version__)
-            src.checksums = {str(root / rel): md5 for rel, md5 in (v for v in entry.values() if isinstance(v, list) and len(v) == 2)
-                             if rel and md5}
+            src.checksums = {
+                str(root / rel): md5
+                for rel, md5 in (v for v in entry.values() if isinstance(v, list) and len(v) == 2)
+                if rel and md5
+            }
             listing.tracks.append(src)
         return listing
 
@@ -138,6 +154,7 @@ def _annotation(path: str | None, reader, what: str, required: bool = True) -> l
 
 
 # -- chords: the Beatles (Isophonics) ----------------------------------------------------------------
+
 
 def beatles_track_id(album: str, title: str) -> str:
     """mirdata's Beatles ids: album number and track number ("0111"); the White Album's two
@@ -166,7 +183,7 @@ class Beatles(MirdataImporter):
         for (album, title), audio in sorted(found.items()):
             ann = root / "annotations"
 
-            def part(kind: str, ext: str, always: bool = False) -> list:
+            def part(kind: str, ext: str, always: bool = False, ann: Path = ann, album: str = album, title: str = title) -> list:
                 path = ann / kind / self.ARTIST / album / f"{title}{ext}"
                 return [_rel(root, path) if (path.exists() or always) else None, None]
 
@@ -200,21 +217,31 @@ class Beatles(MirdataImporter):
             b = m.load_beats(str(p))
             return [events("beat", b.times, [int(x) for x in b.positions], d, where)]
 
-        parts = (_annotation(track.chords_path, chords, "chords")
-                 + _annotation(track.keys_path, keys, "keys", required=False)
-                 + _annotation(track.sections_path, sections, "sections", required=False)
-                 + _annotation(track.beats_path, beats, "beats", required=False))
+        parts = (
+            _annotation(track.chords_path, chords, "chords")
+            + _annotation(track.keys_path, keys, "keys", required=False)
+            + _annotation(track.sections_path, sections, "sections", required=False)
+            + _annotation(track.beats_path, beats, "beats", required=False)
+        )
         notes = [] if track.chords_path else [f"beatles/{track.track_id}: the index names no chord file"]
-        return TrackSource(track=f"beatles/{track.track_id}", audio=Path(track.audio_path), annotations=parts,
-                           title=track.title, artist=self.ARTIST, notes=notes)
+        return TrackSource(
+            track=f"beatles/{track.track_id}",
+            audio=Path(track.audio_path),
+            annotations=parts,
+            title=track.title,
+            artist=self.ARTIST,
+            notes=notes,
+        )
 
 
 # -- f0: vocadito and MedleyDB-Pitch -------------------------------------------------------------
+
 
 def _f0(loader, where: str, annotator: str | None = None):
     def read(p: Path, d: float):
         f = loader(str(p))
         return [contour(f.times, f.frequencies, f.voicing > 0, d, where, annotator)]
+
     return read
 
 
@@ -222,6 +249,7 @@ def _notes(loader, where: str, annotator: str | None = None):
     def read(p: Path, d: float):
         n = loader(str(p))
         return [] if n is None else [intervals("note_hz", n.intervals, [float(x) for x in n.pitches], d, where, annotator)]
+
     return read
 
 
@@ -233,19 +261,26 @@ class Vocadito(MirdataImporter):
 
     def index_from_layout(self, root: Path) -> dict[str, Any]:
         ids = {m.group(1) for p in _audio_files(root / "Audio") if (m := re.fullmatch(r"vocadito_(\w+)", p.stem))}
-        ids |= {m.group(1) for p in (root / "Annotations" / "F0").glob("vocadito_*_f0.csv")
-                if (m := re.fullmatch(r"vocadito_(\w+)_f0", p.stem))}
+        ids |= {
+            m.group(1)
+            for p in (root / "Annotations" / "F0").glob("vocadito_*_f0.csv")
+            if (m := re.fullmatch(r"vocadito_(\w+)_f0", p.stem))
+        }
 
         audio_files = {p.stem: p for p in _audio_files(root / "Audio")}
 
         def entry(n: str) -> dict[str, list]:
             audio = audio_files.get(f"vocadito_{n}", root / "Audio" / f"vocadito_{n}.wav")
-            files = {"f0": root / "Annotations" / "F0" / f"vocadito_{n}_f0.csv",
-                     "notesA1": root / "Annotations" / "Notes" / f"vocadito_{n}_notesA1.csv",
-                     "notesA2": root / "Annotations" / "Notes" / f"vocadito_{n}_notesA2.csv",
-                     "lyrics": root / "Annotations" / "Lyrics" / f"vocadito_{n}_lyrics.txt"}
-            return {"audio": [_rel(root, audio), None],
-                    **{k: [_rel(root, p) if (p.exists() or k == "f0") else None, None] for k, p in files.items()}}
+            files = {
+                "f0": root / "Annotations" / "F0" / f"vocadito_{n}_f0.csv",
+                "notesA1": root / "Annotations" / "Notes" / f"vocadito_{n}_notesA1.csv",
+                "notesA2": root / "Annotations" / "Notes" / f"vocadito_{n}_notesA2.csv",
+                "lyrics": root / "Annotations" / "Lyrics" / f"vocadito_{n}_lyrics.txt",
+            }
+            return {
+                "audio": [_rel(root, audio), None],
+                **{k: [_rel(root, p) if (p.exists() or k == "f0") else None, None] for k, p in files.items()},
+            }
 
         return {"version": "built by mirpipe", "tracks": {n: entry(n) for n in sorted(ids, key=lambda s: (len(s), s))}}
 
@@ -253,18 +288,26 @@ class Vocadito(MirdataImporter):
         from mirdata.datasets import vocadito as m
 
         where = f"mirdata vocadito {dataset.version}"
-        parts = (_annotation(track.f0_path, _f0(m.load_f0, where), "f0")
-                 + _annotation(track.notes_a1_path, _notes(m.load_notes, where, "A1"), "notes A1", required=False)
-                 + _annotation(track.notes_a2_path, _notes(m.load_notes, where, "A2"), "notes A2", required=False))
-        return TrackSource(track=f"vocadito/{track.track_id}", audio=Path(track.audio_path), annotations=parts,
-                           title=f"vocadito_{track.track_id}")
+        parts = (
+            _annotation(track.f0_path, _f0(m.load_f0, where), "f0")
+            + _annotation(track.notes_a1_path, _notes(m.load_notes, where, "A1"), "notes A1", required=False)
+            + _annotation(track.notes_a2_path, _notes(m.load_notes, where, "A2"), "notes A2", required=False)
+        )
+        return TrackSource(
+            track=f"vocadito/{track.track_id}",
+            audio=Path(track.audio_path),
+            annotations=parts,
+            title=f"vocadito_{track.track_id}",
+        )
 
 
 @IMPORTERS.register
 class MedleyDBPitch(MirdataImporter):
     name = "medleydb_pitch"
     summary = "MedleyDB-Pitch stems: f0 (pitch_contour), pYIN notes (note_hz)"
-    layout = "audio/<id>.wav, pitch/<id>.csv, medleydb-pitch-pyin-notes/<id>_vamp_pyin_pyin_notes.csv, medleydb_pitch_metadata.json"
+    layout = (
+        "audio/<id>.wav, pitch/<id>.csv, medleydb-pitch-pyin-notes/<id>_vamp_pyin_pyin_notes.csv, medleydb_pitch_metadata.json"
+    )
 
     def index_from_layout(self, root: Path) -> dict[str, Any]:
         audio = {p.stem: p for p in _audio_files(root / "audio")}
@@ -272,9 +315,11 @@ class MedleyDBPitch(MirdataImporter):
         tracks = {}
         for tid in sorted(ids):
             notes = root / "medleydb-pitch-pyin-notes" / f"{tid}_vamp_pyin_pyin_notes.csv"
-            tracks[tid] = {"audio": [_rel(root, audio.get(tid, root / "audio" / f"{tid}.wav")), None],
-                           "pitch": [_rel(root, root / "pitch" / f"{tid}.csv"), None],
-                           "notes_pyin": [_rel(root, notes) if notes.exists() else None, None]}
+            tracks[tid] = {
+                "audio": [_rel(root, audio.get(tid, root / "audio" / f"{tid}.wav")), None],
+                "pitch": [_rel(root, root / "pitch" / f"{tid}.csv"), None],
+                "notes_pyin": [_rel(root, notes) if notes.exists() else None, None],
+            }
         return {"version": "built by mirpipe", "tracks": tracks}
 
     def source(self, dataset, track, root: Path) -> TrackSource:
@@ -285,10 +330,12 @@ class MedleyDBPitch(MirdataImporter):
             title, artist = track.title, track.artist
         except (FileNotFoundError, AttributeError, KeyError):
             title = artist = None
-        parts = (_annotation(track.pitch_path, _f0(m.load_pitch, where), "f0")
-                 + _annotation(getattr(track, "notes_pyin_path", None), _notes(m.load_notes, where, "pyin"), "pYIN notes", required=False))
-        return TrackSource(track=f"medleydb_pitch/{track.track_id}", audio=Path(track.audio_path), annotations=parts,
-                           title=title, artist=artist)
+        parts = _annotation(track.pitch_path, _f0(m.load_pitch, where), "f0") + _annotation(
+            getattr(track, "notes_pyin_path", None), _notes(m.load_notes, where, "pyin"), "pYIN notes", required=False
+        )
+        return TrackSource(
+            track=f"medleydb_pitch/{track.track_id}", audio=Path(track.audio_path), annotations=parts, title=title, artist=artist
+        )
 
 
 # -- instruments: Medley-solos-DB ----------------------------------------------------------------
@@ -306,8 +353,9 @@ class MedleySolosDB(MirdataImporter):
 
     def check_data_home(self, root: Path) -> None:
         if not (root / self.METADATA).is_file():
-            raise ConfigurationError(f"medley_solos_db: {root / self.METADATA} is missing: "
-                                     "it holds every clip's instrument and split")
+            raise ConfigurationError(
+                f"medley_solos_db: {root / self.METADATA} is missing: it holds every clip's instrument and split"
+            )
 
     def index_from_layout(self, root: Path) -> dict[str, Any]:
         import csv
@@ -331,14 +379,30 @@ class MedleySolosDB(MirdataImporter):
         where = f"mirdata medley_solos_db {dataset.version}"
         csv_path = root / self.METADATA
         if meta is None:
+
             def missing(p: Path, d: float):
                 raise AnnotationFormatError(p, f"no row for clip {track.track_id}")
-            return TrackSource(track=f"medley_solos_db/{track.track_id}", audio=Path(track.audio_path),
-                               annotations=[AnnotationFile(csv_path, missing, "instrument")])
+
+            return TrackSource(
+                track=f"medley_solos_db/{track.track_id}",
+                audio=Path(track.audio_path),
+                annotations=[AnnotationFile(csv_path, missing, "instrument")],
+            )
         instrument, subset = meta["instrument"], meta["subset"]
         split = MEDLEY_SOLOS_SPLITS.get(subset)
-        notes = [] if split else [f"medley_solos_db/{track.track_id}: subset {subset!r} is not a split mirpipe knows; the split is left to ingest"]
-        return TrackSource(track=f"medley_solos_db/{track.track_id}", audio=Path(track.audio_path),
-                           annotations=[AnnotationFile(csv_path, lambda p, d: [tag(instrument, d, where)], "instrument")],
-                           split=split, title=track.track_id, notes=notes,
-                           provenance={"instrument_id": meta["instrument_id"], "song_id": meta["song_id"]})
+        notes = (
+            []
+            if split
+            else [
+                f"medley_solos_db/{track.track_id}: subset {subset!r} is not a split mirpipe knows; the split is left to ingest"
+            ]
+        )
+        return TrackSource(
+            track=f"medley_solos_db/{track.track_id}",
+            audio=Path(track.audio_path),
+            annotations=[AnnotationFile(csv_path, lambda p, d: [tag(instrument, d, where)], "instrument")],
+            split=split,
+            title=track.track_id,
+            notes=notes,
+            provenance={"instrument_id": meta["instrument_id"], "song_id": meta["song_id"]},
+        )

@@ -19,16 +19,16 @@ import csv
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import jams
+from mirpipe.storage.atomic import temp_path, write_bytes
 
-from mirpipe.records import Record
 from mirpipe import errors as stage_errors
 from mirpipe.audio.io import AUDIO_EXTENSIONS, decode_errors
-from mirpipe.storage.atomic import temp_path, write_bytes
+from mirpipe.records import Record
 
 from .base import Listing, TrackSource
 from .convert import check_annotation
@@ -64,8 +64,10 @@ class ImportReport(Record):
         out = [f"mirpipe import: {self.source}", *(f"  {n}" for n in self.notes)]
         out += [f"  WARNING {w}" for w in self.warnings]
         out += [f"  FAILED {f.track}: {f.error_class}: {f.file or ''} {f.message}" for f in self.failed]
-        out.append(f"mirpipe import: {self.imported} imported, {len(self.failed)} failed, {len(self.warnings)} warnings "
-                   f"of {self.total} tracks in {self.seconds:.1f}s -> {self.out}")
+        out.append(
+            f"mirpipe import: {self.imported} imported, {len(self.failed)} failed, {len(self.warnings)} warnings "
+            f"of {self.total} tracks in {self.seconds:.1f}s -> {self.out}"
+        )
         return out
 
 
@@ -83,7 +85,11 @@ def audio_duration(path: Path) -> float:
 
             seconds = float(librosa.get_duration(path=str(path)))
         except decode_errors() + (OSError,):  # the decoders' own errors only: a bug or MemoryError propagates
-            cls = stage_errors.AudioDecodeError if path.suffix.lower() in (".wav", ".flac", ".ogg") else stage_errors.UnsupportedFormatError
+            cls = (
+                stage_errors.AudioDecodeError
+                if path.suffix.lower() in (".wav", ".flac", ".ogg")
+                else stage_errors.UnsupportedFormatError
+            )
             raise cls(path, f"cannot read the audio: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not seconds > 0:
         raise stage_errors.EmptyAudioError(path, "no samples")
@@ -117,7 +123,7 @@ def build_jams(src: TrackSource, importer: str, checksums: bool) -> tuple[jams.J
     """Read and check everything of one track; nothing is written. Returns the JAMS and warnings."""
     warnings = list(src.notes)
     _check_file(src.audio, "audio")
-    for path, md5 in (src.checksums.items() if checksums else ()):
+    for path, md5 in src.checksums.items() if checksums else ():
         if os.path.exists(path) and _md5(Path(path)) != md5:
             raise ChecksumError(path, f"md5 differs from the dataset index ({md5}): another version of the file, or damaged")
     duration = audio_duration(src.audio)
@@ -136,9 +142,10 @@ def build_jams(src: TrackSource, importer: str, checksums: bool) -> tuple[jams.J
             # a parser's own error is the file's fault: bad numbers or text (ValueError), missing fields or
             # columns (LookupError), csv and jams errors; jams and mirdata build objects straight from the
             # parsed document, so a malformed one raises TypeError/AttributeError there. MemoryError propagates.
-            except (ValueError, LookupError, TypeError, AttributeError, EOFError, OSError, csv.Error,
-                    jams.JamsError) as exc:
-                raise AnnotationFormatError(part.path, f"{part.what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+            except (ValueError, LookupError, TypeError, AttributeError, EOFError, OSError, csv.Error, jams.JamsError) as exc:
+                raise AnnotationFormatError(
+                    part.path, f"{part.what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                ) from None
             for ann in anns:
                 check_annotation(ann, part.path)
         except stage_errors.InputError as exc:
@@ -174,8 +181,7 @@ def _links(out: Path, track: str) -> list[Path]:
     base = out / track
     if not base.parent.is_dir():
         return []
-    return [p for p in base.parent.iterdir()
-            if p.is_symlink() and p.stem == base.name and p.suffix.lower() in AUDIO_EXTENSIONS]
+    return [p for p in base.parent.iterdir() if p.is_symlink() and p.stem == base.name and p.suffix.lower() in AUDIO_EXTENSIONS]
 
 
 def _remove_imported(out: Path, track: str) -> None:
@@ -207,8 +213,9 @@ def write_track(src: TrackSource, out: Path, importer: str, checksums: bool = Fa
     return warnings
 
 
-def import_listing(listing: Listing, out: Path, importer: str, checksums: bool = False,
-                   progress: Callable[[int], object] | None = None) -> ImportReport:
+def import_listing(
+    listing: Listing, out: Path, importer: str, checksums: bool = False, progress: Callable[[int], object] | None = None
+) -> ImportReport:
     """Write every listed track into ``out``; failures are recorded, never stop the rest."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -233,8 +240,14 @@ def import_listing(listing: Listing, out: Path, importer: str, checksums: bool =
     for track, _ in listing.failures:
         _remove_imported(out, track)
     return ImportReport(
-        importer=importer, source=listing.source, out=str(out), total=len(listing.tracks) + len(listing.failures),
-        imported=imported, failed=failed, warnings=warnings, notes=list(listing.notes),
+        importer=importer,
+        source=listing.source,
+        out=str(out),
+        total=len(listing.tracks) + len(listing.failures),
+        imported=imported,
+        failed=failed,
+        warnings=warnings,
+        notes=list(listing.notes),
         seconds=round(time.perf_counter() - t0, 3),
     )
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 FORMAT = "columns"
 _OPEN = b'"columns":{'
@@ -43,8 +44,13 @@ class Raw:
 class Columns(Mapping[str, list]):
     """Columns by name, each decoded on first use (and its JSON text kept for writing it back)."""
 
-    def __init__(self, raw: Mapping[str, bytes] | None = None, decoded: Mapping[str, list] | None = None,
-                 rows: int | None = None, order: list[str] | None = None):
+    def __init__(
+        self,
+        raw: Mapping[str, bytes] | None = None,
+        decoded: Mapping[str, list] | None = None,
+        rows: int | None = None,
+        order: list[str] | None = None,
+    ):
         self._raw = dict(raw or {})
         self._decoded = dict(decoded or {})
         self.rows = rows
@@ -59,8 +65,10 @@ class Columns(Mapping[str, list]):
             except ValueError as exc:
                 raise ColumnError(f"column {name!r}: {exc}") from None
             if not isinstance(col, list) or (self.rows is not None and len(col) != self.rows):
-                raise ColumnError(f"column {name!r}: expected {self.rows} values, got "
-                                  f"{len(col) if isinstance(col, list) else type(col).__name__}")
+                raise ColumnError(
+                    f"column {name!r}: expected {self.rows} values, got "
+                    f"{len(col) if isinstance(col, list) else type(col).__name__}"
+                )
             self._decoded[name] = col
         return col
 
@@ -80,13 +88,13 @@ class Columns(Mapping[str, list]):
             text = self._raw[name] = _DUMPS(self._decoded[name]).encode()
         return text
 
-    def source(self, name: str) -> "Raw | list":
+    def source(self, name: str) -> Raw | list:
         """What to write for the column: its text when it was read from a file (columns are read-only:
         nobody changes a decoded column in place), else the list."""
         return Raw(self._raw[name]) if name in self._raw else self._decoded[name]
 
 
-def dumps(header: Mapping[str, Any], columns: Mapping[str, "list | Raw"], rows: int) -> bytes:
+def dumps(header: Mapping[str, Any], columns: Mapping[str, list | Raw], rows: int) -> bytes:
     """A column document: ``header`` values on the first line, then one line per column."""
     head = {k: v for k, v in header.items() if k not in ("format", "rows", "columns")}
     head.update(format=FORMAT, rows=rows)
@@ -165,14 +173,19 @@ class Row(Mapping[str, Any]):
 def _whole(rows: list[Mapping[str, Any]]) -> Row | None:
     """The first row, when ``rows`` are every row of one column document in its order."""
     first = rows[0] if rows else None
-    if (type(first) is Row and first.columns.rows == len(rows)
-            and all(type(r) is Row and r.columns is first.columns and r.fields is first.fields and r.index == i
-                    for i, r in enumerate(rows))):
+    if (
+        type(first) is Row
+        and first.columns.rows == len(rows)
+        and all(
+            type(r) is Row and r.columns is first.columns and r.fields is first.fields and r.index == i
+            for i, r in enumerate(rows)
+        )
+    ):
         return first
     return None
 
 
-def gather(rows: list[Mapping[str, Any]], names: list[str]) -> dict[str, "list | Raw"]:
+def gather(rows: list[Mapping[str, Any]], names: list[str]) -> dict[str, list | Raw]:
     """The named fields of ``rows`` as columns. When the rows are every row of one column document,
     in its order (a rerun whose items are all done), each column is that document's text, undecoded."""
     first = _whole(rows)

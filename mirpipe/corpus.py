@@ -18,9 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirpipe.records import Record
-
 from mirpipe.audio.io import AUDIO_EXTENSIONS
+from mirpipe.records import Record
 
 # characters a track id does not keep (control characters, and what Windows or shells choke on)
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"\\|?*]+')
@@ -88,8 +87,7 @@ def scan_corpus(corpus: Path) -> Scan:
                 continue
             node = (dst.st_dev, dst.st_ino)  # (not `key`: that name holds str stems below)
             if node in visited:
-                scan.ignored[f"symlinked folder already scanned (a loop or a second link)"].append(
-                    f"{full} -> {visited[node]}")
+                scan.ignored["symlinked folder already scanned (a loop or a second link)"].append(f"{full} -> {visited[node]}")
                 continue
             visited[node] = full
             keep.append(name)

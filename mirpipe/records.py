@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass
 from functools import cache
-from typing import Any, Callable, Mapping, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from mirpipe import columns as columns_format
 
@@ -51,8 +52,12 @@ class Record:
         keys = data.keys()
         if not (required <= keys and keys <= names):
             missing, unknown = sorted(required - keys), sorted(keys - names)
-            raise RecordError(f"{cls.__name__}: " + "; ".join(
-                part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if part))
+            raise RecordError(
+                f"{cls.__name__}: "
+                + "; ".join(
+                    part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if part
+                )
+            )
         if not loaders:  # no nested records: the JSON values are the fields (the common, fast case)
             return cls(**data)
         return cls(**{k: (loaders[k](v) if k in loaders and v is not None else v) for k, v in data.items()})
@@ -85,8 +90,7 @@ def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
     """Field name -> (resolved type, has a default)."""
     hints = typing.get_type_hints(cls)
     return {
-        f.name: (hints[f.name], f.default is not MISSING or f.default_factory is not MISSING)
-        for f in dataclasses.fields(cls)
+        f.name: (hints[f.name], f.default is not MISSING or f.default_factory is not MISSING) for f in dataclasses.fields(cls)
     }
 
 
@@ -158,15 +162,17 @@ class RecordTable(Mapping[str, R]):
         self._rows: dict[str, R] = {}
 
     @classmethod
-    def from_rows(cls, record_type: type[R], key: str, rows: typing.Iterable[R],
-                  extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+    def from_rows(
+        cls, record_type: type[R], key: str, rows: typing.Iterable[R], extra: dict[str, Any] | None = None
+    ) -> RecordTable[R]:
         names = list(_fields(record_type))
         dumped = [row.to_json() for row in rows]
         return cls(record_type, key, {n: [d[n] for d in dumped] for n in names}, extra)
 
     @classmethod
-    def from_dicts(cls, record_type: type[R], key: str, rows: typing.Iterable[Mapping[str, Any]],
-                   extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+    def from_dicts(
+        cls, record_type: type[R], key: str, rows: typing.Iterable[Mapping[str, Any]], extra: dict[str, Any] | None = None
+    ) -> RecordTable[R]:
         """A table from rows already in JSON form (ledger records): nothing is built or dumped."""
         names = list(_fields(record_type))
         columns: dict[str, list] = {n: [] for n in names}
@@ -178,8 +184,14 @@ class RecordTable(Mapping[str, R]):
         return cls(record_type, key, columns, extra)
 
     @classmethod
-    def from_columns(cls, record_type: type[R], key: str, columns: Mapping[str, "list | columns_format.Raw"], rows: int,
-                     extra: dict[str, Any] | None = None) -> "RecordTable[R]":
+    def from_columns(
+        cls,
+        record_type: type[R],
+        key: str,
+        columns: Mapping[str, list | columns_format.Raw],
+        rows: int,
+        extra: dict[str, Any] | None = None,
+    ) -> RecordTable[R]:
         """A table from whole columns, some of them JSON text copied from another column document
         (``Raw``: a rerun that changes nothing writes the manifest from the ledger's bytes)."""
         raw = {n: c.text for n, c in columns.items() if isinstance(c, columns_format.Raw)}
@@ -189,7 +201,7 @@ class RecordTable(Mapping[str, R]):
         return cls(record_type, key, columns_format.Columns(raw, decoded, rows, order=list(columns)), extra)
 
     @classmethod
-    def from_json(cls, record_type: type[R], key: str, data: Any, rows_key: str | None = None) -> "RecordTable[R]":
+    def from_json(cls, record_type: type[R], key: str, data: Any, rows_key: str | None = None) -> RecordTable[R]:
         """A table from its JSON document, or from a list of row objects under ``rows_key`` (the
         layout before tables), keyed by the field ``key``."""
         if not isinstance(data, Mapping):
@@ -205,7 +217,7 @@ class RecordTable(Mapping[str, R]):
         raise RecordError(f"{record_type.__name__} table: not a table of this mirpipe")
 
     @classmethod
-    def from_bytes(cls, record_type: type[R], key: str, data: bytes, rows_key: str | None = None) -> "RecordTable[R]":
+    def from_bytes(cls, record_type: type[R], key: str, data: bytes, rows_key: str | None = None) -> RecordTable[R]:
         """A table from a file's bytes: a column document (its columns decoded when used), or one of
         the older JSON layouts ``from_json`` reads."""
         try:
@@ -224,8 +236,7 @@ class RecordTable(Mapping[str, R]):
 
     def to_bytes(self) -> bytes:
         """The table as a column document (columns read from a file and unchanged are copied as text)."""
-        return columns_format.dumps({**self.extra, "key": self.key},
-                                    {n: self.columns.source(n) for n in self.columns}, len(self))
+        return columns_format.dumps({**self.extra, "key": self.key}, {n: self.columns.source(n) for n in self.columns}, len(self))
 
     def __getitem__(self, key: str) -> R:
         row = self._rows.get(key)
@@ -320,8 +331,15 @@ class CheckpointMeta(Record):
 
     def to_json(self) -> dict[str, Any]:
         """The keys in the order training has always written them."""
-        return {"task": self.task, "model": self.model, "n_bins": self.n_bins, "state": self.state,
-                "vocabulary": self.vocabulary, "train_entries": self.train_entries, "val_entries": self.val_entries}
+        return {
+            "task": self.task,
+            "model": self.model,
+            "n_bins": self.n_bins,
+            "state": self.state,
+            "vocabulary": self.vocabulary,
+            "train_entries": self.train_entries,
+            "val_entries": self.val_entries,
+        }
 
 
 @dataclass(frozen=True)
@@ -409,9 +427,15 @@ class TaskScores(Record):
     _FIXED = ("columns", "scored_by", "n_tracks", "seconds", "weighting", "tracks", "baseline", "notes")
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.metrics, "columns": self.columns, "scored_by": self.scored_by,
-                               "n_tracks": self.n_tracks, "seconds": self.seconds, "weighting": self.weighting,
-                               "tracks": self.tracks}
+        out: dict[str, Any] = {
+            **self.metrics,
+            "columns": self.columns,
+            "scored_by": self.scored_by,
+            "n_tracks": self.n_tracks,
+            "seconds": self.seconds,
+            "weighting": self.weighting,
+            "tracks": self.tracks,
+        }
         if self.baseline is not None:
             out["baseline"] = self.baseline
         out.update(self.extra)
@@ -426,11 +450,22 @@ class TaskScores(Record):
         missing = sorted({"n_tracks", "seconds"} - data.keys())
         if missing:
             raise RecordError(f"TaskScores: missing {missing}")
-        metrics = {k: v for k, v in data.items()
-                   if k not in cls._FIXED and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))}
+        metrics = {
+            k: v
+            for k, v in data.items()
+            if k not in cls._FIXED and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        }
         extra = {k: v for k, v in data.items() if k not in cls._FIXED and k not in metrics}
         columns = data.get("columns") or [k for k, v in metrics.items() if isinstance(v, float)]
-        return cls(metrics=metrics, columns=list(columns), n_tracks=int(data["n_tracks"]), seconds=float(data["seconds"]),
-                   tracks=dict(data.get("tracks") or {}), scored_by=data.get("scored_by", cls.scored_by),
-                   weighting=data.get("weighting", ""), baseline=data.get("baseline"),
-                   notes=list(data.get("notes") or []), extra=extra)
+        return cls(
+            metrics=metrics,
+            columns=list(columns),
+            n_tracks=int(data["n_tracks"]),
+            seconds=float(data["seconds"]),
+            tracks=dict(data.get("tracks") or {}),
+            scored_by=data.get("scored_by", cls.scored_by),
+            weighting=data.get("weighting", ""),
+            baseline=data.get("baseline"),
+            notes=list(data.get("notes") or []),
+            extra=extra,
+        )

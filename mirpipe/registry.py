@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Generic, Iterator, Sequence, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from .errors import ConfigurationError
 

@@ -24,7 +24,9 @@ class AugmentParams(BaseModel):
     """Pitch-shift augmentation (read by the features and train stages)."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["feature", "audio"] = Field("feature", description="feature: shifts as bin offsets at sampling; audio: shifted audio per variant")
+    mode: Literal["feature", "audio"] = Field(
+        "feature", description="feature: shifts as bin offsets at sampling; audio: shifted audio per variant"
+    )
     enabled: bool = Field(True, description="false: no shifts at all (to see what augmentation buys)")
     shifts: list[int] = Field(default_factory=lambda: list(range(-6, 7)), description="semitones; 0 is the original")
     backend: str = Field("librosa", description="audio mode's pitch-shift backend (registered: librosa, rubberband, plugins)")

@@ -13,9 +13,10 @@ pipeline.yaml, validated with the rest of the configuration).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -46,8 +47,13 @@ class Done:
 
     __slots__ = ("fingerprint", "_record", "raw", "_load")
 
-    def __init__(self, fingerprint: str, record: Any = None, raw: Mapping[str, Any] | None = None,
-                 load: Callable[[Mapping[str, Any]], Any] | None = None):
+    def __init__(
+        self,
+        fingerprint: str,
+        record: Any = None,
+        raw: Mapping[str, Any] | None = None,
+        load: Callable[[Mapping[str, Any]], Any] | None = None,
+    ):
         self.fingerprint, self._record, self.raw, self._load = fingerprint, record, raw, load
 
     @property
@@ -66,7 +72,7 @@ class Done:
         return f"Done({self.fingerprint!r})"
 
 
-def record_rows(done: "Iterable[Done]") -> list[Mapping[str, Any]]:
+def record_rows(done: Iterable[Done]) -> list[Mapping[str, Any]]:
     """The records of done items in JSON form, as the ledger holds them (a row of its columns, or a
     dict): ``mirpipe.columns.gather`` turns them into the columns of the manifest or the index."""
     return [d.raw if d.raw is not None else d.record_json() for d in done]
@@ -181,7 +187,10 @@ class Stage(ABC):
 STAGES: Registry[Stage] = Registry(
     "stage",
     builtin=(
-        "mirpipe.stages.ingest", "mirpipe.stages.features", "mirpipe.stages.train", "mirpipe.stages.evaluate",
+        "mirpipe.stages.ingest",
+        "mirpipe.stages.features",
+        "mirpipe.stages.train",
+        "mirpipe.stages.evaluate",
     ),
     entry_points="mirpipe.stages",
     instantiate=True,

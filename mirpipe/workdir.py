@@ -16,13 +16,13 @@ from pathlib import Path
 class Workdir:
     """The layout of the workdir at ``root``::
 
-        manifest.json               ingest's manifest
-        corpus/                     the default corpus (the demo's)
-        features/                   the default feature store
-        train/<task>/{best,last}.pt checkpoints, progress.json, tb/
-        reports/<task>/             scores.json, scores.csv, estimates/, figures/
-        ledger/  logs/              completion records; failures.log
-        mirpipe.yaml  .mirpipe.lock the recorded configuration; the run lock
+    manifest.json               ingest's manifest
+    corpus/                     the default corpus (the demo's)
+    features/                   the default feature store
+    train/<task>/{best,last}.pt checkpoints, progress.json, tb/
+    reports/<task>/             scores.json, scores.csv, estimates/, figures/
+    ledger/  logs/              completion records; failures.log
+    mirpipe.yaml  .mirpipe.lock the recorded configuration; the run lock
     """
 
     root: Path

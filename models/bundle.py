@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mirpipe.errors import ConfigurationError
 
@@ -73,7 +74,7 @@ class ModelBundle:
     def compute_identity(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"features": self.features, "format": self.format}, sort_keys=True).encode())
-        for name, m in sorted(self.tasks.items()):
+        for _name, m in sorted(self.tasks.items()):
             head = {k: v for k, v in asdict(m).items() if k != "weights"}
             h.update(json.dumps(head, sort_keys=True, default=str).encode())
             for key in sorted(m.weights):
@@ -82,14 +83,19 @@ class ModelBundle:
         return h.hexdigest()[:24]
 
     def to_payload(self) -> dict[str, Any]:
-        return {"format": self.format, "name": self.name, "identity": self.identity, "source": self.source,
-                "features": self.features, "versions": self.versions,
-                "tasks": {n: asdict(m) for n, m in self.tasks.items()}}
+        return {
+            "format": self.format,
+            "name": self.name,
+            "identity": self.identity,
+            "source": self.source,
+            "features": self.features,
+            "versions": self.versions,
+            "tasks": {n: asdict(m) for n, m in self.tasks.items()},
+        }
 
     def save(self, path: Path | str) -> Path:
         """Write atomically (a killed export leaves no half file under the final name)."""
         import torch
-
         from mirpipe.storage.atomic import atomic_path
 
         path = Path(path)
@@ -109,9 +115,13 @@ def current_versions() -> dict[str, str]:
 
     from mirpipe import __version__
 
-    return {"mirpipe": __version__, "torch": torch.__version__.split("+")[0],
-            "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
-            "numpy": numpy.__version__, "jams": jams.__version__}
+    return {
+        "mirpipe": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
+        "numpy": numpy.__version__,
+        "jams": jams.__version__,
+    }
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -147,8 +157,10 @@ def check_versions(bundle: ModelBundle) -> tuple[list[str], list[str]]:
         if kind not in FEATURE_KINDS.names():
             errors.append(f"feature kind {kind!r} is not registered here (a plugin missing?)")
         elif str(FEATURE_KINDS.get(kind).version) != str(info.get("version")):
-            errors.append(f"feature kind {kind!r} is version {FEATURE_KINDS.get(kind).version} here, "
-                          f"{info.get('version')} at training: its features would not be the ones the network learned")
+            errors.append(
+                f"feature kind {kind!r} is version {FEATURE_KINDS.get(kind).version} here, "
+                f"{info.get('version')} at training: its features would not be the ones the network learned"
+            )
     for name, m in bundle.tasks.items():
         if name not in TASKS.names():
             errors.append(f"task {name!r} is not registered here (a newer mirpipe or a plugin missing?)")
@@ -184,7 +196,7 @@ def load_bundle(path: Path | str, warn=None) -> ModelBundle:
     if warn is None:
         import warnings
 
-        warn = lambda message: warnings.warn(message, stacklevel=3)  # noqa: E731
+        warn = lambda message: warnings.warn(message, stacklevel=3)
     for message in warns:
         warn(f"{path.name}: {message}")
     return bundle
@@ -194,9 +206,15 @@ def _from_payload(raw: Mapping[str, Any]) -> ModelBundle:
     if not isinstance(raw, Mapping) or "tasks" not in raw or "features" not in raw:
         raise ValueError("no tasks/features in it")
     tasks = {n: TaskModel(**m) for n, m in raw["tasks"].items()}
-    return ModelBundle(features=raw["features"], tasks=tasks, versions=dict(raw.get("versions", {})),
-                       source=raw.get("source", ""), name=raw.get("name", ""), identity=raw.get("identity", ""),
-                       format=int(raw.get("format", 0)))
+    return ModelBundle(
+        features=raw["features"],
+        tasks=tasks,
+        versions=dict(raw.get("versions", {})),
+        source=raw.get("source", ""),
+        name=raw.get("name", ""),
+        identity=raw.get("identity", ""),
+        format=int(raw.get("format", 0)),
+    )
 
 
 def build_network(m: TaskModel, device):

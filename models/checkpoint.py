@@ -41,9 +41,11 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict[str, An
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: cannot be loaded safely, it holds more than tensors and plain values "
-                              f"({refusal(exc)}): an older mirpipe's checkpoint or a tampered file; "
-                              "train again (`mirpipe verify --repair` marks a workdir's for it)") from None
+        raise CheckpointError(
+            f"{path}: cannot be loaded safely, it holds more than tensors and plain values "
+            f"({refusal(exc)}): an older mirpipe's checkpoint or a tampered file; "
+            "train again (`mirpipe verify --repair` marks a workdir's for it)"
+        ) from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch's zip reader and unpickler raise anything on a torn or foreign file

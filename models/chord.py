@@ -10,21 +10,33 @@ root/bass/pitches): losses must ignore them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mirpipe.annotations.namespaces import PITCH_NAMES, transpose_label
+from mirpipe.annotations.namespaces import PITCH_NAMES
 from mirpipe.annotations.transpose import transpose_labels
 
 from .task import TASKS, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
-
 QUALITIES = (
-    "maj", "min", "dim", "aug", "min6", "maj6", "min7",
-    "minmaj7", "maj7", "7", "dim7", "hdim7", "sus2", "sus4",
+    "maj",
+    "min",
+    "dim",
+    "aug",
+    "min6",
+    "maj6",
+    "min7",
+    "minmaj7",
+    "maj7",
+    "7",
+    "dim7",
+    "hdim7",
+    "sus2",
+    "sus4",
 )
 
 # Harte scale degrees of each quality, in the order of its tones.
@@ -167,6 +179,7 @@ def encode(jam, frame_times: np.ndarray) -> dict[str, np.ndarray]:
 
 # -- decoding ------------------------------------------------------------------
 
+
 def self_transition(tag_sequences, n_classes: int = N_TAGS, prior_weight: float = 10.0) -> np.ndarray:
     """Per-class probability of staying in a class from one frame to the next.
 
@@ -236,8 +249,18 @@ def decode(posteriors: np.ndarray, frame_times: np.ndarray, duration: float, p_s
 # -- scoring -------------------------------------------------------------------
 
 COMPARISONS = (
-    "root", "majmin", "majmin_inv", "mirex", "thirds", "thirds_inv",
-    "triads", "triads_inv", "sevenths", "sevenths_inv", "tetrads", "tetrads_inv",
+    "root",
+    "majmin",
+    "majmin_inv",
+    "mirex",
+    "thirds",
+    "thirds_inv",
+    "triads",
+    "triads_inv",
+    "sevenths",
+    "sevenths_inv",
+    "tetrads",
+    "tetrads_inv",
 )
 SEGMENTATION = ("seg", "overseg", "underseg")
 METRICS = COMPARISONS + SEGMENTATION
@@ -273,6 +296,7 @@ def score(ref, est) -> Scores:
 
 
 # -- the task ------------------------------------------------------------------
+
 
 class ChordModel(BaseModel):
     """CR1/CR2 of McFee & Bello (2017)."""
@@ -354,8 +378,7 @@ class ChordScorer(Scorer):
     def score(self, ref, est) -> Scores:
         return score(ref, est)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str, prediction: np.ndarray) -> None:
         from .figures import plot_segments
 
         plot_segments(path, features, frame_rate, [("reference", ref), ("estimate", est)], title, ylabel="CQT bin")

@@ -65,9 +65,7 @@ class ChordNet(nn.Module):
         tag_in = h
         if self.structured:
             out["root"], out["pitches"], out["bass"] = self.root(h), self.pitches(h), self.bass(h)
-            tag_in = torch.cat(
-                [h, out["root"].softmax(-1), out["pitches"].sigmoid(), out["bass"].softmax(-1)], dim=-1
-            )
+            tag_in = torch.cat([h, out["root"].softmax(-1), out["pitches"].sigmoid(), out["bass"].softmax(-1)], dim=-1)
         if self.decoder is not None:
             tag_in, _ = self.decoder(tag_in)
             tag_in = self.drop(tag_in)
@@ -90,9 +88,7 @@ def loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tu
         target = batch["targets/chord_pitches"]
         mask = target != IGNORE
         if mask.any():
-            parts["pitches"] = F.binary_cross_entropy_with_logits(
-                outputs["pitches"].float()[mask], target[mask].float()
-            )
+            parts["pitches"] = F.binary_cross_entropy_with_logits(outputs["pitches"].float()[mask], target[mask].float())
     total = sum(parts.values())
     assert isinstance(total, torch.Tensor)  # (parts holds the tag loss at least)
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from mirpipe.storage.atomic import atomic_path
 
 
@@ -35,8 +35,13 @@ def salience_axes(salience: np.ndarray, frame_rate: float, grid, title: str):
     plt = pyplot()
     duration = salience.shape[0] / frame_rate
     fig, ax = plt.subplots(figsize=(14, 5))
-    ax.imshow(np.asarray(salience, np.float32).T, origin="lower", aspect="auto", cmap="Greys",
-              extent=(0, duration, -0.5, salience.shape[1] - 0.5))
+    ax.imshow(
+        np.asarray(salience, np.float32).T,
+        origin="lower",
+        aspect="auto",
+        cmap="Greys",
+        extent=(0, duration, -0.5, salience.shape[1] - 0.5),
+    )
     ticks = np.arange(0, salience.shape[1] + 1, grid.bins_per_octave)
     ax.set_yticks(ticks, [f"C{1 + i}" for i in range(len(ticks))])
     ax.set_ylabel("f0 (salience bins)")
@@ -45,17 +50,20 @@ def salience_axes(salience: np.ndarray, frame_rate: float, grid, title: str):
     return fig, ax
 
 
-def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Sequence[tuple[str, Any]],
-                  title: str, ylabel: str = "bin") -> None:
+def plot_segments(
+    path: Path, features: np.ndarray, frame_rate: float, rows: Sequence[tuple[str, Any]], title: str, ylabel: str = "bin"
+) -> None:
     """``features`` (T, F) over time, then one strip per (name, JAMS annotation) with its labelled segments."""
     plt = pyplot()
 
     duration = features.shape[0] / frame_rate
-    fig, axes = plt.subplots(1 + len(rows), 1, figsize=(14, 4 + len(rows)), sharex=True,
-                             gridspec_kw={"height_ratios": [4] + [1] * len(rows)})
+    fig, axes = plt.subplots(
+        1 + len(rows), 1, figsize=(14, 4 + len(rows)), sharex=True, gridspec_kw={"height_ratios": [4] + [1] * len(rows)}
+    )
     ax = axes[0]
-    ax.imshow(features.T.astype(np.float32), origin="lower", aspect="auto",
-              extent=(0, duration, 0, features.shape[1]), cmap="magma")
+    ax.imshow(
+        features.T.astype(np.float32), origin="lower", aspect="auto", extent=(0, duration, 0, features.shape[1]), cmap="magma"
+    )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     for axis, (name, ann) in zip(axes[1:], rows):
@@ -69,8 +77,9 @@ def plot_segments(path: Path, features: np.ndarray, frame_rate: float, rows: Seq
     save_figure(fig, path)
 
 
-def plot_salience(path: Path, salience: np.ndarray, frame_rate: float, grid, contours: Sequence[tuple[str, object]],
-                  title: str) -> None:
+def plot_salience(
+    path: Path, salience: np.ndarray, frame_rate: float, grid, contours: Sequence[tuple[str, object]], title: str
+) -> None:
     """A (T, bins) salience map on its log-frequency grid with ``pitch_contour`` annotations over it
     (voiced frames only; one colour per annotation)."""
     from .salience import contour_arrays
@@ -103,8 +112,9 @@ def plot_robustness(path: Path, shifts: Sequence[int], table: dict[str, list[flo
     save_figure(fig, path)
 
 
-def plot_salience_points(path: Path, salience: np.ndarray, frame_rate: float, grid,
-                         rows: Sequence[tuple[str, tuple[np.ndarray, list]]], title: str) -> None:
+def plot_salience_points(
+    path: Path, salience: np.ndarray, frame_rate: float, grid, rows: Sequence[tuple[str, tuple[np.ndarray, list]]], title: str
+) -> None:
     """A (T, bins) salience map with multi-f0 frames over it: (name, (times, f0s per frame)) each,
     one colour per row (the multi-f0 counterpart of ``plot_salience``)."""
     fig, ax = salience_axes(salience, frame_rate, grid, title)

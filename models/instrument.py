@@ -29,8 +29,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,8 +48,11 @@ SLOTS = 8  # labels sounding at once that a frame can hold
 def tag_spans(jam_or_ann, duration: float | None = None) -> list[tuple[str, float, float]]:
     """(normalised label, start, end) of every tag; a tag without duration runs to ``duration``
     (or forever). Takes a JAMS (every ``tag_open`` annotation, converted) or one annotation."""
-    anns = (annotations(jam_or_ann, "tag_open")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
-            if hasattr(jam_or_ann, "annotations") else [jam_or_ann])
+    anns = (
+        annotations(jam_or_ann, "tag_open")  # type: ignore[operator]  # mypy takes the name for the __future__ feature
+        if hasattr(jam_or_ann, "annotations")
+        else [jam_or_ann]
+    )
     out = []
     for ann in anns:
         for obs in ann.data:
@@ -121,12 +125,15 @@ class InstrumentModel(BaseModel):
     harmonics: int = Field(6, ge=1, description="input channels: the HCQT view's harmonics (features.hcqt.harmonics)")
     patch_frames: int = Field(88, ge=8, description="frames of the patches predict cuts (~1 s at hop 256)")
     freq_pooling: Literal["flatten", "global"] = Field(
-        "flatten", description="flatten: keep frequency (register) under the heads; global: pool it like time")
+        "flatten", description="flatten: keep frequency (register) under the heads; global: pool it like time"
+    )
     eq_db: float = Field(0.0, ge=0.0, description="training augmentation: random EQ curves of about this many dB")
     contrast: float = Field(0.0, ge=0.0, lt=1.0, description="training augmentation: patch dB scaled by 1 +- this")
     stretch: float = Field(0.0, ge=0.0, lt=1.0, description="training augmentation: patches resampled in time by up to 1 +- this")
-    harmonic_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
-                                         description="the HCQT view's harmonics (where each channel reads the EQ curve)")
+    harmonic_ratios: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+        description="the HCQT view's harmonics (where each channel reads the EQ curve)",
+    )
 
 
 class InstrumentDecoding(BaseModel):
@@ -204,9 +211,21 @@ class InstrumentNetwork(Network):
     def build(self, n_bins: int, params: InstrumentModel):
         from .instrument_net import InstrumentNet
 
-        net = InstrumentNet(params.harmonics, n_bins, len(self._vocab().classes), list(params.channels), params.hidden,
-                            params.pool_frames, params.pool_bins, params.dropout, params.freq_pooling, params.eq_db,
-                            params.contrast, list(params.harmonic_ratios), stretch=params.stretch)
+        net = InstrumentNet(
+            params.harmonics,
+            n_bins,
+            len(self._vocab().classes),
+            list(params.channels),
+            params.hidden,
+            params.pool_frames,
+            params.pool_bins,
+            params.dropout,
+            params.freq_pooling,
+            params.eq_db,
+            params.contrast,
+            list(params.harmonic_ratios),
+            stretch=params.stretch,
+        )
         net.patch_frames = params.patch_frames
         return net
 
@@ -293,14 +312,21 @@ class InstrumentDecoder(Decoder):
                 j = i
                 while j + 1 < len(on) and on[j + 1] and t0[j + 1] <= t1[j]:
                     j += 1
-                ann.append(time=float(t0[i]), duration=float(max(t1[j] - t0[i], 0.0)), value=name,
-                           confidence=float(act[i : j + 1, k].mean()))
+                ann.append(
+                    time=float(t0[i]),
+                    duration=float(max(t1[j] - t0[i], 0.0)),
+                    value=name,
+                    confidence=float(act[i : j + 1, k].mean()),
+                )
                 i = j + 1
         ann.sandbox.update(
             clip={"label": vocab.classes[clip], "probabilities": {c: round(float(p), 4) for c, p in zip(vocab.classes, probs)}},
-            activity={"classes": vocab.classes, "aliases": vocab.aliases,
-                      "times": [[round(float(a), 3), round(float(b), 3)] for a, b in zip(t0, t1)],
-                      "probabilities": np.round(act, 4).tolist()},
+            activity={
+                "classes": vocab.classes,
+                "aliases": vocab.aliases,
+                "times": [[round(float(a), 3), round(float(b), 3)] for a, b in zip(t0, t1)],
+                "probabilities": np.round(act, 4).tolist(),
+            },
         )
         return ann
 
@@ -330,8 +356,12 @@ class InstrumentScorer(Scorer):
                 if n == c:
                     covered += np.clip(np.minimum(times[:, 1], b) - np.maximum(times[:, 0], a), 0, None)
             truth[:, k] = covered >= 0.5 * np.maximum(times[:, 1] - times[:, 0], 1e-9)
-        return {"kind": "mixture", "classes": vocab.classes, "ref": truth.tolist(),
-                "est": np.asarray(activity["probabilities"], float).reshape(len(times), -1).tolist()}
+        return {
+            "kind": "mixture",
+            "classes": vocab.classes,
+            "ref": truth.tolist(),
+            "est": np.asarray(activity["probabilities"], float).reshape(len(times), -1).tolist(),
+        }
 
     def score(self, ref, est) -> Scores:
         ev = self._compare(ref, est)
@@ -353,12 +383,18 @@ class InstrumentScorer(Scorer):
             out.update(clip_scores([e["ref"] for e in clips], [e["est"] for e in clips], clips[0]["classes"]))
             lo, hi = out["accuracy_ci95"]
             weakest = weakest_classes(out["per_class"])
-            out["notes"] = [f"{len(clips)} solo clips: accuracy {out['accuracy']:.3f}, 95% interval {lo:.2f}-{hi:.2f} "
-                            f"(Wilson); one clip moves it by {1 / len(clips):.3f}",
-                            *(["lowest recall: " + ", ".join(weakest)] if weakest else [])]
-            plot_confusion(figures / "confusion_matrix.png", out["confusion"]["classes"], np.asarray(out["confusion"]["matrix"]),
-                           f"instrument: {len(clips)} test clips, accuracy {out['accuracy']:.3f} "
-                           f"(95% {lo:.2f}-{hi:.2f}), macro-F1 {out['macro_f1']:.3f}")
+            out["notes"] = [
+                f"{len(clips)} solo clips: accuracy {out['accuracy']:.3f}, 95% interval {lo:.2f}-{hi:.2f} "
+                f"(Wilson); one clip moves it by {1 / len(clips):.3f}",
+                *(["lowest recall: " + ", ".join(weakest)] if weakest else []),
+            ]
+            plot_confusion(
+                figures / "confusion_matrix.png",
+                out["confusion"]["classes"],
+                np.asarray(out["confusion"]["matrix"]),
+                f"instrument: {len(clips)} test clips, accuracy {out['accuracy']:.3f} "
+                f"(95% {lo:.2f}-{hi:.2f}), macro-F1 {out['macro_f1']:.3f}",
+            )
         mixes = [e for e in evidence if e["kind"] == "mixture"]
         if mixes:
             classes = mixes[0]["classes"]
@@ -374,12 +410,17 @@ class InstrumentScorer(Scorer):
     def summary(self, scores: Mapping[str, Any]) -> str:
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.metrics if m in scores)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str, prediction: np.ndarray) -> None:
         from .figures import plot_segments
 
-        plot_segments(path, features[min(1, features.shape[0] - 1)], frame_rate, [("reference", ref), ("estimate", est)],
-                      title, ylabel="HCQT bin (h=1)")
+        plot_segments(
+            path,
+            features[min(1, features.shape[0] - 1)],
+            frame_rate,
+            [("reference", ref), ("estimate", est)],
+            title,
+            ylabel="HCQT bin (h=1)",
+        )
 
 
 @TASKS.register
@@ -420,8 +461,10 @@ def clip_scores(ref: Sequence[str], est: Sequence[str], classes: Sequence[str]) 
         "accuracy_ci95": list(wilson_interval(correct, len(ref))),
         "macro_f1": float(f1_score(ref, est, labels=labels, average="macro", zero_division=0)),
         "n_clips": len(ref),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, c in enumerate(labels)},
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(labels)
+        },
         "confusion": {"classes": labels, "matrix": confusion_matrix(ref, est, labels=labels).tolist()},
     }
 
@@ -455,8 +498,15 @@ def plot_confusion(path: Path, classes: Sequence[str], matrix: np.ndarray, title
     for i in range(n):
         for j in range(n):
             if matrix[i, j]:
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                        color="white" if matrix[i, j] > matrix.max() / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+                    fontsize=8,
+                )
     ax.set_xlabel("estimate")
     ax.set_ylabel("reference")
     ax.set_title(title, fontsize=9)

@@ -28,10 +28,24 @@ EQ_POINTS = 8  # control points of the random EQ curve over the semitone axis
 class InstrumentNet(nn.Module):
     offsets: torch.Tensor  # a buffer (register_buffer): declared for the type checker
     patch_frames: int  # set by the instrument task's build()
-    def __init__(self, in_channels: int, n_bins: int, n_classes: int, channels: list[int], hidden: int = 64,
-                 pool_frames: int = 2, pool_bins: int = 5, dropout: float = 0.3, freq_pooling: str = "flatten",
-                 eq_db: float = 0.0, contrast: float = 0.0, harmonics: list[float] | None = None,
-                 bins_per_octave: int = 60, stretch: float = 0.0):
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_bins: int,
+        n_classes: int,
+        channels: list[int],
+        hidden: int = 64,
+        pool_frames: int = 2,
+        pool_bins: int = 5,
+        dropout: float = 0.3,
+        freq_pooling: str = "flatten",
+        eq_db: float = 0.0,
+        contrast: float = 0.0,
+        harmonics: list[float] | None = None,
+        bins_per_octave: int = 60,
+        stretch: float = 0.0,
+    ):
         super().__init__()
         self.pool = nn.AvgPool2d((pool_frames, pool_bins), ceil_mode=True)
         self.freq_pooling, self.eq_db, self.contrast, self.stretch = freq_pooling, eq_db, contrast, stretch
@@ -50,8 +64,7 @@ class InstrumentNet(nn.Module):
         for _ in range(len(channels) - 1):
             bins = -(-bins // 2)
         width = 2 * c_in * (bins if freq_pooling == "flatten" else 1)
-        self.hidden = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
-                                    nn.Dropout(dropout))
+        self.hidden = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.clip = nn.Linear(hidden, n_classes)
         self.tags = nn.Linear(hidden, n_classes)
 

@@ -10,8 +10,9 @@ features; ids become class indices when a batch is cut (``Vocabulary.id_lookup``
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,10 +34,16 @@ class VocabularyParams(BaseModel):
     """How a task's labels become classes (``ingest.vocabularies.<task>`` in pipeline.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
-    aliases: dict[str, str] = Field(default_factory=dict, description="label -> the class it counts as "
-                                    "(e.g. {'violoncello': cello}); matched after normalising case and whitespace")
-    classes: list[str] | None = Field(None, description="a fixed class list; default: every label with a training "
-                                      "example. Each class needs a training example (else training stops with an error)")
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="label -> the class it counts as "
+        "(e.g. {'violoncello': cello}); matched after normalising case and whitespace",
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="a fixed class list; default: every label with a training "
+        "example. Each class needs a training example (else training stops with an error)",
+    )
 
     @model_validator(mode="after")
     def _normalise(self):
@@ -88,17 +95,23 @@ class Vocabulary:
             raise ValueError(f"{task}: the corpus has no labels to learn (no training track carries one)")
         missing = self.untrained()
         if missing:
-            raise ValueError(f"{task}: class(es) {missing} have no training example (a track of the train split "
-                             "carrying the label); add tracks, alias the label onto another class, or drop it from "
-                             f"ingest.vocabularies.{task}.classes")
+            raise ValueError(
+                f"{task}: class(es) {missing} have no training example (a track of the train split "
+                "carrying the label); add tracks, alias the label onto another class, or drop it from "
+                f"ingest.vocabularies.{task}.classes"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Vocabulary":
-        return cls(list(data["classes"]), dict(data.get("aliases", {})), {k: dict(v) for k, v in data.get("counts", {}).items()},
-                   {k: dict(v) for k, v in data.get("outside", {}).items()})
+    def from_json(cls, data: Mapping[str, Any]) -> Vocabulary:
+        return cls(
+            list(data["classes"]),
+            dict(data.get("aliases", {})),
+            {k: dict(v) for k, v in data.get("counts", {}).items()},
+            {k: dict(v) for k, v in data.get("outside", {}).items()},
+        )
 
 
 def training_identity(vocabulary: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -136,13 +149,17 @@ def build_vocabulary(tracks: Iterable[tuple[str, Sequence[str]]], params: Vocabu
 
 def notes(task: str, vocab: Vocabulary) -> list[str]:
     """Status lines: the classes with their counts per split, and the labels outside them."""
-    out = [f"{task} vocabulary: {len(vocab.classes)} classes (tracks train/val/test): "
-           + ", ".join(f"{c} {'/'.join(str(vocab.counts.get(c, {}).get(s, 0)) for s in SPLITS)}" for c in vocab.classes)]
+    out = [
+        f"{task} vocabulary: {len(vocab.classes)} classes (tracks train/val/test): "
+        + ", ".join(f"{c} {'/'.join(str(vocab.counts.get(c, {}).get(s, 0)) for s in SPLITS)}" for c in vocab.classes)
+    ]
     if vocab.aliases:
-        out.append(f"  aliases: " + ", ".join(f"{k} -> {v}" for k, v in sorted(vocab.aliases.items())))
+        out.append("  aliases: " + ", ".join(f"{k} -> {v}" for k, v in sorted(vocab.aliases.items())))
     for name, row in vocab.outside.items():
-        out.append(f"  WARNING {task}: label {name!r} is no class (tracks train/val/test "
-                   f"{'/'.join(str(row.get(s, 0)) for s in SPLITS)}): not learnt, not scored as a class")
+        out.append(
+            f"  WARNING {task}: label {name!r} is no class (tracks train/val/test "
+            f"{'/'.join(str(row.get(s, 0)) for s in SPLITS)}): not learnt, not scored as a class"
+        )
     for name in vocab.untrained():
         out.append(f"  WARNING {task}: class {name!r} has no training example: training {task} will stop with an error")
     return out

@@ -8,7 +8,7 @@ target is built from them when a batch is cut (``salience.multi_target``), as th
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -18,18 +18,44 @@ MAX_NOTES = 16  # slots per frame; the demo's mixtures sound at most 11 notes at
 REF_HOP = 0.01  # seconds: the reference's time base for scoring (MIREX multi-f0's 10 ms)
 TOLERANCE = 0.5  # semitones (mir_eval.multipitch's window)
 
-MULTIPITCH_METRICS = ("Precision", "Recall", "Accuracy", "Substitution Error", "Miss Error", "False Alarm Error",
-                      "Total Error", "Chroma Precision", "Chroma Recall", "Chroma Accuracy",
-                      "Chroma Substitution Error", "Chroma Miss Error", "Chroma False Alarm Error", "Chroma Total Error")
-SHORT = {"Precision": "P", "Recall": "R", "Accuracy": "Acc", "Substitution Error": "Esub", "Miss Error": "Emiss",
-         "False Alarm Error": "Efa", "Total Error": "Etot", "Chroma Precision": "P_chroma", "Chroma Recall": "R_chroma",
-         "Chroma Accuracy": "Acc_chroma", "Chroma Substitution Error": "Esub_chroma", "Chroma Miss Error": "Emiss_chroma",
-         "Chroma False Alarm Error": "Efa_chroma", "Chroma Total Error": "Etot_chroma"}
+MULTIPITCH_METRICS = (
+    "Precision",
+    "Recall",
+    "Accuracy",
+    "Substitution Error",
+    "Miss Error",
+    "False Alarm Error",
+    "Total Error",
+    "Chroma Precision",
+    "Chroma Recall",
+    "Chroma Accuracy",
+    "Chroma Substitution Error",
+    "Chroma Miss Error",
+    "Chroma False Alarm Error",
+    "Chroma Total Error",
+)
+SHORT = {
+    "Precision": "P",
+    "Recall": "R",
+    "Accuracy": "Acc",
+    "Substitution Error": "Esub",
+    "Miss Error": "Emiss",
+    "False Alarm Error": "Efa",
+    "Total Error": "Etot",
+    "Chroma Precision": "P_chroma",
+    "Chroma Recall": "R_chroma",
+    "Chroma Accuracy": "Acc_chroma",
+    "Chroma Substitution Error": "Esub_chroma",
+    "Chroma Miss Error": "Emiss_chroma",
+    "Chroma False Alarm Error": "Efa_chroma",
+    "Chroma Total Error": "Etot_chroma",
+}
 METRICS = tuple(SHORT[m] for m in MULTIPITCH_METRICS)
 
 
-def notes_per_frame(starts: np.ndarray, ends: np.ndarray, hz: np.ndarray, frame_times: np.ndarray,
-                    max_notes: int = MAX_NOTES) -> np.ndarray:
+def notes_per_frame(
+    starts: np.ndarray, ends: np.ndarray, hz: np.ndarray, frame_times: np.ndarray, max_notes: int = MAX_NOTES
+) -> np.ndarray:
     """(T, max_notes) float32: the f0 of every note sounding at each frame time (start <= t < end),
     lowest first, one slot per distinct f0 (a unison of two parts is one f0); 0 fills the rest.
     Notes beyond ``max_notes`` in a frame are dropped (the highest)."""
@@ -68,6 +94,7 @@ def multi_target(notes_hz: np.ndarray, grid: Grid = Grid(), sigma_bins: float = 
 
 
 # -- decoding -------------------------------------------------------------------------------
+
 
 def peaks(salience: np.ndarray, threshold: float, grid: Grid = Grid()) -> list[np.ndarray]:
     """Per frame of a (T, n_bins) map, the f0s (Hz, ascending) of its local maxima along frequency
@@ -118,7 +145,9 @@ def frames_of_estimate(ann) -> tuple[np.ndarray, list[np.ndarray]]:
     """(frame times, f0s per frame) of a ``multif0_annotation``: every frame of its grid, empty
     ones included (``mir_eval.multipitch`` resamples by nearest frame)."""
     data = ann.data
-    hop = float(getattr(ann.sandbox, "frame_hop", None) or min((obs.duration for obs in data if obs.duration > 0), default=REF_HOP))
+    hop = float(
+        getattr(ann.sandbox, "frame_hop", None) or min((obs.duration for obs in data if obs.duration > 0), default=REF_HOP)
+    )
     duration = float(ann.duration or max((obs.time + obs.duration for obs in data), default=0.0))
     times = np.arange(int(np.ceil(duration / hop - 1e-9))) * hop
     idx = np.array([int(round(obs.time / hop)) for obs in data], np.int64)
@@ -141,6 +170,7 @@ def frames_of_notes(ann, hop: float = REF_HOP) -> tuple[np.ndarray, list[np.ndar
 
 
 # -- the threshold --------------------------------------------------------------------------
+
 
 def frame_matches(salience: np.ndarray, notes_hz: np.ndarray, grid: Grid = Grid()) -> tuple[np.ndarray, np.ndarray, int]:
     """What the threshold sweep needs of one map and its reference (frames with notes < 0 skipped):
@@ -180,6 +210,7 @@ def tune_threshold(matches: Iterable[tuple[np.ndarray, np.ndarray, int]], thresh
 
 # -- scores ---------------------------------------------------------------------------------
 
+
 def multipitch_scores(ref_times, ref_freqs, est_times, est_freqs) -> dict[str, dict[str, float]]:
     """``mir_eval.multipitch.evaluate`` of one track (the estimate resampled to the reference's
     times), each score with the count that pools it exactly over tracks: estimated f0s
@@ -193,13 +224,22 @@ def multipitch_scores(ref_times, ref_freqs, est_times, est_freqs) -> dict[str, d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "resampling to a common time base", "all empty"
         scores = mir_eval.multipitch.evaluate(ref_times, list(ref_freqs), est_times, list(est_freqs))
-        resampled = mir_eval.multipitch.resample_multipitch(est_times, list(est_freqs), ref_times) \
-            if est_times.size != ref_times.size or not np.allclose(est_times, ref_times) else list(est_freqs)
+        resampled = (
+            mir_eval.multipitch.resample_multipitch(est_times, list(est_freqs), ref_times)
+            if est_times.size != ref_times.size or not np.allclose(est_times, ref_times)
+            else list(est_freqs)
+        )
     n_ref = float(sum(len(f) for f in ref_freqs))
     n_est = float(sum(len(f) for f in resampled))
     weights = {}
     for chroma in ("", "Chroma "):
         tp = round(scores[f"{chroma}Recall"] * n_ref)
-        weights.update({f"{chroma}Precision": n_est, f"{chroma}Recall": n_ref, f"{chroma}Accuracy": n_est + n_ref - tp,
-                        **{f"{chroma}{e} Error": n_ref for e in ("Substitution", "Miss", "False Alarm", "Total")}})
+        weights.update(
+            {
+                f"{chroma}Precision": n_est,
+                f"{chroma}Recall": n_ref,
+                f"{chroma}Accuracy": n_est + n_ref - tp,
+                **{f"{chroma}{e} Error": n_ref for e in ("Substitution", "Miss", "False Alarm", "Total")},
+            }
+        )
     return {SHORT[m]: {"score": float(scores[m]), "weight": float(weights[m])} for m in MULTIPITCH_METRICS}

@@ -19,17 +19,18 @@ Bittner et al. 2017), scored with ``mir_eval.multipitch``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mirpipe.annotations.transpose import scale_hz
+
 from . import multif0 as mf
 from . import salience as sal
 from .pitch import PitchModel, predict_salience, salience_net
-from mirpipe.annotations.transpose import scale_hz
-
 from .task import TASKS, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 NOTES = "targets/notes_hz"
@@ -155,8 +156,7 @@ class MultipitchScorer(Scorer):
     def summary(self, scores: Mapping[str, Any]) -> str:
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in ("Acc", "P", "R") if m in scores)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str, prediction: np.ndarray) -> None:
         from .figures import plot_salience_points
 
         rows = [("reference", mf.frames_of_notes(ref)), ("estimate", mf.frames_of_estimate(est))]

@@ -16,15 +16,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import salience as sal
 from mirpipe.annotations.transpose import scale_contour
 
+from . import salience as sal
 from .task import TASKS, Baseline, Decoder, Network, Scorer, Scores, Targets, Task, annotations
 
 F0 = "targets/f0_hz"
@@ -65,8 +66,11 @@ class PitchModel(BaseModel):
     paper's network (for a GPU) is ``channels: [128, 64, 64, 64], tall_channels: 8``."""
 
     model_config = ConfigDict(extra="forbid")
-    channels: list[int] = Field(default_factory=lambda: [16, 16, 8], min_length=1,
-                                description="filters of the small convs, in order (the first two 5x5, the rest 3x3)")
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 16, 8],
+        min_length=1,
+        description="filters of the small convs, in order (the first two 5x5, the rest 3x3)",
+    )
     tall_channels: int = Field(8, ge=1, description="filters of the tall conv")
     tall_bins: int = Field(70, ge=1, description="frequency bins the tall kernel spans (70 = 14 semitones)")
     tall_frames: int = Field(3, ge=1, description="frames the tall kernel spans (odd)")
@@ -80,8 +84,14 @@ def salience_net(task: str, grid: sal.Grid, n_bins: int, params: PitchModel):
 
     if n_bins != grid.n_bins:
         raise ValueError(f"the {task} model's output grid has {grid.n_bins} bins; the HCQT view has {n_bins}")
-    return SalienceNet(in_channels=params.harmonics, channels=list(params.channels), tall_channels=params.tall_channels,
-                       tall_bins=params.tall_bins, tall_frames=params.tall_frames, dropout=params.dropout)
+    return SalienceNet(
+        in_channels=params.harmonics,
+        channels=list(params.channels),
+        tall_channels=params.tall_channels,
+        tall_bins=params.tall_bins,
+        tall_frames=params.tall_frames,
+        dropout=params.dropout,
+    )
 
 
 def predict_salience(model, features: np.ndarray, device) -> np.ndarray:
@@ -102,9 +112,15 @@ def predict_salience(model, features: np.ndarray, device) -> np.ndarray:
 
 class PitchDecoding(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    threshold: float | None = Field(None, gt=0, lt=1, description="voicing threshold; null: the one tuned on the validation split")
-    viterbi: bool = Field(True, description="pitch from a Viterbi path through the salience (continuity prior) rather than each frame's argmax")
-    smoothing_cents: float = Field(40.0, gt=0, le=600, description="with viterbi: standard deviation of the pitch change between frames")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="voicing threshold; null: the one tuned on the validation split"
+    )
+    viterbi: bool = Field(
+        True, description="pitch from a Viterbi path through the salience (continuity prior) rather than each frame's argmax"
+    )
+    smoothing_cents: float = Field(
+        40.0, gt=0, le=600, description="with viterbi: standard deviation of the pitch change between frames"
+    )
 
 
 class PitchTargets(Targets):
@@ -207,12 +223,10 @@ class PitchScorer(Scorer):
         et, ef = sal.contour_arrays(est)
         return sal.melody_scores(rt, rf, et, ef)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str, prediction: np.ndarray) -> None:
         from .figures import plot_salience
 
-        plot_salience(path, prediction, frame_rate, self.grid,
-                      [("reference", ref), ("estimate", est)], title)
+        plot_salience(path, prediction, frame_rate, self.grid, [("reference", ref), ("estimate", est)], title)
 
 
 class Pyin(Baseline):
@@ -229,8 +243,16 @@ class Pyin(Baseline):
 
         sr, hop = 22050, 256
         y, _ = load_mono(audio_path, sr, channel=prep.channel)
-        f0, voiced, _ = librosa.pyin(y, fmin=float(librosa.note_to_hz("C2")), fmax=float(librosa.note_to_hz("C7")), sr=sr,
-                                     frame_length=2048, hop_length=hop, fill_na=None, resolution=0.2)
+        f0, voiced, _ = librosa.pyin(
+            y,
+            fmin=float(librosa.note_to_hz("C2")),
+            fmax=float(librosa.note_to_hz("C7")),
+            sr=sr,
+            frame_length=2048,
+            hop_length=hop,
+            fill_na=None,
+            resolution=0.2,
+        )
         times = librosa.times_like(f0, sr=sr, hop_length=hop)
         return sal.contour_annotation(times, np.nan_to_num(f0), voiced & np.isfinite(f0), duration)
 

@@ -22,8 +22,15 @@ OUT_BIAS = -4.5  # sigmoid(-4.5) ~ 0.011
 
 
 class SalienceNet(nn.Module):
-    def __init__(self, in_channels: int, channels: list[int], tall_channels: int = 8, tall_bins: int = 70,
-                 tall_frames: int = 3, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: list[int],
+        tall_channels: int = 8,
+        tall_bins: int = 70,
+        tall_frames: int = 3,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -32,8 +39,7 @@ class SalienceNet(nn.Module):
             layers += [nn.Conv2d(c_in, c, (k, k), padding=(k // 2, k // 2)), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
         # time x frequency: tall_frames x tall_bins
-        layers += [TallConv(c_in, tall_channels, tall_frames, tall_bins), nn.BatchNorm2d(tall_channels),
-                   nn.ReLU(inplace=True)]
+        layers += [TallConv(c_in, tall_channels, tall_frames, tall_bins), nn.BatchNorm2d(tall_channels), nn.ReLU(inplace=True)]
         if dropout:
             layers.append(nn.Dropout2d(dropout))
         self.body = nn.Sequential(*layers)
@@ -88,7 +94,7 @@ class TallConv(nn.Module):
         if x.device.type != "cpu":
             return nn.functional.conv2d(self._pad(x), self.weight, self.bias)
         B, C, T, F = x.shape
-        O, K, D = self.weight.shape[0], self.bins, self.frames
+        O, K, D = self.weight.shape[0], self.bins, self.frames  # noqa: E741 - O: output channels, as in the conv2d docs
         blk = min(self.block, F)
         n_blocks = -(-F // blk)
         xp = self._pad(x)

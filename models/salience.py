@@ -9,15 +9,20 @@ decoding and scoring run wherever evaluation does.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
 C1_HZ = 32.703195662574764
 MELODY_METRICS = ("Voicing Recall", "Voicing False Alarm", "Raw Pitch Accuracy", "Raw Chroma Accuracy", "Overall Accuracy")
-SHORT = {"Voicing Recall": "VR", "Voicing False Alarm": "VFA", "Raw Pitch Accuracy": "RPA",
-         "Raw Chroma Accuracy": "RCA", "Overall Accuracy": "OA"}
+SHORT = {
+    "Voicing Recall": "VR",
+    "Voicing False Alarm": "VFA",
+    "Raw Pitch Accuracy": "RPA",
+    "Raw Chroma Accuracy": "RCA",
+    "Overall Accuracy": "OA",
+}
 METRICS = tuple(SHORT[m] for m in MELODY_METRICS)
 
 
@@ -70,6 +75,7 @@ def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins:
 
 # -- decoding --------------------------------------------------------------------------------
 
+
 def refine(salience: np.ndarray, bins: np.ndarray, radius: int = 2) -> np.ndarray:
     """Fractional bin per frame: the salience-weighted mean of the bins within ``radius`` of ``bins``."""
     s = np.asarray(salience, dtype=np.float64)
@@ -115,8 +121,9 @@ def viterbi_bins(salience: np.ndarray, sigma_bins: float = 2.0, jump: float = 0.
     return librosa.sequence.viterbi(prob, _pitch_transitions(s.shape[1], float(sigma_bins), float(jump))).astype(np.int64)
 
 
-def decode_f0(salience: np.ndarray, threshold: float, grid: Grid = Grid(),
-              viterbi_sigma_bins: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_f0(
+    salience: np.ndarray, threshold: float, grid: Grid = Grid(), viterbi_sigma_bins: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(f0 in Hz, voiced) per frame: voiced where the frame's peak salience is >= threshold (the
     quantity the threshold was tuned on); the pitch is the refined peak, or with
     ``viterbi_sigma_bins`` the refined bin of the Viterbi path (``viterbi_bins``).
@@ -133,7 +140,7 @@ def contour_annotation(times: np.ndarray, hz: np.ndarray, voiced: np.ndarray, du
     import jams
 
     ann = jams.Annotation(namespace="pitch_contour", time=0, duration=duration)
-    for i, (t, f, v) in enumerate(zip(np.asarray(times, float), np.asarray(hz, float), np.asarray(voiced, bool))):
+    for t, f, v in zip(np.asarray(times, float), np.asarray(hz, float), np.asarray(voiced, bool)):
         if t >= duration:
             break
         ann.append(time=float(t), duration=0.0, value={"index": 0, "frequency": float(f), "voiced": bool(v)}, confidence=None)
@@ -153,6 +160,7 @@ def contour_arrays(ann) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- the voicing threshold -----------------------------------------------------------------
+
 
 def frame_outcomes(peak: np.ndarray, hz: np.ndarray, f0_ref: np.ndarray, tolerance_cents: float = 50.0):
     """Per frame (reference f0 >= 0 only): (peak salience, pitch correct, reference voiced)."""
@@ -177,8 +185,9 @@ def overall_accuracy_curve(peak: np.ndarray, correct: np.ndarray, voiced: np.nda
 THRESHOLDS = np.round(np.concatenate([np.arange(0.01, 0.1, 0.01), np.arange(0.1, 0.951, 0.025)]), 4)
 
 
-def tune_threshold(outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                   thresholds: np.ndarray = THRESHOLDS) -> tuple[float, float]:
+def tune_threshold(
+    outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], thresholds: np.ndarray = THRESHOLDS
+) -> tuple[float, float]:
     """(threshold, overall accuracy) that maximizes the frame overall accuracy pooled over
     ``outcomes`` (``frame_outcomes`` of each validation patch or track); ties take the lowest."""
     parts = list(outcomes)
@@ -191,6 +200,7 @@ def tune_threshold(outcomes: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 # -- scores --------------------------------------------------------------------------------
+
 
 def melody_scores(ref_times, ref_hz, est_times, est_hz) -> dict[str, dict[str, float]]:
     """``mir_eval.melody.evaluate`` of one track (its defaults: the estimate resampled to the

@@ -37,9 +37,11 @@ class TrainingSettings(BaseModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["plateau", "cosine"] = Field(
-        "plateau", description="plateau: ReduceLROnPlateau on the validation metric (lr_factor, lr_patience); "
+        "plateau",
+        description="plateau: ReduceLROnPlateau on the validation metric (lr_factor, lr_patience); "
         "cosine: from lr down to 0 over max_epochs x steps_per_epoch, stepped every step",
-        json_schema_extra=since("plateau"))
+        json_schema_extra=since("plateau"),
+    )
     lr_factor: float = Field(0.5, gt=0, lt=1)
     lr_patience: int = Field(2, ge=0)
     grad_clip: float = Field(5.0, gt=0)
@@ -47,10 +49,14 @@ class TrainingSettings(BaseModel):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N", json_schema_extra=NOT_FINGERPRINTED)
     amp: bool = Field(True, description="mixed precision on CUDA")
     seed: int = 0
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: in a Dask worker its own threads "
-                                "(its share of the cores), else all cores", json_schema_extra=NOT_FINGERPRINTED)
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads; default: in a Dask worker its own threads (its share of the cores), else all cores",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
 
-    def trainer_settings(self, **changes: Any) -> "TrainerSettings":
+    def trainer_settings(self, **changes: Any) -> TrainerSettings:
         """These settings as the trainer takes them (only ``TrainingSettings``' fields, so a subclass's
         other fields do not reach the checkpoint)."""
         return TrainerSettings(**{name: getattr(self, name) for name in TrainingSettings.model_fields}, **changes)

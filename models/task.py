@@ -38,8 +38,9 @@ to end.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -49,7 +50,7 @@ from mirpipe.annotations.transpose import UNCLAIMED, Transposer
 from mirpipe.errors import ConfigurationError
 from mirpipe.registry import Registry
 
-TASKS: Registry["Task"] = Registry(
+TASKS: Registry[Task] = Registry(
     "task",
     builtin=("mirpipe.models.chord", "mirpipe.models.pitch", "mirpipe.models.multipitch", "mirpipe.models.instrument"),
     entry_points="mirpipe.tasks",
@@ -96,13 +97,15 @@ def offered_namespaces(namespaces: Sequence[str]) -> list[str]:
     return sorted(offered)
 
 
-def per_task_params(value, kind: str, model_of: Callable[["Task"], type[BaseModel]]) -> dict[str, BaseModel]:
+def per_task_params(value, kind: str, model_of: Callable[[Task], type[BaseModel]]) -> dict[str, BaseModel]:
     """Validate ``{task: raw settings}`` with each task's own model (``model_of(task)``: its
     ``network.Params`` or ``decoder.DecodeParams``)."""
     if not isinstance(value, dict):
         raise ValueError(f"{kind} maps task names to their settings")
-    return {name: raw if isinstance(raw, BaseModel) else model_of(TASKS.get(name)).model_validate(raw or {})
-            for name, raw in value.items()}
+    return {
+        name: raw if isinstance(raw, BaseModel) else model_of(TASKS.get(name)).model_validate(raw or {})
+        for name, raw in value.items()
+    }
 
 
 def pool_weighted(per_track: Sequence[Scores], metrics: Sequence[str]) -> dict[str, float | None]:
@@ -201,8 +204,9 @@ class Decoder:
         """The network's output over a whole track (T, ...) as a numpy array."""
         raise NotImplementedError
 
-    def decode(self, prediction: np.ndarray, frame_times: np.ndarray, duration: float,
-               state: Mapping[str, Any], options: Any):  # Any: each task takes its own decode model
+    def decode(
+        self, prediction: np.ndarray, frame_times: np.ndarray, duration: float, state: Mapping[str, Any], options: Any
+    ):  # Any: each task takes its own decode model
         """A JAMS annotation of the task's namespace from a whole-track prediction."""
         raise NotImplementedError
 
@@ -247,8 +251,7 @@ class Scorer:
         """A few words on one track's scores (figure titles)."""
         return " ".join(f"{m} {scores[m]['score']:.2f}" for m in self.score_columns[:2] if m in scores)
 
-    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str,
-             prediction: np.ndarray) -> None:
+    def plot(self, path: Path, features: np.ndarray, frame_rate: float, ref, est, title: str, prediction: np.ndarray) -> None:
         """A figure of one scored track (written through the atomic helper); ``prediction`` is what
         ``Decoder.predict`` returned for it. The default draws nothing."""
 
@@ -261,7 +264,7 @@ class CorpusVocabulary:
         """The class labels a track carries (raw, as annotated)."""
         raise NotImplementedError
 
-    def bind(self, task: "Task", vocabulary: Mapping[str, Any] | None) -> "Task":
+    def bind(self, task: Task, vocabulary: Mapping[str, Any] | None) -> Task:
         """``task`` with the corpus vocabulary (``models.labels.Vocabulary`` as JSON)."""
         raise NotImplementedError
 
@@ -325,7 +328,7 @@ class Task:
     def version(self) -> str:
         return self.targets.version
 
-    def bind(self, vocabulary: Mapping[str, Any] | None) -> "Task":
+    def bind(self, vocabulary: Mapping[str, Any] | None) -> Task:
         """This task with the corpus vocabulary; a task without one (``vocabulary`` None) ignores it.
         Training binds the manifest's, evaluation the checkpoint's."""
         return self if self.vocabulary is None else self.vocabulary.bind(self, vocabulary)

@@ -25,16 +25,17 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO, cast
+from typing import Any, TextIO, cast
 
 import numpy as np
 import torch
+from mirpipe.storage.atomic import atomic_path
 
 from mirpipe.records import CheckpointMeta, TrainingProgress
-from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
 from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's
@@ -89,9 +90,11 @@ def rng_states() -> dict[str, Any]:
     """Every RNG state as tensors and plain values (the safe loader refuses numpy arrays)."""
     _, key, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple
     version, internal, gauss_next = random.getstate()
-    states = {"torch": torch.get_rng_state(),
-              "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-              "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -174,8 +177,16 @@ class TrainProgress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=start, desc=desc, unit="step", file=stream,
-                            dynamic_ncols=True, leave=True, smoothing=0.05)
+            self.bar = tqdm(
+                total=self.total,
+                initial=start,
+                desc=desc,
+                unit="step",
+                file=stream,
+                dynamic_ncols=True,
+                leave=True,
+                smoothing=0.05,
+            )
         elif self.mode == "lines":
             self._line(f"{desc} starting at step {start}/{self.total}")
 
@@ -238,7 +249,7 @@ class TrainProgress:
 
 def tb_run_name(run_key: str, now: datetime | None = None) -> str:
     """``<UTC timestamp>-<run_key[:8]>``, e.g. ``20240501T120304Z-3fa2c1d0``."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     key = re.sub(r"[^A-Za-z0-9_.-]", "_", run_key[:8])
     return f"{stamp}-{key}" if key else stamp
 
@@ -296,7 +307,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         if settings.lr_schedule == "cosine":
             self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=max(1, settings.max_epochs * settings.steps_per_epoch))
+                self.optimizer, T_max=max(1, settings.max_epochs * settings.steps_per_epoch)
+            )
         elif settings.lr_schedule == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="max", factor=settings.lr_factor, patience=settings.lr_patience
@@ -395,7 +407,10 @@ class Trainer:
             n_batches += 1
             a, b = self.task.trained.network.metric(outputs, batch)
             num, den = num + a, den + b
-        return {"val_loss": loss_sum / max(n_batches, 1), self.task.trained.network.metric_name: num / den if den else float("nan")}
+        return {
+            "val_loss": loss_sum / max(n_batches, 1),
+            self.task.trained.network.metric_name: num / den if den else float("nan"),
+        }
 
     def _start_run(self, resumed: bool) -> None:
         """Name a fresh run's TensorBoard folder; open the writer on this run's folder."""
@@ -443,7 +458,14 @@ class Trainer:
         else:
             st.bad_epochs += 1
         lr = self.optimizer.param_groups[0]["lr"]
-        row = {"epoch": st.epoch, "step": st.global_step, "train_loss": train_loss, **val, "lr": lr, "patches_per_s": patches_per_s}
+        row = {
+            "epoch": st.epoch,
+            "step": st.global_step,
+            "train_loss": train_loss,
+            **val,
+            "lr": lr,
+            "patches_per_s": patches_per_s,
+        }
         st.history.append(row)
         for k in ("val_loss", self.task.trained.network.metric_name):
             self._scalar(f"val/{k}", val[k])
@@ -475,15 +497,27 @@ class Trainer:
         def finite(x):
             return float(x) if x is not None and math.isfinite(x) else None
 
-        write_json(self.progress_path, TrainingProgress(
-            task=self.task.name, epoch=st.epoch, max_epochs=s.max_epochs, step=st.global_step,
-            total_steps=s.max_epochs * s.steps_per_epoch, train_loss=finite(row["train_loss"]),
-            val_loss=finite(row["val_loss"]), metric=self.task.trained.network.metric_name, value=finite(score),
-            best=finite(st.best_metric), best_step=st.best_step, lr=row["lr"],
-            patches_per_s=finite(row["patches_per_s"]), finished=st.finished,
-            tensorboard=str(self.tb_dir) if self.tb_dir else None,
-            updated=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        ).to_json())
+        write_json(
+            self.progress_path,
+            TrainingProgress(
+                task=self.task.name,
+                epoch=st.epoch,
+                max_epochs=s.max_epochs,
+                step=st.global_step,
+                total_steps=s.max_epochs * s.steps_per_epoch,
+                train_loss=finite(row["train_loss"]),
+                val_loss=finite(row["val_loss"]),
+                metric=self.task.trained.network.metric_name,
+                value=finite(score),
+                best=finite(st.best_metric),
+                best_step=st.best_step,
+                lr=row["lr"],
+                patches_per_s=finite(row["patches_per_s"]),
+                finished=st.finished,
+                tensorboard=str(self.tb_dir) if self.tb_dir else None,
+                updated=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ).to_json(),
+        )
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""
@@ -492,8 +526,14 @@ class Trainer:
         self._start_run(resumed)
         t_start = time.perf_counter()
         stream = self.progress_stream if self.progress_stream is not None else sys.stderr
-        self._progress = TrainProgress(self.progress, stream, f"train[{self.task.name}]", s.max_epochs * s.steps_per_epoch,
-                                       start=st.global_step, interval=self.progress_interval)
+        self._progress = TrainProgress(
+            self.progress,
+            stream,
+            f"train[{self.task.name}]",
+            s.max_epochs * s.steps_per_epoch,
+            start=st.global_step,
+            interval=self.progress_interval,
+        )
         try:
             while not st.finished and (stop_at_step is None or st.global_step < stop_at_step):
                 t0, patches = time.perf_counter(), 0

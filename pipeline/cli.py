@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -65,7 +66,9 @@ def _status_table(rows, echo=click.echo) -> None:
     class, message), then what each stage noted (ingest: the corpus scan and its warnings)."""
     echo(f"{'stage':>12} {'total':>6} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} {'quarantined':>12}")
     for r in rows:
-        echo(f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['running']:>8} {r['pending']:>8} {r['failed']:>7} {r['quarantined']:>12}")
+        echo(
+            f"{r['stage']:>12} {r['total']:>6} {r['done']:>6} {r['running']:>8} {r['pending']:>8} {r['failed']:>7} {r['quarantined']:>12}"
+        )
     for r in rows:
         for f in r["failures"]:
             label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
@@ -76,9 +79,14 @@ def _status_table(rows, echo=click.echo) -> None:
 
 
 def _table(reports, json_mode: bool) -> None:
-    _echo(f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'quarant.':>8} {'seconds':>8}", json_mode)
+    _echo(
+        f"{'stage':>12} {'total':>6} {'sched':>6} {'skip':>6} {'done':>6} {'failed':>6} {'quarant.':>8} {'seconds':>8}", json_mode
+    )
     for r in reports:
-        _echo(f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.quarantined:>8} {r.seconds:>8.1f}", json_mode)
+        _echo(
+            f"{r.stage:>12} {r.total:>6} {r.scheduled:>6} {r.skipped:>6} {r.done:>6} {r.failed:>6} {r.quarantined:>8} {r.seconds:>8.1f}",
+            json_mode,
+        )
     for r in reports:
         for f in r.failures:
             label = "QUARANTINED" if f.get("kind") == "quarantined" else "FAILED"
@@ -108,8 +116,9 @@ def _score_table(scores: dict[str, TaskScores], workdir: Path, json_mode: bool) 
         _echo("  " + pad + " ".join(f"{c:>8}" for c in s.columns), json_mode)
         for name, row in rows:
             head = f"{name:<{label}} " if label else ""
-            _echo("  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in s.columns),
-                  json_mode)
+            _echo(
+                "  " + head + " ".join(f"{row[c]:>8.3f}" if row.get(c) is not None else f"{'-':>8}" for c in s.columns), json_mode
+            )
         for note in s.notes:  # e.g. how far the test set's size lets a score be trusted
             _echo(f"  {note}", json_mode)
         _echo(f"  per track: {Workdir(workdir).scores_csv(task)}; figures: {Workdir(workdir).figures(task)}", json_mode)
@@ -140,8 +149,16 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
     _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
         status_rows = {r["stage"]: r for r in rows}
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "stages": {r.stage: r.summary() for r in reports}, "status": status_rows,
-                                "scores": {task: s.to_json() for task, s in scores.items()}}))
+        click.echo(
+            json.dumps(
+                {
+                    "workdir": str(workdir.resolve()),
+                    "stages": {r.stage: r.summary() for r in reports},
+                    "status": status_rows,
+                    "scores": {task: s.to_json() for task, s in scores.items()},
+                }
+            )
+        )
     return _exit_code(rows)
 
 
@@ -160,8 +177,9 @@ def _error_log(exc: BaseException, workdir: object) -> Path:
 
     from mirpipe import __version__
 
-    text = (f"mirpipe {__version__}: {' '.join(sys.argv)}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
-            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    text = f"mirpipe {__version__}: {' '.join(sys.argv)}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n" + "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)
+    )
     name = f"mirpipe-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mirpipe"
     folders = [Path(workdir) / "logs"] if isinstance(workdir, Path) and workdir.is_dir() else []
@@ -208,10 +226,14 @@ def _version() -> str:
     return __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
-    "Exit codes: 0 every item done; 1 some items failed or were quarantined; "
-    "2 bad configuration, busy workdir or unreadable workdir file; "
-    "3 an unexpected error (a bug: the message names the log file with the traceback)."))
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=(
+        "Exit codes: 0 every item done; 1 some items failed or were quarantined; "
+        "2 bad configuration, busy workdir or unreadable workdir file; "
+        "3 an unexpected error (a bug: the message names the log file with the traceback)."
+    ),
+)
 @click.version_option(_version(), prog_name="mirpipe")
 def main() -> None:
     """mirpipe: augment audio with its JAMS annotations, compute CQT features into a
@@ -249,8 +271,12 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
 
 
 @main.command()
-@click.option("--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml (default: the workdir's record)")
-@click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: the workdir's record)")
+@click.option(
+    "--config", type=click.Path(path_type=Path, exists=True), default=None, help="pipeline.yaml (default: the workdir's record)"
+)
+@click.option(
+    "--cluster", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: the workdir's record)"
+)
 @click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True)
 @click.option("--until", type=StageChoice(), default=None, help="run the stages up to and including this one")
 @click.option("--only", type=StageChoice(), default=None, help="run this stage alone (its upstream must be done)")
@@ -265,11 +291,15 @@ def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -
     from . import workdir as wd
 
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
-    sys.exit(_execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed))
+    sys.exit(
+        _execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed)
+    )
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True
+)
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
 def status(workdir: Path, json_mode: bool) -> None:
@@ -289,18 +319,25 @@ def status(workdir: Path, json_mode: bool) -> None:
     with stdout_to_stderr(json_mode):
         rows = Runner(workdir, pipeline, progress=False).status()
     if json_mode:
-        click.echo(json.dumps({"workdir": str(workdir.resolve()), "active_run": holder,
-                               "stages": {r["stage"]: r for r in rows}}, indent=1))
+        click.echo(
+            json.dumps(
+                {"workdir": str(workdir.resolve()), "active_run": holder, "stages": {r["stage"]: r for r in rows}}, indent=1
+            )
+        )
     else:
         if holder is not None:
-            click.echo(f"mirpipe: a run holds this workdir (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                       f"since {holder.get('since', '?')}); items it has started show as running")
+            click.echo(
+                f"mirpipe: a run holds this workdir (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                f"since {holder.get('since', '?')}); items it has started show as running"
+            )
         _status_table(rows)
     sys.exit(_exit_code(rows))
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True
+)
 @click.option("--repair", is_flag=True, help="return damaged items to pending, so the next run recomputes them")
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
@@ -323,9 +360,16 @@ def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
     else:
         for d in damaged:
             click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else ""))
-        click.echo(f"mirpipe: {len(damaged)} damaged item(s)" + (
-            f"; run `mirpipe run --workdir {workdir}` to recompute them" if damaged and repair else
-            "; `mirpipe verify --repair` makes them pending" if damaged else ""))
+        click.echo(
+            f"mirpipe: {len(damaged)} damaged item(s)"
+            + (
+                f"; run `mirpipe run --workdir {workdir}` to recompute them"
+                if damaged and repair
+                else "; `mirpipe verify --repair` makes them pending"
+                if damaged
+                else ""
+            )
+        )
     sys.exit(EXIT_OK if not damaged or repair else EXIT_FAILED_ITEMS)
 
 
@@ -341,7 +385,13 @@ def _cluster_cfg(cluster_file: Path | None, workdir: Path | None):
 
 
 @cluster.command("show")
-@click.option("--cluster", "cluster_file", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: ./cluster.yaml)")
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="cluster.yaml (default: ./cluster.yaml)",
+)
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster")
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
@@ -365,8 +415,16 @@ def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: boo
 
 
 @cluster.command("job-script")
-@click.option("--cluster", "cluster_file", type=click.Path(path_type=Path, exists=True), default=None, help="cluster.yaml (default: ./cluster.yaml)")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster (and its logs/jobs)")
+@click.option(
+    "--cluster",
+    "cluster_file",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="cluster.yaml (default: ./cluster.yaml)",
+)
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster (and its logs/jobs)"
+)
 @_guard
 def cluster_job_script(cluster_file: Path | None, workdir: Path | None) -> None:
     """Print the batch script dask-jobqueue would submit for one worker job."""
@@ -408,18 +466,27 @@ def _task_list(tasks: str | None) -> list[str] | None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", required=True, type=click.Path(path_type=Path, exists=True),
-              help="a model file (mirpipe export) or a trained workdir")
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="a model file (mirpipe export) or a trained workdir",
+)
 @click.option("--tasks", default=None, help="comma-separated tasks to predict (default: every task of the model)")
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="folder of the JAMS outputs")
-@click.option("--cluster", type=click.Path(path_type=Path, exists=True), default=None,
-              help="cluster.yaml (default: the workdir's record, else ./cluster.yaml, else a LocalCluster)")
+@click.option(
+    "--cluster",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="cluster.yaml (default: the workdir's record, else ./cluster.yaml, else a LocalCluster)",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
 @click.option("--force", is_flag=True, help="predict again even where an output for this model and input exists")
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout (per file: output and summary)")
 @_guard
-def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | None, device: str, force: bool,
-            json_mode: bool) -> None:
+def predict(
+    inputs, model: Path, tasks: str | None, out: Path, cluster: Path | None, device: str, force: bool, json_mode: bool
+) -> None:
     """Apply a trained model to recordings: one JAMS per input (AUDIO files or folders of them, searched
     recursively) in --out, one annotation per task, decoded as evaluate decodes. One Dask task per file on
     the configured cluster; an output already written for the same input and model is skipped.
@@ -435,15 +502,19 @@ def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | N
     for name in wanted or ():
         TASKS.check(name)
     with stdout_to_stderr(json_mode):
-        bundle_path, bundle = resolve_model(model, out, wanted if model.is_dir() else None,
-                                            warn=lambda m: click.echo(f"mirpipe: warning: {m}", err=True))
+        bundle_path, bundle = resolve_model(
+            model, out, wanted if model.is_dir() else None, warn=lambda m: click.echo(f"mirpipe: warning: {m}", err=True)
+        )
         missing = [t for t in wanted or () if t not in bundle.tasks]
         if missing:
             raise ConfigurationError(f"{model}: the model has no {', '.join(missing)} (it holds {', '.join(bundle.tasks)})")
         chosen = wanted or list(bundle.tasks)
         cluster_cfg = wd.resolve(model if model.is_dir() else out, None, cluster)[1]
-        _echo(f"mirpipe: model {bundle.name} ({bundle.identity}; tasks {', '.join(chosen)}; "
-              f"training fingerprint {bundle.fingerprint})", json_mode)
+        _echo(
+            f"mirpipe: model {bundle.name} ({bundle.identity}; tasks {', '.join(chosen)}; "
+            f"training fingerprint {bundle.fingerprint})",
+            json_mode,
+        )
 
         def show(r) -> None:
             if r["status"] == "failed":
@@ -453,14 +524,25 @@ def predict(inputs, model: Path, tasks: str | None, out: Path, cluster: Path | N
 
         with open_executor(cluster_cfg, out / ADMIN) as executor:  # batch job logs, TLS files: <out>/.mirpipe
             _echo(f"mirpipe: cluster {executor.description}", json_mode)
-            report = run_predict(inputs, bundle_path, bundle, out, chosen, executor, device=device, force=force,
-                                 progress=show)
+            report = run_predict(inputs, bundle_path, bundle, out, chosen, executor, device=device, force=force, progress=show)
     counts = report.counts()
     _echo("mirpipe: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f"; outputs in {out}", json_mode)
     if json_mode:
-        click.echo(json.dumps({"model": {"name": bundle.name, "identity": bundle.identity, "tasks": chosen,
-                                         "training_fingerprint": bundle.fingerprint},
-                               "out": str(out), "counts": counts, "files": report.results}))
+        click.echo(
+            json.dumps(
+                {
+                    "model": {
+                        "name": bundle.name,
+                        "identity": bundle.identity,
+                        "tasks": chosen,
+                        "training_fingerprint": bundle.fingerprint,
+                    },
+                    "out": str(out),
+                    "counts": counts,
+                    "files": report.results,
+                }
+            )
+        )
     sys.exit(EXIT_FAILED_ITEMS if report.failed else EXIT_OK)
 
 
@@ -482,13 +564,22 @@ def export(workdir: Path, out: Path, tasks: str | None, json_mode: bool) -> None
         raise ConfigurationError(f"--out {out}: a model file is named NAME{SUFFIX}")
     with stdout_to_stderr(json_mode):
         bundle = export_bundle(workdir, out, _task_list(tasks))
-    info: dict[str, Any] = {"out": str(out), "name": bundle.name, "identity": bundle.identity, "tasks": sorted(bundle.tasks),
-            "training_fingerprint": bundle.fingerprint, "bytes": out.stat().st_size, "versions": bundle.versions}
+    info: dict[str, Any] = {
+        "out": str(out),
+        "name": bundle.name,
+        "identity": bundle.identity,
+        "tasks": sorted(bundle.tasks),
+        "training_fingerprint": bundle.fingerprint,
+        "bytes": out.stat().st_size,
+        "versions": bundle.versions,
+    }
     if json_mode:
         click.echo(json.dumps(info))
     else:
-        click.echo(f"mirpipe: exported {', '.join(info['tasks'])} to {out} ({info['bytes'] / 1e6:.1f} MB; "
-                   f"identity {bundle.identity}; training fingerprint {bundle.fingerprint})")
+        click.echo(
+            f"mirpipe: exported {', '.join(info['tasks'])} to {out} ({info['bytes'] / 1e6:.1f} MB; "
+            f"identity {bundle.identity}; training fingerprint {bundle.fingerprint})"
+        )
 
 
 # -- import: datasets researchers already have (mirpipe.importers) ---------------------------------
@@ -502,16 +593,16 @@ def import_group() -> None:
 
 
 def _run_import(name: str, root: Path, out: Path, json_mode: bool, checksums: bool = False, **options) -> None:
-    from tqdm import tqdm
-
     from mirpipe.importers import IMPORTERS
     from mirpipe.importers.write import import_listing
+    from tqdm import tqdm
 
     importer = IMPORTERS.get(name)
     with stdout_to_stderr(json_mode):
         listing = importer.list_tracks(root, **options)
-        with tqdm(total=len(listing.tracks), desc="import", unit="track", file=sys.stderr,
-                  disable=not sys.stderr.isatty()) as bar:
+        with tqdm(
+            total=len(listing.tracks), desc="import", unit="track", file=sys.stderr, disable=not sys.stderr.isatty()
+        ) as bar:
             report = import_listing(listing, out, name, checksums=checksums, progress=bar.update)
     for line in report.lines():
         _echo(line, json_mode)
@@ -522,17 +613,26 @@ def _run_import(name: str, root: Path, out: Path, json_mode: bool, checksums: bo
 
 @import_group.command("mirdata")
 @click.argument("name")
-@click.option("--data-home", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="the dataset's folder, in its mirdata loader's layout")
+@click.option(
+    "--data-home",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="the dataset's folder, in its mirdata loader's layout",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="the corpus folder to write (links + JAMS)")
-@click.option("--index", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="a mirdata index JSON (default: mirdata's own if fetched, else one in --data-home, else built from the files)")
+@click.option(
+    "--index",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="a mirdata index JSON (default: mirdata's own if fetched, else one in --data-home, else built from the files)",
+)
 @click.option("--dataset-version", default="default", show_default=True, help="the mirdata index version")
 @click.option("--checksums", is_flag=True, help="compare every file's md5 with the index (slow: reads all the audio)")
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard
-def import_mirdata(name: str, data_home: Path, out: Path, index: Path | None, dataset_version: str, checksums: bool,
-                   json_mode: bool) -> None:
+def import_mirdata(
+    name: str, data_home: Path, out: Path, index: Path | None, dataset_version: str, checksums: bool, json_mode: bool
+) -> None:
     """Import the mirdata dataset NAME found under --data-home (nothing is downloaded).
     NAME: see `mirpipe import list`."""
     from mirpipe.importers import IMPORTERS

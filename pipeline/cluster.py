@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from mirpipe.errors import ConfigurationError
 
@@ -205,7 +206,9 @@ def job_script(cfg: JobqueueCluster, workdir: Path | None = None) -> str:
 
     job_cls = _job_class(cfg)
     kwargs = jobqueue_kwargs(cfg, workdir)
-    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(inspect.signature(job_cls.__mro__[1].__init__).parameters)
+    accepted = set(inspect.signature(job_cls.__init__).parameters) | set(
+        inspect.signature(job_cls.__mro__[1].__init__).parameters
+    )
     tls_dir = kwargs.get("shared_temp_directory") or cfg.setting("shared_temp_directory")
     job_kwargs = {k: v for k, v in kwargs.items() if k in accepted and k not in ("scheduler", "name")}
     protocol = "tls" if cfg.tls else "tcp"
@@ -322,7 +325,9 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
         try:
             jobs = f"{cfg.jobs} jobs" if cfg.jobs else f"adaptive {cfg.minimum}..{cfg.maximum} jobs"
             tls = "TLS" if cfg.tls else "no TLS"
-            yield DaskExecutor(client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.setting('cores')} cores, {tls}", cfg)
+            yield DaskExecutor(
+                client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.setting('cores')} cores, {tls}", cfg
+            )
         finally:
             adaptive = getattr(cluster, "_adaptive", None)
             if adaptive is not None:  # else it may submit a replacement job while the cluster closes

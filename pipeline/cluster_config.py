@@ -13,10 +13,9 @@ each scheduler (SLURM ``-t``, PBS ``walltime=``, SGE ``h_rt=``, LSF ``-W [hours:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 
 StageResources = dict[str, dict[str, float]]
 
@@ -94,7 +93,7 @@ def jobqueue_config(scheduler: str, key: str, default: Any = None) -> Any:
     import dask
 
     try:  # importing dask_jobqueue registers its defaults (jobqueue.yaml) in dask.config
-        import dask_jobqueue  # noqa: F401
+        import dask_jobqueue  # noqa: F401 - only whether it imports matters here
     except ImportError:
         pass
     return dask.config.get(f"jobqueue.{scheduler}.{key}", default)
@@ -174,7 +173,9 @@ class LocalClusterConfig(_ClusterBase):
         description="TLS with temporary credentials between scheduler, workers and this client; on a machine "
         "shared with other users, 127.0.0.1 is reachable by all of them: set true there",
     )
-    worker_resources: dict[str, float] = Field(default_factory=dict, description="resources every worker advertises, e.g. {GPU: 1}")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="resources every worker advertises, e.g. {GPU: 1}"
+    )
 
     @field_validator("memory_limit")
     @classmethod
@@ -191,8 +192,18 @@ class AddressCluster(_ClusterBase):
 
 # keys mirpipe passes to dask-jobqueue only when cluster.yaml sets them (else jobqueue.<type>.* applies)
 PASSED_WHEN_SET = (
-    "cores", "memory", "processes", "walltime", "queue", "account", "job_extra_directives",
-    "job_script_prologue", "local_directory", "log_directory", "python", "shared_temp_directory",
+    "cores",
+    "memory",
+    "processes",
+    "walltime",
+    "queue",
+    "account",
+    "job_extra_directives",
+    "job_script_prologue",
+    "local_directory",
+    "log_directory",
+    "python",
+    "shared_temp_directory",
 )
 # dask-jobqueue keywords mirpipe itself controls: not allowed under extra
 _RESERVED_EXTRA = {"security", "protocol", "dashboard_address", "host", "n_workers", "job_cls", "scheduler", "name"}
@@ -215,16 +226,22 @@ class JobqueueCluster(_ClusterBase):
     account: str | None = None
     job_extra_directives: list[str] | None = Field(None, description="more #SBATCH/#PBS/#$/#BSUB lines")
     local_directory: str | None = None
-    log_directory: str | None = Field(None, description="job logs; default: jobqueue.<type>.log-directory, else <workdir>/logs/jobs")
+    log_directory: str | None = Field(
+        None, description="job logs; default: jobqueue.<type>.log-directory, else <workdir>/logs/jobs"
+    )
     jobs: int | None = Field(None, ge=1, description="fixed number of jobs; or adapt between minimum and maximum")
     minimum: int = Field(0, ge=0)
     maximum: int = Field(4, ge=1)
-    python: str | None = Field(None, description="python of the worker jobs (default: jobqueue.<type>.python, else this interpreter)")
+    python: str | None = Field(
+        None, description="python of the worker jobs (default: jobqueue.<type>.python, else this interpreter)"
+    )
     worker_extra_args: list[str] | None = Field(
         None, description="more dask worker arguments (default: jobqueue.<type>.worker-extra-args); mirpipe adds --lifetime etc."
     )
     job_script_prologue: list[str] | None = Field(None, description="shell lines before the worker starts")
-    worker_resources: dict[str, float] = Field(default_factory=dict, description="resources each worker advertises, e.g. {GPU: 1}")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="resources each worker advertises, e.g. {GPU: 1}"
+    )
     lifetime: str | None = Field(None, description="worker --lifetime; default: walltime minus 10% (at least 1 min)")
     lifetime_stagger: str | None = Field(None, description="worker --lifetime-stagger; default: 5% of walltime, at most 5 min")
     lifetime_restart: bool = Field(
@@ -300,7 +317,9 @@ class JobqueueCluster(_ClusterBase):
         wall = self.walltime_seconds()
         life, stagger = self.lifetime_seconds()
         if wall is not None and life is not None and life + stagger >= wall:
-            raise ValueError(f"lifetime {life:.0f}s + stagger {stagger:.0f}s must end before walltime {self.setting('walltime')} ({wall:.0f}s)")
+            raise ValueError(
+                f"lifetime {life:.0f}s + stagger {stagger:.0f}s must end before walltime {self.setting('walltime')} ({wall:.0f}s)"
+            )
         return self
 
     def is_set(self, key: str) -> bool:
@@ -322,7 +341,9 @@ class JobqueueCluster(_ClusterBase):
         try:
             return parse_walltime(site, self.type)
         except ValueError as exc:
-            raise ValueError(f"walltime: the dask config's jobqueue.{self.type}.walltime: {exc}; set walltime in cluster.yaml") from None
+            raise ValueError(
+                f"walltime: the dask config's jobqueue.{self.type}.walltime: {exc}; set walltime in cluster.yaml"
+            ) from None
 
     def lifetime_seconds(self) -> tuple[float | None, float | None]:
         """(lifetime, stagger) in seconds, derived from the walltime unless set; (None, None) when neither
@@ -391,7 +412,7 @@ def _seconds(v: str) -> float:
             parts = text.split(":")
             if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
                 raise ValueError
-            return float(sum(int(p) * 60 ** i for i, p in enumerate(reversed(parts))))
+            return float(sum(int(p) * 60**i for i, p in enumerate(reversed(parts))))
         if _COMPOUND_DURATION.fullmatch(text.replace(" ", "")):  # '3h30m', which dask does not read
             return float(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
         return float(dask.utils.parse_timedelta(text, default="seconds"))
@@ -415,8 +436,8 @@ def jobqueue_keywords() -> set[str] | None:
     import inspect
 
     try:
-        from dask_jobqueue.core import Job, JobQueueCluster
         from dask_jobqueue import lsf, pbs, sge, slurm
+        from dask_jobqueue.core import Job, JobQueueCluster
     except ImportError:  # without the hpc extra the keys cannot be checked here; the cluster start will
         return None
     names: set[str] = set()
@@ -425,5 +446,5 @@ def jobqueue_keywords() -> set[str] | None:
     return names - {"scheduler", "name", "config_name", "base_class_kwargs", "job_kwargs", "job_cls"}
 
 
-ClusterConfig = Annotated[Union[SyncCluster, LocalClusterConfig, AddressCluster, JobqueueCluster], Field(discriminator="type")]
+ClusterConfig = Annotated[SyncCluster | LocalClusterConfig | AddressCluster | JobqueueCluster, Field(discriminator="type")]
 """Executors: where work items run. ``sync`` runs them in-process; the others on Dask."""

@@ -9,7 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from mirpipe.stages import STAGES, run_order
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from mirpipe.errors import ConfigurationError
+from mirpipe.registry import import_plugins
 
 from .cluster_config import (  # noqa: F401 - re-exported
     AddressCluster,
@@ -19,10 +23,6 @@ from .cluster_config import (  # noqa: F401 - re-exported
     SyncCluster,
     parse_walltime,
 )
-
-from mirpipe.errors import ConfigurationError
-from mirpipe.registry import import_plugins
-from mirpipe.stages import STAGES, run_order
 
 
 class RunParams(BaseModel):
@@ -50,7 +50,6 @@ class PipelineBase(BaseModel):
     def stage_order(self) -> list[str]:
         """The stages this configuration runs, in DAG order."""
         return run_order(set(self.stage_params()) & set(STAGES.names()))
-
 
 
 _MODELS: dict[tuple, type[PipelineBase]] = {}

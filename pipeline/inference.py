@@ -14,22 +14,22 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from mirpipe.models.bundle import ModelBundle, TaskModel, build_network, current_versions, load_bundle
 from mirpipe.models.task import TASKS
-from mirpipe.records import CheckpointMeta
+from mirpipe.stages.features import FeaturesParams, compute_features
+from mirpipe.stages.ingest import decode_checked, file_sha256
 from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from mirpipe.audio.io import to_mono
+from mirpipe.records import CheckpointMeta
 from mirpipe.stage import StageContext
-from mirpipe.stages.features import FeaturesParams, compute_features
-from mirpipe.stages.ingest import decode_checked, file_sha256
 
 
 def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, name: str = "") -> ModelBundle:
@@ -54,12 +54,22 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
         ckpt = load_checkpoint(path)  # never unpickles code: CheckpointError (a ValueError) naming the file
         meta, st = CheckpointMeta.from_json(ckpt["meta"]), ckpt.get("state", {})
         models[task_name] = TaskModel(
-            name=task_name, task_version=str(task.version), feature=task.feature, params=meta.model,
-            n_bins=int(meta.n_bins), state=json.loads(json.dumps(meta.state)),
+            name=task_name,
+            task_version=str(task.version),
+            feature=task.feature,
+            params=meta.model,
+            n_bins=int(meta.n_bins),
+            state=json.loads(json.dumps(meta.state)),
             decoding=ev.decode_params(task_name).model_dump(mode="json"),
-            training={"fingerprint": st.get("run_key", ""), "checkpoint": ev.checkpoint, "steps": st.get("global_step"),
-                      "best_metric": st.get("best_metric"), "metric": task.trained.network.metric_name,
-                      "train_entries": meta.train_entries, "val_entries": meta.val_entries},
+            training={
+                "fingerprint": st.get("run_key", ""),
+                "checkpoint": ev.checkpoint,
+                "steps": st.get("global_step"),
+                "best_metric": st.get("best_metric"),
+                "metric": task.trained.network.metric_name,
+                "train_entries": meta.train_entries,
+                "val_entries": meta.val_entries,
+            },
             vocabulary=meta.vocabulary,
             weights={k: v.detach().cpu() for k, v in ckpt["model"].items()},
         )
@@ -75,12 +85,18 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
     features = {
         "sr": fp.sr,
         "margin": ctx.params["augment"].margin(),
-        "kinds": {k: {"version": str(FEATURE_KINDS.get(k).version), "params": fp.kind_params(k).model_dump(mode="json")}
-                  for k in kinds},
+        "kinds": {
+            k: {"version": str(FEATURE_KINDS.get(k).version), "params": fp.kind_params(k).model_dump(mode="json")} for k in kinds
+        },
         "geometry": json.loads(json.dumps(geometry)),
     }
-    bundle = ModelBundle(features=features, tasks=models, versions=current_versions(),
-                         source=str(Path(ctx.workdir).resolve()), name=name or Path(ctx.workdir).resolve().name)
+    bundle = ModelBundle(
+        features=features,
+        tasks=models,
+        versions=current_versions(),
+        source=str(Path(ctx.workdir).resolve()),
+        name=name or Path(ctx.workdir).resolve().name,
+    )
     bundle.identity = bundle.compute_identity()
     return bundle
 
@@ -109,8 +125,9 @@ def features_of(audio: str | Path, bundle: ModelBundle, kinds: Sequence[str]):
     margin and settings the network was trained with (checked against the training store's geometry)."""
     channels, file_sr, _ = decode_checked(Path(audio))
     duration = channels.shape[1] / file_sr
-    fp = FeaturesParams.model_validate({"sr": bundle.features["sr"],
-                                        **{k: v["params"] for k, v in bundle.features["kinds"].items()}})
+    fp = FeaturesParams.model_validate(
+        {"sr": bundle.features["sr"], **{k: v["params"] for k, v in bundle.features["kinds"].items()}}
+    )
     y, _ = to_mono(channels, file_sr, fp.sr)
     arrays, geometry = compute_features([y], fp, list(kinds), int(bundle.features["margin"]))
     for k in kinds:
@@ -120,25 +137,29 @@ def features_of(audio: str | Path, bundle: ModelBundle, kinds: Sequence[str]):
     return arrays, geometry, duration
 
 
-def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str], device: str = "auto",
-                 key: str = "") -> dict[str, Any]:
+def predict_file(
+    audio: str, output: str, bundle_path: str, tasks: Sequence[str], device: str = "auto", key: str = ""
+) -> dict[str, Any]:
     """Predict every task of ``tasks`` on one recording and write ``output`` (a JAMS).
 
     Returns ``{"input", "output", "summary", "duration"}``; bad audio raises the classified
     ``InputError`` naming the file."""
     import jams
     import librosa
+    from mirpipe.models.trainer import resolve_device
 
     from mirpipe import __version__
-    from mirpipe.models.trainer import resolve_device
 
     mtime = os.stat(bundle_path).st_mtime_ns
     bundle = _bundle(bundle_path, mtime)
     dev = resolve_device(device)
     arrays, geometry, duration = features_of(audio, bundle, sorted({bundle.tasks[t].feature for t in tasks}))
     digest = file_sha256(audio)
-    jam = jams.JAMS(file_metadata=jams.FileMetadata(title=Path(audio).stem, duration=duration,
-                                                    identifiers={"sha256": digest, "filename": Path(audio).name}))
+    jam = jams.JAMS(
+        file_metadata=jams.FileMetadata(
+            title=Path(audio).stem, duration=duration, identifiers={"sha256": digest, "filename": Path(audio).name}
+        )
+    )
     summary = []
     for name in tasks:
         m = bundle.tasks[name]
@@ -151,17 +172,28 @@ def predict_file(audio: str, output: str, bundle_path: str, tasks: Sequence[str]
         options = task.trained.decoder.DecodeParams.model_validate(m.decoding)
         est = task.trained.decoder.decode(prediction, frame_times, duration, m.state, options)
         meta = est.annotation_metadata
-        meta.annotator = {"name": "mirpipe", "model": bundle.name, "model_identity": bundle.identity,
-                          "training_fingerprint": m.training.get("fingerprint", ""), "task": name,
-                          "checkpoint": m.training.get("checkpoint", ""), "network": json.dumps(m.params, sort_keys=True)}
+        meta.annotator = {
+            "name": "mirpipe",
+            "model": bundle.name,
+            "model_identity": bundle.identity,
+            "training_fingerprint": m.training.get("fingerprint", ""),
+            "task": name,
+            "checkpoint": m.training.get("checkpoint", ""),
+            "network": json.dumps(m.params, sort_keys=True),
+        }
         meta.version = __version__
         meta.annotation_tools = f"mirpipe {__version__} predict (model {bundle.name}, {bundle.identity})"
         meta.data_source = f"model trained on data with fingerprint {m.training.get('fingerprint', '')}"
         meta.corpus = bundle.name
         jam.annotations.append(est)
         summary.append(f"{name}: {task.trained.decoder.describe(est)}")
-    jam.sandbox.mirpipe = {"model": bundle.name, "model_identity": bundle.identity, "input": str(audio), "key": key,
-                           "tasks": list(tasks)}
+    jam.sandbox.mirpipe = {
+        "model": bundle.name,
+        "model_identity": bundle.identity,
+        "input": str(audio),
+        "key": key,
+        "tasks": list(tasks),
+    }
     with atomic_path(Path(output)) as tmp:
         jam.save(str(tmp), strict=True)
     return {"input": str(audio), "output": str(output), "summary": "; ".join(summary), "duration": duration}

@@ -18,9 +18,10 @@ workers by value (cloudpickle), as with any Dask client.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .cluster_config import ClusterConfig, SyncCluster
 
@@ -40,8 +41,14 @@ def _config(config: str | Path | Mapping[str, Any] | ClusterConfig | None) -> Cl
 
 
 @contextmanager
-def cluster(config: str | Path | Mapping[str, Any] | ClusterConfig | None = None, *, workdir: str | Path | None = None,
-            wait_for_workers: float = 600.0, quiet: bool = False, **joblib_options: Any) -> Iterator[Any]:
+def cluster(
+    config: str | Path | Mapping[str, Any] | ClusterConfig | None = None,
+    *,
+    workdir: str | Path | None = None,
+    wait_for_workers: float = 600.0,
+    quiet: bool = False,
+    **joblib_options: Any,
+) -> Iterator[Any]:
     """Open the cluster that ``config`` describes and make it joblib's default backend inside the block.
 
     Yields the ``distributed.Client`` (None for ``type: sync``). ``workdir``: where batch job logs
@@ -65,6 +72,5 @@ def cluster(config: str | Path | Mapping[str, Any] | ClusterConfig | None = None
             return
         assert isinstance(executor, DaskExecutor)  # (only type: sync opens a SyncExecutor)
         client = executor.client
-        with joblib.parallel_config(backend="dask", client=client, wait_for_workers_timeout=wait_for_workers,
-                                    **joblib_options):
+        with joblib.parallel_config(backend="dask", client=client, wait_for_workers_timeout=wait_for_workers, **joblib_options):
             yield client

@@ -32,13 +32,15 @@ import socket
 import threading
 import time
 import traceback as tb
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, cast
+from typing import Any, cast
+
+from mirpipe.storage.atomic import write_bytes
 
 from mirpipe import columns
 from mirpipe.errors import InputError
-from mirpipe.storage.atomic import write_bytes
 from mirpipe.workdir import Workdir
 
 LEDGER_DIR = Workdir.LEDGER
@@ -81,8 +83,9 @@ class DoneTable(Mapping[str, dict]):
     compacted columns, with the logs' events laid over them. Planning asks ``fingerprint`` and
     ``record`` (a view of the record's columns) per item; a whole marker is built only when indexed."""
 
-    def __init__(self, base: columns.Columns | None = None, record_fields: list[str] | None = None,
-                 overlay: dict[str, dict] | None = None):
+    def __init__(
+        self, base: columns.Columns | None = None, record_fields: list[str] | None = None, overlay: dict[str, dict] | None = None
+    ):
         self.base = base
         self.fields = None if record_fields is None else {f: RECORD + f for f in record_fields}
         self.overlay: dict[str, dict] = dict(overlay or {})
@@ -165,7 +168,7 @@ class DoneTable(Mapping[str, dict]):
         """Nothing laid over the compacted columns."""
         return not self.overlay and not self.removed
 
-    def to_columns(self) -> tuple[dict[str, "list | columns.Raw"], list[str] | None]:
+    def to_columns(self) -> tuple[dict[str, list | columns.Raw], list[str] | None]:
         """Every marker as columns, rows sorted by item, and the record's fields (None when the records do
         not all have the same fields: one column ``record`` of objects instead)."""
         if self.base is not None and self.unchanged():
@@ -320,8 +323,9 @@ class Ledger:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             from mirpipe.errors import WorkdirFileError
 
-            raise WorkdirFileError(base / STATE, f"not a ledger written by this mirpipe ({exc}); "
-                                   "delete the folder to recompute the stage") from None
+            raise WorkdirFileError(
+                base / STATE, f"not a ledger written by this mirpipe ({exc}); delete the folder to recompute the stage"
+            ) from None
         for event in sorted(self._events(base), key=lambda e: e["at"]):
             state.apply(event)
         return state

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mirpipe.models.bundle import SUFFIX, ModelBundle, load_bundle
 
@@ -34,8 +35,9 @@ class PredictReport:
 
 
 def bundle_of_workdir(workdir: Path, tasks: Sequence[str] | None = None) -> ModelBundle:
-    from mirpipe.stage import StageContext
     from mirpipe.pipeline.inference import bundle_from_workdir
+
+    from mirpipe.stage import StageContext
 
     from . import workdir as wd
     from .config import ConfigError
@@ -95,14 +97,28 @@ def read_ledger(out: Path) -> dict[str, str]:
 def _failure(audio: Path, rel: Path, exc: BaseException) -> dict[str, Any]:
     from mirpipe.errors import InputError
 
-    return {"input": str(audio), "output": None, "status": "failed", "error_class": type(exc).__name__,
-            "file": getattr(exc, "path", str(audio)) if isinstance(exc, InputError) else str(audio),
-            "message": getattr(exc, "reason", None) or str(exc), "summary": ""}
+    return {
+        "input": str(audio),
+        "output": None,
+        "status": "failed",
+        "error_class": type(exc).__name__,
+        "file": getattr(exc, "path", str(audio)) if isinstance(exc, InputError) else str(audio),
+        "message": getattr(exc, "reason", None) or str(exc),
+        "summary": "",
+    }
 
 
-def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, out: Path, tasks: Sequence[str],
-                executor, device: str = "auto", force: bool = False,
-                progress: Callable[[dict[str, Any]], None] | None = None) -> PredictReport:
+def run_predict(
+    inputs: Sequence[Path],
+    bundle_path: Path,
+    bundle: ModelBundle,
+    out: Path,
+    tasks: Sequence[str],
+    executor,
+    device: str = "auto",
+    force: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> PredictReport:
     """Predict each input not yet done for this model; failures are recorded, the rest go on."""
     from mirpipe.pipeline.inference import input_key, predict_file
 
@@ -116,8 +132,11 @@ def run_predict(inputs: Sequence[Path], bundle_path: Path, bundle: ModelBundle, 
         if rel in seen:
             from mirpipe.errors import DuplicateTrackError
 
-            results[i] = _failure(audio, rel, DuplicateTrackError(audio, f"writes {rel}, as {seen[rel]} does: "
-                                                                         "rename one or predict them separately"))
+            results[i] = _failure(
+                audio,
+                rel,
+                DuplicateTrackError(audio, f"writes {rel}, as {seen[rel]} does: rename one or predict them separately"),
+            )
             continue
         seen[rel] = audio
         try:

@@ -34,8 +34,11 @@ class StageProgress:
         self.last = now = time.monotonic()
         rate = self.done / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        print(f"{self.name}: {self.done}/{self.total} items, {self.failed} failed, {now - self.t0:.0f}s elapsed, "
-              f"ETA {eta:.0f}s", file=self.stream, flush=True)
+        print(
+            f"{self.name}: {self.done}/{self.total} items, {self.failed} failed, {now - self.t0:.0f}s elapsed, ETA {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -10,17 +10,19 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage.atomic import remove_leftovers
 
 from mirpipe import __version__
 from mirpipe.columns import Row
 from mirpipe.errors import ConfigurationError, WorkdirError
 from mirpipe.records import ItemResult, RecordView, StatusRow
-from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
-from mirpipe.storage.atomic import remove_leftovers
 from mirpipe.workdir import Workdir
 
 from .config import PipelineBase
@@ -53,8 +55,10 @@ def fingerprint(stage: Stage, item: WorkItem, ctx: StageContext, params_json: st
     up = item.upstream
     upstream = "[" + ", ".join(map(esc, up)) + "]" if all(type(u) is str for u in up) else _ENCODE(list(up))
     version = esc(stage.version) if type(stage.version) is str else _ENCODE(stage.version)
-    blob = (f'{{"identity": {_ENCODE(item.identity)}, "item": {esc(item.id)}, "params": {params_json}, '
-            f'"stage": {esc(stage.name)}, "upstream": {upstream}, "version": {version}}}')
+    blob = (
+        f'{{"identity": {_ENCODE(item.identity)}, "item": {esc(item.id)}, "params": {params_json}, '
+        f'"stage": {esc(stage.name)}, "upstream": {upstream}, "version": {version}}}'
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -112,8 +116,9 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     try:
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        fh.write(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        )
         fh.flush()
         yield
     finally:
@@ -256,11 +261,21 @@ class Runner:
             return None
         module = sys.modules[type(stage).__module__].__file__
         assert module is not None  # a stage's module is a file (its digest is part of the key)
-        h = hashlib.sha256(json.dumps([
-            stage.name, stage.version, __version__, hashlib.sha256(Path(module).read_bytes()).hexdigest(),
-            {n: p.model_dump(mode="json") if p is not None else None for n, p in self.ctx.params.items()},
-            stage.finalize_inputs(self.ctx), self.ledger.stamp(stage.name),
-        ], sort_keys=True, default=str).encode())
+        h = hashlib.sha256(
+            json.dumps(
+                [
+                    stage.name,
+                    stage.version,
+                    __version__,
+                    hashlib.sha256(Path(module).read_bytes()).hexdigest(),
+                    {n: p.model_dump(mode="json") if p is not None else None for n, p in self.ctx.params.items()},
+                    stage.finalize_inputs(self.ctx),
+                    self.ledger.stamp(stage.name),
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        )
         h.update("".join(f"{item_id}\t{done[item_id].fingerprint}\n" for item_id in sorted(done)).encode())
         return h.hexdigest()
 
@@ -270,7 +285,21 @@ class Runner:
         calls, by_key = [], {}
         for item, fp in todo:
             key = f"{stage.name}-{item.id}-{fp[:8]}-{uuid.uuid4().hex[:8]}"  # also the submission token
-            calls.append((key, (stage.name, item, fp, self.ctx, rp.retries, rp.retry_backoff, rp.time_limit if stage.bounded_time else None, key)))
+            calls.append(
+                (
+                    key,
+                    (
+                        stage.name,
+                        item,
+                        fp,
+                        self.ctx,
+                        rp.retries,
+                        rp.retry_backoff,
+                        rp.time_limit if stage.bounded_time else None,
+                        key,
+                    ),
+                )
+            )
             by_key[key] = (item, fp)
         resources = executor.resources_for(stage.name, stage.resources)
         for key, result in executor.run(execute_item, calls, resources=resources):
@@ -351,19 +380,21 @@ class Runner:
             self._done_cache[name] = plan.done
             started = self._started[name] if live else set()
             running = sum(item.id in started for item, _ in plan.todo)
-            out.append(StatusRow(
-                stage=name,
-                total=plan.total,
-                done=len(plan.done),
-                running=running,
-                pending=len(plan.todo) - running,
-                failed=sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
-                quarantined=sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
-                failures=[
-                    {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
-                    for f in plan.failed.values()
-                ],
-                notes=STAGES.get(name).status_notes(self.ctx),
-                details=STAGES.get(name).status_details(self.ctx) or None,
-            ).to_json())
+            out.append(
+                StatusRow(
+                    stage=name,
+                    total=plan.total,
+                    done=len(plan.done),
+                    running=running,
+                    pending=len(plan.todo) - running,
+                    failed=sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
+                    quarantined=sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
+                    failures=[
+                        {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
+                        for f in plan.failed.values()
+                    ],
+                    notes=STAGES.get(name).status_notes(self.ctx),
+                    details=STAGES.get(name).status_details(self.ctx) or None,
+                ).to_json()
+            )
         return out

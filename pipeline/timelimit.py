@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 EXIT_CODE = 70  # worker ended by the watchdog
 
@@ -39,6 +39,7 @@ def time_limit(seconds: float | None, on_expire: Callable[[], None]) -> Iterator
         yield
         return
     if threading.current_thread() is threading.main_thread():
+
         def _alarm(signum, frame):
             raise ItemTimeout(f"exceeded the time limit of {seconds:g}s")
 

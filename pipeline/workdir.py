@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
 from mirpipe.storage.atomic import write_bytes
+
 from mirpipe.workdir import Workdir
 
-from .config import ClusterConfig, ConfigError, PipelineBase, config_model, dump, load_cluster, load_pipeline, parse_cluster, parse_pipeline
+from .config import (
+    ClusterConfig,
+    ConfigError,
+    PipelineBase,
+    config_model,
+    dump,
+    load_cluster,
+    load_pipeline,
+    parse_cluster,
+    parse_pipeline,
+)
 
 RECORD = Workdir.RECORD
 DEFAULT_PIPELINE = Path("pipeline.yaml")

@@ -8,23 +8,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from mirpipe.models.task import TASKS, per_task_params
-from mirpipe.records import CheckpointMeta, Record, TaskScores
 from mirpipe.storage import open_store
+from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
-from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe import errors
 from mirpipe.annotations.prepare import Preparation, prepared_jams
+from mirpipe.records import CheckpointMeta, Record, TaskScores
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
+
 from .features import FeaturesParams
 from .ingest import read_manifest
 from .train import TrainParams, build_model, trainable_tasks
@@ -57,8 +58,11 @@ class EvaluateParams(BaseModel):
     decoding: dict[str, Any] = Field(default_factory=dict, description="per task, its decoding options")
     figures: int = Field(3, ge=0, description="tracks to plot per task")
     baselines: bool = Field(True, description="score each task's baseline method (if it has one) beside the model")
-    robustness: bool = Field(False, description="also score the test tracks at every shift of augment.shifts "
-                             "(reference transposed with them): reports/<task>/robustness.csv, .json, .png")
+    robustness: bool = Field(
+        False,
+        description="also score the test tracks at every shift of augment.shifts "
+        "(reference transposed with them): reports/<task>/robustness.csv, .json, .png",
+    )
     device: str = Field("auto", description="auto, cpu, cuda")
 
     @field_validator("tasks")
@@ -117,7 +121,8 @@ class Evaluate(Stage):
                 continue
             task = TASKS.get(task_name)
             tracks = sorted(
-                t for t, split, offers in zip(manifest, manifest.column("split"), manifest.column("offers"))
+                t
+                for t, split, offers in zip(manifest, manifest.column("split"), manifest.column("offers"))
                 if split == "test" and task.targets.usable(offers) and t in upstream["features"]
             )
             value = manifest.value  # raw fields: no record is built per track
@@ -127,13 +132,21 @@ class Evaluate(Stage):
                 items.append(
                     WorkItem(
                         f"{task_name}/{track}",
-                        payload={"task": task_name, "track": track, "jams": value(track, "jams"),
-                                 "audio": value(track, "audio"), "prep": value(track, "prep"),
-                                 "plot": i < p.figures, "shifts": shifts},
-                        identity={"trained_at": trained_at,
-                                  **({"robustness": shifts} if shifts else {}),
-                                  "decoding": p.decode_params(task_name).model_dump(mode="json"),
-                                  **({"baseline": task.baseline.name} if task.baseline is not None and p.baselines else {})},
+                        payload={
+                            "task": task_name,
+                            "track": track,
+                            "jams": value(track, "jams"),
+                            "audio": value(track, "audio"),
+                            "prep": value(track, "prep"),
+                            "plot": i < p.figures,
+                            "shifts": shifts,
+                        },
+                        identity={
+                            "trained_at": trained_at,
+                            **({"robustness": shifts} if shifts else {}),
+                            "decoding": p.decode_params(task_name).model_dump(mode="json"),
+                            **({"baseline": task.baseline.name} if task.baseline is not None and p.baselines else {}),
+                        },
                         upstream=(trained.fingerprint, feat.fingerprint),
                     )
                 )
@@ -142,7 +155,6 @@ class Evaluate(Stage):
     def run(self, item: WorkItem, ctx: StageContext) -> EvaluateRecord:
         import jams
         import librosa
-
         from mirpipe.models.trainer import resolve_device
 
         p: EvaluateParams = ctx.params["evaluate"]
@@ -194,20 +206,36 @@ class Evaluate(Stage):
                     raise errors.ScoringError(jams_path, f"{task.name} baseline scoring failed: {exc}") from None
         shifted = None
         if shifts:
-            shifted = self._score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam,
-                                         meta.state, p.decode_params(task.name), jams_path)
+            shifted = self._score_shifts(
+                task,
+                model,
+                device,
+                read,
+                where,
+                geometry,
+                frame_times,
+                duration,
+                ref_jam,
+                meta.state,
+                p.decode_params(task.name),
+                jams_path,
+            )
         figure = None
         if item.payload.get("plot"):
             fig = out / "figures" / f"{track}.png"
-            task.trained.scorer.plot(fig, features, frame_rate, ref, est, f"{track}: {task.trained.scorer.summary(scores)}", prediction)
+            task.trained.scorer.plot(
+                fig, features, frame_rate, ref, est, f"{track}: {task.trained.scorer.summary(scores)}", prediction
+            )
             figure = str(fig.relative_to(ctx.workdir))
         evidence = task.trained.scorer.evidence(ref, est) if task.trained.scorer.evidence is not None else None
-        return EvaluateRecord(task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline,
-                              shifted, evidence)
+        return EvaluateRecord(
+            task.name, track, duration, scores, str(est_path.relative_to(ctx.workdir)), figure, baseline, shifted, evidence
+        )
 
     @staticmethod
-    def _score_shifts(task, model, device, read, where, geometry, frame_times, duration, ref_jam, state, options,
-                      jams_path) -> dict[str, dict[str, dict[str, float]]]:
+    def _score_shifts(
+        task, model, device, read, where, geometry, frame_times, duration, ref_jam, state, options, jams_path
+    ) -> dict[str, dict[str, dict[str, float]]]:
         """Scores of the track transposed by each shift: the features at that shift (a bin offset in
         feature mode, the stored variant in audio mode) against the reference transposed the same way
         (``Targets.transpose_annotation``, as audio-mode augmentation moves it)."""
@@ -218,8 +246,7 @@ class Evaluate(Stage):
         for n in shifts:
             variant, residual = where[n]
             prediction = task.trained.decoder.predict(model, kind.view(read[variant], geometry, residual), device)
-            est = task.trained.decoder.decode(prediction, frame_times,
-                              duration, state, options)
+            est = task.trained.decoder.decode(prediction, frame_times, duration, state, options)
             ref = task.targets.transpose_annotation(ref0, n)
             try:
                 out[str(n)] = task.trained.scorer.score(ref, est)
@@ -248,11 +275,21 @@ class Evaluate(Stage):
             base_cols = [f"{base_name}:{m}" for m in task.trained.scorer.metrics] if any(r.baseline for r in records) else []
             writer.writerow(["track", "duration", *task.trained.scorer.metrics, *base_cols])
             for r in records:
-                writer.writerow([r.track, f"{r.duration:.3f}",
-                                 *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.trained.scorer.metrics),
-                                 *((f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else ""
-                                    for m in task.trained.scorer.metrics)
-                                   if base_cols else ())])
+                writer.writerow(
+                    [
+                        r.track,
+                        f"{r.duration:.3f}",
+                        *(f"{r.scores[m]['score']:.4f}" if m in r.scores else "" for m in task.trained.scorer.metrics),
+                        *(
+                            (
+                                f"{r.baseline[m]['score']:.4f}" if r.baseline and m in r.baseline else ""
+                                for m in task.trained.scorer.metrics
+                            )
+                            if base_cols
+                            else ()
+                        ),
+                    ]
+                )
             write_bytes(out / "scores.csv", table.getvalue().encode())
             totals = task.trained.scorer.pool([r.scores for r in records])
             evidence = [r.evidence for r in records if r.evidence is not None]
@@ -262,27 +299,40 @@ class Evaluate(Stage):
             based = [r for r in records if r.baseline is not None]
             baseline = {}
             if based:
-                baseline = {"baseline": {
-                    "name": base_name,
-                    **{m: _finite(v) for m, v in task.trained.scorer.pool([r.baseline for r in based if r.baseline is not None]).items()},
-                    "n_tracks": len(based),
-                    "tracks": {r.track: {m: _finite(r.baseline[m]["score"]) for m in task.trained.scorer.metrics if m in r.baseline}
-                               for r in based if r.baseline is not None},
-                }}
+                baseline = {
+                    "baseline": {
+                        "name": base_name,
+                        **{
+                            m: _finite(v)
+                            for m, v in task.trained.scorer.pool([r.baseline for r in based if r.baseline is not None]).items()
+                        },
+                        "n_tracks": len(based),
+                        "tracks": {
+                            r.track: {m: _finite(r.baseline[m]["score"]) for m in task.trained.scorer.metrics if m in r.baseline}
+                            for r in based
+                            if r.baseline is not None
+                        },
+                    }
+                }
             pooled_metrics = {k: v for k, v in pooled.items() if k != "notes" and (v is None or isinstance(v, (int, float)))}
-            write_json(ctx.dirs.scores(task_name), TaskScores(
-                metrics={**{m: _finite(v) for m, v in totals.items()}, **pooled_metrics},  # pooled figures as they came
-                columns=list(task.trained.scorer.score_columns),
-                scored_by=task.trained.scorer.scored_by,
-                n_tracks=len(records),
-                seconds=sum(r.duration for r in records),
-                weighting="each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
-                tracks={r.track: {m: _finite(r.scores[m]["score"]) for m in task.trained.scorer.metrics if m in r.scores}
-                        for r in records},
-                baseline=baseline.get("baseline"),
-                notes=list(pooled.get("notes", [])),
-                extra={k: v for k, v in pooled.items() if k != "notes" and k not in pooled_metrics},
-            ).to_json())
+            write_json(
+                ctx.dirs.scores(task_name),
+                TaskScores(
+                    metrics={**{m: _finite(v) for m, v in totals.items()}, **pooled_metrics},  # pooled figures as they came
+                    columns=list(task.trained.scorer.score_columns),
+                    scored_by=task.trained.scorer.scored_by,
+                    n_tracks=len(records),
+                    seconds=sum(r.duration for r in records),
+                    weighting="each metric's per-track weight (e.g. the seconds mir_eval counts), summed over tracks",
+                    tracks={
+                        r.track: {m: _finite(r.scores[m]["score"]) for m in task.trained.scorer.metrics if m in r.scores}
+                        for r in records
+                    },
+                    baseline=baseline.get("baseline"),
+                    notes=list(pooled.get("notes", [])),
+                    extra={k: v for k, v in pooled.items() if k != "notes" and k not in pooled_metrics},
+                ).to_json(),
+            )
             if any(r.shifted for r in records):
                 write_robustness(out, task, records)
 
@@ -291,8 +341,10 @@ def robustness_table(task, records) -> tuple[list[int], dict[str, list[float | N
     """(shifts, {metric: pooled score at each shift}, tracks scored at each shift); shift 0 pools the
     same per-track scores as scores.json."""
     shifts = sorted({0, *(int(n) for r in records if r.shifted for n in r.shifted)})
-    per_shift = {n: [r.scores if n == 0 else r.shifted[str(n)] for r in records
-                     if n == 0 or (r.shifted and str(n) in r.shifted)] for n in shifts}
+    per_shift = {
+        n: [r.scores if n == 0 else r.shifted[str(n)] for r in records if n == 0 or (r.shifted and str(n) in r.shifted)]
+        for n in shifts
+    }
     pooled = {n: task.trained.scorer.pool(per_shift[n]) for n in shifts}
     table = {m: [_finite(pooled[n].get(m)) for n in shifts] for m in task.trained.scorer.metrics}
     return shifts, table, [len(per_shift[n]) for n in shifts]
@@ -309,8 +361,11 @@ def write_robustness(out: Path, task, records) -> None:
     for m, values in table.items():
         writer.writerow([m, *("" if v is None else f"{v:.4f}" for v in values)])
     write_bytes(out / "robustness.csv", text.getvalue().encode())
-    write_json(out / "robustness.json", {"shifts": shifts, "metrics": table, "n_tracks": counts,
-                                         "columns": list(task.trained.scorer.score_columns)})
+    write_json(
+        out / "robustness.json",
+        {"shifts": shifts, "metrics": table, "n_tracks": counts, "columns": list(task.trained.scorer.score_columns)},
+    )
     shown = {m: table[m] for m in task.trained.scorer.score_columns if m in table} or table
-    plot_robustness(out / "robustness.png", shifts, shown,
-                    f"{task.name}: test tracks transposed (pooled over {max(counts)} tracks)")
+    plot_robustness(
+        out / "robustness.png", shifts, shown, f"{task.name}: test tracks transposed (pooled over {max(counts)} tracks)"
+    )

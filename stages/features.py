@@ -12,26 +12,27 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from mirpipe.models.task import TASKS
-from mirpipe import columns
-from mirpipe.records import Record, RecordTable
 from mirpipe.storage import STORE_BACKENDS, open_store
 from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mirpipe import columns
 from mirpipe.annotations.prepare import Preparation, prepared_jams
 from mirpipe.audio.io import load_mono
+from mirpipe.audio.pitch_shift import pitch_shift
+from mirpipe.records import Record, RecordTable
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
+
 from .ingest import read_manifest
-from mirpipe.audio.pitch_shift import pitch_shift
 
 
 class FeaturesParams(BaseModel):
@@ -59,7 +60,9 @@ class FeaturesParams(BaseModel):
         extra = self.__pydantic_extra__ or {}
         for name, raw in list(extra.items()):
             if name not in FEATURE_KINDS.names():
-                raise ValueError(f"unknown key {name!r}: not a features setting, nor a feature kind ({', '.join(FEATURE_KINDS.names())})")
+                raise ValueError(
+                    f"unknown key {name!r}: not a features setting, nor a feature kind ({', '.join(FEATURE_KINDS.names())})"
+                )
             kind = FEATURE_KINDS.get(name)
             extra[name] = raw if isinstance(raw, BaseModel) else kind.Params.model_validate(raw or {})
         for name in self.kinds():
@@ -95,8 +98,9 @@ def store_root(ctx: StageContext) -> Path:
     return ctx.dirs.store_root(p.store_path)
 
 
-def compute_features(waveforms: list[np.ndarray], p: FeaturesParams, kinds: list[str],
-                     margin: int) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+def compute_features(
+    waveforms: list[np.ndarray], p: FeaturesParams, kinds: list[str], margin: int
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Each feature kind of ``kinds`` over each waveform (mono, at ``p.sr``), stored ``(V, T, bins)``
     with ``margin`` semitones of margin bins, and each kind's geometry. The one place features
     are computed: the features stage and ``predict`` (new recordings) both call it."""
@@ -110,8 +114,9 @@ def compute_features(waveforms: list[np.ndarray], p: FeaturesParams, kinds: list
     return arrays, geometry
 
 
-def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams,
-                  prep: Preparation | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+def compute_entry(
+    audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams, prep: Preparation | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
     """Arrays ``(V, T, ...)``, attributes and timings of one track's entry.
 
     ``prep`` is what ingest decided (reference annotations, channel, snapped boundaries);
@@ -119,9 +124,9 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
     """
     import jams
     import librosa
+    from mirpipe.models.task import annotation_transposers
 
     from mirpipe.audio.deform import deform
-    from mirpipe.models.task import annotation_transposers
 
     t0 = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)
@@ -146,7 +151,9 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
     for task_name in p.target_tasks():
         task = TASKS.get(task_name)
         n_frames = arrays[task.feature].shape[1]
-        times = librosa.frames_to_time(np.arange(n_frames), sr=p.sr, hop_length=FEATURE_KINDS.get(task.feature).hop_length(p.kind_params(task.feature)))
+        times = librosa.frames_to_time(
+            np.arange(n_frames), sr=p.sr, hop_length=FEATURE_KINDS.get(task.feature).hop_length(p.kind_params(task.feature))
+        )
         encoded = [task.targets.encode(jam_v, times) for _, jam_v in versions]
         for key in encoded[0]:
             arrays[f"targets/{key}"] = np.stack([e[key] for e in encoded])
@@ -160,8 +167,10 @@ def compute_entry(audio_path: str, jams_path: str, p: FeaturesParams, aug: Augme
         "features": geometry,
         "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
         "pitch_shift_backend": aug.backend if variants != [0] else None,
-        "versions": {"librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
-                     "jams": jams.__version__},
+        "versions": {
+            "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
+            "jams": jams.__version__,
+        },
     }
     return arrays, attrs, timings
 
@@ -187,10 +196,13 @@ class Features(Stage):
         # what an entry holds: each kind's settings and version, each task's encoder version, the stored
         # variants and margins (not the shift list itself: feature mode samples it when training)
         return {
-            "store": p.store, "store_path": str(p.store_path) if p.store_path else None, "sr": p.sr,
+            "store": p.store,
+            "store_path": str(p.store_path) if p.store_path else None,
+            "sr": p.sr,
             "kinds": {k: [FEATURE_KINDS.get(k).version, p.kind_params(k).model_dump(mode="json")] for k in p.kinds()},
             "targets": {name: TASKS.get(name).version for name in p.target_tasks()},
-            "variants": aug.stored_variants(), "margin": aug.margin(),
+            "variants": aug.stored_variants(),
+            "margin": aug.margin(),
             "backend": aug.backend if aug.stored_variants() != [0] else None,
         }
 
@@ -201,8 +213,11 @@ class Features(Stage):
         pos = manifest.position  # raw fields by row: no record is built per track
         audio, jams, prep, content = (manifest.column(n) for n in ("audio", "jams", "prep", "content"))
         return [
-            WorkItem(track, payload={"track": track, "audio": audio[i], "jams": jams[i], "prep": prep[i]},
-                     identity={"content": content[i]})
+            WorkItem(
+                track,
+                payload={"track": track, "audio": audio[i], "jams": jams[i], "prep": prep[i]},
+                identity={"content": content[i]},
+            )
             for track in sorted(upstream["ingest"])
             if (i := pos(track)) is not None
         ]
@@ -238,9 +253,12 @@ class Features(Stage):
         p: FeaturesParams = ctx.params["features"]
         store = _planning_store(p.store, str(store_root(ctx)))
         stamp_of = store.entry_stamp
-        return [store.is_valid(item.payload["track"]) if stamp is None  # a record from before stamps: the deep check
-                else stamp_of(item.payload["track"]) == stamp
-                for item, stamp in zip(items, columns.values(raws, "stamp", None))]
+        return [
+            store.is_valid(item.payload["track"])
+            if stamp is None  # a record from before stamps: the deep check
+            else stamp_of(item.payload["track"]) == stamp
+            for item, stamp in zip(items, columns.values(raws, "stamp", None))
+        ]
 
     def verify_outputs(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
         """Every chunk present, and every array read and decoded (zip CRCs, codec errors)."""
@@ -273,12 +291,19 @@ class Features(Stage):
         manifest = read_manifest(ctx)
         tracks = [t for t in sorted(done) if t in manifest]
         split = manifest.value
-        store.write_index_table(RecordTable.from_columns(IndexRow, "track", {
-            "track": tracks,
-            "split": [split(t, "split") for t in tracks],
-            **columns.gather(record_rows(done[t] for t in tracks), ["variants", "shifts", "frames", "arrays"]),
-            "path": [store.entry_relpath(t) for t in tracks],
-        }, rows=len(tracks),
-            # the class vocabularies ingest built travel with the index (the store alone says what its labels mean)
-            extra={"vocabularies": manifest.extra.get("vocabularies", {})}))
+        store.write_index_table(
+            RecordTable.from_columns(
+                IndexRow,
+                "track",
+                {
+                    "track": tracks,
+                    "split": [split(t, "split") for t in tracks],
+                    **columns.gather(record_rows(done[t] for t in tracks), ["variants", "shifts", "frames", "arrays"]),
+                    "path": [store.entry_relpath(t) for t in tracks],
+                },
+                rows=len(tracks),
+                # the class vocabularies ingest built travel with the index (the store alone says what its labels mean)
+                extra={"vocabularies": manifest.extra.get("vocabularies", {})},
+            )
+        )
         store.remove_leftovers()

@@ -14,26 +14,25 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from mirpipe import columns
-from mirpipe.errors import WorkdirFileError
 from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
 from mirpipe.models.labels import notes as vocabulary_notes
 from mirpipe.models.task import TASKS, offered_namespaces
-from mirpipe.records import Record, RecordError, RecordTable, record_fields
 from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_changed
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mirpipe import errors
+from mirpipe import columns, errors
 from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
 from mirpipe.audio.io import decode_errors, header_frames, load_channels, riff_declared_frames
-from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.corpus import ScanSummary, scan_corpus
+from mirpipe.errors import WorkdirFileError
+from mirpipe.records import Record, RecordError, RecordTable, record_fields
+from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.workdir import Workdir
 
 MANIFEST = Workdir.MANIFEST
@@ -48,32 +47,49 @@ class IngestParams(BaseModel):
     annotation_tolerance: float = Field(0.5, ge=0.0, description="seconds an annotation may run past the audio")
     length_tolerance: float = Field(0.01, ge=0.0, description="allowed relative gap between decoded and header length")
     change_detection: Literal["stat", "content"] = Field(
-        "stat", description="stat: size, modification and inode change times (an edit is seen even when the "
-                            "modification time is restored); content: also hash every file when planning (slow)")
-    annotation_choice: ChoiceRule = Field(default_factory=ChoiceRule,
-                                          description="which annotation is the reference when several of a task's namespace compete")
-    annotation_choice_by_namespace: dict[str, ChoiceRule] = Field(default_factory=dict,
-                                                                  description="per namespace (chord, pitch_contour, ...), overriding annotation_choice")
+        "stat",
+        description="stat: size, modification and inode change times (an edit is seen even when the "
+        "modification time is restored); content: also hash every file when planning (slow)",
+    )
+    annotation_choice: ChoiceRule = Field(
+        default_factory=ChoiceRule, description="which annotation is the reference when several of a task's namespace compete"
+    )
+    annotation_choice_by_namespace: dict[str, ChoiceRule] = Field(
+        default_factory=dict, description="per namespace (chord, pitch_contour, ...), overriding annotation_choice"
+    )
     silence_db: float = Field(-60.0, description="RMS level (dBFS) below which a track is silent (an input failure)")
-    downmix_loss_db: float = Field(10.0, gt=0.0, description="when the channel mean loses this much of the channels' "
-                                                             "energy (phase cancellation), the loudest channel is used")
+    downmix_loss_db: float = Field(
+        10.0,
+        gt=0.0,
+        description="when the channel mean loses this much of the channels' "
+        "energy (phase cancellation), the loudest channel is used",
+    )
     duration_tolerance: float = Field(0.5, ge=0.0, description="seconds file_metadata.duration may differ from the audio")
     duration_mismatch: Literal["fail", "correct"] = Field(
-        "fail", description="beyond the tolerance: fail the track, or correct to the audio's duration with a warning")
-    timing_tolerance: float = Field(1e-3, ge=0.0, description="seconds of gap or overlap between consecutive chord/key/segment "
-                                                              "observations that are snapped (with a warning); larger overlaps fail")
+        "fail", description="beyond the tolerance: fail the track, or correct to the audio's duration with a warning"
+    )
+    timing_tolerance: float = Field(
+        1e-3,
+        ge=0.0,
+        description="seconds of gap or overlap between consecutive chord/key/segment "
+        "observations that are snapped (with a warning); larger overlaps fail",
+    )
     declared_splits: bool = Field(True, description="honour a split the JAMS declares in sandbox.split (train/val/test)")
     vocabularies: dict[str, VocabularyParams] = Field(
-        default_factory=dict, description="per task whose classes come from the corpus's labels: aliases and an "
-                                          "optional fixed class list (the vocabulary is rebuilt without re-ingesting)")
+        default_factory=dict,
+        description="per task whose classes come from the corpus's labels: aliases and an "
+        "optional fixed class list (the vocabulary is rebuilt without re-ingesting)",
+    )
 
     @field_validator("vocabularies")
     @classmethod
     def _vocabularies(cls, v: dict[str, VocabularyParams]) -> dict[str, VocabularyParams]:
         for name in v:
             if TASKS.get(TASKS.check(name)).vocabulary is None:
-                raise ValueError(f"vocabularies.{name}: task {name!r} has a fixed vocabulary; tasks with corpus labels: "
-                                 + ", ".join(t.name for t in TASKS.values() if t.vocabulary is not None))
+                raise ValueError(
+                    f"vocabularies.{name}: task {name!r} has a fixed vocabulary; tasks with corpus labels: "
+                    + ", ".join(t.name for t in TASKS.values() if t.vocabulary is not None)
+                )
         return v
 
     @model_validator(mode="after")
@@ -172,16 +188,21 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
         what = f"file_metadata.duration is {duration_declared:.3f} s, the audio ({audio_path.name}) lasts {duration:.3f} s"
         if p.duration_mismatch == "fail":
             raise errors.DurationMismatchError(
-                jams_path, f"{what}: more than the tolerance of {p.duration_tolerance:g} s (another version of the recording?)")
+                jams_path, f"{what}: more than the tolerance of {p.duration_tolerance:g} s (another version of the recording?)"
+            )
         notices.append(Notice("duration_corrected", f"{what}; the audio's duration is used"))
     choices = {}
     for namespace in sorted(reference_namespaces()):
         choice = choose(jam, namespace, p.annotation_choice_by_namespace.get(namespace, p.annotation_choice), str(jams_path))
         if choice is not None:
             choices[namespace] = choice
-            notices.append(Notice("several_annotations",
-                                  f"{len(choice.candidates)} {namespace} annotations; the reference is #{choice.index} "
-                                  f"(annotator {choice.annotator or 'unnamed'}) by rule {choice.rule}"))
+            notices.append(
+                Notice(
+                    "several_annotations",
+                    f"{len(choice.candidates)} {namespace} annotations; the reference is #{choice.index} "
+                    f"(annotator {choice.annotator or 'unnamed'}) by rule {choice.rule}",
+                )
+            )
     prep = Preparation(channel=channel, choices=choices, timing_tolerance=p.timing_tolerance, duration=duration)
     namespaces = sorted({a.namespace for a in jam.annotations})
     snapped = apply(jam, prep, str(jams_path))  # the prepared JAMS, as the later stages will read it
@@ -194,12 +215,16 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
                 jams_path, f"{ann.namespace} annotation ends at {end:.2f}s, audio lasts {duration:.2f}s"
             )
     declared = _declared_split(jam, jams_path) if p.declared_splits else None
-    labels = {task.name: found for task in TASKS.values()
-              if task.vocabulary is not None and (found := task.vocabulary.labels(jam))}
+    labels = {
+        task.name: found for task in TASKS.values() if task.vocabulary is not None and (found := task.vocabulary.labels(jam))
+    }
     audio_sha, jams_sha = file_sha256(audio_path), file_sha256(jams_path)
-    content = hashlib.sha256(json.dumps(
-        {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version}, sort_keys=True,
-    ).encode()).hexdigest()[:32]
+    content = hashlib.sha256(
+        json.dumps(
+            {"audio": audio_sha, "jams": jams_sha, "prep": prep.to_json(), "version": Ingest.version},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
     return TrackRecord(
         track=track,
         audio=str(audio_path),
@@ -236,7 +261,11 @@ def decode_checked(audio_path: Path) -> tuple[np.ndarray, int, tuple[int, int, i
     except PermissionError as exc:
         raise errors.UnreadableFileError(audio_path, str(exc)) from None
     except decode_errors() as exc:
-        cls = errors.AudioDecodeError if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg") else errors.UnsupportedFormatError
+        cls = (
+            errors.AudioDecodeError
+            if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg")
+            else errors.UnsupportedFormatError
+        )
         raise cls(audio_path, f"cannot decode: {type(exc).__name__}: {exc}") from None
     except OSError as exc:  # an I/O error reading it (a folder, a vanished file, a failing disk)
         raise errors.UnreadableFileError(audio_path, f"cannot be read: {type(exc).__name__}: {exc}") from None
@@ -263,14 +292,21 @@ def _check_audio(audio_path: Path, p: IngestParams, notices: list[Notice]) -> tu
     if len(energy) > 1 and energy.mean() > 0 and mixed < energy.mean() * 10 ** (-p.downmix_loss_db / 10):
         channel = int(np.argmax(energy))
         kept = 10 * np.log10(max(mixed, 1e-30) / energy.mean())
-        notices.append(Notice("downmix", f"the mean of the {len(energy)} channels keeps {kept:.1f} dB of their energy "
-                                         f"(phase cancellation?); channel {channel}, the loudest, is used"))
+        notices.append(
+            Notice(
+                "downmix",
+                f"the mean of the {len(energy)} channels keeps {kept:.1f} dB of their energy "
+                f"(phase cancellation?); channel {channel}, the loudest, is used",
+            )
+        )
         mixed = float(energy[channel])
     if mixed == 0.0:
         raise errors.SilentAudioError(audio_path, "digital silence (every sample is 0)")
     level = 10 * np.log10(mixed)
     if level < p.silence_db:
-        raise errors.SilentAudioError(audio_path, f"RMS level {level:.1f} dBFS is below the silence threshold {p.silence_db:g} dBFS")
+        raise errors.SilentAudioError(
+            audio_path, f"RMS level {level:.1f} dBFS is below the silence threshold {p.silence_db:g} dBFS"
+        )
     return channel, n / sr, sr, int(channels.shape[0])
 
 
@@ -287,8 +323,17 @@ def _load_jams(jams_path: Path):
         raise errors.AnnotationSchemaError(jams_path, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
 
 
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "dev": "val", "test": "test", "testing": "test", "eval": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+    "eval": "test",
+}
 
 
 def _declared_split(jam, jams_path: Path) -> str | None:
@@ -351,8 +396,9 @@ class Ingest(Stage):
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         # Splits are assigned by finalize (driver): changing them re-ingests nothing.
-        return ctx.params["ingest"].model_dump(mode="json", exclude={"corpus", "split_seed", "split_fractions", "change_detection",
-                                                                    "vocabularies"})
+        return ctx.params["ingest"].model_dump(
+            mode="json", exclude={"corpus", "split_seed", "split_fractions", "change_detection", "vocabularies"}
+        )
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: IngestParams = ctx.params["ingest"]
@@ -373,13 +419,17 @@ class Ingest(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrackRecord) -> bool:
         """The record names the files the scan just found (and stat'ed into the fingerprint): no file
         operation when they are the same strings."""
-        return all(path in item.payload[kind] or os.path.exists(path) for kind, path in (("audio", record.audio), ("jams", record.jams)))
+        return all(
+            path in item.payload[kind] or os.path.exists(path) for kind, path in (("audio", record.audio), ("jams", record.jams))
+        )
 
     def outputs_valid_many(self, items: list[WorkItem], ctx: StageContext, raws: list[Mapping[str, Any]]) -> list[bool]:
         """``outputs_valid`` by column."""
         exists = os.path.exists
-        return [(a in item.payload["audio"] or exists(a)) and (j in item.payload["jams"] or exists(j))
-                for item, a, j in zip(items, columns.values(raws, "audio"), columns.values(raws, "jams"))]
+        return [
+            (a in item.payload["audio"] or exists(a)) and (j in item.payload["jams"] or exists(j))
+            for item, a, j in zip(items, columns.values(raws, "audio"), columns.values(raws, "jams"))
+        ]
 
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
         return [ctx.dirs.manifest]
@@ -407,11 +457,17 @@ class Ingest(Stage):
         summary = self._scan_summary(ctx)
         split_of = [d if d is not None else splits[t] for t, d in zip(tracks, declared)]
         vocabularies = build_vocabularies(split_of, columns.values(rows, "labels", {}), p)
-        table = RecordTable.from_columns(ManifestRow, "track", {
-            **columns.gather(rows, list(record_fields(TrackRecord))),
-            "split": split_of,
-            "fingerprint": [done[t].fingerprint for t in tracks],
-        }, rows=len(tracks), extra={"scan": summary.to_json(), "vocabularies": vocabularies})
+        table = RecordTable.from_columns(
+            ManifestRow,
+            "track",
+            {
+                **columns.gather(rows, list(record_fields(TrackRecord))),
+                "split": split_of,
+                "fingerprint": [done[t].fingerprint for t in tracks],
+            },
+            rows=len(tracks),
+            extra={"scan": summary.to_json(), "vocabularies": vocabularies},
+        )
         write_bytes_if_changed(ctx.dirs.manifest, table.to_bytes())
 
     def status_notes(self, ctx: StageContext) -> list[str]:
@@ -424,8 +480,10 @@ class Ingest(Stage):
             scan = ScanSummary.from_json(manifest.extra["scan"])
         except (KeyError, TypeError, ValueError, WorkdirFileError):
             return [f"{path} is not a manifest of this mirpipe; rerun ingest"]
-        notes = [f"corpus: {scan.files} files seen, {scan.tracks} tracks"
-                 + "".join(f"; {n} {reason}" for reason, n in scan.ignored.items())]
+        notes = [
+            f"corpus: {scan.files} files seen, {scan.tracks} tracks"
+            + "".join(f"; {n} {reason}" for reason, n in scan.ignored.items())
+        ]
         for reason, paths in scan.examples.items():
             notes += [f"  left out ({reason}): {path}" for path in paths[:NOTES_LISTED]]
             if scan.ignored[reason] > NOTES_LISTED:
@@ -447,7 +505,9 @@ class Ingest(Stage):
         return notes
 
 
-def build_vocabularies(splits: Sequence[str], labels: Sequence[Mapping[str, list[str]] | None], p: IngestParams) -> dict[str, Any]:
+def build_vocabularies(
+    splits: Sequence[str], labels: Sequence[Mapping[str, list[str]] | None], p: IngestParams
+) -> dict[str, Any]:
     """Per task with corpus labels, its vocabulary (classes, aliases, tracks per class and split,
     labels outside the classes) from what ``validate_track`` recorded (each track's split and labels)."""
     out = {}

@@ -9,26 +9,26 @@ import hashlib
 import random
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from mirpipe.models.labels import training_identity
 from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
-from mirpipe.records import CheckpointMeta, Record
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.records import CheckpointMeta, Record
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
+
 from .features import FeaturesParams
 from .ingest import read_manifest
-
 
 
 def trainable_tasks() -> list[str]:
@@ -67,13 +67,20 @@ class TrainParams(TrainingSettings):
     task's own item instead)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(default_factory=trainable_tasks, description="models to train (default: every trainable task)",
-                             json_schema_extra=NOT_FINGERPRINTED)
-    models: dict[str, Any] = Field(default_factory=dict, description="per task, its network's parameters",
-                                   json_schema_extra=NOT_FINGERPRINTED)
+    tasks: list[str] = Field(
+        default_factory=trainable_tasks,
+        description="models to train (default: every trainable task)",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    models: dict[str, Any] = Field(
+        default_factory=dict, description="per task, its network's parameters", json_schema_extra=NOT_FINGERPRINTED
+    )
     overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per task, streaming/optimisation settings of this section that differ for it "
-        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})", json_schema_extra=NOT_FINGERPRINTED)
+        default_factory=dict,
+        description="per task, streaming/optimisation settings of this section that differ for it "
+        "(e.g. {my_task: {batch_size: 16, steps_per_epoch: 60}})",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
     # streaming
     patch_frames: int = Field(64, ge=8, description="frames per patch (~5.9 s at 10.8 frames/s)")
     slab_frames: int = Field(1024, ge=8, description="frames read per streamer activation")
@@ -83,17 +90,22 @@ class TrainParams(TrainingSettings):
     mux_mode: Literal["with_replacement", "single_active", "exhaustive"] = "with_replacement"
     n_shards: int = Field(4, ge=1, description="stream shards; DataLoader workers must divide it")
     sampling: Literal["track", "frames"] = Field(
-        "track", description="how often the mux draws a track: track (each alike) or frames (in proportion to its "
+        "track",
+        description="how often the mux draws a track: track (each alike) or frames (in proportion to its "
         "length: every frame of training audio about equally likely); times the task's own stream weights",
-        json_schema_extra=since("track"))
-    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the trainer)",
-                                json_schema_extra=NOT_FINGERPRINTED)
+        json_schema_extra=since("track"),
+    )
+    loader_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (0: read in the trainer)", json_schema_extra=NOT_FINGERPRINTED
+    )
     progress: Literal["auto", "bar", "lines", "off"] = Field(
-        "auto", description="training progress on stderr: a bar on a terminal, else periodic plain lines",
-        json_schema_extra=NOT_FINGERPRINTED)
-    progress_interval: float = Field(30.0, gt=0, description="seconds between progress lines when stderr is no terminal",
-                                     json_schema_extra=NOT_FINGERPRINTED)
-
+        "auto",
+        description="training progress on stderr: a bar on a terminal, else periodic plain lines",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    progress_interval: float = Field(
+        30.0, gt=0, description="seconds between progress lines when stderr is no terminal", json_schema_extra=NOT_FINGERPRINTED
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -119,7 +131,7 @@ class TrainParams(TrainingSettings):
             cls.model_validate(changes or {})  # unknown keys and bad values fail here
         return {name: dict(changes or {}) for name, changes in v.items()}
 
-    def for_task(self, task: str) -> "TrainParams":
+    def for_task(self, task: str) -> TrainParams:
         """These settings with ``overrides.<task>`` applied."""
         changes = self.overrides.get(task)
         if not changes:
@@ -220,15 +232,19 @@ class Train(Stage):
                 if split in ("train", "val"):
                     read[item_id] = f"{split} {done.fingerprint}"
             digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
-            items.append(WorkItem(
-                name, payload={"task": name},
-                identity={"model": p.model_params(name).model_dump(mode="json"),
-                          "shifts": ctx.params["augment"].active_shifts(),
-                          **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
-                          **({"overrides": fingerprinted(p.for_task(name))}
-                             if p.overrides.get(name) else {})},
-                upstream=(digest,),
-            ))
+            items.append(
+                WorkItem(
+                    name,
+                    payload={"task": name},
+                    identity={
+                        "model": p.model_params(name).model_dump(mode="json"),
+                        "shifts": ctx.params["augment"].active_shifts(),
+                        **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
+                        **({"overrides": fingerprinted(p.for_task(name))} if p.overrides.get(name) else {}),
+                    },
+                    upstream=(digest,),
+                )
+            )
         return items
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
@@ -245,23 +261,37 @@ class Train(Stage):
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
         root = ctx.dirs.store_root(fp.store_path)
-        spec = StreamSpec(fp.store, str(root), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames,
-                          shifts=shifts, task=task)
+        spec = StreamSpec(
+            fp.store, str(root), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames, shifts=shifts, task=task
+        )
         store = open_store(fp.store, root)
         state = task.trained.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
         manifest = read_manifest(ctx)
-        weights = sampling_weights(task, p.sampling, train_keys,
-                                   [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys])
-        stream = PatchStream(spec, train_keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), p.seed,
-                             weights=None if weights is None else {k.track: w for k, w in zip(train_keys, weights)})
+        weights = sampling_weights(
+            task, p.sampling, train_keys, [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys]
+        )
+        stream = PatchStream(
+            spec,
+            train_keys,
+            MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards),
+            p.seed,
+            weights=None if weights is None else {k.track: w for k, w in zip(train_keys, weights)},
+        )
         stream.check_workers(p.loader_workers)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
         model = build_model(task, model_params, n_bins)
         settings = p.trainer_settings()
-        meta = CheckpointMeta(task=task.name, model=model_params.model_dump(mode="json"), n_bins=n_bins, state=state,
-                              vocabulary=vocab, train_entries=len(train_keys), val_entries=len(val_keys))
+        meta = CheckpointMeta(
+            task=task.name,
+            model=model_params.model_dump(mode="json"),
+            n_bins=n_bins,
+            state=state,
+            vocabulary=vocab,
+            train_entries=len(train_keys),
+            val_entries=len(val_keys),
+        )
         loader_workers = p.loader_workers if not _daemonic() else 0  # Dask worker processes cannot fork loaders
 
         def train_batches(epoch: int, skip: int):
@@ -270,9 +300,19 @@ class Train(Stage):
         def val_batches():
             return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))
 
-        trainer = Trainer(model, task, train_batches, val_batches, settings, ctx.dirs.train_dir(task.name),
-                          run_key=item.payload.get("fingerprint", ""), meta=meta, log=_log,
-                          progress=p.progress, progress_interval=p.progress_interval)
+        trainer = Trainer(
+            model,
+            task,
+            train_batches,
+            val_batches,
+            settings,
+            ctx.dirs.train_dir(task.name),
+            run_key=item.payload.get("fingerprint", ""),
+            meta=meta,
+            log=_log,
+            progress=p.progress,
+            progress_interval=p.progress_interval,
+        )
         try:
             summary = trainer.fit()
         finally:
@@ -304,8 +344,10 @@ class Train(Stage):
         return path.exists() and checkpoint_is_safe(path)
 
     def start_notes(self, ctx: StageContext) -> list[str]:
-        return [f"train: watch it with `tensorboard --logdir {ctx.dirs.train_root.resolve()}` "
-                f"(or `mirpipe status --workdir {ctx.workdir}`)"]
+        return [
+            f"train: watch it with `tensorboard --logdir {ctx.dirs.train_root.resolve()}` "
+            f"(or `mirpipe status --workdir {ctx.workdir}`)"
+        ]
 
     def status_details(self, ctx: StageContext) -> dict[str, Any] | None:
         return training_progress(ctx) or None
@@ -313,13 +355,16 @@ class Train(Stage):
     def status_notes(self, ctx: StageContext) -> list[str]:
         lines = []
         for name, p in training_progress(ctx).items():
+
             def f(x, fmt=".3f"):
                 return "-" if x is None else format(x, fmt)
+
             lines.append(
                 f"{name}: epoch {p['epoch']}/{p['max_epochs']} step {p['step']}/{p['total_steps']} "
                 f"loss {f(p['train_loss'])} val_loss {f(p['val_loss'])} {p['metric']} {f(p['value'])} "
                 f"(best {f(p['best'])}) {f(p['patches_per_s'], '.0f')} patches/s; "
-                f"{'finished' if p['finished'] else 'last epoch'} {p['updated']}")
+                f"{'finished' if p['finished'] else 'last epoch'} {p['updated']}"
+            )
         return lines
 
 

@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"

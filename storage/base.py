@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class ArraySpec(Record):
     dtype: str
 
     @classmethod
-    def of(cls, array: np.ndarray) -> "ArraySpec":
+    def of(cls, array: np.ndarray) -> ArraySpec:
         return cls([int(n) for n in array.shape], str(array.dtype))
 
 

@@ -14,7 +14,8 @@ are ``features.<name>`` in pipeline.yaml.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -103,12 +104,27 @@ class CQT(FeatureKind):
 
         margin = margin_semitones * params.bins_per_octave // 12
         fmin = params.fmin * 2.0 ** (-margin / params.bins_per_octave)
-        C = np.abs(librosa.cqt(y, sr=sr, hop_length=params.hop_length, fmin=fmin, n_bins=params.n_bins + 2 * margin,
-                               bins_per_octave=params.bins_per_octave))
+        C = np.abs(
+            librosa.cqt(
+                y,
+                sr=sr,
+                hop_length=params.hop_length,
+                fmin=fmin,
+                n_bins=params.n_bins + 2 * margin,
+                bins_per_octave=params.bins_per_octave,
+            )
+        )
         db = librosa.amplitude_to_db(C, ref=1.0, amin=params.amin, top_db=None).T.astype(np.float16)
-        geometry = {"kind": self.name, "sr": sr, "hop_length": params.hop_length, "fmin": params.fmin,
-                    "n_bins": params.n_bins, "bins_per_octave": params.bins_per_octave, "margin_bins": margin,
-                    "frame_rate": sr / params.hop_length}
+        geometry = {
+            "kind": self.name,
+            "sr": sr,
+            "hop_length": params.hop_length,
+            "fmin": params.fmin,
+            "n_bins": params.n_bins,
+            "bins_per_octave": params.bins_per_octave,
+            "margin_bins": margin,
+            "frame_rate": sr / params.hop_length,
+        }
         return db, geometry
 
     def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -147,8 +163,15 @@ class HCQT(FeatureKind):
     def _geometry(sr: int, params: HCQTParams, margin_semitones: int):
         from .hcqt import WideCQT
 
-        return WideCQT(sr=sr, hop_length=params.hop_length, fmin=params.fmin, bins_per_octave=params.bins_per_octave,
-                       n_bins=params.n_bins, harmonics=tuple(params.harmonics), margin_semitones=margin_semitones)
+        return WideCQT(
+            sr=sr,
+            hop_length=params.hop_length,
+            fmin=params.fmin,
+            bins_per_octave=params.bins_per_octave,
+            n_bins=params.n_bins,
+            harmonics=tuple(params.harmonics),
+            margin_semitones=margin_semitones,
+        )
 
     def compute(self, y: np.ndarray, sr: int, params: HCQTParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
         from .hcqt import DB_RANGE, compute_wide_cqt, quantize_db
@@ -156,9 +179,17 @@ class HCQT(FeatureKind):
         geom = self._geometry(sr, params, margin_semitones)
         db = compute_wide_cqt(y, geom, amin=params.amin)
         stored = quantize_db(db) if params.quantize else db.astype(np.float16)
-        geometry = {"kind": self.name, "wide": geom.to_json(), "sr": sr, "hop_length": params.hop_length,
-                    "n_bins": params.n_bins, "bins_per_octave": params.bins_per_octave, "margin_bins": geom.margin_bins,
-                    "frame_rate": sr / params.hop_length, "db_range": list(DB_RANGE) if params.quantize else None}
+        geometry = {
+            "kind": self.name,
+            "wide": geom.to_json(),
+            "sr": sr,
+            "hop_length": params.hop_length,
+            "n_bins": params.n_bins,
+            "bins_per_octave": params.bins_per_octave,
+            "margin_bins": geom.margin_bins,
+            "frame_rate": sr / params.hop_length,
+            "db_range": list(DB_RANGE) if params.quantize else None,
+        }
         return stored, geometry
 
     def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -23,9 +23,8 @@ pitch-shifted by ``n`` semitones would put it (when that ``k`` is in ``[0, n_bin
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pescador
@@ -131,7 +132,7 @@ class Slab:
     def patch(self, feature: str, at: int, n: int) -> dict[str, np.ndarray]:
         return {feature: self.view(self.frames[at : at + n]), **{name: a[at : at + n] for name, a in self.targets.items()}}
 
-    def pad(self, n: int) -> "Slab":
+    def pad(self, n: int) -> Slab:
         """Padded to ``n`` frames: the feature with its floor (silence), targets with ``IGNORE``."""
         missing = n - len(self)
         if missing <= 0:
@@ -216,8 +217,9 @@ class MuxSettings:
 class PatchStream:
     """Endless batches of random patches over a set of entries, reproducible from a seed."""
 
-    def __init__(self, spec: StreamSpec, keys: Sequence[EntryKey], mux: MuxSettings, seed: int,
-                 weights: Mapping[str, float] | None = None):
+    def __init__(
+        self, spec: StreamSpec, keys: Sequence[EntryKey], mux: MuxSettings, seed: int, weights: Mapping[str, float] | None = None
+    ):
         if not keys:
             raise ValueError("no store entries to stream from (is the split empty?)")
         self.spec = spec
@@ -244,7 +246,11 @@ class PatchStream:
         n_active = self.mux.n_active if self.mux.mode == "with_replacement" else min(self.mux.n_active, len(streamers))
         weights = None if self.weights is None else np.array([self.weights[k.track] for k in keys])
         mux = (pescador.StochasticMux if weights is None else WeightedMux)(
-            streamers, n_active=n_active, rate=self.mux.rate, mode=self.mux.mode, weights=weights,
+            streamers,
+            n_active=n_active,
+            rate=self.mux.rate,
+            mode=self.mux.mode,
+            weights=weights,
             random_state=derive_seed(self.seed, epoch, shard, "mux"),
         )
         return map(self.spec.prepare, pescador.buffer_stream(mux.iterate(), self.mux.batch_size))

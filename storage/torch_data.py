@@ -7,7 +7,7 @@ order, so batch ``i`` of an epoch is the same with 0, 1 or 2 workers.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

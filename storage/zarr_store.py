@@ -9,8 +9,9 @@ into a temporary file and renamed into place; members are stored uncompressed
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import zarr

@@ -9,7 +9,7 @@ import pytest
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from mirpipe.pipeline.config import PipelineConfig, parse_cluster  # noqa: E402
+from mirpipe.pipeline.config import PipelineConfig, parse_cluster
 
 SMALL_SHIFTS = [-2, 0, 3]
 
@@ -17,12 +17,20 @@ SMALL_SHIFTS = [-2, 0, 3]
 NO_TRAINING = {"train": {"tasks": []}, "evaluate": {"tasks": []}}
 
 
-def small_config(tracks: int = 3, shifts=None, store: str = "zarr", seed: int = 0, mode: str = "feature", **features) -> PipelineConfig:
+def small_config(
+    tracks: int = 3, shifts=None, store: str = "zarr", seed: int = 0, mode: str = "feature", **features
+) -> PipelineConfig:
     """A demo run of a few short tracks and three pitch shifts."""
     return PipelineConfig.model_validate(
         {
-            "synthesize": {"tracks": tracks, "seed": seed, "min_duration": 6.0, "max_duration": 10.0, "solo_fraction": 0.34,
-                           "clips_per_family": 0},
+            "synthesize": {
+                "tracks": tracks,
+                "seed": seed,
+                "min_duration": 6.0,
+                "max_duration": 10.0,
+                "solo_fraction": 0.34,
+                "clips_per_family": 0,
+            },
             "augment": {"shifts": shifts or SMALL_SHIFTS, "mode": mode},
             "features": {"store": store, **features},
             "run": {"retries": 1, "retry_backoff": 0.0},
@@ -103,8 +111,16 @@ def fault_corpus(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("fault-corpus")
     cfg = PipelineConfig.model_validate(
-        {"synthesize": {"tracks": FAULT_TRACKS, "seed": 3, "min_duration": 6.0, "max_duration": 8.0, "solo_fraction": 0.0,
-                        "clips_per_family": 0}}
+        {
+            "synthesize": {
+                "tracks": FAULT_TRACKS,
+                "seed": 3,
+                "min_duration": 6.0,
+                "max_duration": 8.0,
+                "solo_fraction": 0.0,
+                "clips_per_family": 0,
+            }
+        }
     )
     with open_executor(parse_cluster({"type": "sync"})) as ex:
         Runner(work, cfg, progress=False).run(ex, only="synthesize")

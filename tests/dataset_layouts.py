@@ -48,19 +48,24 @@ def beatles(root: Path) -> dict[str, dict]:
     for (album, title), chords in BEATLES_TRACKS.items():
         audio = tone(root / "audio" / album / f"{title}.wav")
         ann = root / "annotations"
-        lab = _write(ann / "chordlab" / "The Beatles" / album / f"{title}.lab",
-                     "".join(f"{s:.6f} {e:.6f} {c}\n" for s, e, c in chords))
+        lab = _write(
+            ann / "chordlab" / "The Beatles" / album / f"{title}.lab", "".join(f"{s:.6f} {e:.6f} {c}\n" for s, e, c in chords)
+        )
         key = _write(ann / "keylab" / "The Beatles" / album / f"{title}.lab", "0.000\t4.000\tKey\tE\n")
-        seg = _write(ann / "seglab" / "The Beatles" / album / f"{title}.lab",
-                     "0.000\t0.500\t\tsilence\n0.500\t4.000\t\tverse\n")
-        beat = _write(ann / "beat" / "The Beatles" / album / f"{title}.txt",
-                      "".join(f"{0.5 + 0.5 * i:.3f}\t{(i % 4) + 1}\n" for i in range(6)))
+        seg = _write(ann / "seglab" / "The Beatles" / album / f"{title}.lab", "0.000\t0.500\t\tsilence\n0.500\t4.000\t\tverse\n")
+        beat = _write(
+            ann / "beat" / "The Beatles" / album / f"{title}.txt",
+            "".join(f"{0.5 + 0.5 * i:.3f}\t{(i % 4) + 1}\n" for i in range(6)),
+        )
         from mirpipe.importers.mirdata_loaders import beatles_track_id
 
-        rel = lambda p: str(p.relative_to(root))  # noqa: E731
+        rel = lambda p: str(p.relative_to(root))
         index[beatles_track_id(album, title)] = {
-            "audio": [rel(audio), md5(audio)], "beat": [rel(beat), md5(beat)], "chords": [rel(lab), md5(lab)],
-            "keys": [rel(key), md5(key)], "sections": [rel(seg), md5(seg)],
+            "audio": [rel(audio), md5(audio)],
+            "beat": [rel(beat), md5(beat)],
+            "chords": [rel(lab), md5(lab)],
+            "keys": [rel(key), md5(key)],
+            "sections": [rel(seg), md5(seg)],
         }
     return {"version": "1.2", "tracks": index}
 
@@ -100,8 +105,7 @@ def medley_solos_db(root: Path, clips=MSDB_CLIPS) -> None:
         w.writerow(["subset", "instrument", "instrument_id", "song_id", "uuid4"])
         for i, (subset, instrument, iid, song, uuid) in enumerate(clips):
             w.writerow([subset, instrument, iid, song, uuid])
-            tone(root / "audio" / f"Medley-solos-DB_{subset}-{iid}_{uuid}.wav", seconds=65536 / SR,
-                 freqs=(196.0 * 2 ** (i / 7),))
+            tone(root / "audio" / f"Medley-solos-DB_{subset}-{iid}_{uuid}.wav", seconds=65536 / SR, freqs=(196.0 * 2 ** (i / 7),))
 
 
 def medleydb_pitch(root: Path) -> None:
@@ -111,6 +115,18 @@ def medleydb_pitch(root: Path) -> None:
     times = np.arange(0, 4.0, 256 / 44100)
     _write(root / "pitch" / f"{tid}.csv", "".join(f"{t:.6f},{330.0 if 1 < t < 3 else 0.0:.3f}\n" for t in times))
     _write(root / "medleydb-pitch-pyin-notes" / f"{tid}_vamp_pyin_pyin_notes.csv", "1.0,2.0,330.0\n")
-    _write(root / "medleydb_pitch_metadata.json", json.dumps(
-        {tid: {"audio_path": f"audio/{tid}.wav", "pitch_path": f"pitch/{tid}.csv", "instrument": "male singer",
-               "artist": "AClassicEducation", "title": "NightOwl", "genre": "Singer/Songwriter"}}))
+    _write(
+        root / "medleydb_pitch_metadata.json",
+        json.dumps(
+            {
+                tid: {
+                    "audio_path": f"audio/{tid}.wav",
+                    "pitch_path": f"pitch/{tid}.csv",
+                    "instrument": "male singer",
+                    "artist": "AClassicEducation",
+                    "title": "NightOwl",
+                    "genre": "Singer/Songwriter",
+                }
+            }
+        ),
+    )

@@ -1,15 +1,16 @@
 """Joint deformation: every variant validates, every label parses, every pitched namespace moves exactly."""
 
+import shutil
+
 import jams
 import mir_eval
 import numpy as np
 import pytest
-import shutil
+from mirpipe.demo.track import annotate, compose
+from mirpipe.models.task import annotation_transposers
 
 from mirpipe.audio.deform import deform
-from mirpipe.models.task import annotation_transposers
 from mirpipe.audio.pitch_shift import PITCH_SHIFTERS, pitch_shift
-from mirpipe.demo.track import annotate, compose
 
 SHIFTS = list(range(-6, 7))
 
@@ -54,7 +55,10 @@ def test_every_pitched_namespace_moves_exactly(source_jam):
             rb, bitmap_b, bass_b = mir_eval.chord.encode(b)
             assert rb == (ra + n) % 12 and np.array_equal(bitmap_a, bitmap_b) and bass_a == bass_b
         key_a, key_b = _values(source_jam, "key_mode")[0], _values(out, "key_mode")[0]
-        assert mir_eval.chord.pitch_class_to_semitone(key_b.split(":")[0]) == (mir_eval.chord.pitch_class_to_semitone(key_a.split(":")[0]) + n) % 12
+        assert (
+            mir_eval.chord.pitch_class_to_semitone(key_b.split(":")[0])
+            == (mir_eval.chord.pitch_class_to_semitone(key_a.split(":")[0]) + n) % 12
+        )
         assert key_a.split(":")[1] == key_b.split(":")[1]
         for a, b in zip(orig_contour, _values(out, "pitch_contour")):
             assert b["voiced"] == a["voiced"]
@@ -68,7 +72,7 @@ def test_every_pitched_namespace_moves_exactly(source_jam):
 
 def test_keep_audio_shifts_the_audio_too(source_jam):
     y = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
-    (n, out, shifted), = deform(source_jam, [2], "librosa", audio=(y, 22050), transposers=annotation_transposers())
+    ((n, out, shifted),) = deform(source_jam, [2], "librosa", audio=(y, 22050), transposers=annotation_transposers())
     assert shifted.shape == y.shape and not np.allclose(shifted, y)
     assert not hasattr(out.sandbox.muda, "_audio")
 

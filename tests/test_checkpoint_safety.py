@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import small_config
 from mirpipe.models.bundle import BundleError, load_bundle
 from mirpipe.models.checkpoint import CheckpointError, checkpoint_is_safe, load_checkpoint, plain
@@ -26,9 +25,9 @@ from mirpipe.models.trainer import Trainer, TrainerSettings, TrainState
 from mirpipe.pipeline import workdir as wd
 from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.config import parse_cluster
+from mirpipe.pipeline.inference import bundle_from_workdir
 from mirpipe.stages import StageContext, WorkItem
 from mirpipe.stages.evaluate import load_model
-from mirpipe.pipeline.inference import bundle_from_workdir
 from mirpipe.stages.train import Train
 
 TASK = TASKS.get("chord")
@@ -88,6 +87,7 @@ def test_the_payloads_are_live(tmp_path, payload):
 
 # -- the loader every checkpoint read goes through --------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the bare pickle
 @pytest.mark.parametrize("raw", [False, True], ids=["torch-zip", "bare-pickle"])
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -114,7 +114,7 @@ def test_plain_turns_what_tasks_return_into_safe_values():
     from dataclasses import dataclass
     from enum import Enum
 
-    class Kind(str, Enum):
+    class Kind(str, Enum):  # noqa: UP042 - the str mix-in is the case under test (StrEnum is one too)
         A = "a"
 
     @dataclass
@@ -122,8 +122,16 @@ def test_plain_turns_what_tasks_return_into_safe_values():
         x: float
         where: Path
 
-    value = {"threshold": np.float64(0.25), "n": np.int64(3), "prior": np.eye(2), "pair": (1, 2.0),
-             "point": Point(1.5, Path("/a/b")), "w": torch.ones(2), "none": None, "kind": Kind.A}
+    value = {
+        "threshold": np.float64(0.25),
+        "n": np.int64(3),
+        "prior": np.eye(2),
+        "pair": (1, 2.0),
+        "point": Point(1.5, Path("/a/b")),
+        "w": torch.ones(2),
+        "none": None,
+        "kind": Kind.A,
+    }
     out = plain(value)
     assert out["threshold"] == 0.25 and type(out["threshold"]) is float and type(out["n"]) is int
     assert type(out["kind"]) is str and out["kind"] == "a"
@@ -134,6 +142,7 @@ def test_plain_turns_what_tasks_return_into_safe_values():
 
 
 # -- the trainer: what it writes is safe; an unsafe last.pt is an unreadable one (start over) -----------
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -149,10 +158,23 @@ def store(tmp_path_factory):
         root = (tag // 14).astype(np.int16)
         pitches = np.zeros((n, 12), np.int8)
         pitches[np.arange(n), root % 12] = 1
-        arrays = {"cqt": cqt, "targets/chord_tag": tag, "targets/chord_root": root,
-                  "targets/chord_bass": root, "targets/chord_pitches": pitches}
-        geometry = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bins": N_BINS,
-                    "bins_per_octave": 36, "margin_bins": 0, "frame_rate": 22050 / 2048}
+        arrays = {
+            "cqt": cqt,
+            "targets/chord_tag": tag,
+            "targets/chord_root": root,
+            "targets/chord_bass": root,
+            "targets/chord_pitches": pitches,
+        }
+        geometry = {
+            "kind": "cqt",
+            "sr": 22050,
+            "hop_length": 2048,
+            "fmin": 32.7,
+            "n_bins": N_BINS,
+            "bins_per_octave": 36,
+            "margin_bins": 0,
+            "frame_rate": 22050 / 2048,
+        }
         store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
     return store
 
@@ -162,17 +184,30 @@ def _trainer(store, out_dir: Path, log=lambda m: None) -> Trainer:
     from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
     torch.manual_seed(0)
-    model = TASK.network.build(n_bins=N_BINS, params=TASK.network.Params(architecture="cr2", structured=True, hidden=8, channels=4))
+    model = TASK.network.build(
+        n_bins=N_BINS, params=TASK.network.Params(architecture="cr2", structured=True, hidden=8, channels=4)
+    )
     spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", 120) for i in range(3)]
     stream = PatchStream(spec, keys[:2], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=1), seed=3)
-    settings = TrainerSettings(steps_per_epoch=3, max_epochs=3, patience=5, checkpoint_every=2, device="cpu", seed=5,
-                               threads=1, deterministic=True)
+    settings = TrainerSettings(
+        steps_per_epoch=3, max_epochs=3, patience=5, checkpoint_every=2, device="cpu", seed=5, threads=1, deterministic=True
+    )
     # meta as a caller might hand it: numpy values, a path, a tuple (stored as plain values)
     meta = {"state": {"threshold": np.float32(0.5), "prior": np.ones(3)}, "source": Path("/x"), "shape": (1, 2)}
-    return Trainer(model, TASK, lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=0),
-                   lambda: (to_tensors(b) for b in track_patches(spec, keys[2:], 4)), settings, out_dir,
-                   run_key="run", meta=meta, log=log, tensorboard=False, progress="off")
+    return Trainer(
+        model,
+        TASK,
+        lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=0),
+        lambda: (to_tensors(b) for b in track_patches(spec, keys[2:], 4)),
+        settings,
+        out_dir,
+        run_key="run",
+        meta=meta,
+        log=log,
+        tensorboard=False,
+        progress="off",
+    )
 
 
 def test_the_trainers_checkpoints_load_safely_and_resume(store, tmp_path):
@@ -204,6 +239,7 @@ def test_a_malicious_last_pt_is_an_unreadable_checkpoint_and_training_starts_ove
 
 
 # -- a workdir: evaluate's load, bundle_from_workdir, mirpipe export / predict --model WORKDIR ---------
+
 
 @pytest.fixture
 def workdir(tmp_path):

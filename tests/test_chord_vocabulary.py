@@ -2,7 +2,6 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
-
 from mirpipe.models import chord
 
 
@@ -27,7 +26,9 @@ def test_out_of_vocabulary_and_no_chord():
     assert (root, bass, tag) == (chord.IGNORE, chord.IGNORE, chord.TAG_X) and (pitches == chord.IGNORE).all()
 
 
-@pytest.mark.parametrize("label,n,expected", [("Bb:min7/b3", 3, "C#:min7/b3"), ("C:maj", -1, "B:maj"), ("N", 5, "N"), ("F#:major", 6, "C:major")])
+@pytest.mark.parametrize(
+    "label,n,expected", [("Bb:min7/b3", 3, "C#:min7/b3"), ("C:maj", -1, "B:maj"), ("N", 5, "N"), ("F#:major", 6, "C:major")]
+)
 def test_transpose_label(label, n, expected):
     assert chord.transpose_label(label, n) == expected
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import FAULT_TRACKS, corpus_config
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import ConfigError, load_cluster, parse_cluster
@@ -35,8 +34,7 @@ MIRPIPE = [sys.executable, "-m", "mirpipe"]
         ({"type": "pbs", "cores": 1, "memory": "2GiB", "walltime": "90"}, "HH:MM:SS (PBS walltime=)"),
         ({"type": "sge", "cores": 1, "memory": "2GiB", "walltime": "1-00:00:00"}, "cluster.sge.walltime"),
         ({"type": "slurm", "cores": 1, "memory": "2GiB", "walltime": "00:61:00"}, "D-HH:MM:SS (SLURM -t)"),
-        ({"type": "slurm", "cores": 1, "memory": "2GiB", "job-extra-directives": [], "job_extra_directives": []},
-         "given twice"),
+        ({"type": "slurm", "cores": 1, "memory": "2GiB", "job-extra-directives": [], "job_extra_directives": []}, "given twice"),
         ({"type": "slurm", "cores": 1, "memory": "2GiB", "extra": {"walltime": "01:00:00"}}, "not under extra"),
         ({"type": "slurm", "cores": 1, "memory": "2GiB", "extra": {"security": None}}, "tls: true|false"),
     ],
@@ -50,8 +48,13 @@ def test_wrong_cluster_key_or_value_is_named(cluster, field):
 def test_bad_cluster_file_fails_before_any_job_is_submitted(tmp_path, repo_root):
     bad = tmp_path / "cluster.yaml"
     bad.write_text("cluster:\n  type: slurm\n  cores: 1\n  memory: 2GiB\n  jobs: 2\n  queue: debug\n  extra: {bogus_option: 1}\n")
-    res = subprocess.run(MIRPIPE + ["run", "--cluster", str(bad), "--workdir", str(tmp_path / "w")],
-                         capture_output=True, text=True, cwd=repo_root, timeout=120)
+    res = subprocess.run(
+        MIRPIPE + ["run", "--cluster", str(bad), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
     assert res.returncode == 2 and "bogus_option" in res.stderr and str(bad) in res.stderr
     assert not (tmp_path / "w").exists()  # no workdir, no cluster, no job
 
@@ -62,16 +65,32 @@ def test_worker_lifetime_is_derived_from_walltime_and_overridable():
     assert cfg.worker_args()[:4] == ["--lifetime", "6480s", "--lifetime-stagger", "300s"]
     short = parse_cluster({"type": "slurm", "cores": 1, "memory": "2GiB", "walltime": "00:05:00"})
     assert short.lifetime_seconds() == (240.0, 15.0)  # at least one minute before the walltime
-    own = parse_cluster({"type": "slurm", "cores": 1, "memory": "2GiB", "walltime": "1-00:00:00",
-                         "lifetime": "20h", "lifetime_stagger": "10m", "lifetime_restart": True,
-                         "worker_resources": {"GPU": 1}})
-    assert own.worker_args() == ["--lifetime", "72000s", "--lifetime-stagger", "600s", "--lifetime-restart", "--resources", "GPU=1"]
+    own = parse_cluster(
+        {
+            "type": "slurm",
+            "cores": 1,
+            "memory": "2GiB",
+            "walltime": "1-00:00:00",
+            "lifetime": "20h",
+            "lifetime_stagger": "10m",
+            "lifetime_restart": True,
+            "worker_resources": {"GPU": 1},
+        }
+    )
+    assert own.worker_args() == [
+        "--lifetime",
+        "72000s",
+        "--lifetime-stagger",
+        "600s",
+        "--lifetime-restart",
+        "--resources",
+        "GPU=1",
+    ]
 
 
 def _cli(*args: str):
     """The real click command, in-process (CliRunner): no interpreter start per call."""
     from click.testing import CliRunner
-
     from mirpipe.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
@@ -105,21 +124,32 @@ def test_example_cluster_files_validate(repo_root):
 
 @pytest.mark.slow
 def test_stage_resources_are_asked_only_where_a_worker_offers_them(tmp_path, fault_corpus):
-    with open_executor(parse_cluster({"type": "local", "n_workers": 1, "memory_limit": "2GiB",
-                                      "worker_resources": {"GPU": 1}, "resources": {"features": {"GPU": 1}}})) as ex:
+    with open_executor(
+        parse_cluster(
+            {
+                "type": "local",
+                "n_workers": 1,
+                "memory_limit": "2GiB",
+                "worker_resources": {"GPU": 1},
+                "resources": {"features": {"GPU": 1}},
+            }
+        )
+    ) as ex:
         assert ex.resources_for("features", {}) == {"GPU": 1}  # cluster.yaml's mapping
         assert ex.resources_for("train", {"GPU": 1}) == {"GPU": 1}  # the stage's own default
         assert ex.resources_for("train", {"TPU": 1}) is None  # nobody offers it: run anywhere
         assert ex.resources_for("ingest", {}) is None
         # the same scheduler seen as an existing one (no declaration): the live workers are asked
         address = ex.client.scheduler.address
-        with open_executor(parse_cluster({"type": "address", "address": address,
-                                          "resources": {"train": {"GPU": 2}, "features": {"GPU": 1}}})) as seen:
+        with open_executor(
+            parse_cluster({"type": "address", "address": address, "resources": {"train": {"GPU": 2}, "features": {"GPU": 1}}})
+        ) as seen:
             assert seen.resources_for("features", {}) == {"GPU": 1}
             assert seen.resources_for("train", {"GPU": 1}) is None  # the file overrides the stage: 2 GPUs, none has
     # a stage configured for a GPU on a cluster without one runs anyway instead of waiting forever
-    with open_executor(parse_cluster({"type": "local", "n_workers": 1, "memory_limit": "2GiB",
-                                      "resources": {"ingest": {"GPU": 1}}})) as ex:
+    with open_executor(
+        parse_cluster({"type": "local", "n_workers": 1, "memory_limit": "2GiB", "resources": {"ingest": {"GPU": 1}}})
+    ) as ex:
         assert ex.resources_for("ingest", {}) is None
         (report,) = Runner(tmp_path / "work", corpus_config(fault_corpus), progress=False).run(ex, only="ingest")
     assert report.done == report.total == FAULT_TRACKS
@@ -149,8 +179,12 @@ def test_walltime_is_read_and_written_in_each_schedulers_syntax(scheduler, given
     assert jobqueue_kwargs(cfg)["walltime"] == passed
 
 
-WALLTIME_LINE = {"slurm": "#SBATCH -t 04:00:00", "pbs": "#PBS -l walltime=04:00:00",
-                 "sge": "#$ -l h_rt=04:00:00", "lsf": "#BSUB -W 04:00"}
+WALLTIME_LINE = {
+    "slurm": "#SBATCH -t 04:00:00",
+    "pbs": "#PBS -l walltime=04:00:00",
+    "sge": "#$ -l h_rt=04:00:00",
+    "lsf": "#BSUB -W 04:00",
+}
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "pbs", "sge", "lsf"])
@@ -160,9 +194,19 @@ def test_job_script_of_each_scheduler(scheduler, tmp_path):
     from mirpipe.pipeline.cluster import job_script
 
     walltime = "04:00" if scheduler == "lsf" else "04:00:00"
-    cfg = parse_cluster({"type": scheduler, "cores": 2, "memory": "4GiB", "processes": 1, "walltime": walltime,
-                         "queue": "q1", "job-extra-directives": ["-V"] if scheduler != "slurm" else ["--qos=low"],
-                         "job-script-prologue": ["echo start"], "local-directory": "/scratch"})
+    cfg = parse_cluster(
+        {
+            "type": scheduler,
+            "cores": 2,
+            "memory": "4GiB",
+            "processes": 1,
+            "walltime": walltime,
+            "queue": "q1",
+            "job-extra-directives": ["-V"] if scheduler != "slurm" else ["--qos=low"],
+            "job-script-prologue": ["echo start"],
+            "local-directory": "/scratch",
+        }
+    )
     script = job_script(cfg, tmp_path)
     print(f"----- {scheduler} -----\n{script}")
     assert WALLTIME_LINE[scheduler] in script.splitlines()
@@ -181,13 +225,19 @@ def test_job_script_of_each_scheduler(scheduler, tmp_path):
 def test_only_keys_set_in_cluster_yaml_are_passed_and_jobqueue_yaml_supplies_the_rest(tmp_path):
     """The site's jobqueue.yaml (dask config jobqueue.<type>.*) is not overridden by mirpipe defaults."""
     import dask
-
     from mirpipe.pipeline.cluster import job_script, jobqueue_kwargs
 
-    site = {"jobqueue.slurm.walltime": "1-00", "jobqueue.slurm.processes": 2, "jobqueue.slurm.queue": "site-q",
-            "jobqueue.slurm.cores": 4, "jobqueue.slurm.memory": "8GiB", "jobqueue.slurm.python": "/site/python",
-            "jobqueue.slurm.worker-extra-args": ["--no-dashboard"],
-            "jobqueue.slurm.log-directory": "/site/logs", "jobqueue.slurm.shared-temp-directory": "/site/tls"}
+    site = {
+        "jobqueue.slurm.walltime": "1-00",
+        "jobqueue.slurm.processes": 2,
+        "jobqueue.slurm.queue": "site-q",
+        "jobqueue.slurm.cores": 4,
+        "jobqueue.slurm.memory": "8GiB",
+        "jobqueue.slurm.python": "/site/python",
+        "jobqueue.slurm.worker-extra-args": ["--no-dashboard"],
+        "jobqueue.slurm.log-directory": "/site/logs",
+        "jobqueue.slurm.shared-temp-directory": "/site/tls",
+    }
     with dask.config.set(site):
         cfg = parse_cluster({"type": "slurm"})  # cores and memory from jobqueue.yaml
         kwargs = jobqueue_kwargs(cfg, tmp_path)
@@ -212,14 +262,38 @@ def test_only_keys_set_in_cluster_yaml_are_passed_and_jobqueue_yaml_supplies_the
 
 
 def test_hyphenated_keys_are_the_jobqueue_yaml_spelling_of_the_same_fields():
-    hyphens = parse_cluster({"type": "slurm", "cores": 1, "memory": "2GiB", "job-extra-directives": ["--qos=x"],
-                             "job-script-prologue": ["module load x"], "worker-extra-args": ["--no-nanny"],
-                             "local-directory": "/tmp", "log-directory": "/logs", "lifetime-stagger": "1m",
-                             "shared-temp-directory": "/shared", "allowed-failures": 3, "extra": {"job-name": "j"}})
-    underscores = parse_cluster({"type": "slurm", "cores": 1, "memory": "2GiB", "job_extra_directives": ["--qos=x"],
-                                 "job_script_prologue": ["module load x"], "worker_extra_args": ["--no-nanny"],
-                                 "local_directory": "/tmp", "log_directory": "/logs", "lifetime_stagger": "1m",
-                                 "shared_temp_directory": "/shared", "allowed_failures": 3, "extra": {"job_name": "j"}})
+    hyphens = parse_cluster(
+        {
+            "type": "slurm",
+            "cores": 1,
+            "memory": "2GiB",
+            "job-extra-directives": ["--qos=x"],
+            "job-script-prologue": ["module load x"],
+            "worker-extra-args": ["--no-nanny"],
+            "local-directory": "/tmp",
+            "log-directory": "/logs",
+            "lifetime-stagger": "1m",
+            "shared-temp-directory": "/shared",
+            "allowed-failures": 3,
+            "extra": {"job-name": "j"},
+        }
+    )
+    underscores = parse_cluster(
+        {
+            "type": "slurm",
+            "cores": 1,
+            "memory": "2GiB",
+            "job_extra_directives": ["--qos=x"],
+            "job_script_prologue": ["module load x"],
+            "worker_extra_args": ["--no-nanny"],
+            "local_directory": "/tmp",
+            "log_directory": "/logs",
+            "lifetime_stagger": "1m",
+            "shared_temp_directory": "/shared",
+            "allowed_failures": 3,
+            "extra": {"job_name": "j"},
+        }
+    )
     assert hyphens == underscores and hyphens.model_fields_set == underscores.model_fields_set
     local = parse_cluster({"type": "local", "n-workers": 1, "threads-per-worker": 2, "dashboard-address": None})
     assert (local.n_workers, local.threads_per_worker, local.dashboard_address) == (1, 2, None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import stat
 
 import pytest
-
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 
@@ -77,8 +76,17 @@ def test_jobqueue_scheduler_uses_tls_and_refuses_clients_without_its_credentials
 
 
 def test_jobqueue_tls_can_be_turned_off_and_the_dashboard_opened(tmp_path):
-    cfg = parse_cluster({"type": "slurm", "cores": 1, "memory": "1GiB", "walltime": "00:10:00", "maximum": 1,
-                         "tls": False, "dashboard_address": ":0"})
+    cfg = parse_cluster(
+        {
+            "type": "slurm",
+            "cores": 1,
+            "memory": "1GiB",
+            "walltime": "00:10:00",
+            "maximum": 1,
+            "tls": False,
+            "dashboard_address": ":0",
+        }
+    )
     with open_executor(cfg, tmp_path) as ex:
         assert ex.client.scheduler.address.startswith("tcp://")
         assert "--tls" not in ex.client.cluster.job_script()

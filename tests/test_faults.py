@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import dump, parse_cluster
@@ -79,12 +78,17 @@ def test_worker_killed_mid_features_stage_still_completes_identically(augmented,
 
 
 @pytest.mark.slow
-def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(augmented, fault_corpus, reference_store, tmp_path, repo_root):
+def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(
+    augmented, fault_corpus, reference_store, tmp_path, repo_root
+):
     # synchronous: the driver itself writes the entries, so the SIGKILL also lands mid-write
     cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus), {"type": "sync"})
     driver = subprocess.Popen(
         MIRPIPE + ["run", "--workdir", str(augmented), "--config", str(cfg), "--cluster", str(cl)],
-        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         _wait_for(lambda: _done_markers(augmented) >= 1 or driver.poll() is not None, what="the first features item")
@@ -104,7 +108,9 @@ def test_driver_sigkilled_mid_features_next_run_recomputes_only_the_rest(augment
     leftover.write_bytes(b"PK\x03\x04 cut short")
     done_before = sum(1 for item in Ledger(augmented).done("features") if store.is_valid(item))
     assert 0 < done_before < N_FEATURES, "the kill did not land mid-features"
-    res = subprocess.run(MIRPIPE + ["run", "--workdir", str(augmented), "--json"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        MIRPIPE + ["run", "--workdir", str(augmented), "--json"], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     stages = json.loads(res.stdout)["stages"]
     assert stages["ingest"]["scheduled"] == 0
@@ -128,9 +134,14 @@ os._exit(9)                                # ... and the process dies before the
 
 
 def test_crash_between_entry_and_marker_leaves_the_item_pending(augmented, fault_corpus, reference_store, repo_root):
-    res = subprocess.run([sys.executable, "-c", _CRASH_AFTER_ENTRY, str(augmented), str(fault_corpus)],
-                         cwd=repo_root / "tests", capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(repo_root)})
+    res = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_ENTRY, str(augmented), str(fault_corpus)],
+        cwd=repo_root / "tests",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo_root)},
+    )
     assert res.returncode == 9, res.stderr[-2000:]
     crashed = res.stdout.split()[-1]
     assert open_store("zarr", augmented / "features").is_valid(crashed)  # the entry is there
@@ -181,7 +192,6 @@ def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_co
     """Damage that keeps an entry's size and modification time passes planning's stat check;
     ``mirpipe verify`` opens the entries, finds it, and ``--repair`` makes the item pending."""
     from click.testing import CliRunner
-
     from mirpipe.pipeline import workdir as wd
     from mirpipe.pipeline.cli import main
 
@@ -193,7 +203,7 @@ def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_co
         st = path.stat()
         data = bytearray(path.read_bytes())
         middle = len(data) // 2
-        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
         path.write_bytes(bytes(data))
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert Runner(augmented, cfg, progress=False).plan("features").total == FAULT_TRACKS
@@ -215,7 +225,9 @@ def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_i
     blocker.mkdir(parents=True)  # a directory where the entry goes: the rename fails, not the input's fault, so retried
     (blocker / "x").write_text("in the way")
     run = MIRPIPE + ["run", "--workdir", str(augmented), "--json"]
-    first = subprocess.run(run + ["--config", str(cfg), "--cluster", str(cl)], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        run + ["--config", str(cfg), "--cluster", str(cl)], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
     assert first.returncode == 1, first.stderr[-3000:]  # an item failed: exit code 1
     feats = json.loads(first.stdout)["stages"]["features"]
     assert feats["done"] == N_FEATURES - 1 and feats["failed"] == 1
@@ -226,7 +238,9 @@ def test_raising_item_is_retried_then_recorded_and_retry_failed_reruns_exactly_i
     log = (augmented / "logs" / "failures.log").read_text().splitlines()
     assert len(log) == 1 and "demo-0001" in log[0]
     with open_executor(parse_cluster({"type": "sync"})) as ex:  # recorded failures stay put on a plain rerun
-        assert Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex, until="features")[-1].scheduled == 0
+        assert (
+            Runner(augmented, corpus_config(fault_corpus, retries=2), progress=False).run(ex, until="features")[-1].scheduled == 0
+        )
     shutil.rmtree(blocker)
     retried = subprocess.run(run + ["--retry-failed"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert retried.returncode == 0, retried.stderr[-3000:]  # nothing failed any more
@@ -253,11 +267,17 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     _memory_hog(corpus, corpus / "demo-0000.jams")
     workdir = tmp_path / "work"
     cfg, cl = _write_configs(
-        tmp_path, corpus_config(corpus, shifts=[0]),
+        tmp_path,
+        corpus_config(corpus, shifts=[0]),
         {"type": "local", "n_workers": 2, "memory_limit": "1500MiB", "allowed_failures": 1},
     )
-    res = subprocess.run(MIRPIPE + ["run", "--workdir", str(workdir), "--config", str(cfg), "--cluster", str(cl), "--json"],
-                         cwd=repo_root, capture_output=True, text=True, timeout=400)
+    res = subprocess.run(
+        MIRPIPE + ["run", "--workdir", str(workdir), "--config", str(cfg), "--cluster", str(cl), "--json"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert res.returncode == 1, res.stderr[-3000:]  # an item was quarantined: exit code 1
     out = json.loads(res.stdout)
     feats = out["stages"]["features"]
@@ -265,7 +285,6 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     record = Ledger(workdir).failure("features", "hog")
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
     from click.testing import CliRunner
-
     from mirpipe.pipeline.cli import main
 
     status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process
@@ -303,8 +322,14 @@ main(sys.argv[1:])
 def test_second_concurrent_run_is_refused_and_nothing_is_corrupted(augmented, fault_corpus, reference_store, tmp_path, repo_root):
     cfg, cl = _write_configs(tmp_path, corpus_config(fault_corpus), {"type": "sync"})
     args = ["run", "--workdir", str(augmented), "--config", str(cfg), "--cluster", str(cl)]
-    second = subprocess.Popen([sys.executable, "-c", _SECOND_RUN, *args], cwd=repo_root, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(
+        [sys.executable, "-c", _SECOND_RUN, *args],
+        cwd=repo_root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = subprocess.Popen(MIRPIPE + args, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = augmented / ".mirpipe.lock"
     _wait_for(lambda: lock.exists() and f'"pid": {first.pid},' in lock.read_text(), what="the first run to hold the lock")
@@ -342,7 +367,9 @@ def test_a_rerun_that_changes_nothing_skips_finalize_and_any_change_it_reads_bri
     for name in ("ingest", "features"):
         cls = type(STAGES.get(name))
         original = cls.finalize
-        monkeypatch.setattr(cls, "finalize", lambda self, ctx, done, _f=original, _n=name: (calls.append(_n), _f(self, ctx, done)))
+        monkeypatch.setattr(
+            cls, "finalize", lambda self, ctx, done, _f=original, _n=name: (calls.append(_n), _f(self, ctx, done))
+        )
     cfg = corpus_config(fault_corpus)
     index = augmented / "features" / "index.json"
     with open_executor(parse_cluster({"type": "sync"})) as ex:

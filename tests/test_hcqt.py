@@ -9,7 +9,6 @@ import warnings
 import librosa
 import numpy as np
 import pytest
-
 from mirpipe.storage.hcqt import (
     DB_RANGE,
     HARMONICS,
@@ -39,8 +38,9 @@ def _wide(y: np.ndarray) -> np.ndarray:
 def _exact(y: np.ndarray, h: float) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_fft=.*too large", category=UserWarning)
-        C = librosa.cqt(y, sr=SR, hop_length=GEOM.hop_length, fmin=h * GEOM.fmin, n_bins=GEOM.n_bins,
-                        bins_per_octave=BPO, tuning=0.0)
+        C = librosa.cqt(
+            y, sr=SR, hop_length=GEOM.hop_length, fmin=h * GEOM.fmin, n_bins=GEOM.n_bins, bins_per_octave=BPO, tuning=0.0
+        )
     return librosa.amplitude_to_db(np.abs(C), ref=1.0, amin=1e-5, top_db=None).T
 
 
@@ -148,8 +148,7 @@ def test_view_matches_exact_hcqt():
         err = np.abs(view[i, mid] - exact)[loud]
         assert err.size > 50
         limit = (0.1, 1.0) if h in (0.5, 1.0, 2.0, 4.0) else (5.0, 20.0)
-        assert err.mean() <= limit[0] and err.max() <= limit[1], (
-            f"h={h}: mean |dB| {err.mean():.3f}, max {err.max():.2f}")
+        assert err.mean() <= limit[0] and err.max() <= limit[1], f"h={h}: mean |dB| {err.mean():.3f}, max {err.max():.2f}"
 
 
 def test_wide_cqt_has_no_octave_edge_dips():
@@ -196,7 +195,7 @@ def test_db_range_covers_full_scale_audio():
 def test_geometry():
     g = GEOM
     assert g.bins_per_semitone == 5 and g.margin_bins == 30
-    assert g.wide_fmin == pytest.approx(32.703195662574764 * 0.5 * 2 ** -0.5)
+    assert g.wide_fmin == pytest.approx(32.703195662574764 * 0.5 * 2**-0.5)
     assert g.harmonic_offset(0.5) == 30 and g.harmonic_offset(1.0) == 90 and g.harmonic_offset(4.0) == 210
     assert g.harmonic_offset(3.0) == pytest.approx(30 + 60 * np.log2(6))
     freqs = g.frequencies()
@@ -209,8 +208,7 @@ def test_geometry():
         warnings.filterwarnings("ignore", message="n_fft=.*too large", category=UserWarning)
         librosa.cqt(y, sr=SR, hop_length=256, fmin=g.wide_fmin, n_bins=g.n_wide_bins, bins_per_octave=BPO, tuning=0.0)
         with pytest.raises(librosa.ParameterError):
-            librosa.cqt(y, sr=SR, hop_length=256, fmin=g.wide_fmin, n_bins=g.n_wide_bins + 1,
-                        bins_per_octave=BPO, tuning=0.0)
+            librosa.cqt(y, sr=SR, hop_length=256, fmin=g.wide_fmin, n_bins=g.n_wide_bins + 1, bins_per_octave=BPO, tuning=0.0)
     # without the Nyquist cut (lower harmonics) nothing is lost
     small = WideCQT(harmonics=(0.5, 1.0, 2.0))
     assert small.n_wide_bins == small.n_wanted_bins

@@ -9,19 +9,16 @@ import os
 import shutil
 from pathlib import Path
 
+import dataset_layouts as layouts
 import jams
+import mirdata  # noqa: F401 - a declared dependency (the 'datasets' extra): a missing one fails here, not skips
 import numpy as np
 import pytest
-
-import dataset_layouts as layouts
-
-import mirdata  # noqa: F401 - a declared dependency (the 'datasets' extra): a missing one fails here, not skips
 
 
 def cli(*args: str):
     """The real click command, in-process."""
     from click.testing import CliRunner
-
     from mirpipe.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
@@ -36,6 +33,7 @@ def as_json(result) -> dict:
 
 
 # -- chords: beatles --------------------------------------------------------------------------------
+
 
 def test_beatles_with_its_index_links_audio_in_place_and_writes_valid_jams(tmp_path):
     home, out = tmp_path / "Beatles", tmp_path / "corpus"
@@ -68,8 +66,19 @@ def test_beatles_checksums_catch_a_changed_file_and_the_rest_is_imported(tmp_pat
     (tmp_path / "index.json").write_text(json.dumps(index))
     damaged = home / index["tracks"]["0111"]["chords"][0]
     damaged.write_text(damaged.read_text().replace("E:min", "E:maj"))
-    res = cli("import", "mirdata", "beatles", "--data-home", str(home), "--out", str(out),
-              "--index", str(tmp_path / "index.json"), "--checksums", "--json")
+    res = cli(
+        "import",
+        "mirdata",
+        "beatles",
+        "--data-home",
+        str(home),
+        "--out",
+        str(out),
+        "--index",
+        str(tmp_path / "index.json"),
+        "--checksums",
+        "--json",
+    )
     assert res.exit_code == 1
     report = as_json(res)
     assert report["imported"] == 2
@@ -89,7 +98,9 @@ def test_a_missing_audio_file_is_a_classified_failure_and_earlier_imports_of_it_
     assert res.exit_code == 1
     report = as_json(res)
     assert report["imported"] == 2 and report["total"] == 3
-    assert [(f["track"], f["error_class"], f["file"]) for f in report["failed"]] == [("beatles/0301", "MissingAudioError", str(gone))]
+    assert [(f["track"], f["error_class"], f["file"]) for f in report["failed"]] == [
+        ("beatles/0301", "MissingAudioError", str(gone))
+    ]
     assert any("built from the files" in n for n in report["notes"])
     assert not (out / "beatles" / "0301.jams").exists() and not os.path.lexists(out / "beatles" / "0301.wav")
     assert (out / "beatles" / "0111.jams").exists()
@@ -115,6 +126,7 @@ def test_an_invalid_secondary_annotation_is_left_out_with_a_warning_an_invalid_c
 
 # -- f0: vocadito, medleydb_pitch ---------------------------------------------------------------------
 
+
 def test_vocadito_f0_and_both_annotators_notes(tmp_path):
     home, out = tmp_path / "vocadito", tmp_path / "corpus"
     layouts.vocadito(home, n=2)
@@ -137,13 +149,30 @@ def test_medleydb_pitch_with_an_explicit_index(tmp_path):
     home, out = tmp_path / "MedleyDB-Pitch", tmp_path / "corpus"
     layouts.medleydb_pitch(home)
     tid = "AClassicEducation_NightOwl_STEM_08"
-    index = {"version": "3.0", "tracks": {tid: {
-        "audio": [f"audio/{tid}.wav", layouts.md5(home / "audio" / f"{tid}.wav")],
-        "pitch": [f"pitch/{tid}.csv", layouts.md5(home / "pitch" / f"{tid}.csv")],
-        "notes_pyin": [None, None]}}}
+    index = {
+        "version": "3.0",
+        "tracks": {
+            tid: {
+                "audio": [f"audio/{tid}.wav", layouts.md5(home / "audio" / f"{tid}.wav")],
+                "pitch": [f"pitch/{tid}.csv", layouts.md5(home / "pitch" / f"{tid}.csv")],
+                "notes_pyin": [None, None],
+            }
+        },
+    }
     (tmp_path / "mdbp.json").write_text(json.dumps(index))
-    res = cli("import", "mirdata", "medleydb_pitch", "--data-home", str(home), "--out", str(out),
-              "--index", str(tmp_path / "mdbp.json"), "--checksums", "--json")
+    res = cli(
+        "import",
+        "mirdata",
+        "medleydb_pitch",
+        "--data-home",
+        str(home),
+        "--out",
+        str(out),
+        "--index",
+        str(tmp_path / "mdbp.json"),
+        "--checksums",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert any("given with --index" in n for n in as_json(res)["notes"])
     jam = load(out / "medleydb_pitch" / f"{tid}.jams")
@@ -152,6 +181,7 @@ def test_medleydb_pitch_with_an_explicit_index(tmp_path):
 
 
 # -- instruments: medley_solos_db ---------------------------------------------------------------------
+
 
 def test_medley_solos_db_tags_and_official_splits(tmp_path):
     home, out = tmp_path / "msdb", tmp_path / "corpus"
@@ -190,6 +220,7 @@ def test_unknown_names_and_overlapping_folders_are_usage_errors(tmp_path):
 
 # -- the plain folder importer --------------------------------------------------------------------
 
+
 def test_folder_of_audio_with_lab_and_csv_files(tmp_path):
     src, out = tmp_path / "recordings", tmp_path / "corpus"
     layouts.tone(src / "album" / "01.wav")
@@ -219,6 +250,7 @@ def test_folder_of_audio_with_lab_and_csv_files(tmp_path):
 
 
 # -- an imported corpus through the pipeline ----------------------------------------------------
+
 
 @pytest.mark.slow
 def test_an_imported_corpus_runs_through_ingest_and_features(tmp_path, sync_cluster):

@@ -9,13 +9,12 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import manifest_rows
-from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.pipeline.runner import Runner
 from mirpipe.stages.ingest import assign_splits
-from mirpipe.demo.track import annotate, compose, render
 
 
 def _good(corpus, name, index=0):
@@ -143,10 +142,28 @@ def test_unreadable_file_is_classified_through_the_cli(tmp_path, repo_root):
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(json.dumps({"ingest": {"corpus": str(corpus)}}))
     (tmp_path / "cluster.yaml").write_text("cluster: {type: sync}\n")
-    cmd = [sys.executable, "-m", "mirpipe", "run", "--only", "ingest", "--json", "--config", str(cfg),
-           "--cluster", str(tmp_path / "cluster.yaml"), "--workdir", str(tmp_path / "work")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirpipe",
+        "run",
+        "--only",
+        "ingest",
+        "--json",
+        "--config",
+        str(cfg),
+        "--cluster",
+        str(tmp_path / "cluster.yaml"),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     if os.geteuid() == 0:  # root reads anything: take CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH away
-        cmd = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"] + cmd
+        cmd = [
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+        ] + cmd
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert res.returncode == 1, res.stderr[-3000:]  # a file failed: exit code 1
     ingest = json.loads(res.stdout)["stages"]["ingest"]

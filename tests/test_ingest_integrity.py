@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,15 +12,15 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import corpus_config, manifest_rows
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
-from mirpipe.corpus import scan_corpus, track_id
-from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
+
+from mirpipe.corpus import scan_corpus, track_id
 
 SR = 22050
 
@@ -69,6 +68,7 @@ def _overlapping(data):
 def _duration(delta):
     def edit(data):
         data["file_metadata"]["duration"] += delta
+
     return edit
 
 
@@ -137,8 +137,18 @@ def test_messy_corpus_every_track_processed_right_or_classified(corpus, tmp_path
         assert failures[item]["kind"] == "input" and failures[item]["attempts"] == 1
     manifest = manifest_rows(work)
     # ids from the path relative to the root, NFC, readable in any script; the symlinked folder is followed
-    assert set(manifest) == {"plain", "two_chord_annotations", "inverted_stereo", "和弦進行", "コード進行",
-                             "albumA/01", "albumB/01", "Café", "linked_folder/linked", "noisy_boundaries"}
+    assert set(manifest) == {
+        "plain",
+        "two_chord_annotations",
+        "inverted_stereo",
+        "和弦進行",
+        "コード進行",
+        "albumA/01",
+        "albumB/01",
+        "Café",
+        "linked_folder/linked",
+        "noisy_boundaries",
+    }
     assert features.done == len(manifest) and features.failed == 0
     # the reference the configuration names (the human one, second in the file), in the store
     row = manifest["two_chord_annotations"]
@@ -159,19 +169,24 @@ def test_messy_corpus_every_track_processed_right_or_classified(corpus, tmp_path
     row = manifest["noisy_boundaries"]
     assert [n["code"] for n in row["notices"]] == ["snapped"]
     from mirpipe.annotations.prepare import Preparation, prepared_jams
+
     ref = prepared_jams(row["jams"], Preparation.from_json(row["prep"]))
     intervals, labels = ref.annotations.search(namespace="chord")[0].to_interval_values()
     assert np.all(intervals[:-1, 1] <= intervals[1:, 0])
     import mir_eval
+
     mir_eval.chord.evaluate(intervals, labels, intervals, labels)  # would raise "must not overlap" unsnapped
     assert np.array_equal(_stored(work, "noisy_boundaries"), _chord_tags(ref, len(_stored(work, "noisy_boundaries"))))
     # every stage uses the audio's duration
-    for track, r in manifest.items():
+    for r in manifest.values():
         assert r["prep"]["duration"] == r["duration"] == pytest.approx(sf.info(r["audio"]).duration)
     # every file the scan saw is used or reported with a reason; status prints it
     scan = json.loads((work / "manifest.json").read_text())["scan"]
-    assert scan["ignored"] == {"hidden file": 1, "not audio or JAMS": 1,
-                               "symlinked folder already scanned (a loop or a second link)": 1}
+    assert scan["ignored"] == {
+        "hidden file": 1,
+        "not audio or JAMS": 1,
+        "symlinked folder already scanned (a loop or a second link)": 1,
+    }
     assert scan["files"] == 2 * 14 + 2  # 14 tracks (audio + JAMS), README.txt, .DS_Store
     notes = next(r for r in runner.status() if r["stage"] == "ingest")["notes"]
     assert any("README.txt" in n for n in notes) and any("loop" in n for n in notes)
@@ -270,9 +285,25 @@ def test_status_during_a_run_says_who_holds_the_workdir_and_what_runs(tmp_path, 
     cfg.write_text(json.dumps({"ingest": {"corpus": str(corpus)}, "run": {"time_limit": 120}}))
     (tmp_path / "cluster.yaml").write_text("cluster: {type: sync}\n")
     work = tmp_path / "work"
-    run = subprocess.Popen([sys.executable, "-m", "mirpipe", "run", "--only", "ingest", "--config", str(cfg),
-                            "--cluster", str(tmp_path / "cluster.yaml"), "--workdir", str(work)],
-                           cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirpipe",
+            "run",
+            "--only",
+            "ingest",
+            "--config",
+            str(cfg),
+            "--cluster",
+            str(tmp_path / "cluster.yaml"),
+            "--workdir",
+            str(work),
+        ],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         status = None
@@ -280,20 +311,35 @@ def test_status_during_a_run_says_who_holds_the_workdir_and_what_runs(tmp_path, 
             time.sleep(1)
             if not (work / "mirpipe.yaml").exists():
                 continue
-            res = subprocess.run([sys.executable, "-m", "mirpipe", "status", "--json", "--workdir", str(work)],
-                                 cwd=repo_root, capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                [sys.executable, "-m", "mirpipe", "status", "--json", "--workdir", str(work)],
+                cwd=repo_root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             status = json.loads(res.stdout)
             if status["stages"]["ingest"]["running"] == 1:
                 break
         assert status is not None and status["active_run"]["pid"] == run.pid, status
         assert status["stages"]["ingest"]["running"] == 1 and status["active_run"]["since"]
-        text = subprocess.run([sys.executable, "-m", "mirpipe", "status", "--workdir", str(work)],
-                              cwd=repo_root, capture_output=True, text=True, timeout=120).stdout
+        text = subprocess.run(
+            [sys.executable, "-m", "mirpipe", "status", "--workdir", str(work)],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         assert f"a run holds this workdir (pid {run.pid}" in text
     finally:
         run.kill()  # killed mid-item: its start marker stays behind, but no run holds the workdir any more
         run.wait(timeout=60)
-    res = subprocess.run([sys.executable, "-m", "mirpipe", "status", "--json", "--workdir", str(work)],
-                         cwd=repo_root, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "mirpipe", "status", "--json", "--workdir", str(work)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     after = json.loads(res.stdout)
     assert after["active_run"] is None and after["stages"]["ingest"]["running"] == 0

@@ -10,14 +10,21 @@ import jams
 import numpy as np
 import pytest
 import soundfile as sf
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
-
-from mirpipe.models.instrument import LABELS, PRESENCE, SINGLE, clip_scores, encode, patch_starts, weakest_classes, wilson_interval
-from mirpipe.models.labels import (Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes,
-                                   training_identity)
+from mirpipe.models.instrument import (
+    LABELS,
+    PRESENCE,
+    SINGLE,
+    clip_scores,
+    encode,
+    patch_starts,
+    weakest_classes,
+    wilson_interval,
+)
+from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary, label_id, normalise, notes, training_identity
 from mirpipe.models.task import TASKS
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 
 SR = 22050
 
@@ -36,9 +43,17 @@ def _jam(tags, duration, split=None):
 
 # -- vocabulary ----------------------------------------------------------------------------------
 
+
 def test_vocabulary_normalises_aliases_counts_per_split_and_reports_labels_outside_it():
-    tracks = [("train", [" Violin"]), ("train", ["violin", "CELLO"]), ("val", ["Violoncello"]), ("train", ["cello"]),
-              ("test", ["violin"]), ("test", ["Oboe  d'amore"]), ("val", ["theremin"])]
+    tracks = [
+        ("train", [" Violin"]),
+        ("train", ["violin", "CELLO"]),
+        ("val", ["Violoncello"]),
+        ("train", ["cello"]),
+        ("test", ["violin"]),
+        ("test", ["Oboe  d'amore"]),
+        ("val", ["theremin"]),
+    ]
     vocab = build_vocabulary(tracks, VocabularyParams(aliases={"Violoncello ": "Cello"}))
     assert vocab.classes == ["cello", "violin"]  # only labels a training track carries
     assert vocab.counts == {"cello": {"train": 2, "val": 1, "test": 0}, "violin": {"train": 2, "val": 0, "test": 1}}
@@ -48,10 +63,12 @@ def test_vocabulary_normalises_aliases_counts_per_split_and_reports_labels_outsi
     assert lookup[label_id("violoncello")] == lookup[label_id("cello")] == 0 and lookup[label_id("violin")] == 1
     lines = "\n".join(notes("instrument", vocab))
     assert "2 classes" in lines and "cello 2/1/0" in lines and "violoncello -> cello" in lines
-    assert "label 'theremin' is no class" in lines and "label \"oboe d'amore\" is no class" in lines
+    assert "label 'theremin' is no class" in lines and 'label "oboe d\'amore" is no class' in lines
     assert Vocabulary.from_json(json.loads(json.dumps(vocab.to_json()))) == vocab
     # training depends on the classes and aliases, not on the counts (a new test-only label retrains nothing)
-    more = build_vocabulary(tracks + [("test", ["kazoo"]), ("test", ["cello"])], VocabularyParams(aliases={"Violoncello ": "Cello"}))
+    more = build_vocabulary(
+        tracks + [("test", ["kazoo"]), ("test", ["cello"])], VocabularyParams(aliases={"Violoncello ": "Cello"})
+    )
     assert more.outside != vocab.outside and training_identity(more.to_json()) == training_identity(vocab.to_json())
 
 
@@ -99,8 +116,16 @@ def test_single_instrument_patches_get_a_class_and_padding_is_ignored():
 
 # -- balanced streaming --------------------------------------------------------------------------
 
-GEOMETRY = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bins": 12, "bins_per_octave": 12,
-            "margin_bins": 0, "frame_rate": 22050 / 2048}
+GEOMETRY = {
+    "kind": "cqt",
+    "sr": 22050,
+    "hop_length": 2048,
+    "fmin": 32.7,
+    "n_bins": 12,
+    "bins_per_octave": 12,
+    "margin_bins": 0,
+    "frame_rate": 22050 / 2048,
+}
 
 
 def test_class_balanced_weights_draw_every_class_about_equally(tmp_path):
@@ -109,8 +134,11 @@ def test_class_balanced_weights_draw_every_class_about_equally(tmp_path):
     for track, names in labels.items():
         ids = np.full((1, 40, 8), 0, np.int32)
         ids[..., 0] = label_id(names[0])
-        store.write_entry(track, {"cqt": np.zeros((1, 40, 12), np.float16), LABELS: ids},
-                          {"track": track, "variants": [0], "features": {"cqt": GEOMETRY}})
+        store.write_entry(
+            track,
+            {"cqt": np.zeros((1, 40, 12), np.float16), LABELS: ids},
+            {"track": track, "variants": [0], "features": {"cqt": GEOMETRY}},
+        )
     vocab = build_vocabulary([("train", names) for names in labels.values()])
     task = TASKS.get("instrument").bind(vocab.to_json())
     weights = task.vocabulary.stream_weights(list(labels.values()))
@@ -124,8 +152,7 @@ def test_class_balanced_weights_draw_every_class_about_equally(tmp_path):
     mux = MuxSettings(batch_size=16, n_active=4, rate=4.0, n_shards=1)
 
     def shares(weighted: bool) -> np.ndarray:
-        stream = PatchStream(spec, keys, mux, seed=3,
-                             weights=dict(zip(labels, weights)) if weighted else None)
+        stream = PatchStream(spec, keys, mux, seed=3, weights=dict(zip(labels, weights)) if weighted else None)
         batches = stream.batches(epoch=0)
         drawn = np.concatenate([next(batches)[SINGLE] for _ in range(120)])
         return np.bincount(drawn, minlength=3) / len(drawn)
@@ -136,6 +163,7 @@ def test_class_balanced_weights_draw_every_class_about_equally(tmp_path):
 
 
 # -- prediction and scores -----------------------------------------------------------------------
+
 
 def _prediction(logp: np.ndarray, act: np.ndarray, patch: int, n_frames: int) -> np.ndarray:
     starts = patch_starts(n_frames, patch, patch // 2)
@@ -181,8 +209,9 @@ def test_mixture_activity_is_decoded_to_time_spans_and_scored_with_average_preci
     expected = np.mean([average_precision_score(truth[:, k], scores[:, k]) for k in range(3)])
     assert task.scorer.score(ref, est)["mAP"]["score"] == pytest.approx(expected)
     pooled = task.scorer.pool_evidence([ev, ev], figures=None)
-    assert pooled["mAP"] == pytest.approx(np.mean([average_precision_score(np.r_[truth[:, k], truth[:, k]],
-                                                                           np.r_[scores[:, k], scores[:, k]]) for k in range(3)]))
+    assert pooled["mAP"] == pytest.approx(
+        np.mean([average_precision_score(np.r_[truth[:, k], truth[:, k]], np.r_[scores[:, k], scores[:, k]]) for k in range(3)])
+    )
 
 
 def test_clip_scores_equal_scikit_learns(tmp_path):
@@ -199,7 +228,9 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
         assert out["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
     # the pooled report: the same numbers from per-track evidence, and the confusion matrix figure
     task = TASKS.get("instrument")
-    pooled = task.scorer.pool_evidence([{"kind": "clip", "classes": classes, "ref": a, "est": b} for a, b in zip(ref, est)], tmp_path)
+    pooled = task.scorer.pool_evidence(
+        [{"kind": "clip", "classes": classes, "ref": a, "est": b} for a, b in zip(ref, est)], tmp_path
+    )
     assert pooled["macro_f1"] == out["macro_f1"] and pooled["confusion"]["classes"] == labels
     assert np.asarray(pooled["confusion"]["matrix"]).sum() == 40
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
@@ -211,16 +242,27 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
     assert wilson_interval(30, 30)[1] == 1.0 and wilson_interval(0, 30)[0] == 0.0
     assert any("95% interval" in note and "40 solo clips" in note for note in pooled["notes"])
     assert pooled["notes"][-1].startswith("lowest recall: ")
-    per_class = {"oboe": {"recall": 0.5, "support": 4}, "harp": {"recall": 1.0, "support": 3},
-                 "tuba": {"recall": 0.0, "support": 2}, "kazoo": {"recall": 0.0, "support": 0}}
+    per_class = {
+        "oboe": {"recall": 0.5, "support": 4},
+        "harp": {"recall": 1.0, "support": 3},
+        "tuba": {"recall": 0.0, "support": 2},
+        "kazoo": {"recall": 0.0, "support": 0},
+    }
     assert weakest_classes(per_class) == ["tuba 0/2", "oboe 2/4"]  # never-sounding and perfect classes left out
 
 
 def test_score_table_prints_a_tasks_notes(capsys):
     from mirpipe.pipeline.cli import _score_table
 
-    scores = {"instrument": {"accuracy": 0.5, "columns": ["accuracy"], "n_tracks": 30, "seconds": 90.0,
-                             "notes": ["30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)"]}}
+    scores = {
+        "instrument": {
+            "accuracy": 0.5,
+            "columns": ["accuracy"],
+            "n_tracks": 30,
+            "seconds": 90.0,
+            "notes": ["30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)"],
+        }
+    }
     _score_table(scores, __import__("pathlib").Path("w"), json_mode=False)
     assert "  30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)" in capsys.readouterr().out
 
@@ -259,7 +301,7 @@ def own_corpus(tmp_path_factory):
     for split in ("train", "val", "test"):
         y = np.zeros(int(3 * SR), np.float32)
         y[: int(2 * SR)] += _tone("kazoo", 220.0, 2.0, rng)
-        y[int(1 * SR):] += _tone("theremin", 330.0, 2.0, rng)
+        y[int(1 * SR) :] += _tone("theremin", 330.0, 2.0, rng)
         sf.write(root / f"mix_{split}.wav", y, SR)
         _jam([("kazoo", 0.0, 2.0), ("theremin", 1.0, 2.0)], 3.0, split).save(str(root / f"mix_{split}.jams"))
     sf.write(root / "odd.wav", _tone("theremin", 200.0, 1.5, rng), SR)
@@ -272,18 +314,32 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
     from mirpipe.pipeline.config import parse_pipeline
     from mirpipe.pipeline.runner import Runner
     from mirpipe.stages.ingest import Ingest, read_manifest
+
     from mirpipe.stage import StageContext
 
-    cfg = parse_pipeline({
-        "ingest": {"corpus": str(own_corpus), "vocabularies": {"instrument": {"aliases": {"etherphone": "Theremin"}}}},
-        "augment": {"shifts": [-1, 0, 1]},
-        "features": {"tasks": ["instrument"]},
-        "train": {"tasks": ["instrument"], "models": {"instrument": {"channels": [8, 16], "hidden": 16, "patch_frames": 32}},
-                  "patch_frames": 32, "slab_frames": 128, "batch_size": 16, "n_active": 4, "rate": 4, "steps_per_epoch": 15,
-                  "max_epochs": 3, "lr": 0.01, "threads": 1, "progress": "off"},
-        "evaluate": {"tasks": ["instrument"], "figures": 1},
-        "run": {"retries": 0},
-    })
+    cfg = parse_pipeline(
+        {
+            "ingest": {"corpus": str(own_corpus), "vocabularies": {"instrument": {"aliases": {"etherphone": "Theremin"}}}},
+            "augment": {"shifts": [-1, 0, 1]},
+            "features": {"tasks": ["instrument"]},
+            "train": {
+                "tasks": ["instrument"],
+                "models": {"instrument": {"channels": [8, 16], "hidden": 16, "patch_frames": 32}},
+                "patch_frames": 32,
+                "slab_frames": 128,
+                "batch_size": 16,
+                "n_active": 4,
+                "rate": 4,
+                "steps_per_epoch": 15,
+                "max_epochs": 3,
+                "lr": 0.01,
+                "threads": 1,
+                "progress": "off",
+            },
+            "evaluate": {"tasks": ["instrument"], "figures": 1},
+            "run": {"retries": 0},
+        }
+    )
     with open_executor(sync_cluster) as ex:
         reports = {r.stage: r for r in Runner(tmp_path, cfg, progress=False).run(ex)}
     for stage in ("ingest", "features", "train", "evaluate"):
@@ -311,7 +367,6 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
 
     # the trained model as one file predicts with the vocabulary it was trained on (predict + export)
     from click.testing import CliRunner
-
     from mirpipe.pipeline import workdir as wd
     from mirpipe.pipeline.cli import main
 
@@ -322,8 +377,11 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
     res = CliRunner().invoke(main, ["export", "--workdir", str(tmp_path), "--out", str(bundle)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     inputs = [own_corpus / "mix_test.wav", own_corpus / "odd.wav"]
-    res = CliRunner().invoke(main, ["predict", *map(str, inputs), "--model", str(bundle), "--out", str(tmp_path / "pred"),
-                                    "--cluster", str(sync)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        ["predict", *map(str, inputs), "--model", str(bundle), "--out", str(tmp_path / "pred"), "--cluster", str(sync)],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     for audio in inputs:
         out = jams.load(str(tmp_path / "pred" / f"{audio.stem}.jams"), validate=True, strict=True)

@@ -9,19 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dataset_layouts as layouts
 import numpy as np
 import pytest
 import yaml
 from joblib import Parallel, delayed
 
-import dataset_layouts as layouts
-
 LOCAL = {"type": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB"}
 
 
 def test_import_mirpipe_stays_cheap_and_exports_cluster():
-    code = ("import sys, mirpipe; heavy = [m for m in ('dask', 'distributed', 'joblib', 'torch', 'librosa') if m in sys.modules]; "
-            "assert not heavy, heavy; assert callable(mirpipe.cluster) and 'cluster' in mirpipe.__all__")
+    code = (
+        "import sys, mirpipe; heavy = [m for m in ('dask', 'distributed', 'joblib', 'torch', 'librosa') if m in sys.modules]; "
+        "assert not heavy, heavy; assert callable(mirpipe.cluster) and 'cluster' in mirpipe.__all__"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
 
@@ -58,9 +59,22 @@ def test_the_example_script_computes_its_feature_on_a_local_cluster(tmp_path, re
         layouts.tone(corpus / ("sub" if i % 2 else "") / f"{i}.wav", seconds=2.0, freqs=(f,))
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({"cluster": LOCAL}))
     out = tmp_path / "centroids.csv"
-    proc = subprocess.Popen([sys.executable, str(repo_root / "examples" / "joblib_centroid.py"), "--corpus", str(corpus),
-                             "--cluster", str(tmp_path / "cluster.yaml"), "--out", str(out)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(repo_root / "examples" / "joblib_centroid.py"),
+            "--corpus",
+            str(corpus),
+            "--cluster",
+            str(tmp_path / "cluster.yaml"),
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert "mirpipe.cluster: LocalCluster, 2 workers" in stderr and "4 files" in stdout
@@ -72,4 +86,3 @@ def test_the_example_script_computes_its_feature_on_a_local_cluster(tmp_path, re
     assert np.all(np.diff(means) > 0)  # higher tones, higher centroids
     y, sr = librosa.load(str(corpus / "0.wav"), sr=22050)
     assert means[0] == pytest.approx(float(np.mean(librosa.feature.spectral_centroid(y=y, sr=sr))), rel=1e-6)
-

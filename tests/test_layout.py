@@ -76,8 +76,16 @@ def _imports(module: str, path: Path) -> list[tuple[str, list[str], int]]:
 
 def test_the_package_has_the_rooms_of_the_design():
     modules = _modules()
-    for name in ("mirpipe.stage", "mirpipe.errors", "mirpipe.records", "mirpipe.registry", "mirpipe.audio.io",
-                 "mirpipe.annotations.prepare", "mirpipe.demo.stage", "mirpipe.pipeline.cli"):
+    for name in (
+        "mirpipe.stage",
+        "mirpipe.errors",
+        "mirpipe.records",
+        "mirpipe.registry",
+        "mirpipe.audio.io",
+        "mirpipe.annotations.prepare",
+        "mirpipe.demo.stage",
+        "mirpipe.pipeline.cli",
+    ):
         assert name in modules, name
 
 
@@ -130,8 +138,9 @@ def test_stages_holds_only_registered_stages():
 
     folder = _package_dirs()["stages"]
     registered = {type(stage).__module__ for stage in STAGES.values()}
-    strays = [p.name for p in sorted(folder.glob("*.py"))
-              if p.name != "__init__.py" and f"mirpipe.stages.{p.stem}" not in registered]
+    strays = [
+        p.name for p in sorted(folder.glob("*.py")) if p.name != "__init__.py" and f"mirpipe.stages.{p.stem}" not in registered
+    ]
     assert not strays, f"modules in stages/ that register no stage: {strays}"
     assert not [p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"], "stages/ has sub-packages"
 
@@ -160,14 +169,38 @@ def test_a_run_on_your_own_corpus_needs_no_fluidsynth(tmp_path, fault_corpus):
     block = tmp_path / "block"
     block.mkdir()
     (block / "fluidsynth.py").write_text("raise ImportError('pyfluidsynth is not installed (no [demo] extra)')\n")
-    (tmp_path / "pipeline.yaml").write_text(json.dumps({
-        "ingest": {"corpus": str(corpus)}, "augment": {"shifts": [-1, 0, 1]},
-        "train": {"tasks": []}, "evaluate": {"tasks": []}}))
+    (tmp_path / "pipeline.yaml").write_text(
+        json.dumps(
+            {
+                "ingest": {"corpus": str(corpus)},
+                "augment": {"shifts": [-1, 0, 1]},
+                "train": {"tasks": []},
+                "evaluate": {"tasks": []},
+            }
+        )
+    )
     (tmp_path / "cluster.yaml").write_text(json.dumps({"type": "sync"}))
     env = {**os.environ, "PYTHONPATH": str(block)}
-    res = subprocess.run([sys.executable, "-m", "mirpipe", "run", "--workdir", str(tmp_path / "work"),
-                          "--config", str(tmp_path / "pipeline.yaml"), "--cluster", str(tmp_path / "cluster.yaml"),
-                          "--json"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirpipe",
+            "run",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--config",
+            str(tmp_path / "pipeline.yaml"),
+            "--cluster",
+            str(tmp_path / "cluster.yaml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["stages"]["features"]["done"] == out["stages"]["ingest"]["done"] >= 2, out

@@ -87,7 +87,14 @@ def test_state_of_the_one_object_layout_is_read_and_rewritten_as_columns(tmp_pat
     rewrites it as a column document holding the same markers and failures."""
     base = tmp_path / "ledger" / "features"
     base.mkdir(parents=True)
-    marker = {"item": "a", "fingerprint": "fp", "record": {"track": "a", "stamp": [1, 2]}, "attempts": 1, "seconds": 0.1, "at": 1.0}
+    marker = {
+        "item": "a",
+        "fingerprint": "fp",
+        "record": {"track": "a", "stamp": [1, 2]},
+        "attempts": 1,
+        "seconds": 0.1,
+        "at": 1.0,
+    }
     failure = {"item": "b", "fingerprint": "fp", "message": "m", "at": 2.0}
     (base / STATE).write_text(json.dumps({"done": {"a": marker}, "failed": {"b": failure}}))
     ledger = Ledger(tmp_path)

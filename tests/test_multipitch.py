@@ -7,7 +7,6 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
-
 from mirpipe.models import multif0 as mf
 from mirpipe.models import salience as sal
 from mirpipe.models.task import TASKS, pool_weighted
@@ -29,6 +28,7 @@ def _notes_jam(notes, duration):
 
 
 # -- targets ----------------------------------------------------------------------------------
+
 
 def test_sounding_notes_fill_each_frame_lowest_first_and_a_unison_counts_once():
     times = np.arange(100) * 0.01
@@ -58,10 +58,13 @@ def test_the_multi_target_is_each_notes_20_cent_gaussian_and_shifts_move_it_exac
         moved = TASK.targets.transpose({NOTES: f}, n)[NOTES]
         np.testing.assert_allclose(moved[f > 0], f[f > 0] * 2 ** (n / 12), rtol=1e-6)
         assert (moved[f <= 0] == f[f <= 0]).all()
-        np.testing.assert_allclose(TASK.network.prepare_batch({NOTES: moved})["targets/salience"], np.roll(t, 5 * n, axis=-1), atol=2e-4)
+        np.testing.assert_allclose(
+            TASK.network.prepare_batch({NOTES: moved})["targets/salience"], np.roll(t, 5 * n, axis=-1), atol=2e-4
+        )
 
 
 # -- threshold, decoding -------------------------------------------------------------------
+
 
 def _chords(rng, T):
     """(T, K) f0s: three voices holding notes a few semitones apart, some frames silent."""
@@ -105,6 +108,7 @@ def test_a_salience_map_of_several_voices_decodes_back_within_10_cents_through_j
 
 
 # -- scores --------------------------------------------------------------------------------
+
 
 def test_pooled_scores_equal_mir_eval_per_track_and_over_the_concatenated_frames():
     rng = np.random.default_rng(2)
@@ -151,19 +155,29 @@ def test_task_scores_a_note_reference_against_a_frame_estimate_as_mir_eval_does(
 
 # -- end to end ------------------------------------------------------------------------------
 
+
 def test_tiny_multipitch_model_trains_and_scores(tmp_path, sync_cluster):
     import torch
     from conftest import small_config
-
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
 
     data = small_config(tracks=5, shifts=[0, 2]).model_dump(mode="json")
     data["features"] = {**data["features"], "tasks": ["multipitch"]}
-    data["train"] = {**data["train"], "tasks": ["multipitch"], "threads": 1, "patch_frames": 32, "batch_size": 4, "n_active": 4,
-                     "rate": 4, "steps_per_epoch": 3, "max_epochs": 2, "checkpoint_every": 3,
-                     "models": {"multipitch": {"channels": [4], "tall_channels": 2, "tall_bins": 15}},
-                     "overrides": {"multipitch": {"lr": 0.01}}}
+    data["train"] = {
+        **data["train"],
+        "tasks": ["multipitch"],
+        "threads": 1,
+        "patch_frames": 32,
+        "batch_size": 4,
+        "n_active": 4,
+        "rate": 4,
+        "steps_per_epoch": 3,
+        "max_epochs": 2,
+        "checkpoint_every": 3,
+        "models": {"multipitch": {"channels": [4], "tall_channels": 2, "tall_bins": 15}},
+        "overrides": {"multipitch": {"lr": 0.01}},
+    }
     data["evaluate"] = {**data["evaluate"], "tasks": ["multipitch"], "figures": 1}
     cfg = type(small_config()).model_validate(data)
     with open_executor(sync_cluster) as ex:

@@ -5,12 +5,8 @@ import os
 import subprocess
 import sys
 
-import jams
-import mir_eval
-import numpy as np
 import pytest
 import yaml
-
 from conftest import SMALL_SHIFTS, small_config
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.runner import Runner
@@ -36,8 +32,10 @@ def test_every_item_of_every_stage_is_done(finished):
     assert counts == {"synthesize": (3, 3, 0), "ingest": (3, 3, 0), "features": (3, 3, 0)}
     status = Runner(workdir, cfg, progress=False).status()
     by_stage = {s["stage"]: s for s in status}
-    assert all(by_stage[n]["pending"] == 0 and by_stage[n]["failed"] == 0 and by_stage[n]["done"] == by_stage[n]["total"] > 0
-               for n in ("synthesize", "ingest", "features"))
+    assert all(
+        by_stage[n]["pending"] == 0 and by_stage[n]["failed"] == 0 and by_stage[n]["done"] == by_stage[n]["total"] > 0
+        for n in ("synthesize", "ingest", "features")
+    )
     assert by_stage["train"]["total"] == by_stage["evaluate"]["total"] == 0  # no training asked for
 
 
@@ -105,18 +103,26 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
     mirpipe = [sys.executable, "-m", "mirpipe"]
     first = subprocess.run(  # CI=1: some libraries (pyfluidsynth) print to stdout on CI machines
         mirpipe + ["demo", "--workdir", str(workdir), "--config", str(cfg_file), "--cluster", str(cluster_file), "--json"],
-        capture_output=True, text=True, cwd=repo_root, timeout=300, env={**os.environ, "CI": "1"},
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=300,
+        env={**os.environ, "CI": "1"},
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Dask dashboard http" in first.stderr
     out = json.loads(first.stdout)
     assert out["stages"]["features"]["done"] == 2
-    second = subprocess.run(mirpipe + ["run", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=300)
+    second = subprocess.run(
+        mirpipe + ["run", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=300
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     stages = json.loads(second.stdout)["stages"]
     assert set(stages) == {"synthesize", "ingest", "features", "train", "evaluate"}
     assert all(s["scheduled"] == 0 and s["skipped"] == s["total"] for s in stages.values())
-    status = subprocess.run(mirpipe + ["status", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=120)
+    status = subprocess.run(
+        mirpipe + ["status", "--workdir", str(workdir), "--json"], capture_output=True, text=True, cwd=repo_root, timeout=120
+    )
     rows = json.loads(status.stdout)["stages"]
     assert all(r["done"] == r["total"] and r["pending"] == 0 for r in rows.values())
 
@@ -124,8 +130,13 @@ def test_cli_demo_then_run_json_resumes_with_zero_tasks(tmp_path, repo_root):
 def test_bad_configuration_fails_before_any_work(tmp_path, repo_root):
     bad = tmp_path / "pipeline.yaml"
     bad.write_text("features:\n  store: parquet\naugment:\n  shfts: [0]\n")
-    res = subprocess.run([sys.executable, "-m", "mirpipe", "run", "--config", str(bad), "--workdir", str(tmp_path / "w")],
-                         capture_output=True, text=True, cwd=repo_root, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "mirpipe", "run", "--config", str(bad), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=120,
+    )
     assert res.returncode == 2
     assert "features.store" in res.stderr and "augment.shfts" in res.stderr and str(bad) in res.stderr
     assert not (tmp_path / "w").exists()

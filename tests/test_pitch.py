@@ -7,7 +7,6 @@ import mir_eval
 import numpy as np
 import pytest
 import torch
-
 from mirpipe.models import salience as sal
 from mirpipe.models.task import TASKS, pool_weighted
 from mirpipe.models.trainer import Trainer, TrainerSettings
@@ -22,6 +21,7 @@ F0 = "targets/f0_hz"
 
 
 # -- targets ----------------------------------------------------------------------------------
+
 
 def test_a_known_f0_lands_on_its_bin_with_a_20_cent_gaussian():
     f0 = np.array([GRID.hz_of(120), GRID.hz_of(200.5), 0.0, -1.0])  # on bin 120, between 200 and 201, unvoiced, padding
@@ -45,11 +45,13 @@ def test_shifted_f0_scales_exactly_and_moves_the_target_by_5_bins_a_semitone(n):
     assert moved.dtype == f0.dtype
     np.testing.assert_allclose(moved[f0 > 0], f0[f0 > 0] * 2.0 ** (n / 12), rtol=1e-6)
     assert (moved[f0 <= 0] == f0[f0 <= 0]).all()
-    np.testing.assert_allclose(TASK.network.prepare_batch({F0: moved})["targets/salience"],
-                               np.roll(sal.salience_target(f0), 5 * n, axis=-1), atol=2e-4)
+    np.testing.assert_allclose(
+        TASK.network.prepare_batch({F0: moved})["targets/salience"], np.roll(sal.salience_target(f0), 5 * n, axis=-1), atol=2e-4
+    )
 
 
 # -- threshold tuning and decoding ---------------------------------------------------------
+
 
 def test_threshold_tuning_picks_the_best_overall_accuracy():
     rng = np.random.default_rng(0)
@@ -58,8 +60,9 @@ def test_threshold_tuning_picks_the_best_overall_accuracy():
     correct = voiced & (rng.random(n) < 0.9)
     peak = np.where(voiced, rng.uniform(0.35, 0.9, n), rng.uniform(0.02, 0.45, n))
     candidates = np.round(np.arange(0.05, 0.95, 0.05), 3)
-    threshold, accuracy = sal.tune_threshold([(peak[:150], correct[:150], voiced[:150]),
-                                              (peak[150:], correct[150:], voiced[150:])], candidates)
+    threshold, accuracy = sal.tune_threshold(
+        [(peak[:150], correct[:150], voiced[:150]), (peak[150:], correct[150:], voiced[150:])], candidates
+    )
     brute = [np.mean(np.where(peak >= t, correct, ~voiced)) for t in candidates]
     assert accuracy == pytest.approx(max(brute)) and threshold == candidates[int(np.argmax(brute))]
     assert 0.3 <= threshold <= 0.5
@@ -99,7 +102,7 @@ def test_viterbi_keeps_the_melody_where_single_frames_peak_in_the_accompaniment(
     sal_map[spurious] = np.maximum(sal_map[spurious], 0.95 * sal.salience_target(np.full(spurious.size, 293.66)))
     hz_argmax, _ = sal.decode_f0(sal_map, threshold=0.3)
     hz_viterbi, voiced = sal.decode_f0(sal_map, threshold=0.3, viterbi_sigma_bins=2.0)
-    cents = lambda hz: 1200 * np.abs(np.log2(hz / melody))  # noqa: E731
+    cents = lambda hz: 1200 * np.abs(np.log2(hz / melody))
     assert (cents(hz_argmax)[spurious] > 600).all()  # the constructed case does fool the argmax
     assert cents(hz_viterbi).max() < 10.0 and voiced.all()
 
@@ -114,12 +117,17 @@ def test_pitch_decoding_uses_viterbi_by_default_and_can_be_turned_off():
     sal_map = 0.8 * sal.salience_target(melody)
     sal_map[60] = 0.95 * sal.salience_target(np.array([293.66]))[0]
     times = np.arange(T) * 256 / 22050
-    est = {v: sal.contour_arrays(task.decoder.decode(sal_map, times, T * 256 / 22050, {"threshold": 0.3}, PitchDecoding(viterbi=v)))[1]
-           for v in (True, False)}
+    est = {
+        v: sal.contour_arrays(task.decoder.decode(sal_map, times, T * 256 / 22050, {"threshold": 0.3}, PitchDecoding(viterbi=v)))[
+            1
+        ]
+        for v in (True, False)
+    }
     assert abs(est[True][60] - 440.0) < 3.0 and abs(est[False][60] - 293.66) < 3.0
 
 
 # -- scores --------------------------------------------------------------------------------
+
 
 def _random_contour(rng, n):
     hz = 220.0 * 2 ** (rng.normal(0, 0.2, n).cumsum() / 12)
@@ -166,14 +174,23 @@ def test_task_scores_jams_contours_as_mir_eval_does():
 def test_score_table_prints_the_baseline_row(capsys):
     from mirpipe.pipeline.cli import _score_table
 
-    scores = {"pitch": {"OA": 0.9, "RPA": 0.95, "columns": ["OA", "RPA"], "n_tracks": 2, "seconds": 60.0,
-                        "baseline": {"name": "pyin", "OA": 0.5, "RPA": None}}}
+    scores = {
+        "pitch": {
+            "OA": 0.9,
+            "RPA": 0.95,
+            "columns": ["OA", "RPA"],
+            "n_tracks": 2,
+            "seconds": 60.0,
+            "baseline": {"name": "pyin", "OA": 0.5, "RPA": None},
+        }
+    }
     _score_table(scores, __import__("pathlib").Path("w"), json_mode=False)
     out = capsys.readouterr().out
     assert "model    0.900    0.950" in out and "pyin     0.500        -" in out
 
 
 # -- training: resume equivalence on HCQT entries -------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hcqt_store(tmp_path_factory):
@@ -201,21 +218,43 @@ def hcqt_store(tmp_path_factory):
 def _pitch_trainer(store, frames, out_dir, workers=0):
     torch.manual_seed(0)
     model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
-    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64,
-                      shifts=(-2, 0, 2), task=TASK)
+    spec = StreamSpec(
+        "zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 0, 2), task=TASK
+    )
     keys = [EntryKey(f"p{i}", n) for i, n in enumerate(frames)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=2, n_active=2, rate=4, n_shards=2), seed=3)
-    settings = TrainerSettings(steps_per_epoch=3, max_epochs=5, patience=5, lr=1e-2, checkpoint_every=2,
-                               device="cpu", seed=5, threads=1, deterministic=True)
-    return Trainer(model, TASK, lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=workers),
-                   lambda: (to_tensors(b) for b in track_patches(spec, keys[4:], 4)),
-                   settings, out_dir, run_key="pitch", log=lambda m: None, tensorboard=False)
+    settings = TrainerSettings(
+        steps_per_epoch=3,
+        max_epochs=5,
+        patience=5,
+        lr=1e-2,
+        checkpoint_every=2,
+        device="cpu",
+        seed=5,
+        threads=1,
+        deterministic=True,
+    )
+    return Trainer(
+        model,
+        TASK,
+        lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=workers),
+        lambda: (to_tensors(b) for b in track_patches(spec, keys[4:], 4)),
+        settings,
+        out_dir,
+        run_key="pitch",
+        log=lambda m: None,
+        tensorboard=False,
+    )
 
 
 def test_batches_carry_the_salience_built_from_their_f0(hcqt_store):
     store, frames = hcqt_store
-    spec = StreamSpec("zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 2), task=TASK)
-    batch = next(PatchStream(spec, [EntryKey("p0", frames[0])], MuxSettings(batch_size=3, n_active=1, rate=4, n_shards=1), 0).batches(0))
+    spec = StreamSpec(
+        "zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 2), task=TASK
+    )
+    batch = next(
+        PatchStream(spec, [EntryKey("p0", frames[0])], MuxSettings(batch_size=3, n_active=1, rate=4, n_shards=1), 0).batches(0)
+    )
     assert batch["hcqt"].shape == (3, 6, 16, 360) and batch["targets/salience"].shape == (3, 16, 360)
     np.testing.assert_array_equal(batch["targets/salience"], sal.salience_target(batch[F0]))
 
@@ -250,17 +289,27 @@ def test_pitch_k_steps_then_resume_to_2k_equals_2k_in_one_go(hcqt_store, tmp_pat
 
 # -- end to end ------------------------------------------------------------------------------
 
+
 def test_tiny_pitch_model_trains_and_scores_against_pyin(tmp_path, sync_cluster):
     from conftest import small_config
-
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
 
     data = small_config(tracks=6, shifts=[0, 2]).model_dump(mode="json")
-    data["train"] = {**data["train"], "tasks": ["pitch"], "threads": 1, "patch_frames": 32, "batch_size": 4, "n_active": 4,
-                     "rate": 4, "steps_per_epoch": 3, "max_epochs": 2, "checkpoint_every": 3,
-                     "models": {"pitch": {"channels": [4], "tall_channels": 2, "tall_bins": 15}},
-                     "overrides": {"pitch": {"lr": 0.01}}}
+    data["train"] = {
+        **data["train"],
+        "tasks": ["pitch"],
+        "threads": 1,
+        "patch_frames": 32,
+        "batch_size": 4,
+        "n_active": 4,
+        "rate": 4,
+        "steps_per_epoch": 3,
+        "max_epochs": 2,
+        "checkpoint_every": 3,
+        "models": {"pitch": {"channels": [4], "tall_channels": 2, "tall_bins": 15}},
+        "overrides": {"pitch": {"lr": 0.01}},
+    }
     data["evaluate"] = {**data["evaluate"], "tasks": ["pitch"], "figures": 1}
     cfg = type(small_config()).model_validate(data)
     with open_executor(sync_cluster) as ex:

@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
-
 from conftest import small_config
 from mirpipe.models.bundle import BundleError, load_bundle
 from mirpipe.models.task import TASKS
@@ -24,8 +23,8 @@ from mirpipe.pipeline import workdir as wd
 from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
-from mirpipe.pipeline.runner import Runner
 from mirpipe.pipeline.inference import features_of
+from mirpipe.pipeline.runner import Runner
 from mirpipe.storage import open_store
 
 SHIFTS = [-1, 0, 2]
@@ -36,9 +35,20 @@ TINY = {"chord": {"hidden": 16, "channels": 8}, "pitch": {"channels": [4], "tall
 def tiny_config():
     data = small_config(tracks=6, shifts=SHIFTS).model_dump(mode="json")
     data["synthesize"].update(solo_fraction=0.0, min_duration=5.0, max_duration=7.0)
-    data["train"] = {**data["train"], "tasks": TASK_NAMES, "threads": 1, "patch_frames": 32, "batch_size": 4,
-                     "n_active": 4, "rate": 4, "steps_per_epoch": 3, "max_epochs": 2, "checkpoint_every": 3,
-                     "models": TINY, "progress": "off"}
+    data["train"] = {
+        **data["train"],
+        "tasks": TASK_NAMES,
+        "threads": 1,
+        "patch_frames": 32,
+        "batch_size": 4,
+        "n_active": 4,
+        "rate": 4,
+        "steps_per_epoch": 3,
+        "max_epochs": 2,
+        "checkpoint_every": 3,
+        "models": TINY,
+        "progress": "off",
+    }
     data["evaluate"] = {**data["evaluate"], "tasks": TASK_NAMES, "figures": 0, "baselines": False, "robustness": True}
     return type(small_config()).model_validate(data)
 

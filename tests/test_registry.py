@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import small_config
 from mirpipe.models.task import TASKS, Decoder, Network, Scorer, Targets, Task, annotations
 from mirpipe.pipeline.cluster import open_executor
-from mirpipe.pipeline.config import ConfigError, parse_cluster, parse_pipeline
-from mirpipe.registry import Registry, UnknownNameError
+from mirpipe.pipeline.config import ConfigError, parse_pipeline
 from mirpipe.stages import STAGES, run_order
+
+from mirpipe.registry import Registry, UnknownNameError
 
 
 class VoicingTargets(Targets):
@@ -118,8 +118,16 @@ def test_a_task_defined_in_a_test_module_trains_and_is_scored_through_the_pipeli
 
     base = small_config(tracks=5, shifts=[0]).model_dump(mode="json")
     base["synthesize"]["solo_fraction"] = 0.0
-    base["train"] = {"tasks": ["toy_voicing"], "patch_frames": 16, "batch_size": 4, "n_active": 2, "rate": 4,
-                     "steps_per_epoch": 3, "max_epochs": 1, "progress": "off"}
+    base["train"] = {
+        "tasks": ["toy_voicing"],
+        "patch_frames": 16,
+        "batch_size": 4,
+        "n_active": 2,
+        "rate": 4,
+        "steps_per_epoch": 3,
+        "max_epochs": 1,
+        "progress": "off",
+    }
     base["evaluate"] = {"tasks": ["toy_voicing"], "figures": 1}
     cfg = parse_pipeline(base)
     with open_executor(sync_cluster) as ex:
@@ -134,11 +142,19 @@ def test_a_task_defined_in_a_test_module_trains_and_is_scored_through_the_pipeli
 
 def test_generic_code_names_no_task():
     root = Path(__file__).resolve().parent.parent
-    files = [root / "stages" / "train.py", root / "stages" / "evaluate.py",
-             root / "models" / "bundle.py", *sorted((root / "pipeline").glob("*.py"))]
+    files = [
+        root / "stages" / "train.py",
+        root / "stages" / "evaluate.py",
+        root / "models" / "bundle.py",
+        *sorted((root / "pipeline").glob("*.py")),
+    ]
     pattern = re.compile(r"\b(chord|pitch|instrument|melody)\b", re.IGNORECASE)
-    found = [f"{f.name}:{i}: {line.strip()}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
-             if pattern.search(line)]
+    found = [
+        f"{f.name}:{i}: {line.strip()}"
+        for f in files
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not found, "\n".join(found)
 
 
@@ -202,7 +218,6 @@ def test_registry_lists_names_and_refuses_a_second_implementation_of_one_name():
 
 def test_namespaces_are_converted_for_the_tasks(tmp_path):
     import jams
-
     from mirpipe.models import chord, pitch
     from mirpipe.models.task import offered_namespaces
 
@@ -216,7 +231,9 @@ def test_namespaces_are_converted_for_the_tasks(tmp_path):
     jam.annotations.extend([harte, hz])
     times = np.arange(0, 4, 0.1)
     targets = chord.encode(jam, times)
-    assert targets["chord_tag"][0] == chord.encode_label("C:maj")[3] and targets["chord_tag"][-1] == chord.encode_label("A:min")[3]
+    assert (
+        targets["chord_tag"][0] == chord.encode_label("C:maj")[3] and targets["chord_tag"][-1] == chord.encode_label("A:min")[3]
+    )
     assert np.allclose(pitch.encode(jam, times)["f0_hz"][5:35], 440.0)
     assert {"chord", "pitch_contour"} <= set(offered_namespaces(["chord_harte", "pitch_hz"]))
     assert "tag_open" in offered_namespaces(["tag_gtzan"])

@@ -11,16 +11,15 @@ import librosa
 import mir_eval
 import numpy as np
 import pytest
-
-from mirpipe.models.chord import encode_label
-from mirpipe.pipeline.cluster import open_executor
-from mirpipe.pipeline.config import PipelineConfig, parse_cluster
-from mirpipe.pipeline.runner import Runner
 from mirpipe.demo import soundfont
 from mirpipe.demo.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
 from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES
 from mirpipe.demo.labels import annotate, contour
-from mirpipe.demo.stage import Synthesize, SynthesizeParams, StageContext
+from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams
+from mirpipe.models.chord import encode_label
+from mirpipe.pipeline.cluster import open_executor
+from mirpipe.pipeline.config import PipelineConfig, parse_cluster
+from mirpipe.pipeline.runner import Runner
 
 SR = 22050
 TRAIN_SF, OTHER_TRAIN_SF, TEST_SF = "FluidR3_GM.sf2", "MuseScore_General_Lite.sf3", "TimGM6mb.sf2"
@@ -44,8 +43,10 @@ def test_splits_are_70_15_15_and_test_soundfont_unseen():
     assert abs(counts["test"] / n - 0.15) < 0.02 and abs(counts["val"] / n - 0.15) < 0.02, counts
     by_split = {s: {i.payload["soundfont"] for i in items if i.payload["split"] == s} for s in ("train", "val", "test")}
     assert by_split["test"] == {TEST_SF} and TEST_SF not in by_split["train"] | by_split["val"]
-    assert {i.payload["soundfont"] for i in items if i.payload["split"] == "train" and i.payload["kind"] == "mixture"} \
-        == {TRAIN_SF, OTHER_TRAIN_SF}
+    assert {i.payload["soundfont"] for i in items if i.payload["split"] == "train" and i.payload["kind"] == "mixture"} == {
+        TRAIN_SF,
+        OTHER_TRAIN_SF,
+    }
     assert {TRAIN_SF, OTHER_TRAIN_SF} <= by_split["train"] <= set(p.soundfonts["train"])  # clips: sample libraries too
     test_kinds = Counter(i.payload["kind"] for i in items if i.payload["split"] == "test")
     assert test_kinds["mixture"] == 9 and test_kinds["clip"] == 3 * len(SOLO_FAMILIES)
@@ -159,7 +160,11 @@ def test_chords_sound_their_labels(sf_name):
             _, pcs, _, _ = encode_label(seg.label)
             k = int(pcs.sum())
             exact += set(np.argsort(chroma)[-k:]) == set(np.flatnonzero(pcs))
-            assert set(np.flatnonzero(pcs)) <= set(np.argsort(chroma)[-k - 1:]), (sf_name, seg.label, np.round(chroma / chroma.max(), 2))
+            assert set(np.flatnonzero(pcs)) <= set(np.argsort(chroma)[-k - 1 :]), (
+                sf_name,
+                seg.label,
+                np.round(chroma / chroma.max(), 2),
+            )
             total += 1
         if bass:
             yb, _ = soundfont.render(perf, sf_name, SR, mute=tuple(c for c in range(16) if c not in bass))
@@ -172,11 +177,19 @@ def test_chords_sound_their_labels(sf_name):
 
 
 def _pyin_scores(perf, y, fam):
-    f0, voiced, _ = librosa.pyin(y, fmin=librosa.midi_to_hz(fam.low + fam.sounding - 2),
-                                 fmax=librosa.midi_to_hz(fam.high + fam.sounding + 2), sr=SR, frame_length=2048, hop_length=256)
+    f0, voiced, _ = librosa.pyin(
+        y,
+        fmin=librosa.midi_to_hz(fam.low + fam.sounding - 2),
+        fmax=librosa.midi_to_hz(fam.high + fam.sounding + 2),
+        sr=SR,
+        frame_length=2048,
+        hop_length=256,
+    )
     est_t = librosa.times_like(f0, sr=SR, hop_length=256)
     ref_t, ref_hz, ref_v = contour(perf)
-    rpa = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))["Raw Pitch Accuracy"]
+    rpa = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))[
+        "Raw Pitch Accuracy"
+    ]
     ref_at = np.interp(est_t, ref_t, np.where(ref_v, ref_hz, np.nan))
     both = voiced & np.isfinite(ref_at) & (np.interp(est_t, ref_t, ref_v.astype(float)) == 1)
     return rpa, float(np.median(np.abs(1200 * np.log2(f0[both] / ref_at[both]))))
@@ -214,8 +227,13 @@ def test_jams_validate_with_tags_and_bends():
 
 
 def test_numpy_fallback_when_no_soundfont(tmp_path, capsys):
-    synth = dict(tracks=2, clips_per_family=1, min_duration=6.0, max_duration=8.0,
-                 soundfonts={"train": ["no-such.sf2"], "val": ["no-such.sf2"], "test": ["nor-this.sf2"]})
+    synth = dict(
+        tracks=2,
+        clips_per_family=1,
+        min_duration=6.0,
+        max_duration=8.0,
+        soundfonts={"train": ["no-such.sf2"], "val": ["no-such.sf2"], "test": ["nor-this.sf2"]},
+    )
     files = _synthesize(tmp_path / "w", **synth)
     assert "numpy timbres instead" in capsys.readouterr().err
     assert len(files) == 2 * (2 + 8)

@@ -15,9 +15,8 @@ import mir_eval
 import numpy as np
 import pytest
 import soundfile as sf
-
-from mirpipe.demo import stage as synth_stage
 from mirpipe.demo import samples, soundfont
+from mirpipe.demo import stage as synth_stage
 from mirpipe.demo.arrange import compose_clip
 from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES
 from mirpipe.demo.labels import contour
@@ -29,8 +28,9 @@ FILE_SR = 44100
 LEAD_IN = 0.03  # seconds of silence before each recording's onset (MP3 encoders pad so)
 DETUNED = {"C4": 0.3}  # semitones a recording sounds off its name
 TRAIN_SF, OTHER_TRAIN_SF, TEST_SF = "FluidR3_GM.sf2", "MuseScore_General_Lite.sf3", "TimGM6mb.sf2"
-needs_soundfonts = pytest.mark.skipif(soundfont.available([TRAIN_SF, OTHER_TRAIN_SF, TEST_SF]) is not None,
-                                      reason="sampled renderer unavailable")
+needs_soundfonts = pytest.mark.skipif(
+    soundfont.available([TRAIN_SF, OTHER_TRAIN_SF, TEST_SF]) is not None, reason="sampled renderer unavailable"
+)
 
 
 def _tone(midi: float, seconds: float, decaying: bool) -> np.ndarray:
@@ -53,8 +53,11 @@ def _library(root: Path, skip: tuple[str, ...] = ()) -> Path:
             for octave in range(2, 7):
                 for name, pc in (("C", 0), ("Fs", 6)):
                     key = 12 * (octave + 1) + pc
-                    sf.write(d / f"{name}{octave}.wav", _tone(key + DETUNED.get(f"{name}{octave}", 0.0), 3.0,
-                                                               not FAMILIES[family].sustained), FILE_SR)
+                    sf.write(
+                        d / f"{name}{octave}.wav",
+                        _tone(key + DETUNED.get(f"{name}{octave}", 0.0), 3.0, not FAMILIES[family].sustained),
+                        FILE_SR,
+                    )
     return root
 
 
@@ -109,8 +112,9 @@ def test_a_library_clip_sounds_its_annotated_contour(library, family):
     assert y.dtype == np.float32 and len(y) == int(np.ceil(perf.duration * SR))
     assert np.abs(y).max() == pytest.approx(0.9 * 10 ** (perf.gain_db / 20), rel=1e-3)
     fam = FAMILIES[family]
-    f0, voiced, _ = librosa.pyin(y, fmin=librosa.midi_to_hz(fam.low - 2), fmax=librosa.midi_to_hz(fam.high + 2), sr=SR,
-                                 frame_length=2048, hop_length=256)
+    f0, voiced, _ = librosa.pyin(
+        y, fmin=librosa.midi_to_hz(fam.low - 2), fmax=librosa.midi_to_hz(fam.high + 2), sr=SR, frame_length=2048, hop_length=256
+    )
     est_t = librosa.times_like(f0, sr=SR, hop_length=256)
     ref_t, ref_hz, ref_v = contour(perf, sounding=info.sounding)
     scores = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))
@@ -152,12 +156,18 @@ def test_synthesize_plays_solo_clips_from_the_library_and_mixtures_from_soundfon
     seen = [TRAIN_SF, OTHER_TRAIN_SF, LIB]
     p = SynthesizeParams(tracks=20, clips_per_family=20, soundfonts={"train": seen, "val": seen, "test": [TEST_SF]})
     items = Synthesize().items(StageContext(workdir=tmp_path / "w", params={"synthesize": p}), {})
-    by = lambda kind, split: {i.payload["soundfont"] for i in items if i.payload["kind"] == kind and i.payload["split"] == split}
+
+    def by(kind: str, split: str) -> set:
+        return {i.payload["soundfont"] for i in items if i.payload["kind"] == kind and i.payload["split"] == split}
+
     assert by("mixture", "train") == {TRAIN_SF, OTHER_TRAIN_SF} and by("clip", "train") == {TRAIN_SF, OTHER_TRAIN_SF, LIB}
     assert by("clip", "val") == {TRAIN_SF, OTHER_TRAIN_SF, LIB} and by("clip", "test") == {TEST_SF}
     for family in SOLO_FAMILIES:  # every family has clips of each source in training
-        assert {i.payload["soundfont"] for i in items if i.payload["family"] == family and i.payload["split"] == "train"} \
-            == {TRAIN_SF, OTHER_TRAIN_SF, LIB}, family
+        assert {i.payload["soundfont"] for i in items if i.payload["family"] == family and i.payload["split"] == "train"} == {
+            TRAIN_SF,
+            OTHER_TRAIN_SF,
+            LIB,
+        }, family
     identity = Synthesize().fingerprint_params(StageContext(workdir=tmp_path / "w", params={"synthesize": p}))
     assert identity["renderer_identity"]["sample_libraries"][LIB]["files"] == 11 * 10
     item = next(i for i in items if i.payload["soundfont"] == LIB and i.payload["family"] == "organ")
@@ -170,8 +180,9 @@ def test_synthesize_plays_solo_clips_from_the_library_and_mixtures_from_soundfon
     assert [o.value for o in jam.search(namespace="tag_open")[0].data] == ["organ"]
     # the organ family's GM presets sound an octave below the key; these recordings sound at it
     hz = [o.value["frequency"] for o in jam.search(namespace="pitch_contour")[0].data if o.value["voiced"]]
-    keys = [n.key for n in compose_clip(item.payload["index"], p.seed, "organ", SR, p.clip_min_duration,
-                                        p.clip_max_duration).melody]
+    keys = [
+        n.key for n in compose_clip(item.payload["index"], p.seed, "organ", SR, p.clip_min_duration, p.clip_max_duration).melody
+    ]
     assert min(hz) >= librosa.midi_to_hz(min(keys) - 1)
 
 
@@ -186,9 +197,13 @@ def test_without_the_library_the_clips_come_from_the_soundfonts(tmp_path, monkey
         items = Synthesize().items(StageContext(workdir=tmp_path / "w", params={"synthesize": p}), {})
         assert {i.payload["soundfont"] for i in items} == {TRAIN_SF, OTHER_TRAIN_SF, TEST_SF}
         assert "the solo clips are rendered with the soundfonts alone" in capsys.readouterr().err
-        with pytest.raises(ValueError, match=r"renderer is soundfont but sample library [\w-]+ not found .*(fetch_samples.py|apt-get install freepats)"):
-            Synthesize().items(StageContext(workdir=tmp_path / "w",
-                                            params={"synthesize": SynthesizeParams(renderer="soundfont")}), {})
+        with pytest.raises(
+            ValueError,
+            match=r"renderer is soundfont but sample library [\w-]+ not found .*(fetch_samples.py|apt-get install freepats)",
+        ):
+            Synthesize().items(
+                StageContext(workdir=tmp_path / "w", params={"synthesize": SynthesizeParams(renderer="soundfont")}), {}
+            )
     finally:
         _clear()
 
@@ -257,8 +272,11 @@ def _installer():
 def _npm_tarball(registry: Path, name: str, version: str, audio: bool = True) -> str:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for member, data in (("package/A4.mp3", b"ID3 not really audio") if audio else ("package/A4.txt", b""),
-                             ("package/package.json", b"{}"), ("package/index.js", b"export default 1")):
+        for member, data in (
+            ("package/A4.mp3", b"ID3 not really audio") if audio else ("package/A4.txt", b""),
+            ("package/package.json", b"{}"),
+            ("package/index.js", b"export default 1"),
+        ):
             info = tarfile.TarInfo(member)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

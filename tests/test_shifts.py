@@ -7,25 +7,26 @@ import jams
 import numpy as np
 import pytest
 import soundfile as sf
-
-from mirpipe.models.task import TASKS
-from mirpipe.pipeline.config import PipelineConfig
-from mirpipe.audio.deform import deform
-from mirpipe.models.task import annotation_transposers
-from mirpipe.stages.features import compute_entry
 from mirpipe.demo.track import annotate, compose, render
+from mirpipe.models.task import TASKS, annotation_transposers
+from mirpipe.pipeline.config import PipelineConfig
+from mirpipe.stages.features import compute_entry
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, StreamSpec, read_slab
+
+from mirpipe.audio.deform import deform
 
 SHIFTS = [-3, 0, 2, 5]  # feature mode: margins for 5 semitones
 SR = 22050
 
 
 def _config(mode: str, store: str) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "augment": {"shifts": SHIFTS, "mode": mode},
-        "features": {"store": store, "tasks": ["chord", "instrument"]},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "augment": {"shifts": SHIFTS, "mode": mode},
+            "features": {"store": store, "tasks": ["chord", "instrument"]},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def stores(track, tmp_path_factory):
 def _reference_targets(track, n: int, n_frames: int, hop: int, name: str) -> dict[str, np.ndarray]:
     """Targets of task ``name`` encoded from the reference JAMS whose labels were shifted by n (muda, mir_eval labels)."""
     jam = jams.load(str(track / "t.jams"))
-    (_, shifted, _), = deform(jam, [n], "librosa", transposers=annotation_transposers())
+    ((_, shifted, _),) = deform(jam, [n], "librosa", transposers=annotation_transposers())
     times = np.arange(n_frames) * hop / SR
     return {f"targets/{k}": v for k, v in TASKS.get(name).targets.encode(shifted, times).items()}
 
@@ -119,7 +120,7 @@ def test_feature_mode_features_match_the_cqt_of_shifted_audio(stores):
         if n > 0:
             from_margin[: n * bps] = True
         else:
-            from_margin[216 + n * bps:] = True
+            from_margin[216 + n * bps :] = True
         central = np.median(diff[:, ~from_margin][loud[:, ~from_margin]])
         corr = np.corrcoef(v[loud], audio[loud])[0, 1]
         opposite = np.median(np.abs(view(-n) - audio)[loud])

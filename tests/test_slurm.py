@@ -10,7 +10,6 @@ import sys
 import threading
 
 import pytest
-
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
@@ -33,9 +32,18 @@ def slurm(repo_root):
 
 def _slurm_cluster(tmp_path, name: str, **over) -> dict:
     return {
-        "type": "slurm", "cores": 1, "memory": "2GiB", "processes": 1, "walltime": "00:10:00", "queue": "debug",
-        "jobs": 2, "python": sys.executable, "local_directory": str(tmp_path / "scratch"),
-        "log_directory": str(tmp_path / "joblogs"), "extra": {"job_name": name}, **over,
+        "type": "slurm",
+        "cores": 1,
+        "memory": "2GiB",
+        "processes": 1,
+        "walltime": "00:10:00",
+        "queue": "debug",
+        "jobs": 2,
+        "python": sys.executable,
+        "local_directory": str(tmp_path / "scratch"),
+        "log_directory": str(tmp_path / "joblogs"),
+        "extra": {"job_name": name},
+        **over,
     }
 
 
@@ -66,7 +74,6 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     import time
 
     import yaml
-
     from mirpipe.pipeline.config import dump
 
     workdir = tmp_path / "work"
@@ -74,9 +81,23 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     cfg.write_text(yaml.safe_dump(dump(corpus_config(fault_corpus))))
     before = _squeue_ids("dask-worker")
     run = subprocess.Popen(
-        [sys.executable, "-m", "mirpipe", "run", "--workdir", str(workdir), "--config", str(cfg),
-         "--cluster", "examples/cluster-slurm-local.yaml", "--json"],
-        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mirpipe",
+            "run",
+            "--workdir",
+            str(workdir),
+            "--config",
+            str(cfg),
+            "--cluster",
+            "examples/cluster-slurm-local.yaml",
+            "--json",
+        ],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: set[str] = set()
     while run.poll() is None:  # the worker jobs, as SLURM lists them while the run goes on
@@ -86,14 +107,15 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     assert run.returncode == 0, err[-3000:]
     stages = json.loads(out)["stages"]
     assert [(s, stages[s]["done"], stages[s]["failed"]) for s in ("ingest", "features")] == [
-        ("ingest", FAULT_TRACKS, 0), ("features", FAULT_TRACKS, 0)]
+        ("ingest", FAULT_TRACKS, 0),
+        ("features", FAULT_TRACKS, 0),
+    ]
     assert "SLURM through dask-jobqueue, 2 jobs" in err and ", TLS" in err  # TLS is on by default
     assert not list((workdir / ".mirpipe-tls").iterdir())  # the run's worker credentials left with it
     logged = {p.stem.rsplit("-", 1)[-1] for p in (workdir / "logs" / "jobs").glob("dask-worker-*.err")}
     assert len(seen) == 2 and seen == logged  # two SLURM jobs ran the workers (job logs named by job id)
     assert _gone(seen, "dask-worker")  # and were cancelled on the way out
     assert_same_store(store_contents(workdir), reference_store)
-
 
 
 def _features_under_way(ex, augmented, fault_corpus):
@@ -114,7 +136,9 @@ def _features_under_way(ex, augmented, fault_corpus):
     return thread, out, busy
 
 
-def test_scancel_of_a_worker_job_mid_features_still_completes_identically(slurm, tmp_path, augmented, fault_corpus, reference_store):
+def test_scancel_of_a_worker_job_mid_features_still_completes_identically(
+    slurm, tmp_path, augmented, fault_corpus, reference_store
+):
     name = "mirpipe-t-scancel"
     with open_executor(parse_cluster(_slurm_cluster(tmp_path, name)), augmented) as ex:
         client = ex.client

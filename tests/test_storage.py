@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import soundfile as sf
-
+from mirpipe.demo.track import annotate, compose, render
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages.features import compute_entry
-from mirpipe.demo.track import annotate, compose, render
 from mirpipe.storage import open_store
 
 

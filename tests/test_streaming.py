@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from mirpipe.models.task import CorpusVocabulary, Network, Targets, Task
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches
@@ -13,8 +12,16 @@ LENGTHS = {"a": 300, "b": 95, "c": 420, "d": 180, "e": 250}  # "b" is shorter th
 SHIFTS = (-2, 0, 1)
 MARGIN = 2  # bins per side; 12 bins/octave: one bin per semitone
 BINS = 24
-GEOMETRY = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bins": BINS, "bins_per_octave": 12,
-            "margin_bins": MARGIN, "frame_rate": 22050 / 2048}
+GEOMETRY = {
+    "kind": "cqt",
+    "sr": 22050,
+    "hop_length": 2048,
+    "fmin": 32.7,
+    "n_bins": BINS,
+    "bins_per_octave": 12,
+    "margin_bins": MARGIN,
+    "frame_rate": 22050 / 2048,
+}
 
 
 class RollTargets(Targets):
@@ -116,7 +123,7 @@ def test_patches_are_contiguous_aligned_and_shifted_by_index_arithmetic(store):
             local = real - 10_000 * (ord(track) - ord("a"))
             assert np.array_equal(pc[: len(real)], np.roll(stored[local], shift, axis=-1))  # targets moved with it
             if len(real) < 64:  # only the short track pads, and only at its end
-                assert track == "b" and np.all(row[len(real):] == IGNORE)
+                assert track == "b" and np.all(row[len(real) :] == IGNORE)
     assert seen == set(SHIFTS)  # every shift is drawn
 
 

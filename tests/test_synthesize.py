@@ -5,10 +5,9 @@ import mir_eval
 import numpy as np
 import pytest
 import scipy.signal
-
-from mirpipe.models.chord import QUALITIES, encode_label
-from mirpipe.demo.track import annotate, compose, contour, render
 from mirpipe.demo.timbres import INSTRUMENTS, TIMBRES
+from mirpipe.demo.track import annotate, compose, contour, render
+from mirpipe.models.chord import QUALITIES, encode_label
 
 SR = 22050
 
@@ -24,9 +23,9 @@ def test_same_seed_same_track_other_seed_other_track():
 def test_scores_cover_the_vocabulary_inversions_and_timbres():
     scores = [compose(i, 0, i % 4 == 3, 20, 60) for i in range(40)]
     labels = [c.label for s in scores for c in s.chords]
-    qualities = {l.split(":")[1].split("/")[0] for l in labels if l != "N"}
+    qualities = {lab.split(":")[1].split("/")[0] for lab in labels if lab != "N"}
     assert qualities == set(QUALITIES)
-    assert any("/" in l for l in labels) and "N" in labels
+    assert any("/" in lab for lab in labels) and "N" in labels
     for s in scores:
         assert 20 <= s.duration <= 60
         for c in s.chords:

@@ -10,7 +10,6 @@ from pathlib import Path
 import jams
 import numpy as np
 import pytest
-
 from mirpipe.models.task import TASKS, annotation_transposers
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "extending" / "task.md"
@@ -45,7 +44,7 @@ def test_the_beat_task_encodes_targets_and_is_invariant_under_a_shift(beat_task)
     ref = beat_task.targets.reference(_jam([0.5, 1.0]))
     assert beat_task.targets.transpose_annotation(ref, -2) is ref
     assert not any(re.fullmatch(p, "beat") for p in annotation_transposers())
-    (_, shifted, _), = deform(_jam([0.5, 1.0]), [4], "librosa", transposers=annotation_transposers())
+    ((_, shifted, _),) = deform(_jam([0.5, 1.0]), [4], "librosa", transposers=annotation_transposers())
     assert [o.time for o in shifted.annotations[0].data] == [0.5, 1.0]
 
 
@@ -63,5 +62,7 @@ def test_generic_code_accepts_the_beat_task(beat_task, tmp_path):
     tune_checkpoints(beat_task, None, [tmp_path / "missing.pt"], None, "cpu")  # nothing to tune: no file read
     ref, est = _jam([0.5, 1.0, 1.5]).annotations[0], _jam([0.5, 1.0]).annotations[0]
     scores = beat_task.scorer.score(ref, est)
-    assert 0.7 < scores["F-measure"]["score"] < 0.9 and beat_task.scorer.pool([scores])["F-measure"] == scores["F-measure"]["score"]
+    assert (
+        0.7 < scores["F-measure"]["score"] < 0.9 and beat_task.scorer.pool([scores])["F-measure"] == scores["F-measure"]["score"]
+    )
     assert beat_task.bind({"classes": []}) is beat_task

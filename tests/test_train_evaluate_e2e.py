@@ -6,7 +6,6 @@ import json
 import jams
 import mir_eval
 import pytest
-
 from conftest import small_config
 from mirpipe.models.chord import METRICS
 from mirpipe.pipeline.cluster import open_executor
@@ -15,9 +14,16 @@ from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 
 TINY_TRAIN = {
-    "tasks": ["chord"], "models": {"chord": {"hidden": 16, "channels": 8}},
-    "patch_frames": 32, "batch_size": 8, "n_active": 4, "rate": 4,
-    "steps_per_epoch": 5, "max_epochs": 2, "checkpoint_every": 3, "loader_workers": 2,
+    "tasks": ["chord"],
+    "models": {"chord": {"hidden": 16, "channels": 8}},
+    "patch_frames": 32,
+    "batch_size": 8,
+    "n_active": 4,
+    "rate": 4,
+    "steps_per_epoch": 5,
+    "max_epochs": 2,
+    "checkpoint_every": 3,
+    "loader_workers": 2,
 }
 
 
@@ -104,9 +110,23 @@ def test_cli_run_ends_with_the_score_table(trained, tmp_path, repo_root):
     cfg_file.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
     (tmp_path / "cluster.yaml").write_text("cluster:\n  type: sync\n")
     res = subprocess.run(
-        [sys.executable, "-m", "mirpipe", "run", "--workdir", str(workdir), "--config", str(cfg_file),
-         "--cluster", str(tmp_path / "cluster.yaml"), "--json"],
-        capture_output=True, text=True, cwd=repo_root, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mirpipe",
+            "run",
+            "--workdir",
+            str(workdir),
+            "--config",
+            str(cfg_file),
+            "--cluster",
+            str(tmp_path / "cluster.yaml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)

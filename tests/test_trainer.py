@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from mirpipe.models import chord
 from mirpipe.models.task import TASKS
 from mirpipe.models.trainer import Trainer, TrainerSettings
@@ -28,29 +27,60 @@ def store(tmp_path_factory):
         root = np.where(tag < 168, tag // 14, 12).astype(np.int16)
         pitches = np.zeros((n, 12), np.int8)
         pitches[np.arange(n), root % 12] = 1
-        arrays = {"cqt": cqt, "targets/chord_tag": tag, "targets/chord_root": root,
-                  "targets/chord_bass": root, "targets/chord_pitches": pitches}
-        geometry = {"kind": "cqt", "sr": 22050, "hop_length": 2048, "fmin": 32.7, "n_bins": N_BINS,
-                    "bins_per_octave": 36, "margin_bins": 0, "frame_rate": 22050 / 2048}
+        arrays = {
+            "cqt": cqt,
+            "targets/chord_tag": tag,
+            "targets/chord_root": root,
+            "targets/chord_bass": root,
+            "targets/chord_pitches": pitches,
+        }
+        geometry = {
+            "kind": "cqt",
+            "sr": 22050,
+            "hop_length": 2048,
+            "fmin": 32.7,
+            "n_bins": N_BINS,
+            "bins_per_octave": 36,
+            "margin_bins": 0,
+            "frame_rate": 22050 / 2048,
+        }
         store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
     return store
 
 
 def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", **model):
     torch.manual_seed(0)
-    params = TASK.network.Params(**{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model})
+    params = TASK.network.Params(
+        **{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model}
+    )
     model = TASK.network.build(n_bins=N_BINS, params=params)
     spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64)
     keys = [EntryKey(f"t{i}", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
-    settings = TrainerSettings(steps_per_epoch=4, max_epochs=10, patience=10, lr=1e-2, checkpoint_every=3,
-                               device="cpu", seed=5, threads=1, deterministic=True, lr_patience=3,
-                               lr_schedule=lr_schedule)
+    settings = TrainerSettings(
+        steps_per_epoch=4,
+        max_epochs=10,
+        patience=10,
+        lr=1e-2,
+        checkpoint_every=3,
+        device="cpu",
+        seed=5,
+        threads=1,
+        deterministic=True,
+        lr_patience=3,
+        lr_schedule=lr_schedule,
+    )
     return Trainer(
-        model, TASK,
+        model,
+        TASK,
         lambda epoch, skip: epoch_loader(stream, epoch, skip=skip, n_workers=workers),
         lambda: (to_tensors(b) for b in track_patches(spec, keys[4:], 4)),
-        settings, out_dir, run_key=run_key, meta={"note": "test"}, log=lambda m: None, tensorboard=False,
+        settings,
+        out_dir,
+        run_key=run_key,
+        meta={"note": "test"},
+        log=lambda m: None,
+        tensorboard=False,
     )
 
 

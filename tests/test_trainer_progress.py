@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-
 from mirpipe.models.task import Network, Task
 from mirpipe.models.trainer import PROGRESS_ENV, Trainer, TrainerSettings, TrainState, atomic_save, progress_mode
 from mirpipe.storage.atomic import TMP_PREFIX, remove_leftovers
@@ -59,10 +58,27 @@ class Tty(io.StringIO):
 
 def _trainer(out_dir, run_key="run-1", tensorboard=False, **kwargs):
     torch.manual_seed(0)
-    settings = TrainerSettings(steps_per_epoch=STEPS_PER_EPOCH, max_epochs=MAX_EPOCHS, patience=MAX_EPOCHS,
-                               checkpoint_every=2, device="cpu", seed=1, threads=1)
-    return Trainer(torch.nn.Linear(6, 2), TASK, _train_batches, lambda: (_batch(-i) for i in range(1, 3)), settings,
-                   out_dir, run_key=run_key, log=lambda m: None, tensorboard=tensorboard, **kwargs)
+    settings = TrainerSettings(
+        steps_per_epoch=STEPS_PER_EPOCH,
+        max_epochs=MAX_EPOCHS,
+        patience=MAX_EPOCHS,
+        checkpoint_every=2,
+        device="cpu",
+        seed=1,
+        threads=1,
+    )
+    return Trainer(
+        torch.nn.Linear(6, 2),
+        TASK,
+        _train_batches,
+        lambda: (_batch(-i) for i in range(1, 3)),
+        settings,
+        out_dir,
+        run_key=run_key,
+        log=lambda m: None,
+        tensorboard=tensorboard,
+        **kwargs,
+    )
 
 
 ETA = re.compile(r"ETA \d+:\d\d:\d\d")

@@ -6,13 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from mirpipe.models.settings import TrainerSettings, TrainingSettings, fingerprinted
 from mirpipe.stages.train import TrainParams
 
 # The fingerprint as stages/train.py computed it before the fields declared it (pinned here).
 OLD_NOT_FINGERPRINTED = {
-    "device", "threads", "loader_workers", "checkpoint_every", "progress", "progress_interval", "tasks", "models",
+    "device",
+    "threads",
+    "loader_workers",
+    "checkpoint_every",
+    "progress",
+    "progress_interval",
+    "tasks",
+    "models",
     "overrides",
 }
 OLD_SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
@@ -24,19 +30,37 @@ def old_fingerprinted(p: TrainParams) -> dict[str, Any]:
 
 
 DEFAULT_KEYS = {
-    "patch_frames", "slab_frames", "batch_size", "n_active", "rate", "mux_mode", "n_shards", "steps_per_epoch",
-    "max_epochs", "patience", "lr", "lr_factor", "lr_patience", "weight_decay", "grad_clip", "seed", "amp",
+    "patch_frames",
+    "slab_frames",
+    "batch_size",
+    "n_active",
+    "rate",
+    "mux_mode",
+    "n_shards",
+    "steps_per_epoch",
+    "max_epochs",
+    "patience",
+    "lr",
+    "lr_factor",
+    "lr_patience",
+    "weight_decay",
+    "grad_clip",
+    "seed",
+    "amp",
 }
 
 
-@pytest.mark.parametrize("changes", [
-    {},
-    {"sampling": "frames"},
-    {"lr_schedule": "cosine"},
-    {"device": "cpu", "threads": 2, "loader_workers": 2, "checkpoint_every": 7, "progress": "off", "progress_interval": 5},
-    {"max_epochs": 3, "patience": 1, "lr": 0.01, "batch_size": 8, "seed": 4, "amp": False},
-    {"tasks": ["chord"], "overrides": {"chord": {"batch_size": 16}}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"sampling": "frames"},
+        {"lr_schedule": "cosine"},
+        {"device": "cpu", "threads": 2, "loader_workers": 2, "checkpoint_every": 7, "progress": "off", "progress_interval": 5},
+        {"max_epochs": 3, "patience": 1, "lr": 0.01, "batch_size": 8, "seed": 4, "amp": False},
+        {"tasks": ["chord"], "overrides": {"chord": {"batch_size": 16}}},
+    ],
+)
 def test_fingerprint_is_the_one_before_the_declarations(changes):
     p = TrainParams(**changes)
     assert fingerprinted(p) == old_fingerprinted(p)
@@ -63,6 +87,20 @@ def test_trainer_settings_from_the_section():
     assert (s.max_epochs, s.lr, s.device, s.threads) == (3, 0.01, "cpu", 1)
     # what a checkpoint's "settings" holds: the trainer's fields, in the order the dataclass had
     assert list(s.model_dump(mode="json")) == [
-        "steps_per_epoch", "max_epochs", "patience", "lr", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
-        "grad_clip", "checkpoint_every", "device", "amp", "seed", "threads", "deterministic"]
+        "steps_per_epoch",
+        "max_epochs",
+        "patience",
+        "lr",
+        "weight_decay",
+        "lr_schedule",
+        "lr_factor",
+        "lr_patience",
+        "grad_clip",
+        "checkpoint_every",
+        "device",
+        "amp",
+        "seed",
+        "threads",
+        "deterministic",
+    ]
     assert p.trainer_settings(deterministic=True).deterministic

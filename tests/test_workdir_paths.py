@@ -9,8 +9,9 @@ from mirpipe.models.trainer import PROGRESS_FILE
 from mirpipe.pipeline.ledger import LEDGER_DIR
 from mirpipe.pipeline.runner import LOCK_NAME
 from mirpipe.pipeline.workdir import RECORD
-from mirpipe.stage import StageContext
 from mirpipe.stages.ingest import MANIFEST
+
+from mirpipe.stage import StageContext
 from mirpipe.workdir import Workdir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,12 @@ def test_layout(tmp_path):
 
 def test_the_names_the_rooms_use_are_the_workdirs():
     assert (MANIFEST, LEDGER_DIR, LOCK_NAME, RECORD, PROGRESS_FILE) == (
-        Workdir.MANIFEST, Workdir.LEDGER, Workdir.LOCK, Workdir.RECORD, Workdir.PROGRESS)
+        Workdir.MANIFEST,
+        Workdir.LEDGER,
+        Workdir.LOCK,
+        Workdir.RECORD,
+        Workdir.PROGRESS,
+    )
 
 
 def test_stage_context_has_it(tmp_path):

@@ -15,10 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mirpipe import errors
 from mirpipe.annotations.namespaces import converts_to
 from mirpipe.records import Record
-
-from mirpipe import errors
 
 # Namespaces whose observations partition time (mir_eval rejects overlapping chord intervals).
 PARTITION_NAMESPACES = re.compile(r"^(chord|key|segment)")
@@ -95,7 +94,8 @@ def choose(jam, namespace: str, rule: ChoiceRule, path: str) -> Choice | None:
         if not matching:
             present = sorted({name_of(jam.annotations[i]) or "(unnamed)" for i in found})
             raise errors.AnnotationChoiceError(
-                path, f"{len(found)} {namespace} annotations, none by {rule.rule} {rule.name!r} (present: {present})")
+                path, f"{len(found)} {namespace} annotations, none by {rule.rule} {rule.name!r} (present: {present})"
+            )
         index = matching[0]
     return Choice(index, found, rule.rule, annotator_name(jam.annotations[index]))
 
@@ -113,8 +113,10 @@ def snap_intervals(ann, tolerance: float, path: str) -> int:
         gap = nxt.time - (prev.time + prev.duration)
         if gap < -tolerance:
             raise errors.AnnotationOverlapError(
-                path, f"{ann.namespace} observations overlap by {-gap:.6g} s at {nxt.time:.3f} s "
-                      f"({prev.value!r} and {nxt.value!r}); the timing tolerance is {tolerance:g} s")
+                path,
+                f"{ann.namespace} observations overlap by {-gap:.6g} s at {nxt.time:.3f} s "
+                f"({prev.value!r} and {nxt.value!r}); the timing tolerance is {tolerance:g} s",
+            )
         if gap != 0 and abs(gap) <= tolerance:
             out[-1] = prev._replace(duration=max(nxt.time - prev.time, 0.0))
             snapped += 1

@@ -12,8 +12,9 @@ namespace comes first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import copy
-from typing import Any, Callable
+from typing import Any
 
 from jams.core import Observation
 

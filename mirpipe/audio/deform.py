@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from copy import copy, deepcopy
-from typing import Mapping
 
 import jams
 import numpy as np
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # muda imports pkg_resources
     import muda
     from muda.deformers import PitchShift
 
 from mirpipe.annotations.transpose import UNCLAIMED, Transposer
-
 from mirpipe.audio.pitch_shift import pitch_shift
 
 
@@ -70,8 +70,13 @@ class JointPitchShift(PitchShift):
         return jam_w
 
 
-def deform(jam: jams.JAMS, shifts: list[int], backend: str, audio: tuple[np.ndarray, int] | None = None,
-           transposers: Mapping[str, Transposer] | None = None):
+def deform(
+    jam: jams.JAMS,
+    shifts: list[int],
+    backend: str,
+    audio: tuple[np.ndarray, int] | None = None,
+    transposers: Mapping[str, Transposer] | None = None,
+):
     """Yield (n_semitones, deformed JAMS, shifted audio or None) for each shift.
 
     The JAMS carries muda's deformation history; the audio is shifted only when given.

@@ -7,7 +7,7 @@ A backend is a function ``(y, sr, n_semitones) -> y`` registered with
 from __future__ import annotations
 
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

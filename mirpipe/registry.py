@@ -91,12 +91,22 @@ class Registry(Generic[T]):
     __getitem__ = get
 
     def names(self) -> list[str]:
+        """The registered names: the built-in modules' in the order ``builtin`` lists them, then the
+        others in registration order (whatever order a process happened to import the modules in)."""
         self._load()
-        return list(self._items)
+        rank = {module: i for i, module in enumerate(self.builtin)}
+        position = {name: i for i, name in enumerate(self._items)}
+
+        def key(name: str) -> tuple[int, int]:
+            module = _origin(self._items[name]).rpartition(".")[0]
+            while module and module not in rank:  # a nested qualname: Outer.Inner
+                module = module.rpartition(".")[0]
+            return (rank.get(module, len(rank)), position[name])
+
+        return sorted(self._items, key=key)
 
     def values(self) -> list[T]:
-        self._load()
-        return list(self._items.values())
+        return [self._items[name] for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -206,8 +206,9 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
                 )
             )
             for task in sorted(TASKS.names()):
-                params = TASKS.get(task).network.Params
-                if params.model_fields:
+                network = TASKS.get(task).network
+                params = network.Params if network is not None else None  # a target-only task has no network
+                if params is not None and params.model_fields:
                     body.append(
                         (
                             f"train.models.{task}",
@@ -220,8 +221,9 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
                     body.extend(rows(params, f"train.models.{task}.", placeholders))
         if name == "evaluate":
             for task in sorted(TASKS.names()):
-                params = TASKS.get(task).decoder.DecodeParams
-                if params.model_fields:
+                decoder = TASKS.get(task).decoder
+                params = decoder.DecodeParams if decoder is not None else None
+                if params is not None and params.model_fields:
                     body.append(
                         (
                             f"evaluate.decoding.{task}",

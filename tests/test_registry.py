@@ -238,3 +238,19 @@ def test_namespaces_are_converted_for_the_tasks(tmp_path):
     assert {"chord", "pitch_contour"} <= set(offered_namespaces(["chord_harte", "pitch_hz"]))
     assert "tag_open" in offered_namespaces(["tag_gtzan"])
     assert annotations(jam, "chord")[0].namespace == "chord"
+
+
+def test_registered_names_keep_the_builtin_order_whatever_was_imported_first():
+    """A process that imported a built-in module before the registry loaded still lists the
+    built-ins in the order ``builtin`` gives (run order, default task lists and the docs depend on it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import mirpipe.models.instrument, mirpipe.models.pitch\n"
+        "from mirpipe.models.task import TASKS\n"
+        "print(','.join(TASKS.names()))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().split(",")[:4] == ["chord", "pitch", "multipitch", "instrument"]

@@ -2,6 +2,7 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
+from mirpipe.annotations.namespaces import transpose_label
 from mirpipe.models import chord
 
 
@@ -30,7 +31,7 @@ def test_out_of_vocabulary_and_no_chord():
     "label,n,expected", [("Bb:min7/b3", 3, "C#:min7/b3"), ("C:maj", -1, "B:maj"), ("N", 5, "N"), ("F#:major", 6, "C:major")]
 )
 def test_transpose_label(label, n, expected):
-    assert chord.transpose_label(label, n) == expected
+    assert transpose_label(label, n) == expected
 
 
 def test_frame_targets_follow_the_annotation():

@@ -26,6 +26,7 @@ import numpy as np
 def render_folder(folder: Path, renderer: str, tracks: int, seed: int, sr: int = 22050) -> None:
     """Mixtures with chords, rendered by the numpy timbres or one soundfont (seed offset: not demo tracks)."""
     import soundfile as sf
+
     from mirpipe.demo import labels, soundfont
     from mirpipe.demo.arrange import compose_mixture
     from mirpipe.demo.track import annotate, compose, render
@@ -58,14 +59,14 @@ def main() -> None:
     import jams
     import librosa
     import torch
+
+    from mirpipe.audio.io import AUDIO_EXTENSIONS
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline import workdir as wd
+    from mirpipe.stage import StageContext
     from mirpipe.stages.evaluate import load_model
     from mirpipe.stages.features import compute_entry
     from mirpipe.storage.feature_kinds import FEATURE_KINDS
-
-    from mirpipe.audio.io import AUDIO_EXTENSIONS
-    from mirpipe.stage import StageContext
 
     torch.set_num_threads(1)
     if args.render:

@@ -28,14 +28,13 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
+from mirpipe.audio.io import load_mono
 from mirpipe.pipeline.cluster import SyncExecutor
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.pipeline.runner import Runner
 from mirpipe.stages.ingest import read_manifest
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
-
-from mirpipe.audio.io import load_mono
 
 MODES = ("audio", "feature")
 STORES = ("zarr", "hdf5")

@@ -51,10 +51,9 @@ TASK = "pitch"
 def pack(workdir: Path, out: Path, max_mb: float) -> None:
     from mirpipe.models.task import TASKS
     from mirpipe.pipeline.workdir import resolve
+    from mirpipe.stage import StageContext
     from mirpipe.stages.train import split_keys
     from mirpipe.storage import open_store
-
-    from mirpipe.stage import StageContext
 
     cfg, _ = resolve(workdir, None, None)
     ctx = StageContext(workdir, cfg.stage_params())
@@ -281,6 +280,7 @@ def fed(trainer, stream, workers: int, seconds: float, sampler) -> dict[str, flo
 
 def run(args) -> None:
     import torch
+
     from mirpipe.models.task import TASKS
     from mirpipe.models.trainer import TrainerSettings
     from mirpipe.stages.train import TrainParams
@@ -364,6 +364,7 @@ def run(args) -> None:
 def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict:
     """A real ``Trainer.fit`` sized to ``--train-seconds`` from the fed rate, then the threshold tuned."""
     import torch
+
     from mirpipe.models.trainer import Trainer, TrainerSettings
     from mirpipe.stages.train import tune_checkpoints
     from mirpipe.storage.stream import track_patches

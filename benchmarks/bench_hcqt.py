@@ -17,6 +17,7 @@ import warnings
 
 import librosa
 import numpy as np
+
 from mirpipe.demo.track import compose, render
 from mirpipe.storage.hcqt import DB_RANGE, WideCQT, compute_wide_cqt, dequantize_db, harmonic_view, quantize_db
 

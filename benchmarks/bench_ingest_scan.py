@@ -15,10 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirpipe.corpus import scan_corpus
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages import STAGES, StageContext
-
-from mirpipe.corpus import scan_corpus
 
 
 def build(root: Path, n: int) -> None:

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from mirpipe.models.instrument_net import InstrumentNet
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
-from torch import nn
 
 P = 44  # 88 frames at hop 256, pooled by 2
 SHIFTS = range(-6, 7)

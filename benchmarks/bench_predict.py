@@ -24,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
     from mirpipe.pipeline.inference import predict_file
     from mirpipe.pipeline.predict import list_inputs, resolve_model
 

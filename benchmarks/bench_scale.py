@@ -39,6 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest_scan import build
+
+from mirpipe.annotations.prepare import Preparation
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
@@ -49,8 +51,6 @@ from mirpipe.stages.ingest import TrackRecord
 from mirpipe.stages.train import TrainRecord
 from mirpipe.storage import open_store
 from mirpipe.storage.base import ArraySpec
-
-from mirpipe.annotations.prepare import Preparation
 
 FRAMES = {"cqt": 320, "hcqt": 2580}
 
@@ -246,6 +246,7 @@ def bench_noop(n: int, every: float = 30.0, trim: bool = True) -> None:
     import threading
 
     import psutil
+
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.config import parse_cluster
 

@@ -28,6 +28,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 import numpy as np
+
 from mirpipe.models.task import TASKS
 from mirpipe.stages.train import TrainParams
 from mirpipe.storage import open_store

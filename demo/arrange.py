@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
 
 from .families import COMP_FAMILIES, DRUM_KITS, FAMILIES, LEAD_FAMILIES, SOLO_FAMILIES, Family

@@ -16,12 +16,12 @@ from functools import cache
 from typing import Any, Literal
 
 import soundfile as sf
-from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
-from mirpipe.storage.atomic import temp_path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.errors import ConfigurationError
 from mirpipe.records import Record
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage.atomic import temp_path
 
 from . import splits
 from .families import SOLO_FAMILIES

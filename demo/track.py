@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import jams
 import numpy as np
+
 from mirpipe.models.chord import PITCH_NAMES, QUALITIES, QUALITY_DEGREES, quality_intervals
 
 from .demo_jams import demo_jams

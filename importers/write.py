@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jams
-from mirpipe.storage.atomic import temp_path, write_bytes
 
 from mirpipe import errors as stage_errors
 from mirpipe.audio.io import AUDIO_EXTENSIONS, decode_errors
 from mirpipe.records import Record
+from mirpipe.storage.atomic import temp_path, write_bytes
 
 from .base import Listing, TrackSource
 from .convert import check_annotation

@@ -96,6 +96,7 @@ class ModelBundle:
     def save(self, path: Path | str) -> Path:
         """Write atomically (a killed export leaves no half file under the final name)."""
         import torch
+
         from mirpipe.storage.atomic import atomic_path
 
         path = Path(path)

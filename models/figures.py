@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mirpipe.storage.atomic import atomic_path
 
 

@@ -33,9 +33,9 @@ from typing import Any, TextIO, cast
 
 import numpy as np
 import torch
-from mirpipe.storage.atomic import atomic_path
 
 from mirpipe.records import CheckpointMeta, TrainingProgress
+from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
 from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's

@@ -593,9 +593,10 @@ def import_group() -> None:
 
 
 def _run_import(name: str, root: Path, out: Path, json_mode: bool, checksums: bool = False, **options) -> None:
+    from tqdm import tqdm
+
     from mirpipe.importers import IMPORTERS
     from mirpipe.importers.write import import_listing
-    from tqdm import tqdm
 
     importer = IMPORTERS.get(name)
     with stdout_to_stderr(json_mode):

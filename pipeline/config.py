@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from mirpipe.stages import STAGES, run_order
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from mirpipe.errors import ConfigurationError
 from mirpipe.registry import import_plugins
+from mirpipe.stages import STAGES, run_order
 
 from .cluster_config import (  # noqa: F401 - re-exported
     AddressCluster,

@@ -6,11 +6,10 @@ import dataclasses
 import time
 import traceback
 
-from mirpipe.stages import STAGES, StageContext, WorkItem
-
 from mirpipe.errors import TimeLimitError, is_permanent
 from mirpipe.records import ItemResult
 from mirpipe.registry import import_plugins
+from mirpipe.stages import STAGES, StageContext, WorkItem
 
 from .allocator import reuse_freed_memory
 from .ledger import Ledger

@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mirpipe.audio.io import to_mono
 from mirpipe.models.bundle import ModelBundle, TaskModel, build_network, current_versions, load_bundle
 from mirpipe.models.task import TASKS
+from mirpipe.records import CheckpointMeta
+from mirpipe.stage import StageContext
 from mirpipe.stages.features import FeaturesParams, compute_features
 from mirpipe.stages.ingest import decode_checked, file_sha256
 from mirpipe.storage import open_store
 from mirpipe.storage.atomic import atomic_path
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
-
-from mirpipe.audio.io import to_mono
-from mirpipe.records import CheckpointMeta
-from mirpipe.stage import StageContext
 
 
 def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, name: str = "") -> ModelBundle:
@@ -146,9 +146,9 @@ def predict_file(
     ``InputError`` naming the file."""
     import jams
     import librosa
-    from mirpipe.models.trainer import resolve_device
 
     from mirpipe import __version__
+    from mirpipe.models.trainer import resolve_device
 
     mtime = os.stat(bundle_path).st_mtime_ns
     bundle = _bundle(bundle_path, mtime)

@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from mirpipe.storage.atomic import write_bytes
-
 from mirpipe import columns
 from mirpipe.errors import InputError
+from mirpipe.storage.atomic import write_bytes
 from mirpipe.workdir import Workdir
 
 LEDGER_DIR = Workdir.LEDGER

@@ -36,7 +36,6 @@ class PredictReport:
 
 def bundle_of_workdir(workdir: Path, tasks: Sequence[str] | None = None) -> ModelBundle:
     from mirpipe.pipeline.inference import bundle_from_workdir
-
     from mirpipe.stage import StageContext
 
     from . import workdir as wd

@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
-from mirpipe.storage.atomic import remove_leftovers
-
 from mirpipe import __version__
 from mirpipe.columns import Row
 from mirpipe.errors import ConfigurationError, WorkdirError
 from mirpipe.records import ItemResult, RecordView, StatusRow
+from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage.atomic import remove_leftovers
 from mirpipe.workdir import Workdir
 
 from .config import PipelineBase

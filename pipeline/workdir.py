@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from mirpipe.storage.atomic import write_bytes
 
+from mirpipe.storage.atomic import write_bytes
 from mirpipe.workdir import Workdir
 
 from .config import (

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from mirpipe.models.task import TASKS, per_task_params
-from mirpipe.storage import open_store
-from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
-from mirpipe.storage.feature_kinds import FEATURE_KINDS
-from mirpipe.storage.stream import resolve_shift
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe import errors
 from mirpipe.annotations.prepare import Preparation, prepared_jams
+from mirpipe.models.task import TASKS, per_task_params
 from mirpipe.records import CheckpointMeta, Record, TaskScores
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage import open_store
+from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from mirpipe.storage.stream import resolve_shift
 
 from .features import FeaturesParams
 from .ingest import read_manifest
@@ -155,6 +155,7 @@ class Evaluate(Stage):
     def run(self, item: WorkItem, ctx: StageContext) -> EvaluateRecord:
         import jams
         import librosa
+
         from mirpipe.models.trainer import resolve_device
 
         p: EvaluateParams = ctx.params["evaluate"]

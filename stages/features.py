@@ -18,19 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mirpipe.models.task import TASKS
-from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
-from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mirpipe import columns
 from mirpipe.annotations.prepare import Preparation, prepared_jams
 from mirpipe.audio.io import load_mono
 from mirpipe.audio.pitch_shift import pitch_shift
+from mirpipe.models.task import TASKS
 from mirpipe.records import Record, RecordTable
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
+from mirpipe.storage import STORE_BACKENDS, open_store
+from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .ingest import read_manifest
 
@@ -124,9 +124,9 @@ def compute_entry(
     """
     import jams
     import librosa
-    from mirpipe.models.task import annotation_transposers
 
     from mirpipe.audio.deform import deform
+    from mirpipe.models.task import annotation_transposers
 
     t0 = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)

@@ -20,10 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
-from mirpipe.models.labels import notes as vocabulary_notes
-from mirpipe.models.task import TASKS, offered_namespaces
-from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_changed
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mirpipe import columns, errors
@@ -31,8 +27,12 @@ from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
 from mirpipe.audio.io import decode_errors, header_frames, load_channels, riff_declared_frames
 from mirpipe.corpus import ScanSummary, scan_corpus
 from mirpipe.errors import WorkdirFileError
+from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
+from mirpipe.models.labels import notes as vocabulary_notes
+from mirpipe.models.task import TASKS, offered_namespaces
 from mirpipe.records import Record, RecordError, RecordTable, record_fields
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
+from mirpipe.storage.atomic import read_cached, read_file, write_bytes_if_changed
 from mirpipe.workdir import Workdir
 
 MANIFEST = Workdir.MANIFEST

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from mirpipe.models.labels import training_identity
 from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
-from mirpipe.storage import open_store
-from mirpipe.storage.feature_kinds import FEATURE_KINDS
-from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from mirpipe.records import CheckpointMeta, Record
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
+from mirpipe.storage import open_store
+from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
 
 from .features import FeaturesParams
 from .ingest import read_manifest

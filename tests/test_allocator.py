@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 
 import pytest
+
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 

@@ -6,11 +6,11 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
-from mirpipe.demo.track import annotate, compose
-from mirpipe.models.task import annotation_transposers
 
 from mirpipe.audio.deform import deform
 from mirpipe.audio.pitch_shift import PITCH_SHIFTERS, pitch_shift
+from mirpipe.demo.track import annotate, compose
+from mirpipe.models.task import annotation_transposers
 
 SHIFTS = list(range(-6, 7))
 

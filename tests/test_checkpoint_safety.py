@@ -18,6 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import small_config
+
 from mirpipe.models.bundle import BundleError, load_bundle
 from mirpipe.models.checkpoint import CheckpointError, checkpoint_is_safe, load_checkpoint, plain
 from mirpipe.models.task import TASKS

@@ -5,6 +5,7 @@ import mir_eval
 import numpy as np
 import pytest
 import torch
+
 from mirpipe.models import chord
 from mirpipe.models.chord_net import ChordNet, loss, metric
 

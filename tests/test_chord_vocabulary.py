@@ -2,6 +2,7 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
+
 from mirpipe.annotations.namespaces import transpose_label
 from mirpipe.models import chord
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import FAULT_TRACKS, corpus_config
+
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import ConfigError, load_cluster, parse_cluster
 from mirpipe.pipeline.runner import Runner
@@ -91,6 +92,7 @@ def test_worker_lifetime_is_derived_from_walltime_and_overridable():
 def _cli(*args: str):
     """The real click command, in-process (CliRunner): no interpreter start per call."""
     from click.testing import CliRunner
+
     from mirpipe.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
@@ -225,6 +227,7 @@ def test_job_script_of_each_scheduler(scheduler, tmp_path):
 def test_only_keys_set_in_cluster_yaml_are_passed_and_jobqueue_yaml_supplies_the_rest(tmp_path):
     """The site's jobqueue.yaml (dask config jobqueue.<type>.*) is not overridden by mirpipe defaults."""
     import dask
+
     from mirpipe.pipeline.cluster import job_script, jobqueue_kwargs
 
     site = {

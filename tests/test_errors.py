@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+
+from mirpipe import errors
+from mirpipe.errors import ConfigurationError, InputError, MirpipeError, WorkdirError, WorkdirFileError
 from mirpipe.importers.mirdata_loaders import MirdataMissingError
 from mirpipe.models.bundle import BundleError
 from mirpipe.models.checkpoint import CheckpointError
@@ -12,11 +15,8 @@ from mirpipe.pipeline import workdir as wd
 from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.config import ConfigError, PipelineConfig
 from mirpipe.pipeline.runner import Runner, WorkdirBusyError
-from mirpipe.stages import ingest
-
-from mirpipe import errors
-from mirpipe.errors import ConfigurationError, InputError, MirpipeError, WorkdirError, WorkdirFileError
 from mirpipe.registry import UnknownNameError
+from mirpipe.stages import ingest
 
 
 def test_every_deliberate_error_derives_from_the_root_and_keeps_its_old_bases():

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
+
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import dump, parse_cluster
 from mirpipe.pipeline.ledger import Ledger
@@ -192,6 +193,7 @@ def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_co
     """Damage that keeps an entry's size and modification time passes planning's stat check;
     ``mirpipe verify`` opens the entries, finds it, and ``--repair`` makes the item pending."""
     from click.testing import CliRunner
+
     from mirpipe.pipeline import workdir as wd
     from mirpipe.pipeline.cli import main
 
@@ -285,6 +287,7 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
     record = Ledger(workdir).failure("features", "hog")
     assert record["kind"] == "quarantined" and record["attempts"] == 2 and record["file"].endswith("hog.wav")
     from click.testing import CliRunner
+
     from mirpipe.pipeline.cli import main
 
     status = CliRunner().invoke(main, ["status", "--workdir", str(workdir)], catch_exceptions=False)  # in-process

@@ -9,6 +9,7 @@ import warnings
 import librosa
 import numpy as np
 import pytest
+
 from mirpipe.storage.hcqt import (
     DB_RANGE,
     HARMONICS,

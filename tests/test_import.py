@@ -19,6 +19,7 @@ import pytest
 def cli(*args: str):
     """The real click command, in-process."""
     from click.testing import CliRunner
+
     from mirpipe.pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
@@ -255,6 +256,7 @@ def test_folder_of_audio_with_lab_and_csv_files(tmp_path):
 @pytest.mark.slow
 def test_an_imported_corpus_runs_through_ingest_and_features(tmp_path, sync_cluster):
     from conftest import corpus_config, manifest_rows
+
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
     from mirpipe.storage import open_store

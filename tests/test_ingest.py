@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import manifest_rows
+
 from mirpipe.demo.track import annotate, compose, render
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import PipelineConfig

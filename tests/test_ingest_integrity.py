@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import corpus_config, manifest_rows
+
+from mirpipe.corpus import scan_corpus, track_id
 from mirpipe.demo.track import annotate, compose, render
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.runner import Runner
 from mirpipe.storage import open_store
-
-from mirpipe.corpus import scan_corpus, track_id
 
 SR = 22050
 

@@ -10,6 +10,8 @@ import jams
 import numpy as np
 import pytest
 import soundfile as sf
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
+
 from mirpipe.models.instrument import (
     LABELS,
     PRESENCE,
@@ -24,7 +26,6 @@ from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
 from mirpipe.models.task import TASKS
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_fscore_support
 
 SR = 22050
 
@@ -313,9 +314,8 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.config import parse_pipeline
     from mirpipe.pipeline.runner import Runner
-    from mirpipe.stages.ingest import Ingest, read_manifest
-
     from mirpipe.stage import StageContext
+    from mirpipe.stages.ingest import Ingest, read_manifest
 
     cfg = parse_pipeline(
         {
@@ -367,6 +367,7 @@ def test_a_corpus_with_its_own_names_trains_and_evaluates_with_its_own_vocabular
 
     # the trained model as one file predicts with the vocabulary it was trained on (predict + export)
     from click.testing import CliRunner
+
     from mirpipe.pipeline import workdir as wd
     from mirpipe.pipeline.cli import main
 

@@ -7,6 +7,7 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
+
 from mirpipe.models import multif0 as mf
 from mirpipe.models import salience as sal
 from mirpipe.models.task import TASKS, pool_weighted
@@ -159,6 +160,7 @@ def test_task_scores_a_note_reference_against_a_frame_estimate_as_mir_eval_does(
 def test_tiny_multipitch_model_trains_and_scores(tmp_path, sync_cluster):
     import torch
     from conftest import small_config
+
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
 

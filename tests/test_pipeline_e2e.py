@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 from conftest import SMALL_SHIFTS, small_config
+
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.runner import Runner
 from mirpipe.storage import open_store

@@ -7,6 +7,7 @@ import mir_eval
 import numpy as np
 import pytest
 import torch
+
 from mirpipe.models import salience as sal
 from mirpipe.models.task import TASKS, pool_weighted
 from mirpipe.models.trainer import Trainer, TrainerSettings
@@ -292,6 +293,7 @@ def test_pitch_k_steps_then_resume_to_2k_equals_2k_in_one_go(hcqt_store, tmp_pat
 
 def test_tiny_pitch_model_trains_and_scores_against_pyin(tmp_path, sync_cluster):
     from conftest import small_config
+
     from mirpipe.pipeline.cluster import open_executor
     from mirpipe.pipeline.runner import Runner
 

@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 from conftest import small_config
+
 from mirpipe.models.bundle import BundleError, load_bundle
 from mirpipe.models.task import TASKS
 from mirpipe.pipeline import workdir as wd

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from mirpipe.stages import StageContext
-from mirpipe.stages.features import FeaturesRecord
-from mirpipe.stages.ingest import MANIFEST, ManifestRow, Notice, read_manifest
-from mirpipe.storage import ArraySpec, IndexRow, open_store
 
 from mirpipe.annotations.prepare import Choice, Preparation
 from mirpipe.errors import WorkdirFileError
 from mirpipe.records import RecordError
+from mirpipe.stages import StageContext
+from mirpipe.stages.features import FeaturesRecord
+from mirpipe.stages.ingest import MANIFEST, ManifestRow, Notice, read_manifest
+from mirpipe.storage import ArraySpec, IndexRow, open_store
 
 
 def _row(**over) -> ManifestRow:

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_config
+
 from mirpipe.models.task import TASKS, Decoder, Network, Scorer, Targets, Task, annotations
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import ConfigError, parse_pipeline
-from mirpipe.stages import STAGES, run_order
-
 from mirpipe.registry import Registry, UnknownNameError
+from mirpipe.stages import STAGES, run_order
 
 
 class VoicingTargets(Targets):
@@ -218,6 +218,7 @@ def test_registry_lists_names_and_refuses_a_second_implementation_of_one_name():
 
 def test_namespaces_are_converted_for_the_tasks(tmp_path):
     import jams
+
     from mirpipe.models import chord, pitch
     from mirpipe.models.task import offered_namespaces
 

@@ -11,6 +11,7 @@ import librosa
 import mir_eval
 import numpy as np
 import pytest
+
 from mirpipe.demo import soundfont
 from mirpipe.demo.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
 from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES

@@ -15,6 +15,7 @@ import mir_eval
 import numpy as np
 import pytest
 import soundfile as sf
+
 from mirpipe.demo import samples, soundfont
 from mirpipe.demo import stage as synth_stage
 from mirpipe.demo.arrange import compose_clip

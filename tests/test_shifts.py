@@ -7,14 +7,14 @@ import jams
 import numpy as np
 import pytest
 import soundfile as sf
+
+from mirpipe.audio.deform import deform
 from mirpipe.demo.track import annotate, compose, render
 from mirpipe.models.task import TASKS, annotation_transposers
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages.features import compute_entry
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, StreamSpec, read_slab
-
-from mirpipe.audio.deform import deform
 
 SHIFTS = [-3, 0, 2, 5]  # feature mode: margins for 5 semitones
 SR = 22050

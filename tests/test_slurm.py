@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
+
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.ledger import Ledger
@@ -74,6 +75,7 @@ def test_slurm_two_worker_jobs_store_matches_local_cluster(slurm, tmp_path, faul
     import time
 
     import yaml
+
     from mirpipe.pipeline.config import dump
 
     workdir = tmp_path / "work"

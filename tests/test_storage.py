@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+
 from mirpipe.demo.track import annotate, compose, render
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages.features import compute_entry

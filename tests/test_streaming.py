@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from mirpipe.models.task import CorpusVocabulary, Network, Targets, Task
 from mirpipe.storage import open_store
 from mirpipe.storage.stream import IGNORE, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, track_patches

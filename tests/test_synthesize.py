@@ -5,6 +5,7 @@ import mir_eval
 import numpy as np
 import pytest
 import scipy.signal
+
 from mirpipe.demo.timbres import INSTRUMENTS, TIMBRES
 from mirpipe.demo.track import annotate, compose, contour, render
 from mirpipe.models.chord import QUALITIES, encode_label

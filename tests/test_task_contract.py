@@ -10,6 +10,7 @@ from pathlib import Path
 import jams
 import numpy as np
 import pytest
+
 from mirpipe.models.task import TASKS, annotation_transposers
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "extending" / "task.md"
@@ -50,6 +51,7 @@ def test_the_beat_task_encodes_targets_and_is_invariant_under_a_shift(beat_task)
 
 def test_generic_code_accepts_the_beat_task(beat_task, tmp_path):
     from conftest import small_config
+
     from mirpipe.pipeline.config import parse_pipeline
     from mirpipe.stages.train import tune_checkpoints
 

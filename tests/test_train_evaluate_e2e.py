@@ -7,6 +7,7 @@ import jams
 import mir_eval
 import pytest
 from conftest import small_config
+
 from mirpipe.models.chord import METRICS
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from mirpipe.models import chord
 from mirpipe.models.task import TASKS
 from mirpipe.models.trainer import Trainer, TrainerSettings

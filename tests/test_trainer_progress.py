@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+
 from mirpipe.models.task import Network, Task
 from mirpipe.models.trainer import PROGRESS_ENV, Trainer, TrainerSettings, TrainState, atomic_save, progress_mode
 from mirpipe.storage.atomic import TMP_PREFIX, remove_leftovers

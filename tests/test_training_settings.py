@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mirpipe.models.settings import TrainerSettings, TrainingSettings, fingerprinted
 from mirpipe.stages.train import TrainParams
 

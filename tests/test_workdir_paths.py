@@ -9,9 +9,8 @@ from mirpipe.models.trainer import PROGRESS_FILE
 from mirpipe.pipeline.ledger import LEDGER_DIR
 from mirpipe.pipeline.runner import LOCK_NAME
 from mirpipe.pipeline.workdir import RECORD
-from mirpipe.stages.ingest import MANIFEST
-
 from mirpipe.stage import StageContext
+from mirpipe.stages.ingest import MANIFEST
 from mirpipe.workdir import Workdir
 
 ROOT = Path(__file__).resolve().parents[1]

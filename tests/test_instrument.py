@@ -254,15 +254,18 @@ def test_clip_scores_equal_scikit_learns(tmp_path):
 
 def test_score_table_prints_a_tasks_notes(capsys):
     from mirpipe.pipeline.cli import _score_table
+    from mirpipe.records import TaskScores
 
     scores = {
-        "instrument": {
-            "accuracy": 0.5,
-            "columns": ["accuracy"],
-            "n_tracks": 30,
-            "seconds": 90.0,
-            "notes": ["30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)"],
-        }
+        "instrument": TaskScores.from_json(
+            {
+                "accuracy": 0.5,
+                "columns": ["accuracy"],
+                "n_tracks": 30,
+                "seconds": 90.0,
+                "notes": ["30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)"],
+            }
+        )
     }
     _score_table(scores, __import__("pathlib").Path("w"), json_mode=False)
     assert "  30 solo clips: accuracy 0.500, 95% interval 0.33-0.67 (Wilson)" in capsys.readouterr().out

@@ -174,16 +174,19 @@ def test_task_scores_jams_contours_as_mir_eval_does():
 
 def test_score_table_prints_the_baseline_row(capsys):
     from mirpipe.pipeline.cli import _score_table
+    from mirpipe.records import TaskScores
 
     scores = {
-        "pitch": {
-            "OA": 0.9,
-            "RPA": 0.95,
-            "columns": ["OA", "RPA"],
-            "n_tracks": 2,
-            "seconds": 60.0,
-            "baseline": {"name": "pyin", "OA": 0.5, "RPA": None},
-        }
+        "pitch": TaskScores.from_json(
+            {
+                "OA": 0.9,
+                "RPA": 0.95,
+                "columns": ["OA", "RPA"],
+                "n_tracks": 2,
+                "seconds": 60.0,
+                "baseline": {"name": "pyin", "OA": 0.5, "RPA": None},
+            }
+        )
     }
     _score_table(scores, __import__("pathlib").Path("w"), json_mode=False)
     out = capsys.readouterr().out

@@ -34,12 +34,13 @@ from typing import Any, TextIO, cast
 import numpy as np
 import torch
 
+from mirpipe.errors import ConfigurationError
 from mirpipe.records import CheckpointMeta, TrainingProgress
 from mirpipe.storage.atomic import atomic_path
 
 from .checkpoint import load_checkpoint, plain
 from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's
-from .task import Task
+from .task import Network, Task
 
 Batches = Iterable[dict[str, torch.Tensor]]
 PROGRESS_FILE = "progress.json"  # the last epoch's figures, rewritten atomically at each epoch end
@@ -288,6 +289,9 @@ class Trainer:
             raise ValueError(f"progress must be one of {PROGRESS_MODES}, not {progress!r}")
         self.settings = settings
         self.task = task
+        if task.network is None:
+            raise ConfigurationError(f"task {task.name!r} has no network to train")
+        self.network: Network = task.network  # the trainer needs no decoder or scorer
         self.train_batches = train_batches
         self.val_batches = val_batches
         self.out_dir = Path(out_dir)
@@ -384,7 +388,7 @@ class Trainer:
         self.model.train()
         batch = self._to_device(batch)
         outputs = self._forward(batch)
-        total, parts = self.task.trained.network.loss(outputs, batch)
+        total, parts = self.network.loss(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -402,14 +406,14 @@ class Trainer:
         for batch in self.val_batches():
             batch = self._to_device(batch)
             outputs = self._forward(batch)
-            total, _ = self.task.trained.network.loss(outputs, batch)
+            total, _ = self.network.loss(outputs, batch)
             loss_sum += float(total)
             n_batches += 1
-            a, b = self.task.trained.network.metric(outputs, batch)
+            a, b = self.network.metric(outputs, batch)
             num, den = num + a, den + b
         return {
             "val_loss": loss_sum / max(n_batches, 1),
-            self.task.trained.network.metric_name: num / den if den else float("nan"),
+            self.network.metric_name: num / den if den else float("nan"),
         }
 
     def _start_run(self, resumed: bool) -> None:
@@ -448,7 +452,7 @@ class Trainer:
     def _end_epoch(self, train_loss: float, patches_per_s: float) -> None:
         st = self.state
         val = self.validate()
-        score = val[self.task.trained.network.metric_name]
+        score = val[self.network.metric_name]
         if self.settings.lr_schedule == "plateau":
             assert isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
             self.scheduler.step(score)
@@ -467,12 +471,12 @@ class Trainer:
             "patches_per_s": patches_per_s,
         }
         st.history.append(row)
-        for k in ("val_loss", self.task.trained.network.metric_name):
+        for k in ("val_loss", self.network.metric_name):
             self._scalar(f"val/{k}", val[k])
         self._scalar("lr", lr)
         self._say(
             f"train[{self.task.name}] epoch {st.epoch}: step {st.global_step} loss {train_loss:.3f} "
-            f"val_loss {val['val_loss']:.3f} {self.task.trained.network.metric_name} {score:.3f} lr {lr:.2g} "
+            f"val_loss {val['val_loss']:.3f} {self.network.metric_name} {score:.3f} lr {lr:.2g} "
             f"{patches_per_s:.0f} patches/s{' *' if improved else ''}"
         )
         st.epoch += 1
@@ -507,7 +511,7 @@ class Trainer:
                 total_steps=s.max_epochs * s.steps_per_epoch,
                 train_loss=finite(row["train_loss"]),
                 val_loss=finite(row["val_loss"]),
-                metric=self.task.trained.network.metric_name,
+                metric=self.network.metric_name,
                 value=finite(score),
                 best=finite(st.best_metric),
                 best_step=st.best_step,
@@ -568,7 +572,7 @@ class Trainer:
             "finished": st.finished,
             "best_metric": st.best_metric,
             "best_step": st.best_step,
-            "metric": self.task.trained.network.metric_name,
+            "metric": self.network.metric_name,
             "seconds": time.perf_counter() - t_start,
             "device": str(self.device),
             "amp": self.amp,

@@ -163,3 +163,41 @@ def augmented(tmp_path, augmented_template) -> Path:
     work = tmp_path / "work"
     shutil.copytree(augmented_template, work)
     return work
+
+
+def toy_chord_store(root: Path, lengths, tags, n_bins: int, seed: int = 0):
+    """A small real Zarr store whose chord tags are learnable from the features: one entry per
+    length, its frames cycling through ``tags`` (vocabulary classes) in runs of ten, each tag's
+    bin raised in the CQT."""
+    import numpy as np
+
+    from mirpipe.storage import open_store
+
+    store = open_store("zarr", root)
+    rng = np.random.default_rng(seed)
+    geometry = {
+        "kind": "cqt",
+        "sr": 22050,
+        "hop_length": 2048,
+        "fmin": 32.7,
+        "n_bins": n_bins,
+        "bins_per_octave": 36,
+        "margin_bins": 0,
+        "frame_rate": 22050 / 2048,
+    }
+    for i, n in enumerate(lengths):
+        tag = np.repeat(rng.choice(list(tags), n // 10 + 1), 10)[:n].astype(np.int16)
+        cqt = rng.normal(-60, 3, (n, n_bins)).astype(np.float16)
+        cqt[np.arange(n), tag % n_bins] += 30
+        root_pc = np.where(tag < 168, tag // 14, 12).astype(np.int16)
+        pitches = np.zeros((n, 12), np.int8)
+        pitches[np.arange(n), root_pc % 12] = 1
+        arrays = {
+            "cqt": cqt,
+            "targets/chord_tag": tag,
+            "targets/chord_root": root_pc,
+            "targets/chord_bass": root_pc,
+            "targets/chord_pitches": pitches,
+        }
+        store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
+    return store

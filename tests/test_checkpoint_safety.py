@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import small_config
+from conftest import small_config, toy_chord_store
 
 from mirpipe.models.bundle import BundleError, load_bundle
 from mirpipe.models.checkpoint import CheckpointError, checkpoint_is_safe, load_checkpoint, plain
@@ -147,37 +147,7 @@ def test_plain_turns_what_tasks_return_into_safe_values():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from mirpipe.storage import open_store
-
-    store = open_store("zarr", tmp_path_factory.mktemp("store"))
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        n = 120
-        tag = np.repeat(rng.choice([0, 14, 28], n // 10 + 1), 10)[:n].astype(np.int16)
-        cqt = rng.normal(-60, 3, (n, N_BINS)).astype(np.float16)
-        cqt[np.arange(n), tag % N_BINS] += 30
-        root = (tag // 14).astype(np.int16)
-        pitches = np.zeros((n, 12), np.int8)
-        pitches[np.arange(n), root % 12] = 1
-        arrays = {
-            "cqt": cqt,
-            "targets/chord_tag": tag,
-            "targets/chord_root": root,
-            "targets/chord_bass": root,
-            "targets/chord_pitches": pitches,
-        }
-        geometry = {
-            "kind": "cqt",
-            "sr": 22050,
-            "hop_length": 2048,
-            "fmin": 32.7,
-            "n_bins": N_BINS,
-            "bins_per_octave": 36,
-            "margin_bins": 0,
-            "frame_rate": 22050 / 2048,
-        }
-        store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
-    return store
+    return toy_chord_store(tmp_path_factory.mktemp("store"), [120] * 3, [0, 14, 28], N_BINS)
 
 
 def _trainer(store, out_dir: Path, log=lambda m: None) -> Trainer:

@@ -1,13 +1,12 @@
 """The generic trainer on CPU: checkpoints are complete, and resuming is exact."""
 
-import numpy as np
 import pytest
 import torch
+from conftest import toy_chord_store
 
 from mirpipe.models import chord
 from mirpipe.models.task import TASKS
 from mirpipe.models.trainer import Trainer, TrainerSettings
-from mirpipe.storage import open_store
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
 from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
@@ -18,35 +17,7 @@ N_BINS = 48
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A small real Zarr store whose chord tags are learnable from the features."""
-    store = open_store("zarr", tmp_path_factory.mktemp("store"))
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        n = 150 + 20 * i
-        tag = np.repeat(rng.choice([0, 14, 28, 42, 56, 70], n // 10 + 1), 10)[:n].astype(np.int16)  # C, C#, D.. major
-        cqt = rng.normal(-60, 3, (n, N_BINS)).astype(np.float16)
-        cqt[np.arange(n), tag % N_BINS] += 30
-        root = np.where(tag < 168, tag // 14, 12).astype(np.int16)
-        pitches = np.zeros((n, 12), np.int8)
-        pitches[np.arange(n), root % 12] = 1
-        arrays = {
-            "cqt": cqt,
-            "targets/chord_tag": tag,
-            "targets/chord_root": root,
-            "targets/chord_bass": root,
-            "targets/chord_pitches": pitches,
-        }
-        geometry = {
-            "kind": "cqt",
-            "sr": 22050,
-            "hop_length": 2048,
-            "fmin": 32.7,
-            "n_bins": N_BINS,
-            "bins_per_octave": 36,
-            "margin_bins": 0,
-            "frame_rate": 22050 / 2048,
-        }
-        store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
-    return store
+    return toy_chord_store(tmp_path_factory.mktemp("store"), [150 + 20 * i for i in range(6)], [0, 14, 28, 42, 56, 70], N_BINS)
 
 
 def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", **model):

@@ -180,20 +180,11 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
         if nested and nested[0].__doc__:
             intro = " ".join(nested[0].__doc__.split())
             intro = f"{intro} (runs only when given)" if "runs only when given" in (field.description or "") else intro
+        # per-name sub-sections: (prefix, the model of each name or None, what it is)
+        subsections: list[tuple[str, dict[str, Any], str]] = []
         if name == "features":
-            for kind in sorted(FEATURE_KINDS.names()):
-                params = FEATURE_KINDS.get(kind).Params
-                doc = (params.__doc__ or "").strip().split("\n\n")[0] or f"feature kind {kind}"
-                body.append(
-                    (
-                        f"features.{kind}",
-                        params.__name__,
-                        "(section)",
-                        "",
-                        f"feature kind `{kind}`: {doc}",
-                    )
-                )
-                body.extend(rows(params, f"features.{kind}.", placeholders))
+            kinds = {kind: FEATURE_KINDS.get(kind).Params for kind in FEATURE_KINDS.names()}
+            subsections.append(("features", kinds, "feature kind `{}`"))
         if name == "train":
             body.append(("train.overrides.<task>", "dict[str, any]", "", "", "the settings of one task that differ"))
             body.append(
@@ -205,35 +196,20 @@ def pipeline_sections() -> list[tuple[str, str, list]]:
                     "a train setting above (patch_frames, batch_size, lr, lr_schedule, sampling, ...) for one task only",
                 )
             )
-            for task in sorted(TASKS.names()):
-                network = TASKS.get(task).network
-                params = network.Params if network is not None else None  # a target-only task has no network
-                if params is not None and params.model_fields:
-                    body.append(
-                        (
-                            f"train.models.{task}",
-                            params.__name__,
-                            "(section)",
-                            "",
-                            f"the `{task}` network",
-                        )
-                    )
-                    body.extend(rows(params, f"train.models.{task}.", placeholders))
+            networks = {t: getattr(TASKS.get(t).network, "Params", None) for t in TASKS.names()}  # None: target-only
+            subsections.append(("train.models", networks, "the `{}` network"))
         if name == "evaluate":
-            for task in sorted(TASKS.names()):
-                decoder = TASKS.get(task).decoder
-                params = decoder.DecodeParams if decoder is not None else None
-                if params is not None and params.model_fields:
-                    body.append(
-                        (
-                            f"evaluate.decoding.{task}",
-                            params.__name__,
-                            "(section)",
-                            "",
-                            f"how `{task}` decodes",
-                        )
-                    )
-                    body.extend(rows(params, f"evaluate.decoding.{task}.", placeholders))
+            decoders = {t: getattr(TASKS.get(t).decoder, "DecodeParams", None) for t in TASKS.names()}
+            subsections.append(("evaluate.decoding", decoders, "how `{}` decodes"))
+        for prefix, models, what in subsections:
+            for key in sorted(models):
+                params = models[key]
+                if params is None or not params.model_fields:
+                    continue
+                doc = (params.__doc__ or "").strip().split("\n\n")[0] if prefix == "features" else ""
+                text = what.format(key) + (f": {doc}" if doc else "")
+                body.append((f"{prefix}.{key}", params.__name__, "(section)", "", text))
+                body.extend(rows(params, f"{prefix}.{key}.", placeholders))
         sections.append((name, intro, body))
     return sections
 

@@ -32,7 +32,7 @@ class JointPitchShift(PitchShift):
     """Integer pitch shifts applied exactly to the namespaces its ``transposers`` name (set after
     construction, so muda's serialized parameters stay n_semitones and backend)."""
 
-    def __init__(self, n_semitones=0, backend="librosa"):
+    def __init__(self, n_semitones: int | list[int] = 0, backend: str = "librosa") -> None:
         PitchShift.__init__(self, n_semitones=n_semitones)
         self.backend = backend
         self.dispatch.clear()

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.mirpipe-installed
 
-.PHONY: install demo lint test clean-demo bench bench-cluster slurm-start slurm-stop
+.PHONY: install demo lint docs test clean-demo bench bench-cluster slurm-start slurm-stop
 
 $(STAMP): pyproject.toml Makefile scripts/system-deps.sh demo/fetch_samples.py
 	bash scripts/system-deps.sh
@@ -33,6 +33,11 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy
+
+# the generated reference pages (tests/test_docs.py fails when they are stale)
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_config_reference.py
+	$(BIN)/python scripts/gen_cli_reference.py
 
 # lint first: a lint failure fails `make test`
 test: lint

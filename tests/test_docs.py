@@ -131,6 +131,15 @@ def _generator():
     return module
 
 
+def test_cli_reference_is_current():
+    """docs/reference/cli.md's `--help` part is what the installed commands print."""
+    spec = importlib.util.spec_from_file_location("gen_cli_reference", ROOT / "scripts" / "gen_cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = module.TARGET.read_text()
+    assert module.render(current) == current, "docs/reference/cli.md is out of date: run python scripts/gen_cli_reference.py"
+
+
 def test_configuration_reference_is_current():
     from mirpipe.stages import STAGES
 

@@ -124,7 +124,9 @@ class DirectArray:
         if first == last:
             return self._chunk(v, first)[start - first * ct : stop - first * ct].copy()
         parts = [self._chunk(v, c) for c in range(first, last + 1)]
-        return np.concatenate(parts)[start - first * ct : stop - first * ct]
+        parts[-1] = parts[-1][: stop - last * ct]
+        parts[0] = parts[0][start - first * ct :]
+        return np.concatenate(parts)
 
 
 class _Owner:

@@ -2,11 +2,18 @@
 
 The chord task's stream (feature ``cqt``, the task's targets, feature-mode shifts
 -6..6 drawn per activation, the train stage's mux settings) is fed from memory (the
-upper bound: the same entries preloaded), from the Zarr store and from the HDF5 store,
-in one process and through a DataLoader with 2 workers. Configurations alternate in
-repeated rounds so machine noise hits them alike; medians are printed with the ratio
-store / memory. A diagnosis follows: what one streamer activation costs per source
-(open an entry, read a slab with open handles, per array), against the patches it feeds.
+upper bound: the same entries preloaded), from the Zarr store (``zarr``: slab reads
+straight from the zip members; ``zarr-python``: the same files read through zarr-python;
+``zarr-raw``: a copy written without compression), and from the HDF5 store,
+in one process and through a DataLoader with 2 workers. Beside them, in one process, the
+lecture's plain loop (``plain-h5``): one h5py file per track holding the cqt and the chord
+targets, a pescador Streamer per track that opens its file, reads one slab and yields random
+patches (a random shift's bin window, targets as stored), a StochasticMux with the same
+settings, ``buffer_stream`` into batches; ``plain-h5-f32`` also converts each patch to float32, as
+mirpipe's feature view does. Configurations alternate in repeated rounds so
+machine noise hits them alike; medians are printed with the ratios to memory and to the
+plain loop. A diagnosis follows: what one streamer activation costs per source (open an
+entry, read a slab with open handles, per array), against the patches it feeds.
 
     python benchmarks/bench_streaming.py [--workdir DIR] [--tracks 16] [--batches 100] [--rounds 3]
 
@@ -27,15 +34,37 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 
+import h5py
 import numpy as np
+import pescador
 
 from mirpipe.models.task import TASKS
 from mirpipe.stages.train import TrainParams
 from mirpipe.storage import open_store
+from mirpipe.storage.base import STORE_BACKENDS
 from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab
 from mirpipe.storage.torch_data import epoch_loader
+from mirpipe.storage.zarr_store import ZarrStore
 
 SHIFTS = tuple(range(-6, 7))
+# the plain loop's variants: patches as stored (float16), or converted to float32 per patch as mirpipe's view does
+PLAIN = {"plain-h5": None, "plain-h5-f32": np.float32}
+
+
+@STORE_BACKENDS.register(name="zarr-python")
+class ZarrPythonStore(ZarrStore):
+    """The same zarr files, every read through zarr-python (the reads before direct slab reads)."""
+
+    backend = "zarr-python"
+    direct_reads = False
+
+
+@STORE_BACKENDS.register(name="zarr-raw")
+class ZarrRawStore(ZarrStore):
+    """Chunks stored without compression, read straight from the zip members."""
+
+    backend = "zarr-raw"
+    compressors = None
 
 
 def ensure_store(workdir: Path, tracks: int) -> Path:
@@ -64,6 +93,64 @@ def copy_store(src, backend: str, root: Path, tracks, names):
         e = src.read_entry(t, names)
         dst.write_entry(t, e.arrays, e.attrs)
     return dst
+
+
+def write_plain_h5(src, root: Path, tracks, names) -> None:
+    """The lecture's layout: one h5py file per track, each array of the unshifted variant as a plain dataset."""
+    root.mkdir(parents=True, exist_ok=True)
+    for t in tracks:
+        e = src.read_entry(t, names)
+        with h5py.File(root / f"{t}.h5", "w") as f:
+            for n in names:
+                f.create_dataset(n, data=e.arrays[n][0])
+
+
+def plain_patches(path: str, feature: str, targets, patch_frames: int, slab_frames: int, offsets, n_bins: int, dtype):
+    """One activation of the plain loop: open the track's file, read a slab, yield random patches
+    (the feature as stored, float16, or converted per patch to ``dtype`` as mirpipe's view does)."""
+    rng = np.random.default_rng()
+    with h5py.File(path, "r") as f:
+        n = f[feature].shape[0]
+        length = min(n, slab_frames)
+        start = int(rng.integers(0, n - length + 1))
+        frames = f[feature][start : start + length]
+        slab = {k: f[k][start : start + length] for k in targets}
+    off = int(offsets[int(rng.integers(len(offsets)))])
+    while True:
+        at = int(rng.integers(0, length - patch_frames + 1))
+        yield {
+            feature: frames[at : at + patch_frames, off : off + n_bins],
+            **{k: a[at : at + patch_frames] for k, a in slab.items()},
+        }
+
+
+def plain_batches(root: Path, keys, feature: str, targets, p: TrainParams, geometry: dict, dtype=None, seed: int = 0):
+    bins_per_semitone = geometry["bins_per_octave"] // 12
+    offsets = [geometry["margin_bins"] - n * bins_per_semitone for n in SHIFTS]
+    streamers = [
+        pescador.Streamer(
+            plain_patches,
+            str(root / f"{k.track}.h5"),
+            feature,
+            targets,
+            p.patch_frames,
+            p.slab_frames,
+            offsets,
+            geometry["n_bins"],
+            dtype,
+        )
+        for k in keys
+    ]
+    mux = pescador.StochasticMux(streamers, n_active=p.n_active, rate=p.rate, mode=p.mux_mode, random_state=seed)
+    return pescador.buffer_stream(mux.iterate(), p.batch_size)
+
+
+def plain_per_s(it, feature: str, batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    n = sum(int(next(it)[feature].shape[0]) for _ in range(batches))
+    return n / (time.perf_counter() - t0)
 
 
 def patches_per_s(stream: PatchStream, workers: int, batches: int, warmup: int) -> float:
@@ -162,6 +249,41 @@ def zarr_gathered_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: i
     return out
 
 
+def tensorstore_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: int = 0) -> tuple[float, float] | None:
+    """Seconds per slab read through tensorstore (zarr3 driver over its zip kvstore): the arrays one
+    after another, and all issued before waiting; None when tensorstore is not installed."""
+    try:
+        import tensorstore as ts
+    except ImportError:
+        return None
+    store = open_store(spec.backend, spec.root)
+    handles = []
+    for k in keys:
+        base = "file://" + str(store.entry_path(k.track))
+        kv = {"driver": "zip", "base": base}
+        handles.append(
+            {m: ts.open({"driver": "zarr3", "kvstore": {**kv, "path": m + "/"}}, read=True).result() for m in spec.names}
+        )
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        i = int(rng.integers(len(keys)))
+        length = min(keys[i].n_frames, slab_frames)
+        start = int(rng.integers(0, keys[i].n_frames - length + 1))
+        draws.append((i, start, start + length))
+    t0 = time.perf_counter()
+    for i, a, b in draws:
+        for m in spec.names:
+            handles[i][m][0, a:b].read().result()
+    one_by_one = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i, a, b in draws:
+        futures = [handles[i][m][0, a:b].read() for m in spec.names]
+        for f in futures:
+            f.result()
+    return one_by_one, (time.perf_counter() - t0) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed afterwards")
@@ -192,6 +314,9 @@ def main() -> None:
         )
 
         copy_store(zarr_store, "hdf5", tmp / "h5", [k.track for k in keys], names)
+        copy_store(zarr_store, "zarr-raw", tmp / "zarr-raw", [k.track for k in keys], names)
+        write_plain_h5(zarr_store, tmp / "plain", [k.track for k in keys], names)
+        geometry = zarr_store.read_attrs(keys[0].track)["features"][task.feature]
         preload_memory("bench", zarr_store, keys, names)
         common = dict(
             feature=task.feature,
@@ -204,8 +329,11 @@ def main() -> None:
         specs = {
             "memory": StreamSpec("memory", "bench", **common),
             "zarr": StreamSpec("zarr", str(root), **common),
+            "zarr-python": StreamSpec("zarr-python", str(root), **common),
+            "zarr-raw": StreamSpec("zarr-raw", str(tmp / "zarr-raw"), **common),
             "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
         }
+        targets = list(task.targets.arrays)
         # every entry activated about once before timing: opening an entry (metadata reads) is a
         # once-per-process cost, a slab read per activation the steady one
         warmup = max(4, int(len(keys) * p.rate / p.batch_size))
@@ -217,14 +345,27 @@ def main() -> None:
                 for name in order:
                     rate = patches_per_s(PatchStream(specs[name], keys, mux, seed=0), workers, args.batches, warmup)
                     results.setdefault((name, workers), []).append(rate)
-        print(f"\n{'source':>8} {'loader':>12} {'patches/s':>10} {'vs memory':>10}   per round")
+                if workers == 0:
+                    for plain_name, dtype in PLAIN.items():
+                        plain = plain_per_s(
+                            plain_batches(tmp / "plain", keys, task.feature, targets, p, geometry, dtype),
+                            task.feature,
+                            args.batches,
+                            warmup,
+                        )
+                        results.setdefault((plain_name, 0), []).append(plain)
+        plain_rate = statistics.median(results["plain-h5", 0]) if 0 in args.workers else float("nan")
+        print(f"\n{'source':>12} {'loader':>12} {'patches/s':>10} {'vs memory':>10} {'vs plain-h5':>12}   per round")
         for workers in args.workers:
             mem = statistics.median(results["memory", workers])
-            for name in specs:
+            for name in [*specs, *PLAIN]:
+                if (name, workers) not in results:
+                    continue
                 rates = results[name, workers]
                 loader = "in-process" if workers == 0 else f"{workers} workers"
+                rate = statistics.median(rates)
                 print(
-                    f"{name:>8} {loader:>12} {statistics.median(rates):>10.0f} {statistics.median(rates) / mem:>9.0%}   "
+                    f"{name:>12} {loader:>12} {rate:>10.0f} {rate / mem:>9.0%} {rate / plain_rate:>11.0%}   "
                     + " ".join(f"{x:.0f}" for x in rates)
                 )
 
@@ -234,18 +375,26 @@ def main() -> None:
         )
         costs = {name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items()}
         cols = list(costs["zarr"])
-        print(f"{'source':>8} " + " ".join(f"{c:>26}" for c in cols))
+        print(f"{'source':>12} " + " ".join(f"{c:>26}" for c in cols))
         for name, c in costs.items():
-            print(f"{name:>8} " + " ".join(f"{1e3 * c[k]:>26.3f}" for k in cols))
+            print(f"{name:>12} " + " ".join(f"{1e3 * c[k]:>26.3f}" for k in cols))
         mem_patch = 1.0 / statistics.median(results["memory", args.workers[0]])
         per_patch = activations_per_patch(specs["memory"], keys, mux, args.batches, warmup)
         print(f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches)")
-        gathered = zarr_gathered_slab(specs["zarr"], keys, p.slab_frames, args.reads)
+        gathered = zarr_gathered_slab(specs["zarr-python"], keys, p.slab_frames, args.reads)
         print(
-            f"zarr slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
-            f"(blocking, one array after another: {1e3 * costs['zarr']['slab']:.3f} ms)"
+            f"zarr-python slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
+            f"(blocking, one array after another: {1e3 * costs['zarr-python']['slab']:.3f} ms)"
         )
-        for name in ("zarr", "hdf5"):
+        through_ts = tensorstore_slab(specs["zarr"], keys, p.slab_frames, args.reads)
+        if through_ts is None:
+            print("tensorstore: not installed (pip install tensorstore to measure it)")
+        else:
+            print(
+                f"tensorstore slab read (the {len(names)} arrays, zarr3 over its zip kvstore): {1e3 * through_ts[0]:.3f} ms "
+                f"one after another, {1e3 * through_ts[1]:.3f} ms issued together (arrays only, no shift or transpose)"
+            )
+        for name in ("zarr", "zarr-python", "zarr-raw", "hdf5"):
             extra = (costs[name]["slab"] - costs["memory"]["slab"]) * per_patch
             print(
                 f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "

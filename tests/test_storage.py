@@ -88,3 +88,56 @@ def test_cut_entries_are_detected(backend, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # a writer killed mid-copy (or a partial transfer)
     assert not store.is_valid("t")
+
+
+@pytest.mark.parametrize("compressors", ["auto", None])
+def test_zarr_direct_slab_reads_are_bit_identical_to_zarr_python(compressors, tmp_path, monkeypatch):
+    """Streaming reads ``[v, start:stop]`` straight from the zip members (``DirectArray``): every
+    slice, across chunk edges and past the end, equals zarr-python's read of the same file."""
+    import zarr
+    from zarr.storage import ZipStore
+
+    from mirpipe.storage import base
+    from mirpipe.storage.zarr_store import DirectArray
+
+    monkeypatch.setattr(base, "CHUNK_FRAMES", 100)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "cqt": rng.standard_normal((2, 437, 30)).astype(np.float16),
+        "targets/tag": rng.integers(-1, 170, (2, 437)).astype(np.int16),
+        "targets/pitches": rng.integers(0, 2, (2, 437, 12)).astype(np.int8),
+        "f0": rng.standard_normal((3, 250)).astype(np.float32),
+        "codes": rng.integers(0, 256, (1, 437, 7)).astype(np.uint8),
+    }
+    store = open_store("zarr", tmp_path)
+    monkeypatch.setattr(store, "compressors", compressors)
+    store.write_entry("t", arrays, {})
+    slices = [(0, None), (5, 25), (95, 105), (99, 301), (400, 1000), (10, 10), (-50, None), (436, 437), (300, 200)]
+    with store.opened("t") as (handles, _):
+        with ZipStore(store.entry_path("t"), mode="r") as zs:
+            group = zarr.open_group(store=zs, mode="r", zarr_format=3)
+            for name, data in arrays.items():
+                assert isinstance(handles[name], DirectArray)
+                for v in range(data.shape[0]):
+                    for a, b in slices:
+                        got, ref = handles[name][v, a:b], np.asarray(group[name][v, a:b])
+                        assert got.dtype == ref.dtype == data.dtype and got.shape == ref.shape
+                        assert got.tobytes() == ref.tobytes() == data[v, a:b].tobytes()
+                    assert handles[name][v].tobytes() == data[v].tobytes()
+                assert np.asarray(handles[name][...]).tobytes() == data.tobytes()  # other keys: zarr-python
+                assert handles[name].shape == data.shape and handles[name].nchunks_initialized == handles[name].nchunks
+
+
+def test_zarr_layouts_the_direct_path_does_not_know_read_through_zarr_python(tmp_path):
+    """A sharded array (or any codec chain but bytes + zstd) is left to zarr-python."""
+    import zarr
+    from zarr.storage import ZipStore
+
+    data = np.arange(2 * 300 * 4, dtype=np.float32).reshape(2, 300, 4)
+    path = tmp_path / "t.zarr.zip"
+    with ZipStore(path, mode="w") as zs:
+        group = zarr.create_group(store=zs, zarr_format=3, attributes={})
+        group.create_array("cqt", data=data, chunks=(1, 50, 4), shards=(1, 300, 4))
+    with open_store("zarr", tmp_path).opened("t") as (handles, _):
+        assert isinstance(handles["cqt"], zarr.Array)
+        assert handles["cqt"][1, 40:260].tobytes() == data[1, 40:260].tobytes()

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mirpipe import columns, errors
 from mirpipe.annotations.prepare import ChoiceRule, Preparation, apply, choose
-from mirpipe.audio.io import decode_errors, header_frames, load_channels, riff_declared_frames
+from mirpipe.audio.io import AudioDecodeFailure, decode_errors, header_frames, load_channels, riff_declared_frames
 from mirpipe.corpus import ScanSummary, scan_corpus
 from mirpipe.errors import WorkdirFileError
 from mirpipe.models.labels import Vocabulary, VocabularyParams, build_vocabulary
@@ -266,7 +266,10 @@ def decode_checked(audio_path: Path) -> tuple[np.ndarray, int, tuple[int, int, i
             if header is not None or audio_path.suffix.lower() in (".wav", ".flac", ".ogg")
             else errors.UnsupportedFormatError
         )
-        raise cls(audio_path, f"cannot decode: {type(exc).__name__}: {exc}") from None
+        said = str(exc) if isinstance(exc, AudioDecodeFailure) else f"{type(exc).__name__}: {exc}"
+        if header is not None:  # libsndfile read the header, then failed in the stream: truncated or damaged
+            said += f" (its header declares {header[0]} frames at {header[1]} Hz: truncated or damaged?)"
+        raise cls(audio_path, f"cannot decode: {said}") from None
     except OSError as exc:  # an I/O error reading it (a folder, a vanished file, a failing disk)
         raise errors.UnreadableFileError(audio_path, f"cannot be read: {type(exc).__name__}: {exc}") from None
     if channels.size == 0:

@@ -127,3 +127,23 @@ def test_a_bug_while_decoding_is_retried_and_recorded_as_no_input_error(tmp_path
     (failure,) = report.failures
     assert failure["error_class"] == "TypeError" and failure["kind"] != "input"
     assert failure["attempts"] == 2  # retried, not blamed on a.flac
+
+
+def test_a_truncated_flac_says_what_the_decoder_said(tmp_path):
+    """Not audioread's empty ``NoBackendError:``: libsndfile's own message, and what the header declared."""
+    import numpy as np
+    import soundfile as sf
+
+    from mirpipe.errors import AudioDecodeError
+    from mirpipe.stages.ingest import decode_checked
+
+    full = tmp_path / "full.flac"
+    sf.write(full, np.random.default_rng(0).normal(0, 0.1, 22050 * 5).astype(np.float32), 22050)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioDecodeError) as err:
+        decode_checked(cut)
+    reason = err.value.reason
+    assert reason.startswith("cannot decode: libsndfile: ") and "NoBackendError: no backend reads it" in reason, reason
+    assert "flac" in reason.lower() and "header declares 110250 frames at 22050 Hz" in reason, reason
+    assert "Error :" not in reason

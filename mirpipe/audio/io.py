@@ -26,6 +26,11 @@ def decode_errors() -> tuple[type[BaseException], ...]:
     return (sf.SoundFileError, DecodeError, RuntimeError, wave.Error, struct.error, EOFError)
 
 
+class AudioDecodeFailure(RuntimeError):
+    """No decoder reads the file; the message says what each one said (audioread's ``NoBackendError``
+    alone says nothing: libsndfile's message, e.g. "flac decoder lost sync", is the reason)."""
+
+
 def load_channels(path: Path | str) -> tuple[np.ndarray, int]:
     """Decode a file to float32 channels ``(C, n)`` at its own rate.
 
@@ -37,10 +42,16 @@ def load_channels(path: Path | str) -> tuple[np.ndarray, int]:
     try:
         y, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
         y = y.T
-    except sf.LibsndfileError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            y, file_sr = librosa.load(str(path), sr=None, mono=False)
+    except sf.LibsndfileError as first:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                y, file_sr = librosa.load(str(path), sr=None, mono=False)
+        except decode_errors() as exc:
+            said = str(exc).strip() or "no backend reads it"
+            reason = (getattr(first, "error_string", "") or str(first)).strip().rstrip(".")
+            reason = reason.removeprefix("Error :").strip()  # libsndfile's "Error : flac decoder lost sync."
+            raise AudioDecodeFailure(f"libsndfile: {reason}; audioread: {type(exc).__name__}: {said}") from exc
         y = np.atleast_2d(y)
     return np.asarray(y, dtype=np.float32), int(file_sr)
 

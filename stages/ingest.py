@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -318,12 +319,50 @@ def _load_jams(jams_path: Path):
 
     _check_namespaces(jams_path)
     try:
-        return jams.load(str(jams_path), validate=True, strict=True)
+        jam = jams.load(str(jams_path), validate=True, strict=True)
     # jams builds its objects straight from the JSON mapping before it validates, so a malformed document
     # raises TypeError/KeyError/AttributeError/IndexError from inside jams: the document's fault, like a
     # schema error or bad JSON (ValueError). A MemoryError or an error in mirpipe's own code is not caught.
     except (jams.JamsError, ValueError, TypeError, LookupError, AttributeError, OSError) as exc:
         raise errors.AnnotationSchemaError(jams_path, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]) from None
+    _check_finite(jam, jams_path)
+    return jam
+
+
+def _non_finite(value: Any) -> str | None:
+    """Where a number in an observation's value is NaN or infinite ("", "frequency", "[2]"), else None."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, (int, float)):
+        return "" if not math.isfinite(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (where := _non_finite(item)) is not None:
+                return f".{key}{where}"
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if (where := _non_finite(item)) is not None:
+                return f"[{i}]{where}"
+    return None
+
+
+def _check_finite(jam, jams_path: Path) -> None:
+    """Every observation's time, duration, confidence and numeric value is finite: Python's JSON reads
+    ``NaN`` and ``Infinity``, the JAMS schema's "number" lets them through, and a NaN time would label
+    frames silently wrong (every comparison with it is false)."""
+    for index, ann in enumerate(jam.annotations):
+        for j, obs in enumerate(ann.data):
+            fields = {"time": obs.time, "duration": obs.duration, "confidence": obs.confidence}
+            bad = [name for name, v in fields.items() if isinstance(v, float) and not math.isfinite(v)]
+            where = _non_finite(obs.value)
+            if where is not None:
+                bad.append(f"value{where}")
+            if bad:
+                raise errors.AnnotationSchemaError(
+                    jams_path,
+                    f"annotation {index} ({ann.namespace}), observation {j} (time {obs.time!r}, value {obs.value!r}): "
+                    f"{', '.join(bad)} not a finite number",
+                )
 
 
 SPLIT_NAMES = {

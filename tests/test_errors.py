@@ -147,3 +147,44 @@ def test_a_truncated_flac_says_what_the_decoder_said(tmp_path):
     assert reason.startswith("cannot decode: libsndfile: ") and "NoBackendError: no backend reads it" in reason, reason
     assert "flac" in reason.lower() and "header declares 110250 frames at 22050 Hz" in reason, reason
     assert "Error :" not in reason
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("time", '"time": NaN'), ("duration", '"duration": Infinity'), ("confidence", '"confidence": NaN')],
+)
+def test_a_non_finite_number_in_a_jams_is_a_schema_error_naming_the_observation(tmp_path, fault_corpus, field, text):
+    """Python's JSON reads NaN and Infinity and the JAMS schema lets them through: ingest classifies the track
+    (file, namespace, observation) instead of labelling its frames silently wrong; the other tracks go on."""
+    import json
+    import shutil
+
+    from conftest import corpus_config, manifest_rows
+
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.config import parse_cluster
+    from mirpipe.pipeline.runner import Runner
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(fault_corpus, corpus)
+    victim = sorted(corpus.glob("*.jams"))[0]
+    doc = json.loads(victim.read_text())
+    chord = next(a for a in doc["annotations"] if a["namespace"] == "chord")
+    chord["data"][2][field] = "PLACEHOLDER"
+    victim.write_text(json.dumps(doc).replace('"PLACEHOLDER"', text.split(": ")[1]))
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        (report,) = Runner(tmp_path / "work", corpus_config(corpus), progress=False).run(ex, only="ingest")
+    (failure,) = report.failures
+    assert failure["error_class"] == "AnnotationSchemaError" and failure["file"].endswith(victim.name)
+    assert "(chord), observation 2" in failure["message"] and f"{field} not a finite number" in failure["message"]
+    assert report.done == report.total - 1 and victim.stem not in manifest_rows(tmp_path / "work")
+
+
+def test_non_finite_numbers_are_found_inside_observation_values():
+    from mirpipe.stages.ingest import _non_finite
+
+    assert _non_finite({"index": 0, "frequency": float("nan"), "voiced": True}) == ".frequency"
+    assert _non_finite([1.0, [2.0, float("inf")]]) == "[1][1]"
+    assert _non_finite(float("-inf")) == ""
+    assert _non_finite({"index": 0, "frequency": 440.0, "voiced": False}) is None
+    assert _non_finite("D#:7") is None and _non_finite(None) is None and _non_finite(True) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -34,6 +35,11 @@ LOCK_NAME = Workdir.LOCK
 
 class WorkdirBusyError(WorkdirError, RuntimeError):
     """Another mirpipe run holds the workdir (the CLI exits 2)."""
+
+
+class WorkdirReadOnlyError(WorkdirError):
+    """The workdir cannot be written (a read-only filesystem, or no write permission): a run or a repair
+    cannot start there (the CLI exits 2); ``mirpipe status`` still reads it."""
 
 
 def stage_order(config: PipelineBase) -> list[str]:
@@ -103,8 +109,15 @@ class StageReport:
 def workdir_lock(workdir: Path) -> Iterator[None]:
     """Exclusive lock on a workdir: a second concurrent run is refused, not interleaved.
     The lock file says who holds it (pid, host, since when) for ``mirpipe status``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    fh = open(workdir / LOCK_NAME, "a+")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fh = open(workdir / LOCK_NAME, "a+")
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise WorkdirReadOnlyError(
+            f"{workdir}: workdir is read-only ({exc.strerror}): a run writes there; `mirpipe status` still reads it"
+        ) from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -188,3 +188,58 @@ def test_non_finite_numbers_are_found_inside_observation_values():
     assert _non_finite(float("-inf")) == ""
     assert _non_finite({"index": 0, "frequency": 440.0, "voiced": False}) is None
     assert _non_finite("D#:7") is None and _non_finite(None) is None and _non_finite(True) is None
+
+
+def test_a_read_only_workdir_exits_2_and_status_still_reads_it(tmp_path, fault_corpus):
+    """No write permission on the workdir (what a read-only filesystem looks like to a run): `run` and `verify`
+    exit 2 saying so, without a traceback or a change; `status` reads it. As root the commands drop the
+    capabilities that bypass permissions."""
+    import json
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import sys
+
+    from conftest import corpus_config
+
+    from mirpipe.pipeline import workdir as wd
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.config import parse_cluster
+    from mirpipe.pipeline.runner import Runner
+
+    work = tmp_path / "work"
+    config, cluster = corpus_config(fault_corpus), parse_cluster({"type": "sync"})
+    with open_executor(cluster) as ex:
+        Runner(work, config, progress=False).run(ex, until="ingest")
+    wd.record(work, config, cluster)  # what `mirpipe run` records: the commands below resume from it
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: permissions cannot be taken away")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    before = sorted((p.relative_to(work), p.stat().st_mtime_ns) for p in work.rglob("*"))
+    for path in [work, *work.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        for command in (["run"], ["verify"]):
+            res = subprocess.run(
+                [*prefix, sys.executable, "-m", "mirpipe", *command, "--workdir", str(work)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert res.returncode == 2, res.stderr[-2000:]
+            assert "workdir is read-only" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+        res = subprocess.run(
+            [*prefix, sys.executable, "-m", "mirpipe", "status", "--workdir", str(work), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads(res.stdout)["stages"]["ingest"]["done"] == 4
+    finally:
+        for path in [work, *work.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert sorted((p.relative_to(work), p.stat().st_mtime_ns) for p in work.rglob("*")) == before

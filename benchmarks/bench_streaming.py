@@ -222,6 +222,17 @@ def activations_per_patch(spec: StreamSpec, keys, mux: MuxSettings, batches: int
     return calls[0] / n
 
 
+def slab_draws(keys, slab_frames: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """``n`` random slabs (entry index, start, stop) of at most ``slab_frames`` frames, drawn before timing."""
+    draws = []
+    for _ in range(n):
+        i = int(rng.integers(len(keys)))
+        length = min(keys[i].n_frames, slab_frames)
+        start = int(rng.integers(0, keys[i].n_frames - length + 1))
+        draws.append((i, start, start + length))
+    return draws
+
+
 def zarr_gathered_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: int = 0) -> float:
     """Seconds per slab read when the arrays of an activation are read concurrently (zarr's async
     API, one event-loop round trip) instead of one blocking read per array."""
@@ -235,12 +246,7 @@ def zarr_gathered_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: i
     async def read(arrays, a, b):
         return await asyncio.gather(*(arrays[name]._async_array.getitem((0, slice(a, b))) for name in spec.names))
 
-    draws = []
-    for _ in range(n):
-        i = int(rng.integers(len(keys)))
-        length = min(keys[i].n_frames, slab_frames)
-        start = int(rng.integers(0, keys[i].n_frames - length + 1))
-        draws.append((i, start, start + length))
+    draws = slab_draws(keys, slab_frames, n, rng)
     t0 = time.perf_counter()
     for i, a, b in draws:
         sync(read(handles[i], a, b))
@@ -265,12 +271,7 @@ def tensorstore_slab(spec: StreamSpec, keys, slab_frames: int, n: int, seed: int
             {m: ts.open({"driver": "zarr3", "kvstore": {**kv, "path": m + "/"}}, read=True).result() for m in spec.names}
         )
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n):
-        i = int(rng.integers(len(keys)))
-        length = min(keys[i].n_frames, slab_frames)
-        start = int(rng.integers(0, keys[i].n_frames - length + 1))
-        draws.append((i, start, start + length))
+    draws = slab_draws(keys, slab_frames, n, rng)
     t0 = time.perf_counter()
     for i, a, b in draws:
         for m in spec.names:

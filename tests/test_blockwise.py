@@ -75,7 +75,14 @@ def diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "file_sr, channels, fmt, sr",
-    [(44100, 2, "flac", SR), (48000, 2, "wav", SR), (22050, 1, "wav", SR), (16000, 3, "flac", SR), (44100, 2, "flac", None)],
+    [
+        (44100, 2, "flac", SR),
+        (48000, 2, "wav", SR),
+        (22050, 1, "wav", SR),
+        (16000, 3, "flac", SR),
+        (44100, 2, "flac", None),
+        (44100, 2, "ogg", SR),
+    ],
 )
 def test_stream_equals_load_mono(tmp_path, file_sr, channels, fmt, sr):
     path = tmp_path / f"a.{fmt}"

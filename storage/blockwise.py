@@ -117,7 +117,7 @@ def _whole(stream, audio_path, sr, channel, resolved, margin, variants, backend,
     y = next(iter(stream)) if not stream.streamed else load_mono(audio_path, sr=sr, channel=channel)[0]
     del stream
     for v, shift in enumerate(variants):
-        y_v = pitch_shift(y, sr, shift, backend)
+        y_v = pitch_shift(y, sr, shift, backend) if shift else y  # feature mode: as today, no backend lookup
         for name, kind, params in resolved:
             frames = kind.compute(y_v, sr, params, margin)[0]
             _check(name, frames.shape[0], n_frames[name], "whole track")
@@ -140,7 +140,7 @@ def _blocks(stream, sr, resolved, margin, variants, backend, n_frames, context, 
                 raise RuntimeError(f"{stream.path}: the stream ended {missing - len(more)} samples early")
             buf = np.concatenate([buf, more])
         for v, shift in enumerate(variants):
-            y_v = pitch_shift(buf, sr, shift, backend)  # the block with all its context
+            y_v = pitch_shift(buf, sr, shift, backend) if shift else buf  # the block with all its context
             for name, kind, params in resolved:
                 hop, c = kind.hop_length(params), context[name]
                 a, b = max(0, s - c), min(n, e + c)

@@ -280,8 +280,14 @@ def child(job: dict) -> None:
     frames: dict[str, int] = {}
     n_blocks, n_samples = 1, 0
     sinks = {k: open(Path(job["sink"]) / f"{k}.raw", "wb") for k, _ in kinds} if job.get("sink") else {}
+    members: dict[str, int] = {}
     try:
-        if job["mode"] == "whole":  # today's path: the whole waveform, each kind
+        if job["mode"] == "item":  # the features stage's item: blocks written into a zarr entry, targets beside it
+            members = features_item(job, cfg)
+            frames = {k: members.pop(f"frames:{k}") for k in p.kinds()}
+            n_samples = members.pop("samples")
+            n_blocks = members.pop("blocks")
+        elif job["mode"] == "whole":  # today's path: the whole waveform, each kind
             y, _ = load_mono(job["path"], sr=p.sr)
             n_samples = len(y)
             for k, params in kinds:
@@ -308,10 +314,55 @@ def child(job: dict) -> None:
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "rss_imports_mb": rss0 / 1024,
         "frames": frames,
+        "members": members,
         "blocks": n_blocks,
         "seconds": n_samples / p.sr,
     }
     print(json.dumps(out))
+
+
+def features_item(job: dict, cfg: PipelineConfig) -> dict[str, int]:
+    """``stages.features.update_entry`` on the long track (a chord annotation over all of it), into a
+    zarr store beside it: the zip members per array of the entry it writes, its frames and blocks."""
+    import zipfile
+
+    import jams
+
+    from mirpipe.annotations.prepare import Preparation
+    from mirpipe.audio.blocks import mono_length
+    from mirpipe.stages.features import update_entry
+    from mirpipe.storage import open_store
+    from mirpipe.storage.blockwise import block_length
+
+    p = cfg.features
+    if job.get("block_seconds"):
+        p = p.model_copy(update={"block_seconds": job["block_seconds"]})
+    seconds = mono_length(job["path"], p.sr) / p.sr
+    jam = jams.JAMS()
+    jam.file_metadata.duration = seconds
+    ann = jams.Annotation("chord", duration=seconds)
+    for i in range(int(seconds // 2)):
+        ann.append(time=2.0 * i, duration=2.0, value=["C:maj", "A:min", "F:maj", "G:7"][i % 4])
+    jam.annotations.append(ann)
+    jams_path = Path(job["store"]) / "long.jams"
+    Path(job["store"]).mkdir(parents=True, exist_ok=True)
+    jam.save(str(jams_path))
+    store = open_store("zarr", job["store"])
+    prep = Preparation(channel=None, choices={}, timing_tolerance=1e-3, duration=seconds)
+    payload = {"audio": job["path"], "jams": str(jams_path), "audio_sha256": "bench", "jams_sha256": "bench"}
+    update = update_entry(store, "long", payload, p, cfg.augment, prep)
+    out: dict[str, int] = {}
+    for part in ("features", "targets"):
+        with zipfile.ZipFile(store.entry_path("long", part)) as zf:
+            for name in zf.namelist():
+                array = name.split("/c/")[0] if "/c/" in name else None
+                if array is not None:
+                    out[array] = out.get(array, 0) + 1
+            out[f"{part} members"] = len(zf.namelist())
+    hops = [FEATURE_KINDS.get(k).hop_length(p.kind_params(k)) for k in p.kinds()]
+    B = block_length(p.sr, hops, p.block_seconds)
+    n = round(seconds * p.sr)
+    return {**out, **{f"frames:{k}": update.frames[k] for k in p.kinds()}, "samples": n, "blocks": max(1, -(-n // B))}
 
 
 def run_child(job: dict) -> dict:
@@ -322,9 +373,11 @@ def run_child(job: dict) -> dict:
 
 
 def chunks_line(frames: dict[str, int], block_frames: dict[str, int]) -> str:
+    from mirpipe.storage.base import chunk_frames
+
     parts = []
     for k, t in frames.items():
-        per = math.ceil(t / 64)
+        per = chunk_frames(t)
         parts.append(
             f"{k}: {t} frames -> chunks of {per} frames = {math.ceil(t / per)} chunks (block {block_frames.get(k, t)} frames)"
         )
@@ -366,6 +419,8 @@ def long_main(args) -> None:
         r = run_child({"mode": "blocks", "path": str(long_path), "block_seconds": bs, "sink": sink_arg})
         row(f"block-wise, blocks of {B / p.sr:.1f} s", r)
         long_frames = r["frames"]
+        item = run_child({"mode": "item", "path": str(long_path), "block_seconds": bs, "store": str(workdir / "store")})
+        row("features item: update_entry -> zarr entry", item)
         if args.whole_too:
             cap = min(args.whole_cap, args.long)
             short_path = workdir / "whole.flac"
@@ -375,7 +430,10 @@ def long_main(args) -> None:
                 f"block-wise, {cap:.0f} s",
                 run_child({"mode": "blocks", "path": str(short_path), "block_seconds": bs, "sink": sink_arg}),
             )
-        print(f"\nper array at {args.long:.0f} s (<= 64 chunks each): {chunks_line(long_frames, block_frames)}")
+        print(
+            f"\nper array at {args.long:.0f} s (storage.base.chunk_frames: <= 64 chunks each): {chunks_line(long_frames, block_frames)}"
+        )
+        print(f"the features item's entry, zip members (chunks per array; all members per file): {item['members']}")
 
         if args.ordinary > 0:
             o_path = workdir / "ordinary.flac"

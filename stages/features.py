@@ -32,7 +32,8 @@ from mirpipe.records import Record, RecordTable
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import FEATURES, INDEX_NAME, TARGETS, TARGETS_PREFIX, ArraySpec, FeatureStore, IndexRow
+from mirpipe.storage.base import FEATURES, INDEX_NAME, TARGETS, TARGETS_PREFIX, ArraySpec, FeatureStore, IndexRow, PartWriter
+from mirpipe.storage.blockwise import DEFAULT_BLOCK_SECONDS, FeatureBlocks, feature_blocks
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .ingest import read_manifest
@@ -47,6 +48,12 @@ class FeaturesParams(BaseModel):
     store_path: Path | None = Field(None, description="default <workdir>/features")
     sr: int = Field(22050, ge=8000, description="audio is loaded once at this rate")
     tasks: list[str] | None = Field(None, description="tasks whose targets each entry holds; default every registered task")
+    block_seconds: float = Field(
+        DEFAULT_BLOCK_SECONDS,
+        ge=10.0,
+        description="audio seconds computed at once: a longer track is decoded and computed in blocks (with the "
+        "context each kind needs), so memory stays bounded whatever its duration; a shorter one is computed whole",
+    )
 
     @field_validator("store")
     @classmethod
@@ -362,19 +369,58 @@ def _update_features(
     if keep == set(kinds) and set(old.get("features", {})) == set(kinds):
         return []
     todo = [k for k in kinds if k not in keep]
-    arrays, geometry, seconds = compute_kinds(audio, channel, p, aug, todo, timings) if todo else ({}, {}, 0.0)
-    timings["audio_seconds"] = seconds
-    geometry.update({k: old["features"][k] for k in keep})
-    t0 = time.perf_counter()
+    geometry = {k: old["features"][k] for k in keep}
+    in_blocks = [k for k in todo if FEATURE_KINDS.get(k).blockwise]
+    whole = [k for k in todo if k not in in_blocks]  # a kind without block support: its compute on the whole waveform
+    arrays, whole_geometry, seconds = compute_kinds(audio, channel, p, aug, whole, timings) if whole else ({}, {}, 0.0)
+    geometry.update(whole_geometry)
+    if whole:
+        timings["audio_seconds"] = seconds
+    blocks = None
+    if in_blocks:
+        t0 = time.perf_counter()
+        blocks = feature_blocks(
+            audio,
+            p.sr,
+            channel,
+            [(k, p.kind_params(k)) for k in in_blocks],
+            aug.margin(),
+            variants=aug.stored_variants(),
+            backend=aug.backend,
+            block_seconds=p.block_seconds,
+        )
+        timings["load"] += time.perf_counter() - t0
+        geometry.update(blocks.geometry)
+        timings["audio_seconds"] = blocks.n_samples / p.sr
     with _opened(store, track, sorted(keep)) as (old_arrays, _):
         with store.part_writer(track, FEATURES, _feature_attrs(p, aug, track, geometry, kind_fps)) as w:
-            for name in kinds:
-                if name in keep:
-                    w.copy(name, old_arrays[name])  # bytes as stored: the kind is not recomputed
-                else:
-                    w.write_array(name, arrays[name])
-    timings["write"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for name in sorted(keep):
+                w.copy(name, old_arrays[name])  # bytes as stored: the kind is not recomputed
+            for name, data in arrays.items():
+                w.write_array(name, data)
+            timings["write"] += time.perf_counter() - t0
+            if blocks is not None:
+                _write_blocks(w, blocks, timings)
     return todo
+
+
+def _write_blocks(w: PartWriter, blocks: FeatureBlocks, timings: dict[str, float]) -> None:
+    """Each block's frames into the entry as they come (a track of hours is never whole in memory)."""
+    created: set[str] = set()
+    t_start, t_write = time.perf_counter(), 0.0
+    for name, v, start, frames in blocks:
+        t0 = time.perf_counter()
+        if name not in created:
+            w.create(name, (len(blocks.variants), blocks.n_frames[name], *frames.shape[1:]), frames.dtype)
+            created.add(name)
+        w.write(name, v, start, frames)
+        t_write += time.perf_counter() - t0
+    missing = sorted(set(blocks.n_frames) - created)
+    if missing:
+        raise ValueError(f"{w.describe}: no frames computed for {', '.join(missing)} ({blocks.n_samples} samples of audio)")
+    timings["write"] += t_write
+    timings["features"] += time.perf_counter() - t_start - t_write  # decoding, resampling, shifting, computing
 
 
 def _update_targets(

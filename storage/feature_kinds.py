@@ -27,6 +27,9 @@ class FeatureKind:
     name: ClassVar[str]
     version: ClassVar[str] = "1"  # bump when what ``compute`` stores changes
     Params: ClassVar[type[BaseModel]]
+    # True when it implements ``geometry``, ``n_frames`` and ``context_samples``: the features stage then
+    # computes it block by block (bounded memory); otherwise ``compute`` runs on the whole waveform
+    blockwise: ClassVar[bool] = False
 
     # params: Any, each kind takes its own Params model (CQTParams, HCQTParams...)
     def hop_length(self, params: Any) -> int:
@@ -112,6 +115,7 @@ class CQT(FeatureKind):
 
     name = "cqt"
     Params = CQTParams
+    blockwise = True
 
     @staticmethod
     def _call(sr: int, params: CQTParams, margin_semitones: int) -> tuple[float, int]:
@@ -193,6 +197,7 @@ class HCQT(FeatureKind):
 
     name = "hcqt"
     Params = HCQTParams
+    blockwise = True
 
     @staticmethod
     def _geometry(sr: int, params: HCQTParams, margin_semitones: int):

@@ -236,3 +236,50 @@ def test_audio_mode_blocks(long_track):
     spectrum = np.abs(10 * np.log10(np.mean(10 ** (g / 10), 0)) - 10 * np.log10(np.mean(10 ** (r / 10), 0)))
     assert spectrum.max() <= 3.0 and np.median(spectrum) <= 0.5
     assert (g.argmax(1) == r.argmax(1)).mean() >= 0.85
+
+
+# -- the features stage's entry, written block by block ----------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_long_track_entry_is_written_block_by_block(long_track, tmp_path, monkeypatch, backend):
+    """``update_entry`` with 20 s blocks: the stored arrays equal the whole-track computation within
+    the rounding above, the targets sit on the same frame grid, and each array has at most
+    ``MAX_TIME_CHUNKS`` chunks per variant (patched small, so a 65 s track needs longer chunks)."""
+    import zipfile
+
+    import jams
+
+    from mirpipe.annotations.prepare import Preparation
+    from mirpipe.shifts import AugmentParams
+    from mirpipe.stages.features import FeaturesParams, update_entry
+    from mirpipe.storage import base, open_store
+
+    path, y, whole = long_track
+    monkeypatch.setattr(base, "MAX_TIME_CHUNKS", 4)
+    jam = jams.JAMS()
+    jam.file_metadata.duration = len(y) / SR
+    ann = jams.Annotation("chord", duration=len(y) / SR)
+    for i in range(13):
+        ann.append(time=5.0 * i, duration=5.0, value=["C:maj", "A:min", "F:maj", "G:7"][i % 4])
+    jam.annotations.append(ann)
+    jam.save(str(tmp_path / "long.jams"))
+    p = FeaturesParams.model_validate({"store": backend, "tasks": ["chord", "pitch"], "block_seconds": 20.0})
+    aug = AugmentParams.model_validate({"shifts": list(range(-MARGIN, MARGIN + 1))})
+    store = open_store(backend, tmp_path / "features")
+    prep = Preparation(channel=None, choices={}, timing_tolerance=1e-3, duration=len(y) / SR)
+    payload = {"audio": str(path), "jams": str(tmp_path / "long.jams"), "audio_sha256": "a", "jams_sha256": "j"}
+    update = update_entry(store, "long", payload, p, aug, prep)
+    assert sorted(update.computed) == ["cqt", "hcqt", "targets/chord", "targets/pitch"]
+    entry = store.read_entry("long")
+    for name in KINDS:
+        assert entry.arrays[name].shape == (1, *whole[name].shape) and update.frames[name] == whole[name].shape[0]
+        d = diff(entry.arrays[name][0], whole[name])
+        assert d.max() <= (1.0 if name == "cqt" else 1) and (d == 0).mean() >= 0.995
+    assert entry.arrays["targets/chord_tag"].shape == (1, whole["cqt"].shape[0])
+    assert entry.arrays["targets/f0_hz"].shape == (1, whole["hcqt"].shape[0])
+    assert (entry.arrays["targets/chord_tag"] >= 0).mean() > 0.9  # labelled along the whole track
+    if backend == "zarr":
+        with zipfile.ZipFile(store.entry_path("long")) as zf:
+            chunks = [n for n in zf.namelist() if n.startswith("hcqt/c/")]
+        assert 1 < len(chunks) <= 4

@@ -22,7 +22,7 @@ import yaml
 from conftest import FAULT_TRACKS, assert_same_store, corpus_config, store_contents
 
 from mirpipe.pipeline.cluster import open_executor
-from mirpipe.pipeline.config import dump, parse_cluster
+from mirpipe.pipeline.config import PipelineConfig, dump, parse_cluster
 from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 from mirpipe.stages import STAGES
@@ -268,9 +268,12 @@ def test_item_that_kills_its_worker_is_quarantined_and_status_names_it(tmp_path,
         shutil.copy(f, corpus / f.name)
     _memory_hog(corpus, corpus / "demo-0000.jams")
     workdir = tmp_path / "work"
+    config = corpus_config(corpus, shifts=[0]).model_dump(mode="json")
+    # one block for the whole 5.5 hours: computed in blocks the hog fits (tests/test_blockwise.py); whole, it does not
+    config["features"]["block_seconds"] = 100_000.0
     cfg, cl = _write_configs(
         tmp_path,
-        corpus_config(corpus, shifts=[0]),
+        PipelineConfig.model_validate(config),
         {"type": "local", "n_workers": 2, "memory_limit": "1500MiB", "allowed_failures": 1},
     )
     res = subprocess.run(

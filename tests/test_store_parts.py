@@ -73,3 +73,37 @@ def test_changing_the_hcqt_settings_recomputes_the_hcqt_alone(augmented, fault_c
     assert all(third[t]["computed"] == ["hcqt"] for t in tracks if t != tracks[1])
     assert _members(damaged, "cqt/") == cqt[tracks[1]]  # the same bytes as the first computation
     assert np.isfinite(store.read_entry(tracks[1], ["cqt"]).arrays["cqt"].astype(np.float32)).all()
+
+
+def test_a_kind_without_block_support_is_computed_whole_beside_the_others(tmp_path, monkeypatch):
+    """A plugin kind that does not declare ``blockwise`` is computed on the whole waveform (its own
+    ``compute``), the others in blocks; a one-block track comes out exactly as ``compute_entry``'s."""
+    import jams
+    import soundfile as sf
+
+    from mirpipe.annotations.prepare import Preparation
+    from mirpipe.shifts import AugmentParams
+    from mirpipe.stages.features import FeaturesParams, compute_entry, update_entry
+    from mirpipe.storage.feature_kinds import CQT
+
+    rng = np.random.default_rng(0)
+    sf.write(str(tmp_path / "t.flac"), (0.1 * rng.standard_normal(22050 * 4)).astype(np.float32), 22050)
+    jam = jams.JAMS()
+    jam.file_metadata.duration = 4.0
+    jam.annotations.append(jams.Annotation("chord", duration=4.0, data=[]))
+    jam.annotations[0].append(time=0.0, duration=4.0, value="C:maj")
+    jam.save(str(tmp_path / "t.jams"))
+    monkeypatch.setattr(CQT, "blockwise", False)
+    p = FeaturesParams.model_validate({"store": "zarr", "tasks": ["chord", "pitch"]})
+    aug = AugmentParams.model_validate({"shifts": [-1, 0, 1]})
+    store = open_store("zarr", tmp_path / "features")
+    prep = Preparation(channel=None, choices={}, timing_tolerance=1e-3, duration=4.0)
+    payload = {"audio": str(tmp_path / "t.flac"), "jams": str(tmp_path / "t.jams"), "audio_sha256": "a", "jams_sha256": "j"}
+    update = update_entry(store, "t", payload, p, aug, prep)
+    assert sorted(update.computed) == ["cqt", "hcqt", "targets/chord", "targets/pitch"]
+    arrays, attrs, _ = compute_entry(payload["audio"], payload["jams"], p, aug, prep)
+    entry = store.read_entry("t")
+    assert sorted(entry.arrays) == sorted(arrays)
+    for name, data in arrays.items():
+        assert entry.arrays[name].dtype == data.dtype and entry.arrays[name].tobytes() == data.tobytes(), name
+    assert entry.attrs["features"] == attrs["features"]

@@ -225,18 +225,24 @@ def job_script(cfg: JobqueueCluster, workdir: Path | None = None) -> str:
     return job_cls(scheduler=f"{protocol}://<scheduler>:8786", name="mirpipe-worker", **job_kwargs).job_script()
 
 
-def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
-    """Temporary TLS credentials for one run, and the directory (created mode 0700) where dask-jobqueue
-    writes the worker's copy (files mode 0600) for the job script to read."""
+def temporary_security():
+    """TLS credentials made for one run (a CA and a certificate in memory, encryption required): a client
+    without them is refused by the scheduler and the workers."""
     from distributed.security import Security
 
     try:
-        security = Security.temporary()  # require_encryption=True
+        return Security.temporary()  # require_encryption=True
     except ImportError:
         raise ConfigurationError(
             "tls: true needs the 'cryptography' package to make temporary credentials "
-            "(pip install cryptography), or set tls: false in cluster.yaml on a trusted network"
+            "(pip install cryptography), or set tls: false in cluster.yaml on a machine only you use"
         ) from None
+
+
+def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
+    """Temporary TLS credentials for one run, and the directory (created mode 0700) where dask-jobqueue
+    writes the worker's copy (files mode 0600) for the job script to read."""
+    security = temporary_security()
     where = kwargs.get("shared_temp_directory") or cfg.setting("shared_temp_directory")
     if where:
         path = Path(os.path.expanduser(os.path.expandvars(str(where))))
@@ -299,7 +305,7 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
                 memory_limit=cfg.memory_limit,
                 host=cfg.host,
                 dashboard_address=cfg.dashboard_address,
-                security=True if cfg.tls else None,
+                security=temporary_security() if cfg.tls else None,
                 processes=True,
                 silence_logs=logging.ERROR,
                 resources=cfg.worker_resources or None,

@@ -160,8 +160,7 @@ class LocalClusterConfig(_ClusterBase):
     host: str = Field(
         "127.0.0.1",
         description="address the scheduler and workers listen on; 127.0.0.1 (default) keeps them off the network; "
-        "'0.0.0.0' or a host's address lets other machines connect (anyone who reaches it can run code: "
-        "set tls: true then)",
+        "'0.0.0.0' or a host's address lets other machines connect (keep tls: true then)",
     )
     dashboard_address: str | None = Field(
         "127.0.0.1:0",
@@ -169,9 +168,11 @@ class LocalClusterConfig(_ClusterBase):
         "(reach it from elsewhere through an SSH tunnel); ':8787' every interface; null disables it",
     )
     tls: bool = Field(
-        False,
-        description="TLS with temporary credentials between scheduler, workers and this client; on a machine "
-        "shared with other users, 127.0.0.1 is reachable by all of them: set true there",
+        True,
+        description="TLS with temporary credentials (made for each run, held in this process) between scheduler, "
+        "workers and this client: a connection without them is refused. false: plain TCP, and anyone who can "
+        "reach the listeners (on 127.0.0.1, every user of this machine: an HPC login node has hundreds) can run "
+        "code in the driver and every worker; for a machine you alone use",
     )
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="resources every worker advertises, e.g. {GPU: 1}"
@@ -184,10 +185,12 @@ class LocalClusterConfig(_ClusterBase):
 
 
 class AddressCluster(_ClusterBase):
-    """An already running Dask scheduler (its allowed-failures is its own)."""
+    """An already running Dask scheduler (its allowed-failures is its own). Its security is its own too:
+    for a ``tls://`` scheduler, this client's credentials come from dask's configuration
+    (``distributed.comm.tls.ca-file`` and ``distributed.comm.tls.client.cert`` / ``.key``)."""
 
     type: Literal["address"]
-    address: str
+    address: str = Field(description="the scheduler, e.g. tls://host:8786 (credentials: dask's distributed.comm.tls.*)")
 
 
 # keys mirpipe passes to dask-jobqueue only when cluster.yaml sets them (else jobqueue.<type>.* applies)

@@ -134,6 +134,7 @@ def test_stage_resources_are_asked_only_where_a_worker_offers_them(tmp_path, fau
                 "memory_limit": "2GiB",
                 "worker_resources": {"GPU": 1},
                 "resources": {"features": {"GPU": 1}},
+                "tls": False,  # the `address` client below brings no credentials (it would take them from dask's config)
             }
         )
     ) as ex:
@@ -307,7 +308,7 @@ def test_secure_defaults_and_what_a_recorded_workdir_round_trip_keeps():
     from mirpipe.pipeline.config import dump
 
     local = parse_cluster({"type": "local"})
-    assert (local.host, local.dashboard_address, local.tls) == ("127.0.0.1", "127.0.0.1:0", False)
+    assert (local.host, local.dashboard_address, local.tls) == ("127.0.0.1", "127.0.0.1:0", True)
     jq = parse_cluster({"type": "slurm", "cores": 1, "memory": "2GiB"})
     assert jq.tls and jq.dashboard_address == "127.0.0.1:8787"
     assert jobqueue_kwargs(jq)["scheduler_options"] == {"dashboard_address": "127.0.0.1:8787"}

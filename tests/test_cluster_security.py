@@ -95,15 +95,22 @@ def test_jobqueue_tls_can_be_turned_off_and_the_dashboard_opened(tmp_path):
     assert not (tmp_path / ".mirpipe-tls").exists()
 
 
-def test_local_cluster_listens_on_localhost_by_default_and_tls_is_optional():
+def test_local_cluster_is_tls_on_localhost_by_default_and_refuses_a_plain_client():
+    """Any local user can reach 127.0.0.1: the default LocalCluster refuses a client without this run's
+    credentials (plain TCP, or TLS with other credentials); ``tls: false`` is plain TCP."""
+    from distributed.security import Security
+
     base = {"type": "local", "n_workers": 1, "memory_limit": "1GiB"}
     with open_executor(parse_cluster(base)) as ex:
-        assert ex.client.scheduler.address.startswith("tcp://127.0.0.1:")
-        assert _http_hosts(ex.client.cluster) == {"127.0.0.1"}
-        assert all(addr.startswith("tcp://127.0.0.1:") for addr in ex.client.scheduler_info()["workers"])
-    with open_executor(parse_cluster({**base, "tls": True, "dashboard_address": None})) as ex:
         address = ex.client.scheduler.address
-        assert address.startswith("tls://127.0.0.1:") and ex.dashboard_link is None
+        assert address.startswith("tls://127.0.0.1:") and "TLS" in ex.description
+        assert _http_hosts(ex.client.cluster) == {"127.0.0.1"}
+        assert all(addr.startswith("tls://127.0.0.1:") for addr in ex.client.scheduler_info()["workers"])
         assert ex.client.submit(sum, [1, 2]).result() == 3
         assert _refused(address) and _refused("tcp://" + address.split("://", 1)[1])
+        assert _refused(address, security=Security.temporary())  # someone else's credentials
         assert not _refused(address, security=ex.client.security)
+    with open_executor(parse_cluster({**base, "tls": False, "dashboard_address": None})) as ex:
+        address = ex.client.scheduler.address
+        assert address.startswith("tcp://127.0.0.1:") and ex.dashboard_link is None
+        assert not _refused(address)  # what tls: false means: anyone on this machine gets in

@@ -1,11 +1,14 @@
 """Patches per second out of the feature store, against the same mux fed from memory.
 
 The chord task's stream (feature ``cqt``, the task's targets, feature-mode shifts
--6..6 drawn per activation, the train stage's mux settings) is fed from memory (the
-upper bound: the same entries preloaded), from the Zarr store (``zarr``: slab reads
-straight from the zip members; ``zarr-python``: the same files read through zarr-python;
-``zarr-raw``: a copy written without compression), and from the HDF5 store,
-in one process and through a DataLoader with 2 workers. Beside them, in one process, the
+-6..6 drawn per activation, the train stage's mux settings, patches as the train stage
+streams them: the cqt window as stored, float16, made float32 by the trainer's ``Feed`` on
+its device) is fed from memory (the upper bound: the same entries preloaded), from the Zarr
+store (``zarr``: slab reads straight from the zip members; ``zarr-python``: the same files
+read through zarr-python; ``zarr-raw``: a copy written without compression; ``zarr-view``:
+the float32 model input made in the loader, as before batches crossed as stored codes), and
+from the HDF5 store, in one process and through a DataLoader with 2 workers. The bytes of one
+batch as it crosses a worker boundary are printed for both. Beside them, in one process, the
 lecture's plain loop (``plain-h5``): one h5py file per track holding the cqt and the chord
 targets, a pescador Streamer per track that opens its file, reads one slab and yields random
 patches (a random shift's bin window, targets as stored), a StochasticMux with the same
@@ -43,7 +46,7 @@ from mirpipe.stages.train import TrainParams
 from mirpipe.storage import open_store
 from mirpipe.storage.base import STORE_BACKENDS
 from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab
-from mirpipe.storage.torch_data import epoch_loader
+from mirpipe.storage.torch_data import batch_bytes, epoch_loader
 from mirpipe.storage.zarr_store import ZarrStore
 
 SHIFTS = tuple(range(-6, 7))
@@ -118,8 +121,9 @@ def plain_patches(path: str, feature: str, targets, patch_frames: int, slab_fram
     off = int(offsets[int(rng.integers(len(offsets)))])
     while True:
         at = int(rng.integers(0, length - patch_frames + 1))
+        patch = frames[at : at + patch_frames, off : off + n_bins]
         yield {
-            feature: frames[at : at + patch_frames, off : off + n_bins],
+            feature: patch if dtype is None else patch.astype(dtype),
             **{k: a[at : at + patch_frames] for k, a in slab.items()},
         }
 
@@ -319,6 +323,8 @@ def main() -> None:
         write_plain_h5(zarr_store, tmp / "plain", [k.track for k in keys], names)
         geometry = zarr_store.read_attrs(keys[0].track)["features"][task.feature]
         preload_memory("bench", zarr_store, keys, names)
+        # patches as the train stage streams them: the feature's stored codes (``geometry``: the cqt
+        # window as stored, float16), the trainer's Feed makes float32 on its device
         common = dict(
             feature=task.feature,
             targets=task.targets.arrays,
@@ -326,6 +332,7 @@ def main() -> None:
             slab_frames=p.slab_frames,
             shifts=SHIFTS,
             task=task,
+            geometry=geometry,
         )
         specs = {
             "memory": StreamSpec("memory", "bench", **common),
@@ -333,7 +340,16 @@ def main() -> None:
             "zarr-python": StreamSpec("zarr-python", str(root), **common),
             "zarr-raw": StreamSpec("zarr-raw", str(tmp / "zarr-raw"), **common),
             "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
+            # the float32 model input made in the loader (before batches crossed as stored codes)
+            "zarr-view": StreamSpec("zarr", str(root), **{**common, "geometry": None}),
         }
+        packed_batch = next(PatchStream(specs["memory"], keys, mux, seed=0).batches(0))
+        view_batch = next(PatchStream(specs["zarr-view"], keys, mux, seed=0).batches(0))
+        print(
+            f"bytes per batch across a worker boundary: {batch_bytes(packed_batch) / 1e6:.3f} MB as stored codes "
+            f"({', '.join(f'{k} {a.dtype}' for k, a in packed_batch.items())}), {batch_bytes(view_batch) / 1e6:.3f} MB "
+            f"with the float32 view made in the loader: {batch_bytes(view_batch) / batch_bytes(packed_batch):.2f}x smaller"
+        )
         targets = list(task.targets.arrays)
         # every entry activated about once before timing: opening an entry (metadata reads) is a
         # once-per-process cost, a slab read per activation the steady one
@@ -374,7 +390,9 @@ def main() -> None:
             f"\ndiagnosis: one activation = one slab read of {p.slab_frames} frames feeding ~{p.rate:.0f} patches "
             f"(ms, means over {args.reads} reads through open handles)"
         )
-        costs = {name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items()}
+        costs = {
+            name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items() if name != "zarr-view"
+        }
         cols = list(costs["zarr"])
         print(f"{'source':>12} " + " ".join(f"{c:>26}" for c in cols))
         for name, c in costs.items():

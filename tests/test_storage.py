@@ -141,3 +141,34 @@ def test_zarr_layouts_the_direct_path_does_not_know_read_through_zarr_python(tmp
     with open_store("zarr", tmp_path).opened("t") as (handles, _):
         assert isinstance(handles["cqt"], zarr.Array)
         assert handles["cqt"][1, 40:260].tobytes() == data[1, 40:260].tobytes()
+
+
+@pytest.mark.parametrize("compressors", ["auto", None])
+def test_a_damaged_chunk_is_an_error_naming_the_entry_array_and_chunk(compressors, tmp_path, monkeypatch):
+    """Direct reads skip ``ZipFile.read`` but not its integrity: one flipped byte in a chunk (raw or
+    zstd) fails its CRC-32 on the first read, named by entry file, array and chunk; the other
+    arrays read as before."""
+    import zipfile
+
+    from mirpipe.storage.zarr_store import CorruptChunkError
+
+    rng = np.random.default_rng(1)
+    arrays = {"cqt": rng.standard_normal((1, 300, 20)).astype(np.float16), "targets/tag": np.zeros((1, 300), np.int16)}
+    store = open_store("zarr", tmp_path)
+    monkeypatch.setattr(store, "compressors", compressors)
+    store.write_entry("t", arrays, {})
+    path = store.entry_path("t")
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("cqt/c/0/0/0")
+        name_len = len(info.filename.encode())
+    data = bytearray(path.read_bytes())
+    # the member's data starts after its 30-byte local header, name and extra field
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    at = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    with store.opened("t") as (handles, _):
+        np.testing.assert_array_equal(handles["targets/tag"][0, 10:20], arrays["targets/tag"][0, 10:20])
+        with pytest.raises(CorruptChunkError, match=r"t\.zarr\.zip: array 'cqt', chunk cqt/c/0/0/0: bad CRC-32") as err:
+            handles["cqt"][0, 10:20]
+    assert isinstance(err.value, zipfile.BadZipFile) and err.value.array == "cqt"

@@ -4,7 +4,8 @@ The chord task's stream (feature ``cqt``, the task's targets, feature-mode shift
 -6..6 drawn per activation, the train stage's mux settings, patches as the train stage
 streams them: the cqt window as stored, float16, made float32 by the trainer's ``Feed`` on
 its device) is fed from memory (the upper bound: the same entries preloaded), from the Zarr
-store (``zarr``: slab reads straight from the zip members; ``zarr-python``: the same files
+store (``zarr``: slab reads straight from the zip members, recently decoded chunks kept per open
+array as HDF5 keeps them; ``zarr-nocache``: every chunk decoded on every read; ``zarr-python``: the same files
 read through zarr-python; ``zarr-raw``: a copy written without compression; ``zarr-view``:
 the float32 model input made in the loader, as before batches crossed as stored codes), and
 from the HDF5 store, in one process and through a DataLoader with 2 workers. The bytes of one
@@ -47,7 +48,7 @@ from mirpipe.storage import open_store
 from mirpipe.storage.base import STORE_BACKENDS
 from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab
 from mirpipe.storage.torch_data import batch_bytes, epoch_loader
-from mirpipe.storage.zarr_store import ZarrStore
+from mirpipe.storage.zarr_store import DirectArray, ZarrStore
 
 SHIFTS = tuple(range(-6, 7))
 # the plain loop's variants: patches as stored (float16), or converted to float32 per patch as mirpipe's view does
@@ -68,6 +69,21 @@ class ZarrRawStore(ZarrStore):
 
     backend = "zarr-raw"
     compressors = None
+
+
+@STORE_BACKENDS.register(name="zarr-nocache")
+class ZarrNoCacheStore(ZarrStore):
+    """The same files read straight from the zip members, every chunk decoded on every read (no
+    decoded-chunk cache: what each activation costs when an entry's chunks were not read lately)."""
+
+    backend = "zarr-nocache"
+
+    def open_arrays(self, track, names):
+        arrays, attrs, owner = super().open_arrays(track, names)
+        for a in arrays.values():
+            if isinstance(a, DirectArray):
+                a.cache_bytes = 0
+        return arrays, attrs, owner
 
 
 def ensure_store(workdir: Path, tracks: int) -> Path:
@@ -337,6 +353,7 @@ def main() -> None:
         specs = {
             "memory": StreamSpec("memory", "bench", **common),
             "zarr": StreamSpec("zarr", str(root), **common),
+            "zarr-nocache": StreamSpec("zarr-nocache", str(root), **common),
             "zarr-python": StreamSpec("zarr-python", str(root), **common),
             "zarr-raw": StreamSpec("zarr-raw", str(tmp / "zarr-raw"), **common),
             "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
@@ -413,7 +430,7 @@ def main() -> None:
                 f"tensorstore slab read (the {len(names)} arrays, zarr3 over its zip kvstore): {1e3 * through_ts[0]:.3f} ms "
                 f"one after another, {1e3 * through_ts[1]:.3f} ms issued together (arrays only, no shift or transpose)"
             )
-        for name in ("zarr", "zarr-python", "zarr-raw", "hdf5"):
+        for name in ("zarr", "zarr-nocache", "zarr-python", "zarr-raw", "hdf5"):
             extra = (costs[name]["slab"] - costs["memory"]["slab"]) * per_patch
             print(
                 f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "

@@ -18,6 +18,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -69,8 +70,14 @@ class DirectArray:
     per call). Integrity as zipfile's: each member's CRC-32 is checked on its first read through this
     open handle (a streamer reads the same chunks again and again: later reads skip the CRC of bytes
     already verified), its length every time, and the codec must decode it; a failure is a
-    ``CorruptChunkError`` naming the entry, the array and the chunk.
+    ``CorruptChunkError`` naming the entry, the array and the chunk. Decoded chunks are kept per open
+    array up to ``cache_bytes`` (least recently used dropped first), as HDF5 keeps 1 MiB per open
+    dataset: the slabs a streamer cuts again from an entry whose handles are open decode once.
     """
+
+    # decoded chunks kept per open array, least recently used dropped first: HDF5's default chunk cache
+    # (1 MiB per open dataset), so a streamer's repeated slabs of an entry decode once; 0: none
+    cache_bytes: int = 1 << 20
 
     def __init__(self, array: zarr.Array, zf: zipfile.ZipFile, decoder: Any, endian: Literal["<", ">"]):
         self.array = array
@@ -79,6 +86,8 @@ class DirectArray:
         self.fd = zf.fp.fileno() if zf.fp is not None else -1
         self.members: dict[str, tuple[int, int, int] | None] = {}  # key -> (data offset, size, CRC-32); None: not stored
         self.verified: set[str] = set()
+        self.cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (v, t) -> decoded chunk, read-only
+        self.cached_bytes = 0
         meta = array.metadata
         assert isinstance(meta, ArrayV3Metadata) and isinstance(meta.chunk_grid, RegularChunkGrid)  # checked by ``direct``
         self.chunks = tuple(meta.chunk_grid.chunk_shape)
@@ -146,7 +155,22 @@ class DirectArray:
         return raw
 
     def _chunk(self, v: int, t: int) -> np.ndarray:
-        """Chunk (v, t): ``(chunk frames, ...)`` of variant ``v``."""
+        """Chunk (v, t): ``(chunk frames, ...)`` of variant ``v`` (read-only when it comes from the cache)."""
+        hit = self.cache.get((v, t))
+        if hit is not None:
+            self.cache.move_to_end((v, t))
+            return hit
+        chunk = self._read_chunk(v, t)
+        if 0 < chunk.nbytes <= self.cache_bytes:
+            chunk.flags.writeable = False
+            self.cache[v, t] = chunk
+            self.cached_bytes += chunk.nbytes
+            while self.cached_bytes > self.cache_bytes:
+                _, old = self.cache.popitem(last=False)
+                self.cached_bytes -= old.nbytes
+        return chunk
+
+    def _read_chunk(self, v: int, t: int) -> np.ndarray:
         key = self.prefix + self.encode((v, t) + (0,) * (len(self.chunks) - 2))
         try:
             raw = self._raw(key)

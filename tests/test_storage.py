@@ -172,3 +172,27 @@ def test_a_damaged_chunk_is_an_error_naming_the_entry_array_and_chunk(compressor
         with pytest.raises(CorruptChunkError, match=r"t\.zarr\.zip: array 'cqt', chunk cqt/c/0/0/0: bad CRC-32") as err:
             handles["cqt"][0, 10:20]
     assert isinstance(err.value, zipfile.BadZipFile) and err.value.array == "cqt"
+
+
+def test_zarr_direct_reads_keep_decoded_chunks_within_their_budget_and_return_copies(tmp_path, monkeypatch):
+    """An open array keeps its recently decoded chunks (HDF5's 1 MiB chunk cache): a slab read twice
+    decodes once, what a caller gets is its own copy, and the cache never exceeds its bytes."""
+    from mirpipe.storage import base
+    from mirpipe.storage.zarr_store import DirectArray
+
+    monkeypatch.setattr(base, "CHUNK_FRAMES", 100)
+    monkeypatch.setattr(DirectArray, "cache_bytes", 2 * 100 * 30 * 2)  # two float16 chunks
+    data = np.random.default_rng(2).standard_normal((1, 437, 30)).astype(np.float16)
+    store = open_store("zarr", tmp_path)
+    store.write_entry("t", {"cqt": data}, {})
+    with store.opened("t") as (handles, _):
+        a = handles["cqt"]
+        decoded = []
+        monkeypatch.setattr(a, "_read_chunk", lambda v, t, read=a._read_chunk: decoded.append(t) or read(v, t))
+        first = a[0, 150:250]
+        first[:] = 0  # the caller's copy
+        assert a[0, 150:250].tobytes() == data[0, 150:250].tobytes() and decoded == [1, 2]
+        assert a[0, 0:437].tobytes() == data[0].tobytes()
+        assert (
+            decoded == [1, 2, 0, 1, 2, 3, 4] and a.cached_bytes <= DirectArray.cache_bytes and list(a.cache) == [(0, 3), (0, 4)]
+        )

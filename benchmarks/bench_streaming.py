@@ -29,6 +29,7 @@ temporary directory).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import tempfile
@@ -359,7 +360,10 @@ def main() -> None:
             "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
             # the float32 model input made in the loader (before batches crossed as stored codes)
             "zarr-view": StreamSpec("zarr", str(root), **{**common, "geometry": None}),
+            # one mux over every entry, as the plain loop has (the train stage's shards activate fewer slabs per patch)
+            "zarr-1shard": StreamSpec("zarr", str(root), **common),
         }
+        muxes = {name: dataclasses.replace(mux, n_shards=1) if name.endswith("-1shard") else mux for name in specs}
         packed_batch = next(PatchStream(specs["memory"], keys, mux, seed=0).batches(0))
         view_batch = next(PatchStream(specs["zarr-view"], keys, mux, seed=0).batches(0))
         print(
@@ -377,7 +381,7 @@ def main() -> None:
             order = list(specs) if r % 2 == 0 else list(specs)[::-1]
             for workers in args.workers:
                 for name in order:
-                    rate = patches_per_s(PatchStream(specs[name], keys, mux, seed=0), workers, args.batches, warmup)
+                    rate = patches_per_s(PatchStream(specs[name], keys, muxes[name], seed=0), workers, args.batches, warmup)
                     results.setdefault((name, workers), []).append(rate)
                 if workers == 0:
                     for plain_name, dtype in PLAIN.items():
@@ -408,7 +412,9 @@ def main() -> None:
             f"(ms, means over {args.reads} reads through open handles)"
         )
         costs = {
-            name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items() if name != "zarr-view"
+            name: activation_costs(spec, keys, p.slab_frames, args.reads)
+            for name, spec in specs.items()
+            if name not in ("zarr-view", "zarr-1shard")
         }
         cols = list(costs["zarr"])
         print(f"{'source':>12} " + " ".join(f"{c:>26}" for c in cols))
@@ -416,7 +422,12 @@ def main() -> None:
             print(f"{name:>12} " + " ".join(f"{1e3 * c[k]:>26.3f}" for k in cols))
         mem_patch = 1.0 / statistics.median(results["memory", args.workers[0]])
         per_patch = activations_per_patch(specs["memory"], keys, mux, args.batches, warmup)
-        print(f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches)")
+        one_mux = activations_per_patch(specs["memory"], keys, muxes["zarr-1shard"], args.batches, warmup)
+        print(
+            f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches) with "
+            f"{mux.n_shards} shards; {one_mux:.4f} (1 per {1 / one_mux:.0f}) with one mux, as the plain loop "
+            f"(~1 per rate = {p.rate:.0f} patches)"
+        )
         gathered = zarr_gathered_slab(specs["zarr-python"], keys, p.slab_frames, args.reads)
         print(
             f"zarr-python slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "

@@ -350,8 +350,8 @@ def test_pitch_k_steps_then_resume_to_2k_equals_2k_in_one_go(hcqt_store, tmp_pat
     second = _pitch_trainer(store, frames, tmp_path / "resumed", workers=2)
     second.fit(stop_at_step=2 * k)
     a, b = straight.model.state_dict(), second.model.state_dict()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in a:  # bitwise: the batches' HCQT view and salience are made by the trainer's feed, deterministically
+        assert torch.equal(a[name], b[name]), name
     assert [r["raw_pitch_accuracy"] for r in second.state.history] == [r["raw_pitch_accuracy"] for r in straight.state.history]
 
 

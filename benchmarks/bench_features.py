@@ -13,6 +13,19 @@ audio: load once, one ``librosa.effects.pitch_shift`` per variant (audio mode), 
   - bytes on disk and files per track, the hcqt array alone, against float32 audio.
 
     python benchmarks/bench_features.py [--tracks 3] [--duration 30] [--reps 3]
+
+With ``--long SECONDS`` it measures block-wise features instead (issue 26): a long FLAC
+is synthesized cheaply (a few seconds of tones + noise tiled with varying gains, written
+in blocks), and ``mirpipe.storage.blockwise.feature_blocks`` computes every kind of the
+default pipeline in a fresh subprocess per configuration, which reports its own peak RSS
+(``ru_maxrss``) and wall/CPU seconds; frames go to a raw file per kind (``--sink file``,
+page cache, not RSS) or are dropped. Printed beside it: the whole-track path (``load_mono``
++ ``compute``) on a track of at most ``--whole-cap`` seconds (``--whole-too``), frames per
+kind and the chunks of <= 64 per array they imply; and, for an ordinary track
+(``--ordinary`` seconds, 4 minutes), today's path against ``feature_blocks`` with the
+default block size (the same code path) and with ``--small-block`` seconds (the overlap's cost).
+
+    python benchmarks/bench_features.py --long 7200 [--whole-too] [--reps 3]
 """
 
 from __future__ import annotations
@@ -27,6 +40,11 @@ import zipfile
 from pathlib import Path
 
 warnings.filterwarnings("ignore")
+
+import json
+import math
+import subprocess
+import sys
 
 from mirpipe.audio.io import load_mono
 from mirpipe.pipeline.cluster import SyncExecutor
@@ -118,7 +136,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs of every configuration first (imports, caches)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory, removed afterwards")
+    ap.add_argument("--long", type=float, default=None, metavar="SECONDS", help="block-wise features of a track this long")
+    ap.add_argument("--long-rate", type=int, default=22050, help="sample rate of the long FLAC (44100: stereo, resampled)")
+    ap.add_argument("--block-seconds", type=float, default=None, help="feature_blocks' block size (default: its own)")
+    ap.add_argument("--whole-too", action="store_true", help="also the whole-track path, on at most --whole-cap seconds")
+    ap.add_argument("--whole-cap", type=float, default=1200.0, help="seconds of the whole-track comparison (RSS grows with it)")
+    ap.add_argument("--ordinary", type=float, default=240.0, help="seconds of the ordinary track (0: skip)")
+    ap.add_argument("--small-block", type=float, default=30.0, help="block seconds showing the overlap's cost on it")
+    ap.add_argument("--sink", choices=("file", "drop"), default="file", help="frames to a raw file per kind, or dropped")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child is not None:
+        return child(json.loads(args.child))
+    if args.long is not None:
+        return long_main(args)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mirpipe-bench-features-"))
     try:
@@ -201,6 +232,177 @@ def main() -> None:
                 + ", ".join(f"{s}=[{', '.join(f'{c:.2f}' for c in cpu[mode, s])}]" for s in STORES)
                 + f"; bound [{', '.join(f'{c:.2f}' for c in bound[mode])}]"
             )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- block-wise features (--long) -----------------------------------------------------------
+
+
+def synth_long(path: Path, seconds: float, sr: int, seed: int = 0) -> None:
+    """A long FLAC written in 60 s blocks from a 7.3 s tile of tones + noise (mono at 22.05 kHz like
+    the issue's track, stereo otherwise), each block at its own gain: the generator stays small."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    channels = 1 if sr <= 22050 else 2
+    n_tile = int(7.3 * sr)
+    t = np.arange(n_tile) / sr
+    tile = np.zeros((n_tile, channels), np.float32)
+    for f, a in ((55.0, 0.2), (220.0, 0.1), (660.0, 0.1), (3000.0, 0.05), (8000.0, 0.02)):
+        for c in range(channels):
+            tile[:, c] += a * np.sin(2 * np.pi * f * (1 + 0.01 * c) * t)
+    tile += 0.01 * rng.standard_normal((n_tile, channels)).astype(np.float32)
+    tile *= np.hanning(n_tile)[:, None].astype(np.float32) * 0.8 + 0.2
+    reps = math.ceil(60 * sr / n_tile)
+    block = np.tile(tile, (reps, 1))
+    left = int(seconds * sr)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        while left > 0:
+            part = block[: min(left, len(block))]
+            f.write(part * np.float32(rng.uniform(0.3, 1.0)))
+            left -= len(part)
+
+
+def child(job: dict) -> None:
+    """One configuration in this fresh process; prints one JSON line with its peak RSS."""
+    import resource
+
+    from mirpipe.storage.blockwise import feature_blocks
+
+    cfg = PipelineConfig.model_validate({})
+    p, margin = cfg.features, cfg.augment.margin()
+    kinds = [(k, p.kind_params(k)) for k in p.kinds()]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0, w0 = time.process_time(), time.perf_counter()
+    frames: dict[str, int] = {}
+    n_blocks, n_samples = 1, 0
+    sinks = {k: open(Path(job["sink"]) / f"{k}.raw", "wb") for k, _ in kinds} if job.get("sink") else {}
+    try:
+        if job["mode"] == "whole":  # today's path: the whole waveform, each kind
+            y, _ = load_mono(job["path"], sr=p.sr)
+            n_samples = len(y)
+            for k, params in kinds:
+                arr = FEATURE_KINDS.get(k).compute(y, p.sr, params, margin)[0]
+                frames[k] = arr.shape[0]
+                if k in sinks:
+                    sinks[k].write(arr.tobytes())
+                del arr
+        else:
+            bs = job.get("block_seconds")
+            fb = feature_blocks(job["path"], p.sr, None, kinds, margin, **({"block_seconds": bs} if bs else {}))
+            n_blocks, n_samples = fb.n_blocks, fb.n_samples
+            for k, _, start, arr in fb:
+                frames[k] = start + arr.shape[0]
+                if k in sinks:
+                    sinks[k].write(arr.tobytes())
+            assert frames == fb.n_frames, (frames, fb.n_frames)
+    finally:
+        for f in sinks.values():
+            f.close()
+    out = {
+        "cpu": time.process_time() - c0,
+        "wall": time.perf_counter() - w0,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "rss_imports_mb": rss0 / 1024,
+        "frames": frames,
+        "blocks": n_blocks,
+        "seconds": n_samples / p.sr,
+    }
+    print(json.dumps(out))
+
+
+def run_child(job: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"child {job} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def chunks_line(frames: dict[str, int], block_frames: dict[str, int]) -> str:
+    parts = []
+    for k, t in frames.items():
+        per = math.ceil(t / 64)
+        parts.append(
+            f"{k}: {t} frames -> chunks of {per} frames = {math.ceil(t / per)} chunks (block {block_frames.get(k, t)} frames)"
+        )
+    return "; ".join(parts)
+
+
+def long_main(args) -> None:
+    from mirpipe.storage.blockwise import DEFAULT_BLOCK_SECONDS, block_length
+
+    cfg = PipelineConfig.model_validate({})
+    p = cfg.features
+    hops = {k: FEATURE_KINDS.get(k).hop_length(p.kind_params(k)) for k in p.kinds()}
+    bs = args.block_seconds or DEFAULT_BLOCK_SECONDS
+    B = block_length(p.sr, list(hops.values()), bs)
+    block_frames = {k: B // h for k, h in hops.items()}
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mirpipe-bench-long-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    sink = workdir / "sink"
+    sink.mkdir(exist_ok=True)
+    sink_arg = str(sink) if args.sink == "file" else None
+
+    def row(label: str, r: dict) -> None:
+        print(
+            f"{label:<44} {r['seconds']:>8.0f} {r['blocks']:>6} {r['rss_mb']:>9.0f} {r['rss_imports_mb']:>8.0f} "
+            f"{r['wall']:>8.1f} {r['cpu']:>8.1f} {r['seconds'] / r['cpu']:>8.1f}"
+        )
+
+    header = f"{'configuration':<44} {'audio s':>8} {'blocks':>6} {'peak MB':>9} {'import':>8} {'wall s':>8} {'cpu s':>8} {'x-rt cpu':>8}"
+    try:
+        t = time.perf_counter()
+        long_path = workdir / "long.flac"
+        synth_long(long_path, args.long, args.long_rate, args.seed)
+        print(
+            f"synthesized {args.long:.0f} s at {args.long_rate} Hz: {long_path.stat().st_size / 1e6:.1f} MB FLAC "
+            f"in {time.perf_counter() - t:.1f} s; kinds {p.kinds()} at {p.sr} Hz, margin {cfg.augment.margin()} semitones; "
+            f"sink: {args.sink}\n"
+        )
+        print(header)
+        r = run_child({"mode": "blocks", "path": str(long_path), "block_seconds": bs, "sink": sink_arg})
+        row(f"block-wise, blocks of {B / p.sr:.1f} s", r)
+        long_frames = r["frames"]
+        if args.whole_too:
+            cap = min(args.whole_cap, args.long)
+            short_path = workdir / "whole.flac"
+            synth_long(short_path, cap, args.long_rate, args.seed)
+            row(f"whole-track (today), {cap:.0f} s", run_child({"mode": "whole", "path": str(short_path), "sink": sink_arg}))
+            row(
+                f"block-wise, {cap:.0f} s",
+                run_child({"mode": "blocks", "path": str(short_path), "block_seconds": bs, "sink": sink_arg}),
+            )
+        print(f"\nper array at {args.long:.0f} s (<= 64 chunks each): {chunks_line(long_frames, block_frames)}")
+
+        if args.ordinary > 0:
+            o_path = workdir / "ordinary.flac"
+            synth_long(o_path, args.ordinary, 44100, args.seed + 1)
+            jobs = {
+                "today: load_mono + compute": {"mode": "whole"},
+                f"feature_blocks, default ({bs:.0f} s)": {"mode": "blocks", "block_seconds": bs},
+                f"feature_blocks, {args.small_block:.0f} s blocks": {"mode": "blocks", "block_seconds": args.small_block},
+            }
+            results: dict[str, list[dict]] = {k: [] for k in jobs}
+            for rep in range(-1, args.reps):  # one warm-up (page cache, numba caches), then interleaved
+                order = list(jobs) if rep % 2 == 0 else list(jobs)[::-1]
+                for label in order:
+                    r = run_child({**jobs[label], "path": str(o_path), "sink": sink_arg})
+                    if rep >= 0:
+                        results[label].append(r)
+            print(
+                f"\nordinary track: {args.ordinary:.0f} s, 44.1 kHz stereo FLAC; medians of {args.reps} interleaved runs, one process each"
+            )
+            print(header)
+            for label, runs in results.items():
+                med = {key: statistics.median(r[key] for r in runs) for key in ("cpu", "wall", "rss_mb", "rss_imports_mb")}
+                row(label, {**runs[0], **med})
+        print(
+            "\npeak MB: the child's ru_maxrss (imports included; 'import' = its RSS after imports); x-rt cpu: audio "
+            "seconds per CPU second of the child (decode, resample, every kind)."
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

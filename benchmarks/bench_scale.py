@@ -103,6 +103,7 @@ class Fabricator:
         path = self.store.entry_path(item.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.template, path)
+        shutil.copyfile(self.template, self.store.entry_path(item.id, "targets"))  # an entry is two files
         return FeaturesRecord(
             track=item.id,
             variants=[0],
@@ -111,6 +112,8 @@ class Fabricator:
             arrays={"cqt": ArraySpec([1, 320, 252], "uint8"), "hcqt": ArraySpec([1, 2580, 556], "uint8")},
             timings={"load": 0.5, "cqt": 1.0, "write": 0.1},
             stamp=self.store.entry_stamp(item.id),
+            parts={part: _digest(f"{item.id} {part}") for part in ("cqt", "hcqt", "targets/chord", "targets/pitch")},
+            computed=["cqt", "hcqt", "targets/chord", "targets/pitch"],
         )
 
     def train(self, item):

@@ -27,14 +27,20 @@ IGNORED_LISTED = 200  # paths listed per reason in the manifest (all are counted
 _KINDS = {"jams": "jams", **{ext.lstrip(".").lower(): "audio" for ext in AUDIO_EXTENSIONS}}  # by extension, no dot
 
 
+# an id never ends like this: a store entry's targets file is ``<id>.targets<suffix>`` beside ``<id><suffix>``
+_RESERVED_ENDING = ".targets"
+
+
 def track_id(key: str) -> str:
     """A readable, path-safe id for the NFC relative stem ``key`` ("album/01"); a lossy
-    cleaning adds a short hash of ``key``, so two different names never share an id."""
-    if _UNSAFE.search(key) is None and all(part and part.strip(" .") == part for part in key.split("/")):
+    cleaning adds a short hash of ``key``, so two different names never share an id. A stem
+    ending in ``.targets`` gets the hash too (its store entry would be another track's targets file)."""
+    reserved = key.lower().endswith(_RESERVED_ENDING)
+    if not reserved and _UNSAFE.search(key) is None and all(part and part.strip(" .") == part for part in key.split("/")):
         return key  # the common case: nothing to clean
     parts = [(_UNSAFE.sub("_", part).strip(" .") or "_") for part in key.split("/")]
     ident = "/".join(parts)
-    return ident if ident == key else f"{ident}~{_short_hash(key)}"
+    return ident if ident == key and not reserved else f"{ident}~{_short_hash(key)}"
 
 
 def _short_hash(key: str) -> str:

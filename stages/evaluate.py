@@ -26,7 +26,7 @@ from mirpipe.storage.atomic import atomic_path, write_bytes, write_json
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import resolve_shift
 
-from .features import FeaturesParams
+from .features import FeaturesParams, task_inputs
 from .ingest import read_manifest
 from .train import TrainParams, build_model, trainable_tasks
 
@@ -147,7 +147,7 @@ class Evaluate(Stage):
                             "decoding": p.decode_params(task_name).model_dump(mode="json"),
                             **({"baseline": task.baseline.name} if task.baseline is not None and p.baselines else {}),
                         },
-                        upstream=(trained.fingerprint, feat.fingerprint),
+                        upstream=(trained.fingerprint, task_inputs(feat, task)),
                     )
                 )
         return items

@@ -10,10 +10,13 @@ variants of the same entry.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,12 @@ from mirpipe import columns
 from mirpipe.annotations.prepare import Preparation, prepared_jams
 from mirpipe.audio.io import load_mono
 from mirpipe.audio.pitch_shift import pitch_shift
-from mirpipe.models.task import TASKS
+from mirpipe.models.task import TASKS, Task
 from mirpipe.records import Record, RecordTable
 from mirpipe.shifts import AugmentParams
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem, record_rows
 from mirpipe.storage import STORE_BACKENDS, open_store
-from mirpipe.storage.base import INDEX_NAME, ArraySpec, IndexRow
+from mirpipe.storage.base import FEATURES, INDEX_NAME, TARGETS, TARGETS_PREFIX, ArraySpec, FeatureStore, IndexRow
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 
 from .ingest import read_manifest
@@ -89,7 +92,62 @@ class FeaturesRecord(Record):
     frames: dict[str, int]  # frames per feature
     arrays: dict[str, ArraySpec]
     timings: dict[str, float]  # seconds per step, and the audio seconds processed
-    stamp: list[int] | None = None  # the entry file's (size, mtime_ns) when written: planning's cheap check
+    stamp: list[int] | None = None  # the entry files' (size, mtime_ns) when written: planning's cheap check
+    # the fingerprint of each part of the entry: each feature kind ("cqt") and each task's targets ("targets/chord");
+    # what training and evaluation of a task depend on (a part that did not change does not retrain anything)
+    parts: dict[str, str] = field(default_factory=dict, kw_only=True)
+    computed: list[str] = field(default_factory=list, kw_only=True)  # the parts this run computed; the rest were kept
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def kind_fingerprint(name: str, p: FeaturesParams, aug: AugmentParams, audio: Mapping[str, Any]) -> str:
+    """What one feature kind of a track depends on: its settings and version, the sample rate, the
+    stored variants and margins, and the track's audio (``audio``: its digest and the channel read)."""
+    return _digest(
+        {
+            "kind": name,
+            "version": FEATURE_KINDS.get(name).version,
+            "params": p.kind_params(name).model_dump(mode="json"),
+            "sr": p.sr,
+            "variants": aug.stored_variants(),
+            "margin": aug.margin(),
+            "backend": aug.backend if aug.stored_variants() != [0] else None,
+            "audio": dict(audio),
+        }
+    )
+
+
+def targets_fingerprint(task_name: str, aug: AugmentParams, annotations: Mapping[str, Any], grid: Mapping[str, Any]) -> str:
+    """What one task's targets of a track depend on: the task's encoder version, the track's
+    annotations (their digest and ingest's decisions about them), the stored variants and the
+    frame grid of the feature they align to (``grid``: sample rate, hop, frames)."""
+    return _digest(
+        {
+            "task": task_name,
+            "version": TASKS.get(task_name).version,
+            "variants": aug.stored_variants(),
+            "annotations": dict(annotations),
+            "grid": dict(grid),
+        }
+    )
+
+
+def part_fingerprints(done: Done) -> dict[str, str]:
+    """The per-part fingerprints a features item recorded (empty for a record from before parts)."""
+    raw = done.raw
+    parts = raw.get("parts") if raw is not None else getattr(done.record, "parts", None)
+    return dict(parts or {})
+
+
+def task_inputs(done: Done, task: Task) -> str:
+    """What training or evaluating ``task`` reads of a track's entry, as one string: the fingerprints
+    of its feature and of its targets (the whole item's fingerprint for a record from before parts)."""
+    parts = part_fingerprints(done)
+    feature, targets = parts.get(task.feature), parts.get(f"{TARGETS_PREFIX}{task.name}")
+    return f"{feature} {targets}" if feature and targets else done.fingerprint
 
 
 def store_root(ctx: StageContext) -> Path:
@@ -114,65 +172,268 @@ def compute_features(
     return arrays, geometry
 
 
-def compute_entry(
-    audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams, prep: Preparation | None = None
-) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
-    """Arrays ``(V, T, ...)``, attributes and timings of one track's entry.
+def _empty_timings() -> dict[str, float]:
+    return {"load": 0.0, "pitch_shift": 0.0, "annotations": 0.0, "features": 0.0, "targets": 0.0, "write": 0.0}
 
-    ``prep`` is what ingest decided (reference annotations, channel, snapped boundaries);
-    without it the files are read as they are.
-    """
+
+def load_annotations(jams_path: str, prep: Preparation | None, aug: AugmentParams, timings: dict[str, float]) -> list[Any]:
+    """The track's JAMS as the stages read it, once per stored variant (audio mode: muda moves the
+    annotations of every shift, in memory)."""
     import jams
-    import librosa
 
     from mirpipe.audio.deform import deform
     from mirpipe.models.task import annotation_transposers
 
-    t0 = time.perf_counter()
+    t = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)
-    y, _ = load_mono(audio_path, sr=p.sr, channel=prep.channel if prep is not None else None)
-    timings = {"load": time.perf_counter() - t0, "pitch_shift": 0.0, "annotations": 0.0, "features": 0.0, "targets": 0.0}
+    timings["load"] += time.perf_counter() - t
     variants = aug.stored_variants()
     if variants == [0]:
-        versions = [(y, jam)]
-    else:  # audio mode: the waveform and the annotations of every shift, in memory
+        return [jam]
+    t = time.perf_counter()
+    deformed = [jam_n for _, jam_n, _ in deform(jam, variants, aug.backend, transposers=annotation_transposers())]
+    timings["annotations"] += time.perf_counter() - t
+    return deformed
+
+
+def compute_kinds(
+    audio_path: str, channel: int | None, p: FeaturesParams, aug: AugmentParams, kinds: list[str], timings: dict[str, float]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], float]:
+    """The stored arrays ``(V, T, bins)`` and geometry of ``kinds`` for one track, and its duration in seconds."""
+    t0 = time.perf_counter()
+    y, _ = load_mono(audio_path, sr=p.sr, channel=channel)
+    timings["load"] += time.perf_counter() - t0
+    waveforms = []
+    for n in aug.stored_variants():
         t = time.perf_counter()
-        deformed = list(deform(jam, variants, aug.backend, transposers=annotation_transposers()))
-        timings["annotations"] = time.perf_counter() - t
-        versions = []
-        for n, jam_n, _ in deformed:
-            t = time.perf_counter()
-            versions.append((pitch_shift(y, p.sr, n, aug.backend), jam_n))
-            timings["pitch_shift"] += time.perf_counter() - t
+        waveforms.append(y if n == 0 and aug.stored_variants() == [0] else pitch_shift(y, p.sr, n, aug.backend))
+        timings["pitch_shift"] += time.perf_counter() - t
     t = time.perf_counter()
-    arrays, geometry = compute_features([y_v for y_v, _ in versions], p, p.kinds(), aug.margin())
+    arrays, geometry = compute_features(waveforms, p, kinds, aug.margin())
     timings["features"] += time.perf_counter() - t
+    return arrays, geometry, len(y) / p.sr
+
+
+def frame_grid(geometry: Mapping[str, Any], n_frames: int) -> dict[str, Any]:
+    """The frame grid targets align to: sample rate, hop and frame count of a feature."""
+    return {"sr": int(geometry["sr"]), "hop_length": int(geometry["hop_length"]), "frames": int(n_frames)}
+
+
+def encode_targets(
+    task_name: str, jams_versions: list[Any], grid: Mapping[str, Any], timings: dict[str, float]
+) -> dict[str, np.ndarray]:
+    """One task's target arrays ``(V, T, ...)`` on its feature's frame grid, one variant per JAMS version."""
+    import librosa
+
     t = time.perf_counter()
-    for task_name in p.target_tasks():
-        task = TASKS.get(task_name)
-        n_frames = arrays[task.feature].shape[1]
-        times = librosa.frames_to_time(
-            np.arange(n_frames), sr=p.sr, hop_length=FEATURE_KINDS.get(task.feature).hop_length(p.kind_params(task.feature))
-        )
-        encoded = [task.targets.encode(jam_v, times) for _, jam_v in versions]
-        for key in encoded[0]:
-            arrays[f"targets/{key}"] = np.stack([e[key] for e in encoded])
-    timings["targets"] = time.perf_counter() - t
-    timings["audio_seconds"] = len(y) / p.sr
-    attrs = {
+    times = librosa.frames_to_time(np.arange(grid["frames"]), sr=grid["sr"], hop_length=grid["hop_length"])
+    encoded = [TASKS.get(task_name).targets.encode(jam_v, times) for jam_v in jams_versions]
+    arrays = {f"{TARGETS_PREFIX}{key}": np.stack([e[key] for e in encoded]) for key in encoded[0]}
+    timings["targets"] += time.perf_counter() - t
+    return arrays
+
+
+def _feature_attrs(p: FeaturesParams, aug: AugmentParams, track: str | None, geometry: Mapping[str, Any], fps: Mapping[str, str]):
+    import jams
+    import librosa
+
+    variants = aug.stored_variants()
+    return {
+        "track": track,
         "sr": p.sr,
         "mode": aug.mode,
         "variants": variants,
-        "shifts": aug.active_shifts(),
-        "features": geometry,
-        "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
+        "features": dict(geometry),
+        "fingerprints": dict(fps),  # each kind's: a later run keeps the kinds whose fingerprint did not change
         "pitch_shift_backend": aug.backend if variants != [0] else None,
         "versions": {
             "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
             "jams": jams.__version__,
         },
     }
+
+
+def compute_entry(
+    audio_path: str, jams_path: str, p: FeaturesParams, aug: AugmentParams, prep: Preparation | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Arrays ``(V, T, ...)``, attributes and timings of one track's whole entry, in memory (tests,
+    benchmarks; the stage itself writes only the parts that changed, see ``update_entry``).
+
+    ``prep`` is what ingest decided (reference annotations, channel, snapped boundaries);
+    without it the files are read as they are.
+    """
+    timings = _empty_timings()
+    jams_versions = load_annotations(jams_path, prep, aug, timings)
+    arrays, geometry, seconds = compute_kinds(audio_path, prep.channel if prep is not None else None, p, aug, p.kinds(), timings)
+    targets = {}
+    for task_name in p.target_tasks():
+        feature = TASKS.get(task_name).feature
+        targets[task_name] = encode_targets(
+            task_name, jams_versions, frame_grid(geometry[feature], arrays[feature].shape[1]), timings
+        )
+        arrays.update(targets[task_name])
+    timings["audio_seconds"] = seconds
+    attrs = {
+        **_feature_attrs(p, aug, None, geometry, {}),
+        "shifts": aug.active_shifts(),
+        "target_features": {t: TASKS.get(t).feature for t in p.target_tasks()},
+    }
     return arrays, attrs, timings
+
+
+@dataclass
+class EntryUpdate:
+    """What ``update_entry`` did to one track's entry."""
+
+    frames: dict[str, int]
+    arrays: dict[str, ArraySpec]
+    parts: dict[str, str]
+    computed: list[str]
+    variants: list[int]
+    timings: dict[str, float]
+
+
+def _kept(store: FeatureStore, track: str, part: str, wanted: Mapping[str, str], recorded: Mapping[str, str]) -> set[str]:
+    """The parts of ``wanted`` (name -> fingerprint) that the entry's ``part`` file holds with the same
+    fingerprint, when every chunk of it reads back (a damaged file keeps nothing: an item runs again
+    after ``verify --repair`` found its entry damaged, with the same fingerprints)."""
+    same = {name for name, fp in wanted.items() if recorded.get(name) == fp}
+    return same if same and store.part_readable(track, part) else set()
+
+
+def update_entry(
+    store: FeatureStore,
+    track: str,
+    payload: Mapping[str, Any],
+    p: FeaturesParams,
+    aug: AugmentParams,
+    prep: Preparation,
+) -> EntryUpdate:
+    """Bring one track's entry up to date, part by part: feature kinds whose fingerprint changed
+    are computed and the others copied chunk by chunk from the entry as stored (bytes unchanged);
+    the features file is not touched at all when every kind is current. The same for each task's
+    targets in the targets file. A stored part that does not read back is computed again."""
+    timings = _empty_timings()
+    audio_id = {"sha256": payload.get("audio_sha256"), "channel": prep.channel}
+    annotations_id = {"sha256": payload.get("jams_sha256"), "prep": prep.to_json()}
+    kinds = p.kinds()
+    kind_fps = {k: kind_fingerprint(k, p, aug, audio_id) for k in kinds}
+    try:
+        computed = _update_features(store, track, payload["audio"], prep.channel, p, aug, kind_fps, timings, reuse=True)
+    except Exception:  # noqa: BLE001 - a kept kind failed to copy (damaged chunk): compute every kind
+        computed = _update_features(store, track, payload["audio"], prep.channel, p, aug, kind_fps, timings, reuse=False)
+    frames, specs, geometry = _described(store, track, kinds)
+
+    task_names = p.target_tasks()
+    grids = {t: frame_grid(geometry[TASKS.get(t).feature], frames[TASKS.get(t).feature]) for t in task_names}
+    target_fps = {t: targets_fingerprint(t, aug, annotations_id, grids[t]) for t in task_names}
+    args = (store, track, payload["jams"], prep, aug, grids, target_fps, timings)
+    try:
+        computed += _update_targets(*args, reuse=True)
+    except Exception:  # noqa: BLE001 - kept targets failed to copy: encode every task again
+        computed += _update_targets(*args, reuse=False)
+    described = (store.part_attrs(track, TARGETS) or {}).get("targets", {}) if task_names else {}
+    _, t_specs, _ = _described(store, track, [n for t in task_names for n in described.get(t, {}).get("arrays", [])])
+    return EntryUpdate(
+        frames=frames,
+        arrays={**specs, **t_specs},
+        parts={**kind_fps, **{f"{TARGETS_PREFIX}{t}": fp for t, fp in target_fps.items()}},
+        computed=computed,
+        variants=aug.stored_variants(),
+        timings=timings,
+    )
+
+
+def _update_features(
+    store: FeatureStore,
+    track: str,
+    audio: str,
+    channel: int | None,
+    p: FeaturesParams,
+    aug: AugmentParams,
+    kind_fps: dict[str, str],
+    timings: dict[str, float],
+    reuse: bool,
+) -> list[str]:
+    """The features file with every kind of ``kind_fps`` current; the kinds computed."""
+    kinds = list(kind_fps)
+    old = store.part_attrs(track, FEATURES) or {}
+    keep = _kept(store, track, FEATURES, kind_fps, old.get("fingerprints", {})) if reuse else set()
+    if keep == set(kinds) and set(old.get("features", {})) == set(kinds):
+        return []
+    todo = [k for k in kinds if k not in keep]
+    arrays, geometry, seconds = compute_kinds(audio, channel, p, aug, todo, timings) if todo else ({}, {}, 0.0)
+    timings["audio_seconds"] = seconds
+    geometry.update({k: old["features"][k] for k in keep})
+    t0 = time.perf_counter()
+    with _opened(store, track, sorted(keep)) as (old_arrays, _):
+        with store.part_writer(track, FEATURES, _feature_attrs(p, aug, track, geometry, kind_fps)) as w:
+            for name in kinds:
+                if name in keep:
+                    w.copy(name, old_arrays[name])  # bytes as stored: the kind is not recomputed
+                else:
+                    w.write_array(name, arrays[name])
+    timings["write"] += time.perf_counter() - t0
+    return todo
+
+
+def _update_targets(
+    store: FeatureStore,
+    track: str,
+    jams_path: str,
+    prep: Preparation,
+    aug: AugmentParams,
+    grids: dict[str, dict[str, Any]],
+    target_fps: dict[str, str],
+    timings: dict[str, float],
+    reuse: bool,
+) -> list[str]:
+    """The targets file with every task of ``target_fps`` current; the parts computed (``targets/<task>``)."""
+    task_names = list(target_fps)
+    if not task_names:
+        store.remove_part(track, TARGETS)
+        return []
+    old = (store.part_attrs(track, TARGETS) or {}).get("targets", {})
+    recorded = {t: v.get("fingerprint") for t, v in old.items()}
+    keep = _kept(store, track, TARGETS, target_fps, recorded) if reuse else set()
+    if keep == set(task_names) and set(recorded) == set(task_names):
+        return []
+    todo = [t for t in task_names if t not in keep]
+    jams_versions = load_annotations(jams_path, prep, aug, timings) if todo else []
+    encoded = {t: encode_targets(t, jams_versions, grids[t], timings) for t in todo}
+    described = {
+        t: {
+            "fingerprint": target_fps[t],
+            "feature": TASKS.get(t).feature,
+            "arrays": list(old[t]["arrays"]) if t in keep else sorted(encoded[t]),
+        }
+        for t in task_names
+    }
+    t0 = time.perf_counter()
+    with _opened(store, track, [n for t in keep for n in described[t]["arrays"]]) as (old_arrays, _):
+        attrs = {"track": track, "variants": aug.stored_variants(), "targets": described}
+        with store.part_writer(track, TARGETS, attrs) as w:
+            for t in task_names:
+                for name in described[t]["arrays"]:
+                    if t in keep:
+                        w.copy(name, old_arrays[name])
+                    else:
+                        w.write_array(name, encoded[t][name])
+    timings["write"] += time.perf_counter() - t0
+    return [f"{TARGETS_PREFIX}{t}" for t in todo]
+
+
+def _opened(store: FeatureStore, track: str, names: list[str]) -> AbstractContextManager[tuple[dict[str, Any], dict[str, Any]]]:
+    """The named arrays of an entry as stored (nothing opened when there are none)."""
+    return store.opened(track, names) if names else nullcontext(({}, {}))
+
+
+def _described(store: FeatureStore, track: str, names: list[str]) -> tuple[dict[str, int], dict[str, ArraySpec], dict[str, Any]]:
+    """Frames and shape/dtype of the named arrays of an entry as stored, and its feature geometry (metadata only)."""
+    with store.opened(track, names) as (handles, attrs):
+        frames = {n: int(h.shape[1]) for n, h in handles.items()}
+        specs = {n: ArraySpec([int(k) for k in h.shape], str(np.dtype(h.dtype))) for n, h in handles.items()}
+        return frames, specs, attrs.get("features", {})
 
 
 @functools.lru_cache(maxsize=8)
@@ -187,14 +448,15 @@ class Features(Stage):
     params = FeaturesParams
     sections = {"augment": AugmentParams}
     needs = ("ingest",)
-    version = "2"  # 2: one entry per track, (V, T, ...) arrays, margins for feature-mode shifts
+    version = "3"  # 3: features and targets files, each part fingerprinted; 2: (V, T, ...) arrays, margins
     record_type = FeaturesRecord
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
         p: FeaturesParams = ctx.params["features"]
         aug: AugmentParams = ctx.params["augment"]
         # what an entry holds: each kind's settings and version, each task's encoder version, the stored
-        # variants and margins (not the shift list itself: feature mode samples it when training)
+        # variants and margins (not the shift list itself: feature mode samples it when training). A change
+        # makes every item pending; its run then recomputes only the parts whose own fingerprint changed.
         return {
             "store": p.store,
             "store_path": str(p.store_path) if p.store_path else None,
@@ -211,11 +473,20 @@ class Features(Stage):
         # identity is the track's content (audio and JAMS bytes and ingest's decisions), not ingest's
         # fingerprint: a file touched, moved or re-hashed without changing is not recomputed
         pos = manifest.position  # raw fields by row: no record is built per track
-        audio, jams, prep, content = (manifest.column(n) for n in ("audio", "jams", "prep", "content"))
+        audio, jams, prep, content, audio_sha, jams_sha = (
+            manifest.column(n) for n in ("audio", "jams", "prep", "content", "audio_sha256", "jams_sha256")
+        )
         return [
             WorkItem(
                 track,
-                payload={"track": track, "audio": audio[i], "jams": jams[i], "prep": prep[i]},
+                payload={
+                    "track": track,
+                    "audio": audio[i],
+                    "jams": jams[i],
+                    "prep": prep[i],
+                    "audio_sha256": audio_sha[i],
+                    "jams_sha256": jams_sha[i],
+                },
                 identity={"content": content[i]},
             )
             for track in sorted(upstream["ingest"])
@@ -224,22 +495,20 @@ class Features(Stage):
 
     def run(self, item: WorkItem, ctx: StageContext) -> FeaturesRecord:
         p: FeaturesParams = ctx.params["features"]
+        aug: AugmentParams = ctx.params["augment"]
         track = item.payload["track"]
-        prep = Preparation.from_json(item.payload["prep"])
-        arrays, attrs, timings = compute_entry(item.payload["audio"], item.payload["jams"], p, ctx.params["augment"], prep)
-        attrs.update(track=track, fingerprint=item.payload.get("fingerprint"))
-        t0 = time.perf_counter()
         store = open_store(p.store, store_root(ctx))
-        store.write_entry(track, arrays, attrs)
-        timings["write"] = time.perf_counter() - t0
+        update = update_entry(store, track, item.payload, p, aug, Preparation.from_json(item.payload["prep"]))
         return FeaturesRecord(
             track=track,
-            variants=list(attrs["variants"]),
-            shifts=list(attrs["shifts"]),
-            frames={k: int(arrays[k].shape[1]) for k in attrs["features"]},
-            arrays={k: ArraySpec.of(v) for k, v in arrays.items()},
-            timings=timings,
+            variants=update.variants,
+            shifts=list(aug.active_shifts()),
+            frames=update.frames,
+            arrays=update.arrays,
+            timings=update.timings,
             stamp=store.entry_stamp(track),
+            parts=update.parts,
+            computed=update.computed,
         )
 
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:

@@ -27,7 +27,7 @@ from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, resolve_shift, track_patches
 
-from .features import FeaturesParams
+from .features import FeaturesParams, task_inputs
 from .ingest import read_manifest
 
 
@@ -213,9 +213,10 @@ class Train(Stage):
         return fingerprinted(p)
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
-        """One item per task. Its fingerprint covers what training reads: the features of the
-        training and validation entries of the tracks that teach the task, their splits, the
-        shifts it samples, and the task's network; test tracks are not in it."""
+        """One item per task. Its fingerprint covers what training reads: the task's feature and
+        targets in the training and validation entries of the tracks that teach the task (their part
+        fingerprints: another task's targets or another feature kind changing retrains nothing), their
+        splits, the shifts it samples, and the task's network; test tracks are not in it."""
         p: TrainParams = ctx.params["train"]
         feats = upstream["features"]
         if not feats:
@@ -230,7 +231,7 @@ class Train(Stage):
                     continue
                 split = manifest.value(item_id, "split")
                 if split in ("train", "val"):
-                    read[item_id] = f"{split} {done.fingerprint}"
+                    read[item_id] = f"{split} {task_inputs(done, task)}"
             digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(read.items())).encode()).hexdigest()
             items.append(
                 WorkItem(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +27,32 @@ from mirpipe.errors import WorkdirFileError
 from mirpipe.records import Record, RecordError, RecordTable
 from mirpipe.registry import Registry
 
-from .atomic import read_cached, read_file, remove_leftovers, write_bytes_if_changed
+from .atomic import read_cached, read_file, remove_leftovers, temp_path, write_bytes_if_changed
 
 INDEX_NAME = "index.json"
 CHUNK_FRAMES = 1024  # frames per chunk: a whole-track slab is a few reads, a patch one or two
+MAX_TIME_CHUNKS = 64  # chunks per variant of an array at most: a track of hours stays a bounded number of members
+
+FEATURES, TARGETS = "features", "targets"  # the two files of an entry
+TARGETS_PREFIX = "targets/"  # arrays named ``targets/...`` live in the targets file
+
+
+def part_of(name: str) -> str:
+    """The file of an entry that holds array ``name``: ``targets`` for ``targets/...``, else ``features``."""
+    return TARGETS if name.startswith(TARGETS_PREFIX) else FEATURES
+
+
+def chunk_frames(n_frames: int) -> int:
+    """Frames per chunk of an array of ``n_frames``: ``CHUNK_FRAMES``, or more for a track so long
+    that it would need more than ``MAX_TIME_CHUNKS`` chunks."""
+    return max(CHUNK_FRAMES, -(-n_frames // MAX_TIME_CHUNKS))
 
 
 def time_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunk shape of a ``(V, T, ...)`` array: one variant, ``CHUNK_FRAMES`` frames, everything else."""
+    """Chunk shape of a ``(V, T, ...)`` array: one variant, ``chunk_frames(T)`` frames (capped at T), everything else."""
     if len(shape) < 2:
         return tuple(max(1, n) for n in shape)
-    return (1, min(CHUNK_FRAMES, max(1, shape[1]))) + tuple(max(1, n) for n in shape[2:])
+    return (1, min(chunk_frames(shape[1]), max(1, shape[1]))) + tuple(max(1, n) for n in shape[2:])
 
 
 @dataclass(frozen=True)
@@ -74,42 +89,194 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(attrs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+class ArraySink(ABC):
+    """A backend's writer of one file under construction: arrays created with their final shape,
+    then filled chunk by chunk (each chunk written once: a zip member cannot be rewritten)."""
+
+    @abstractmethod
+    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> None: ...
+
+    @abstractmethod
+    def put(self, name: str, variant: int, start: int, frames: np.ndarray) -> None:
+        """Frames ``[start, start + len(frames))`` of variant ``variant``; ``start`` is on a chunk boundary."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the file (flush, write the directory)."""
+
+
+class PartWriter:
+    """Writes one file of an entry as its frames come (block-wise features, chunk-wise copies):
+    frames of each (array, variant) arrive in time order and are buffered to whole chunks,
+    so memory holds a chunk per array, never a track. ``commit`` checks every frame of every
+    array was written, then renames the file into place; a writer left without ``commit``
+    (an exception) leaves only a temporary file, which ``discard`` removes."""
+
+    def __init__(
+        self, sink: ArraySink, tmp: Path, final: Path, describe: str, publish: Callable[[Path, Path], None] = os.replace
+    ):
+        self.sink, self.tmp, self.final, self.describe, self.publish = sink, tmp, final, describe, publish
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.chunk: dict[str, int] = {}
+        self.written: dict[tuple[str, int], int] = {}
+        self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.committed = False
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+        """Declare array ``name`` of ``(V, T, ...)`` ``shape``; its frames follow through ``write``."""
+        if len(shape) < 2:
+            raise ValueError(f"{self.describe}: array {name} must be (variants, frames, ...), got shape {shape}")
+        chunks = time_chunks(tuple(shape))
+        self.sink.create(name, tuple(shape), np.dtype(dtype), chunks)
+        self.shapes[name], self.chunk[name] = tuple(shape), chunks[1]
+        for v in range(shape[0]):
+            self.written[(name, v)], self.pending[(name, v)] = 0, []
+
+    def write(self, name: str, variant: int, start: int, frames: np.ndarray) -> None:
+        """Frames ``[start, start + len(frames))`` of one variant, right after the ones before."""
+        key = (name, variant)
+        done = self.written[key] + sum(len(f) for f in self.pending[key])
+        if start != done:
+            raise ValueError(f"{self.describe}: {name}[{variant}] frames must come in order: got {start}, expected {done}")
+        if start + len(frames) > self.shapes[name][1]:
+            raise ValueError(
+                f"{self.describe}: {name}[{variant}] has {self.shapes[name][1]} frames, got up to {start + len(frames)}"
+            )
+        self.pending[key].append(np.asarray(frames))
+        self._flush(key, final=False)
+
+    def write_array(self, name: str, data: np.ndarray) -> None:
+        """A whole ``(V, T, ...)`` array at once."""
+        self.create(name, data.shape, data.dtype)
+        for v in range(data.shape[0]):
+            self.write(name, v, 0, data[v])
+
+    def copy(self, name: str, source: Any) -> None:
+        """Array ``name`` from a sliceable handle of another file, chunk by chunk (bytes as stored)."""
+        shape = tuple(source.shape)
+        self.create(name, shape, source.dtype)
+        step = self.chunk[name]
+        for v in range(shape[0]):
+            for a in range(0, shape[1], step):
+                self.write(name, v, a, np.asarray(source[v, a : a + step]))
+            if shape[1] == 0:
+                self.write(name, v, 0, np.asarray(source[v, 0:0]))
+
+    def _flush(self, key: tuple[str, int], final: bool) -> None:
+        """Write the buffered frames of ``key`` that fill whole chunks (all of them at the array's end or when ``final``)."""
+        name, v = key
+        step, total = self.chunk[name], self.shapes[name][1]
+        buffered = sum(len(f) for f in self.pending[key])
+        start = self.written[key]
+        n = buffered if (final or start + buffered == total) else (buffered // step) * step
+        if n == 0:
+            return
+        data = np.concatenate(self.pending[key]) if len(self.pending[key]) > 1 else self.pending[key][0]
+        self.sink.put(name, v, start, data[:n])
+        self.written[key] = start + n
+        self.pending[key] = [data[n:]] if n < len(data) else []
+
+    def commit(self) -> Path:
+        for key in self.pending:
+            self._flush(key, final=True)
+        short = {f"{n}[{v}]": w for (n, v), w in self.written.items() if w != self.shapes[n][1]}
+        if short:
+            raise ValueError(f"{self.describe}: arrays left incomplete (frames written: {short})")
+        self.sink.close()
+        self.publish(self.tmp, self.final)
+        self.committed = True
+        return self.final
+
+    def discard(self) -> None:
+        if self.committed:
+            return
+        try:
+            self.sink.close()
+        except Exception:  # noqa: BLE001 - the file is thrown away; its writer's state does not matter
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
 class FeatureStore(ABC):
+    """An entry is two files per track: the features file (``<track><suffix>``: every feature kind)
+    and, when any task has targets, the targets file (``<track>.targets<suffix>``): targets are
+    rewritten when a task is added or changed without touching the feature chunks. Readers see one
+    entry: ``open_arrays`` routes ``targets/...`` names to the targets file and merges the attributes."""
+
     backend: str
     suffix: str
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
 
-    def entry_path(self, track: str) -> Path:
-        return self.root / self.entry_relpath(track)
+    def entry_relpath(self, track: str, part: str = FEATURES) -> str:
+        """A file of the entry, relative to the store root (the index's ``path`` is the features file)."""
+        return f"{track}{self.suffix}" if part == FEATURES else f"{track}.targets{self.suffix}"
 
-    def entry_relpath(self, track: str) -> str:
-        """The entry's path relative to the store root (the index's ``path``)."""
-        return f"{track}{self.suffix}"
+    def entry_path(self, track: str, part: str = FEATURES) -> Path:
+        return self.root / self.entry_relpath(track, part)
 
     def has_entry(self, track: str) -> bool:
         return self.entry_path(track).exists()
 
-    def entry_stamp(self, track: str) -> list[int] | None:
-        """(size, mtime_ns) of the entry file, None when it is missing: what a completion record keeps
-        so that planning notices a damaged or replaced entry without opening it."""
-        try:  # a string path: planning stats every entry, and pathlib costs more than the stat
-            st = os.stat(f"{self.root}{os.sep}{self.entry_relpath(track)}")
-        except OSError:
-            return None
-        return [st.st_size, st.st_mtime_ns]
+    def has_part(self, track: str, part: str) -> bool:
+        return self.entry_path(track, part).exists()
 
+    def entry_stamp(self, track: str) -> list[int] | None:
+        """(size, mtime_ns) of the features file, then of the targets file when there is one; None
+        when the features file is missing: what a completion record keeps so that planning notices a
+        damaged, replaced or removed file without opening it."""
+        stamp: list[int] = []
+        for part in (FEATURES, TARGETS):
+            try:  # a string path: planning stats every entry, and pathlib costs more than the stat
+                st = os.stat(f"{self.root}{os.sep}{self.entry_relpath(track, part)}")
+            except OSError:
+                if part == FEATURES:
+                    return None
+                continue
+            stamp += [st.st_size, st.st_mtime_ns]
+        return stamp
+
+    # -- writing ---------------------------------------------------------------
     def write_entry(self, track: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
-        """Write one entry atomically (one file); a concurrent or repeated write of the same entry is harmless."""
+        """Both files of an entry from whole arrays (``targets/...`` to the targets file; none: no
+        targets file), each written atomically; a concurrent or repeated write is harmless."""
         bad = {k: v.shape for k, v in arrays.items() if np.ndim(v) < 2}
         if bad:
             raise ValueError(f"entry {track}: arrays must be (variants, frames, ...), got {bad}")
-        final = self.entry_path(track)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self._write(final, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, _jsonable(attrs))
+        targets = {k: v for k, v in arrays.items() if part_of(k) == TARGETS}
+        final = self.write_part(track, FEATURES, {k: v for k, v in arrays.items() if k not in targets}, attrs)
+        if targets:
+            self.write_part(track, TARGETS, targets, {k: attrs[k] for k in ("track", "variants") if k in attrs})
+        else:
+            self.remove_part(track, TARGETS)
         return final
 
+    def write_part(self, track: str, part: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
+        """One file of an entry from whole arrays, atomically."""
+        with self.part_writer(track, part, attrs) as w:
+            for name, data in arrays.items():
+                w.write_array(name, np.ascontiguousarray(data))
+        return w.final
+
+    @contextmanager
+    def part_writer(self, track: str, part: str, attrs: dict[str, Any]) -> Iterator[PartWriter]:
+        """A ``PartWriter`` of one file of an entry (attributes fixed up front: a zip member is
+        written once), committed when the block ends without an exception."""
+        final = self.entry_path(track, part)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(final)
+        writer = PartWriter(self._sink(tmp, _jsonable(attrs)), tmp, final, f"entry {track} ({part})", self._publish)
+        try:
+            yield writer
+            writer.commit()
+        finally:
+            writer.discard()
+
+    def remove_part(self, track: str, part: str) -> None:
+        self.entry_path(track, part).unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------
     def read_entry(self, track: str, names: Iterable[str] | None = None) -> Entry:
         """Whole arrays, every variant."""
         with self.opened(track, names) as (arrays, attrs):
@@ -129,25 +296,97 @@ class FeatureStore(ABC):
             if owner is not None:
                 owner.close()
 
-    @abstractmethod
-    def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None: ...
-
-    @abstractmethod
     def open_arrays(self, track: str, names: Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        """Sliceable handles of the named arrays (all when None), the attributes, and a
+        """Sliceable handles of the named arrays (all when None), the entry's attributes, and a
         ``close()``-able owner (or None).
 
         For readers that cut many slabs from the same entries (streaming): opening
-        costs metadata reads that one open handle pays only once.
+        costs metadata reads that one open handle pays only once. ``targets/...`` names come
+        from the targets file, opened only when one is asked for (or all are).
         """
+        wanted = None if names is None else list(names)
+        want_targets = wanted is None or any(part_of(n) == TARGETS for n in wanted)
+        handles, attrs, owner = self._open(
+            self.entry_path(track), None if wanted is None else [n for n in wanted if part_of(n) == FEATURES]
+        )
+        owners = [owner]
+        try:
+            if want_targets and (wanted is not None or self.has_part(track, TARGETS)):
+                t_handles, t_attrs, t_owner = self._open(
+                    self.entry_path(track, TARGETS), None if wanted is None else [n for n in wanted if part_of(n) == TARGETS]
+                )
+                owners.append(t_owner)
+                handles.update(t_handles)
+                attrs = {**t_attrs, **attrs}
+        except BaseException:
+            _close_all(owners)
+            raise
+        if wanted is not None:
+            handles = {n: handles[n] for n in wanted}
+        return handles, attrs, _Owners(owners) if len(owners) > 1 else owner
 
     def read_attrs(self, track: str) -> dict[str, Any]:
         with self.opened(track, ()) as (_, attrs):
             return attrs
 
-    @abstractmethod
+    def part_attrs(self, track: str, part: str) -> dict[str, Any] | None:
+        """The attributes of one file of an entry; None when it is missing or does not open."""
+        try:
+            _, attrs, owner = self._open(self.entry_path(track, part), [])
+        except Exception:  # noqa: BLE001 - missing, cut or foreign: the caller recomputes the part
+            return None
+        if owner is not None:
+            owner.close()
+        return attrs
+
     def is_valid(self, track: str) -> bool:
-        """True when the entry opens and holds all its chunks (a killed writer leaves it invalid)."""
+        """True when the entry's files open and hold all their chunks (a killed writer leaves it invalid)."""
+        if not self._valid(self.entry_path(track)):
+            return False
+        return not self.has_part(track, TARGETS) or self._valid(self.entry_path(track, TARGETS))
+
+    def part_valid(self, track: str, part: str) -> bool:
+        return self._valid(self.entry_path(track, part))
+
+    def part_readable(self, track: str, part: str) -> bool:
+        """``part_valid``, and every chunk of every array reads and decodes (zip CRCs, codec checks),
+        one chunk at a time (a track of hours is never read whole)."""
+        if not self.part_valid(track, part):
+            return False
+        try:
+            handles, _, owner = self._open(self.entry_path(track, part), None)
+        except Exception:  # noqa: BLE001 - does not open: not readable
+            return False
+        try:
+            for handle in handles.values():
+                shape = tuple(handle.shape)
+                step = chunk_frames(shape[1]) if len(shape) >= 2 else 0
+                for v in range(shape[0] if len(shape) >= 2 else 0):
+                    for a in range(0, shape[1], step):
+                        np.asarray(handle[v, a : a + step])
+            return True
+        except Exception:  # noqa: BLE001 - any failure to read back is damage
+            return False
+        finally:
+            if owner is not None:
+                owner.close()
+
+    # -- what a backend implements -----------------------------------------------
+    @abstractmethod
+    def _sink(self, tmp: Path, attrs: dict[str, Any]) -> ArraySink:
+        """A writer of a new file at ``tmp`` with attributes ``attrs`` (JSON values)."""
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Put a finished file in place (atomically)."""
+        os.replace(tmp, final)
+
+    @abstractmethod
+    def _open(self, path: Path, names: list[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """Handles of the named arrays of one file (all when None), its attributes, a ``close()``-able owner or None."""
+
+    @abstractmethod
+    def _valid(self, path: Path) -> bool:
+        """The file opens and holds all its chunks."""
 
     # -- index (driver only) -------------------------------------------------
     def write_index(self, rows: list[IndexRow]) -> None:
@@ -173,6 +412,22 @@ class FeatureStore(ABC):
 
     def remove_leftovers(self) -> int:
         return remove_leftovers(self.root)
+
+
+class _Owners:
+    """Closes the handles of both files of an entry."""
+
+    def __init__(self, owners: list[Any]):
+        self.owners = owners
+
+    def close(self) -> None:
+        _close_all(self.owners)
+
+
+def _close_all(owners: list[Any]) -> None:
+    for owner in owners:
+        if owner is not None:
+            owner.close()
 
 
 def _load_index(path: Path) -> RecordTable[IndexRow]:

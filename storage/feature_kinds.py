@@ -42,6 +42,20 @@ class FeatureKind:
         """The stored ``(T, bins)`` array of one variant and its geometry (JSON-able)."""
         raise NotImplementedError
 
+    def geometry(self, sr: int, params: Any, margin_semitones: int) -> dict[str, Any]:
+        """The geometry ``compute`` returns, without computing anything."""
+        raise NotImplementedError
+
+    def n_frames(self, n_samples: int, params: Any, sr: int, margin_semitones: int) -> int:
+        """Exactly the ``T`` of ``compute`` on ``n_samples`` samples at ``sr``."""
+        raise NotImplementedError
+
+    def context_samples(self, sr: int, params: Any, margin_semitones: int) -> int:
+        """Samples of context on each side of a block (a multiple of the hop) so that the frames
+        ``compute`` gives inside the block equal the whole track's, to rounding
+        (``mirpipe.storage.blockwise``)."""
+        raise NotImplementedError
+
     def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
         """What turns stored frames into the model input (float32) at a pitch shift of ``shift``
         semitones; built once per slab (the geometry is parsed and the shift checked here, not per patch)."""
@@ -121,33 +135,54 @@ class CQT(FeatureKind):
     name = "cqt"
     Params = CQTParams
 
+    @staticmethod
+    def _call(sr: int, params: CQTParams, margin_semitones: int) -> tuple[float, int]:
+        """fmin and n_bins of the one ``librosa.cqt`` call (margin bins included)."""
+        margin = margin_semitones * params.bins_per_octave // 12
+        return params.fmin * 2.0 ** (-margin / params.bins_per_octave), params.n_bins + 2 * margin
+
     def compute(self, y: np.ndarray, sr: int, params: CQTParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
         import librosa
 
-        margin = margin_semitones * params.bins_per_octave // 12
-        fmin = params.fmin * 2.0 ** (-margin / params.bins_per_octave)
+        fmin, n_bins = self._call(sr, params, margin_semitones)
         C = np.abs(
             librosa.cqt(
                 y,
                 sr=sr,
                 hop_length=params.hop_length,
                 fmin=fmin,
-                n_bins=params.n_bins + 2 * margin,
+                n_bins=n_bins,
                 bins_per_octave=params.bins_per_octave,
             )
         )
         db = librosa.amplitude_to_db(C, ref=1.0, amin=params.amin, top_db=None).T.astype(np.float16)
-        geometry = {
+        return db, self.geometry(sr, params, margin_semitones)
+
+    def geometry(self, sr: int, params: CQTParams, margin_semitones: int) -> dict[str, Any]:
+        return {
             "kind": self.name,
             "sr": sr,
             "hop_length": params.hop_length,
             "fmin": params.fmin,
             "n_bins": params.n_bins,
             "bins_per_octave": params.bins_per_octave,
-            "margin_bins": margin,
+            "margin_bins": margin_semitones * params.bins_per_octave // 12,
             "frame_rate": sr / params.hop_length,
         }
-        return db, geometry
+
+    def _plan(self, sr: int, params: CQTParams, margin_semitones: int):
+        from .cqt_plan import cqt_plan
+
+        fmin, n_bins = self._call(sr, params, margin_semitones)
+        return cqt_plan(sr, params.hop_length, fmin, n_bins, params.bins_per_octave)
+
+    def n_frames(self, n_samples: int, params: CQTParams, sr: int, margin_semitones: int) -> int:
+        return self._plan(sr, params, margin_semitones).n_frames(n_samples)
+
+    def context_samples(self, sr: int, params: CQTParams, margin_semitones: int) -> int:
+        from .cqt_plan import context_from_reach
+
+        return context_from_reach(self._plan(sr, params, margin_semitones).reach(), params.hop_length)
 
     def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
         start = int(geometry["margin_bins"]) - check_shift(geometry, shift)
@@ -202,12 +237,18 @@ class HCQT(FeatureKind):
         )
 
     def compute(self, y: np.ndarray, sr: int, params: HCQTParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
-        from .hcqt import DB_RANGE, compute_wide_cqt, quantize_db
+        from .hcqt import compute_wide_cqt, quantize_db
 
         geom = self._geometry(sr, params, margin_semitones)
         db = compute_wide_cqt(y, geom, amin=params.amin)
         stored = quantize_db(db) if params.quantize else db.astype(np.float16)
-        geometry = {
+        return stored, self.geometry(sr, params, margin_semitones)
+
+    def geometry(self, sr: int, params: HCQTParams, margin_semitones: int) -> dict[str, Any]:
+        from .hcqt import DB_RANGE
+
+        geom = self._geometry(sr, params, margin_semitones)
+        return {
             "kind": self.name,
             "wide": geom.to_json(),
             "sr": sr,
@@ -218,7 +259,18 @@ class HCQT(FeatureKind):
             "frame_rate": sr / params.hop_length,
             "db_range": list(DB_RANGE) if params.quantize else None,
         }
-        return stored, geometry
+
+    def n_frames(self, n_samples: int, params: HCQTParams, sr: int, margin_semitones: int) -> int:
+        from .hcqt import wide_cqt_plans
+
+        return min(p.n_frames(n_samples) for p in wide_cqt_plans(self._geometry(sr, params, margin_semitones)))
+
+    def context_samples(self, sr: int, params: HCQTParams, margin_semitones: int) -> int:
+        from .cqt_plan import context_from_reach
+        from .hcqt import wide_cqt_plans
+
+        reach = max(p.reach() for p in wide_cqt_plans(self._geometry(sr, params, margin_semitones)))
+        return context_from_reach(reach, params.hop_length)
 
     def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
         from .hcqt import WideCQT, dequantize_db, harmonic_view

@@ -171,6 +171,24 @@ def _cqt_db(y: np.ndarray, geom: WideCQT, start: int, stop: int, amin: float) ->
     return librosa.amplitude_to_db(np.abs(C), ref=1.0, amin=amin, top_db=None)
 
 
+def _calls(geom: WideCQT) -> list[tuple[int, int]]:
+    """The wide bins ``[start, stop)`` of each ``librosa.cqt`` call ``compute_wide_cqt`` makes."""
+    n = geom.n_wide_bins
+    # bins whose centre is within the resampler's passband (the rest: less than one octave)
+    n_low = int(np.searchsorted(geom.frequencies(), PASSBAND * geom.sr / 2.0, side="right"))
+    return [(0, n)] if n_low >= n else [(0, n_low), (n_low, n)]
+
+
+def wide_cqt_plans(geom: WideCQT) -> list:
+    """The time-axis plan (``cqt_plan.CQTPlan``) of each ``librosa.cqt`` call of ``compute_wide_cqt``."""
+    from .cqt_plan import cqt_plan
+
+    return [
+        cqt_plan(geom.sr, geom.hop_length, geom.wide_fmin * 2.0 ** (a / geom.bins_per_octave), b - a, geom.bins_per_octave)
+        for a, b in _calls(geom)
+    ]
+
+
 def compute_wide_cqt(y: np.ndarray, geom: WideCQT, amin: float = 1e-5) -> np.ndarray:
     """(T, n_wide_bins) float32 log-magnitude in dB, absolute reference.
 
@@ -180,13 +198,8 @@ def compute_wide_cqt(y: np.ndarray, geom: WideCQT, amin: float = 1e-5) -> np.nda
     so that no octave's top bins fall in the resampler's transition band.
     """
     y = np.asarray(y, dtype=np.float32)
-    n = geom.n_wide_bins
-    # bins whose centre is within the resampler's passband (the rest: less than one octave)
-    n_low = int(np.searchsorted(geom.frequencies(), PASSBAND * geom.sr / 2.0, side="right"))
-    if n_low >= n:
-        db = _cqt_db(y, geom, 0, n, amin)
-    else:
-        db = np.concatenate([_cqt_db(y, geom, 0, n_low, amin), _cqt_db(y, geom, n_low, n, amin)], axis=0)
+    parts = [_cqt_db(y, geom, a, b, amin) for a, b in _calls(geom)]
+    db = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     return np.ascontiguousarray(db.T, dtype=np.float32)
 
 

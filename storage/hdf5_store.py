@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .atomic import temp_path
-from .base import STORE_BACKENDS, FeatureStore, time_chunks
+from .base import STORE_BACKENDS, ArraySink, FeatureStore
 
 # gzip level 1 with shuffle: portable to every HDF5 reader, cheap to decode
 COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
@@ -26,26 +23,36 @@ def _array_names(f: h5py.File) -> list[str]:
     return sorted(names)
 
 
+class _HDF5Sink(ArraySink):
+    """A new entry file: datasets created at their final shape, filled chunk by chunk."""
+
+    def __init__(self, tmp: Path, attrs: dict[str, Any]):
+        self.file = h5py.File(tmp, "w", track_order=True)
+        self.file.attrs[ATTRS_KEY] = json.dumps(attrs, sort_keys=True)
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> None:
+        empty = 0 in shape  # HDF5 cannot chunk empty datasets
+        self.file.create_dataset(
+            name, shape=shape, dtype=dtype, track_times=False, **({} if empty else {"chunks": chunks, **COMPRESSION})
+        )
+
+    def put(self, name: str, variant: int, start: int, frames: np.ndarray) -> None:
+        self.file[name][variant, start : start + len(frames)] = frames
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @STORE_BACKENDS.register(name="hdf5")
 class HDF5Store(FeatureStore):
     backend = "hdf5"
     suffix = ".h5"
 
-    def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        tmp = temp_path(final)
-        try:
-            with h5py.File(tmp, "w", track_order=True) as f:
-                for name, data in arrays.items():
-                    # HDF5 cannot chunk empty datasets
-                    filters = {"chunks": time_chunks(data.shape), **COMPRESSION} if data.size else {}
-                    f.create_dataset(name, data=data, track_times=False, **filters)
-                f.attrs[ATTRS_KEY] = json.dumps(attrs, sort_keys=True)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _sink(self, tmp: Path, attrs: dict[str, Any]) -> ArraySink:
+        return _HDF5Sink(tmp, attrs)
 
-    def open_arrays(self, track: str, names: Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        f = h5py.File(self.entry_path(track), "r")
+    def _open(self, path: Path, names: list[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        f = h5py.File(path, "r")
         try:
             names = _array_names(f) if names is None else list(names)
             return {n: f[n] for n in names}, json.loads(f.attrs[ATTRS_KEY]), f
@@ -53,9 +60,9 @@ class HDF5Store(FeatureStore):
             f.close()
             raise
 
-    def is_valid(self, track: str) -> bool:
+    def _valid(self, path: Path) -> bool:
         try:
-            with h5py.File(self.entry_path(track), "r") as f:
+            with h5py.File(path, "r") as f:
                 names = _array_names(f)
                 for n in names:
                     if f[n].size:

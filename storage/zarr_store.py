@@ -19,7 +19,6 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +30,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import ZipStore
 
-from .atomic import temp_path
-from .base import STORE_BACKENDS, FeatureStore, time_chunks
+from .base import STORE_BACKENDS, ArraySink, FeatureStore
 
 
 def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
@@ -216,6 +214,29 @@ class DirectArray:
         return np.concatenate(parts)
 
 
+class _ZarrSink(ArraySink):
+    """A new entry file: a zarr v3 group in a zip, attributes at creation (rewriting zarr.json
+    inside a zip would duplicate the member), every chunk written once."""
+
+    def __init__(self, tmp: Path, attrs: dict[str, Any], compressors: Any):
+        self.store = ZipStore(tmp, mode="w")
+        self.compressors = compressors
+        self.group = zarr.create_group(store=self.store, zarr_format=3, attributes=attrs)
+        self.arrays: dict[str, zarr.Array] = {}
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> None:
+        # every chunk on disk, fill-valued or not, so a missing one marks a broken entry
+        self.arrays[name] = self.group.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks, compressors=self.compressors, config={"write_empty_chunks": True}
+        )
+
+    def put(self, name: str, variant: int, start: int, frames: np.ndarray) -> None:
+        self.arrays[name][variant, start : start + len(frames)] = frames
+
+    def close(self) -> None:
+        self.store.close()
+
+
 class _Owner:
     """Closes the zarr store and the zip the direct reads use."""
 
@@ -234,46 +255,27 @@ class ZarrStore(FeatureStore):
     direct_reads = True  # slab reads straight from the zip members (``DirectArray``)
     compressors: Any = "auto"  # zarr's default, zstd; None stores chunks raw (a benchmark variant)
 
-    def _write(self, final: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        tmp = temp_path(final)
-        try:
-            store = ZipStore(tmp, mode="w")
-            try:
-                # attributes at creation: rewriting zarr.json inside a zip would duplicate the member
-                group = zarr.create_group(store=store, zarr_format=3, attributes=attrs)
-                for name, data in arrays.items():
-                    # every chunk on disk, fill-valued or not, so a missing one marks a broken entry
-                    group.create_array(
-                        name,
-                        data=data,
-                        chunks=time_chunks(data.shape),
-                        compressors=self.compressors,
-                        config={"write_empty_chunks": True},
-                    )
-            finally:
-                store.close()
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _sink(self, tmp: Path, attrs: dict[str, Any]) -> ArraySink:
+        return _ZarrSink(tmp, attrs, self.compressors)
 
-    def open_arrays(self, track: str, names: Iterable[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
-        store = ZipStore(self.entry_path(track), mode="r")
+    def _open(self, path: Path, names: list[str] | None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        store = ZipStore(path, mode="r")
         try:
             group = zarr.open_group(store=store, mode="r", zarr_format=3)
             names = _array_names(group) if names is None else list(names)
             arrays: dict[str, Any] = {n: group[n] for n in names}
             if not self.direct_reads or not arrays:
                 return arrays, dict(group.attrs), store
-            zf = zipfile.ZipFile(self.entry_path(track), "r")
+            zf = zipfile.ZipFile(path, "r")
         except BaseException:
             store.close()
             raise
         direct = {n: DirectArray.direct(a, zf) for n, a in arrays.items()}
         return {n: direct[n] or a for n, a in arrays.items()}, dict(group.attrs), _Owner(store, zf)
 
-    def is_valid(self, track: str) -> bool:
+    def _valid(self, path: Path) -> bool:
         try:
-            arrays, _, store = self.open_arrays(track, None)
+            arrays, _, store = self._open(path, None)
         except Exception:  # noqa: BLE001 - a missing, partial or foreign entry (zarr raises by cause): recompute it
             return False
         try:

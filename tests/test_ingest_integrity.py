@@ -265,6 +265,9 @@ def test_ids_are_readable_unique_and_stable():
     assert track_id("和弦進行") == "和弦進行"
     a, b = track_id('what? "live"'), track_id("what_ _live_")
     assert a.startswith("what_ _live_~") and b == "what_ _live_" and a != b
+    # a stem that would name another track's targets file ("x" has x.zarr.zip and x.targets.zarr.zip)
+    reserved = track_id("album/x.targets")
+    assert reserved.startswith("album/x.targets~") and track_id("album/x.Targets") != "album/x.Targets"
 
 
 def test_case_twins_get_distinct_ids(tmp_path):

@@ -56,9 +56,9 @@ def test_store_index_and_entries(finished):
         assert row.arrays["hcqt"].shape[:2] == [1, row.frames["hcqt"]] and row.arrays["hcqt"].dtype == "uint8"
         assert row.arrays["targets/chord_tag"].shape == [1, row.frames["cqt"]]
         assert row.arrays["targets/f0_hz"].shape == [1, row.frames["hcqt"]]
-    # an HPC file quota counts files: one per track, and the index
+    # an HPC file quota counts files: two per track (features, targets), and the index
     files = [p for p in (workdir / "features").rglob("*") if p.is_file()]
-    assert len(files) == 3 + 1
+    assert len(files) == 2 * 3 + 1
     assert not (workdir / "augment").exists()  # feature mode writes nothing per shift
 
 

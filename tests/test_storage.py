@@ -8,6 +8,7 @@ from mirpipe.demo.track import annotate, compose, render
 from mirpipe.pipeline.config import PipelineConfig
 from mirpipe.stages.features import compute_entry
 from mirpipe.storage import open_store
+from mirpipe.storage.base import part_of
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_zarr_and_hdf5_return_identical_arrays_and_attributes(entry, tmp_path):
         store = open_store(backend, tmp_path / backend)
         store.write_entry("t", arrays, attrs)
         assert store.is_valid("t")
-        assert [p.name for p in (tmp_path / backend).iterdir()] == [f"t{store.suffix}"]  # one file per track
+        # two files per track: the features, and the targets (rewritten alone when a task changes)
+        assert sorted(p.name for p in (tmp_path / backend).iterdir()) == sorted([f"t.targets{store.suffix}", f"t{store.suffix}"])
         reads.append(store.read_entry("t"))
         slab = store.read_slab("t", ["cqt", "targets/chord_tag"], 5, 25)
         assert np.array_equal(slab.arrays["cqt"], arrays["cqt"][0, 5:25])
@@ -114,9 +116,9 @@ def test_zarr_direct_slab_reads_are_bit_identical_to_zarr_python(compressors, tm
     store.write_entry("t", arrays, {})
     slices = [(0, None), (5, 25), (95, 105), (99, 301), (400, 1000), (10, 10), (-50, None), (436, 437), (300, 200)]
     with store.opened("t") as (handles, _):
-        with ZipStore(store.entry_path("t"), mode="r") as zs:
-            group = zarr.open_group(store=zs, mode="r", zarr_format=3)
-            for name, data in arrays.items():
+        for name, data in arrays.items():
+            with ZipStore(store.entry_path("t", part_of(name)), mode="r") as zs:
+                group = zarr.open_group(store=zs, mode="r", zarr_format=3)
                 assert isinstance(handles[name], DirectArray)
                 for v in range(data.shape[0]):
                     for a, b in slices:

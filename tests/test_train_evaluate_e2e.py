@@ -134,3 +134,47 @@ def test_cli_run_ends_with_the_score_table(trained, tmp_path, repo_root):
     saved = json.loads((workdir / "reports" / "chord" / "scores.json").read_text())
     assert out["scores"]["chord"]["root"] == saved["root"]
     assert "chord scores (mir_eval" in res.stderr and "majmin" in res.stderr
+
+
+def test_a_new_task_computes_only_its_targets_and_retrains_nothing(trained, tmp_path):
+    """Registering a task on an existing store (the beat task of docs/extending/task.md): every
+    features item runs, but computes only the new task's targets; no feature file is rewritten (bytes
+    unchanged); the chord model is neither retrained nor scored again."""
+    import hashlib
+    import re
+    import shutil
+    from pathlib import Path
+
+    from mirpipe.models.task import TASKS
+
+    workdir = tmp_path / "work"
+    shutil.copytree(trained[0], workdir)
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(workdir, tiny_config(), progress=False).run(ex)  # current with tiny_config(), whatever ran before
+
+    def digests(part: str) -> dict[str, str]:
+        files = sorted(p for p in (workdir / "features").glob("*.zarr.zip") if (".targets." in p.name) == (part == "targets"))
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    features_before, targets_before = digests("features"), digests("targets")
+    page = Path(__file__).resolve().parent.parent / "docs" / "extending" / "task.md"
+    exec(compile(re.search(r"```python\n(.*?)```", page.read_text(), re.S).group(1), str(page), "exec"), {"__name__": "beat"})
+    try:
+        cfg = tiny_config()
+        assert "beat" in cfg.features.target_tasks() and cfg.train.tasks == ["chord"]
+        with open_executor(parse_cluster({"type": "sync"})) as ex:
+            reports = {r.stage: r for r in Runner(workdir, cfg, progress=False).run(ex)}
+    finally:
+        TASKS.unregister("beat")
+    records = {item: done["record"] for item, done in Ledger(workdir).done("features").items()}
+    assert reports["features"].done == reports["features"].scheduled == len(records) == 6
+    assert all(r["computed"] == ["targets/beat"] for r in records.values()), records
+    assert digests("features") == features_before  # no feature kind recomputed, not a byte rewritten
+    targets_after = digests("targets")
+    assert sorted(targets_after) == sorted(targets_before) and all(targets_after[n] != targets_before[n] for n in targets_after)
+    from mirpipe.storage import open_store
+
+    store = open_store("zarr", workdir / "features")
+    entry = store.read_entry(next(iter(records)), ["targets/beat", "targets/chord_tag"])
+    assert entry.arrays["targets/beat"].shape[1] == entry.arrays["targets/chord_tag"].shape[1]  # on the chord CQT's frame grid
+    assert reports["train"].scheduled == 0 and reports["evaluate"].scheduled == 0

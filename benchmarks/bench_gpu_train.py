@@ -58,6 +58,7 @@ def pack(workdir: Path, out: Path, max_mb: float) -> None:
     from mirpipe.stage import StageContext
     from mirpipe.stages.train import split_keys
     from mirpipe.storage import open_store
+    from mirpipe.storage.base import FEATURES, TARGETS
 
     cfg, _ = resolve(workdir, None, None)
     ctx = StageContext(workdir, cfg.stage_params())
@@ -75,10 +76,13 @@ def pack(workdir: Path, out: Path, max_mb: float) -> None:
         limit = used + (budget - used) * share
         for i in rng.permutation(len(keys)):
             k = keys[int(i)]
-            size = src.entry_path(k.track).stat().st_size
+            files = [(src.entry_path(k.track, part), dst.entry_path(k.track, part)) for part in (FEATURES, TARGETS)]
+            files = [(a, b) for a, b in files if a.exists()]  # an entry's features file and its targets file
+            size = sum(a.stat().st_size for a, _ in files)
             if used + size > limit:
                 continue
-            shutil.copy2(src.entry_path(k.track), dst.entry_path(k.track))
+            for a, b in files:
+                shutil.copy2(a, b)
             used += size
             picked[split].append([k.track, k.n_frames])
     train_params = ctx.params["train"].for_task(TASK)

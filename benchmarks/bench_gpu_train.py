@@ -12,10 +12,14 @@ Two steps, because a GPU machine rarely holds the corpus that made the store:
 ``run`` measures, in one process and one after the other:
 
 1. **data alone**: batches/s of the patch stream in the trainer's process, and where that time
-   goes: slab reads (store chunks, target transpose), the HCQT view of each patch, the salience
-   targets built from f0 (``prepare_batch``), and the rest (pescador's mux, stacking);
-2. **GPU alone**: the trainer's own ``train_step`` (AMP, grad scaler, clipping) on one batch kept
-   on the device: the ceiling the data must feed;
+   goes: slab reads (store chunks, target transpose), cutting each patch (its HCQT codes: the
+   view and the salience targets are made on the device, by the trainer's ``Feed``), the
+   loader-side ``prepare_batch`` (nothing for pitch), and the rest (pescador's mux, stacking);
+   then **loader alone**: batches/s out of ``epoch_loader`` with each worker count and the bytes
+   of one batch as it crosses the worker boundary, as stored codes + f0 (now) and as the float32
+   view + salience target (before);
+2. **GPU alone**: the trainer's own ``train_step`` (the ``Feed``: HCQT view and salience on the
+   device; AMP, grad scaler, clipping) on one batch kept on the device: the ceiling the data must feed;
 3. **fed**: the same steps fed by ``epoch_loader`` with 0 and N DataLoader workers, with the
    GPU's utilization sampled every 50 ms through NVML (what ``nvidia-smi`` shows) and the
    share of wall time the loop waited on the next batch;
@@ -54,6 +58,7 @@ def pack(workdir: Path, out: Path, max_mb: float) -> None:
     from mirpipe.stage import StageContext
     from mirpipe.stages.train import split_keys
     from mirpipe.storage import open_store
+    from mirpipe.storage.base import FEATURES, TARGETS
 
     cfg, _ = resolve(workdir, None, None)
     ctx = StageContext(workdir, cfg.stage_params())
@@ -71,10 +76,13 @@ def pack(workdir: Path, out: Path, max_mb: float) -> None:
         limit = used + (budget - used) * share
         for i in rng.permutation(len(keys)):
             k = keys[int(i)]
-            size = src.entry_path(k.track).stat().st_size
+            files = [(src.entry_path(k.track, part), dst.entry_path(k.track, part)) for part in (FEATURES, TARGETS)]
+            files = [(a, b) for a, b in files if a.exists()]  # an entry's features file and its targets file
+            size = sum(a.stat().st_size for a, _ in files)
             if used + size > limit:
                 continue
-            shutil.copy2(src.entry_path(k.track), dst.entry_path(k.track))
+            for a, b in files:
+                shutil.copy2(a, b)
             used += size
             picked[split].append([k.track, k.n_frames])
     train_params = ctx.params["train"].for_task(TASK)
@@ -168,10 +176,38 @@ class NoSampler:
         return {}
 
 
-def make_stream(packed: dict, root: Path, batch: int, n_shards: int, task):
+class BeforeNetwork:
+    """The pitch network's loader side as it was before batches crossed as stored codes: the
+    salience target built from f0 in numpy where the batch is cut (and the float32 HCQT view made
+    there too: a stream without ``geometry``)."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def prepare_batch(self, batch):
+        from mirpipe.models import salience as sal
+
+        f0 = batch["targets/f0_hz"]
+        return {**batch, "targets/salience": sal.salience_target(f0, self.network.grid, self.network.sigma_bins)}
+
+
+class BeforeTask:
+    """The pitch task as the loader saw it before (``BeforeNetwork``)."""
+
+    def __init__(self, task):
+        self.name, self.feature, self.targets, self.network = task.name, task.feature, task.targets, BeforeNetwork(task.network)
+
+
+def make_stream(packed: dict, root: Path, batch: int, n_shards: int, task, before: bool = False):
+    """The train stage's stream (patches as stored codes, ``geometry`` set), or with ``before`` the
+    stream as it was (the float32 view and the salience target made in the loader)."""
+    from mirpipe.storage import open_store
     from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec
 
     p = packed["train"]
+    keys = [EntryKey(t, n) for t, n in packed["keys"]["train"]]
+    val = [EntryKey(t, n) for t, n in packed["keys"]["val"]]
+    geometry = open_store(packed["backend"], root).read_attrs(keys[0].track)["features"][task.feature]
     spec = StreamSpec(
         packed["backend"],
         str(root),
@@ -180,12 +216,33 @@ def make_stream(packed: dict, root: Path, batch: int, n_shards: int, task):
         p["patch_frames"],
         p["slab_frames"],
         shifts=tuple(packed["shifts"]),
-        task=task,
+        task=BeforeTask(task) if before else task,
+        geometry=None if before else geometry,
     )
-    keys = [EntryKey(t, n) for t, n in packed["keys"]["train"]]
-    val = [EntryKey(t, n) for t, n in packed["keys"]["val"]]
     stream = PatchStream(spec, keys, MuxSettings(batch, p["n_active"], p["rate"], p["mux_mode"], n_shards), p["seed"])
     return spec, stream, keys, val
+
+
+def loader_alone(stream, workers: int, n_batches: int) -> dict[str, float]:
+    """Batches/s out of ``epoch_loader`` (no training) and the bytes of a batch as it crosses the
+    worker boundary (the tensors the loader yields)."""
+    from mirpipe.storage.torch_data import batch_bytes, epoch_loader
+
+    it = iter(epoch_loader(stream, epoch=50 + workers, n_workers=workers))
+    first = next(it)
+    for _ in range(max(2, 2 * workers)):  # workers started, handles open
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    dt = time.perf_counter() - t0
+    del it
+    return {
+        "workers": workers,
+        "batches_per_s": n_batches / dt,
+        "mb_per_batch": batch_bytes(first) / 1e6,
+        "arrays": {k: f"{tuple(v.shape)} {v.dtype}" for k, v in first.items()},
+    }
 
 
 def data_alone(spec, stream, n_batches: int) -> dict[str, float]:
@@ -219,8 +276,9 @@ def data_alone(spec, stream, n_batches: int) -> dict[str, float]:
     }
 
 
-def make_trainer(task, model, settings, out: Path):
+def make_trainer(task, model, settings, out: Path, geometry):
     from mirpipe.models.trainer import Trainer
+    from mirpipe.storage.torch_data import Feed
 
     return Trainer(
         model,
@@ -233,6 +291,7 @@ def make_trainer(task, model, settings, out: Path):
         log=lambda m: None,
         tensorboard=False,
         progress="off",
+        feed=Feed(task, geometry),
     )
 
 
@@ -330,6 +389,23 @@ def run(args) -> None:
     results["data_alone"] = data_alone(spec, stream, args.data_batches)
     print("data alone (trainer process):", json.dumps(results["data_alone"]), flush=True)
 
+    # what crosses the loader's worker boundary: stored codes and f0 now, the float32 view and the
+    # salience target before; loader batches/s (no training) with each worker count
+    _, before_stream, _, _ = make_stream(packed, root, args.batch, n_shards, task, before=True)
+    results["loader"] = []
+    for label, s in (("codes", stream), ("before", before_stream)):
+        for w in args.workers:
+            row = {"batch": label, **loader_alone(s, w, args.loader_batches)}
+            results["loader"].append(row)
+            print(f"loader alone, {label}, {w} workers:", json.dumps(row), flush=True)
+    mb = {r["batch"]: r["mb_per_batch"] for r in results["loader"]}
+    results["bytes_ratio"] = mb["before"] / mb["codes"]
+    print(
+        f"bytes per batch across the worker boundary: {mb['codes']:.3f} MB (codes + f0) vs {mb['before']:.3f} MB "
+        f"(float32 view + salience): {results['bytes_ratio']:.1f}x fewer",
+        flush=True,
+    )
+
     torch.manual_seed(0)
     model = task.network.build(n_bins=n_bins, params=params)
     results["parameters"] = sum(x.numel() for x in model.parameters())
@@ -337,7 +413,7 @@ def run(args) -> None:
         steps_per_epoch=10**9, max_epochs=1, lr=p["lr"], device=args.device, amp=not args.no_amp, seed=0, threads=args.threads
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    trainer = make_trainer(task, model, settings, tmp)
+    trainer = make_trainer(task, model, settings, tmp, spec.geometry)
     batch = to_tensors(next(stream.batches(epoch=0)))
     batch = {k: v.to(trainer.device) for k, v in batch.items()}
     results["gpu_alone"] = gpu_alone(trainer, batch, args.gpu_steps)
@@ -368,7 +444,7 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
     from mirpipe.models.trainer import Trainer, TrainerSettings
     from mirpipe.stages.train import tune_checkpoints
     from mirpipe.storage.stream import track_patches
-    from mirpipe.storage.torch_data import epoch_loader, to_tensors
+    from mirpipe.storage.torch_data import Feed, epoch_loader, to_tensors
 
     best = max(results["fed"], key=lambda r: r["steps_per_s"])
     workers = best["workers"]
@@ -414,9 +490,10 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
         tensorboard=False,
         progress="lines",
         progress_interval=30.0,
+        feed=Feed(task, spec.geometry),
     )
     summary = trainer.fit()
-    tune_checkpoints(task, trainer.model, (trainer.best_path,), val_batches, trainer.device)
+    tune_checkpoints(task, trainer.model, (trainer.best_path,), val_batches, trainer.device, trainer.feed)
     row = {k: summary[k] for k in ("steps", "epochs", "best_metric", "best_step", "metric", "seconds")}
     row.update(
         workers=workers,
@@ -447,6 +524,7 @@ def main() -> None:
     b.add_argument("--workers", type=int, nargs="+", default=[0, 4, 8])
     b.add_argument("--seconds", type=float, default=40.0, help="fed run per worker count")
     b.add_argument("--data-batches", type=int, default=40)
+    b.add_argument("--loader-batches", type=int, default=40, help="batches timed per loader-alone run")
     b.add_argument("--gpu-steps", type=int, default=100)
     b.add_argument("--threads", type=int, default=4, help="torch CPU threads in the trainer process")
     b.add_argument("--no-amp", action="store_true")

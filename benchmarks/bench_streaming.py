@@ -1,11 +1,15 @@
 """Patches per second out of the feature store, against the same mux fed from memory.
 
 The chord task's stream (feature ``cqt``, the task's targets, feature-mode shifts
--6..6 drawn per activation, the train stage's mux settings) is fed from memory (the
-upper bound: the same entries preloaded), from the Zarr store (``zarr``: slab reads
-straight from the zip members; ``zarr-python``: the same files read through zarr-python;
-``zarr-raw``: a copy written without compression), and from the HDF5 store,
-in one process and through a DataLoader with 2 workers. Beside them, in one process, the
+-6..6 drawn per activation, the train stage's mux settings, patches as the train stage
+streams them: the cqt window as stored, float16, made float32 by the trainer's ``Feed`` on
+its device) is fed from memory (the upper bound: the same entries preloaded), from the Zarr
+store (``zarr``: slab reads straight from the zip members, recently decoded chunks kept per open
+array as HDF5 keeps them; ``zarr-nocache``: every chunk decoded on every read; ``zarr-python``: the same files
+read through zarr-python; ``zarr-raw``: a copy written without compression; ``zarr-view``:
+the float32 model input made in the loader, as before batches crossed as stored codes), and
+from the HDF5 store, in one process and through a DataLoader with 2 workers. The bytes of one
+batch as it crosses a worker boundary are printed for both. Beside them, in one process, the
 lecture's plain loop (``plain-h5``): one h5py file per track holding the cqt and the chord
 targets, a pescador Streamer per track that opens its file, reads one slab and yields random
 patches (a random shift's bin window, targets as stored), a StochasticMux with the same
@@ -25,6 +29,7 @@ temporary directory).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import tempfile
@@ -43,8 +48,8 @@ from mirpipe.stages.train import TrainParams
 from mirpipe.storage import open_store
 from mirpipe.storage.base import STORE_BACKENDS
 from mirpipe.storage.stream import _HANDLES, EntryKey, MuxSettings, PatchStream, StreamSpec, preload_memory, read_slab
-from mirpipe.storage.torch_data import epoch_loader
-from mirpipe.storage.zarr_store import ZarrStore
+from mirpipe.storage.torch_data import batch_bytes, epoch_loader
+from mirpipe.storage.zarr_store import DirectArray, ZarrStore
 
 SHIFTS = tuple(range(-6, 7))
 # the plain loop's variants: patches as stored (float16), or converted to float32 per patch as mirpipe's view does
@@ -65,6 +70,21 @@ class ZarrRawStore(ZarrStore):
 
     backend = "zarr-raw"
     compressors = None
+
+
+@STORE_BACKENDS.register(name="zarr-nocache")
+class ZarrNoCacheStore(ZarrStore):
+    """The same files read straight from the zip members, every chunk decoded on every read (no
+    decoded-chunk cache: what each activation costs when an entry's chunks were not read lately)."""
+
+    backend = "zarr-nocache"
+
+    def open_arrays(self, track, names):
+        arrays, attrs, owner = super().open_arrays(track, names)
+        for a in arrays.values():
+            if isinstance(a, DirectArray):
+                a.cache_bytes = 0
+        return arrays, attrs, owner
 
 
 def ensure_store(workdir: Path, tracks: int) -> Path:
@@ -118,8 +138,9 @@ def plain_patches(path: str, feature: str, targets, patch_frames: int, slab_fram
     off = int(offsets[int(rng.integers(len(offsets)))])
     while True:
         at = int(rng.integers(0, length - patch_frames + 1))
+        patch = frames[at : at + patch_frames, off : off + n_bins]
         yield {
-            feature: frames[at : at + patch_frames, off : off + n_bins],
+            feature: patch if dtype is None else patch.astype(dtype),
             **{k: a[at : at + patch_frames] for k, a in slab.items()},
         }
 
@@ -319,6 +340,8 @@ def main() -> None:
         write_plain_h5(zarr_store, tmp / "plain", [k.track for k in keys], names)
         geometry = zarr_store.read_attrs(keys[0].track)["features"][task.feature]
         preload_memory("bench", zarr_store, keys, names)
+        # patches as the train stage streams them: the feature's stored codes (``geometry``: the cqt
+        # window as stored, float16), the trainer's Feed makes float32 on its device
         common = dict(
             feature=task.feature,
             targets=task.targets.arrays,
@@ -326,14 +349,28 @@ def main() -> None:
             slab_frames=p.slab_frames,
             shifts=SHIFTS,
             task=task,
+            geometry=geometry,
         )
         specs = {
             "memory": StreamSpec("memory", "bench", **common),
             "zarr": StreamSpec("zarr", str(root), **common),
+            "zarr-nocache": StreamSpec("zarr-nocache", str(root), **common),
             "zarr-python": StreamSpec("zarr-python", str(root), **common),
             "zarr-raw": StreamSpec("zarr-raw", str(tmp / "zarr-raw"), **common),
             "hdf5": StreamSpec("hdf5", str(tmp / "h5"), **common),
+            # the float32 model input made in the loader (before batches crossed as stored codes)
+            "zarr-view": StreamSpec("zarr", str(root), **{**common, "geometry": None}),
+            # one mux over every entry, as the plain loop has (the train stage's shards activate fewer slabs per patch)
+            "zarr-1shard": StreamSpec("zarr", str(root), **common),
         }
+        muxes = {name: dataclasses.replace(mux, n_shards=1) if name.endswith("-1shard") else mux for name in specs}
+        packed_batch = next(PatchStream(specs["memory"], keys, mux, seed=0).batches(0))
+        view_batch = next(PatchStream(specs["zarr-view"], keys, mux, seed=0).batches(0))
+        print(
+            f"bytes per batch across a worker boundary: {batch_bytes(packed_batch) / 1e6:.3f} MB as stored codes "
+            f"({', '.join(f'{k} {a.dtype}' for k, a in packed_batch.items())}), {batch_bytes(view_batch) / 1e6:.3f} MB "
+            f"with the float32 view made in the loader: {batch_bytes(view_batch) / batch_bytes(packed_batch):.2f}x smaller"
+        )
         targets = list(task.targets.arrays)
         # every entry activated about once before timing: opening an entry (metadata reads) is a
         # once-per-process cost, a slab read per activation the steady one
@@ -344,7 +381,7 @@ def main() -> None:
             order = list(specs) if r % 2 == 0 else list(specs)[::-1]
             for workers in args.workers:
                 for name in order:
-                    rate = patches_per_s(PatchStream(specs[name], keys, mux, seed=0), workers, args.batches, warmup)
+                    rate = patches_per_s(PatchStream(specs[name], keys, muxes[name], seed=0), workers, args.batches, warmup)
                     results.setdefault((name, workers), []).append(rate)
                 if workers == 0:
                     for plain_name, dtype in PLAIN.items():
@@ -374,14 +411,23 @@ def main() -> None:
             f"\ndiagnosis: one activation = one slab read of {p.slab_frames} frames feeding ~{p.rate:.0f} patches "
             f"(ms, means over {args.reads} reads through open handles)"
         )
-        costs = {name: activation_costs(spec, keys, p.slab_frames, args.reads) for name, spec in specs.items()}
+        costs = {
+            name: activation_costs(spec, keys, p.slab_frames, args.reads)
+            for name, spec in specs.items()
+            if name not in ("zarr-view", "zarr-1shard")
+        }
         cols = list(costs["zarr"])
         print(f"{'source':>12} " + " ".join(f"{c:>26}" for c in cols))
         for name, c in costs.items():
             print(f"{name:>12} " + " ".join(f"{1e3 * c[k]:>26.3f}" for k in cols))
         mem_patch = 1.0 / statistics.median(results["memory", args.workers[0]])
         per_patch = activations_per_patch(specs["memory"], keys, mux, args.batches, warmup)
-        print(f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches)")
+        one_mux = activations_per_patch(specs["memory"], keys, muxes["zarr-1shard"], args.batches, warmup)
+        print(
+            f"activations per patch (counted, in-process): {per_patch:.4f} (1 per {1 / per_patch:.0f} patches) with "
+            f"{mux.n_shards} shards; {one_mux:.4f} (1 per {1 / one_mux:.0f}) with one mux, as the plain loop "
+            f"(~1 per rate = {p.rate:.0f} patches)"
+        )
         gathered = zarr_gathered_slab(specs["zarr-python"], keys, p.slab_frames, args.reads)
         print(
             f"zarr-python slab read with the {len(names)} arrays read concurrently (async gather): {1e3 * gathered:.3f} ms "
@@ -395,7 +441,7 @@ def main() -> None:
                 f"tensorstore slab read (the {len(names)} arrays, zarr3 over its zip kvstore): {1e3 * through_ts[0]:.3f} ms "
                 f"one after another, {1e3 * through_ts[1]:.3f} ms issued together (arrays only, no shift or transpose)"
             )
-        for name in ("zarr", "zarr-python", "zarr-raw", "hdf5"):
+        for name in ("zarr", "zarr-nocache", "zarr-python", "zarr-raw", "hdf5"):
             extra = (costs[name]["slab"] - costs["memory"]["slab"]) * per_patch
             print(
                 f"{name}: slab read beyond memory {1e3 * (costs[name]['slab'] - costs['memory']['slab']):.2f} ms per "

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .salience import Grid, salience_target
+from .salience import Grid, salience_target, salience_target_torch
 
 MAX_NOTES = 16  # slots per frame; the demo's mixtures sound at most 11 notes at once
 REF_HOP = 0.01  # seconds: the reference's time base for scoring (MIREX multi-f0's 10 ms)
@@ -90,6 +90,18 @@ def multi_target(notes_hz: np.ndarray, grid: Grid = Grid(), sigma_bins: float = 
         f = notes[..., k]
         if (f > 0).any():
             np.maximum(out, salience_target(f, grid, sigma_bins), out=out)
+    return out
+
+
+def multi_target_torch(notes_hz, grid: Grid = Grid(), sigma_bins: float = 1.0):
+    """``multi_target`` in torch, on ``notes_hz``'s device (``salience_target_torch`` per slot)."""
+    import torch
+
+    out = torch.zeros(tuple(notes_hz.shape[:-1]) + (grid.n_bins,), dtype=torch.float32, device=notes_hz.device)
+    for k in range(notes_hz.shape[-1]):
+        f = notes_hz[..., k]
+        if bool((f > 0).any()):
+            out = torch.maximum(out, salience_target_torch(f, grid, sigma_bins))
     return out
 
 

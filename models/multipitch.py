@@ -4,8 +4,8 @@ Bittner et al. 2017), scored with ``mir_eval.multipitch``.
 - **Store**: the f0s of the notes sounding at each HCQT frame, ``targets/notes_hz``
   ``(T, MAX_NOTES)`` (Hz, lowest first; 0 an empty slot), from the track's ``note_hz``
   annotation (``note_midi`` converted). A shift of n semitones scales them by 2^(n/12).
-- **Batches**: ``prepare_batch`` builds the salience target from them (the maximum of each
-  note's Gaussian, peak 1, sigma 1 bin), as the melody task builds its own.
+- **Batches**: ``on_device`` builds the salience target from them on the trainer's device (the
+  maximum of each note's Gaussian, peak 1, sigma 1 bin), as the melody task builds its own.
 - **Network**: the pitch task's ``SalienceNet`` and settings (``train.models.multipitch``);
   BCE on the salience.
 - **After training**: ``tune`` sweeps the peak threshold on the validation split for the best
@@ -82,8 +82,8 @@ class MultipitchNetwork(Network):
     grid = sal.Grid()
     sigma_bins = 1.0
 
-    def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**batch, SALIENCE: mf.multi_target(batch[NOTES], self.grid, self.sigma_bins)}
+    def on_device(self, batch):
+        return {**batch, SALIENCE: mf.multi_target_torch(batch[NOTES], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
         return salience_net("multipitch", self.grid, n_bins, params)
@@ -128,7 +128,7 @@ class MultipitchDecoder(Decoder):
         with torch.no_grad():
             for batch in batches:
                 s = torch.sigmoid(model(batch[FEATURE].to(device)).float()).cpu().numpy()
-                notes = batch[NOTES].numpy()
+                notes = batch[NOTES].cpu().numpy()
                 matches += [mf.frame_matches(s[i], notes[i], self.grid) for i in range(s.shape[0])]
         threshold, accuracy = mf.tune_threshold(matches, THRESHOLDS)
         return {"threshold": threshold, "val_accuracy": accuracy}

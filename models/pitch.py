@@ -2,9 +2,10 @@
 
 - **Store**: f0 in Hz per HCQT frame (``targets/f0_hz``; 0 unvoiced). A pitch shift of n
   semitones scales it by 2^(n/12) (``transpose``), exactly.
-- **Batches**: ``prepare_batch`` turns each batch's f0 into the salience target on the output
+- **Batches**: ``on_device`` turns each batch's f0 into the salience target on the output
   grid (360 bins from C1, 60 bins/octave; a Gaussian along frequency, peak 1, sigma 1 bin = 20
-  cents) when the batch is cut, in the loader: the store never holds a salience matrix.
+  cents) on the trainer's device: the store never holds a salience matrix, and a batch crosses
+  the loader's worker boundary as f0 and the HCQT's 8-bit codes.
 - **Network**: ``models.pitch_net.SalienceNet``; loss: BCE on the salience.
 - **After training**: ``tune`` sweeps the voicing threshold on the validation split (best
   frame overall accuracy); it is kept in the checkpoint's ``state``.
@@ -149,8 +150,8 @@ class PitchNetwork(Network):
     grid = sal.Grid()
     sigma_bins = 1.0  # the target Gaussian's standard deviation: 1 bin = 20 cents (the paper's)
 
-    def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**batch, SALIENCE: sal.salience_target(batch[F0], self.grid, self.sigma_bins)}
+    def on_device(self, batch):
+        return {**batch, SALIENCE: sal.salience_target_torch(batch[F0], self.grid, self.sigma_bins)}
 
     def build(self, n_bins: int, params: PitchModel):
         return salience_net("pitch", self.grid, n_bins, params)
@@ -188,7 +189,7 @@ class PitchDecoder(Decoder):
         with torch.no_grad():
             for batch in batches:
                 s = torch.sigmoid(model(batch[FEATURE].to(device)).float()).cpu().numpy()
-                f0 = batch[F0].numpy()
+                f0 = batch[F0].cpu().numpy()
                 for i in range(s.shape[0]):
                     peak, hz = sal.peak_frequency(s[i], self.grid)
                     outcomes.append(sal.frame_outcomes(peak, hz, f0[i]))

@@ -2,8 +2,8 @@
 built from f0 per frame, decoding a salience map to a contour, tuning the voicing threshold,
 and mir_eval.melody scores with the weights that pool them exactly over tracks.
 
-Nothing here imports torch: the target is built when a batch is cut (in the loader), and
-decoding and scoring run wherever evaluation does.
+Nothing here imports torch at import time: ``salience_target_torch`` (the training target on the
+trainer's device) imports it when called; decoding and scoring run wherever evaluation does.
 """
 
 from __future__ import annotations
@@ -62,6 +62,22 @@ def salience_target(f0_hz: np.ndarray, grid: Grid = Grid(), sigma_bins: float = 
     t[~np.isfinite(t)] = 0.0
     t[t < 1e-4] = 0.0  # a sparse tail: nothing beyond ~4.3 sigma
     return t.astype(np.float32)
+
+
+def salience_target_torch(f0_hz, grid: Grid = Grid(), sigma_bins: float = 1.0):
+    """``salience_target`` in torch, on ``f0_hz``'s device (the trainer's): computed in float64 as
+    numpy computes it (float32 where the device has no float64), the same float32 result within
+    rounding."""
+    import torch
+
+    wide = torch.float32 if f0_hz.device.type == "mps" else torch.float64
+    f0 = f0_hz.to(wide)
+    voiced = f0 > 0
+    b = torch.where(voiced, grid.bins_per_octave * torch.log2(torch.where(voiced, f0, 1.0) / grid.fmin), torch.nan)
+    k = torch.arange(grid.n_bins, dtype=wide, device=f0.device)
+    t = torch.exp(-0.5 * ((k - b[..., None]) / sigma_bins) ** 2)
+    t = torch.where(torch.isfinite(t) & (t >= 1e-4), t, 0.0)  # unvoiced/ignored frames, and a sparse tail
+    return t.to(torch.float32)
 
 
 def multi_target(note_hz: Sequence[np.ndarray], grid: Grid = Grid(), sigma_bins: float = 1.0) -> np.ndarray | None:

@@ -13,8 +13,9 @@ method, that is None when absent.
   namespaces matching ``moves``: audio-mode augmentation through ``annotation_transposers`` and
   evaluate's robustness table). ``moves = None`` declares the task invariant.
 - ``network`` (``Network``; None: a target-only task, not trainable): ``Params``
-  (``train.models.<task>``), ``prepare_batch`` (batch targets derived when a batch is cut, e.g.
-  a salience map from f0), ``build``, ``loss``, ``metric`` / ``metric_name`` and ``fit_state``
+  (``train.models.<task>``), ``prepare_batch`` (batch targets derived when a batch is cut, in the
+  loader) and ``on_device`` (torch: derived on the trainer's device, e.g. a salience map from f0,
+  so that the batch crosses the loader's worker boundary small), ``build``, ``loss``, ``metric`` / ``metric_name`` and ``fit_state``
   (what it estimates from the training targets, e.g. a transition prior, kept in the checkpoint).
 - ``decoder`` (``Decoder``): ``DecodeParams`` (``evaluate.decoding.<task>``), ``predict``
   (network output of a whole track), ``decode`` (to a JAMS annotation), ``describe`` (one line
@@ -171,7 +172,15 @@ class Network:
 
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of stored targets (numpy, ``(B, T, ...)``; padded frames ``-1``) with whatever
-        the loss needs derived from them; runs where batches are cut (loader workers)."""
+        the loss needs derived from them; runs where batches are cut (loader workers), so what it
+        adds crosses the worker boundary: derive large targets in ``on_device`` instead."""
+        return batch
+
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """torch, on the trainer's device (a GPU when there is one): targets derived from the compact
+        ones the batch carries (e.g. a salience map from f0), after the model input is made
+        (``storage.torch_data.Feed``; floats are float32, integers int64). Training, validation and
+        ``Decoder.tune`` see its output. Default: the batch as it is."""
         return batch
 
     def build(self, n_bins: int, params: Any):  # Any: each task takes its own params model
@@ -196,7 +205,8 @@ class Decoder:
     """How a trained network's output becomes a JAMS annotation."""
 
     DecodeParams: ClassVar[type[BaseModel]] = NoParams
-    # optional: (model in eval mode, validation batches as ``prepare_batch`` made them, device) ->
+    # optional: (model in eval mode, validation batches as the trainer sees them (``on_device`` applied, on
+    # ``device``), device) ->
     # JSON-able values merged into the checkpoint's state (e.g. a tuned threshold); None: nothing to tune
     tune: Callable[[Any, Any, Any], dict[str, Any]] | None = None
 

@@ -37,6 +37,7 @@ import torch
 from mirpipe.errors import ConfigurationError
 from mirpipe.records import CheckpointMeta, TrainingProgress
 from mirpipe.storage.atomic import atomic_path
+from mirpipe.storage.torch_data import Feed
 
 from .checkpoint import load_checkpoint, plain
 from .settings import TrainerSettings  # noqa: F401 - the trainer's settings, declared with the pipeline's
@@ -262,6 +263,9 @@ class Trainer:
     end), ``best.pt`` (best validation metric) and TensorBoard scalars in
     ``tb/<UTC timestamp>-<run_key[:8]>/``: a folder per run; a resumed run writes on in its own.
     ``meta`` is stored in every checkpoint (what evaluation needs to rebuild the model).
+    ``feed`` makes each batch (train and validation) what the model and loss take, on the device
+    (``storage.torch_data.Feed``: the model input from the feature's stored codes, the task's
+    ``on_device`` targets); default ``Feed(task)``, for batches that already hold the model input.
 
     ``progress``: ``auto`` (a bar when ``progress_stream`` is a terminal, else
     plain lines; ``MIRPIPE_PROGRESS`` overrides), ``bar``, ``lines`` or ``off``.
@@ -284,6 +288,7 @@ class Trainer:
         progress: str = "auto",
         progress_stream: TextIO | None = None,
         progress_interval: float = 30.0,
+        feed: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ):
         if progress not in PROGRESS_MODES:
             raise ValueError(f"progress must be one of {PROGRESS_MODES}, not {progress!r}")
@@ -292,6 +297,8 @@ class Trainer:
         if task.network is None:
             raise ConfigurationError(f"task {task.name!r} has no network to train")
         self.network: Network = task.network  # the trainer needs no decoder or scorer
+        # the loader's compact batch -> the model's, on the device (model input, dtypes, on_device targets)
+        self.feed = feed or Feed(task)
         self.train_batches = train_batches
         self.val_batches = val_batches
         self.out_dir = Path(out_dir)
@@ -378,7 +385,8 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        """The batch on the device as the model and loss take it (``feed`` applied there)."""
+        return self.feed({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
 
     def _forward(self, batch: dict[str, torch.Tensor]):
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):

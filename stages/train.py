@@ -250,7 +250,7 @@ class Train(Stage):
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
         from mirpipe.models.trainer import Trainer
-        from mirpipe.storage.torch_data import epoch_loader, to_tensors
+        from mirpipe.storage.torch_data import Feed, epoch_loader, to_tensors
 
         fp: FeaturesParams = ctx.params["features"]
         task = TASKS.get(item.payload["task"])
@@ -262,10 +262,21 @@ class Train(Stage):
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
         root = ctx.dirs.store_root(fp.store_path)
-        spec = StreamSpec(
-            fp.store, str(root), task.feature, task.targets.arrays, p.patch_frames, p.slab_frames, shifts=shifts, task=task
-        )
         store = open_store(fp.store, root)
+        geometry = store.read_attrs(train_keys[0].track)["features"][task.feature]
+        # patches carry the feature's stored codes; the trainer's feed makes the model input on its device
+        spec = StreamSpec(
+            fp.store,
+            str(root),
+            task.feature,
+            task.targets.arrays,
+            p.patch_frames,
+            p.slab_frames,
+            shifts=shifts,
+            task=task,
+            geometry=geometry,
+        )
+        feed = Feed(task, geometry)
         state = task.trained.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
         manifest = read_manifest(ctx)
         weights = sampling_weights(
@@ -281,7 +292,7 @@ class Train(Stage):
         stream.check_workers(p.loader_workers)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)
-        n_bins = FEATURE_KINDS.get(task.feature).input_bins(store.read_attrs(train_keys[0].track)["features"][task.feature])
+        n_bins = FEATURE_KINDS.get(task.feature).input_bins(geometry)
         model = build_model(task, model_params, n_bins)
         settings = p.trainer_settings()
         meta = CheckpointMeta(
@@ -313,6 +324,7 @@ class Train(Stage):
             log=_log,
             progress=p.progress,
             progress_interval=p.progress_interval,
+            feed=feed,
         )
         try:
             summary = trainer.fit()
@@ -321,7 +333,7 @@ class Train(Stage):
         if not trainer.best_path.exists():
             raise RuntimeError(f"train[{task.name}]: no validation pass produced a checkpoint")
         if val_keys:
-            tune_checkpoints(task, trainer.model, (trainer.best_path, trainer.last_path), val_batches, trainer.device)
+            tune_checkpoints(task, trainer.model, (trainer.best_path, trainer.last_path), val_batches, trainer.device, feed)
         return TrainRecord(
             task=task.name,
             trained_at=time.time(),
@@ -384,18 +396,22 @@ def training_progress(ctx: StageContext) -> dict[str, dict[str, Any]]:
     return out
 
 
-def tune_checkpoints(task: Task, model, paths, batches, device) -> None:
-    """``task.trained.decoder.tune`` each checkpoint's model on the validation batches; what it returns joins
-    the checkpoint's ``meta.state`` (evaluation decodes with it). A decoder without ``tune`` costs nothing."""
+def tune_checkpoints(task: Task, model, paths, batches, device, feed=None) -> None:
+    """``task.trained.decoder.tune`` each checkpoint's model on the validation batches (made on ``device``
+    by ``feed``, ``storage.torch_data.Feed``, as the trainer makes them; default ``Feed(task)``); what it
+    returns joins the checkpoint's ``meta.state`` (evaluation decodes with it). A decoder without ``tune``
+    costs nothing."""
     from mirpipe.models.checkpoint import load_checkpoint, plain
     from mirpipe.models.trainer import atomic_save
+    from mirpipe.storage.torch_data import Feed
 
     if task.decoder is None or task.trained.decoder.tune is None:
         return
     for path in paths:
         ckpt = load_checkpoint(path, map_location=device)
         model.load_state_dict(ckpt["model"])
-        tuned = task.trained.decoder.tune(model.eval(), batches(), device)
+        fed = ((feed or Feed(task))({k: v.to(device) for k, v in b.items()}) for b in batches())
+        tuned = task.trained.decoder.tune(model.eval(), fed, device)
         meta = CheckpointMeta.from_json(ckpt["meta"])
         ckpt["meta"] = plain(meta.replace(state={**meta.state, **tuned}).to_json())  # numpy floats as Python's
         atomic_save(ckpt, path)

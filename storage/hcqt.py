@@ -256,3 +256,88 @@ def dequantize_db(q: np.ndarray, lo: float = DB_RANGE[0], hi: float = DB_RANGE[1
         raise ValueError("need hi > lo")
     step = np.float32((hi - lo) / 255.0)
     return np.asarray(q, dtype=np.float32) * step + np.float32(lo)
+
+
+class _ShiftTable:
+    """Per shift (``-margin_semitones..margin_semitones``) and harmonic: the first source bin, the
+    two interpolation weights (float32) and the bins inside the stored range, computed exactly as
+    ``harmonic_view`` computes them (the same doubles, the same float32 roundings)."""
+
+    def __init__(self, geom: WideCQT):
+        shifts = range(-geom.margin_semitones, geom.margin_semitones + 1)
+        n_wide = geom.n_wide_bins
+        rows = []
+        for shift in shifts:
+            row = []
+            for h in geom.harmonics:
+                pos = geom.harmonic_offset(h) - int(shift) * geom.bins_per_semitone
+                i0 = math.floor(pos + 1e-9)
+                frac = pos - i0
+                if frac < 1e-9:
+                    frac = 0.0
+                last = n_wide - 1 if frac == 0.0 else n_wide - 2
+                n_ok = int(np.clip(last - i0 + 1, 0, geom.n_bins))
+                row.append((i0, float(np.float32(1.0 - frac)), float(np.float32(frac)), n_ok))
+            rows.append(row)
+        table = np.array(rows, dtype=np.float64)  # (shifts, harmonics, 4); every value exact in float64
+        self.start = table[..., 0].astype(np.int64)
+        self.keep = table[..., 1].astype(np.float32)
+        self.take = table[..., 2].astype(np.float32)
+        self.n_ok = table[..., 3].astype(np.int64)
+        self.interpolates = [bool((self.take[:, i] != 0).any()) for i in range(len(geom.harmonics))]
+        self.on: dict = {}  # device -> the tables as tensors there
+
+    def tensors(self, device):
+        import torch
+
+        if device not in self.on:
+            self.on[device] = tuple(torch.from_numpy(a).to(device) for a in (self.start, self.keep, self.take, self.n_ok))
+        return self.on[device]
+
+
+@lru_cache(maxsize=16)
+def _shift_table(geom: WideCQT) -> _ShiftTable:
+    return _ShiftTable(geom)
+
+
+def torch_harmonic_view(codes, shift, geom: WideCQT, db_range=DB_RANGE):
+    """``harmonic_view`` of a batch in torch, on the tensors' device: ``codes`` ``(B, T, n_wide_bins)``
+    (uint8 codes of ``quantize_db`` over ``db_range``, or dB when ``db_range`` is None), ``shift``
+    ``(B,)`` semitones per patch -> ``(B, H, T, n_bins)`` float32, each patch equal to
+    ``harmonic_view(dequantize_db(codes[b], *db_range), geom, shift[b])`` (the same float32
+    operations in the same order; bins past the stored range get each patch's minimum)."""
+    import torch
+
+    if codes.ndim != 3 or codes.shape[2] != geom.n_wide_bins:
+        raise ValueError(f"codes must be (B, T, {geom.n_wide_bins}), got {tuple(codes.shape)}")
+    device = codes.device
+    if db_range:
+        lo, hi = float(db_range[0]), float(db_range[1])
+        if not hi > lo:
+            raise ValueError("need hi > lo")
+        step = torch.tensor(np.float32((hi - lo) / 255.0), device=device)
+        db = codes.to(torch.float32) * step + torch.tensor(np.float32(lo), device=device)
+    else:
+        db = codes.to(torch.float32)
+    shift = shift.to(device=device, dtype=torch.int64).reshape(-1)
+    if bool((shift.abs() > geom.margin_semitones).any()):
+        raise ValueError(f"shifts must have |shift| <= {geom.margin_semitones}, got {shift.tolist()}")
+    B, T, n_wide = db.shape
+    table = _shift_table(geom)
+    start, keep, take, n_ok = table.tensors(device)
+    row = shift + geom.margin_semitones
+    fill = db.reshape(B, -1).amin(dim=1) if T else torch.zeros(B, device=device)
+    k = torch.arange(geom.n_bins, device=device)
+    out = torch.empty((B, len(geom.harmonics), T, geom.n_bins), dtype=torch.float32, device=device)
+    for i in range(len(geom.harmonics)):
+        cols = start[row, i][:, None] + k[None, :]  # (B, n_bins)
+        inside = k[None, :] < n_ok[row, i][:, None]
+        lo_idx = cols.clamp(0, n_wide - 1)[:, None, :].expand(B, T, geom.n_bins)
+        lo_val = torch.gather(db, 2, lo_idx)
+        if table.interpolates[i]:
+            hi_idx = (cols + 1).clamp(0, n_wide - 1)[:, None, :].expand(B, T, geom.n_bins)
+            val = lo_val * keep[row, i][:, None, None] + take[row, i][:, None, None] * torch.gather(db, 2, hi_idx)
+        else:
+            val = lo_val
+        out[:, i] = torch.where(inside[:, None, :], val, fill[:, None, None])
+    return out

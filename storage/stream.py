@@ -21,7 +21,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,10 @@ class StreamSpec:
     shifts: tuple[int, ...] = (0,)  # semitones an activation draws from
     task: Any = None  # what moves the targets under a shift (``targets.transpose(targets, n)``) and derives batch
     # targets from stored ones (``network.prepare_batch(batch)``); None: only shift 0, batches as stored
+    # the streamed feature's geometry, as every entry must hold it: set, a patch carries the kind's compact
+    # parts (``FeatureKind.packer``: stored codes, not floats) and the trainer's ``torch_data.Feed`` makes
+    # the model input on its device (``FeatureKind.device_view``); None, a patch carries the model input
+    geometry: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def names(self) -> list[str]:
@@ -116,6 +120,11 @@ class HandleCache:
 _HANDLES = HandleCache()
 
 
+def part_key(feature: str, part: str) -> str:
+    """The batch key of a part of a packed patch (``FeatureKind.packer``): ``""`` is the feature's own."""
+    return f"{feature}:{part}" if part else feature
+
+
 @dataclass
 class Slab:
     """Stored frames of one variant, the residual shift still to apply, and how to view them."""
@@ -124,13 +133,18 @@ class Slab:
     targets: dict[str, np.ndarray]  # already moved by the residual shift
     shift: int
     kind: FeatureKind
-    view: Callable[[np.ndarray], np.ndarray]  # stored frames -> model input at ``shift`` (built once per slab)
+    # stored frames -> what a patch carries at ``shift``, by part (built once per slab): the model input
+    # (``{"": viewer(frames)}``) or the kind's compact parts (``packer``)
+    view: Callable[[np.ndarray], dict[str, np.ndarray]]
 
     def __len__(self) -> int:
         return self.frames.shape[0]
 
     def patch(self, feature: str, at: int, n: int) -> dict[str, np.ndarray]:
-        return {feature: self.view(self.frames[at : at + n]), **{name: a[at : at + n] for name, a in self.targets.items()}}
+        out = {part_key(feature, part): a for part, a in self.view(self.frames[at : at + n]).items()}
+        for name, a in self.targets.items():
+            out[name] = a[at : at + n]
+        return out
 
     def pad(self, n: int) -> Slab:
         """Padded to ``n`` frames: the feature with its floor (silence), targets with ``IGNORE``."""
@@ -155,7 +169,15 @@ def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int
     geometry = attrs["features"][spec.feature]
     kind = FEATURE_KINDS.get(geometry["kind"])
     frames = np.asarray(arrays[spec.feature][variant, start:stop])
-    return Slab(frames, targets, residual, kind, kind.viewer(geometry, residual))
+    if spec.geometry is None:
+        view = kind.viewer(geometry, residual)
+        return Slab(frames, targets, residual, kind, lambda f: {"": view(f)})
+    if geometry != spec.geometry:
+        raise ValueError(
+            f"entry {key.track}: its {spec.feature} geometry {geometry} is not the stream's {dict(spec.geometry)} "
+            "(entries written with other feature settings: rerun features)"
+        )
+    return Slab(frames, targets, residual, kind, kind.packer(geometry, residual))
 
 
 def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[str, np.ndarray]]:
@@ -287,7 +309,7 @@ def track_patches(spec: StreamSpec, keys: Sequence[EntryKey], batch_size: int) -
         for at in range(0, key.n_frames, spec.patch_frames):
             buf.append(slab.patch(spec.feature, at, spec.patch_frames))
             if len(buf) == batch_size:
-                yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in spec.names})
+                yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in buf[0]})
                 buf = []
     if buf:
-        yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in spec.names})
+        yield spec.prepare({n: np.stack([p[n] for p in buf]) for n in buf[0]})

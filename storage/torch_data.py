@@ -1,28 +1,73 @@
-"""The bridge from patch streams to ``torch.utils.data``: batches ready for a trainer.
+"""The bridge from patch streams to ``torch.utils.data``, and from the loader's batches to the model's.
 
 Each DataLoader worker takes the shards ``worker, worker + n_workers, ...`` of the
 stream; the loader's round-robin over workers then restores the global batch
 order, so batch ``i`` of an epoch is the same with 0, 1 or 2 workers.
+
+Batches cross the worker boundary small: arrays as the store keeps them (``to_tensors`` converts
+nothing; with ``StreamSpec.geometry`` set, the feature as its kind's stored codes,
+``FeatureKind.packer``) and targets as stored (f0, not a salience matrix). The trainer applies a
+``Feed`` on its device: the model input (``FeatureKind.device_view``), floats as float32 and
+integers as int64, then the targets the task derives there (``Network.on_device``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .feature_kinds import FEATURE_KINDS
 from .stream import PatchStream
 
 
 def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Features as float32; integer targets as int64 (class indices and masks)."""
-    out = {}
-    for name, a in batch.items():
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        out[name] = t.float() if a.dtype.kind == "f" else t.long()
-    return out
+    """Every array as a tensor of its own dtype (uint8 codes, float16 features, int16 targets stay
+    as small as stored; ``Feed`` converts them where the model runs)."""
+    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in batch.items()}
+
+
+def batch_bytes(batch: Mapping[str, Any]) -> int:
+    """Bytes of a batch's arrays (numpy or torch): what crosses a DataLoader worker boundary."""
+    return sum(int(a.nbytes) if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in batch.values())
+
+
+class Feed:
+    """What the trainer applies to each batch on its device: the loader's compact batch -> the model's.
+
+    1. the model input from the feature's parts (``FeatureKind.device_view`` of ``geometry``; without
+       a geometry the batch already holds the model input, as ``StreamSpec.geometry`` None streams it);
+    2. every other array as the losses take it: floats as float32, integers as int64;
+    3. the targets the task derives on the device (``task.network.on_device``, e.g. a salience
+       map from f0).
+
+    ``task`` is the streamed task (its ``feature`` and ``network``); a pure function of the batch,
+    so resuming stays exact.
+    """
+
+    def __init__(self, task: Any, geometry: Mapping[str, Any] | None = None):
+        self.feature: str = task.feature
+        self.network = task.network
+        self.view = None if geometry is None else FEATURE_KINDS.get(geometry["kind"]).device_view(geometry)
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        prefix = self.feature + ":"
+        parts: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for name, t in batch.items():
+            if name == self.feature:
+                parts[""] = t
+            elif name.startswith(prefix):
+                parts[name[len(prefix) :]] = t
+            else:
+                out[name] = t.float() if t.is_floating_point() else t.long()
+        if parts:
+            x = parts[""] if self.view is None else self.view(parts)
+            out = {self.feature: x.float(), **out}
+        return out if self.network is None else self.network.on_device(out)
 
 
 class PatchDataset(IterableDataset):

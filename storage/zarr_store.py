@@ -14,7 +14,11 @@ five arrays. The files are the ones zarr-python writes; anything the direct path
 
 from __future__ import annotations
 
+import os
+import struct
 import zipfile
+import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +42,18 @@ def _array_names(group: zarr.Group, prefix: str = "") -> list[str]:
     return sorted(names)
 
 
+class CorruptChunkError(zipfile.BadZipFile):
+    """A chunk of an entry that fails its CRC-32, is cut short or does not decode: names the entry
+    file, the array and the chunk (rerun features to rewrite the entry)."""
+
+    def __init__(self, path: str, array: str, chunk: str, reason: str):
+        super().__init__(f"{path}: array {array!r}, chunk {chunk}: {reason} (a damaged entry: rerun features)")
+        self.path, self.array, self.chunk = path, array, chunk
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+
+
 class DirectArray:
     """A zarr v3 array inside an entry's zip, read chunk by chunk from its zip members.
 
@@ -46,12 +62,30 @@ class DirectArray:
     ``[v]`` and ``[v, start:stop]`` are read here; any other key and every attribute
     (``shape``, ``nchunks_initialized``...) go to the zarr-python array. A chunk missing
     from the zip reads as the fill value, as zarr-python reads it.
+
+    A stored member is one ``os.pread`` at the data offset its local header gives (parsed once per
+    member and open), not ``ZipFile.read`` (which re-reads the local header and wraps a file object
+    per call). Integrity as zipfile's: each member's CRC-32 is checked on its first read through this
+    open handle (a streamer reads the same chunks again and again: later reads skip the CRC of bytes
+    already verified), its length every time, and the codec must decode it; a failure is a
+    ``CorruptChunkError`` naming the entry, the array and the chunk. Decoded chunks are kept per open
+    array up to ``cache_bytes`` (least recently used dropped first), as HDF5 keeps 1 MiB per open
+    dataset: the slabs a streamer cuts again from an entry whose handles are open decode once.
     """
+
+    # decoded chunks kept per open array, least recently used dropped first: HDF5's default chunk cache
+    # (1 MiB per open dataset), so a streamer's repeated slabs of an entry decode once; 0: none
+    cache_bytes: int = 1 << 20
 
     def __init__(self, array: zarr.Array, zf: zipfile.ZipFile, decoder: Any, endian: Literal["<", ">"]):
         self.array = array
         self.zf = zf
         self.decoder = decoder
+        self.fd = zf.fp.fileno() if zf.fp is not None else -1
+        self.members: dict[str, tuple[int, int, int] | None] = {}  # key -> (data offset, size, CRC-32); None: not stored
+        self.verified: set[str] = set()
+        self.cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (v, t) -> decoded chunk, read-only
+        self.cached_bytes = 0
         meta = array.metadata
         assert isinstance(meta, ArrayV3Metadata) and isinstance(meta.chunk_grid, RegularChunkGrid)  # checked by ``direct``
         self.chunks = tuple(meta.chunk_grid.chunk_shape)
@@ -86,15 +120,69 @@ class DirectArray:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.array, name)
 
+    def _member(self, key: str) -> tuple[int, int, int] | None:
+        """(data offset, size, CRC-32) of a stored member (KeyError when the zip has none), None for
+        one this reader leaves to ``ZipFile.read`` (compressed or encrypted by another writer)."""
+        if key in self.members:
+            return self.members[key]
+        info = self.zf.getinfo(key)
+        found = None
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1 and self.fd >= 0:
+            header = os.pread(self.fd, _LOCAL_HEADER.size, info.header_offset)
+            if len(header) != _LOCAL_HEADER.size:
+                raise CorruptChunkError(str(self.zf.filename), self.array.path, key, "its local header is cut short")
+            signature, n_name, n_extra = _LOCAL_HEADER.unpack(header)
+            if signature != b"PK\x03\x04":
+                raise CorruptChunkError(str(self.zf.filename), self.array.path, key, "bad local header")
+            found = (info.header_offset + _LOCAL_HEADER.size + n_name + n_extra, info.compress_size, info.CRC)
+        self.members[key] = found
+        return found
+
+    def _raw(self, key: str) -> bytes:
+        member = self._member(key)
+        if member is None:
+            return self.zf.read(key)
+        offset, size, crc = member
+        raw = os.pread(self.fd, size, offset)
+        if len(raw) != size:
+            raise CorruptChunkError(str(self.zf.filename), self.array.path, key, f"{len(raw)} of its {size} bytes")
+        if key not in self.verified:
+            if zlib.crc32(raw) != crc:
+                raise CorruptChunkError(str(self.zf.filename), self.array.path, key, "bad CRC-32")
+            self.verified.add(key)
+        return raw
+
     def _chunk(self, v: int, t: int) -> np.ndarray:
-        """Chunk (v, t): ``(chunk frames, ...)`` of variant ``v``."""
+        """Chunk (v, t): ``(chunk frames, ...)`` of variant ``v`` (read-only when it comes from the cache)."""
+        hit = self.cache.get((v, t))
+        if hit is not None:
+            self.cache.move_to_end((v, t))
+            return hit
+        chunk = self._read_chunk(v, t)
+        if 0 < chunk.nbytes <= self.cache_bytes:
+            chunk.flags.writeable = False
+            self.cache[v, t] = chunk
+            self.cached_bytes += chunk.nbytes
+            while self.cached_bytes > self.cache_bytes:
+                _, old = self.cache.popitem(last=False)
+                self.cached_bytes -= old.nbytes
+        return chunk
+
+    def _read_chunk(self, v: int, t: int) -> np.ndarray:
         key = self.prefix + self.encode((v, t) + (0,) * (len(self.chunks) - 2))
         try:
-            raw = self.zf.read(key)
+            raw = self._raw(key)
         except KeyError:
             return np.full(self.chunks[1:], self.fill)
-        data = raw if self.decoder is None else self.decoder.decode(raw)
-        return np.frombuffer(data, self.stored).reshape(self.chunks).astype(self.dtype, copy=False)[0]
+        except zipfile.BadZipFile as exc:
+            if isinstance(exc, CorruptChunkError):
+                raise
+            raise CorruptChunkError(str(self.zf.filename), self.array.path, key, str(exc)) from exc
+        try:
+            data = raw if self.decoder is None else self.decoder.decode(raw)
+            return np.frombuffer(data, self.stored).reshape(self.chunks).astype(self.dtype, copy=False)[0]
+        except (RuntimeError, ValueError) as exc:  # numcodecs' zstd errors, a wrong decoded size
+            raise CorruptChunkError(str(self.zf.filename), self.array.path, key, f"does not decode ({exc})") from exc
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, (int, np.integer)):

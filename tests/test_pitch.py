@@ -1,5 +1,6 @@
 """The pitch task: salience targets, threshold tuning, decoding, melody scores, resume, end to end."""
 
+import itertools
 import json
 
 import jams
@@ -13,8 +14,9 @@ from mirpipe.models.task import TASKS, pool_weighted
 from mirpipe.models.trainer import Trainer, TrainerSettings
 from mirpipe.storage import open_store
 from mirpipe.storage.feature_kinds import FEATURE_KINDS
+from mirpipe.storage.hcqt import WideCQT
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
-from mirpipe.storage.torch_data import epoch_loader, to_tensors
+from mirpipe.storage.torch_data import Feed, batch_bytes, epoch_loader, to_tensors
 
 TASK = TASKS.get("pitch")
 GRID = sal.Grid()
@@ -47,7 +49,9 @@ def test_shifted_f0_scales_exactly_and_moves_the_target_by_5_bins_a_semitone(n):
     np.testing.assert_allclose(moved[f0 > 0], f0[f0 > 0] * 2.0 ** (n / 12), rtol=1e-6)
     assert (moved[f0 <= 0] == f0[f0 <= 0]).all()
     np.testing.assert_allclose(
-        TASK.network.prepare_batch({F0: moved})["targets/salience"], np.roll(sal.salience_target(f0), 5 * n, axis=-1), atol=2e-4
+        TASK.network.on_device({F0: torch.from_numpy(moved)})["targets/salience"].numpy(),
+        np.roll(sal.salience_target(f0), 5 * n, axis=-1),
+        atol=2e-4,
     )
 
 
@@ -222,8 +226,17 @@ def hcqt_store(tmp_path_factory):
 def _pitch_trainer(store, frames, out_dir, workers=0):
     torch.manual_seed(0)
     model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
+    geometry = store.read_attrs("p0")["features"]["hcqt"]  # packed batches, as the train stage streams them
     spec = StreamSpec(
-        "zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 0, 2), task=TASK
+        "zarr",
+        str(store.root),
+        "hcqt",
+        TASK.targets.arrays,
+        patch_frames=16,
+        slab_frames=64,
+        shifts=(-2, 0, 2),
+        task=TASK,
+        geometry=geometry,
     )
     keys = [EntryKey(f"p{i}", n) for i, n in enumerate(frames)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=2, n_active=2, rate=4, n_shards=2), seed=3)
@@ -248,19 +261,70 @@ def _pitch_trainer(store, frames, out_dir, workers=0):
         run_key="pitch",
         log=lambda m: None,
         tensorboard=False,
+        feed=Feed(TASK, geometry),
     )
 
 
-def test_batches_carry_the_salience_built_from_their_f0(hcqt_store):
-    store, frames = hcqt_store
+def _pitch_stream(store, frames, geometry=None, n_keys=2, batch_size=6, n_shards=1):
     spec = StreamSpec(
-        "zarr", str(store.root), "hcqt", TASK.targets.arrays, patch_frames=16, slab_frames=64, shifts=(-2, 2), task=TASK
+        "zarr",
+        str(store.root),
+        "hcqt",
+        TASK.targets.arrays,
+        patch_frames=16,
+        slab_frames=64,
+        shifts=(-2, 0, 2),
+        task=TASK,
+        geometry=geometry,
     )
-    batch = next(
-        PatchStream(spec, [EntryKey("p0", frames[0])], MuxSettings(batch_size=3, n_active=1, rate=4, n_shards=1), 0).batches(0)
-    )
-    assert batch["hcqt"].shape == (3, 6, 16, 360) and batch["targets/salience"].shape == (3, 16, 360)
-    np.testing.assert_array_equal(batch["targets/salience"], sal.salience_target(batch[F0]))
+    keys = [EntryKey(f"p{i}", frames[i]) for i in range(n_keys)]
+    return PatchStream(spec, keys, MuxSettings(batch_size=batch_size, n_active=2, rate=4, n_shards=n_shards), 0)
+
+
+def test_batches_cross_as_codes_and_f0_and_the_device_makes_the_numpy_view_and_salience(hcqt_store):
+    """The same seed gives the same batches: the loader ships the HCQT's uint8 codes, the shift and f0;
+    ``Feed`` on the trainer's device makes the float32 view and the salience target of the numpy path,
+    in at least 4x fewer bytes."""
+    store, frames = hcqt_store
+    geometry = store.read_attrs("p0")["features"]["hcqt"]
+    n_wide = WideCQT.from_json(geometry["wide"]).n_wide_bins
+    old_stream, new_stream = _pitch_stream(store, frames), _pitch_stream(store, frames, geometry)
+    feed = Feed(TASK, geometry)
+    shifts = set()
+    for old, new in itertools.islice(zip(old_stream.batches(0), new_stream.batches(0)), 4):
+        # before: the float32 view and the salience built from f0 where the batch is cut
+        old = {**old, "targets/salience": sal.salience_target(old[F0])}
+        assert old["hcqt"].shape == (6, 6, 16, 360) and old["hcqt"].dtype == np.float32
+        assert set(new) == {"hcqt", "hcqt:shift", F0}
+        assert new["hcqt"].shape == (6, 16, n_wide) and new["hcqt"].dtype == np.uint8 and new["hcqt:shift"].dtype == np.int8
+        np.testing.assert_array_equal(new[F0], old[F0])
+        assert batch_bytes(old) >= 4 * batch_bytes(new), (batch_bytes(old), batch_bytes(new))
+        made = feed(to_tensors(new))
+        assert set(made) == {"hcqt", F0, "targets/salience"}
+        assert made["hcqt"].dtype == torch.float32 and made["targets/salience"].dtype == torch.float32
+        np.testing.assert_allclose(made["hcqt"].numpy(), old["hcqt"], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(made["targets/salience"].numpy(), old["targets/salience"], rtol=1e-6, atol=1e-7)
+        shifts |= set(new["hcqt:shift"].tolist())
+    assert len(shifts) > 1  # several shifts in one batch: each patch viewed at its own
+
+
+def test_an_entry_of_other_feature_settings_is_refused_by_a_packed_stream(hcqt_store):
+    store, frames = hcqt_store
+    geometry = {**store.read_attrs("p0")["features"]["hcqt"], "db_range": [-90.0, 40.0]}
+    with pytest.raises(ValueError, match="p0: its hcqt geometry"):
+        next(_pitch_stream(store, frames, geometry, n_keys=1).batches(0))
+
+
+def test_packed_pitch_batches_are_the_same_through_0_and_2_loader_workers(hcqt_store):
+    store, frames = hcqt_store
+    stream = _pitch_stream(store, frames, store.read_attrs("p0")["features"]["hcqt"], n_keys=4, batch_size=3, n_shards=2)
+    a = list(itertools.islice(epoch_loader(stream, 1, n_workers=0), 6))
+    b = list(itertools.islice(epoch_loader(stream, 1, n_workers=2), 6))
+    assert a[0]["hcqt"].dtype == torch.uint8
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
 
 
 def test_the_loss_is_the_same_for_float16_logits_as_under_cuda_autocast():
@@ -286,8 +350,8 @@ def test_pitch_k_steps_then_resume_to_2k_equals_2k_in_one_go(hcqt_store, tmp_pat
     second = _pitch_trainer(store, frames, tmp_path / "resumed", workers=2)
     second.fit(stop_at_step=2 * k)
     a, b = straight.model.state_dict(), second.model.state_dict()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in a:  # bitwise: the batches' HCQT view and salience are made by the trainer's feed, deterministically
+        assert torch.equal(a[name], b[name]), name
     assert [r["raw_pitch_accuracy"] for r in second.state.history] == [r["raw_pitch_accuracy"] for r in straight.state.history]
 
 

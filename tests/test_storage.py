@@ -143,3 +143,58 @@ def test_zarr_layouts_the_direct_path_does_not_know_read_through_zarr_python(tmp
     with open_store("zarr", tmp_path).opened("t") as (handles, _):
         assert isinstance(handles["cqt"], zarr.Array)
         assert handles["cqt"][1, 40:260].tobytes() == data[1, 40:260].tobytes()
+
+
+@pytest.mark.parametrize("compressors", ["auto", None])
+def test_a_damaged_chunk_is_an_error_naming_the_entry_array_and_chunk(compressors, tmp_path, monkeypatch):
+    """Direct reads skip ``ZipFile.read`` but not its integrity: one flipped byte in a chunk (raw or
+    zstd) fails its CRC-32 on the first read, named by entry file, array and chunk; the other
+    arrays read as before."""
+    import zipfile
+
+    from mirpipe.storage.zarr_store import CorruptChunkError
+
+    rng = np.random.default_rng(1)
+    arrays = {"cqt": rng.standard_normal((1, 300, 20)).astype(np.float16), "targets/tag": np.zeros((1, 300), np.int16)}
+    store = open_store("zarr", tmp_path)
+    monkeypatch.setattr(store, "compressors", compressors)
+    store.write_entry("t", arrays, {})
+    path = store.entry_path("t")
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("cqt/c/0/0/0")
+        name_len = len(info.filename.encode())
+    data = bytearray(path.read_bytes())
+    # the member's data starts after its 30-byte local header, name and extra field
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    at = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    with store.opened("t") as (handles, _):
+        np.testing.assert_array_equal(handles["targets/tag"][0, 10:20], arrays["targets/tag"][0, 10:20])
+        with pytest.raises(CorruptChunkError, match=r"t\.zarr\.zip: array 'cqt', chunk cqt/c/0/0/0: bad CRC-32") as err:
+            handles["cqt"][0, 10:20]
+    assert isinstance(err.value, zipfile.BadZipFile) and err.value.array == "cqt"
+
+
+def test_zarr_direct_reads_keep_decoded_chunks_within_their_budget_and_return_copies(tmp_path, monkeypatch):
+    """An open array keeps its recently decoded chunks (HDF5's 1 MiB chunk cache): a slab read twice
+    decodes once, what a caller gets is its own copy, and the cache never exceeds its bytes."""
+    from mirpipe.storage import base
+    from mirpipe.storage.zarr_store import DirectArray
+
+    monkeypatch.setattr(base, "CHUNK_FRAMES", 100)
+    monkeypatch.setattr(DirectArray, "cache_bytes", 2 * 100 * 30 * 2)  # two float16 chunks
+    data = np.random.default_rng(2).standard_normal((1, 437, 30)).astype(np.float16)
+    store = open_store("zarr", tmp_path)
+    store.write_entry("t", {"cqt": data}, {})
+    with store.opened("t") as (handles, _):
+        a = handles["cqt"]
+        decoded = []
+        monkeypatch.setattr(a, "_read_chunk", lambda v, t, read=a._read_chunk: decoded.append(t) or read(v, t))
+        first = a[0, 150:250]
+        first[:] = 0  # the caller's copy
+        assert a[0, 150:250].tobytes() == data[0, 150:250].tobytes() and decoded == [1, 2]
+        assert a[0, 0:437].tobytes() == data[0].tobytes()
+        assert (
+            decoded == [1, 2, 0, 1, 2, 3, 4] and a.cached_bytes <= DirectArray.cache_bytes and list(a.cache) == [(0, 3), (0, 4)]
+        )

@@ -198,3 +198,29 @@ def test_sampling_enters_the_training_fingerprint_only_where_it_changes_training
 
     assert "sampling" not in fingerprinted(TrainParams())
     assert fingerprinted(TrainParams(sampling="frames"))["sampling"] == "frames"
+
+
+def test_packed_cqt_batches_cross_as_float16_and_the_feed_makes_the_float32_view(store):
+    """With the geometry set, the cqt window crosses as stored (float16, targets as stored dtypes):
+    half the bytes, and ``Feed`` makes exactly the float32 batch of the unpacked stream, through 0
+    and 2 loader workers alike."""
+    import dataclasses
+
+    import torch
+
+    from mirpipe.storage.torch_data import Feed, batch_bytes
+
+    settings = MuxSettings(batch_size=6, n_active=3, rate=5.0, n_shards=2)
+    spec = _spec(store.backend, str(store.root))
+    packed = PatchStream(dataclasses.replace(spec, geometry=GEOMETRY), _keys(), settings, 7)
+    plain = PatchStream(spec, _keys(), settings, 7)
+    feed = Feed(spec.task, GEOMETRY)
+    for workers in (0, 2):
+        for p, v in zip(_take(packed, 5, workers=workers), _take(plain, 5, workers=workers), strict=True):
+            assert p["cqt"].dtype == torch.float16 and v["cqt"].dtype == torch.float32
+            assert p["targets/frame_id"].dtype == torch.int32  # as stored: the feed makes int64 on the device
+            assert batch_bytes(v) - batch_bytes(p) == p["cqt"].numel() * 2
+            made, want = feed(p), feed(v)
+            assert made.keys() == want.keys() and made["targets/frame_id"].dtype == torch.int64
+            for k in made:
+                assert made[k].dtype == want[k].dtype and torch.equal(made[k], want[k]), k

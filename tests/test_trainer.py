@@ -8,7 +8,7 @@ from mirpipe.models import chord
 from mirpipe.models.task import TASKS
 from mirpipe.models.trainer import Trainer, TrainerSettings
 from mirpipe.storage.stream import EntryKey, MuxSettings, PatchStream, StreamSpec, track_patches
-from mirpipe.storage.torch_data import epoch_loader, to_tensors
+from mirpipe.storage.torch_data import Feed, epoch_loader, to_tensors
 
 TASK = TASKS.get("chord")
 N_BINS = 48
@@ -26,7 +26,10 @@ def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", 
         **{"architecture": "cr2", "structured": True, "hidden": 8, "channels": 4, "dropout": 0.3, **model}
     )
     model = TASK.network.build(n_bins=N_BINS, params=params)
-    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64)
+    geometry = store.read_attrs("t0")["features"][TASK.feature]  # packed batches and a feed, as the train stage has them
+    spec = StreamSpec(
+        "zarr", str(store.root), TASK.feature, TASK.targets.arrays, patch_frames=32, slab_frames=64, geometry=geometry
+    )
     keys = [EntryKey(f"t{i}", 150 + 20 * i) for i in range(6)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
     settings = TrainerSettings(
@@ -53,6 +56,7 @@ def _trainer(store, out_dir, workers=0, run_key="run-1", lr_schedule="plateau", 
         meta={"note": "test"},
         log=lambda m: None,
         tensorboard=False,
+        feed=Feed(TASK, geometry),
     )
 
 

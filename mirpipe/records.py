@@ -347,7 +347,7 @@ class ItemResult(Record):
     """What running one item returns to the runner (``pipeline.execute.execute_item``): done with the
     stage's record in JSON form, or failed with the ledger's failure row."""
 
-    status: str  # "done" | "failed"
+    status: str  # "done" | "failed" | "stopped" (saved and stopped on request: resumed by the next run)
     item: str | None = None
     record: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None

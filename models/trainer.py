@@ -34,8 +34,10 @@ from typing import Any, TextIO, cast
 import numpy as np
 import torch
 
+from mirpipe import stop
 from mirpipe.errors import ConfigurationError
 from mirpipe.records import CheckpointMeta, TrainingProgress
+from mirpipe.stop import StopRequested
 from mirpipe.storage.atomic import atomic_path
 from mirpipe.storage.torch_data import Feed
 
@@ -532,7 +534,9 @@ class Trainer:
         )
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
-        """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would."""
+        """Train until early stopping or ``max_epochs``; ``stop_at_step`` interrupts (checkpointed) like a kill would.
+        A stop request (``mirpipe.stop``: SIGTERM) saves ``last.pt`` after the current step and raises
+        ``StopRequested``; the next run resumes from it exactly."""
         resumed = self.try_resume()
         st, s = self.state, self.settings
         self._start_run(resumed)
@@ -566,6 +570,11 @@ class Trainer:
                         self._progress.epoch_end()
                     if st.global_step % s.checkpoint_every == 0 or st.finished or st.global_step == stop_at_step:
                         self.save_last()
+                    if stop.requested() and not st.finished:  # SIGTERM: a walltime, a pre-emption
+                        self.save_last()
+                        raise StopRequested(
+                            f"train[{self.task.name}]: stopped at step {st.global_step}, checkpoint {self.last_path}"
+                        )
                     if epoch_done or st.global_step == stop_at_step:
                         break
             self.save_last()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mirpipe import stop
 from mirpipe.errors import ConfigurationError
 from mirpipe.workdir import Workdir
 
@@ -131,6 +132,7 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
 
     runner = Runner(workdir, pipeline, log=lambda m: _echo(m, json_mode))
     t0 = time.perf_counter()
+    stop.install_sigterm_handler(lambda m: _echo(m, json_mode))  # a walltime's SIGTERM: save, stop, say how to resume
 
     with workdir_lock(workdir), stdout_to_stderr(json_mode):
         wd.record(workdir, pipeline, cluster)  # under the lock: a refused second run changes nothing
@@ -146,7 +148,11 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
     _status_table(rows, lambda m: _echo(m, json_mode))
     scores = _scores(workdir, pipeline) if any(r.stage == "evaluate" for r in reports) else {}
     _score_table(scores, workdir, json_mode)
-    _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
+    stopped = stop.requested()
+    if stopped:
+        _echo(f"mirpipe: {stop.RESUME_HINT} (training resumes from its last checkpoint)", json_mode)
+    else:
+        _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
         status_rows = {r["stage"]: r for r in rows}
         click.echo(
@@ -156,10 +162,11 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
                     "stages": {r.stage: r.summary() for r in reports},
                     "status": status_rows,
                     "scores": {task: s.to_json() for task, s in scores.items()},
+                    "stopped": stopped,
                 }
             )
         )
-    return _exit_code(rows)
+    return EXIT_FAILED_ITEMS if stopped else _exit_code(rows)
 
 
 def _exit_code(status_rows) -> int:

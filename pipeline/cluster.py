@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mirpipe import stop
 from mirpipe.errors import ConfigurationError
 
 from .cluster_config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
@@ -29,10 +31,31 @@ class SyncExecutor:
 
     def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
         for key, args in calls:
+            if stop.requested():  # SIGTERM: nothing more starts
+                return
             try:
                 yield key, fn(*args)
             except Exception as exc:  # noqa: BLE001 - as Dask hands back a task's exception: the runner classifies it
                 yield key, exc
+
+
+class _StopWatcher(threading.Thread):
+    """Passes a stop request of the driver (SIGTERM) on to every worker process, once: their long work
+    (training) saves and stops too, whether or not the signal reached them."""
+
+    def __init__(self, client):
+        super().__init__(daemon=True, name="mirpipe-stop-watcher")
+        self.client = client
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            if stop.requested():
+                try:
+                    self.client.run(stop.request_async, wait=False)
+                except Exception:  # noqa: BLE001 - a cluster shutting down: its workers stop with it
+                    pass
+                return
 
 
 class DaskExecutor:
@@ -101,8 +124,12 @@ class DaskExecutor:
         done = as_completed()
         window, sized_at = self.window(), time.monotonic()
 
+        watcher = _StopWatcher(self.client)
+
         def top_up() -> None:
             nonlocal window, sized_at
+            if stop.requested():  # SIGTERM: nothing more is submitted; what runs saves and stops
+                return
             if time.monotonic() - sized_at > 1.0:  # workers come and go (adaptive HPC clusters)
                 window, sized_at = self.window(), time.monotonic()
             while len(futures) < window:
@@ -116,6 +143,7 @@ class DaskExecutor:
 
         top_up()
         finished = 0
+        watcher.start()
         for fut in done:
             key = futures.pop(fut)
             try:
@@ -128,6 +156,7 @@ class DaskExecutor:
             if finished % self.TRIM_EVERY == 0:
                 self.trim_scheduler()
             top_up()
+        watcher.done.set()
 
     # What the scheduler keeps per task after the task is gone, trimmed every TRIM_EVERY results
     # (~0.3 KB a task before, 30 MB per 100,000 items): distributed records {"type": "Future"} in
@@ -312,6 +341,9 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
             )
         client = Client(cluster)
         try:
+            from .worker_plugin import WorkerStopPlugin
+
+            client.register_plugin(WorkerStopPlugin())  # workers save and stop on SIGTERM too
             n = len(client.scheduler_info(n_workers=-1)["workers"])
             tls = ", TLS" if cfg.tls else ""
             yield DaskExecutor(client, f"LocalCluster, {n} workers x {cfg.threads_per_worker} threads{tls}", cfg)

@@ -10,6 +10,7 @@ from mirpipe.errors import TimeLimitError, is_permanent
 from mirpipe.records import ItemResult
 from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
+from mirpipe.stop import StopRequested
 
 from .allocator import reuse_freed_memory
 from .ledger import Ledger
@@ -68,6 +69,8 @@ def execute_item(
                     record = stage.run(item, ctx)
             except ItemTimeout as timeout:
                 raise TimeLimitError(item_file(item), f"{timeout} ({stage_name} {item.id})") from None
+        except StopRequested:  # saved and stopped on request (SIGTERM): not a failure, the next run resumes it
+            return ItemResult("stopped", item.id, seconds=time.perf_counter() - t0, attempts=attempts)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, classified
             if is_permanent(exc) or attempts > retries:
                 failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc(), token=token)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirpipe import __version__
+from mirpipe import __version__, stop
 from mirpipe.columns import Row
 from mirpipe.errors import ConfigurationError, WorkdirError
 from mirpipe.records import ItemResult, RecordView, StatusRow
@@ -94,6 +94,7 @@ class StageReport:
     done: int = 0
     failed: int = 0
     quarantined: int = 0
+    stopped: int = 0  # items saved and stopped on request (SIGTERM): pending, the next run resumes them
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -248,6 +249,8 @@ class Runner:
                     if result.done:
                         report.done += 1
                         done[item.id] = Done(fp, raw=result.record, load=stage.load_record)
+                    elif result.status == "stopped":
+                        report.stopped += 1
                     else:
                         report.failures.append(result.failure)
                         self._log_failure(name, result.failure)
@@ -363,7 +366,12 @@ class Runner:
         else:
             selected = order
         remove_leftovers(self.workdir)  # temporary files of killed writers (we hold the workdir lock)
-        return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
+        reports = []
+        for n in selected:
+            if stop.requested():  # SIGTERM: no later stage starts on what did not finish
+                break
+            reports.append(self.run_stage(n, executor, force=n in force, retry_failed=retry_failed))
+        return reports
 
     def verify(self, repair: bool = False) -> list[dict[str, Any]]:
         """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones, which

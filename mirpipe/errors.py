@@ -11,6 +11,7 @@ reaches the command line is a bug (exit 3, traceback in a log file). Three famil
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -37,6 +38,19 @@ class WorkdirFileError(WorkdirError, RuntimeError):
 
     def __reduce__(self):  # picklable across Dask workers
         return (type(self), (self.path, self.reason))
+
+
+class EntryReadError(WorkdirFileError):
+    """A file of the feature store that does not read back while training or evaluating (a chunk that
+    fails its checksum or does not decode, a cut file): ``path`` names the entry file, the reason the
+    array and what failed. Within the same run, the runner makes that track's features item pending,
+    recomputes it and runs the item again."""
+
+    def __init__(self, path: Path | str, reason: str | None = None):
+        if reason is None:  # re-raised by a DataLoader from its worker: one message, the original its last line
+            found = re.search(r"EntryReadError: (.*?): ((?:array|the entry) .*)", str(path))
+            path, reason = (found.group(1), found.group(2)) if found else (str(path), "")
+        super().__init__(path, reason)
 
 
 class InputError(MirpipeError):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mirpipe import columns
-from mirpipe.errors import InputError
+from mirpipe.errors import InputError, WorkdirFileError
 from mirpipe.storage.atomic import write_bytes
 from mirpipe.workdir import Workdir
 
@@ -284,7 +284,7 @@ class Ledger:
             error_class=type(exc).__name__,
             kind=getattr(exc, "kind", "error"),
             message=getattr(exc, "reason", None) or str(exc) or repr(exc),
-            file=getattr(exc, "path", None) if isinstance(exc, InputError) else file,
+            file=getattr(exc, "path", None) if isinstance(exc, (InputError, WorkdirFileError)) else file,
             traceback=trace if trace is not None else "".join(tb.format_exception(exc)),
             attempts=attempts,
             token=token,

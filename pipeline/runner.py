@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ _STRING = json.encoder.encode_basestring_ascii  # what that encoder writes for a
 
 def params_blob(stage: Stage, ctx: StageContext) -> str:
     return json.dumps(stage.fingerprint_params(ctx), sort_keys=True, default=str)
+
+
+HEALED_BY_FEATURES = "EntryReadError"  # a failure class that recomputing the track's features repairs
 
 
 @dataclass
@@ -202,7 +205,9 @@ class Runner:
                 plan.done_items[item.id] = item
                 continue
             failure = failures.get(item.id)
-            if failure and failure["fingerprint"] == fp and not retry_failed:
+            # a damaged store entry is the workdir's fault, not the item's: retried once its entry is recomputed
+            healable = failure is not None and failure.get("error_class") == HEALED_BY_FEATURES
+            if failure and failure["fingerprint"] == fp and not retry_failed and not healable:
                 plan.failed[item.id] = failure
                 continue
             plan.todo.append((item, fp))
@@ -366,12 +371,55 @@ class Runner:
         else:
             selected = order
         remove_leftovers(self.workdir)  # temporary files of killed writers (we hold the workdir lock)
-        reports = []
+        reports: list[StageReport] = []
         for n in selected:
             if stop.requested():  # SIGTERM: no later stage starts on what did not finish
                 break
-            reports.append(self.run_stage(n, executor, force=n in force, retry_failed=retry_failed))
+            report = self.run_stage(n, executor, force=n in force, retry_failed=retry_failed)
+            damaged = self._damaged_entries(report) if n != "features" and "features" in order else {}
+            if damaged and not stop.requested():
+                report = self._heal(n, damaged, report, reports, executor, force=n in force, retry_failed=retry_failed)
+            reports.append(report)
         return reports
+
+    def _damaged_entries(self, report: StageReport) -> dict[str, str]:
+        """The tracks whose store entry failed to read back in ``report``'s items (``EntryReadError``), with the file."""
+        failed = [f for f in report.failures if f.get("error_class") == HEALED_BY_FEATURES and f.get("file")]
+        if not failed:
+            return {}
+        from mirpipe.stages.features import FeaturesParams
+        from mirpipe.storage import open_store
+
+        fp: FeaturesParams = self.ctx.params["features"]
+        store = open_store(fp.store, self.ctx.dirs.store_root(fp.store_path))
+        out = {}
+        for f in failed:
+            track = store.track_of(f["file"])
+            if track is not None:
+                out[track] = f["file"]
+        return out
+
+    def _heal(
+        self, name: str, damaged: dict[str, str], report: StageReport, reports: list[StageReport], executor, **run
+    ) -> StageReport:
+        """Damaged store entries met by ``name``'s items: their features items pending again, recomputed,
+        then ``name`` run again (its items that failed on them retried), in this same run."""
+        shown = ", ".join(f"{t} ({Path(p).name})" for t, p in list(damaged.items())[:3])
+        more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+        self.log(f"mirpipe: {name}: damaged store entries of {shown}{more}: recomputing their features, then {name} again")
+        for track in damaged:
+            self.ledger.forget("features", track)
+        healed = self.run_stage("features", executor)
+        for i, r in enumerate(reports):  # the run's features report counts the recomputed items too
+            if r.stage == "features":
+                reports[i] = replace(
+                    r,
+                    scheduled=r.scheduled + healed.scheduled,
+                    done=r.done + healed.done,
+                    failures=r.failures + healed.failures,
+                    failed=r.failed + healed.failed,
+                )
+        return self.run_stage(name, executor, **run)
 
     def verify(self, repair: bool = False) -> list[dict[str, Any]]:
         """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones, which

@@ -166,7 +166,8 @@ class Evaluate(Stage):
         model, meta = load_model(ctx, task.name, p.checkpoint, device)
         task = task.bind(meta.vocabulary)
         shifts = [int(n) for n in item.payload.get("shifts") or ()]
-        with open_store(fp.store, ctx.dirs.store_root(fp.store_path)).opened(track, [task.feature]) as (arrays, attrs):
+        store = open_store(fp.store, ctx.dirs.store_root(fp.store_path))
+        with store.reading(track, [task.feature]), store.opened(track, [task.feature]) as (arrays, attrs):
             # the variant of each shift scored (audio mode stores every shift; feature mode one, read once)
             where = {n: resolve_shift(attrs, n) for n in [0, *shifts]}
             read = {v: np.asarray(arrays[task.feature][v]) for v in sorted({v for v, _ in where.values()})}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mirpipe.errors import WorkdirFileError
+from mirpipe.errors import EntryReadError, WorkdirFileError
 from mirpipe.records import Record, RecordError, RecordTable
 from mirpipe.registry import Registry
 
@@ -278,8 +278,9 @@ class FeatureStore(ABC):
 
     # -- reading ---------------------------------------------------------------
     def read_entry(self, track: str, names: Iterable[str] | None = None) -> Entry:
-        """Whole arrays, every variant."""
-        with self.opened(track, names) as (arrays, attrs):
+        """Whole arrays, every variant (a read error is an ``EntryReadError`` naming the file and arrays)."""
+        wanted = None if names is None else list(names)
+        with self.reading(track, wanted or ()), self.opened(track, wanted) as (arrays, attrs):
             return Entry({n: np.asarray(a[...]) for n, a in arrays.items()}, attrs)
 
     def read_slab(self, track: str, names: Iterable[str] | None, start: int, stop: int | None, variant: int = 0) -> Entry:
@@ -324,6 +325,35 @@ class FeatureStore(ABC):
         if wanted is not None:
             handles = {n: handles[n] for n in wanted}
         return handles, attrs, _Owners(owners) if len(owners) > 1 else owner
+
+    @contextmanager
+    def reading(self, track: str, names: Iterable[str] = ()) -> Iterator[None]:
+        """Read errors of the block as ``EntryReadError`` naming the entry file and the arrays (a damaged
+        chunk, a cut file: the runner then recomputes the track's entry)."""
+        try:
+            yield
+        except EntryReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to read a stored array back is damage
+            raise self.read_error(track, names, exc) from exc
+
+    def read_error(self, track: str, names: Iterable[str], exc: BaseException) -> EntryReadError:
+        """The ``EntryReadError`` of ``exc`` raised reading arrays ``names`` of ``track``'s entry."""
+        names = list(names)
+        part = TARGETS if names and all(part_of(n) == TARGETS for n in names) else FEATURES
+        what = f"array {', '.join(names)}" if names else "the entry"
+        return EntryReadError(self.entry_path(track, part), f"{what} of track {track!r}: {type(exc).__name__}: {exc}")
+
+    def track_of(self, path: str | Path) -> str | None:
+        """The track whose entry file ``path`` is (either file), None for any other path."""
+        try:
+            rel = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return None
+        for ending in (f".targets{self.suffix}", self.suffix):
+            if ending and rel.endswith(ending):
+                return rel[: -len(ending)]
+        return None
 
     def read_attrs(self, track: str) -> dict[str, Any]:
         with self.opened(track, ()) as (_, attrs):

@@ -5,6 +5,7 @@ import json
 
 import jams
 import mir_eval
+import numpy as np
 import pytest
 from conftest import small_config
 
@@ -178,3 +179,55 @@ def test_a_new_task_computes_only_its_targets_and_retrains_nothing(trained, tmp_
     entry = store.read_entry(next(iter(records)), ["targets/beat", "targets/chord_tag"])
     assert entry.arrays["targets/beat"].shape[1] == entry.arrays["targets/chord_tag"].shape[1]  # on the chord CQT's frame grid
     assert reports["train"].scheduled == 0 and reports["evaluate"].scheduled == 0
+
+
+def _damage_member(path, member: str) -> None:
+    """Flip 64 bytes inside one zip member's data, keeping the file's size and modification time."""
+    import os
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    st, data = path.stat(), bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + 8 : start + 72] = bytes(b ^ 0xFF for b in data[start + 8 : start + 72])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_damaged_entry_met_in_training_is_recomputed_in_the_same_run(trained, tmp_path):
+    """A CQT chunk the chord task reads, damaged with size and mtime kept (planning cannot see it):
+    training fails on it naming the entry file and the array, the runner makes that track's features
+    item pending, recomputes it (bytes equal to the first computation) and trains again, all in one
+    run. A damaged HCQT chunk, which the chord task does not read, stops nothing."""
+    import shutil
+
+    from conftest import manifest_rows, store_contents
+
+    from mirpipe.storage import open_store
+
+    workdir = tmp_path / "work"
+    shutil.copytree(trained[0], workdir)
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        Runner(workdir, tiny_config(), progress=False).run(ex)  # current with tiny_config(), whatever ran before
+    before = store_contents(workdir)
+    rows = manifest_rows(workdir)
+    train_tracks = sorted(t for t, r in rows.items() if r["split"] == "train")
+    store = open_store("zarr", workdir / "features")
+    _damage_member(store.entry_path(train_tracks[0]), "cqt/c/0/0/0")
+    _damage_member(store.entry_path(train_tracks[1]), "hcqt/c/0/0/0")
+    logs: list[str] = []
+    with open_executor(parse_cluster({"type": "sync"})) as ex:
+        reports = {r.stage: r for r in Runner(workdir, tiny_config(), progress=False, log=logs.append).run(ex, force=("train",))}
+    assert reports["train"].done == 1 and reports["train"].failed == 0, reports["train"].failures
+    assert reports["features"].done == 1  # the damaged CQT's track alone
+    assert any(train_tracks[0] in line and "recomputing their features" in line for line in logs), logs
+    failure = Ledger(workdir).failure("train", "chord")
+    assert failure is None  # healed: nothing left recorded
+    records = Ledger(workdir).done("features")
+    assert sorted(records[train_tracks[0]]["record"]["computed"]) == ["cqt", "hcqt"]  # its features file was not trusted
+    after = store.read_entry(train_tracks[0]).arrays
+    for name, array in before[train_tracks[0]][0].items():
+        assert np.array_equal(after[name], array), name  # recomputed as first computed
+    damaged = Runner(workdir, tiny_config(), progress=False).verify()
+    assert damaged == [{"stage": "features", "item": train_tracks[1]}] or [d["item"] for d in damaged] == [train_tracks[1]]

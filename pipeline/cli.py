@@ -343,7 +343,8 @@ def status(workdir: Path, json_mode: bool) -> None:
 @_guard
 def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
     """Open every done item's outputs and check their contents (planning only compares sizes and
-    modification times). Lists the damaged items; --repair makes them pending.
+    modification times). Lists the damaged items, each with what is wrong (the file, and the array
+    and chunk that does not read back); --repair makes them pending.
 
     Exit code 0 when nothing is damaged (or everything damaged was repaired), 1 otherwise."""
     from . import workdir as wd
@@ -359,7 +360,7 @@ def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "damaged": damaged, "repaired": repair}))
     else:
         for d in damaged:
-            click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else ""))
+            click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else "") + f": {d['reason']}")
         click.echo(
             f"mirpipe: {len(damaged)} damaged item(s)"
             + (

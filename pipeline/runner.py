@@ -21,6 +21,7 @@ from mirpipe import __version__
 from mirpipe.columns import Row
 from mirpipe.errors import ConfigurationError, WorkdirError
 from mirpipe.records import ItemResult, RecordView, StatusRow
+from mirpipe.stage import damage_reason
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 from mirpipe.workdir import Workdir
@@ -82,7 +83,10 @@ class StagePlan:
     done: dict[str, Done] = field(default_factory=dict)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # known failures, not retried
     total: int = 0
-    done_items: dict[str, WorkItem] = field(default_factory=dict)  # the work items behind ``done``
+    done_items: dict[str, WorkItem] = field(default_factory=dict)  # the work items behind ``done`` and ``changed``
+    # recorded done with this fingerprint, but planning's check of the outputs fails (a file missing, cut or
+    # rewritten): pending (in ``todo``); ``mirpipe verify`` says what is wrong with them
+    changed: dict[str, Done] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +197,7 @@ class Runner:
                     raws.append(raw)
         valid = stage.outputs_valid_many(candidates, self.ctx, raws) if candidates else []
         done = {item.id: raw for item, raw, ok in zip(candidates, raws, valid) if ok}
+        changed = {item.id: raw for item, raw, ok in zip(candidates, raws, valid) if not ok}
         load = stage.load_record
         for item, fp in zip(items, fps):
             raw = done.get(item.id)
@@ -200,6 +205,9 @@ class Runner:
                 plan.done[item.id] = Done(fp, raw=raw, load=load)
                 plan.done_items[item.id] = item
                 continue
+            if item.id in changed:
+                plan.changed[item.id] = Done(fp, raw=changed[item.id], load=load)
+                plan.done_items[item.id] = item
             failure = failures.get(item.id)
             if failure and failure["fingerprint"] == fp and not retry_failed:
                 plan.failed[item.id] = failure
@@ -366,16 +374,21 @@ class Runner:
         return [self.run_stage(n, executor, force=n in force, retry_failed=retry_failed) for n in selected]
 
     def verify(self, repair: bool = False) -> list[dict[str, Any]]:
-        """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones, which
-        ``repair`` returns to pending (their markers forgotten) so the next run recomputes them."""
+        """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones
+        (``{stage, item, reason}``: what is wrong, naming the file), which ``repair`` returns to
+        pending (their markers forgotten) so the next run recomputes them."""
         damaged = []
         for name in stage_order(self.config):
             stage = STAGES.get(name)
             plan = self.plan(name)
             self._done_cache[name] = plan.done
-            for item_id, done in plan.done.items():
-                if not stage.verify_outputs(plan.done_items[item_id], self.ctx, done.record):
-                    damaged.append({"stage": name, "item": item_id})
+            for item_id, done in sorted([*plan.done.items(), *plan.changed.items()], key=lambda kv: kv[0]):
+                try:
+                    reason = damage_reason(stage.verify_outputs(plan.done_items[item_id], self.ctx, done.record))
+                except Exception as exc:  # noqa: BLE001 - a check that cannot read the outputs found them damaged
+                    reason = f"the check failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                if reason is not None:
+                    damaged.append({"stage": name, "item": item_id, "reason": reason})
                     if repair:
                         self.ledger.forget(name, item_id)
             if repair:

@@ -160,6 +160,12 @@ class Stage(ABC):
         reasons) is still accepted: True intact, False damaged without a reason (``damage_reason``)."""
         return None if self.outputs_valid(item, ctx, record) else "outputs missing or changed since they were recorded"
 
+    def writes_to(self, ctx: StageContext) -> list[Path]:
+        """Where the stage's items write (the workdir; a stage that writes elsewhere, as features does
+        at ``features.store_path``, names that place too): a full disk reported without a file name is
+        blamed on the fullest of these."""
+        return [ctx.workdir]
+
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""
 

@@ -27,8 +27,13 @@ class SyncExecutor:
     def resources_for(self, stage: str, default: dict[str, float]) -> dict[str, float] | None:
         return None
 
-    def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
+    def run(
+        self, fn: Callable, calls: list[Call], resources: dict | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """``fn(*args)`` of each call in turn; once ``stop()`` is true, no further call starts."""
         for key, args in calls:
+            if stop is not None and stop():
+                return
             try:
                 yield key, fn(*args)
             except Exception as exc:  # noqa: BLE001 - as Dask hands back a task's exception: the runner classifies it
@@ -91,7 +96,11 @@ class DaskExecutor:
             threads = 0
         return max(self.MIN_WINDOW, self.WINDOW_PER_THREAD * threads)
 
-    def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
+    def run(
+        self, fn: Callable, calls: list[Call], resources: dict | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """Submit the calls, a window at a time, and yield (key, result) as they finish; once ``stop()``
+        is true nothing more is submitted, and the calls in flight still come back."""
         import time
 
         from distributed import as_completed
@@ -105,7 +114,7 @@ class DaskExecutor:
             nonlocal window, sized_at
             if time.monotonic() - sized_at > 1.0:  # workers come and go (adaptive HPC clusters)
                 window, sized_at = self.window(), time.monotonic()
-            while len(futures) < window:
+            while len(futures) < window and not (stop is not None and stop()):
                 nxt = next(pending, None)
                 if nxt is None:
                     return

@@ -608,6 +608,9 @@ class Features(Stage):
         parts = [FEATURES, TARGETS] if (stamp is not None and len(stamp) > 2) or store.has_part(track, TARGETS) else [FEATURES]
         return next((why for part in parts if (why := store.part_problem(track, part)) is not None), None)
 
+    def writes_to(self, ctx: StageContext) -> list[Path]:
+        return [Path(store_root(ctx)), ctx.workdir]
+
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
         return [Path(store_root(ctx)) / INDEX_NAME]
 

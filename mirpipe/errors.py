@@ -6,12 +6,16 @@ reaches the command line is a bug (exit 3, traceback in a log file). Three famil
 - ``ConfigurationError``: a configuration file, command-line option or named file the user
   must fix (the CLI exits 2 with the message);
 - ``WorkdirError``: the workdir cannot be used as it is (busy with another run, a file mirpipe
-  keeps there cannot be read; the CLI exits 2);
+  keeps there cannot be read, its filesystem is full: ``DiskFullError``; the CLI exits 2);
 - ``InputError``: an input file's fault, recorded per item and never retried (exit 1)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -51,6 +55,84 @@ class EntryReadError(WorkdirFileError):
             found = re.search(r"EntryReadError: (.*?): ((?:array|the entry) .*)", str(path))
             path, reason = (found.group(1), found.group(2)) if found else (str(path), "")
         super().__init__(path, reason)
+
+
+class DiskFullError(WorkdirError):
+    """No space left where mirpipe writes (``ENOSPC``), or the user's disk quota used up (``EDQUOT``,
+    the usual case on an HPC filesystem): ``path`` names where the write failed and ``free`` the bytes
+    left on that filesystem. Not the input's fault and not transient: an item that fails so is not
+    retried within the run, the run stops scheduling writes, and the next ``mirpipe run`` (once space
+    is freed) tries the item again without ``--retry-failed``."""
+
+    kind = "disk_full"  # the ledger's failure kind: planning retries these items on a plain run
+
+    def __init__(self, path: Path | str, free: int | None, quota: bool = False):
+        self.path = str(path)
+        self.free = free
+        self.quota = quota
+        what = "disk quota exceeded" if quota else "disk full"
+        room = f"{free} bytes free" if free is not None else "free space unknown"
+        self.reason = f"{what} at {self.path} ({room}): free space and run `mirpipe run` again"
+        super().__init__(self.reason)
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (type(self), (self.path, self.free, self.quota))
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC: False, errno.EDQUOT: True}  # errno -> is it a quota
+# the same errors as libraries word them when they drop the errno (HDF5's error stack, a wrapped message)
+_DISK_FULL_WORDS = {"no space left on device": False, "disk quota exceeded": True, "errno = 28": False}
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Bytes free on the filesystem of ``path`` (of its nearest existing parent); None when unknown."""
+    p = Path(os.path.abspath(path))
+    for candidate in (p, *p.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+        todo += [c for c in getattr(e, "exceptions", ()) if isinstance(c, BaseException)]  # exception groups
+
+
+def disk_full_error(exc: BaseException, where: Iterable[Path | str] = ()) -> DiskFullError | None:
+    """``exc`` as a ``DiskFullError`` when it, or an exception in its chain (``__cause__``,
+    ``__context__``), is an ``OSError`` with errno ``ENOSPC`` or ``EDQUOT`` (or a library's message
+    saying so); else None. The path is the file the ``OSError`` names, else the one of ``where`` (the
+    places the failing code writes to) with the least free space."""
+    quota: bool | None = None
+    path: str | None = None
+    for e in _chain(exc):
+        if isinstance(e, DiskFullError):
+            return e
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            quota = DISK_FULL_ERRNOS[e.errno]
+            path = next((str(f) for f in (e.filename, e.filename2) if f not in (None, "")), None)
+            break
+        text = str(e).lower()
+        hit = next((q for words, q in _DISK_FULL_WORDS.items() if words in text), None)
+        if hit is not None and quota is None:
+            quota = hit
+    if quota is None:
+        return None
+    if path is not None:
+        return DiskFullError(path, free_bytes(path), quota)
+    places = [(free_bytes(w), str(w)) for w in where] or [(free_bytes(os.getcwd()), os.getcwd())]
+    free, path = min(places, key=lambda fw: (fw[0] is None, fw[0] or 0))  # the fullest of them
+    return DiskFullError(path, free, quota)
 
 
 class InputError(MirpipeError):
@@ -148,3 +230,9 @@ class ScoringError(InputError):
 def is_permanent(exc: BaseException) -> bool:
     """Errors worth no retry: the same input fails the same way."""
     return isinstance(exc, InputError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Errors worth retrying within a run: neither the input's fault nor a full disk (space does not
+    come back within seconds; the next run tries again)."""
+    return not is_permanent(exc) and not isinstance(exc, DiskFullError)

@@ -152,9 +152,19 @@ class Stage(ABC):
                 out.append(False)
         return out
 
-    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: Any) -> bool:
-        """The deep check of ``mirpipe verify``: open the outputs and check their contents."""
-        return self.outputs_valid(item, ctx, record)
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: Any) -> str | bool | None:
+        """The deep check of ``mirpipe verify``: open the outputs and check their contents. None when
+        they are intact, else what is wrong, in one line that names the file (and, where it applies,
+        the array and chunk): ``entry demo-0002.zarr.zip: array cqt chunk 0/0/0 ...: BadZipFile: Bad
+        CRC-32 ...``, ``targets file demo-0002.targets.zarr.zip missing``. A bool (the contract before
+        reasons) is still accepted: True intact, False damaged without a reason (``damage_reason``)."""
+        return None if self.outputs_valid(item, ctx, record) else "outputs missing or changed since they were recorded"
+
+    def writes_to(self, ctx: StageContext) -> list[Path]:
+        """Where the stage's items write (the workdir; a stage that writes elsewhere, as features does
+        at ``features.store_path``, names that place too): a full disk reported without a file name is
+        blamed on the fullest of these."""
+        return [ctx.workdir]
 
     def finalize(self, ctx: StageContext, done: Mapping[str, Done]) -> None:
         """Driver-side step after the stage: shared metadata (manifest, store index)."""
@@ -182,6 +192,18 @@ class Stage(ABC):
     def start_notes(self, ctx: StageContext) -> list[str]:
         """Lines the runner prints once when the stage starts work (e.g. how to watch it)."""
         return []
+
+
+NO_REASON = "damaged (the stage's check gives no reason)"
+
+
+def damage_reason(verdict: str | bool | None) -> str | None:
+    """What ``Stage.verify_outputs`` returned, as a reason (None: intact); a bare False gets ``NO_REASON``."""
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False or not str(verdict).strip():
+        return NO_REASON
+    return str(verdict)
 
 
 STAGES: Registry[Stage] = Registry(

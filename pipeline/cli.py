@@ -1,9 +1,10 @@
 """The ``mirpipe`` command line.
 
 Exit codes: 0 every item done; 1 some items failed or were quarantined (the run
-itself finished and recorded them); 2 bad configuration, a busy workdir, or a
+itself finished and recorded them); 2 bad configuration, a busy workdir, a
 workdir file that cannot be read (a ``ConfigurationError`` or ``WorkdirError``; the
-message names the file); 3 an unexpected error, i.e. a bug (one line naming the log
+message names the file), or a full disk or quota (``DiskFullError``: the run stopped
+starting items and the stages after; free space and run again); 3 an unexpected error, i.e. a bug (one line naming the log
 file that holds the traceback: ``<workdir>/logs/`` when there is a workdir, else
 ``~/.cache/mirpipe/``). Ctrl-C is click's: "Aborted!", exit 1.
 
@@ -148,9 +149,12 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
     _status_table(rows, lambda m: _echo(m, json_mode))
     scores = _scores(workdir, pipeline) if any(r.stage == "evaluate" for r in reports) else {}
     _score_table(scores, workdir, json_mode)
-    stopped = stop.requested()
-    if stopped:
-        _echo(f"mirpipe: {stop.RESUME_HINT} (training resumes from its last checkpoint)", json_mode)
+    stopped = next((r for r in reports if r.stopped is not None), None)
+    signalled = stop.requested()
+    if stopped is not None:  # a full disk: stderr, whatever the mode (the message says what to do)
+        click.echo(f"mirpipe: stopped at {stopped.stage}: {stopped.stopped}", err=True)
+    elif signalled:  # SIGTERM: training saved its step; the next run resumes it
+        _echo(f"mirpipe: SIGTERM: {stop.RESUME_HINT} (training resumes from its last checkpoint)", json_mode)
     else:
         _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; workdir {workdir.resolve()}", json_mode)
     if json_mode:
@@ -162,11 +166,17 @@ def _execute(workdir: Path, pipeline: PipelineBase, cluster, json_mode: bool, **
                     "stages": {r.stage: r.summary() for r in reports},
                     "status": status_rows,
                     "scores": {task: s.to_json() for task, s in scores.items()},
-                    "stopped": stopped,
+                    "stopped": {"stage": stopped.stage, "reason": stopped.stopped}
+                    if stopped is not None
+                    else {"stage": reports[-1].stage if reports else None, "reason": f"SIGTERM: {stop.RESUME_HINT}"}
+                    if signalled
+                    else None,
                 }
             )
         )
-    return EXIT_FAILED_ITEMS if stopped else _exit_code(rows)
+    if stopped is not None:
+        return EXIT_USAGE  # a full disk: the environment to fix, as a read-only workdir
+    return EXIT_FAILED_ITEMS if signalled else _exit_code(rows)
 
 
 def _exit_code(status_rows) -> int:
@@ -209,22 +219,35 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mirpipe.errors import WorkdirError
+        from mirpipe.errors import WorkdirError, disk_full_error
 
         try:
             return fn(*args, **kwargs)
         except (ConfigurationError, WorkdirError, FileNotFoundError) as exc:
-            click.echo(f"mirpipe: error: {exc}", err=True)
+            _say(f"mirpipe: error: {exc}")
             sys.exit(EXIT_USAGE)
         except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI's last line: a bug is reported (exit 3), never mislabelled
+            workdir = kwargs.get("workdir")
+            disk = disk_full_error(exc, [workdir] if isinstance(workdir, Path) else [])
+            if disk is not None:  # a full disk under the driver (the lock, the recorded configuration, a log): exit 2
+                _say(f"mirpipe: error: {disk}")
+                sys.exit(EXIT_USAGE)
             log = _error_log(exc, kwargs.get("workdir"))
             message = (str(exc).splitlines() or [""])[0][:300]
             click.echo(f"mirpipe: unexpected error: {type(exc).__name__}: {message} (traceback in {log})", err=True)
             sys.exit(EXIT_UNEXPECTED)
 
     return wrapper
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot be written (a log file on the full disk) is ignored."""
+    try:
+        click.echo(line, err=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _version() -> str:
@@ -237,7 +260,7 @@ def _version() -> str:
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=(
         "Exit codes: 0 every item done; 1 some items failed or were quarantined; "
-        "2 bad configuration, busy workdir or unreadable workdir file; "
+        "2 bad configuration, busy workdir, unreadable workdir file, or a full disk (free space, run again); "
         "3 an unexpected error (a bug: the message names the log file with the traceback)."
     ),
 )
@@ -350,7 +373,8 @@ def status(workdir: Path, json_mode: bool) -> None:
 @_guard
 def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
     """Open every done item's outputs and check their contents (planning only compares sizes and
-    modification times). Lists the damaged items; --repair makes them pending.
+    modification times). Lists the damaged items, each with what is wrong (the file, and the array
+    and chunk that does not read back); --repair makes them pending.
 
     Exit code 0 when nothing is damaged (or everything damaged was repaired), 1 otherwise."""
     from . import workdir as wd
@@ -366,7 +390,7 @@ def verify(workdir: Path, repair: bool, json_mode: bool) -> None:
         click.echo(json.dumps({"workdir": str(workdir.resolve()), "damaged": damaged, "repaired": repair}))
     else:
         for d in damaged:
-            click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else ""))
+            click.echo(f"  DAMAGED {d['stage']} {d['item']}" + (" (now pending)" if repair else "") + f": {d['reason']}")
         click.echo(
             f"mirpipe: {len(damaged)} damaged item(s)"
             + (

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mirpipe import stop
 from mirpipe.errors import ConfigurationError
+from mirpipe.stop import request_async
+from mirpipe.stop import requested as stop_requested
 
 from .cluster_config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
 
@@ -29,9 +30,12 @@ class SyncExecutor:
     def resources_for(self, stage: str, default: dict[str, float]) -> dict[str, float] | None:
         return None
 
-    def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
+    def run(
+        self, fn: Callable, calls: list[Call], resources: dict | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """``fn(*args)`` of each call in turn; once ``stop()`` is true, no further call starts."""
         for key, args in calls:
-            if stop.requested():  # SIGTERM: nothing more starts
+            if stop_requested() or (stop is not None and stop()):  # SIGTERM, or the runner's stop (a full disk)
                 return
             try:
                 yield key, fn(*args)
@@ -50,9 +54,9 @@ class _StopWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.2):
-            if stop.requested():
+            if stop_requested():
                 try:
-                    self.client.run(stop.request_async, wait=False)
+                    self.client.run(request_async, wait=False)
                 except Exception:  # noqa: BLE001 - a cluster shutting down: its workers stop with it
                     pass
                 return
@@ -114,7 +118,11 @@ class DaskExecutor:
             threads = 0
         return max(self.MIN_WINDOW, self.WINDOW_PER_THREAD * threads)
 
-    def run(self, fn: Callable, calls: list[Call], resources: dict | None = None) -> Iterator[tuple[str, Any]]:
+    def run(
+        self, fn: Callable, calls: list[Call], resources: dict | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """Submit the calls, a window at a time, and yield (key, result) as they finish; once ``stop()``
+        is true nothing more is submitted, and the calls in flight still come back."""
         import time
 
         from distributed import as_completed
@@ -128,11 +136,11 @@ class DaskExecutor:
 
         def top_up() -> None:
             nonlocal window, sized_at
-            if stop.requested():  # SIGTERM: nothing more is submitted; what runs saves and stops
+            if stop_requested():  # SIGTERM: nothing more is submitted; what runs saves and stops
                 return
             if time.monotonic() - sized_at > 1.0:  # workers come and go (adaptive HPC clusters)
                 window, sized_at = self.window(), time.monotonic()
-            while len(futures) < window:
+            while len(futures) < window and not (stop is not None and stop()):
                 nxt = next(pending, None)
                 if nxt is None:
                     return

@@ -1,4 +1,10 @@
-"""The task a worker runs for one item: run the stage, retry transient errors, write the ledger."""
+"""The task a worker runs for one item: run the stage, retry transient errors, write the ledger.
+
+A full disk (``ENOSPC``, or ``EDQUOT``: a quota used up) anywhere in an error's chain becomes a
+``DiskFullError`` naming the path and the free space; it is not retried (space does not come back
+within seconds) and not the input's fault (a plain rerun tries the item again). The ledger's own
+writes may fail so too: a record that cannot be written leaves the item pending (never done without
+its record), and the failure still comes back to the driver in the result."""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import dataclasses
 import time
 import traceback
 
-from mirpipe.errors import TimeLimitError, is_permanent
+from mirpipe.errors import DiskFullError, TimeLimitError, disk_full_error, is_retryable
 from mirpipe.records import ItemResult
 from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, StageContext, WorkItem
@@ -49,13 +55,33 @@ def execute_item(
     stage = STAGES.get(stage_name)
     ledger = Ledger(ctx.workdir)
     t0 = time.perf_counter()
+    attempts = 0
+
+    def full(exc: BaseException) -> DiskFullError | None:
+        return disk_full_error(exc, stage.writes_to(ctx))
+
+    def failed(exc: BaseException, trace: str) -> ItemResult:
+        """Record the failure (when the ledger can still be written) and return it."""
+        failure = ledger.failure_of(item.id, fingerprint, exc, attempts, trace, token=token)
+        try:
+            ledger.record_failure(stage_name, failure)
+        except Exception as write_exc:  # noqa: BLE001 - only a full disk is tolerated here; anything else is the task's error
+            if full(write_exc) is None:
+                raise
+        return ItemResult("failed", item.id, failure=failure.as_dict(), seconds=time.perf_counter() - t0)
+
     if token is not None:
         prior = ledger.timed_out(stage_name, token)  # this submission already ran out of time on a worker
         if prior is not None:
             return ItemResult("failed", item.id, failure=prior, seconds=0.0)
-        ledger.note_start(stage_name, item.id, token)
+        try:
+            ledger.note_start(stage_name, item.id, token)
+        except Exception as exc:  # noqa: BLE001 - a full disk before the item starts: nothing was written
+            disk = full(exc)
+            if disk is None:
+                raise
+            return failed(disk, traceback.format_exc())
     item = dataclasses.replace(item, payload={**item.payload, "fingerprint": fingerprint})
-    attempts = 0
 
     def _expired() -> None:  # worker case: recorded here, then the watchdog ends the process
         exc = TimeLimitError(item_file(item), f"exceeded the time limit of {limit:g}s ({stage_name} {item.id})")
@@ -72,12 +98,19 @@ def execute_item(
         except StopRequested:  # saved and stopped on request (SIGTERM): not a failure, the next run resumes it
             return ItemResult("stopped", item.id, seconds=time.perf_counter() - t0, attempts=attempts)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, classified
-            if is_permanent(exc) or attempts > retries:
-                failure = ledger.mark_failed(stage_name, item.id, fingerprint, exc, attempts, traceback.format_exc(), token=token)
-                return ItemResult("failed", item.id, failure=failure.as_dict(), seconds=time.perf_counter() - t0)
+            trace = traceback.format_exc()
+            exc = full(exc) or exc
+            if not is_retryable(exc) or attempts > retries:
+                return failed(exc, trace)
             time.sleep(backoff * 2 ** (attempts - 1))
             continue
         seconds = time.perf_counter() - t0
         record = stage.dump_record(record)
-        ledger.mark_done(stage_name, item.id, fingerprint, record, attempts, seconds)
+        try:
+            ledger.mark_done(stage_name, item.id, fingerprint, record, attempts, seconds)
+        except Exception as exc:  # noqa: BLE001 - the outputs are in place but their record is not: the item stays pending
+            disk = full(exc)
+            if disk is None:
+                raise
+            return failed(disk, traceback.format_exc())
         return ItemResult("done", item.id, record=record, seconds=seconds, attempts=attempts)

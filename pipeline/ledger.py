@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mirpipe import columns
-from mirpipe.errors import InputError, WorkdirFileError
+from mirpipe.errors import DiskFullError, InputError, WorkdirFileError
 from mirpipe.storage.atomic import write_bytes
 from mirpipe.workdir import Workdir
 
@@ -224,11 +224,23 @@ class _Logs:
         self.fds: dict[Path, tuple[int, int]] = {}  # stage folder -> (pid, fd)
 
     def append(self, base: Path, line: bytes, durable: bool) -> None:
+        """Append one whole line, or nothing: a write cut short (a full disk, a quota) is taken back,
+        so the next event does not join a torn line (which would lose both) and the space is freed."""
         with self.lock:
             fd = self._fd(base)
-            os.write(fd, line)
-            if durable:
-                os.fsync(fd)
+            end = os.fstat(fd).st_size  # this process alone appends to its log (under the lock)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+            except BaseException:
+                try:
+                    os.ftruncate(fd, end)
+                except OSError:
+                    pass
+                raise
 
     def _fd(self, base: Path) -> int:
         held = self.fds.get(base)
@@ -278,21 +290,38 @@ class Ledger:
         timed_out: bool = False,
     ) -> Failure:
         """Record a failure; ``timed_out`` (the watchdog's) also files it under its token."""
-        failure = Failure(
+        failure = self.failure_of(item, fingerprint, exc, attempts, trace, token, file)
+        if timed_out and token is not None:
+            write_bytes(self._timeout_path(stage, token), json.dumps(failure.as_dict()).encode())
+        self.record_failure(stage, failure)
+        return failure
+
+    @staticmethod
+    def failure_of(
+        item: str,
+        fingerprint: str,
+        exc: BaseException,
+        attempts: int,
+        trace: str | None = None,
+        token: str | None = None,
+        file: str | None = None,
+    ) -> Failure:
+        """The failure record of ``exc`` (not written: ``record_failure``). The file is the one an
+        ``InputError`` or a ``DiskFullError`` names, else ``file``."""
+        return Failure(
             item=item,
             fingerprint=fingerprint,
             error_class=type(exc).__name__,
             kind=getattr(exc, "kind", "error"),
             message=getattr(exc, "reason", None) or str(exc) or repr(exc),
-            file=getattr(exc, "path", None) if isinstance(exc, (InputError, WorkdirFileError)) else file,
+            file=getattr(exc, "path", None) if isinstance(exc, (InputError, DiskFullError, WorkdirFileError)) else file,
             traceback=trace if trace is not None else "".join(tb.format_exception(exc)),
             attempts=attempts,
             token=token,
         )
-        if timed_out and token is not None:
-            write_bytes(self._timeout_path(stage, token), json.dumps(failure.as_dict()).encode())
+
+    def record_failure(self, stage: str, failure: Failure) -> None:
         self._append(stage, "failed", **failure.as_dict())
-        return failure
 
     def note_start(self, stage: str, item: str, token: str) -> None:
         """One event per time a submission begins running (worker side)."""

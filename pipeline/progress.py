@@ -24,11 +24,17 @@ class StageProgress:
     def update(self, failed: int) -> None:
         self.done += 1
         self.failed = failed
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(failed=failed, refresh=False)
-        elif self.enabled and time.monotonic() - self.last >= self.interval:
-            self._line()
+        try:
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(failed=failed, refresh=False)
+            elif self.enabled and time.monotonic() - self.last >= self.interval:
+                self._line()
+        except OSError:  # stderr is a file on a full disk: progress is not worth stopping the run for
+            self._silence()
+
+    def _silence(self) -> None:
+        self.enabled, self.bar = False, None
 
     def _line(self) -> None:
         self.last = now = time.monotonic()
@@ -41,10 +47,13 @@ class StageProgress:
         )
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            self._line()
+        try:
+            if self.bar is not None:
+                self.bar.close()
+            elif self.enabled:
+                self._line()
+        except OSError:  # as in update
+            self._silence()
 
 
 def _isatty(stream) -> bool:

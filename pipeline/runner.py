@@ -19,8 +19,9 @@ from typing import Any
 
 from mirpipe import __version__, stop
 from mirpipe.columns import Row
-from mirpipe.errors import ConfigurationError, WorkdirError
+from mirpipe.errors import ConfigurationError, DiskFullError, WorkdirError, disk_full_error
 from mirpipe.records import ItemResult, RecordView, StatusRow
+from mirpipe.stage import damage_reason
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import remove_leftovers
 from mirpipe.workdir import Workdir
@@ -85,7 +86,13 @@ class StagePlan:
     done: dict[str, Done] = field(default_factory=dict)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # known failures, not retried
     total: int = 0
-    done_items: dict[str, WorkItem] = field(default_factory=dict)  # the work items behind ``done``
+    done_items: dict[str, WorkItem] = field(default_factory=dict)  # the work items behind ``done`` and ``changed``
+    # recorded done with this fingerprint, but planning's check of the outputs fails (a file missing, cut or
+    # rewritten): pending (in ``todo``); ``mirpipe verify`` says what is wrong with them
+    changed: dict[str, Done] = field(default_factory=dict)
+    # failed for a full disk (with this fingerprint): in ``todo`` too, as a plain rerun tries them again; ``status``
+    # shows them as failed until then, and the stages that need this one do not start while there are any
+    retrying: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,9 +104,12 @@ class StageReport:
     done: int = 0
     failed: int = 0
     quarantined: int = 0
-    stopped: int = 0  # items saved and stopped on request (SIGTERM): pending, the next run resumes them
+    interrupted: int = 0  # items saved and stopped on request (SIGTERM): pending, the next run resumes them
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # why the run stopped at this stage (a full disk: "disk full at PATH (N bytes free): ..."); None when it did not
+    stopped: str | None = None
+    unscheduled: int = 0  # items not submitted because the run stopped (pending for the next run)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,6 +183,8 @@ class Runner:
         self.progress = progress
         self._done_cache: dict[str, dict[str, Done]] = {}
         self._started: dict[str, set[str]] = {}  # items whose run began, as the last plan of each stage read the ledger
+        self._retrying: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, its items that failed for a full disk
+        self._warned: set[str] = set()  # driver-side writes already reported as failing (said once each)
 
     # -- planning ------------------------------------------------------------
     def plan(self, name: str, force: bool = False, retry_failed: bool = False) -> StagePlan:
@@ -197,6 +209,7 @@ class Runner:
                     raws.append(raw)
         valid = stage.outputs_valid_many(candidates, self.ctx, raws) if candidates else []
         done = {item.id: raw for item, raw, ok in zip(candidates, raws, valid) if ok}
+        changed = {item.id: raw for item, raw, ok in zip(candidates, raws, valid) if not ok}
         load = stage.load_record
         for item, fp in zip(items, fps):
             raw = done.get(item.id)
@@ -204,13 +217,19 @@ class Runner:
                 plan.done[item.id] = Done(fp, raw=raw, load=load)
                 plan.done_items[item.id] = item
                 continue
+            if item.id in changed:
+                plan.changed[item.id] = Done(fp, raw=changed[item.id], load=load)
+                plan.done_items[item.id] = item
             failure = failures.get(item.id)
             # a damaged store entry is the workdir's fault, not the item's: retried once its entry is recomputed
             healable = failure is not None and failure.get("error_class") == HEALED_BY_FEATURES
-            if failure and failure["fingerprint"] == fp and not retry_failed and not healable:
+            if failure and failure["fingerprint"] == fp and failure.get("kind") == DiskFullError.kind:
+                plan.retrying[item.id] = failure  # not the item's fault: tried again without --retry-failed
+            elif failure and failure["fingerprint"] == fp and not retry_failed and not healable:
                 plan.failed[item.id] = failure
                 continue
             plan.todo.append((item, fp))
+        self._retrying[name] = plan.retrying
         return plan
 
     @staticmethod
@@ -240,14 +259,21 @@ class Runner:
         report = StageReport(name, total=plan.total, scheduled=len(plan.todo), skipped=len(plan.done))
         report.failures = list(plan.failed.values())
         done = dict(plan.done)
+        retrying: dict[str, dict[str, Any]] = {}  # this run's disk-full failures
         if plan.todo:
             for line in stage.start_notes(self.ctx):
                 self.log(line)
             bar = StageProgress(name, len(plan.todo), enabled=self.progress and not stage.reports_progress)
             todo, final = list(plan.todo), False
-            while todo:  # a second pass resubmits bystanders of a killed worker once
+            submitted = 0
+
+            def halted() -> bool:  # a full disk: no new item is submitted (those in flight finish or fail)
+                return report.stopped is not None
+
+            while todo and not halted():  # a second pass resubmits bystanders of a killed worker once
                 retry = []
-                for item, fp, result in self._submit(stage, todo, executor, final):
+                for item, fp, result in self._submit(stage, todo, executor, final, halted):
+                    submitted += 1
                     if result is None:
                         retry.append((item, fp))
                         continue
@@ -255,23 +281,51 @@ class Runner:
                         report.done += 1
                         done[item.id] = Done(fp, raw=result.record, load=stage.load_record)
                     elif result.status == "stopped":
-                        report.stopped += 1
+                        report.interrupted += 1
                     else:
                         report.failures.append(result.failure)
                         self._log_failure(name, result.failure)
+                        if result.failure.get("kind") == DiskFullError.kind:
+                            retrying[item.id] = result.failure
+                            if report.stopped is None:
+                                report.stopped = result.failure["message"]
+                                self._warn(f"{name}: {report.stopped}; no more items are started")
                     bar.update(failed=len(report.failures))
                 todo, final = retry, True
+                submitted -= len(retry)
+            report.unscheduled = len(plan.todo) - submitted
             bar.close()
+        self._retrying[name] = retrying
         report.quarantined = sum(f.get("kind") == QUARANTINED for f in report.failures)
         report.failed = len(report.failures) - report.quarantined  # as in status: the two are apart
-        key = None if plan.todo else self._finalize_key(stage, done)
+        if report.stopped is None:  # a stage stopped by a full disk writes nothing more (its index stays as it was)
+            try:
+                self._finish(stage, done, fresh=not plan.todo)
+            except Exception as exc:  # noqa: BLE001 - only a full disk is tolerated: the stage stops there
+                disk = disk_full_error(exc, stage.writes_to(self.ctx))
+                if disk is None:
+                    raise
+                report.stopped = disk.reason
+                self._warn(f"{name}: {disk.reason} (while finishing the stage)")
+        self._done_cache[name] = done
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report
+
+    def _finish(self, stage: Stage, done: Mapping[str, Done], fresh: bool) -> None:
+        """The stage's ``finalize`` (unless nothing it reads changed), then the ledger compacted."""
+        name = stage.name
+        key = self._finalize_key(stage, done) if fresh else None
         if key is None or key != self.ledger.finalized(name):  # else: nothing finalize reads has changed
             stage.finalize(self.ctx, done)
         compacted = self.ledger.compact(name)  # the stage's logs folded into one file (we hold the workdir lock)
         self.ledger.set_finalized(name, key if key is not None and not compacted else self._finalize_key(stage, done))
-        self._done_cache[name] = done
-        report.seconds = round(time.perf_counter() - t0, 3)
-        return report
+
+    def _warn(self, message: str) -> None:
+        """A line on stderr (never on the disk that may be full); an unwritable stderr is ignored."""
+        try:
+            print(f"mirpipe: {message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def _finalize_key(self, stage: Stage, done: Mapping[str, Done]) -> str | None:
         """A digest of what the stage's ``finalize`` reads (see ``Stage.finalize_outputs``); None where
@@ -299,8 +353,9 @@ class Runner:
         h.update("".join(f"{item_id}\t{done[item_id].fingerprint}\n" for item_id in sorted(done)).encode())
         return h.hexdigest()
 
-    def _submit(self, stage: Stage, todo: list[tuple[WorkItem, str]], executor, final: bool):
-        """Run items on the executor; yield (item, fingerprint, result), result None = resubmit."""
+    def _submit(self, stage: Stage, todo: list[tuple[WorkItem, str]], executor, final: bool, stop=None):
+        """Run items on the executor; yield (item, fingerprint, result), result None = resubmit. Once
+        ``stop()`` is true no further item is submitted (those in flight still come back)."""
         rp = self.config.run
         calls, by_key = [], {}
         for item, fp in todo:
@@ -322,7 +377,7 @@ class Runner:
             )
             by_key[key] = (item, fp)
         resources = executor.resources_for(stage.name, stage.resources)
-        for key, result in executor.run(execute_item, calls, resources=resources):
+        for key, result in executor.run(execute_item, calls, resources=resources, stop=stop):
             item, fp = by_key[key]
             if isinstance(result, BaseException):  # the task itself was lost (its worker died)
                 result = self._lost(stage.name, item, fp, key, result, executor, final)
@@ -342,15 +397,33 @@ class Runner:
                 exc = QuarantinedError(f"killed its worker {starts} time(s); quarantined after the allowed failures ({exc})")
             else:
                 return None
-        failure = self.ledger.mark_failed(name, item.id, fp, exc, attempts=max(starts, 1), token=token, file=item_file(item))
+        failure = self.ledger.failure_of(item.id, fp, exc, attempts=max(starts, 1), token=token, file=item_file(item))
+        self._driver_write(f"the ledger of {name}", lambda: self.ledger.record_failure(name, failure))
         return ItemResult("failed", item.id, failure=failure.as_dict())
 
+    def _driver_write(self, what: str, write: Callable[[], None]) -> bool:
+        """A write of the driver's that the run can do without (a failure's record, a log line): an
+        ``OSError`` (a full disk, above all) is said once on stderr and the run goes on."""
+        try:
+            write()
+            return True
+        except OSError as exc:
+            if what not in self._warned:
+                self._warned.add(what)
+                disk = disk_full_error(exc, [self.workdir])
+                self._warn(f"cannot write {what}: {disk.reason if disk is not None else exc}; going on without it")
+            return False
+
     def _log_failure(self, stage: str, failure: dict[str, Any]) -> None:
-        logs = Workdir(self.workdir).logs
-        logs.mkdir(parents=True, exist_ok=True)
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {stage} {failure['item']} {failure.get('kind')} {failure['error_class']}: {failure.get('file') or ''} {failure['message']}"
-        with open(Workdir(self.workdir).failures_log, "a") as fh:
-            fh.write(line.replace("\n", " ") + "\n")
+
+        def append() -> None:
+            logs = Workdir(self.workdir).logs
+            logs.mkdir(parents=True, exist_ok=True)
+            with open(Workdir(self.workdir).failures_log, "a") as fh:
+                fh.write(line.replace("\n", " ") + "\n")
+
+        self._driver_write(str(Workdir(self.workdir).failures_log), append)
 
     def run(
         self,
@@ -375,11 +448,17 @@ class Runner:
         for n in selected:
             if stop.requested():  # SIGTERM: no later stage starts on what did not finish
                 break
+            blocked = self._disk_full_upstream(n)
+            if blocked is not None:  # training must not start on a partial store
+                reports.append(StageReport(n, stopped=blocked))
+                break
             report = self.run_stage(n, executor, force=n in force, retry_failed=retry_failed)
             damaged = self._damaged_entries(report) if n != "features" and "features" in order else {}
-            if damaged and not stop.requested():
+            if damaged and report.stopped is None and not stop.requested():
                 report = self._heal(n, damaged, report, reports, executor, force=n in force, retry_failed=retry_failed)
             reports.append(report)
+            if report.stopped is not None:  # a full disk: later stages do not start
+                break
         return reports
 
     def _damaged_entries(self, report: StageReport) -> dict[str, str]:
@@ -421,17 +500,40 @@ class Runner:
                 )
         return self.run_stage(name, executor, **run)
 
+    def _disk_full_upstream(self, name: str) -> str | None:
+        """Why ``name`` must not start: a stage it needs (directly or not) has items that failed for a
+        full disk and have not been done since (the stage is incomplete); None when none has."""
+        seen: set[str] = set()
+        todo = list(STAGES.get(name).needs)
+        while todo:
+            need = todo.pop()
+            if need in seen:
+                continue
+            seen.add(need)
+            self.done_items(need)  # plans it when this runner has not yet
+            failures = self._retrying.get(need) or {}
+            if failures:
+                first = next(iter(failures.values()))
+                return f"not started: {need} has {len(failures)} item(s) that failed for a full disk ({first['message']})"
+            todo += STAGES.get(need).needs
+        return None
+
     def verify(self, repair: bool = False) -> list[dict[str, Any]]:
-        """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones, which
-        ``repair`` returns to pending (their markers forgotten) so the next run recomputes them."""
+        """Open the outputs of every done item (``Stage.verify_outputs``); the damaged ones
+        (``{stage, item, reason}``: what is wrong, naming the file), which ``repair`` returns to
+        pending (their markers forgotten) so the next run recomputes them."""
         damaged = []
         for name in stage_order(self.config):
             stage = STAGES.get(name)
             plan = self.plan(name)
             self._done_cache[name] = plan.done
-            for item_id, done in plan.done.items():
-                if not stage.verify_outputs(plan.done_items[item_id], self.ctx, done.record):
-                    damaged.append({"stage": name, "item": item_id})
+            for item_id, done in sorted([*plan.done.items(), *plan.changed.items()], key=lambda kv: kv[0]):
+                try:
+                    reason = damage_reason(stage.verify_outputs(plan.done_items[item_id], self.ctx, done.record))
+                except Exception as exc:  # noqa: BLE001 - a check that cannot read the outputs found them damaged
+                    reason = f"the check failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                if reason is not None:
+                    damaged.append({"stage": name, "item": item_id, "reason": reason})
                     if repair:
                         self.ledger.forget(name, item_id)
             if repair:
@@ -448,18 +550,20 @@ class Runner:
             self._done_cache[name] = plan.done
             started = self._started[name] if live else set()
             running = sum(item.id in started for item, _ in plan.todo)
+            # failed for a full disk and not running again: shown as failed (the next run tries them again)
+            disk_full = [f for item_id, f in plan.retrying.items() if item_id not in started]
+            failed = [*plan.failed.values(), *disk_full]
             out.append(
                 StatusRow(
                     stage=name,
                     total=plan.total,
                     done=len(plan.done),
                     running=running,
-                    pending=len(plan.todo) - running,
-                    failed=sum(f.get("kind") != QUARANTINED for f in plan.failed.values()),
-                    quarantined=sum(f.get("kind") == QUARANTINED for f in plan.failed.values()),
+                    pending=len(plan.todo) - running - len(disk_full),
+                    failed=sum(f.get("kind") != QUARANTINED for f in failed),
+                    quarantined=sum(f.get("kind") == QUARANTINED for f in failed),
                     failures=[
-                        {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")}
-                        for f in plan.failed.values()
+                        {k: f.get(k) for k in ("item", "error_class", "kind", "file", "message", "attempts")} for f in failed
                     ],
                     notes=STAGES.get(name).status_notes(self.ctx),
                     details=STAGES.get(name).status_details(self.ctx) or None,

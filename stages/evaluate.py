@@ -259,6 +259,17 @@ class Evaluate(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> bool:
         return (ctx.workdir / record.estimate).exists()
 
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: EvaluateRecord) -> str | None:
+        """The estimate JAMS is there and parses as JSON; else what is wrong."""
+        path = ctx.workdir / record.estimate
+        try:
+            json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return f"estimate {record.estimate} missing"
+        except (OSError, ValueError) as exc:
+            return f"estimate {record.estimate}: does not read back as JSON ({type(exc).__name__}: {exc})"
+        return None
+
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
         return [path for t in ctx.params["evaluate"].tasks for path in (ctx.dirs.scores(t), ctx.dirs.scores_csv(t))]
 

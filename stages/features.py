@@ -308,6 +308,26 @@ def _kept(store: FeatureStore, track: str, part: str, wanted: Mapping[str, str],
     return same if same and store.part_readable(track, part) else set()
 
 
+def _stamp_problem(store: FeatureStore, track: str, stamp: list[int]) -> str:
+    """How an entry's files differ from the (size, mtime_ns) pairs its completion record holds."""
+    expected = {FEATURES: stamp[0:2], TARGETS: stamp[2:4] or None}
+    for part, want in expected.items():
+        label = store.part_label(track, part)
+        try:
+            st = os.stat(store.entry_path(track, part))
+        except OSError:
+            if want is not None:
+                return f"{label} missing"
+            continue
+        if want is None:
+            return f"{label} is not the one the record holds (written after it)"
+        if st.st_size != want[0]:
+            return f"{label}: truncated or rewritten (size {st.st_size} bytes differs from the record's {want[0]})"
+        if st.st_mtime_ns != want[1]:
+            return f"{label}: modified since it was written (modification time differs from the record)"
+    return "entry differs from its completion record"
+
+
 def update_entry(
     store: FeatureStore,
     track: str,
@@ -575,17 +595,21 @@ class Features(Stage):
             for item, stamp in zip(items, columns.values(raws, "stamp", None))
         ]
 
-    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> bool:
-        """Every chunk present, and every array read and decoded (zip CRCs, codec errors)."""
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: FeaturesRecord) -> str | None:
+        """What is wrong with the entry, or None: each file where the record says (size and modification
+        time), opening, with every chunk present, and every chunk of every array read and decoded (zip
+        CRCs, codec errors), one chunk at a time. The reason names the file, the array and the chunk."""
         p: FeaturesParams = ctx.params["features"]
         store = open_store(p.store, store_root(ctx))
-        if not (self.outputs_valid(item, ctx, record) and store.is_valid(item.payload["track"])):
-            return False
-        try:
-            store.read_entry(item.payload["track"])
-        except Exception:  # noqa: BLE001 - any failure to read back is damage
-            return False
-        return True
+        track = item.payload["track"]
+        stamp = record.stamp
+        if stamp is not None and store.entry_stamp(track) != stamp:
+            return _stamp_problem(store, track, stamp)
+        parts = [FEATURES, TARGETS] if (stamp is not None and len(stamp) > 2) or store.has_part(track, TARGETS) else [FEATURES]
+        return next((why for part in parts if (why := store.part_problem(track, part)) is not None), None)
+
+    def writes_to(self, ctx: StageContext) -> list[Path]:
+        return [Path(store_root(ctx)), ctx.workdir]
 
     def finalize_outputs(self, ctx: StageContext) -> list[Path]:
         return [Path(store_root(ctx)) / INDEX_NAME]

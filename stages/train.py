@@ -348,13 +348,17 @@ class Train(Stage):
     def outputs_valid(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
         return (ctx.workdir / record.checkpoint).exists()
 
-    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> bool:
+    def verify_outputs(self, item: WorkItem, ctx: StageContext, record: TrainRecord) -> str | None:
         """The checkpoint is there and the safe loader accepts it (an older mirpipe's or a tampered one is damaged:
-        ``mirpipe verify --repair`` has it trained again)."""
+        ``mirpipe verify --repair`` has it trained again); else what is wrong."""
         from mirpipe.models.checkpoint import checkpoint_is_safe
 
         path = ctx.workdir / record.checkpoint
-        return path.exists() and checkpoint_is_safe(path)
+        if not path.exists():
+            return f"checkpoint {record.checkpoint} missing"
+        if not checkpoint_is_safe(path):
+            return f"checkpoint {record.checkpoint}: not one the safe loader accepts (cut short, written by an older mirpipe, or tampered with)"
+        return None
 
     def start_notes(self, ctx: StageContext) -> list[str]:
         return [

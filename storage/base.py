@@ -381,25 +381,54 @@ class FeatureStore(ABC):
     def part_readable(self, track: str, part: str) -> bool:
         """``part_valid``, and every chunk of every array reads and decodes (zip CRCs, codec checks),
         one chunk at a time (a track of hours is never read whole)."""
-        if not self.part_valid(track, part):
-            return False
+        return self.part_problem(track, part) is None
+
+    def part_label(self, track: str, part: str) -> str:
+        """How a reason names one file of an entry: ``entry <file>`` or ``targets file <file>``."""
+        return f"{'targets file' if part == TARGETS else 'entry'} {Path(self.entry_relpath(track, part)).name}"
+
+    def part_problem(self, track: str, part: str) -> str | None:
+        """What is wrong with one file of an entry, or None when it opens, holds all its chunks and
+        every chunk of every array reads and decodes (one chunk at a time, as ``part_readable``).
+        The reason names the file, then the array and chunk (its grid position, variant and frames)
+        and the reader's own message: ``entry t.zarr.zip: array cqt chunk 0/0/0 (variant 0, frames
+        0-1024): BadZipFile: Bad CRC-32 for file 'cqt/c/0/0/0'``."""
+        label = self.part_label(track, part)
+        if not self.has_part(track, part):
+            return f"{label} missing"
+        path = self.entry_path(track, part)
         try:
-            handles, _, owner = self._open(self.entry_path(track, part), None)
-        except Exception:  # noqa: BLE001 - does not open: not readable
-            return False
+            handles, _, owner = self._open(path, None)
+        except Exception as exc:  # noqa: BLE001 - what the backend says is the reason
+            return f"{label}: does not open: {_describe(exc)}"
         try:
-            for handle in handles.values():
+            if not handles:
+                return f"{label}: holds no arrays"
+            for name, handle in handles.items():
+                present, total = getattr(handle, "nchunks_initialized", None), getattr(handle, "nchunks", None)
+                if isinstance(present, int) and isinstance(total, int) and present != total:
+                    return f"{label}: array {name}: {present} of {total} chunks present (an interrupted or cut write)"
+            for name, handle in handles.items():
                 shape = tuple(handle.shape)
-                step = chunk_frames(shape[1]) if len(shape) >= 2 else 0
-                for v in range(shape[0] if len(shape) >= 2 else 0):
+                if len(shape) < 2:
+                    continue
+                step = chunk_frames(shape[1])
+                for v in range(shape[0]):
                     for a in range(0, shape[1], step):
-                        np.asarray(handle[v, a : a + step])
-            return True
-        except Exception:  # noqa: BLE001 - any failure to read back is damage
-            return False
+                        try:
+                            np.asarray(handle[v, a : a + step])
+                        except Exception as exc:  # noqa: BLE001 - any failure to read back is damage: say which chunk
+                            grid = "/".join(map(str, (v, a // step, *[0] * (len(shape) - 2))))
+                            stop = min(a + step, shape[1])
+                            return f"{label}: array {name} chunk {grid} (variant {v}, frames {a}-{stop}): {_describe(exc)}"
+        except Exception as exc:  # noqa: BLE001 - listing the arrays of a damaged file failed
+            return f"{label}: {_describe(exc)}"
         finally:
             if owner is not None:
                 owner.close()
+        if not self._valid(path):  # the backend's own check (HDF5: a file cut short)
+            return f"{label}: incomplete (the {self.backend} backend's check of its chunks fails)"
+        return None
 
     # -- what a backend implements -----------------------------------------------
     @abstractmethod
@@ -442,6 +471,14 @@ class FeatureStore(ABC):
 
     def remove_leftovers(self) -> int:
         return remove_leftovers(self.root)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Class: message`` of an exception, on one line (the message of its cause when it has none)."""
+    text = " ".join(str(exc).split())
+    if not text and exc.__cause__ is not None:
+        return _describe(exc.__cause__)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _Owners:

@@ -239,7 +239,8 @@ def test_evaluate_and_bundle_from_workdir_refuse_a_malicious_best_pt(workdir, tm
     record = SimpleNamespace(task="chord", checkpoint="train/chord/best.pt")  # the fields verify reads
     item = WorkItem("chord", payload={"task": "chord"})
     assert Train().outputs_valid(item, ctx, record)  # planning: a stat, the file is there
-    assert not Train().verify_outputs(item, ctx, record)  # `mirpipe verify`: damaged, --repair trains it again
+    reason = Train().verify_outputs(item, ctx, record)  # `mirpipe verify`: damaged, --repair trains it again
+    assert reason is not None and reason.startswith("checkpoint train/chord/best.pt: not one the safe loader accepts")
     assert not marker.exists()
 
 

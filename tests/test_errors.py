@@ -243,3 +243,32 @@ def test_a_read_only_workdir_exits_2_and_status_still_reads_it(tmp_path, fault_c
         for path in [work, *work.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
     assert sorted((p.relative_to(work), p.stat().st_mtime_ns) for p in work.rglob("*")) == before
+
+
+def test_a_full_disk_or_quota_anywhere_in_the_chain_is_a_disk_full_error(tmp_path):
+    """ENOSPC and EDQUOT become a ``DiskFullError`` naming the file and the free space: not the input's
+    fault, not retried, picklable for Dask; a wrapped or message-only one too (HDF5 words it)."""
+    import errno
+    import pickle
+
+    from mirpipe.errors import DiskFullError, disk_full_error, is_retryable
+
+    full = disk_full_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a.zip")))
+    assert isinstance(full, DiskFullError) and isinstance(full, WorkdirError) and not isinstance(full, InputError)
+    assert full.path == str(tmp_path / "a.zip") and isinstance(full.free, int) and full.free > 0 and not full.quota
+    assert str(full) == f"disk full at {tmp_path / 'a.zip'} ({full.free} bytes free): free space and run `mirpipe run` again"
+    assert not is_retryable(full) and not errors.is_permanent(full) and is_retryable(RuntimeError("transient"))
+    assert str(pickle.loads(pickle.dumps(full))) == str(full)
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as exc:
+            raise RuntimeError("zarr could not write the chunk") from exc
+    except RuntimeError as wrapped:
+        quota = disk_full_error(wrapped, [tmp_path / "nowhere" / "yet", tmp_path])
+    assert quota is not None and quota.quota and quota.path in (str(tmp_path / "nowhere" / "yet"), str(tmp_path))
+    assert str(quota).startswith("disk quota exceeded at ")
+    hdf5 = OSError("Can't close file (file write failed: errno = 28, error message = 'No space left on device')")
+    assert disk_full_error(hdf5, [tmp_path]).path == str(tmp_path)
+    assert disk_full_error(OSError(errno.EACCES, "Permission denied", "x")) is None
+    assert disk_full_error(ValueError("a bug")) is None

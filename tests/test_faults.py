@@ -188,10 +188,24 @@ def test_planted_broken_entries_are_detected_and_rewritten(backend, augmented, f
     assert_same_store(store_contents(augmented, backend), reference_store)
 
 
+def _flip_member(path: Path, member: str) -> None:
+    """Flip bytes inside one zip member's data, keeping the file's size and modification time."""
+    st = path.stat()
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)  # the local header, then the data
+    data = bytearray(path.read_bytes())
+    data[start + 8 : start + 24] = bytes(b ^ 0xFF for b in data[start + 8 : start + 24])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 @pytest.mark.slow
 def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_corpus, reference_store):
     """Damage that keeps an entry's size and modification time passes planning's stat check;
-    ``mirpipe verify`` opens the entries, finds it, and ``--repair`` makes the item pending."""
+    ``mirpipe verify`` opens the entries, finds it and says what is wrong (the file, the array, the
+    chunk); a removed targets file and a truncated entry are named too; ``--repair`` makes the items
+    pending and the next run makes the store what an uninterrupted run makes."""
     from click.testing import CliRunner
 
     from mirpipe.pipeline import workdir as wd
@@ -201,21 +215,28 @@ def test_planning_checks_stamps_and_verify_opens_every_entry(augmented, fault_co
     wd.record(augmented, cfg, parse_cluster({"type": "sync"}))
     with open_executor(parse_cluster({"type": "sync"})) as ex:
         Runner(augmented, cfg, progress=False).run(ex, until="features")
-        path = open_store("zarr", augmented / "features").entry_path("demo-0002")
-        st = path.stat()
-        data = bytearray(path.read_bytes())
-        middle = len(data) // 2
-        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
-        path.write_bytes(bytes(data))
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert Runner(augmented, cfg, progress=False).plan("features").total == FAULT_TRACKS
-        assert "demo-0002" in Runner(augmented, cfg, progress=False).plan("features").done  # stat check passes
+        store = open_store("zarr", augmented / "features")
+        _flip_member(store.entry_path("demo-0002"), "cqt/c/0/0/0")
+        store.entry_path("demo-0001", "targets").unlink()
+        cut = store.entry_path("demo-0003")
+        cut.write_bytes(cut.read_bytes()[:4096])
+        plan = Runner(augmented, cfg, progress=False).plan("features")
+        assert plan.total == FAULT_TRACKS and "demo-0002" in plan.done  # stat check passes
+        assert {"demo-0001", "demo-0003"} <= {item.id for item, _ in plan.todo}  # stat check fails: pending
         res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented), "--json"], catch_exceptions=False)
-        assert res.exit_code == 1 and json.loads(res.stdout)["damaged"] == [{"stage": "features", "item": "demo-0002"}]
+        assert res.exit_code == 1
+        reasons = {d["item"]: d["reason"] for d in json.loads(res.stdout)["damaged"] if d.pop("stage") == "features"}
+        assert sorted(reasons) == ["demo-0001", "demo-0002", "demo-0003"]
+        assert reasons["demo-0002"].startswith("entry demo-0002.zarr.zip: array cqt chunk 0/0/0 (variant 0, frames 0-")
+        assert "Bad CRC-32" in reasons["demo-0002"] and "cqt/c/0/0/0" in reasons["demo-0002"]
+        assert reasons["demo-0001"] == "targets file demo-0001.targets.zarr.zip missing"
+        assert reasons["demo-0003"].startswith("entry demo-0003.zarr.zip: truncated or rewritten (size 4096 bytes differs")
         res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented), "--repair"], catch_exceptions=False)
-        assert res.exit_code == 0 and "DAMAGED features demo-0002 (now pending)" in res.stdout
+        assert res.exit_code == 0
+        assert f"DAMAGED features demo-0002 (now pending): {reasons['demo-0002']}" in res.stdout
+        assert "DAMAGED features demo-0001 (now pending): targets file demo-0001.targets.zarr.zip missing" in res.stdout
         (report,) = Runner(augmented, cfg, progress=False).run(ex, only="features")
-        assert report.scheduled == 1 and report.done == 1
+        assert report.scheduled == 3 and report.done == 3
     res = CliRunner().invoke(main, ["verify", "--workdir", str(augmented)], catch_exceptions=False)
     assert res.exit_code == 0 and "0 damaged" in res.stdout
     assert_same_store(store_contents(augmented), reference_store)

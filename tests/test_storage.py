@@ -198,3 +198,45 @@ def test_zarr_direct_reads_keep_decoded_chunks_within_their_budget_and_return_co
         assert (
             decoded == [1, 2, 0, 1, 2, 3, 4] and a.cached_bytes <= DirectArray.cache_bytes and list(a.cache) == [(0, 3), (0, 4)]
         )
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_part_problem_names_the_file_the_array_and_the_chunk(backend, tmp_path):
+    """``part_problem`` (what ``mirpipe verify`` prints): None for an intact file; a missing file, a
+    file cut short and a chunk that does not decode each named, with the reader's own message."""
+    import os
+    import zipfile
+
+    store = open_store(backend, tmp_path)
+    rng = np.random.default_rng(0)  # incompressible: every chunk holds its own bytes
+    arrays = {"cqt": rng.standard_normal((1, 3000, 16)).astype(np.float16), "targets/chord_tag": np.zeros((1, 3000), np.int16)}
+    store.write_entry("t", arrays, {})
+    assert store.part_problem("t", "features") is None and store.part_problem("t", "targets") is None
+    store.entry_path("t", "targets").unlink()
+    assert store.part_problem("t", "targets") == f"targets file t.targets{store.suffix} missing"
+    path = store.entry_path("t")
+    if backend == "zarr":  # flip bytes inside the second time chunk of cqt, size and mtime kept
+        st = path.stat()
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("cqt/c/0/1/0")
+            start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data = bytearray(path.read_bytes())
+        data[start + 8 : start + 24] = bytes(b ^ 0xFF for b in data[start + 8 : start + 24])
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        reason = store.part_problem("t", "features")
+        assert reason is not None and reason.startswith("entry t.zarr.zip: array cqt chunk 0/1/0 (variant 0, frames 1024-2048): ")
+        assert "Bad CRC-32" in reason and "cqt/c/0/1/0" in reason
+        assert not store.part_readable("t", "features")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    reason = store.part_problem("t", "features")
+    assert reason is not None and reason.startswith(f"entry t{store.suffix}: ") and not store.part_readable("t", "features")
+
+
+def test_damage_reason_keeps_the_boolean_contract():
+    from mirpipe.stage import NO_REASON, damage_reason
+
+    assert damage_reason(None) is None and damage_reason(True) is None
+    assert damage_reason(False) == NO_REASON and damage_reason("") == NO_REASON
+    assert damage_reason("targets file t.targets.zarr.zip missing") == "targets file t.targets.zarr.zip missing"

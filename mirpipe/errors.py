@@ -233,6 +233,7 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Errors worth retrying within a run: neither the input's fault nor a full disk (space does not
-    come back within seconds; the next run tries again)."""
-    return not is_permanent(exc) and not isinstance(exc, DiskFullError)
+    """Errors worth retrying within a run: neither the input's fault, nor a full disk (space does not
+    come back within seconds; the next run tries again), nor a damaged store entry."""
+    # a damaged store entry reads the same on a retry: the runner recomputes it instead (``EntryReadError``)
+    return not is_permanent(exc) and not isinstance(exc, (DiskFullError, EntryReadError))

@@ -226,7 +226,7 @@ def test_part_problem_names_the_file_the_array_and_the_chunk(backend, tmp_path):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         reason = store.part_problem("t", "features")
         assert reason is not None and reason.startswith("entry t.zarr.zip: array cqt chunk 0/1/0 (variant 0, frames 1024-2048): ")
-        assert "Bad CRC-32" in reason and "cqt/c/0/1/0" in reason
+        assert "bad crc-32" in reason.lower() and "cqt/c/0/1/0" in reason
         assert not store.part_readable("t", "features")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])

@@ -233,7 +233,13 @@ def pools_section() -> tuple[str, str, list]:
 
     doc = " ".join((PooledCluster.__doc__ or "").split())
     body = [
-        (name, "cluster spec" if name == "cluster" else type_name(f.annotation), default_text(f), constraints(f), f.description or "")
+        (
+            name,
+            "cluster spec" if name == "cluster" else type_name(f.annotation),
+            default_text(f),
+            constraints(f),
+            f.description or "",
+        )
         for name, f in PooledCluster.model_fields.items()
     ]
     body[0] = ("cluster", "cluster spec", "`{type: local}`", *body[0][3:])

@@ -248,3 +248,54 @@ def test_a_preempted_gpu_job_is_replaced_and_training_resumes_to_identical_weigh
     a, b = _weights(plain), _weights(preempted)
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert _gone("dask-gpu")
+
+
+# -- a stopped worker is not a stopped run ----------------------------------------------------------
+
+
+class _PreemptOnce:
+    """A sync executor whose first attempt of every item comes back "stopped", as from a worker whose
+    batch job was pre-empted (its SIGTERM set the flag in the worker process, not in this driver)."""
+
+    allowed_failures = 0
+    description = "preempt-once"
+    dashboard_link = None
+
+    def __init__(self):
+        from mirpipe.pipeline.cluster import SyncExecutor
+
+        self.inner = SyncExecutor()
+        self.seen: set[str] = set()
+
+    def resources_for(self, stage, default):
+        return None
+
+    def run(self, fn, calls, resources=None, stop=None):
+        from mirpipe.records import ItemResult
+
+        for key, args in calls:
+            item = args[1]
+            if item.id not in self.seen:
+                self.seen.add(item.id)
+                yield key, ItemResult("stopped", item.id)
+                continue
+            yield from self.inner.run(fn, [(key, args)], resources, stop)
+
+
+def test_an_item_stopped_on_its_worker_is_resubmitted_a_stop_of_the_driver_ends_it(augmented, fault_corpus):
+    from conftest import FAULT_TRACKS, corpus_config
+
+    from mirpipe import stop
+    from mirpipe.pipeline.runner import Runner
+
+    runner = Runner(augmented, corpus_config(fault_corpus), log=lambda m: None, progress=False)
+    report = runner.run_stage("features", _PreemptOnce())
+    assert report.done == FAULT_TRACKS and report.interrupted == 0 and report.failed == 0
+
+    other = Runner(augmented, corpus_config(fault_corpus), log=lambda m: None, progress=False)
+    stop.request()  # the driver's own stop (SIGTERM to mirpipe run): "stopped" items end the stage
+    try:
+        report = other.run_stage("features", _PreemptOnce(), force=True)
+    finally:
+        stop.clear()
+    assert report.interrupted + report.unscheduled == FAULT_TRACKS and report.done == 0

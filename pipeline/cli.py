@@ -429,20 +429,30 @@ def _cluster_cfg(cluster_file: Path | None, workdir: Path | None):
 def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: bool) -> None:
     """Print the resolved, validated cluster settings (with derived worker lifetime and job arguments)."""
     from .cluster import jobqueue_kwargs
-    from .config import JobqueueCluster, dump
+    from .config import DEFAULT_POOL, JobqueueCluster, PooledCluster, dump
+
+    def shown(cfg, pool: str) -> dict[str, Any]:
+        out = dump(cfg)
+        out = {"type": out.pop("type"), **out}
+        if isinstance(cfg, JobqueueCluster):
+            life, stagger = cfg.lifetime_seconds()
+            kwargs = jobqueue_kwargs(cfg, workdir, pool)
+            out["derived"] = {"lifetime_s": life, "lifetime_stagger_s": stagger, "jobqueue_kwargs": kwargs}
+        return out
 
     cfg = _cluster_cfg(cluster_file, workdir)
-    out = dump(cfg)
-    out = {"type": out.pop("type"), **out}
-    if isinstance(cfg, JobqueueCluster):
-        life, stagger = cfg.lifetime_seconds()
-        out["derived"] = {"lifetime_s": life, "lifetime_stagger_s": stagger, "jobqueue_kwargs": jobqueue_kwargs(cfg, workdir)}
+    if isinstance(cfg, PooledCluster):  # each pool, and which stages it runs
+        doc: dict[str, Any] = {"cluster": shown(cfg.cluster, DEFAULT_POOL)}
+        doc["pools"] = {name: shown(cfg.pool(name), name) for name in cfg.pools}
+        doc["stages"] = dict(cfg.stages)
+    else:
+        doc = {"cluster": shown(cfg, DEFAULT_POOL)}
     if json_mode:
-        click.echo(json.dumps(out, indent=1))
+        click.echo(json.dumps(doc if isinstance(cfg, PooledCluster) else doc["cluster"], indent=1))
         return
     import yaml
 
-    click.echo(yaml.safe_dump({"cluster": out}, sort_keys=False).rstrip())
+    click.echo(yaml.safe_dump(doc, sort_keys=False).rstrip())
 
 
 @cluster.command("job-script")
@@ -456,16 +466,23 @@ def cluster_show(cluster_file: Path | None, workdir: Path | None, json_mode: boo
 @click.option(
     "--workdir", type=click.Path(path_type=Path), default=None, help="use this workdir's recorded cluster (and its logs/jobs)"
 )
+@click.option("--pool", default=None, help="the pool whose job script to print (cluster.yaml pools:); default: the default pool")
 @_guard
-def cluster_job_script(cluster_file: Path | None, workdir: Path | None) -> None:
-    """Print the batch script dask-jobqueue would submit for one worker job."""
+def cluster_job_script(cluster_file: Path | None, workdir: Path | None, pool: str | None) -> None:
+    """Print the batch script dask-jobqueue would submit for one worker job (of one pool)."""
     from .cluster import job_script
-    from .config import ConfigError, JobqueueCluster
+    from .config import DEFAULT_POOL, ConfigError, JobqueueCluster, PooledCluster
 
-    cfg = _cluster_cfg(cluster_file, workdir)
+    loaded = _cluster_cfg(cluster_file, workdir)
+    names = loaded.names() if isinstance(loaded, PooledCluster) else [DEFAULT_POOL]
+    name = pool or DEFAULT_POOL
+    if name not in names:
+        raise ConfigError(f"--pool {name}: no such pool (pools are {', '.join(names)})")
+    cfg = loaded.pool(name) if isinstance(loaded, PooledCluster) else loaded
     if not isinstance(cfg, JobqueueCluster):
-        raise ConfigError(f"cluster type {cfg.type!r} submits no batch jobs (job-script needs slurm, pbs, sge or lsf)")
-    click.echo(job_script(cfg, workdir))
+        what = f"pool {name!r}: " if isinstance(loaded, PooledCluster) else ""
+        raise ConfigError(f"{what}cluster type {cfg.type!r} submits no batch jobs (job-script needs slurm, pbs, sge or lsf)")
+    click.echo(job_script(cfg, workdir, name))
 
 
 @main.command()

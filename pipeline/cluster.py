@@ -15,7 +15,15 @@ from mirpipe.errors import ConfigurationError
 from mirpipe.stop import request_async
 from mirpipe.stop import requested as stop_requested
 
-from .cluster_config import AddressCluster, ClusterConfig, JobqueueCluster, LocalClusterConfig, SyncCluster
+from .cluster_config import (
+    DEFAULT_POOL,
+    AddressCluster,
+    ClusterConfig,
+    JobqueueCluster,
+    LocalClusterConfig,
+    PooledCluster,
+    SyncCluster,
+)
 
 Call = tuple[str, tuple[Any, ...]]  # (key, args)
 
@@ -218,15 +226,18 @@ def _dask_jobqueue():
     return dask_jobqueue
 
 
-def jobqueue_kwargs(cfg: JobqueueCluster, workdir: Path | None = None) -> dict[str, Any]:
+def jobqueue_kwargs(cfg: JobqueueCluster, workdir: Path | None = None, pool: str = DEFAULT_POOL) -> dict[str, Any]:
     """The keyword arguments mirpipe gives dask-jobqueue: the keys cluster.yaml set, mirpipe's worker
-    arguments and dashboard; job logs default to <workdir>/logs/jobs and, with TLS, the credentials
-    directory to <workdir>/.mirpipe-tls, unless the dask config (jobqueue.yaml) names one.
+    arguments and dashboard; job logs default to <workdir>/logs/jobs (<workdir>/logs/jobs/<pool> for a
+    named pool, whose jobs are also named dask-<pool>) and, with TLS, the credentials directory to
+    <workdir>/.mirpipe-tls, unless the dask config (jobqueue.yaml) names one.
     JSON-serializable: the security object itself is made only when a cluster starts."""
     kwargs = cfg.jobqueue_kwargs(python=sys.executable)
     base = Path(workdir).resolve() if workdir is not None else Path.cwd()
     if "log_directory" not in kwargs and cfg.setting("log_directory") is None and workdir is not None:
-        kwargs["log_directory"] = str(base / "logs" / "jobs")
+        kwargs["log_directory"] = str(base / "logs" / "jobs" / (pool if pool != DEFAULT_POOL else ""))
+    if pool != DEFAULT_POOL and "job_name" not in kwargs and cfg.setting("job_name") in (None, "dask-worker"):
+        kwargs["job_name"] = f"dask-{pool}"
     if cfg.tls and "shared_temp_directory" not in kwargs and cfg.setting("shared_temp_directory") is None:
         kwargs["shared_temp_directory"] = str(base / TLS_DIRNAME)
     return kwargs
@@ -236,13 +247,13 @@ def _job_class(cfg: JobqueueCluster):
     return getattr(_dask_jobqueue(), f"{JOBQUEUE_CLASSES[cfg.type]}Cluster").job_cls
 
 
-def job_script(cfg: JobqueueCluster, workdir: Path | None = None) -> str:
+def job_script(cfg: JobqueueCluster, workdir: Path | None = None, pool: str = DEFAULT_POOL) -> str:
     """The batch script dask-jobqueue would submit (no scheduler is started, no credentials are made:
     with TLS the script names where the run's temporary credentials will be)."""
     import inspect
 
     job_cls = _job_class(cfg)
-    kwargs = jobqueue_kwargs(cfg, workdir)
+    kwargs = jobqueue_kwargs(cfg, workdir, pool)
     accepted = set(inspect.signature(job_cls.__init__).parameters) | set(
         inspect.signature(job_cls.__mro__[1].__init__).parameters
     )
@@ -288,9 +299,9 @@ def _tls_security(cfg: JobqueueCluster, kwargs: dict[str, Any]):
     return security
 
 
-def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None):
+def _jobqueue_cluster(cfg: JobqueueCluster, workdir: Path | None = None, pool: str = DEFAULT_POOL):
     cls = getattr(_dask_jobqueue(), f"{JOBQUEUE_CLASSES[cfg.type]}Cluster")
-    kwargs = jobqueue_kwargs(cfg, workdir)
+    kwargs = jobqueue_kwargs(cfg, workdir, pool)
     if cfg.tls:
         kwargs["security"] = _tls_security(cfg, kwargs)
     cluster = cls(**kwargs)
@@ -326,13 +337,25 @@ def scheduler_settings(cfg: ClusterConfig) -> dict[str, Any]:
 
 
 @contextmanager
-def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[SyncExecutor | DaskExecutor]:
-    """Start (or connect to) the configured cluster for the duration of a run."""
+def open_executor(
+    cfg: ClusterConfig | PooledCluster, workdir: Path | None = None, pool: str = DEFAULT_POOL
+) -> Iterator[SyncExecutor | DaskExecutor | PoolExecutor]:
+    """Start (or connect to) the configured cluster for the duration of a run; with named pools, a
+    ``PoolExecutor`` that starts each pool when a stage of it first has work."""
+    if isinstance(cfg, PooledCluster):
+        pools = PoolExecutor(cfg, workdir)
+        try:
+            yield pools
+        finally:
+            pools.close()
+        return
     if isinstance(cfg, SyncCluster):
         yield SyncExecutor()
         return
     import dask
     from distributed import Client, LocalCluster
+
+    from .worker_plugin import WorkerStopPlugin
 
     if isinstance(cfg, LocalClusterConfig):
         with dask.config.set(scheduler_settings(cfg)):
@@ -349,8 +372,6 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
             )
         client = Client(cluster)
         try:
-            from .worker_plugin import WorkerStopPlugin
-
             client.register_plugin(WorkerStopPlugin())  # workers save and stop on SIGTERM too
             n = len(client.scheduler_info(n_workers=-1)["workers"])
             tls = ", TLS" if cfg.tls else ""
@@ -366,13 +387,20 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
             client.close()
     else:
         with dask.config.set(scheduler_settings(cfg)):
-            cluster = _jobqueue_cluster(cfg, workdir)
+            cluster = _jobqueue_cluster(cfg, workdir, pool)
         client = Client(cluster)
         try:
+            # a batch job's SIGTERM (pre-emption, scancel, walltime) reaches the worker process too: its
+            # training saves a checkpoint after the current step, and the runner resubmits the item
+            client.register_plugin(WorkerStopPlugin())
             jobs = f"{cfg.jobs} jobs" if cfg.jobs else f"adaptive {cfg.minimum}..{cfg.maximum} jobs"
             tls = "TLS" if cfg.tls else "no TLS"
+            queue = cfg.setting("queue")
+            where = f", queue {queue}" if queue else ""
             yield DaskExecutor(
-                client, f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.setting('cores')} cores, {tls}", cfg
+                client,
+                f"{cfg.type.upper()} through dask-jobqueue, {jobs} x {cfg.setting('cores')} cores{where}, {tls}",
+                cfg,
             )
         finally:
             adaptive = getattr(cluster, "_adaptive", None)
@@ -381,3 +409,70 @@ def open_executor(cfg: ClusterConfig, workdir: Path | None = None) -> Iterator[S
             client.close()
             cluster.close()
             _remove_worker_credentials(cluster)
+
+
+class PoolExecutor:
+    """Named pools (cluster.yaml ``pools:`` + ``stages:``): each stage runs on its pool's executor,
+    started when a stage of the pool first has work and closed by ``stage_ended`` once no later stage
+    of the run needs it (GPU jobs are not held through feature extraction). ``run`` and
+    ``resources_for`` without a stage use the default pool (``mirpipe predict``)."""
+
+    def __init__(self, cfg: PooledCluster, workdir: Path | None = None, log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.allowed_failures = cfg.allowed_failures
+        self._open: dict[str, tuple[Any, SyncExecutor | DaskExecutor]] = {}
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.opened: list[str] = []  # pools in the order they started (and ``closed``: ended), for reports and tests
+        self.closed: list[str] = []
+        stages = ", ".join(f"{s} -> {p}" for s, p in cfg.stages.items())
+        self.description = f"pools {', '.join(cfg.names())} (started when their stages have work; {stages})"
+
+    dashboard_link: str | None = None
+
+    def executor(self, pool: str) -> SyncExecutor | DaskExecutor:
+        """Pool ``pool``'s executor, started now if it is not running."""
+        if pool not in self._open:
+            cm = open_executor(self.cfg.pool(pool), self.workdir, pool)
+            ex = cm.__enter__()
+            assert not isinstance(ex, PoolExecutor)  # a pool is a single cluster spec
+            self._open[pool] = (cm, ex)
+            self.opened.append(pool)
+            link = f"; dashboard {ex.dashboard_link}" if ex.dashboard_link else ""
+            self.log(f"mirpipe: pool {pool} started: {ex.description}{link}")
+        return self._open[pool][1]
+
+    def for_stage(self, stage: str) -> SyncExecutor | DaskExecutor:
+        return self.executor(self.cfg.pool_of(stage))
+
+    def stage_ended(self, stage: str, later: list[str]) -> None:
+        """``stage`` is over: close every running pool that none of the ``later`` stages uses."""
+        needed = {self.cfg.pool_of(s) for s in later}
+        for pool in [p for p in self._open if p not in needed]:
+            self._close(pool)
+
+    def _close(self, pool: str) -> None:
+        cm, _ = self._open.pop(pool)
+        try:
+            cm.__exit__(None, None, None)
+        finally:
+            self.closed.append(pool)
+            self.log(f"mirpipe: pool {pool} closed")
+
+    def close(self) -> None:
+        errors = []
+        for pool in reversed(list(self._open)):
+            try:
+                self._close(pool)
+            except Exception as exc:  # noqa: BLE001 - close the others, then raise the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def resources_for(self, stage: str, default: dict[str, float]) -> dict[str, float] | None:
+        return self.for_stage(stage).resources_for(stage, default)
+
+    def run(
+        self, fn: Callable, calls: list[Call], resources: dict | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        return self.executor(DEFAULT_POOL).run(fn, calls, resources=resources, stop=stop)

@@ -451,3 +451,64 @@ def jobqueue_keywords() -> set[str] | None:
 
 ClusterConfig = Annotated[SyncCluster | LocalClusterConfig | AddressCluster | JobqueueCluster, Field(discriminator="type")]
 """Executors: where work items run. ``sync`` runs them in-process; the others on Dask."""
+
+
+DEFAULT_POOL = "default"
+
+
+class PooledCluster(BaseModel):
+    """A cluster.yaml with named pools: ``cluster`` is the default pool (the single cluster of a file
+    without pools), ``pools`` further cluster specs by name, ``stages`` which pool runs which stage
+    (a stage not named runs in the default pool). A pool starts when the first of its stages has work
+    and closes once the run has no later stage for it."""
+
+    model_config = ConfigDict(extra="forbid")
+    cluster: ClusterConfig = Field(
+        default_factory=lambda: LocalClusterConfig(type="local"),
+        description="the default pool: the stages `stages` does not name (default: a LocalCluster)",
+    )
+    pools: dict[str, ClusterConfig] = Field(
+        default_factory=dict, description="named pools, each a cluster spec (local, address, slurm, pbs, sge, lsf)"
+    )
+    stages: dict[str, str] = Field(
+        default_factory=dict, description="stage -> pool name, e.g. {features: cpu, train: gpu}; others: the default pool"
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if name == DEFAULT_POOL:
+                raise ValueError(f"pool name {DEFAULT_POOL!r} is the `cluster:` key's pool; name the others differently")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"pool name {name!r}: use letters, digits, '_', '-', '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _stages(self):
+        from mirpipe.stages import STAGES
+
+        known = list(STAGES.names())
+        for stage, pool in self.stages.items():
+            if stage not in known:
+                raise ValueError(f"stages.{stage}: unknown stage (stages are {', '.join(known)})")
+            if pool != DEFAULT_POOL and pool not in self.pools:
+                names = ", ".join([DEFAULT_POOL, *self.pools])
+                raise ValueError(f"stages.{stage}: unknown pool {pool!r} (pools are {names})")
+        return self
+
+    def names(self) -> list[str]:
+        """The pools: the default first, then as the file lists them."""
+        return [DEFAULT_POOL, *self.pools]
+
+    def pool(self, name: str) -> Any:
+        """The cluster spec of pool ``name``."""
+        return self.cluster if name == DEFAULT_POOL else self.pools[name]
+
+    def pool_of(self, stage: str | None) -> str:
+        """The pool that runs ``stage`` (None: the default pool)."""
+        return self.stages.get(stage, DEFAULT_POOL) if stage is not None else DEFAULT_POOL
+
+    @property
+    def allowed_failures(self) -> int:
+        return self.cluster.allowed_failures

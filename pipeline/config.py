@@ -16,10 +16,12 @@ from mirpipe.registry import import_plugins
 from mirpipe.stages import STAGES, run_order
 
 from .cluster_config import (  # noqa: F401 - re-exported
+    DEFAULT_POOL,
     AddressCluster,
     ClusterConfig,
     JobqueueCluster,
     LocalClusterConfig,
+    PooledCluster,
     SyncCluster,
     parse_walltime,
 )
@@ -127,7 +129,15 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineBase:
         raise ConfigError(_format(source, exc)) from None
 
 
-def parse_cluster(data: dict, source: str = "<cluster>") -> ClusterConfig:
+def parse_cluster(data: dict, source: str = "<cluster>") -> ClusterConfig | PooledCluster:
+    """A cluster.yaml: one cluster spec (``cluster: {...}``, or the spec itself at the top level), or
+    named pools (``pools:`` and ``stages:`` beside ``cluster:``, the default pool) as a ``PooledCluster``."""
+    if "pools" in data or "stages" in data:
+        try:
+            pooled = PooledCluster.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format(source, exc)) from None
+        return pooled if pooled.pools or pooled.stages else pooled.cluster
     if "cluster" not in data:
         data = {"cluster": data}
     try:
@@ -140,7 +150,7 @@ def load_pipeline(path: Path | str) -> PipelineBase:
     return parse_pipeline(_read_yaml(Path(path)), str(path))
 
 
-def load_cluster(path: Path | str) -> ClusterConfig:
+def load_cluster(path: Path | str) -> ClusterConfig | PooledCluster:
     return parse_cluster(_read_yaml(Path(path)), str(path))
 
 

@@ -28,16 +28,19 @@ from .cluster_config import ClusterConfig, SyncCluster
 
 def _config(config: str | Path | Mapping[str, Any] | ClusterConfig | None) -> ClusterConfig:
     """A cluster.yaml path, its mapping (``{"type": "local", ...}`` or ``{"cluster": {...}}``), a
-    parsed config, or None: ./cluster.yaml when there is one, else a LocalCluster."""
-    from .config import load_cluster, parse_cluster
+    parsed config, or None: ./cluster.yaml when there is one, else a LocalCluster. A file with named
+    pools gives its default pool (``cluster:``)."""
+    from .config import PooledCluster, load_cluster, parse_cluster
 
     if config is None:
-        return load_cluster("cluster.yaml") if Path("cluster.yaml").is_file() else parse_cluster({"type": "local"})
-    if isinstance(config, (str, Path)):
-        return load_cluster(config)
-    if isinstance(config, Mapping):
-        return parse_cluster(dict(config))
-    return config
+        loaded = load_cluster("cluster.yaml") if Path("cluster.yaml").is_file() else parse_cluster({"type": "local"})
+    elif isinstance(config, (str, Path)):
+        loaded = load_cluster(config)
+    elif isinstance(config, Mapping):
+        loaded = parse_cluster(dict(config))
+    else:
+        loaded = config
+    return loaded.cluster if isinstance(loaded, PooledCluster) else loaded
 
 
 @contextmanager

@@ -174,6 +174,9 @@ def active_run(workdir: Path) -> dict[str, Any] | None:
 
 
 class Runner:
+    # times an item whose worker was stopped under it (pre-emption) is resubmitted within one run
+    PREEMPTIONS = 10
+
     def __init__(self, workdir: Path, config: PipelineBase, log: Callable[[str], None] = print, progress: bool = True):
         self.workdir = Path(workdir)
         self.config = config
@@ -263,9 +266,13 @@ class Runner:
         if plan.todo:
             for line in stage.start_notes(self.ctx):
                 self.log(line)
+            for_stage = getattr(executor, "for_stage", None)  # named pools: this stage's pool, started now
+            if for_stage is not None:
+                executor = for_stage(name)
             bar = StageProgress(name, len(plan.todo), enabled=self.progress and not stage.reports_progress)
             todo, final = list(plan.todo), False
             submitted = 0
+            preempted: dict[str, int] = {}  # per item, how often its worker was stopped under it
 
             def halted() -> bool:  # a full disk: no new item is submitted (those in flight finish or fail)
                 return report.stopped is not None
@@ -280,6 +287,15 @@ class Runner:
                     if result.done:
                         report.done += 1
                         done[item.id] = Done(fp, raw=result.record, load=stage.load_record)
+                    elif result.status == "stopped" and not stop.requested() and preempted.get(item.id, 0) < self.PREEMPTIONS:
+                        # the WORKER was stopped (its batch job pre-empted, cancelled or at its walltime), not
+                        # this run: the item saved its checkpoint there; it goes to another worker and resumes
+                        preempted[item.id] = preempted.get(item.id, 0) + 1
+                        self.log(
+                            f"mirpipe: {name} {item.id}: its worker was stopped (pre-empted or at its walltime); "
+                            "resubmitted, it resumes from its checkpoint"
+                        )
+                        retry.append((item, fp))
                     elif result.status == "stopped":
                         report.interrupted += 1
                     else:
@@ -445,7 +461,11 @@ class Runner:
             selected = order
         remove_leftovers(self.workdir)  # temporary files of killed writers (we hold the workdir lock)
         reports: list[StageReport] = []
-        for n in selected:
+        for i, n in enumerate(selected):
+            if i > 0:  # named pools: a pool no later stage uses is closed now (its jobs end)
+                ended = getattr(executor, "stage_ended", None)
+                if ended is not None:
+                    ended(selected[i - 1], selected[i:])
             if stop.requested():  # SIGTERM: no later stage starts on what did not finish
                 break
             blocked = self._disk_full_upstream(n)

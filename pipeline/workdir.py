@@ -13,6 +13,7 @@ from .config import (
     ClusterConfig,
     ConfigError,
     PipelineBase,
+    PooledCluster,
     config_model,
     dump,
     load_cluster,
@@ -39,7 +40,7 @@ def recorded(workdir: Path) -> dict | None:
     return data
 
 
-def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[PipelineBase, ClusterConfig]:
+def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[PipelineBase, ClusterConfig | PooledCluster]:
     """Explicit files win; then what the workdir recorded; then ./pipeline.yaml, ./cluster.yaml; then defaults."""
     record = recorded(workdir)
     if config is not None:
@@ -61,7 +62,7 @@ def resolve(workdir: Path, config: Path | None, cluster: Path | None) -> tuple[P
     return pipeline, cluster_cfg
 
 
-def record(workdir: Path, pipeline: PipelineBase, cluster: ClusterConfig) -> None:
+def record(workdir: Path, pipeline: PipelineBase, cluster: ClusterConfig | PooledCluster) -> None:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump({"pipeline": dump(pipeline), "cluster": dump(cluster)}, sort_keys=False)
     write_bytes(Path(workdir) / RECORD, text.encode())

@@ -227,6 +227,26 @@ def cluster_sections() -> list[tuple[str, str, list]]:
     return out
 
 
+def pools_section() -> tuple[str, str, list]:
+    """The top-level keys of a cluster.yaml with named pools (each pool is one of the types above)."""
+    from mirpipe.pipeline.config import PooledCluster
+
+    doc = " ".join((PooledCluster.__doc__ or "").split())
+    body = [
+        (
+            name,
+            "cluster spec" if name == "cluster" else type_name(f.annotation),
+            default_text(f),
+            constraints(f),
+            f.description or "",
+        )
+        for name, f in PooledCluster.model_fields.items()
+    ]
+    body[0] = ("cluster", "cluster spec", "`{type: local}`", *body[0][3:])
+    body[1] = ("pools", "dict[str, cluster spec]", *body[1][2:])
+    return "Named pools (`pools:`, `stages:`)", doc + " See [clusters.md](clusters.md#pools).", body
+
+
 def render() -> str:
     lines = [
         "# Configuration reference",
@@ -269,6 +289,9 @@ def render() -> str:
         if intro:
             lines += [intro, ""]
         _table(lines, body)
+    title, intro, body = pools_section()
+    lines += [f"### {title}", "", intro, ""]
+    _table(lines, body)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

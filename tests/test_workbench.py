@@ -153,3 +153,20 @@ def test_the_own_model_example_stays_under_40_lines_of_code(repo_root):
         line for i, line in enumerate(src.splitlines(), 1) if line.strip() and not line.lstrip().startswith("#") and i not in docs
     ]
     assert len(code) < 40, len(code)
+
+
+def test_the_loader_defaults_stream_the_trainers_batches(workdir):
+    """With the run's settings (no overrides), the loader's epoch 0 is the train stage's epoch 0."""
+    from mirpipe.stages.train import entry_weights, split_keys, task_stream
+    from mirpipe.storage.torch_data import epoch_loader
+
+    wb = mirpipe.open(workdir)
+    task = wb.task("chord")
+    p = wb.ctx.params["train"].for_task("chord")
+    keys, _ = split_keys(wb.ctx, task)
+    shifts = wb.ctx.params["augment"].active_shifts()
+    made = task_stream(wb.ctx, task, p, keys, shifts, p.seed, entry_weights(wb.ctx, task, p.sampling, keys))
+    trainer = [made.feed(b) for b, _ in zip(epoch_loader(made.stream, 0), range(3))]
+    ours = batches(wb.loader("chord", steps=3))
+    for a, b in zip(trainer, ours):
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -174,14 +174,25 @@ def active_run(workdir: Path) -> dict[str, Any] | None:
 
 
 class Runner:
-    def __init__(self, workdir: Path, config: PipelineBase, log: Callable[[str], None] = print, progress: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        config: PipelineBase,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+        shared: Path | None = None,
+        upstream: Mapping[str, dict[str, Done]] | None = None,
+    ):
+        """``shared`` and ``upstream`` run an experiment (``pipeline.experiments``): its workdir reads the
+        manifest and store of ``shared``, and ``upstream`` gives the done items of the stages it does not
+        run there (ingest, features: planned in the shared workdir's own runner)."""
         self.workdir = Path(workdir)
         self.config = config
         self.ledger = Ledger(self.workdir)
-        self.ctx = StageContext(self.workdir, config.stage_params(), tuple(config.plugins))
+        self.ctx = StageContext(self.workdir, config.stage_params(), tuple(config.plugins), shared)
         self.log = log
         self.progress = progress
-        self._done_cache: dict[str, dict[str, Done]] = {}
+        self._done_cache: dict[str, dict[str, Done]] = dict(upstream or {})
         self._started: dict[str, set[str]] = {}  # items whose run began, as the last plan of each stage read the ledger
         self._retrying: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, its items that failed for a full disk
         self._warned: set[str] = set()  # driver-side writes already reported as failing (said once each)

@@ -32,11 +32,11 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def build_workdir(root):
+    """A tiny workdir through the real pipeline: 6 short demo tracks, features, a chord model trained
+    for 2 steps and evaluated (the in-process cluster, recorded as a CLI run records it)."""
     from mirpipe.pipeline.config import parse_cluster
 
-    root = tmp_path_factory.mktemp("workbench")
     data = small_config(tracks=6, shifts=[0, 2]).model_dump(mode="json")
     data["synthesize"].update(solo_fraction=0.0, min_duration=5.0, max_duration=6.0)
     data["train"] = {**data["train"], **TINY}
@@ -48,6 +48,11 @@ def workdir(tmp_path_factory):
         reports = {r.stage: r for r in Runner(root, cfg, progress=False).run(ex)}
     assert reports["evaluate"].done >= 1 and not reports["evaluate"].failed, reports["evaluate"].failures
     return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return build_workdir(tmp_path_factory.mktemp("workbench"))
 
 
 def batches(loader) -> list[dict[str, torch.Tensor]]:

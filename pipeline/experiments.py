@@ -30,6 +30,7 @@ import yaml
 from numpy.typing import ArrayLike
 
 from mirpipe.errors import ConfigurationError
+from mirpipe.shifts import AugmentParams
 from mirpipe.workdir import Workdir
 
 from .config import ClusterConfig, PipelineBase, dump, parse_pipeline
@@ -70,7 +71,11 @@ def apply_sets(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 def experiment_config(base: PipelineBase, changes: dict[str, Any], name: str) -> PipelineBase:
     """``base`` with ``changes``, validated; refused when a stage before training would compute
-    anything else (its fingerprint parameters change)."""
+    anything else (its fingerprint parameters change).
+
+    ``augment.shifts`` and ``augment.enabled`` may change where the store can serve them: training
+    draws the experiment's shifts from the workdir's entries (feature mode: any shift within the
+    stored margin; audio mode: the stored variants); ``augment.mode`` and ``backend`` may not."""
     from mirpipe.stage import StageContext
     from mirpipe.stages import STAGES
 
@@ -82,8 +87,25 @@ def experiment_config(base: PipelineBase, changes: dict[str, Any], name: str) ->
         raise ConfigurationError(
             f"experiment {name}: the settings change which stages run; an experiment varies train and evaluate"
         )
-    a = StageContext(Path("."), base.stage_params(), tuple(base.plugins))
-    b = StageContext(Path("."), config.stage_params(), tuple(config.plugins))
+    base_params = base.stage_params()
+    params = dict(config.stage_params())
+    if "augment" in base_params:
+        aug: AugmentParams = base_params["augment"]  # type: ignore[assignment]  # the section's model
+        new: AugmentParams = params["augment"]  # type: ignore[assignment]
+        if (aug.mode, aug.backend) != (new.mode, new.backend):
+            raise ConfigurationError(
+                f"experiment {name}: augment.mode and augment.backend decide what the store holds: use a new workdir for them"
+            )
+        readable = set(aug.stored_variants()) | set(range(-aug.margin(), aug.margin() + 1))
+        missing = [n for n in new.active_shifts() if n not in readable]
+        if missing:
+            raise ConfigurationError(
+                f"experiment {name}: the workdir's store cannot serve shifts {missing} "
+                f"(it holds {aug.mode}-mode entries for shifts {aug.active_shifts()}): use a new workdir for them"
+            )
+        params["augment"] = aug  # the shared stages computed the store with the workdir's shifts
+    a = StageContext(Path("."), base_params, tuple(base.plugins))
+    b = StageContext(Path("."), params, tuple(config.plugins))
     for s in shared:
         if params_blob(STAGES.get(s), a) != params_blob(STAGES.get(s), b):
             raise ConfigurationError(

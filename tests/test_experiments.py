@@ -100,3 +100,21 @@ def test_an_experiment_trains_and_evaluates_on_the_workdirs_features(tmp_path_fa
 
     res = CliRunner().invoke(main, ["run", "--workdir", str(root), "--experiment", "other", "--set", "synthesize.seed=5"])
     assert res.exit_code == 2 and "changes what the synthesize stage computes" in res.output
+
+
+def test_an_experiment_may_draw_fewer_shifts_but_not_what_the_store_lacks():
+    from conftest import small_config
+
+    from mirpipe.errors import ConfigurationError
+    from mirpipe.pipeline.experiments import experiment_config
+
+    base = small_config(tracks=2, shifts=[-2, 0, 3])
+    assert experiment_config(base, {"augment.enabled": False}, "none").augment.active_shifts() == [0]
+    assert experiment_config(base, {"augment.shifts": [-3, 0, 1]}, "sym").augment.active_shifts() == [-3, 0, 1]
+    assert experiment_config(base, {"train.models.chord.architecture": "cr1"}, "cr1").train.models["chord"].architecture == "cr1"
+    with pytest.raises(ConfigurationError, match=r"cannot serve shifts \[5\]"):
+        experiment_config(base, {"augment.shifts": [0, 5]}, "far")
+    with pytest.raises(ConfigurationError, match="augment.mode"):
+        experiment_config(base, {"augment.mode": "audio"}, "audio")
+    with pytest.raises(ConfigurationError, match="features stage"):
+        experiment_config(base, {"features.sr": 16000}, "sr")

@@ -316,7 +316,7 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
     "--experiment",
     default=None,
     metavar="NAME",
-    help="train and evaluate into WORKDIR/experiments/NAME/, reusing the workdir's features (docs/experiments.md)",
+    help="train and evaluate into WORKDIR/experiments/NAME/, reusing the workdir's features (docs/compare.md)",
 )
 @click.option(
     "--set",

@@ -407,6 +407,20 @@ def experiments(workdir: Path, json_mode: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True
+)
+@_guard
+def report(workdir: Path) -> None:
+    """Write WORKDIR/reports/index.html: per task the scores (baseline, intervals), robustness, training
+    curves, confusion matrix and per-track scores with figures; the experiments and their comparisons.
+    A static page: open it from disk. evaluate writes it too."""
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(workdir)}")
+
+
+@main.command()
 @click.argument("runs", nargs=2)
 @click.option(
     "--workdir",
@@ -440,6 +454,10 @@ def compare(runs, workdir: Path, tasks: str | None, resamples: int, seed: int, o
     safe = "-vs-".join(Path(r).name if r not in ("base", ".") else "base" for r in runs)
     out = out or Workdir(workdir).experiments / "compare" / safe
     write_comparison(out, rows, paths)
+    if (workdir / "reports").is_dir():
+        from .report import write_report
+
+        write_report(workdir)  # the page shows the comparison
     if json_mode:
         click.echo(json.dumps({"runs": {k: str(v) for k, v in paths.items()}, "rows": rows, "out": str(out)}, indent=1))
         return

@@ -470,7 +470,18 @@ class Runner:
             reports.append(report)
             if report.stopped is not None:  # a full disk: later stages do not start
                 break
+        if any(r.stage == "evaluate" and r.stopped is None for r in reports):
+            self._write_report()
         return reports
+
+    def _write_report(self) -> None:
+        """``reports/index.html`` (``pipeline.report``); a page that cannot be written is said, never fatal."""
+        from .report import write_report
+
+        try:
+            write_report(self.workdir)
+        except Exception as exc:  # noqa: BLE001 - the page is a view: the run's results stand without it
+            self._warn(f"cannot write reports/index.html: {type(exc).__name__}: {exc}; mirpipe report writes it again")
 
     def _damaged_entries(self, report: StageReport) -> dict[str, str]:
         """The tracks whose store entry failed to read back in ``report``'s items (``EntryReadError``), with the file."""

@@ -95,6 +95,8 @@ def test_an_experiment_trains_and_evaluates_on_the_workdirs_features(tmp_path_fa
     res = CliRunner().invoke(main, ["compare", "base", "wide", "--workdir", str(root), "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
+    page = (root / "reports" / "index.html").read_text()  # evaluate wrote it; compare rewrote it with the comparison
+    assert "wide against base" in page and "train.models.chord.hidden=12" in page and "loss per epoch" in page
     assert {r["task"] for r in rows} == {"chord"} and any(r["metric"] == "majmin" for r in rows)
     assert all(r["p_wilcoxon"] is None or 0 <= r["p_wilcoxon"] <= 1 for r in rows)
 

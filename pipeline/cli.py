@@ -323,7 +323,7 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="with --experiment: a setting of the experiment, e.g. train.models.chord.architecture=cr1 (repeatable)",
+    help="with --experiment: a setting of the experiment, e.g. train.max_epochs=20 or train.models.TASK.KEY=VALUE (repeatable)",
 )
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard

@@ -1,7 +1,7 @@
 """Experiments on one store, and paired comparisons of their scores.
 
 An experiment is a named variant of a workdir's training and evaluation settings
-(``mirpipe run --workdir W --experiment NAME --set train.models.chord.architecture=cr1``). It is a
+(``mirpipe run --workdir W --experiment NAME --set train.max_epochs=20``). It is a
 workdir of its own, ``W/experiments/NAME/`` (``mirpipe.yaml``, ``experiment.json``, ``ledger/``,
 ``train/``, ``reports/``), that reads ``W``'s manifest and feature store: the stages before training
 are planned in ``W`` (they schedule nothing when done there) and their done items feed the

@@ -95,7 +95,7 @@ class Workbench:
     @property
     def vocabularies(self) -> dict[str, dict[str, Any]]:
         """The class vocabularies ingest built from the corpus, per task (``models.labels.Vocabulary`` as
-        JSON); a task with a fixed class set of its own (chord: ``models.chord.tag_to_label``) has none."""
+        JSON); a task with a fixed class set of its own has none."""
         return dict(self.manifest.extra.get("vocabularies", {}))
 
     @cached_property
@@ -209,7 +209,7 @@ class Workbench:
 
     # -- evaluation --------------------------------------------------------------------------------
 
-    def tracks(self, split: str = "test", task: str = "chord") -> Iterator[Track]:
+    def tracks(self, split: str, task: str) -> Iterator[Track]:
         """Whole tracks of ``split`` annotated for ``task``, unshifted, in track order: the model input,
         the stored targets, the frame times and the reference annotation (what ``evaluate`` scores)."""
         import librosa

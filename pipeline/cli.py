@@ -340,6 +340,14 @@ def run(config, cluster, workdir, until, only, force, retry_failed, experiment, 
             raise ConfigurationError("--experiment runs train and evaluate with the workdir's recorded settings and --set")
         _, cluster_cfg = wd.resolve(workdir, None, cluster)
         sys.exit(_execute_experiment(workdir, experiment, sets, cluster_cfg, json_mode, tuple(force), retry_failed))
+    from .experiments import experiment_of
+
+    info = experiment_of(workdir)
+    if info is not None:
+        raise ConfigurationError(
+            f"{workdir} is experiment {info.name} of {info.workdir}: run it with "
+            f"mirpipe run --workdir {info.workdir} --experiment {info.name}"
+        )
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
     sys.exit(
         _execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed)
@@ -486,8 +494,11 @@ def status(workdir: Path, json_mode: bool) -> None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
     holder = active_run(workdir)
+    from .experiments import experiment_runner
+
     with stdout_to_stderr(json_mode):
-        rows = Runner(workdir, pipeline, progress=False).status()
+        runner = experiment_runner(workdir) or Runner(workdir, pipeline, progress=False)
+        rows = runner.status()
     if json_mode:
         click.echo(
             json.dumps(

@@ -174,6 +174,28 @@ def run_experiment(
     return folder, reports
 
 
+def experiment_of(folder: Path) -> ExperimentInfo | None:
+    """The experiment a folder holds (None: a plain workdir)."""
+    return read_info(Path(folder))
+
+
+def experiment_runner(folder: Path, log: Callable[[str], None] = print):
+    """A ``Runner`` over an experiment's folder as ``run_experiment`` builds it (for ``mirpipe status``):
+    the stages before training planned in the workdir it belongs to."""
+    from . import workdir as wd
+    from .runner import Runner, stage_order
+
+    info = read_info(folder)
+    if info is None:
+        return None
+    parent = Path(info.workdir)
+    base, _ = wd.resolve(parent, None, None)
+    config, _ = wd.resolve(folder, None, None)
+    upstream_runner = Runner(parent, base, log=log, progress=False)
+    upstream = {s: upstream_runner.done_items(s) for s in stage_order(base) if s not in RUN_STAGES}
+    return Runner(folder, config, log=log, progress=False, shared=parent, upstream=upstream)
+
+
 def list_experiments(workdir: Path) -> list[dict[str, Any]]:
     """Each experiment of ``workdir``: name, settings, and per task its status and summary scores."""
     from mirpipe.records import TaskScores

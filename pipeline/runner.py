@@ -193,6 +193,7 @@ class Runner:
         self.log = log
         self.progress = progress
         self._done_cache: dict[str, dict[str, Done]] = dict(upstream or {})
+        self._upstream = frozenset(upstream or {})  # stages run elsewhere (an experiment's workdir)
         self._started: dict[str, set[str]] = {}  # items whose run began, as the last plan of each stage read the ledger
         self._retrying: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, its items that failed for a full disk
         self._warned: set[str] = set()  # driver-side writes already reported as failing (said once each)
@@ -568,6 +569,8 @@ class Runner:
         out = []
         live = active_run(self.workdir) is not None
         for name in stage_order(self.config):
+            if name in self._upstream:
+                continue  # the shared workdir's stages: its own status shows them
             plan = self.plan(name)
             self._done_cache[name] = plan.done
             started = self._started[name] if live else set()

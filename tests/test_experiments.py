@@ -100,6 +100,10 @@ def test_an_experiment_trains_and_evaluates_on_the_workdirs_features(tmp_path_fa
     assert {r["task"] for r in rows} == {"chord"} and any(r["metric"] == "majmin" for r in rows)
     assert all(r["p_wilcoxon"] is None or 0 <= r["p_wilcoxon"] <= 1 for r in rows)
 
+    status = json.loads(CliRunner().invoke(main, ["status", "--workdir", str(exp.root), "--json"]).stdout)
+    assert set(status["stages"]) == {"train", "evaluate"} and status["stages"]["evaluate"]["pending"] == 0
+    res = CliRunner().invoke(main, ["run", "--workdir", str(exp.root)])  # not a workdir of its own: says how to run it
+    assert res.exit_code == 2 and "--experiment wide" in res.output
     res = CliRunner().invoke(main, ["run", "--workdir", str(root), "--experiment", "other", "--set", "synthesize.seed=5"])
     assert res.exit_code == 2 and "changes what the synthesize stage computes" in res.output
 

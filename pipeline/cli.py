@@ -444,7 +444,7 @@ def report(workdir: Path) -> None:
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="where compare.csv and compare.json go (default: WORKDIR/experiments/compare/A-vs-B)",
+    help="where compare.csv, compare.json and compare.png go (default: WORKDIR/experiments/compare/A-vs-B)",
 )
 @click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
 @_guard
@@ -471,7 +471,7 @@ def compare(runs, workdir: Path, tasks: str | None, resamples: int, seed: int, o
         return
     for line in format_comparison(rows, runs):
         click.echo(line)
-    click.echo(f"\nwrote {out / 'compare.csv'} and compare.json")
+    click.echo(f"\nwrote {out / 'compare.csv'}, compare.json and compare.png")
 
 
 @main.command()

@@ -322,7 +322,7 @@ def compare_runs(
 
 
 def write_comparison(out: Path, rows: list[dict[str, Any]], runs: dict[str, Path]) -> None:
-    """``compare.csv`` and ``compare.json`` under ``out``."""
+    """``compare.csv``, ``compare.json`` and ``compare.png`` under ``out``."""
     from mirpipe.storage.atomic import write_bytes
 
     text = io.StringIO()
@@ -332,6 +332,29 @@ def write_comparison(out: Path, rows: list[dict[str, Any]], runs: dict[str, Path
     write_bytes(out / "compare.csv", text.getvalue().encode())
     body = {"runs": {k: str(v) for k, v in runs.items()}, "statistic": "mean per-track score; paired", "rows": rows}
     write_bytes(out / "compare.json", json.dumps(body, indent=1).encode())
+    plot_comparison(out / "compare.png", rows, list(runs))
+
+
+def plot_comparison(path: Path, rows: list[dict[str, Any]], labels: Sequence[str]) -> None:
+    """``compare.png``: per task and metric the difference (second - first) with its 95% interval."""
+    from mirpipe.models.figures import pyplot, save_figure
+
+    shown = [r for r in rows if r["diff"] is not None]
+    if not shown:
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(shown) + 1.2))
+    y = np.arange(len(shown))[::-1]
+    diff = np.array([r["diff"] for r in shown])
+    lo = np.array([r["ci_low"] for r in shown])
+    hi = np.array([r["ci_high"] for r in shown])
+    ax.errorbar(diff, y, xerr=[diff - lo, hi - diff], fmt="o", color="#1f77b4", capsize=3)
+    ax.axvline(0, color="#999", lw=1)
+    ax.set_yticks(
+        y, [f"{r['task']} {r['metric']}" + (f" (p={r['p_wilcoxon']:.2g})" if r["p_wilcoxon"] is not None else "") for r in shown]
+    )
+    ax.set_xlabel(f"{labels[1]} - {labels[0]}: mean per-track difference, 95% bootstrap interval")
+    save_figure(fig, path)
 
 
 def format_comparison(rows: list[dict[str, Any]], labels: Sequence[str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,10 @@ def _experiments_section(workdir: Path) -> str:
             f"<th>tracks</th><th>{_e(la)}</th><th>{_e(lb)}</th><th>diff</th><th>95% CI</th><th>p (Wilcoxon)</th></tr></thead>"
             f"<tbody>{cells}</tbody></table>"
         )
+        png = path.parent / "compare.png"
+        if png.exists():
+            src = Path(os.path.relpath(png, Path(workdir) / "reports")).as_posix()
+            out.append(f'<figure><img src="{_e(src)}" alt="{_e(lb)} - {_e(la)}: differences and intervals"></figure>')
     return "".join(out)
 
 

@@ -62,7 +62,8 @@ def test_compare_pairs_tracks_by_id_and_refuses_other_test_tracks(tmp_path):
         compare_runs({"A": tmp_path / "A", "C": tmp_path / "C"})
     res = CliRunner().invoke(main, ["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--workdir", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "majmin" in res.output and (tmp_path / "experiments" / "compare" / "A-vs-B" / "compare.csv").exists()
+    written = tmp_path / "experiments" / "compare" / "A-vs-B"
+    assert "majmin" in res.output and all((written / f"compare.{x}").exists() for x in ("csv", "json", "png"))
     res = CliRunner().invoke(main, ["compare", str(tmp_path / "A"), str(tmp_path / "C"), "--workdir", str(tmp_path)])
     assert res.exit_code == 2 and "only in" in res.output
 

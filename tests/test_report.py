@@ -56,7 +56,7 @@ def test_the_page_holds_scores_intervals_figures_and_comparisons(tmp_path):
     assert page.count("<table") == 3  # scores, per track, the comparison
     assert "chroma templates" in page and "95% interval" in page and "track07" in page
     assert 'src="chord/robustness.png"' in page and 'href="chord/figures/track00.png"' in page
-    assert "other against base" in page
+    assert "other against base" in page and 'src="../experiments/compare/base-vs-other/compare.png"' in page
     assert "http://" not in page and "https://" not in page  # no network request
 
 

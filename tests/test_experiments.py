@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.stats
 from click.testing import CliRunner
-from test_workbench import build_workdir
 
 from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.experiments import CompareError, compare_runs, paired_bootstrap, wilcoxon_p
@@ -74,8 +73,8 @@ def _digest(folder) -> dict[str, str]:
     }
 
 
-def test_an_experiment_trains_and_evaluates_on_the_workdirs_features(tmp_path_factory):
-    root = build_workdir(tmp_path_factory.mktemp("experiments"))
+def test_an_experiment_trains_and_evaluates_on_the_workdirs_features(evaluated_workdir):
+    root = evaluated_workdir
     ledger, store = _digest(root / "ledger" / "features"), _digest(root / "features")
     assert ledger and store
     res = CliRunner().invoke(

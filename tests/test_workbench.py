@@ -11,48 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
 
 import mirpipe
-from mirpipe.pipeline.cluster import open_executor
-from mirpipe.pipeline.runner import Runner
 from mirpipe.pipeline.workbench import WorkbenchError
-from mirpipe.pipeline.workdir import record
-
-TINY = {
-    "tasks": ["chord"],
-    "models": {"chord": {"hidden": 8, "channels": 4}},
-    "patch_frames": 16,
-    "batch_size": 4,
-    "n_active": 4,
-    "rate": 4,
-    "steps_per_epoch": 2,
-    "max_epochs": 1,
-    "loader_workers": 0,
-}
 
 
-def build_workdir(root):
-    """A tiny workdir through the real pipeline: 6 short demo tracks, features, a chord model trained
-    for 2 steps and evaluated (the in-process cluster, recorded as a CLI run records it)."""
-    from mirpipe.pipeline.config import parse_cluster
-
-    data = small_config(tracks=6, shifts=[0, 2]).model_dump(mode="json")
-    data["synthesize"].update(solo_fraction=0.0, min_duration=5.0, max_duration=6.0)
-    data["train"] = {**data["train"], **TINY}
-    data["evaluate"] = {**data["evaluate"], "tasks": ["chord"], "figures": 0, "baselines": False}
-    cfg = type(small_config()).model_validate(data)
-    cluster = parse_cluster({"type": "sync"})
-    record(root, cfg, cluster)
-    with open_executor(cluster) as ex:
-        reports = {r.stage: r for r in Runner(root, cfg, progress=False).run(ex)}
-    assert reports["evaluate"].done >= 1 and not reports["evaluate"].failed, reports["evaluate"].failures
-    return root
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return build_workdir(tmp_path_factory.mktemp("workbench"))
+@pytest.fixture
+def workdir(evaluated_workdir):
+    return evaluated_workdir
 
 
 def batches(loader) -> list[dict[str, torch.Tensor]]:

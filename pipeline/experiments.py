@@ -148,8 +148,11 @@ def run_experiment(
     from . import workdir as wd
     from .runner import Runner, stage_order
 
-    if not NAME.match(name):
-        raise ConfigurationError(f"experiment name {name!r}: letters, digits, '_', '-' and '.' only")
+    if not NAME.match(name) or name in ("compare", "base"):
+        raise ConfigurationError(
+            f"experiment name {name!r}: letters, digits, '_', '-' and '.' only, and not compare or base "
+            "(the comparisons' folder; the workdir itself)"
+        )
     if wd.recorded(workdir) is None:
         raise ConfigurationError(f"{workdir}: no {wd.RECORD}; run the workdir first (mirpipe run --workdir {workdir})")
     base, _ = wd.resolve(workdir, None, None)

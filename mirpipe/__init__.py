@@ -14,14 +14,19 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-__all__ = ["__version__", "cluster"]
+__all__ = ["Workbench", "__version__", "cluster", "open"]
 
 
 def __getattr__(name: str):
-    """``mirpipe.cluster`` (joblib scripts on the cluster of a cluster.yaml), imported on first
-    use so that ``import mirpipe`` stays cheap (no Dask, no joblib)."""
+    """``mirpipe.cluster`` (joblib scripts on the cluster of a cluster.yaml) and ``mirpipe.open`` /
+    ``mirpipe.Workbench`` (a workdir opened for your own code, docs/api.md), imported on first use so
+    that ``import mirpipe`` stays cheap (no Dask, no joblib, no torch)."""
     if name == "cluster":
         from mirpipe.pipeline.joblib_backend import cluster
 
         return cluster
+    if name in ("open", "Workbench"):
+        from mirpipe.pipeline import workbench
+
+        return getattr(workbench, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,6 +87,7 @@ class StageContext:
     # registry), so the mapping cannot type each key; a stage annotates what it takes: p: FeaturesParams = ...
     params: Mapping[str, Any]
     plugins: tuple[str, ...] = ()  # modules a worker imports before running an item (they register things)
+    shared: Path | None = None  # an experiment's: the workdir whose manifest and store it reads
 
     def path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
@@ -94,7 +95,7 @@ class StageContext:
     @property
     def dirs(self) -> Workdir:
         """Every path of the workdir (``mirpipe.workdir.Workdir``): stages ask it, not each other."""
-        return Workdir(self.workdir)
+        return Workdir(self.workdir, self.shared)
 
 
 class Stage(ABC):

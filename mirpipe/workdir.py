@@ -23,9 +23,14 @@ class Workdir:
     reports/<task>/             scores.json, scores.csv, estimates/, figures/
     ledger/  logs/              completion records; failures.log
     mirpipe.yaml  .mirpipe.lock the recorded configuration; the run lock
+    experiments/<name>/         an experiment: a workdir of its own for train and evaluate
+
+    An experiment's workdir has ``shared`` set to the workdir it belongs to: the manifest, the corpus
+    and the default store are that one's (its features are reused, never recomputed).
     """
 
     root: Path
+    shared: Path | None = None  # the workdir whose manifest, corpus and store this one reads
 
     MANIFEST = "manifest.json"
     PROGRESS = "progress.json"
@@ -37,17 +42,29 @@ class Workdir:
     def path(self, *parts: str) -> Path:
         return Path(self.root).joinpath(*parts)
 
+    def _shared(self, *parts: str) -> Path:
+        return Path(self.shared if self.shared is not None else self.root).joinpath(*parts)
+
     @property
     def manifest(self) -> Path:
-        return self.path(self.MANIFEST)
+        return self._shared(self.MANIFEST)
 
     def corpus(self, configured: Path | str | None = None) -> Path:
         """The corpus folder: ``ingest.corpus`` when set, else ``<workdir>/corpus``."""
-        return Path(configured) if configured is not None else self.path("corpus")
+        return Path(configured) if configured is not None else self._shared("corpus")
 
     def store_root(self, store_path: Path | str | None = None) -> Path:
         """The feature store: ``features.store_path`` when set, else ``<workdir>/features``."""
-        return Path(store_path) if store_path is not None else self.path("features")
+        return Path(store_path) if store_path is not None else self._shared("features")
+
+    @property
+    def experiments(self) -> Path:
+        """Where experiments on this workdir's store live (``mirpipe run --experiment NAME``)."""
+        return self.path("experiments")
+
+    def experiment(self, name: str) -> Workdir:
+        """The workdir of experiment ``name``: train and evaluate of its own, this one's manifest and store."""
+        return Workdir(self.experiments / name, self.shared if self.shared is not None else self.root)
 
     @property
     def train_root(self) -> Path:

@@ -312,18 +312,166 @@ def demo(workdir: Path, tracks: int | None, seed: int | None, config: Path | Non
 @click.option("--only", type=StageChoice(), default=None, help="run this stage alone (its upstream must be done)")
 @click.option("--force", type=StageChoice(), multiple=True, help="recompute every item of this stage (repeatable)")
 @click.option("--retry-failed", is_flag=True, help="retry the items recorded as failed")
+@click.option(
+    "--experiment",
+    default=None,
+    metavar="NAME",
+    help="train and evaluate into WORKDIR/experiments/NAME/, reusing the workdir's features (docs/compare.md)",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="with --experiment: a setting of the experiment, e.g. train.max_epochs=20 or train.models.TASK.KEY=VALUE (repeatable)",
+)
 @click.option("--json", "json_mode", is_flag=True, help="end with one JSON object on stdout")
 @_guard
-def run(config, cluster, workdir, until, only, force, retry_failed, json_mode) -> None:
+def run(config, cluster, workdir, until, only, force, retry_failed, experiment, sets, json_mode) -> None:
     """Run (or resume) the pipeline in a workdir; only work not yet done is scheduled.
 
     Exit code 0 when every item is done, 1 when some failed or were quarantined."""
     from . import workdir as wd
 
+    if sets and experiment is None:
+        raise ConfigurationError("--set needs --experiment NAME (an experiment's settings; pipeline.yaml holds the workdir's)")
+    if experiment is not None:
+        if config is not None or until or only:
+            raise ConfigurationError("--experiment runs train and evaluate with the workdir's recorded settings and --set")
+        _, cluster_cfg = wd.resolve(workdir, None, cluster)
+        sys.exit(_execute_experiment(workdir, experiment, sets, cluster_cfg, json_mode, tuple(force), retry_failed))
+    from .experiments import experiment_of
+
+    info = experiment_of(workdir)
+    if info is not None:
+        raise ConfigurationError(
+            f"{workdir} is experiment {info.name} of {info.workdir}: run it with "
+            f"mirpipe run --workdir {info.workdir} --experiment {info.name}"
+        )
     pipeline, cluster_cfg = wd.resolve(workdir, config, cluster)
     sys.exit(
         _execute(workdir, pipeline, cluster_cfg, json_mode, until=until, only=only, force=tuple(force), retry_failed=retry_failed)
     )
+
+
+def _execute_experiment(workdir: Path, name: str, sets, cluster, json_mode: bool, force, retry_failed: bool) -> int:
+    from . import workdir as wd
+    from .cluster import open_executor
+    from .experiments import run_experiment
+    from .runner import workdir_lock
+
+    t0 = time.perf_counter()
+    stop.install_sigterm_handler(lambda m: _echo(m, json_mode))
+    with workdir_lock(workdir), stdout_to_stderr(json_mode):
+        with open_executor(cluster, workdir) as executor:
+            _echo(f"mirpipe: experiment {name} of {workdir.resolve()}", json_mode)
+            folder, reports = run_experiment(
+                workdir, name, sets, cluster, executor, lambda m: _echo(m, json_mode), force=force, retry_failed=retry_failed
+            )
+    _table(reports, json_mode)
+    pipeline, _ = wd.resolve(folder, None, None)
+    scores = _scores(folder, pipeline)
+    _score_table(scores, folder, json_mode)
+    _echo(f"mirpipe: finished in {time.perf_counter() - t0:.1f}s; experiment {folder.resolve()}", json_mode)
+    if json_mode:
+        click.echo(
+            json.dumps(
+                {
+                    "workdir": str(workdir.resolve()),
+                    "experiment": name,
+                    "path": str(folder.resolve()),
+                    "stages": {r.stage: r.summary() for r in reports},
+                    "scores": {task: s.to_json() for task, s in scores.items()},
+                }
+            )
+        )
+    if any(r.stopped is not None for r in reports):
+        return EXIT_USAGE
+    return EXIT_FAILED_ITEMS if any(r.failed or r.quarantined for r in reports) or stop.requested() else EXIT_OK
+
+
+@main.command()
+@click.option(
+    "--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True
+)
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def experiments(workdir: Path, json_mode: bool) -> None:
+    """List a workdir's experiments: their settings and, per task, their status and summary scores."""
+    from .experiments import list_experiments
+
+    found = list_experiments(workdir)
+    if json_mode:
+        click.echo(json.dumps({"workdir": str(workdir.resolve()), "experiments": found}, indent=1))
+        return
+    if not found:
+        click.echo(f"{workdir}: no experiments (mirpipe run --workdir {workdir} --experiment NAME --set KEY=VALUE)")
+    for e in found:
+        settings = " ".join(f"{k}={json.dumps(v)}" for k, v in e["set"].items()) or "(the workdir's settings)"
+        click.echo(f"{e['name']}: {settings}")
+        for task, t in e["tasks"].items():
+            shown = " ".join(f"{m} {v:.3f}" for m, v in (t.get("scores") or {}).items() if v is not None)
+            click.echo(f"  {task}: {t['status']}" + (f" ({t['n_tracks']} test tracks) {shown}" if "scores" in t else ""))
+
+
+@main.command()
+@click.option(
+    "--workdir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_WORKDIR, show_default=True
+)
+@_guard
+def report(workdir: Path) -> None:
+    """Write WORKDIR/reports/index.html: per task the scores (baseline, intervals), robustness, training
+    curves, confusion matrix and per-track scores with figures; the experiments and their comparisons.
+    A static page: open it from disk. evaluate writes it too."""
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(workdir)}")
+
+
+@main.command()
+@click.argument("runs", nargs=2)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=DEFAULT_WORKDIR,
+    show_default=True,
+    help="whose experiments RUNS name (base: the workdir itself); a RUN may also be a workdir path",
+)
+@click.option("--tasks", default=None, help="comma-separated tasks (default: every task both runs scored)")
+@click.option("--resamples", type=int, default=10000, show_default=True, help="bootstrap resamples")
+@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="where compare.csv, compare.json and compare.png go (default: WORKDIR/experiments/compare/A-vs-B)",
+)
+@click.option("--json", "json_mode", is_flag=True, help="print one JSON object")
+@_guard
+def compare(runs, workdir: Path, tasks: str | None, resamples: int, seed: int, out: Path | None, json_mode: bool) -> None:
+    """Compare two runs on their test tracks, paired by track id: per task and metric each run's mean
+    per-track score, the difference (second - first), a paired bootstrap 95% interval and the Wilcoxon
+    signed-rank p-value. Refuses runs whose test tracks differ, naming them."""
+    from .experiments import CompareError, compare_runs, format_comparison, resolve_run, write_comparison
+
+    a, b = runs
+    if a == b:
+        raise CompareError(f"compare {a} with another run")
+    paths = {a: resolve_run(workdir, a), b: resolve_run(workdir, b)}
+    rows = compare_runs(paths, _task_list(tasks), resamples=resamples, seed=seed)
+    safe = "-vs-".join(Path(r).name if r not in ("base", ".") else "base" for r in runs)
+    out = out or Workdir(workdir).experiments / "compare" / safe
+    write_comparison(out, rows, paths)
+    if (workdir / "reports").is_dir():
+        from .report import write_report
+
+        write_report(workdir)  # the page shows the comparison
+    if json_mode:
+        click.echo(json.dumps({"runs": {k: str(v) for k, v in paths.items()}, "rows": rows, "out": str(out)}, indent=1))
+        return
+    for line in format_comparison(rows, runs):
+        click.echo(line)
+    click.echo(f"\nwrote {out / 'compare.csv'}, compare.json and compare.png")
 
 
 @main.command()
@@ -346,8 +494,11 @@ def status(workdir: Path, json_mode: bool) -> None:
         raise ConfigError(f"{workdir}: no {wd.RECORD} here; not a mirpipe workdir")
     pipeline, _ = wd.resolve(workdir, None, None)
     holder = active_run(workdir)
+    from .experiments import experiment_runner
+
     with stdout_to_stderr(json_mode):
-        rows = Runner(workdir, pipeline, progress=False).status()
+        runner = experiment_runner(workdir) or Runner(workdir, pipeline, progress=False)
+        rows = runner.status()
     if json_mode:
         click.echo(
             json.dumps(

@@ -177,14 +177,26 @@ class Runner:
     # times an item whose worker was stopped under it (pre-emption) is resubmitted within one run
     PREEMPTIONS = 10
 
-    def __init__(self, workdir: Path, config: PipelineBase, log: Callable[[str], None] = print, progress: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        config: PipelineBase,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+        shared: Path | None = None,
+        upstream: Mapping[str, dict[str, Done]] | None = None,
+    ):
+        """``shared`` and ``upstream`` run an experiment (``pipeline.experiments``): its workdir reads the
+        manifest and store of ``shared``, and ``upstream`` gives the done items of the stages it does not
+        run there (ingest, features: planned in the shared workdir's own runner)."""
         self.workdir = Path(workdir)
         self.config = config
         self.ledger = Ledger(self.workdir)
-        self.ctx = StageContext(self.workdir, config.stage_params(), tuple(config.plugins))
+        self.ctx = StageContext(self.workdir, config.stage_params(), tuple(config.plugins), shared)
         self.log = log
         self.progress = progress
-        self._done_cache: dict[str, dict[str, Done]] = {}
+        self._done_cache: dict[str, dict[str, Done]] = dict(upstream or {})
+        self._upstream = frozenset(upstream or {})  # stages run elsewhere (an experiment's workdir)
         self._started: dict[str, set[str]] = {}  # items whose run began, as the last plan of each stage read the ledger
         self._retrying: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, its items that failed for a full disk
         self._warned: set[str] = set()  # driver-side writes already reported as failing (said once each)
@@ -479,7 +491,18 @@ class Runner:
             reports.append(report)
             if report.stopped is not None:  # a full disk: later stages do not start
                 break
+        if any(r.stage == "evaluate" and r.stopped is None for r in reports):
+            self._write_report()
         return reports
+
+    def _write_report(self) -> None:
+        """``reports/index.html`` (``pipeline.report``); a page that cannot be written is said, never fatal."""
+        from .report import write_report
+
+        try:
+            write_report(self.workdir)
+        except Exception as exc:  # noqa: BLE001 - the page is a view: the run's results stand without it
+            self._warn(f"cannot write reports/index.html: {type(exc).__name__}: {exc}; mirpipe report writes it again")
 
     def _damaged_entries(self, report: StageReport) -> dict[str, str]:
         """The tracks whose store entry failed to read back in ``report``'s items (``EntryReadError``), with the file."""
@@ -566,6 +589,8 @@ class Runner:
         out = []
         live = active_run(self.workdir) is not None
         for name in stage_order(self.config):
+            if name in self._upstream:
+                continue  # the shared workdir's stages: its own status shows them
             plan = self.plan(name)
             self._done_cache[name] = plan.done
             started = self._started[name] if live else set()

@@ -9,7 +9,7 @@ import hashlib
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,18 +161,28 @@ def vocabulary(ctx: StageContext, task: Task) -> dict[str, Any] | None:
     return read_manifest(ctx).extra.get("vocabularies", {}).get(task.name) if task.vocabulary is not None else None
 
 
-def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
-    """Training and validation entries of the tracks annotated for the task."""
+def split_entries(ctx: StageContext, feature: str, splits: Sequence[str], task: Task | None = None) -> dict[str, list[EntryKey]]:
+    """The store entries of each split in ``splits`` (split -> entries streamed as ``feature``), of the
+    tracks annotated for ``task`` when one is given (every track of the manifest with the feature otherwise)."""
     p: FeaturesParams = ctx.params["features"]
     manifest = read_manifest(ctx)
     index = open_store(p.store, ctx.dirs.store_root(p.store_path)).read_index()
-    train: list[EntryKey] = []
-    val: list[EntryKey] = []
+    out: dict[str, list[EntryKey]] = {s: [] for s in splits}
     for track, split, frames in zip(index, index.column("split"), index.column("frames")):
-        if split not in ("train", "val") or track not in manifest or not task.targets.usable(manifest.value(track, "offers")):
+        if split not in out or track not in manifest:
             continue
-        (train if split == "train" else val).append(EntryKey(track, frames[task.feature]))
-    return train, val
+        if task is not None and not task.targets.usable(manifest.value(track, "offers")):
+            continue
+        if task is None and feature not in frames:
+            continue
+        out[split].append(EntryKey(track, frames[feature]))
+    return out
+
+
+def split_keys(ctx: StageContext, task: Task) -> tuple[list[EntryKey], list[EntryKey]]:
+    """Training and validation entries of the tracks annotated for the task."""
+    keys = split_entries(ctx, task.feature, ("train", "val"), task)
+    return keys["train"], keys["val"]
 
 
 def _unshifted_targets(store, track: str, names) -> dict[str, np.ndarray]:
@@ -190,6 +200,58 @@ def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: li
         lengths = [float(k.n_frames) for k in keys]
         weights = lengths if weights is None else [w * n for w, n in zip(weights, lengths)]
     return weights
+
+
+def entry_weights(ctx: StageContext, task: Task, sampling: str, keys: list[EntryKey]) -> dict[str, float] | None:
+    """``sampling_weights`` of ``keys`` with each entry's labels from the manifest, by track (None: uniform)."""
+    manifest = read_manifest(ctx)
+    labels = [manifest.value(k.track, "labels").get(task.name, []) for k in keys]
+    weights = sampling_weights(task, sampling, keys, labels)
+    return None if weights is None else {k.track: w for k, w in zip(keys, weights)}
+
+
+@dataclass(frozen=True)
+class TaskStream:
+    """What the trainer streams for a task: the spec, the seeded stream of training batches (compact
+    stored codes), the ``storage.torch_data.Feed`` that makes them model input on the device, and the
+    feature's geometry."""
+
+    spec: StreamSpec
+    stream: PatchStream
+    feed: Any
+    geometry: dict[str, Any]
+
+
+def task_stream(
+    ctx: StageContext,
+    task: Task,
+    p: TrainParams,
+    keys: list[EntryKey],
+    shifts: Sequence[int],
+    seed: int,
+    weights: Mapping[str, float] | None,
+) -> TaskStream:
+    """The patch stream ``Train.run`` trains ``task`` (bound to its vocabulary) on, over ``keys``, with
+    the streaming settings of ``p`` (``TrainParams.for_task``); ``mirpipe.open(...).loader`` builds the same."""
+    from mirpipe.storage.torch_data import Feed
+
+    fp: FeaturesParams = ctx.params["features"]
+    root = ctx.dirs.store_root(fp.store_path)
+    geometry = open_store(fp.store, root).read_attrs(keys[0].track)["features"][task.feature]
+    # patches carry the feature's stored codes; the trainer's feed makes the model input on its device
+    spec = StreamSpec(
+        fp.store,
+        str(root),
+        task.feature,
+        task.targets.arrays,
+        p.patch_frames,
+        p.slab_frames,
+        shifts=tuple(shifts),
+        task=task,
+        geometry=geometry,
+    )
+    stream = PatchStream(spec, keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), seed, weights=weights)
+    return TaskStream(spec, stream, Feed(task, geometry), geometry)
 
 
 def build_model(task: Task, params: BaseModel, n_bins: int):
@@ -250,7 +312,7 @@ class Train(Stage):
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
         from mirpipe.models.trainer import Trainer
-        from mirpipe.storage.torch_data import Feed, epoch_loader, to_tensors
+        from mirpipe.storage.torch_data import epoch_loader, to_tensors
 
         fp: FeaturesParams = ctx.params["features"]
         task = TASKS.get(item.payload["task"])
@@ -261,34 +323,10 @@ class Train(Stage):
         if not train_keys:
             raise ValueError(f"train[{task.name}]: no training entries annotated for {task.name} in the store")
         shifts = tuple(ctx.params["augment"].active_shifts())
-        root = ctx.dirs.store_root(fp.store_path)
-        store = open_store(fp.store, root)
-        geometry = store.read_attrs(train_keys[0].track)["features"][task.feature]
-        # patches carry the feature's stored codes; the trainer's feed makes the model input on its device
-        spec = StreamSpec(
-            fp.store,
-            str(root),
-            task.feature,
-            task.targets.arrays,
-            p.patch_frames,
-            p.slab_frames,
-            shifts=shifts,
-            task=task,
-            geometry=geometry,
-        )
-        feed = Feed(task, geometry)
+        store = open_store(fp.store, ctx.dirs.store_root(fp.store_path))
+        made = task_stream(ctx, task, p, train_keys, shifts, p.seed, entry_weights(ctx, task, p.sampling, train_keys))
+        spec, stream, feed, geometry = made.spec, made.stream, made.feed, made.geometry
         state = task.trained.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
-        manifest = read_manifest(ctx)
-        weights = sampling_weights(
-            task, p.sampling, train_keys, [manifest.value(k.track, "labels").get(task.name, []) for k in train_keys]
-        )
-        stream = PatchStream(
-            spec,
-            train_keys,
-            MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards),
-            p.seed,
-            weights=None if weights is None else {k.track: w for k, w in zip(train_keys, weights)},
-        )
         stream.check_workers(p.loader_workers)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)

@@ -14,6 +14,7 @@ integers as int64, then the targets the task derives there (``Network.on_device`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -71,19 +72,29 @@ class Feed:
 
 
 class PatchDataset(IterableDataset):
-    """One epoch of a ``PatchStream`` as an endless iterable of batches (a dict of tensors)."""
+    """One epoch of a ``PatchStream`` as an iterable of batches (a dict of tensors): endless, or its
+    first ``steps`` batches (counted over all workers, from batch ``skip`` on)."""
 
-    def __init__(self, stream: PatchStream, epoch: int = 0, skip: int = 0, n_workers: int = 0):
+    def __init__(self, stream: PatchStream, epoch: int = 0, skip: int = 0, n_workers: int = 0, steps: int | None = None):
         super().__init__()
         stream.check_workers(n_workers)
         self.stream = stream
         self.epoch = epoch
         self.skip = skip
+        self.steps = steps
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("an endless patch stream has no length (give steps)")
+        return self.steps
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for batch in self.stream.batches(self.epoch, worker, n_workers, skip=self.skip):
+        batches = self.stream.batches(self.epoch, worker, n_workers, skip=self.skip)
+        if self.steps is not None:  # this worker's share of global batches skip .. skip + steps - 1
+            batches = islice(batches, max(0, -(-(self.steps - worker) // n_workers)))
+        for batch in batches:
             yield to_tensors(batch)
 
 
@@ -101,3 +112,41 @@ def epoch_loader(stream: PatchStream, epoch: int, skip: int = 0, n_workers: int 
         persistent_workers=False,
         prefetch_factor=4 if n_workers else None,
     )
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a ``PatchStream`` for code of one's own: each ``iter()`` is the next epoch
+    (``steps`` batches, epochs numbered from ``epoch``), the same batches with any worker count that
+    divides the stream's shards.
+
+    Batches cross the worker boundary compact (``to_tensors``); with a ``feed`` each batch is then moved
+    to ``device`` and made into model input there (``Feed``: float32 features, int64 targets), as the
+    trainer does. Without one, batches come as streamed (moved to ``device``)."""
+
+    def __init__(
+        self,
+        stream: PatchStream,
+        steps: int,
+        n_workers: int = 0,
+        feed: Feed | None = None,
+        device: str | torch.device = "cpu",
+        epoch: int = 0,
+    ):
+        super().__init__(
+            PatchDataset(stream, epoch, 0, n_workers, steps=steps),
+            batch_size=None,
+            num_workers=n_workers,
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=False,
+            prefetch_factor=4 if n_workers else None,
+        )
+        self.feed = feed
+        self.device = torch.device(device)
+        self.next_epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[override]
+        self.dataset.epoch = self.next_epoch  # type: ignore[attr-defined]
+        self.next_epoch += 1
+        for batch in super().__iter__():
+            moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield moved if self.feed is None else self.feed(moved)

@@ -201,3 +201,45 @@ def toy_chord_store(root: Path, lengths, tags, n_bins: int, seed: int = 0):
         }
         store.write_entry(f"t{i}", {k: v[None] for k, v in arrays.items()}, {"variants": [0], "features": {"cqt": geometry}})
     return store
+
+
+# -- a tiny evaluated workdir (chord, 6 short tracks, 2 training steps) ------------------------------
+
+TINY_CHORD = {
+    "tasks": ["chord"],
+    "models": {"chord": {"hidden": 8, "channels": 4}},
+    "patch_frames": 16,
+    "batch_size": 4,
+    "n_active": 4,
+    "rate": 4,
+    "steps_per_epoch": 2,
+    "max_epochs": 1,
+    "loader_workers": 0,
+}
+
+
+def build_workdir(root):
+    """A tiny workdir through the real pipeline: 6 short demo tracks, features, a chord model trained
+    for 2 steps and evaluated (the in-process cluster, recorded as a CLI run records it)."""
+    from mirpipe.pipeline.cluster import open_executor
+    from mirpipe.pipeline.runner import Runner
+    from mirpipe.pipeline.workdir import record
+
+    data = small_config(tracks=6, shifts=[0, 2]).model_dump(mode="json")
+    data["synthesize"].update(solo_fraction=0.0, min_duration=5.0, max_duration=6.0)
+    data["train"] = {**data["train"], **TINY_CHORD}
+    data["evaluate"] = {**data["evaluate"], "tasks": ["chord"], "figures": 0, "baselines": False}
+    cfg = type(small_config()).model_validate(data)
+    cluster = parse_cluster({"type": "sync"})
+    record(root, cfg, cluster)
+    with open_executor(cluster) as ex:
+        reports = {r.stage: r for r in Runner(root, cfg, progress=False).run(ex)}
+    assert reports["evaluate"].done >= 1 and not reports["evaluate"].failed, reports["evaluate"].failures
+    return root
+
+
+@pytest.fixture(scope="session")
+def evaluated_workdir(tmp_path_factory):
+    """One tiny evaluated workdir for the tests of ``mirpipe.open``, experiments and the report page
+    (they read it; experiments add theirs under it)."""
+    return build_workdir(tmp_path_factory.mktemp("evaluated"))

@@ -485,7 +485,9 @@ class Runner:
                 reports.append(StageReport(n, stopped=blocked))
                 break
             report = self.run_stage(n, executor, force=n in force, retry_failed=retry_failed)
-            damaged = self._damaged_entries(report) if n != "features" and "features" in order else {}
+            # an experiment reads another workdir's store: its damage is healed by a run of that workdir
+            healable = n != "features" and "features" in order and getattr(self.ctx, "shared", None) is None
+            damaged = self._damaged_entries(report) if healable else {}
             if damaged and report.stopped is None and not stop.requested():
                 report = self._heal(n, damaged, report, reports, executor, force=n in force, retry_failed=retry_failed)
             reports.append(report)

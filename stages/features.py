@@ -347,7 +347,7 @@ def update_entry(
     kind_fps = {k: kind_fingerprint(k, p, aug, audio_id) for k in kinds}
     try:
         computed = _update_features(store, track, payload["audio"], prep.channel, p, aug, kind_fps, timings, reuse=True)
-    except Exception:  # noqa: BLE001 - a kept kind failed to copy (damaged chunk): compute every kind
+    except _UnreadablePart:  # a kept kind failed to copy (a damaged chunk): compute every kind
         computed = _update_features(store, track, payload["audio"], prep.channel, p, aug, kind_fps, timings, reuse=False)
     frames, specs, geometry = _described(store, track, kinds)
 
@@ -357,7 +357,7 @@ def update_entry(
     args = (store, track, payload["jams"], prep, aug, grids, target_fps, timings)
     try:
         computed += _update_targets(*args, reuse=True)
-    except Exception:  # noqa: BLE001 - kept targets failed to copy: encode every task again
+    except _UnreadablePart:  # kept targets failed to copy: encode every task again
         computed += _update_targets(*args, reuse=False)
     described = (store.part_attrs(track, TARGETS) or {}).get("targets", {}) if task_names else {}
     _, t_specs, _ = _described(store, track, [n for t in task_names for n in described.get(t, {}).get("arrays", [])])
@@ -416,13 +416,36 @@ def _update_features(
         with store.part_writer(track, FEATURES, _feature_attrs(p, aug, track, geometry, kind_fps)) as w:
             t0 = time.perf_counter()
             for name in sorted(keep):
-                w.copy(name, old_arrays[name])  # bytes as stored: the kind is not recomputed
+                _copy(w, name, old_arrays[name])  # bytes as stored: the kind is not recomputed
             for name, data in arrays.items():
                 w.write_array(name, data)
             timings["write"] += time.perf_counter() - t0
             if blocks is not None:
                 _write_blocks(w, blocks, timings)
     return todo
+
+
+class _UnreadablePart(Exception):
+    """A part kept from the stored entry did not read back while being copied: compute it instead."""
+
+
+def _copy(w: PartWriter, name: str, source: Any) -> None:
+    """``w.copy``, with a read failure of the stored array as ``_UnreadablePart`` (a failure to write is not)."""
+    w.copy(name, _Guarded(source, name))
+
+
+class _Guarded:
+    """A stored array whose read failures are ``_UnreadablePart``."""
+
+    def __init__(self, source: Any, name: str):
+        self.source, self.name = source, name
+        self.shape, self.dtype = source.shape, source.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.source[key]
+        except Exception as exc:  # noqa: BLE001 - any failure to read the stored array
+            raise _UnreadablePart(self.name) from exc
 
 
 def _write_blocks(w: PartWriter, blocks: FeatureBlocks, timings: dict[str, float]) -> None:
@@ -482,7 +505,7 @@ def _update_targets(
             for t in task_names:
                 for name in described[t]["arrays"]:
                     if t in keep:
-                        w.copy(name, old_arrays[name])
+                        _copy(w, name, old_arrays[name])
                     else:
                         w.write_array(name, encoded[t][name])
     timings["write"] += time.perf_counter() - t0

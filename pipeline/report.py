@@ -106,17 +106,22 @@ def _task_section(workdir: Path, reports: Path, task: str, scores: TaskScores) -
     out = [f'<h2 id="{_e(task)}">{_e(task)}</h2>']
     out.append(
         f'<p class="note">{scores.n_tracks} test tracks, {scores.seconds:.0f} s of audio; {_e(scores.scored_by)}. '
-        "Interval: percentile bootstrap 95% of the mean per-track score (tracks resampled).</p>"
+        "model: the pooled score; per-track mean: the mean of the tracks' own scores, with its percentile "
+        "bootstrap 95% interval (tracks resampled).</p>"
     )
     cols = scores.columns
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     rows = [f"<tr><td>model</td>{''.join(f'<td>{_num(scores.metrics.get(c))}</td>' for c in cols)}</tr>"]
-    intervals = []
+    # the interval is of the per-track mean, which differs from a pooled score (duration-weighted, or
+    # mAP over every patch): both rows are shown so an interval is never read as the pooled score's
+    means, intervals = [], []
     for c in cols:
         values = [float(v) for s in scores.tracks.values() if (v := s.get(c)) is not None]
         lo, hi = paired_bootstrap(values, resamples=2000) if values else (float("nan"), float("nan"))
+        means.append(f"<td>{_num(sum(values) / len(values)) if values else '-'}</td>")
         intervals.append(f"<td>[{_num(lo)}, {_num(hi)}]</td>")
-    rows.append(f"<tr><td>95% interval</td>{''.join(intervals)}</tr>")
+    rows.append(f"<tr><td>per-track mean</td>{''.join(means)}</tr>")
+    rows.append(f"<tr><td>its 95% interval</td>{''.join(intervals)}</tr>")
     if isinstance(scores.baseline, dict):
         name = scores.baseline.get("name") or "baseline"
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(f'<td>{_num(scores.baseline.get(c))}</td>' for c in cols)}</tr>")

@@ -16,6 +16,25 @@ SMALL_SHIFTS = [-2, 0, 3]
 # Pipeline tests stop at the store; training and evaluation have their own (tests/test_train_evaluate_e2e.py).
 NO_TRAINING = {"train": {"tasks": []}, "evaluate": {"tasks": []}}
 
+# A chord model small enough to train in seconds on 2 cores (tests add their own steps and checkpoints).
+TINY_CHORD_TRAIN = {
+    "tasks": ["chord"],
+    "models": {"chord": {"hidden": 16, "channels": 8}},
+    "patch_frames": 32,
+    "batch_size": 8,
+    "n_active": 4,
+    "rate": 4,
+}
+# training long enough to be stopped mid-epoch: only a stop (and the end) writes last.pt mid-run
+STOPPABLE_TRAIN = {
+    **TINY_CHORD_TRAIN,
+    "steps_per_epoch": 25,
+    "max_epochs": 3,
+    "checkpoint_every": 1000,
+    "loader_workers": 0,
+    "progress": "lines",
+}
+
 
 def small_config(
     tracks: int = 3, shifts=None, store: str = "zarr", seed: int = 0, mode: str = "feature", **features

@@ -16,24 +16,10 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import small_config
+from conftest import STOPPABLE_TRAIN, small_config
 
 from mirpipe.pipeline.cluster import PoolExecutor
 from mirpipe.pipeline.config import ConfigError, JobqueueCluster, LocalClusterConfig, PooledCluster, parse_cluster
-
-TRAIN = {
-    "tasks": ["chord"],
-    "models": {"chord": {"hidden": 16, "channels": 8}},
-    "patch_frames": 32,
-    "batch_size": 8,
-    "n_active": 4,
-    "rate": 4,
-    "steps_per_epoch": 25,
-    "max_epochs": 3,
-    "checkpoint_every": 1000,  # only a stop (and the end) writes last.pt mid-run
-    "loader_workers": 0,
-    "progress": "lines",
-}
 
 
 def _slurm_pool(queue: str, **over) -> dict:
@@ -144,7 +130,7 @@ def slurm(repo_root):
 def _files(tmp_path, **train):
     data = small_config(tracks=5, shifts=[0, 2]).model_dump(mode="json")
     data["synthesize"]["solo_fraction"] = 0.0
-    data["train"] = {**data["train"], **TRAIN, **train}
+    data["train"] = {**data["train"], **STOPPABLE_TRAIN, **train}
     data["evaluate"] = {**data["evaluate"], "tasks": ["chord"], "figures": 0}
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "pools.yaml").write_text(yaml.safe_dump(POOLS))

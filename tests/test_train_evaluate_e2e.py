@@ -7,7 +7,7 @@ import jams
 import mir_eval
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import TINY_CHORD_TRAIN, small_config
 
 from mirpipe.models.chord import METRICS
 from mirpipe.pipeline.cluster import open_executor
@@ -16,12 +16,7 @@ from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 
 TINY_TRAIN = {
-    "tasks": ["chord"],
-    "models": {"chord": {"hidden": 16, "channels": 8}},
-    "patch_frames": 32,
-    "batch_size": 8,
-    "n_active": 4,
-    "rate": 4,
+    **TINY_CHORD_TRAIN,
     "steps_per_epoch": 5,
     "max_epochs": 2,
     "checkpoint_every": 3,

@@ -16,28 +16,15 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import small_config
+from conftest import STOPPABLE_TRAIN, small_config
 
-TRAIN = {
-    "tasks": ["chord"],
-    "models": {"chord": {"hidden": 16, "channels": 8}},
-    "patch_frames": 32,
-    "batch_size": 8,
-    "n_active": 4,
-    "rate": 4,
-    "steps_per_epoch": 25,
-    "max_epochs": 3,
-    "checkpoint_every": 1000,  # only the stop (and the end) writes last.pt mid-run
-    "loader_workers": 0,
-    "progress": "lines",
-}
 CLUSTER = {"cluster": {"type": "local", "n_workers": 1, "memory_limit": "3GiB", "dashboard_address": None}}
 
 
 def _files(tmp_path):
     data = small_config(tracks=5, shifts=[0, 2]).model_dump(mode="json")
     data["synthesize"]["solo_fraction"] = 0.0
-    data["train"] = {**data["train"], **TRAIN}
+    data["train"] = {**data["train"], **STOPPABLE_TRAIN}
     data["evaluate"] = {**data["evaluate"], "tasks": ["chord"], "figures": 0}
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(CLUSTER))

@@ -203,6 +203,19 @@ def compute_wide_cqt(y: np.ndarray, geom: WideCQT, amin: float = 1e-5) -> np.nda
     return np.ascontiguousarray(db.T, dtype=np.float32)
 
 
+def _harmonic_source(geom: WideCQT, h: float, shift: int) -> tuple[int, float, int]:
+    """Where harmonic ``h`` at ``shift`` semitones reads the wide slab: the first source bin, the
+    interpolation fraction towards the next one (0 on exact bins), and how many target bins have
+    their (interpolated) source inside the stored range."""
+    pos = geom.harmonic_offset(h) - int(shift) * geom.bins_per_semitone
+    i0 = math.floor(pos + 1e-9)
+    frac = pos - i0
+    if frac < 1e-9:
+        frac = 0.0
+    last = geom.n_wide_bins - 1 if frac == 0.0 else geom.n_wide_bins - 2
+    return i0, frac, int(np.clip(last - i0 + 1, 0, geom.n_bins))
+
+
 def harmonic_view(slab: np.ndarray, geom: WideCQT, shift: int = 0, fill: float | None = None) -> np.ndarray:
     """(H, T, n_bins) float32 HCQT stack from a (T, n_wide_bins) dB slab, pitch-shifted by ``shift`` semitones.
 
@@ -222,14 +235,7 @@ def harmonic_view(slab: np.ndarray, geom: WideCQT, shift: int = 0, fill: float |
         fill = float(slab.min()) if slab.size else 0.0
     out = np.empty((len(geom.harmonics), T, geom.n_bins), dtype=np.float32)
     for i, h in enumerate(geom.harmonics):
-        pos = geom.harmonic_offset(h) - int(shift) * geom.bins_per_semitone
-        i0 = math.floor(pos + 1e-9)
-        frac = pos - i0
-        if frac < 1e-9:
-            frac = 0.0
-        # bins whose (interpolated) source lies inside the stored range
-        last = n_wide - 1 if frac == 0.0 else n_wide - 2
-        n_ok = int(np.clip(last - i0 + 1, 0, geom.n_bins))
+        i0, frac, n_ok = _harmonic_source(geom, h, shift)
         lo = slab[:, i0 : i0 + n_ok]
         if frac == 0.0:
             out[i, :, :n_ok] = lo
@@ -265,18 +271,11 @@ class _ShiftTable:
 
     def __init__(self, geom: WideCQT):
         shifts = range(-geom.margin_semitones, geom.margin_semitones + 1)
-        n_wide = geom.n_wide_bins
         rows = []
         for shift in shifts:
             row = []
             for h in geom.harmonics:
-                pos = geom.harmonic_offset(h) - int(shift) * geom.bins_per_semitone
-                i0 = math.floor(pos + 1e-9)
-                frac = pos - i0
-                if frac < 1e-9:
-                    frac = 0.0
-                last = n_wide - 1 if frac == 0.0 else n_wide - 2
-                n_ok = int(np.clip(last - i0 + 1, 0, geom.n_bins))
+                i0, frac, n_ok = _harmonic_source(geom, h, shift)
                 row.append((i0, float(np.float32(1.0 - frac)), float(np.float32(frac)), n_ok))
             rows.append(row)
         table = np.array(rows, dtype=np.float64)  # (shifts, harmonics, 4); every value exact in float64

@@ -223,11 +223,9 @@ def hcqt_store(tmp_path_factory):
     return store, frames
 
 
-def _pitch_trainer(store, frames, out_dir, workers=0):
-    torch.manual_seed(0)
-    model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
-    geometry = store.read_attrs("p0")["features"]["hcqt"]  # packed batches, as the train stage streams them
-    spec = StreamSpec(
+def _pitch_spec(store, geometry=None) -> StreamSpec:
+    """The pitch stream of the small store: 16-frame patches from 64-frame slabs, shifts -2, 0, 2."""
+    return StreamSpec(
         "zarr",
         str(store.root),
         "hcqt",
@@ -238,6 +236,13 @@ def _pitch_trainer(store, frames, out_dir, workers=0):
         task=TASK,
         geometry=geometry,
     )
+
+
+def _pitch_trainer(store, frames, out_dir, workers=0):
+    torch.manual_seed(0)
+    model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
+    geometry = store.read_attrs("p0")["features"]["hcqt"]  # packed batches, as the train stage streams them
+    spec = _pitch_spec(store, geometry)
     keys = [EntryKey(f"p{i}", n) for i, n in enumerate(frames)]
     stream = PatchStream(spec, keys[:4], MuxSettings(batch_size=2, n_active=2, rate=4, n_shards=2), seed=3)
     settings = TrainerSettings(
@@ -266,17 +271,7 @@ def _pitch_trainer(store, frames, out_dir, workers=0):
 
 
 def _pitch_stream(store, frames, geometry=None, n_keys=2, batch_size=6, n_shards=1):
-    spec = StreamSpec(
-        "zarr",
-        str(store.root),
-        "hcqt",
-        TASK.targets.arrays,
-        patch_frames=16,
-        slab_frames=64,
-        shifts=(-2, 0, 2),
-        task=TASK,
-        geometry=geometry,
-    )
+    spec = _pitch_spec(store, geometry)
     keys = [EntryKey(f"p{i}", frames[i]) for i in range(n_keys)]
     return PatchStream(spec, keys, MuxSettings(batch_size=batch_size, n_active=2, rate=4, n_shards=n_shards), 0)
 

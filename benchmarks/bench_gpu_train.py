@@ -295,44 +295,77 @@ def make_trainer(task, model, settings, out: Path, geometry):
     )
 
 
-def gpu_alone(trainer, batch, steps: int) -> dict[str, float]:
-    for _ in range(10):
-        trainer.train_step(batch)
-    t0 = time.perf_counter()  # train_step ends with float(loss): every step is synchronized
-    for _ in range(steps):
-        trainer.train_step(batch)
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steps(trainer, batches, n: int, read_every: int = 50) -> tuple[int, int, float]:
+    """``n`` training steps as ``Trainer.fit`` takes them: losses kept on the device and read at a
+    logging point every ``read_every`` steps (one wait for the device), synchronized at the end.
+    (steps, patches, seconds spent waiting for the next batch)."""
+    done = patches = 0
+    wait = 0.0
+    it = iter(batches)
+    while done < n:
+        a = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - a
+        trainer._losses.add(done, trainer.train_step(batch))
+        done += 1
+        patches += int(batch[trainer.task.feature].shape[0])
+        if done % read_every == 0:
+            trainer._losses.read()
+    trainer._losses.read()
+    synchronize(trainer.device)
+    return done, patches, wait
+
+
+def gpu_alone(trainer, batch, n_steps: int, warmup: int = 10) -> dict[str, float]:
+    from itertools import repeat
+
+    steps(trainer, repeat(batch), warmup)  # warm up (a compiled model compiles here)
+    t0 = time.perf_counter()
+    done, patches, _ = steps(trainer, repeat(batch), n_steps)
     dt = time.perf_counter() - t0
-    n = int(batch[trainer.task.feature].shape[0])
-    return {"steps_per_s": steps / dt, "patches_per_s": steps * n / dt, "ms_per_step": dt / steps * 1e3}
+    return {"steps_per_s": done / dt, "patches_per_s": patches / dt, "ms_per_step": dt / done * 1e3}
 
 
-def fed(trainer, stream, workers: int, seconds: float, sampler) -> dict[str, float]:
-    from mirpipe.storage.torch_data import epoch_loader
+def fed(trainer, stream, workers: int | str, seconds: float, sampler, cores: int, warmup: int = 4) -> dict[str, float]:
+    """The trainer fed by ``epoch_loader`` as the train stage plans it (pinned memory on a GPU):
+    steps/s, the share of wall time the loop waited for a batch, and the GPU's utilization."""
+    from mirpipe.storage.torch_data import epoch_loader, loader_plan
 
-    it = iter(epoch_loader(stream, epoch=1 + workers, n_workers=workers))
-    for _ in range(max(4, 2 * workers)):  # workers started, handles open
-        trainer.train_step(next(it))
-    wait = step = 0.0
-    steps = patches = 0
+    plan = loader_plan(workers, trainer.device, stream.n_shards, cores)
+    it = iter(epoch_loader(stream, epoch=1 + plan.workers, plan=plan))
+    steps(trainer, it, max(warmup, 2 * plan.workers))  # workers started, handles open
+    done = patches = 0
+    wait = 0.0
     with sampler:
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+        while time.perf_counter() - t0 < seconds:  # Trainer.fit's loop: losses read every 50 steps
             a = time.perf_counter()
             batch = next(it)
-            b = time.perf_counter()
-            trainer.train_step(batch)  # ends with float(loss): synchronized
-            c = time.perf_counter()
-            wait, step = wait + b - a, step + c - b
-            steps += 1
+            wait += time.perf_counter() - a
+            trainer._losses.add(done, trainer.train_step(batch))
+            done += 1
             patches += int(batch[trainer.task.feature].shape[0])
+            if done % 50 == 0:
+                trainer._losses.read()
+        trainer._losses.read()
+        synchronize(trainer.device)
         total = time.perf_counter() - t0
     del it
     return {
-        "workers": workers,
-        "steps_per_s": steps / total,
+        "workers": plan.workers,
+        "asked": workers,
+        "prefetch": plan.prefetch,
+        "pinned": plan.pin_memory,
+        "steps_per_s": done / total,
         "patches_per_s": patches / total,
         "wait_share": wait / total,
-        "step_share": step / total,
         **sampler.summary(),
     }
 
@@ -413,21 +446,35 @@ def run(args) -> None:
         steps_per_epoch=10**9, max_epochs=1, lr=p["lr"], device=args.device, amp=not args.no_amp, seed=0, threads=args.threads
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    trainer = make_trainer(task, model, settings, tmp, spec.geometry)
     batch = to_tensors(next(stream.batches(epoch=0)))
-    batch = {k: v.to(trainer.device) for k, v in batch.items()}
-    results["gpu_alone"] = gpu_alone(trainer, batch, args.gpu_steps)
-    print("GPU alone (one batch on the device):", json.dumps(results["gpu_alone"]), flush=True)
+    results["gpu_alone"] = {}
+    for variant in args.variants:  # eager, compile, channels-last, compile+channels-last
+        torch.manual_seed(0)
+        changes = {"compile": "compile" in variant, "channels_last": "channels-last" in variant}
+        trainer = make_trainer(
+            task, task.network.build(n_bins=n_bins, params=params), settings.model_copy(update=changes), tmp, spec.geometry
+        )
+        on_device = {k: v.to(trainer.device) for k, v in batch.items()}
+        results["gpu_alone"][variant] = row = gpu_alone(trainer, on_device, args.gpu_steps, args.warmup)
+        print(f"GPU alone (one batch on the device), {variant}:", json.dumps(row), flush=True)
+    best = max(results["gpu_alone"], key=lambda v: results["gpu_alone"][v]["steps_per_s"])
+    results["fed_variant"] = best
+    changes = {"compile": "compile" in best, "channels_last": "channels-last" in best}
+    torch.manual_seed(0)
+    trainer = make_trainer(task, model, settings.model_copy(update=changes), tmp, spec.geometry)
+    gpu_alone(trainer, {k: v.to(trainer.device) for k, v in batch.items()}, 1, args.warmup)  # compiled, warm
 
     sampler = GpuSampler() if cuda else NoSampler()
     with sampler:
         time.sleep(1.0)
     results["idle"] = sampler.summary()
     results["fed"] = []
-    for w in args.workers:
-        row = fed(trainer, stream, w, args.seconds, sampler)
+    for w in [*args.workers, "auto"]:
+        row = fed(trainer, stream, w, args.seconds, sampler, results["cpus"], args.warmup)
+        row["of_gpu_alone"] = row["steps_per_s"] / results["gpu_alone"][best]["steps_per_s"]
         results["fed"].append(row)
-        print(f"fed by the streamer, {w} loader workers:", json.dumps(row), flush=True)
+        print(f"fed by the streamer ({best}), {w} loader workers:", json.dumps(row), flush=True)
+    print_table(results)
 
     if args.train_seconds > 0:
         results["train"] = train_for(args, task, params, n_bins, spec, stream, val, p, results)
@@ -435,6 +482,20 @@ def run(args) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu_train.json").write_text(json.dumps(results, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_table(results: dict) -> None:
+    """The side-by-side table: GPU alone per variant, then fed per loader worker count."""
+    print(f"\n| {results['device']} | workers | steps/s | patches/s | x GPU alone | GPU busy (mean) | loop waits |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, row in results["gpu_alone"].items():
+        print(f"| GPU alone, {variant} | - | {row['steps_per_s']:.1f} | {row['patches_per_s']:.0f} | | | |")
+    for row in results["fed"]:
+        busy = f"{row['util_mean']:.0f} %" if "util_mean" in row else "n/a (cpu)"
+        print(
+            f"| fed ({results['fed_variant']}), asked {row['asked']} | {row['workers']} | {row['steps_per_s']:.1f} | "
+            f"{row['patches_per_s']:.0f} | {row['of_gpu_alone']:.2f} | {busy} | {row['wait_share']:.0%} |"
+        )
 
 
 def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict:
@@ -448,6 +509,7 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
 
     best = max(results["fed"], key=lambda r: r["steps_per_s"])
     workers = best["workers"]
+    variant = results["fed_variant"]
     epochs = args.train_epochs
     steps = max(10, int(best["steps_per_s"] * args.train_seconds * 0.8 / epochs))
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-train-"))
@@ -463,6 +525,8 @@ def train_for(args, task, params, n_bins, spec, stream, val, p, results) -> dict
         seed=0,
         checkpoint_every=10**9,
         threads=args.threads,
+        compile="compile" in variant,
+        channels_last="channels-last" in variant,
     )
 
     def val_batches():
@@ -526,8 +590,16 @@ def main() -> None:
     b.add_argument("--data-batches", type=int, default=40)
     b.add_argument("--loader-batches", type=int, default=40, help="batches timed per loader-alone run")
     b.add_argument("--gpu-steps", type=int, default=100)
+    b.add_argument("--warmup", type=int, default=10, help="steps before each timed run (compiling, workers starting)")
     b.add_argument("--threads", type=int, default=4, help="torch CPU threads in the trainer process")
     b.add_argument("--no-amp", action="store_true")
+    b.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager", "channels-last"],
+        choices=["eager", "compile", "channels-last", "compile+channels-last"],
+        help="GPU-alone runs (train.compile / train.channels_last); the fastest feeds the fed runs",
+    )
     b.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: check the script without a GPU")
     b.add_argument("--train-seconds", type=float, default=0.0)
     b.add_argument("--train-epochs", type=int, default=6)

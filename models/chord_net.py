@@ -74,12 +74,14 @@ class ChordNet(nn.Module):
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if not (target != IGNORE).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE)
+    """Mean cross-entropy over the labelled frames, 0 when there are none: the sum over the count
+    (bitwise the mean reduction) rather than a branch on ``any()``, which would wait for the device."""
+    target = target.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target, ignore_index=IGNORE, reduction="sum")
+    return total / (target != IGNORE).sum().clamp_min(1)
 
 
-def loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum of the heads' losses; frames marked ``IGNORE`` (no reference, X, padding) count nowhere."""
     parts = {"tag": _ce(outputs["tag"], batch["targets/chord_tag"])}
     if "root" in outputs:
@@ -91,7 +93,7 @@ def loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tu
             parts["pitches"] = F.binary_cross_entropy_with_logits(outputs["pitches"].float()[mask], target[mask].float())
     total = sum(parts.values())
     assert isinstance(total, torch.Tensor)  # (parts holds the tag loss at least)
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 def metric(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[float, float]:

@@ -234,11 +234,11 @@ class InstrumentNetwork(Network):
 
         single = batch[SINGLE].long()
         bce = F.binary_cross_entropy_with_logits(outputs["tags"].float(), batch[PRESENCE].float())
-        if bool((single >= 0).any()):
-            ce = F.cross_entropy(outputs["clip"].float(), single, ignore_index=-1)
-        else:
-            ce = bce * 0.0
-        return ce + bce, {"ce": float(ce.detach()), "bce": float(bce.detach())}
+        # mean over the single-instrument patches, 0 without any: sum / count (bitwise the mean
+        # reduction) instead of a branch on any(), which would wait for the device every step
+        ce = F.cross_entropy(outputs["clip"].float(), single, ignore_index=-1, reduction="sum")
+        ce = ce / (single >= 0).sum().clamp_min(1)
+        return ce + bce, {"ce": ce.detach(), "bce": bce.detach()}
 
     def metric(self, outputs, batch) -> tuple[float, float]:
         """Softmax accuracy on single-instrument patches, and the share of classes the sigmoid head

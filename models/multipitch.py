@@ -92,7 +92,7 @@ class MultipitchNetwork(Network):
         from .pitch_net import masked_bce
 
         total = masked_bce(outputs, batch[SALIENCE], batch[NOTES][..., 0])
-        return total, {"bce": float(total.detach())}
+        return total, {"bce": total.detach()}
 
     def metric(self, outputs, batch) -> tuple[float, float]:
         """Threshold-free: of the reference notes, the share within 50 cents of one of their

@@ -160,7 +160,7 @@ class PitchNetwork(Network):
         from .pitch_net import masked_bce
 
         total = masked_bce(outputs, batch[SALIENCE], batch[F0])
-        return total, {"bce": float(total.detach())}
+        return total, {"bce": total.detach()}
 
     def metric(self, outputs, batch) -> tuple[float, float]:
         """Raw pitch accuracy of the argmax bins over the voiced frames: threshold-free, so it

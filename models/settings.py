@@ -55,6 +55,17 @@ class TrainingSettings(BaseModel):
         description="torch CPU threads; default: in a Dask worker its own threads (its share of the cores), else all cores",
         json_schema_extra=NOT_FINGERPRINTED,
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model for training steps (benchmarks/bench_gpu_train.py --variants measures it)",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
+    channels_last: bool = Field(
+        False,
+        description="4-D model inputs (the HCQT) and weights in channels-last memory order (faster convolutions on "
+        "tensor cores; benchmarks/bench_gpu_train.py --variants measures it)",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
 
     def trainer_settings(self, **changes: Any) -> TrainerSettings:
         """These settings as the trainer takes them (only ``TrainingSettings``' fields, so a subclass's

@@ -188,7 +188,9 @@ class Network:
         raise NotImplementedError
 
     def loss(self, outputs, batch):
-        """(loss tensor, {part: float}) of a batch."""
+        """(loss tensor, {part: detached 0-d tensor or float}) of a batch. Tensors keep training from
+        waiting for the device each step (the trainer reads them at logging points only); build the
+        loss without branching on tensor values (``if mask.any()``) for the same reason."""
         raise NotImplementedError
 
     def metric(self, outputs, batch) -> tuple[float, float]:

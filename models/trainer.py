@@ -153,6 +153,31 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
+class StepLosses:
+    """Each step's loss parts, kept as they come (tensors on the device) until a logging point
+    reads them all with one wait for the device: a ``float(loss)`` every step would stall the
+    host until the GPU finished that step, so it could never queue the next one."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[int, dict[str, torch.Tensor | float]]] = []
+
+    def add(self, step: int, parts: dict[str, torch.Tensor | float]) -> None:
+        self._steps.append((step, parts))
+
+    def read(self) -> list[tuple[int, dict[str, float]]]:
+        """(step, {part: float}) in step order since the last read, emptied."""
+        if not self._steps:
+            return []
+        tensors = [v for _, parts in self._steps for v in parts.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist() if tensors else [])
+        out = [
+            (step, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in parts.items()})
+            for step, parts in self._steps
+        ]
+        self._steps = []
+        return out
+
+
 class TrainProgress:
     """Per-step training progress on ``stream``.
 
@@ -177,6 +202,7 @@ class TrainProgress:
         self.interval, self.clock = interval, clock
         self.step, self.epoch, self.loss, self.rate = start, 0, math.nan, math.nan
         self.t0 = self.last_line = clock()
+        self.last_loss = -math.inf
         self.bar = None
         if self.mode == "bar":
             from tqdm import tqdm
@@ -201,8 +227,19 @@ class TrainProgress:
             return math.inf
         return (self.total - self.step) * elapsed / done
 
-    def update(self, step: int, epoch: int, loss: float, patches_per_s: float) -> None:
-        self.step, self.epoch, self.loss, self.rate = step, epoch, loss, patches_per_s
+    def wants_loss(self) -> bool:
+        """Whether the next ``update`` shows the loss (a bar's postfix at most once a second, a
+        line when one is due): the trainer reads its losses from the device only then."""
+        if self.bar is not None:
+            return self.clock() - self.last_loss >= 1.0
+        return self.mode == "lines" and self.clock() - self.last_line >= self.interval
+
+    def update(self, step: int, epoch: int, loss: float | None, patches_per_s: float) -> None:
+        """``loss`` None: the loss shown stays as it was (not read from the device this step)."""
+        self.step, self.epoch, self.rate = step, epoch, patches_per_s
+        if loss is not None:
+            self.loss, self.last_loss = loss, self.clock()
+        loss = self.loss
         if self.bar is not None:
             self.bar.set_postfix_str(f"epoch={epoch} loss={loss:.3f} {patches_per_s:.0f} patches/s", refresh=False)
             self.bar.update(step - self.bar.n)
@@ -308,6 +345,7 @@ class Trainer:
         self.log = log
         self.progress, self.progress_stream, self.progress_interval = progress, progress_stream, progress_interval
         self._progress: TrainProgress | None = None
+        self._losses = StepLosses()  # the steps' losses not yet read from the device
         torch.set_num_threads(settings.threads or default_threads())
         if settings.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -317,6 +355,10 @@ class Trainer:
         np.random.seed(settings.seed % 2**32)
         random.seed(settings.seed)
         self.model = model.to(self.device)
+        if settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # the training steps' module: compiled (its state is the model's own, checkpoints unchanged)
+        self.step_model: Callable[..., Any] = torch.compile(self.model) if settings.compile else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         if settings.lr_schedule == "cosine":
             self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -362,6 +404,7 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        self._read_losses()  # the checkpoint's epoch loss counts every step it holds
         atomic_save(self.checkpoint(), self.last_path)
 
     def try_resume(self) -> bool:
@@ -390,14 +433,21 @@ class Trainer:
         """The batch on the device as the model and loss take it (``feed`` applied there)."""
         return self.feed({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
 
-    def _forward(self, batch: dict[str, torch.Tensor]):
+    def _forward(self, batch: dict[str, torch.Tensor], training: bool = False):
+        x = batch[self.task.feature]
+        if self.settings.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model = self.step_model if training else self.model  # compiled for training steps only
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            return self.model(batch[self.task.feature])
+            return model(x)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """One optimisation step. The loss and its parts come back as they are (detached tensors on
+        the device): reading one would make the host wait for the device (``fit`` reads them at
+        logging points, ``StepLosses``)."""
         self.model.train()
         batch = self._to_device(batch)
-        outputs = self._forward(batch)
+        outputs = self._forward(batch, training=True)
         total, parts = self.network.loss(outputs, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -407,7 +457,7 @@ class Trainer:
         self.scaler.update()
         if self.settings.lr_schedule == "cosine":
             self.scheduler.step()
-        return {"loss": float(total.detach()), **parts}
+        return {"loss": total.detach(), **parts}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -455,9 +505,17 @@ class Trainer:
             with self._progress.write_mode():
                 self.log(message)
 
-    def _scalar(self, tag: str, value: float) -> None:
+    def _scalar(self, tag: str, value: float, step: int | None = None) -> None:
         if self.writer is not None:
-            self.writer.add_scalar(tag, value, self.state.global_step)
+            self.writer.add_scalar(tag, value, self.state.global_step if step is None else step)
+
+    def _read_losses(self) -> None:
+        """Bring the steps' losses since the last logging point to the host (one wait for the
+        device), add them to the epoch's sum in step order and log them per step."""
+        for step, parts in self._losses.read():
+            self.state.epoch_loss_sum += parts["loss"]
+            for k, v in parts.items():
+                self._scalar(f"train/{k}", v, step)
 
     def _end_epoch(self, train_loss: float, patches_per_s: float) -> None:
         st = self.state
@@ -558,17 +616,21 @@ class Trainer:
                     st.global_step += 1
                     st.step_in_epoch += 1
                     patches += int(batch[self.task.feature].shape[0])
-                    st.epoch_loss_sum += parts["loss"]
-                    for k, v in parts.items():
-                        self._scalar(f"train/{k}", v)
-                    rate = patches / max(time.perf_counter() - t0, 1e-9)
-                    self._progress.update(st.global_step, st.epoch, st.epoch_loss_sum / st.step_in_epoch, rate)
+                    self._losses.add(st.global_step, parts)
                     epoch_done = st.step_in_epoch >= s.steps_per_epoch
+                    checkpoint = st.global_step % s.checkpoint_every == 0 or st.global_step == stop_at_step
+                    # logging points (and save_last): the only places the host waits for the device
+                    logging = epoch_done or self._progress.wants_loss()
+                    if logging:
+                        self._read_losses()
+                    rate = patches / max(time.perf_counter() - t0, 1e-9)
+                    mean_loss = st.epoch_loss_sum / st.step_in_epoch if logging else None
+                    self._progress.update(st.global_step, st.epoch, mean_loss, rate)
                     if epoch_done:
                         self._scalar("train/patches_per_s", rate)
                         self._end_epoch(st.epoch_loss_sum / st.step_in_epoch, rate)
                         self._progress.epoch_end()
-                    if st.global_step % s.checkpoint_every == 0 or st.finished or st.global_step == stop_at_step:
+                    if checkpoint or st.finished:
                         self.save_last()
                     if stop.requested() and not st.finished:  # SIGTERM: a walltime, a pre-emption
                         self.save_last()

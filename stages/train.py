@@ -6,6 +6,7 @@ evaluation."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sys
 import time
@@ -95,8 +96,11 @@ class TrainParams(TrainingSettings):
         "length: every frame of training audio about equally likely); times the task's own stream weights",
         json_schema_extra=since("track"),
     )
-    loader_workers: int = Field(
-        0, ge=0, description="DataLoader worker processes (0: read in the trainer)", json_schema_extra=NOT_FINGERPRINTED
+    loader_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes (0: read in the trainer; auto: on a GPU as many as divide n_shards "
+        "and leave a core to the trainer, on a CPU none); batches are the same with any count",
+        json_schema_extra=NOT_FINGERPRINTED,
     )
     progress: Literal["auto", "bar", "lines", "off"] = Field(
         "auto",
@@ -311,8 +315,8 @@ class Train(Stage):
         return items
 
     def run(self, item: WorkItem, ctx: StageContext) -> TrainRecord:
-        from mirpipe.models.trainer import Trainer
-        from mirpipe.storage.torch_data import epoch_loader, to_tensors
+        from mirpipe.models.trainer import Trainer, resolve_device
+        from mirpipe.storage.torch_data import epoch_loader, loader_plan, to_tensors
 
         fp: FeaturesParams = ctx.params["features"]
         task = TASKS.get(item.payload["task"])
@@ -327,7 +331,8 @@ class Train(Stage):
         made = task_stream(ctx, task, p, train_keys, shifts, p.seed, entry_weights(ctx, task, p.sampling, train_keys))
         spec, stream, feed, geometry = made.spec, made.stream, made.feed, made.geometry
         state = task.trained.network.fit_state(_unshifted_targets(store, k.track, task.targets.arrays) for k in train_keys)
-        stream.check_workers(p.loader_workers)
+        if p.loader_workers != "auto":
+            stream.check_workers(p.loader_workers)
         seed_everything(p.seed)
         model_params = p.model_params(task.name)
         n_bins = FEATURE_KINDS.get(task.feature).input_bins(geometry)
@@ -342,10 +347,14 @@ class Train(Stage):
             train_entries=len(train_keys),
             val_entries=len(val_keys),
         )
-        loader_workers = p.loader_workers if not _daemonic() else 0  # Dask worker processes cannot fork loaders
+        plan = loader_plan(
+            p.loader_workers, resolve_device(settings.device), stream.n_shards, len(os.sched_getaffinity(0)), not _daemonic()
+        )
+        loader_workers = plan.workers
+        _log(f"train[{task.name}]: {plan.describe()}")
 
         def train_batches(epoch: int, skip: int):
-            return epoch_loader(stream, epoch, skip=skip, n_workers=loader_workers)
+            return epoch_loader(stream, epoch, skip=skip, plan=plan)
 
         def val_batches():
             return (to_tensors(b) for b in track_patches(spec, val_keys, p.batch_size))

@@ -13,9 +13,11 @@ integers as int64, then the targets the task derives there (``Network.on_device`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -98,19 +100,67 @@ class PatchDataset(IterableDataset):
             yield to_tensors(batch)
 
 
-def epoch_loader(stream: PatchStream, epoch: int, skip: int = 0, n_workers: int = 0) -> DataLoader:
-    """A DataLoader over one epoch's batches, from batch ``skip`` on.
+BATCHES_IN_FLIGHT = 8  # batches the loader workers hold ready in all (prefetch = this / workers, at least 2)
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """How the trainer's DataLoader runs: worker processes, batches each prefetches, and whether its
+    batches land in pinned (page-locked) memory so that the copy to a GPU is asynchronous."""
+
+    workers: int = 0
+    prefetch: int | None = None
+    pin_memory: bool = False
+    why: str = ""
+
+    def describe(self) -> str:
+        where = (
+            f"{self.workers} loader workers, {self.prefetch} batches prefetched each" if self.workers else "read in the trainer"
+        )
+        return f"{where}{', pinned memory' if self.pin_memory else ''}{f' ({self.why})' if self.why else ''}"
+
+
+def loader_plan(
+    requested: int | Literal["auto"], device: torch.device, n_shards: int, cores: int, can_fork: bool = True
+) -> LoaderPlan:
+    """The loader for a trainer on ``device`` with ``cores`` CPU cores (``train.loader_workers``).
+
+    ``auto``: on a GPU, the largest worker count that divides the stream's shards (so batches do not
+    depend on it) and leaves one core to the training loop; on a CPU, none: there the model's own
+    threads use the cores, and a loader process would take them away (reading is a few % of a CPU
+    step). Workers are started only where this process may start processes: a Dask worker is a
+    daemonic process unless its Dask config says ``distributed.worker.daemon: false``."""
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        spare = max(0, cores - 1)
+        workers = max((d for d in range(1, n_shards + 1) if n_shards % d == 0 and d <= spare), default=0) if cuda else 0
+        why = f"auto: {cores} cores, {n_shards} shards" if cuda else "auto: the trainer's threads use the CPU cores"
+    else:
+        workers, why = int(requested), ""
+    if workers and not can_fork:
+        workers, why = 0, "this process is daemonic (a Dask worker): set distributed.worker.daemon false for loader workers"
+    prefetch = max(2, math.ceil(BATCHES_IN_FLIGHT / workers)) if workers else None
+    return LoaderPlan(workers, prefetch, cuda, why)
+
+
+def epoch_loader(
+    stream: PatchStream, epoch: int, skip: int = 0, n_workers: int = 0, plan: LoaderPlan | None = None
+) -> DataLoader:
+    """A DataLoader over one epoch's batches, from batch ``skip`` on (``plan``: its workers, prefetch and
+    pinned memory; else ``n_workers`` workers, 4 batches prefetched each).
 
     It has its own generator so creating it never consumes the global torch RNG
     (which would make a resumed run diverge from an uninterrupted one).
     """
+    plan = plan or LoaderPlan(n_workers, 4 if n_workers else None)
     return DataLoader(
-        PatchDataset(stream, epoch, skip, n_workers),
+        PatchDataset(stream, epoch, skip, plan.workers),
         batch_size=None,
-        num_workers=n_workers,
+        num_workers=plan.workers,
         generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
-        prefetch_factor=4 if n_workers else None,
+        prefetch_factor=plan.prefetch,
+        pin_memory=plan.pin_memory,
     )
 
 
@@ -139,6 +189,7 @@ class StreamLoader(DataLoader):
             generator=torch.Generator().manual_seed(0),
             persistent_workers=False,
             prefetch_factor=4 if n_workers else None,
+            pin_memory=torch.device(device).type == "cuda",  # the copy to the GPU runs asynchronously
         )
         self.feed = feed
         self.device = torch.device(device)

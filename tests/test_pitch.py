@@ -238,7 +238,7 @@ def _pitch_spec(store, geometry=None) -> StreamSpec:
     )
 
 
-def _pitch_trainer(store, frames, out_dir, workers=0):
+def _pitch_trainer(store, frames, out_dir, workers=0, channels_last=False):
     torch.manual_seed(0)
     model = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
     geometry = store.read_attrs("p0")["features"]["hcqt"]  # packed batches, as the train stage streams them
@@ -255,6 +255,7 @@ def _pitch_trainer(store, frames, out_dir, workers=0):
         seed=5,
         threads=1,
         deterministic=True,
+        channels_last=channels_last,
     )
     return Trainer(
         model,
@@ -391,3 +392,30 @@ def test_tiny_pitch_model_trains_and_scores_against_pyin(tmp_path, sync_cluster)
     assert est.annotations[0].namespace == "pitch_contour" and len(est.annotations[0].data) > 100
     assert (out / "figures" / f"{track}.png").read_bytes()[:4] == b"\x89PNG"
     assert "pyin:OA" in (out / "scores.csv").read_text().splitlines()[0]
+
+
+def test_channels_last_trains_the_same_model(hcqt_store, tmp_path):
+    """``train.channels_last`` changes the memory order only: the HCQT input and the conv weights are
+    channels-last, and the same batch gives the same outputs, loss and gradients (within float
+    rounding); the checkpoint loads into a model in the default order. (Not the weights after Adam
+    steps: a gradient of ~0 has a sign that is rounding noise, and Adam's first step is +-lr.)"""
+    store, frames = hcqt_store
+    eager = _pitch_trainer(store, frames, tmp_path / "eager")
+    last = _pitch_trainer(store, frames, tmp_path / "last", channels_last=True)
+    weights = [p for p in last.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p[0, 0].numel() > 1]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
+    batch = next(iter(eager.train_batches(0, 0)))
+    outputs, losses = [], []
+    for trainer in (eager, last):
+        trainer.model.eval()
+        with torch.no_grad():
+            outputs.append(trainer._forward(trainer._to_device(batch), training=True))
+        losses.append(float(trainer.train_step(batch)["loss"]))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    grads = [{n: p.grad for n, p in t.model.named_parameters()} for t in (eager, last)]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=1e-6, msg=name)
+    last.save_last()
+    fresh = TASK.network.build(360, TASK.network.Params(channels=[4], tall_channels=2, tall_bins=9))
+    fresh.load_state_dict(torch.load(tmp_path / "last" / "last.pt", weights_only=True)["model"])

@@ -141,3 +141,71 @@ def test_torch_threads_default_to_the_dask_workers_share_of_the_cores():
     assert default_threads() == len(os.sched_getaffinity(0))
     with open_executor(parse_cluster({"type": "local", "n_workers": 1, "threads_per_worker": 3, "memory_limit": "1GiB"})) as ex:
         assert ex.client.submit(default_threads, pure=False).result() == 3
+
+
+def test_the_host_reads_the_losses_at_logging_points_only_and_the_epoch_loss_is_every_steps(store, tmp_path):
+    """A ``float(loss)`` per step would make the host wait for a GPU every step: ``train_step``
+    returns the loss as a tensor and ``fit`` reads the steps' losses in one go at an epoch end or a
+    checkpoint; the epoch's loss is still the sum of every step's, in step order."""
+    from mirpipe.models.trainer import StepLosses
+
+    trainer = _trainer(store, tmp_path)  # 4 steps an epoch, a checkpoint every 3 steps, progress off
+    reads: list[list[int]] = []
+    per_step: dict[int, float] = {}
+
+    class Counting(StepLosses):
+        def read(self):
+            out = super().read()
+            if out:
+                reads.append([step for step, _ in out])
+                per_step.update({step: parts["loss"] for step, parts in out})
+            return out
+
+    trainer._losses = Counting()
+    assert isinstance(trainer.train_step(next(iter(trainer.train_batches(0, 0))))["loss"], torch.Tensor)
+    trainer = _trainer(store, tmp_path / "run")
+    trainer._losses = Counting()
+    trainer.fit(stop_at_step=8)
+    assert reads == [[1, 2, 3], [4], [5, 6], [7, 8]]  # checkpoint 3, epoch end 4, checkpoint 6, epoch end 8
+    history = trainer.state.history
+    assert history[0]["train_loss"] == sum(per_step[s] for s in (1, 2, 3, 4)) / 4
+    assert history[1]["train_loss"] == sum(per_step[s] for s in (5, 6, 7, 8)) / 4
+
+
+def test_step_losses_read_floats_in_step_order_once():
+    from mirpipe.models.trainer import StepLosses
+
+    losses = StepLosses()
+    losses.add(1, {"loss": torch.tensor(0.25), "ce": torch.tensor(0.125)})
+    losses.add(2, {"loss": torch.tensor(1 / 3), "extra": 0.5})  # a plugin task's float part
+    assert losses.read() == [(1, {"loss": 0.25, "ce": 0.125}), (2, {"loss": float(torch.tensor(1 / 3)), "extra": 0.5})]
+    assert losses.read() == []
+
+
+def test_the_loader_plan_feeds_a_gpu_from_the_cores_and_leaves_a_cpu_trainer_its_threads():
+    from mirpipe.storage.torch_data import loader_plan
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    gpu16 = loader_plan("auto", cuda, n_shards=4, cores=16)
+    assert (gpu16.workers, gpu16.prefetch, gpu16.pin_memory) == (4, 2, True)  # 4 divides the shards
+    assert loader_plan("auto", cuda, n_shards=4, cores=4).workers == 2  # 3 spare cores, 3 does not divide 4
+    assert loader_plan("auto", cuda, n_shards=12, cores=8).workers == 6
+    assert loader_plan("auto", cuda, n_shards=4, cores=1).workers == 0
+    on_cpu = loader_plan("auto", cpu, n_shards=4, cores=16)
+    assert (on_cpu.workers, on_cpu.pin_memory) == (0, False) and "threads" in on_cpu.describe()
+    assert loader_plan(2, cpu, n_shards=4, cores=2).prefetch == 4  # as asked
+    daemon = loader_plan("auto", cuda, n_shards=4, cores=16, can_fork=False)
+    assert daemon.workers == 0 and "distributed.worker.daemon" in daemon.describe()
+
+
+def test_the_loader_plan_s_batches_are_the_batches_of_any_worker_count(store):
+    from mirpipe.storage.torch_data import LoaderPlan
+
+    geometry = store.read_attrs("t0")["features"][TASK.feature]
+    spec = StreamSpec("zarr", str(store.root), TASK.feature, TASK.targets.arrays, 32, 64, geometry=geometry)
+    keys = [EntryKey(f"t{i}", 150 + 20 * i) for i in range(4)]
+    stream = PatchStream(spec, keys, MuxSettings(batch_size=4, n_active=2, rate=4, n_shards=2), seed=3)
+    alone = [b for _, b in zip(range(6), epoch_loader(stream, 1))]
+    planned = [b for _, b in zip(range(6), epoch_loader(stream, 1, plan=LoaderPlan(2, 3, False)))]
+    for a, b in zip(alone, planned, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -21,6 +21,8 @@ OLD_NOT_FINGERPRINTED = {
     "tasks",
     "models",
     "overrides",
+    "compile",  # added later: how fast training runs, not what it learns
+    "channels_last",
 }
 OLD_SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
 
@@ -58,6 +60,7 @@ DEFAULT_KEYS = {
         {"sampling": "frames"},
         {"lr_schedule": "cosine"},
         {"device": "cpu", "threads": 2, "loader_workers": 2, "checkpoint_every": 7, "progress": "off", "progress_interval": 5},
+        {"loader_workers": "auto", "compile": True, "channels_last": True},
         {"max_epochs": 3, "patience": 1, "lr": 0.01, "batch_size": 8, "seed": 4, "amp": False},
         {"tasks": ["chord"], "overrides": {"chord": {"batch_size": 16}}},
     ],
@@ -102,6 +105,8 @@ def test_trainer_settings_from_the_section():
         "amp",
         "seed",
         "threads",
+        "compile",
+        "channels_last",
         "deterministic",
     ]
     assert p.trainer_settings(deterministic=True).deterministic

@@ -345,7 +345,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--alias", action="append", default=[], metavar="REF=CLASS", help="count reference instrument REF as class CLASS"
     )
     ap.add_argument("--no-pyin", action="store_true", help="do not run pYIN beside the melody model")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (torch device of the networks)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda: as mirpipe predict --device")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

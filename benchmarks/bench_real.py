@@ -41,17 +41,33 @@ NOT_IN_VOCABULARY = "not in vocabulary"
 # -- the folder ------------------------------------------------------------------------------------
 
 
-def find_pairs(folder: Path) -> list[tuple[str, Path | None, Path | None]]:
-    """(name relative to ``folder``, audio, JAMS) of every audio file and every JAMS, searched
-    recursively; the missing half of a pair is None (reported, never silently skipped)."""
+def find_pairs(folder: Path, skip: Path | None = None) -> list[tuple[str, Path | None, Path | None, str | None]]:
+    """(name relative to ``folder``, audio, JAMS, why the pair cannot be scored or None) of every
+    audio file and every JAMS under ``folder`` (recursively; nothing under ``skip``, where the
+    estimates go). A missing half or a stem shared by two audio files is reported, never skipped."""
     from mirpipe.pipeline.predict import list_inputs
 
-    audio = {a.with_suffix(""): a for a, _ in list_inputs([folder])}
-    annotated = {j.with_suffix(""): j for j in folder.rglob("*.jams") if not j.name.startswith(".")}
+    def kept(path: Path) -> bool:
+        return skip is None or not path.resolve().is_relative_to(skip.resolve())
+
+    audio: dict[Path, list[Path]] = {}
+    for a, _ in list_inputs([folder]):
+        if kept(a):
+            audio.setdefault(a.with_suffix(""), []).append(a)
+    annotated = {j.with_suffix(""): j for j in folder.rglob("*.jams") if not j.name.startswith(".") and kept(j)}
     out = []
     for stem in sorted(set(audio) | set(annotated)):
-        shown = audio.get(stem) or annotated[stem]
-        out.append((shown.relative_to(folder).as_posix(), audio.get(stem), annotated.get(stem)))
+        found, jams_path = audio.get(stem, []), annotated.get(stem)
+        problem = None
+        if not found:
+            problem = "a JAMS without an audio file of the same stem"
+        elif jams_path is None:
+            problem = "no .jams of the same stem"
+        elif len(found) > 1:
+            problem = f"{len(found)} audio files share the stem ({', '.join(a.name for a in found)}): which one is annotated?"
+        shown = found[0] if found else jams_path
+        assert shown is not None  # a stem comes from an audio file or a JAMS
+        out.append((shown.relative_to(folder).as_posix(), found[0] if found else None, jams_path, problem))
     return out
 
 
@@ -122,6 +138,7 @@ def score_file(
     name: str,
     audio: Path | None,
     jams_path: Path | None,
+    problem: str | None,
     bundle_path: Path,
     bundle,
     out: Path,
@@ -132,8 +149,8 @@ def score_file(
     from mirpipe import errors
 
     result: dict[str, Any] = {"file": name, "tasks": {}, "error": None, "warnings": []}
-    if audio is None or jams_path is None:
-        result["error"] = "a JAMS without an audio file of the same stem" if audio is None else "no .jams of the same stem"
+    if problem is not None or audio is None or jams_path is None:
+        result["error"] = problem
         return result
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -361,8 +378,8 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     bundle_path, bundle = resolve_model(args.model, out, None, warn=said.append)
     t0 = time.perf_counter()
     results = []
-    for name, audio, jams_path in find_pairs(args.folder):
-        results.append(score_file(name, audio, jams_path, bundle_path, bundle, out, args))
+    for name, audio, jams_path, problem in find_pairs(args.folder, skip=out):
+        results.append(score_file(name, audio, jams_path, problem, bundle_path, bundle, out, args))
         print(f"  {name}: {results[-1]['error'] or ', '.join(SHOWN[t] for t in results[-1]['tasks'])}", file=sys.stderr)
     return {
         "model": {"path": str(args.model), "name": bundle.name, "identity": bundle.identity, "warnings": said},

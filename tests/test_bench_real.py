@@ -1,7 +1,7 @@
 """benchmarks/bench_real.py on a folder this test makes (nothing of shared/realval): two synthesized
 triad progressions of different lengths, a sine melody with silences, two instrument clips (one
 named by the model's alias, one instrument the model does not know), an undecodable file, a JAMS
-with no reference of any task and a JAMS without audio.
+with no reference of any task, a JAMS without audio and two audio files sharing one JAMS.
 
 The model is a bundle of three tiny seeded networks, untrained: the figures only have to be
 mir_eval's on exactly what ``mirpipe predict`` writes for the same files, pooled by duration."""
@@ -161,6 +161,8 @@ def folder(tmp_path_factory) -> Path:
     _save(root, "broken", _tones([440.0], 1.0), _tag("piano", 1.0))
     (root / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
     (root / "lonely.jams").write_text((root / "beats_only.jams").read_text())
+    _save(root / "c", "twice", _tones([440.0], 1.0), _tag("piano", 1.0))
+    sf.write(root / "c" / "twice.flac", _tones([440.0], 1.0), SR)
     return root
 
 
@@ -187,7 +189,7 @@ def scored(folder, tmp_path_factory):
         ["predict", str(folder), "--model", str(model), "--out", str(work / "pred"), "--cluster", str(sync)],
         catch_exceptions=False,
     )
-    assert res.exit_code == 1, res.output  # broken.wav fails there too
+    assert res.exit_code == 1, res.output  # broken.wav fails there too (and twice.* write one output)
     report = json.loads((work / "report.json").read_text())
     return report, stdout.getvalue(), status, work / "pred"
 
@@ -269,7 +271,8 @@ def test_a_broken_file_is_named_with_its_reason_and_the_rest_is_scored(scored):
     report, out, status, _ = scored
     assert status == 1
     failed = dict(line.split(": ", 1) for line in report["failures"])
-    assert set(failed) == {"broken.wav", "beats_only.wav", "lonely.jams"}
+    assert set(failed) == {"broken.wav", "beats_only.wav", "lonely.jams", "c/twice.flac"}
+    assert failed["c/twice.flac"].startswith("2 audio files share the stem (twice.flac, twice.wav)")
     assert failed["broken.wav"].startswith("AudioDecodeError: cannot decode")
     assert failed["beats_only.wav"].startswith("no reference for a task of the model")
     assert failed["lonely.jams"] == "a JAMS without an audio file of the same stem"

@@ -1,0 +1,282 @@
+"""benchmarks/bench_real.py on a folder this test makes (nothing of shared/realval): two synthesized
+triad progressions of different lengths, a sine melody with silences, two instrument clips (one
+named by the model's alias, one instrument the model does not know), an undecodable file, a JAMS
+with no reference of any task, a JAMS without audio and two audio files sharing one JAMS.
+
+The model is a bundle of three tiny seeded networks, untrained: the figures only have to be
+mir_eval's on exactly what ``mirpipe predict`` writes for the same files, pooled by duration."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import jams
+import mir_eval
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 22050
+TINY = {
+    "chord": {"hidden": 8, "channels": 4},
+    "pitch": {"channels": [4], "tall_channels": 2, "tall_bins": 15},
+    "instrument": {"channels": [4, 8], "hidden": 8, "patch_frames": 32},
+}
+VOCABULARY = {"classes": ["flute", "piano", "voice"], "aliases": {"vocals": "voice"}}
+NOTE = {"C": 60, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_real", ROOT / "benchmarks" / "bench_real.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_bundle(path: Path) -> Path:
+    """A three-task model file as ``mirpipe export`` writes one, with seeded untrained networks."""
+    from mirpipe.models.bundle import ModelBundle, TaskModel, current_versions
+    from mirpipe.models.labels import Vocabulary
+    from mirpipe.models.task import TASKS
+    from mirpipe.stages.features import FeaturesParams
+    from mirpipe.storage.feature_kinds import FEATURE_KINDS
+
+    fp = FeaturesParams()
+    vocab = Vocabulary(VOCABULARY["classes"], VOCABULARY["aliases"]).to_json()
+    states = {"chord": {}, "pitch": {"threshold": 0.5}, "instrument": {"vocabulary": vocab}}
+    torch.manual_seed(0)
+    models = {}
+    for name, raw in TINY.items():
+        task = TASKS.get(name).bind(vocab if name == "instrument" else None)
+        params = task.trained.network.Params.model_validate(raw)
+        n_bins = int(fp.kind_params(task.feature).n_bins)
+        net = task.trained.network.build(n_bins=n_bins, params=params)
+        models[name] = TaskModel(
+            name=name,
+            task_version=str(task.version),
+            feature=task.feature,
+            params=params.model_dump(mode="json"),
+            n_bins=n_bins,
+            state=states[name],
+            decoding=task.trained.decoder.DecodeParams().model_dump(mode="json"),
+            training={"fingerprint": "test", "checkpoint": "best"},
+            vocabulary=vocab if name == "instrument" else None,
+            weights={k: v.detach().clone() for k, v in net.state_dict().items()},
+        )
+    kinds = sorted({m.feature for m in models.values()})
+    features = {
+        "sr": fp.sr,
+        "margin": 0,
+        "kinds": {
+            k: {"version": str(FEATURE_KINDS.get(k).version), "params": fp.kind_params(k).model_dump(mode="json")} for k in kinds
+        },
+        "geometry": {},
+    }
+    bundle = ModelBundle(features=features, tasks=models, versions=current_versions(), source="test", name="tiny")
+    return bundle.save(path)
+
+
+def voice_half(bundle_path: Path, audio: Path) -> None:
+    """Set the pitch model's voicing threshold to the median peak salience it gives ``audio``: an
+    untrained network's salience is flat (~0.01), and a contour half voiced checks more than none."""
+    from mirpipe.models.bundle import build_network, load_bundle
+    from mirpipe.models.task import TASKS
+    from mirpipe.pipeline.inference import features_of
+    from mirpipe.storage.feature_kinds import FEATURE_KINDS
+
+    bundle = load_bundle(bundle_path)
+    arrays, geometry, _ = features_of(audio, bundle, ["hcqt"])
+    view = FEATURE_KINDS.get("hcqt").view(arrays["hcqt"][0], geometry["hcqt"], 0)
+    salience = TASKS.get("pitch").trained.decoder.predict(build_network(bundle.tasks["pitch"], "cpu"), view, "cpu")
+    bundle.tasks["pitch"].state = {"threshold": float(np.median(salience.max(axis=1)))}
+    bundle.identity = bundle.compute_identity()
+    bundle.save(bundle_path)
+
+
+def _midi_hz(midi: float) -> float:
+    return 440.0 * 2 ** ((midi - 69) / 12)
+
+
+def _tones(freqs: list[float], seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    y = sum(np.sin(2 * np.pi * f * t) for f in freqs) / max(len(freqs), 1)
+    return (0.3 * y * np.minimum(1, np.minimum(t, t[-1] - t) / 0.01)).astype(np.float32)
+
+
+def _save(folder: Path, stem: str, y: np.ndarray, annotation: jams.Annotation | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(folder / f"{stem}.wav", y, SR)
+    jam = jams.JAMS(file_metadata=jams.FileMetadata(duration=len(y) / SR))
+    if annotation is not None:
+        jam.annotations.append(annotation)
+    jam.save(str(folder / f"{stem}.jams"), strict=True)
+
+
+def _chords(folder: Path, stem: str, labels: list[str], seconds: float) -> None:
+    ann = jams.Annotation(namespace="chord", duration=len(labels) * seconds)
+    parts = []
+    for i, label in enumerate(labels):
+        root, quality = label.split(":")
+        third = 3 if quality == "min" else 4
+        parts.append(_tones([_midi_hz(NOTE[root] + k) for k in (0, third, 7, 12)], seconds))
+        ann.append(time=i * seconds, duration=seconds, value=label)
+    _save(folder, stem, np.concatenate(parts), ann)
+
+
+def _melody(folder: Path) -> None:
+    """Silence, A3, E4, silence: a contour on a 10 ms grid, frequency 0 where unvoiced."""
+    segments = [(0.5, 0.0), (1.0, 220.0), (1.0, 330.0), (0.5, 0.0)]
+    y = np.concatenate([_tones([f] if f else [], s) if f else np.zeros(int(s * SR), np.float32) for s, f in segments])
+    ann = jams.Annotation(namespace="pitch_contour", duration=len(y) / SR)
+    edges = np.cumsum([0.0] + [s for s, _ in segments])
+    for t in np.arange(0.0, len(y) / SR - 0.005, 0.01):
+        f = segments[min(int(np.searchsorted(edges, t, side="right")) - 1, len(segments) - 1)][1]
+        ann.append(time=float(t), duration=0.0, value={"index": 0, "frequency": f, "voiced": f > 0})
+    _save(folder, "sine_melody", y, ann)
+
+
+def _tag(label: str, seconds: float) -> jams.Annotation:
+    ann = jams.Annotation(namespace="tag_open", duration=seconds)
+    ann.append(time=0.0, duration=seconds, value=label)
+    return ann
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("realish")
+    _chords(root / "a", "triads_long", ["C:maj", "A:min", "F:maj"], 1.0)
+    _chords(root / "a", "triads_short", ["G:maj", "E:min"], 0.75)
+    _melody(root / "b")
+    _save(root / "c", "singer", _tones([300.0, 600.0, 900.0], 1.5), _tag("Vocals", 1.5))
+    _save(root / "c", "kazoo", _tones([400.0, 800.0], 1.5), _tag("kazoo", 1.5))
+    beat = jams.Annotation(namespace="beat", duration=1.0)
+    beat.append(time=0.5, duration=0.0, value=1)
+    _save(root, "beats_only", _tones([440.0], 1.0), beat)
+    _save(root, "broken", _tones([440.0], 1.0), _tag("piano", 1.0))
+    (root / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    (root / "lonely.jams").write_text((root / "beats_only.jams").read_text())
+    _save(root / "c", "twice", _tones([440.0], 1.0), _tag("piano", 1.0))
+    sf.write(root / "c" / "twice.flac", _tones([440.0], 1.0), SR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scored(folder, tmp_path_factory):
+    """(report JSON, stdout, exit status) of the benchmark, and the estimates `mirpipe predict` writes."""
+    from mirpipe.pipeline.cli import main
+
+    work = tmp_path_factory.mktemp("bench")
+    model = tiny_bundle(work / "tiny.mirpipe")
+    voice_half(model, folder / "b" / "sine_melody.wav")
+    torch.set_num_threads(1)
+    bench = load_bench()
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = bench.main(["--model", str(model), "--folder", str(folder), "--json", str(work / "report.json")])
+    sync = work / "sync.yaml"
+    sync.write_text("cluster:\n  type: sync\n")
+    res = CliRunner().invoke(
+        main,
+        ["predict", str(folder), "--model", str(model), "--out", str(work / "pred"), "--cluster", str(sync)],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 1, res.output  # broken.wav fails there too (and twice.* write one output)
+    report = json.loads((work / "report.json").read_text())
+    return report, stdout.getvalue(), status, work / "pred"
+
+
+def _file(report: dict, name: str) -> dict:
+    (found,) = [f for f in report["files"] if f["file"] == name]
+    return found
+
+
+def _estimate(pred: Path, name: str, namespace: str) -> jams.Annotation:
+    jam = jams.load(str(pred / Path(name).with_suffix(".jams")), validate=False)
+    (ann,) = [a for a in jam.annotations if a.namespace == namespace]
+    return ann
+
+
+def test_chord_scores_are_mir_evals_on_what_predict_writes_pooled_by_duration(folder, scored):
+    report, _, _, pred = scored
+    expected, spans = {}, {}
+    for name in ("a/triads_long.wav", "a/triads_short.wav"):
+        ref = jams.load(str(folder / Path(name).with_suffix(".jams"))).annotations[0]
+        est = _estimate(pred, name, "chord")
+        ref_int, ref_lab = ref.to_interval_values()
+        est_int, est_lab = est.to_interval_values()
+        expected[name] = mir_eval.chord.evaluate(np.asarray(ref_int), ref_lab, np.asarray(est_int), est_lab)
+        spans[name] = float(np.max(ref_int) - np.min(ref_int))
+        scores = _file(report, name)["tasks"]["chord"]["scores"]
+        for m in ("root", "majmin", "sevenths"):
+            assert scores[m]["score"] == pytest.approx(expected[name][m], abs=1e-9), (name, m)
+    pooled = report["aggregate"]["chord"]["model"]
+    assert pooled["files"] == 2
+    for m in ("root", "majmin", "sevenths"):  # every frame of maj/min triads is comparable: weight = the span
+        want = sum(expected[n][m] * spans[n] for n in spans) / sum(spans.values())
+        assert pooled["metrics"][m] == pytest.approx(want, abs=1e-9), m
+
+
+def _contour(ann: jams.Annotation) -> tuple[np.ndarray, np.ndarray]:
+    times = np.array([o.time for o in ann.data])
+    hz = np.array([abs(o.value["frequency"]) * (1 if o.value["voiced"] else -1) for o in ann.data])
+    return times, hz
+
+
+def test_melody_scores_and_pyin_beside_them_are_mir_evals(folder, scored):
+    from mirpipe.models.task import TASKS
+
+    report, _, _, pred = scored
+    name = "b/sine_melody.wav"
+    ref_t, ref_f = _contour(jams.load(str(folder / "b" / "sine_melody.jams")).annotations[0])
+    row = _file(report, name)["tasks"]["pitch"]
+    short = {"OA": "Overall Accuracy", "RPA": "Raw Pitch Accuracy", "RCA": "Raw Chroma Accuracy"}
+    short |= {"VR": "Voicing Recall", "VFA": "Voicing False Alarm"}
+    model = mir_eval.melody.evaluate(ref_t, ref_f, *_contour(_estimate(pred, name, "pitch_contour")))
+    pyin = TASKS.get("pitch").baseline.run(str(folder / name), SimpleNamespace(channel=None), 3.0)
+    baseline = mir_eval.melody.evaluate(ref_t, ref_f, *_contour(pyin))
+    for m, long in short.items():
+        assert row["scores"][m]["score"] == pytest.approx(model[long], abs=1e-9), m
+        assert row["baseline"]["scores"][m]["score"] == pytest.approx(baseline[long], abs=1e-9), m
+    assert 0.2 < model["Voicing Recall"] < 1 and 0 < model["Voicing False Alarm"] < 1  # half voiced: both signs checked
+    assert row["baseline"]["name"] == "pyin" and baseline["Overall Accuracy"] > 0.8  # pYIN finds two clean sines
+    agg = report["aggregate"]["pitch"]
+    assert agg["model"]["metrics"]["OA"] == pytest.approx(model["Overall Accuracy"], abs=1e-9)
+    assert agg["baseline"]["metrics"]["OA"] == pytest.approx(baseline["Overall Accuracy"], abs=1e-9)
+
+
+def test_an_instrument_the_model_does_not_know_is_counted_apart_not_scored(scored):
+    report, out, _, pred = scored
+    singer = _file(report, "c/singer.wav")["tasks"]["instrument"]
+    said = _estimate(pred, "c/singer.wav", "tag_open").sandbox.clip["label"]
+    assert singer["mapped"] == ["voice"] and singer["status"] == "scored"  # "Vocals" by the model's own alias
+    assert singer["estimate"] == said and singer["correct"] == (said == "voice")
+    kazoo = _file(report, "c/kazoo.wav")["tasks"]["instrument"]
+    assert kazoo["status"] == "not in vocabulary" and kazoo["correct"] is None
+    pooled = report["aggregate"]["instrument"]["model"]
+    assert pooled["files"] == 1 and pooled["accuracy"] == float(said == "voice")
+    assert pooled["not_in_vocabulary"] == 1 and pooled["not_in_vocabulary_labels"] == {"kazoo": 1}
+    assert "1 not in vocabulary (kazoo x1)" in out and "kazoo -> " in out
+
+
+def test_a_broken_file_is_named_with_its_reason_and_the_rest_is_scored(scored):
+    report, out, status, _ = scored
+    assert status == 1
+    failed = dict(line.split(": ", 1) for line in report["failures"])
+    assert set(failed) == {"broken.wav", "beats_only.wav", "lonely.jams", "c/twice.flac"}
+    assert failed["c/twice.flac"].startswith("2 audio files share the stem (twice.flac, twice.wav)")
+    assert failed["broken.wav"].startswith("AudioDecodeError: cannot decode")
+    assert failed["beats_only.wav"].startswith("no reference for a task of the model")
+    assert failed["lonely.jams"] == "a JAMS without an audio file of the same stem"
+    assert "- broken.wav: AudioDecodeError: cannot decode" in out
+    scored_files = {f["file"] for f in report["files"] if f["tasks"]}
+    assert scored_files == {"a/triads_long.wav", "a/triads_short.wav", "b/sine_melody.wav", "c/singer.wav", "c/kazoo.wav"}
+    assert "| chord | tiny | 2 |" in out and "| melody | pyin | 1 |" in out and "| instrument | tiny | 1 |" in out

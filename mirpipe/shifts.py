@@ -13,11 +13,25 @@ There is no augment stage: the features stage reads this section.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe.audio.pitch_shift import PITCH_SHIFTERS
+
+
+@dataclass(frozen=True)
+class Timbre:
+    """Feature-domain timbre deformations a training patch draws (``augment.eq_tilt_db`` and
+    ``augment.noise_snr_db``): made on the trainer's device from two or three numbers per patch."""
+
+    tilt_db: float = 0.0  # a tilt uniform in +-tilt_db dB per octave (0: none)
+    snr_db: tuple[float, float] | None = None  # noise at an SNR uniform in this range (None: none)
+    noise_share: float = 0.5  # the share of patches that get noise
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tilt_db": self.tilt_db, "snr_db": list(self.snr_db) if self.snr_db else None, "noise_share": self.noise_share}
 
 
 class AugmentParams(BaseModel):
@@ -30,6 +44,19 @@ class AugmentParams(BaseModel):
     enabled: bool = Field(True, description="false: no shifts at all (to see what augmentation buys)")
     shifts: list[int] = Field(default_factory=lambda: list(range(-6, 7)), description="semitones; 0 is the original")
     backend: str = Field("librosa", description="audio mode's pitch-shift backend (registered: librosa, rubberband, plugins)")
+    eq_tilt_db: float = Field(
+        0.0,
+        ge=0,
+        le=12,
+        description="timbre, in either mode, made where training patches are fed: a random EQ tilt, a per-bin gain "
+        "uniform in +-this many dB per octave for each patch (0: off)",
+    )
+    noise_snr_db: tuple[float, float] | None = Field(
+        None,
+        description="timbre: additive noise in power, white, pink or brown (drawn), at a signal-to-noise ratio (the "
+        "patch's peak level over the noise level at mid-range) uniform in [low, high] dB; null: off",
+    )
+    noise_share: float = Field(0.5, gt=0, le=1, description="the share of training patches that get noise_snr_db's noise")
 
     @field_validator("backend")
     @classmethod
@@ -42,6 +69,19 @@ class AugmentParams(BaseModel):
         if not v or len(set(v)) != len(v) or any(abs(s) > 12 for s in v) or 0 not in v:
             raise ValueError(f"shifts must be distinct integers within -12..12 including 0, got {v}")
         return sorted(v)
+
+    @field_validator("noise_snr_db")
+    @classmethod
+    def _snr(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not -20 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"noise_snr_db must be [low, high] with -20 <= low <= high <= 100 dB, got {list(v)}")
+        return v
+
+    def timbre(self) -> Timbre | None:
+        """The timbre deformations training patches draw; None when off (or ``enabled: false``)."""
+        if not self.enabled or (self.eq_tilt_db == 0 and self.noise_snr_db is None):
+            return None
+        return Timbre(self.eq_tilt_db, self.noise_snr_db, self.noise_share)
 
     def active_shifts(self) -> list[int]:
         return self.shifts if self.enabled else [0]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mirpipe.errors import ConfigurationError
 from mirpipe.models.labels import training_identity
 from mirpipe.models.settings import NOT_FINGERPRINTED, TrainingSettings, fingerprinted, since
 from mirpipe.models.task import TASKS, Task, per_task_params
@@ -242,6 +243,12 @@ def task_stream(
     fp: FeaturesParams = ctx.params["features"]
     root = ctx.dirs.store_root(fp.store_path)
     geometry = open_store(fp.store, root).read_attrs(keys[0].track)["features"][task.feature]
+    timbre = ctx.params["augment"].timbre()  # None when off
+    if timbre is not None and FEATURE_KINDS.get(geometry["kind"]).octaves(geometry) is None:
+        raise ConfigurationError(
+            f"augment.eq_tilt_db / noise_snr_db: the {task.name} task's feature {task.feature!r} "
+            f"(kind {geometry['kind']}) does not say where its bins lie (FeatureKind.octaves); set them to 0 / null"
+        )
     # patches carry the feature's stored codes; the trainer's feed makes the model input on its device
     spec = StreamSpec(
         fp.store,
@@ -253,6 +260,7 @@ def task_stream(
         shifts=tuple(shifts),
         task=task,
         geometry=geometry,
+        timbre=timbre,
     )
     stream = PatchStream(spec, keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), seed, weights=weights)
     return TaskStream(spec, stream, Feed(task, geometry), geometry)
@@ -306,6 +314,7 @@ class Train(Stage):
                     identity={
                         "model": p.model_params(name).model_dump(mode="json"),
                         "shifts": ctx.params["augment"].active_shifts(),
+                        **({"timbre": timbre.to_json()} if (timbre := ctx.params["augment"].timbre()) else {}),
                         **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
                         **({"overrides": fingerprinted(p.for_task(name))} if p.overrides.get(name) else {}),
                     },

@@ -76,6 +76,13 @@ class FeatureKind:
         """The value that pads a short track's frames (silence)."""
         return frames.min() if frames.size else 0
 
+    def octaves(self, geometry: Mapping[str, Any]) -> np.ndarray | None:
+        """Where each bin of the model input lies, in octaves above its lowest bin, shaped to broadcast
+        against one patch of it (batch axis dropped): what the feature-domain timbre deformations
+        (``augment.eq_tilt_db``, ``augment.noise_snr_db``: gains in dB per octave) need. The model
+        input must then be dB. None: the kind does not support them."""
+        return None
+
     # -- what a training patch carries across a process boundary (loader workers -> trainer) ------
     def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
         """What a training patch carries in place of the model input: compact arrays (the stored
@@ -193,6 +200,10 @@ class CQT(FeatureKind):
         stop = start + int(geometry["n_bins"])
         return lambda frames: np.asarray(frames[..., start:stop], dtype=np.float32)
 
+    def octaves(self, geometry: Mapping[str, Any]) -> np.ndarray:
+        """``(n_bins,)``: the input is dB of a CQT with ``bins_per_octave``."""
+        return np.arange(int(geometry["n_bins"]), dtype=np.float32) / np.float32(geometry["bins_per_octave"])
+
     def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
         """The shifted bin window as stored (float16: half the bytes of the float32 view)."""
         start = int(geometry["margin_bins"]) - check_shift(geometry, shift)
@@ -292,6 +303,15 @@ class HCQT(FeatureKind):
 
     def floor(self, frames: np.ndarray) -> Any:
         return 0 if frames.dtype == np.uint8 else super().floor(frames)
+
+    def octaves(self, geometry: Mapping[str, Any]) -> np.ndarray:
+        """``(harmonics, 1, n_bins)``: harmonic h's bin b lies log2(h) octaves above the grid's bin b."""
+        from .hcqt import WideCQT
+
+        wide = WideCQT.from_json(geometry["wide"])
+        grid = np.arange(wide.n_bins, dtype=np.float32) / np.float32(wide.bins_per_octave)
+        shift = np.log2(np.asarray(wide.harmonics, np.float32))
+        return (grid[None, None, :] + (shift - shift.min())[:, None, None]).astype(np.float32)
 
     def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
         """The wide slab's stored codes (uint8, or float16 unquantized) and the shift: ``(T,

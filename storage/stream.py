@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pescador
 
+from mirpipe.shifts import Timbre
+
 from .base import open_store
 from .feature_kinds import FEATURE_KINDS, FeatureKind
 from .memory_store import preload_memory  # noqa: F401 - re-exported for benchmarks and tests
@@ -63,6 +65,9 @@ class StreamSpec:
     # parts (``FeatureKind.packer``: stored codes, not floats) and the trainer's ``torch_data.Feed`` makes
     # the model input on its device (``FeatureKind.device_view``); None, a patch carries the model input
     geometry: Mapping[str, Any] | None = field(default=None, hash=False)
+    # feature-domain timbre deformations (``augment.eq_tilt_db``, ``noise_snr_db``): each patch draws its
+    # parameters (``aug:tilt``, ``aug:snr``, ``aug:colour``), the trainer's ``Feed`` applies them
+    timbre: Timbre | None = None
 
     @property
     def names(self) -> list[str]:
@@ -192,9 +197,29 @@ def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[
     slab_len = min(key.n_frames, max(spec.slab_frames, spec.patch_frames))
     start = int(rng.integers(0, key.n_frames - slab_len + 1))
     slab = read_slab(spec, key, start, start + slab_len, shift).pad(spec.patch_frames)
+    # timbre draws come from a generator of their own: patches and shifts are those without them
+    timbre = None if spec.timbre is None else np.random.default_rng((seed, 1))
     while True:
         at = int(rng.integers(0, len(slab) - spec.patch_frames + 1))
-        yield slab.patch(spec.feature, at, spec.patch_frames)
+        patch = slab.patch(spec.feature, at, spec.patch_frames)
+        if timbre is not None:
+            assert spec.timbre is not None
+            patch.update(draw_timbre(spec.timbre, timbre))
+        yield patch
+
+
+NOISE_COLOURS_DB_PER_OCTAVE = (3.0, 0.0, -3.0)  # white, pink, brown noise, as power per constant-Q bin
+
+
+def draw_timbre(timbre: Timbre, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One patch's timbre parameters: EQ tilt (dB/octave), noise SNR (dB; NaN: no noise) and the
+    noise's colour (dB/octave per constant-Q bin: white +3, pink 0, brown -3)."""
+    tilt = rng.uniform(-timbre.tilt_db, timbre.tilt_db) if timbre.tilt_db else 0.0
+    snr, colour = np.nan, 0.0
+    if timbre.snr_db is not None and rng.random() < timbre.noise_share:
+        snr = rng.uniform(*timbre.snr_db)
+        colour = NOISE_COLOURS_DB_PER_OCTAVE[int(rng.integers(0, len(NOISE_COLOURS_DB_PER_OCTAVE)))]
+    return {name: np.array(v, np.float32) for name, v in (("aug:tilt", tilt), ("aug:snr", snr), ("aug:colour", colour))}
 
 
 class PatchStreamer(pescador.Streamer):

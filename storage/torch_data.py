@@ -54,23 +54,61 @@ class Feed:
     def __init__(self, task: Any, geometry: Mapping[str, Any] | None = None):
         self.feature: str = task.feature
         self.network = task.network
-        self.view = None if geometry is None else FEATURE_KINDS.get(geometry["kind"]).device_view(geometry)
+        self.view: Any = None
+        self.octaves: torch.Tensor | None = None  # where the input's bins lie (timbre augmentation)
+        if geometry is not None:
+            kind = FEATURE_KINDS.get(geometry["kind"])
+            self.view = kind.device_view(geometry)
+            octaves = kind.octaves(geometry)
+            self.octaves = None if octaves is None else torch.from_numpy(octaves)
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prefix = self.feature + ":"
         parts: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
+        timbre: dict[str, torch.Tensor] = {}
         for name, t in batch.items():
             if name == self.feature:
                 parts[""] = t
             elif name.startswith(prefix):
                 parts[name[len(prefix) :]] = t
+            elif name.startswith(TIMBRE_PREFIX):
+                timbre[name[len(TIMBRE_PREFIX) :]] = t
             else:
                 out[name] = t.float() if t.is_floating_point() else t.long()
         if parts:
             x = parts[""] if self.view is None else self.view(parts)
-            out = {self.feature: x.float(), **out}
+            x = x.float()
+            if timbre:
+                if self.octaves is None:
+                    raise ValueError(
+                        f"{self.feature}: timbre augmentation needs the feature kind's bin positions (FeatureKind.octaves)"
+                    )
+                self.octaves = self.octaves.to(x.device)
+                x = deform_timbre(x, self.octaves, timbre["tilt"], timbre["snr"], timbre["colour"])
+            out = {self.feature: x, **out}
         return out if self.network is None else self.network.on_device(out)
+
+
+TIMBRE_PREFIX = "aug:"
+LOG10_OVER_10 = math.log(10.0) / 10.0
+
+
+def deform_timbre(
+    x: torch.Tensor, octaves: torch.Tensor, tilt: torch.Tensor, snr: torch.Tensor, colour: torch.Tensor
+) -> torch.Tensor:
+    """A batch of dB spectra (``(B, ...)``, bins last; ``octaves`` each bin's position, broadcast
+    against one patch) with each patch's EQ tilt (dB per octave about the middle of the range) and
+    additive noise summed in power: a noise floor ``snr`` dB below the patch's peak at mid-range,
+    sloping by ``colour`` dB per octave (NaN ``snr``: none). Torch, on the batch's device."""
+    lead = (-1,) + (1,) * (x.dim() - 1)
+    centred = (octaves - (octaves.max() + octaves.min()) / 2).to(x.dtype)
+    y = x + tilt.reshape(lead).to(x.dtype) * centred
+    noisy = ~torch.isnan(snr)
+    level = x.flatten(1).amax(dim=1) - torch.nan_to_num(snr, nan=0.0)
+    noise = level.reshape(lead) + colour.reshape(lead).to(x.dtype) * centred
+    with_noise = torch.logaddexp(y * LOG10_OVER_10, noise * LOG10_OVER_10) / LOG10_OVER_10
+    return torch.where(noisy.reshape(lead), with_noise, y)
 
 
 class PatchDataset(IterableDataset):

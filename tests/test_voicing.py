@@ -165,10 +165,11 @@ def test_the_decoder_tunes_the_classifier_and_decodes_with_it(tuned):
         _, hz = sal.contour_arrays(decoder.decode(s, times, duration, state, PitchDecoding(**options)))
         return hz > 0
 
-    classifier = voiced(state)
+    classifier = voiced(state, voicing="classifier")
     assert classifier[m["melody"]].mean() > 0.9 and classifier[m["alone"]].mean() < 0.1
-    peak = voiced(state, voicing="peak")
-    assert peak[m["alone"]].mean() > 0.9  # the old decision, as it was
+    peak = voiced(state)  # the default: the peak threshold, as before
+    assert peak[m["alone"]].mean() > 0.9
+    assert np.array_equal(voiced(state, voicing="peak"), peak)
     old_checkpoint = {k: v for k, v in state.items() if k == "threshold"}
-    assert np.array_equal(voiced(old_checkpoint), peak)  # tuned before the classifier: the peak decides
-    assert np.array_equal(voiced(state, threshold=state["threshold"]), peak)  # a threshold set: the peak decides
+    assert np.array_equal(voiced(old_checkpoint, voicing="classifier"), peak)  # tuned before the classifier: the peak decides
+    assert np.array_equal(voiced(state, voicing="classifier", threshold=state["threshold"]), peak)  # a threshold set: the peak

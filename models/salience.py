@@ -9,8 +9,9 @@ trainer's device) imports it when called; decoding and scoring run wherever eval
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,17 +139,26 @@ def viterbi_bins(salience: np.ndarray, sigma_bins: float = 2.0, jump: float = 0.
 
 
 def decode_f0(
-    salience: np.ndarray, threshold: float, grid: Grid = Grid(), viterbi_sigma_bins: float | None = None
+    salience: np.ndarray,
+    threshold: float,
+    grid: Grid = Grid(),
+    viterbi_sigma_bins: float | None = None,
+    voicing: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(f0 in Hz, voiced) per frame: voiced where the frame's peak salience is >= threshold (the
-    quantity the threshold was tuned on); the pitch is the refined peak, or with
+    quantity the threshold was tuned on), or with ``voicing`` (``fit_voicing``'s classifier) where
+    its voicing probability reaches its own threshold; the pitch is the refined peak, or with
     ``viterbi_sigma_bins`` the refined bin of the Viterbi path (``viterbi_bins``).
     Unvoiced frames keep their pitch guess (scored by raw pitch accuracy, mir_eval's convention)."""
     s = np.asarray(salience, dtype=np.float64)
+    if voicing is not None:
+        voiced = voicing_probability(s, voicing, grid) >= float(voicing["threshold"])
+    else:
+        voiced = s.max(axis=1) >= threshold if s.shape[0] else np.zeros(0, dtype=bool)
     if viterbi_sigma_bins and s.shape[0]:
-        return grid.hz_of(refine(s, viterbi_bins(s, viterbi_sigma_bins))), s.max(axis=1) >= threshold
-    peak, hz = peak_frequency(s, grid)
-    return hz, peak >= threshold
+        return grid.hz_of(refine(s, viterbi_bins(s, viterbi_sigma_bins))), voiced
+    _, hz = peak_frequency(s, grid)
+    return hz, voiced
 
 
 def contour_annotation(times: np.ndarray, hz: np.ndarray, voiced: np.ndarray, duration: float):
@@ -213,6 +223,143 @@ def tune_threshold(
     curve = overall_accuracy_curve(peak, correct, voiced, thresholds)
     best = int(np.argmax(curve))
     return float(thresholds[best]), float(curve[best])
+
+
+# -- the voicing classifier ----------------------------------------------------------------
+#
+# The peak salience alone calls pitch wherever the network's output lingers: the few frames after a
+# note ends (the network's temporal smear and the room's tail) and an accompaniment line while the
+# melody rests. A logistic classifier on a few numbers of the salience map tells them apart better:
+# the peak's level and its level a few frames before and after (a tail decays, an onset rises), the
+# mass and the number of strong peaks of the frame (a chord spreads), and where the frame stands in
+# its track (its peak against the level of the track's confident frames, its pitch against their
+# register: an accompaniment sits below a melody). Fitted on the validation split after training
+# (no retraining), its threshold tuned there for frame overall accuracy, as the peak threshold is.
+
+VOICING_CONTEXT = (-16, -8, -4, -2, 2, 4, 8, 16)  # frames (about +-0.19 s at hop 256 / 22.05 kHz)
+VOICING_FEATURES = (
+    "log peak",
+    "log mass",
+    "peak / mass",
+    *(f"log peak at {d:+d}" for d in VOICING_CONTEXT),
+    "log strong peaks",
+    "octaves below the track's register",
+    "octaves above the track's register",
+    "log peak over the track's level",
+)
+VOICING_THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.01), 4)
+
+
+def voicing_features(salience: np.ndarray, grid: Grid = Grid()) -> np.ndarray:
+    """(T, len(VOICING_FEATURES)) float64 of one whole track's (T, n_bins) salience map."""
+    s = np.asarray(salience, dtype=np.float64)
+    T = s.shape[0]
+    if T == 0:
+        return np.zeros((0, len(VOICING_FEATURES)))
+    peak, mass = s.max(axis=1), s.sum(axis=1)
+    lp = np.log(peak + 1e-3)
+    reach = max(abs(d) for d in VOICING_CONTEXT)
+    padded = np.pad(lp, reach, mode="edge")
+    context = [padded[reach + d : reach + d + T] for d in VOICING_CONTEXT]
+    inner = s[:, 1:-1]
+    strong = (inner > s[:, :-2]) & (inner >= s[:, 2:]) & (inner > 0.5 * peak[:, None])
+    bins = np.argmax(s, axis=1)
+    confident = peak >= np.percentile(peak, 75)  # the track's clearest quarter of frames
+    register = (bins - np.median(bins[confident])) / grid.bins_per_octave
+    level = lp - np.median(lp[confident])
+    columns = [lp, np.log(mass + 1e-2), peak / (mass + 1e-2), *context, np.log1p(strong.sum(axis=1))]
+    return np.stack([*columns, np.minimum(register, 0.0), np.maximum(register, 0.0), level], axis=1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def voicing_probability(salience: np.ndarray, voicing: Mapping[str, Any], grid: Grid = Grid()) -> np.ndarray:
+    """Per frame of a whole track, the probability that it is voiced by ``voicing`` (``fit_voicing``)."""
+    x = voicing_features(salience, grid)
+    mean, scale = np.asarray(voicing["mean"], float), np.asarray(voicing["scale"], float)
+    if x.shape[1] != mean.size:
+        raise ValueError(f"the voicing classifier takes {mean.size} features; this mirpipe makes {x.shape[1]}")
+    return _sigmoid(((x - mean) / scale) @ np.asarray(voicing["weights"], float) + float(voicing["bias"]))
+
+
+def fit_voicing(features: np.ndarray, voiced: np.ndarray, l2: float = 1e-3, iterations: int = 50) -> dict[str, Any]:
+    """Logistic regression of ``voiced`` on standardized ``features`` (Newton's method with an L2
+    penalty ``l2`` per frame on the weights, not the bias): deterministic, numpy only. Returns the
+    JSON-able classifier (``mean``, ``scale``, ``weights``, ``bias``); ``threshold`` is set by tuning."""
+    x = np.asarray(features, np.float64)
+    y = np.asarray(voiced, np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.hstack([(x - mean) / scale, np.ones((x.shape[0], 1))])
+    n, d = z.shape
+    penalty = np.full(d, l2 * n)
+    penalty[-1] = 0.0
+    w = np.zeros(d)
+    for _ in range(iterations):
+        p = _sigmoid(z @ w)
+        grad = z.T @ (p - y) + penalty * w
+        hess = (z * (p * (1.0 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(d)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "weights": w[:-1].tolist(), "bias": float(w[-1])}
+
+
+def validation_tracks(rows: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Whole tracks (salience (T, n_bins), f0 (T,)) from validation rows in order. The rows are each
+    track cut into consecutive patches, its last patch padded at its end (f0 < 0: ``track_patches``),
+    so the rows joined and cut after each padded row give the tracks back (a track that ends exactly
+    at a patch boundary comes back joined to the next one). Rows of whole tracks work as well when
+    each ends padded; rows without padding are joined."""
+    held_s: list[np.ndarray] = []
+    held_f: list[np.ndarray] = []
+    for s, f0 in rows:
+        f0 = np.asarray(f0)
+        keep = f0 >= 0
+        held_s.append(np.asarray(s)[keep])
+        held_f.append(f0[keep])
+        if not keep.all():
+            track_f = np.concatenate(held_f)
+            if track_f.size:
+                yield np.concatenate(held_s), track_f
+            held_s, held_f = [], []
+    if held_f and np.concatenate(held_f).size:
+        yield np.concatenate(held_s), np.concatenate(held_f)
+
+
+def tune_voicing(
+    tracks: Iterable[tuple[np.ndarray, np.ndarray]], grid: Grid = Grid(), thresholds: np.ndarray = VOICING_THRESHOLDS
+) -> tuple[dict[str, Any], float]:
+    """(classifier, frame overall accuracy): ``fit_voicing`` on the frames of ``tracks`` (whole
+    validation tracks: salience, f0), its probability threshold the one with the best frame overall
+    accuracy there (ties: the lowest); pitch correctness as ``frame_outcomes`` counts it."""
+    feats, outcomes = [], []
+    for s, f0 in tracks:
+        s = np.asarray(s, np.float64)
+        keep = np.asarray(f0) >= 0
+        s, f0 = s[keep], np.asarray(f0)[keep]
+        if not len(f0):
+            continue
+        feats.append(voicing_features(s, grid))
+        peak, hz = peak_frequency(s, grid)
+        outcomes.append(frame_outcomes(peak, hz, f0))
+    if not feats:
+        raise ValueError("no validation frames to fit the voicing classifier on")
+    x = np.concatenate(feats)
+    voiced = np.concatenate([o[2] for o in outcomes])
+    if voiced.all() or not voiced.any():
+        raise ValueError("the validation frames are all voiced or all unvoiced: no voicing classifier to fit")
+    clf = fit_voicing(x, voiced)
+    mean, scale = np.asarray(clf["mean"]), np.asarray(clf["scale"])
+    prob = _sigmoid(((x - mean) / scale) @ np.asarray(clf["weights"]) + clf["bias"])
+    correct = np.concatenate([o[1] for o in outcomes])
+    curve = overall_accuracy_curve(prob, correct, voiced, thresholds)
+    best = int(np.argmax(curve))
+    return {**clf, "threshold": float(thresholds[best])}, float(curve[best])
 
 
 # -- scores --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mirpipe import errors
 from mirpipe.annotations.prepare import Preparation, prepared_jams
+from mirpipe.models.settings import fingerprinted
 from mirpipe.models.task import TASKS, per_task_params
 from mirpipe.records import CheckpointMeta, Record, TaskScores
 from mirpipe.stage import STAGES, Done, Stage, StageContext, WorkItem
@@ -144,7 +145,7 @@ class Evaluate(Stage):
                         identity={
                             "trained_at": trained_at,
                             **({"robustness": shifts} if shifts else {}),
-                            "decoding": p.decode_params(task_name).model_dump(mode="json"),
+                            "decoding": fingerprinted(p.decode_params(task_name)),
                             **({"baseline": task.baseline.name} if task.baseline is not None and p.baselines else {}),
                         },
                         upstream=(trained.fingerprint, task_inputs(feat, task)),

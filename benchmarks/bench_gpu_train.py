@@ -489,12 +489,12 @@ def print_table(results: dict) -> None:
     print(f"\n| {results['device']} | workers | steps/s | patches/s | x GPU alone | GPU busy (mean) | loop waits |")
     print("|---|---|---|---|---|---|---|")
     for variant, row in results["gpu_alone"].items():
-        print(f"| GPU alone, {variant} | - | {row['steps_per_s']:.1f} | {row['patches_per_s']:.0f} | | | |")
+        print(f"| GPU alone, {variant} | - | {row['steps_per_s']:.3g} | {row['patches_per_s']:.3g} | | | |")
     for row in results["fed"]:
         busy = f"{row['util_mean']:.0f} %" if "util_mean" in row else "n/a (cpu)"
         print(
-            f"| fed ({results['fed_variant']}), asked {row['asked']} | {row['workers']} | {row['steps_per_s']:.1f} | "
-            f"{row['patches_per_s']:.0f} | {row['of_gpu_alone']:.2f} | {busy} | {row['wait_share']:.0%} |"
+            f"| fed ({results['fed_variant']}), asked {row['asked']} | {row['workers']} | {row['steps_per_s']:.3g} | "
+            f"{row['patches_per_s']:.3g} | {row['of_gpu_alone']:.2f} | {busy} | {row['wait_share']:.0%} |"
         )
 
 

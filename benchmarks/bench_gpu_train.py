@@ -302,14 +302,15 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def steps(trainer, batches, n: int, read_every: int = 50) -> tuple[int, int, float]:
-    """``n`` training steps as ``Trainer.fit`` takes them: losses kept on the device and read at a
-    logging point every ``read_every`` steps (one wait for the device), synchronized at the end.
-    (steps, patches, seconds spent waiting for the next batch)."""
+def steps(trainer, batches, n: int | None = None, seconds: float | None = None, read_every: int = 50) -> tuple[int, int, float]:
+    """Training steps as ``Trainer.fit`` takes them (``n`` of them, or as many as fit in ``seconds``):
+    losses kept on the device and read at a logging point every ``read_every`` steps (one wait for
+    the device), synchronized at the end. (steps, patches, seconds spent waiting for the next batch)."""
     done = patches = 0
     wait = 0.0
     it = iter(batches)
-    while done < n:
+    t0 = time.perf_counter()
+    while (n is None or done < n) and (seconds is None or time.perf_counter() - t0 < seconds):
         a = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - a
@@ -341,21 +342,9 @@ def fed(trainer, stream, workers: int | str, seconds: float, sampler, cores: int
     plan = loader_plan(workers, trainer.device, stream.n_shards, cores)
     it = iter(epoch_loader(stream, epoch=1 + plan.workers, plan=plan))
     steps(trainer, it, max(warmup, 2 * plan.workers))  # workers started, handles open
-    done = patches = 0
-    wait = 0.0
     with sampler:
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:  # Trainer.fit's loop: losses read every 50 steps
-            a = time.perf_counter()
-            batch = next(it)
-            wait += time.perf_counter() - a
-            trainer._losses.add(done, trainer.train_step(batch))
-            done += 1
-            patches += int(batch[trainer.task.feature].shape[0])
-            if done % 50 == 0:
-                trainer._losses.read()
-        trainer._losses.read()
-        synchronize(trainer.device)
+        done, patches, wait = steps(trainer, it, seconds=seconds)
         total = time.perf_counter() - t0
     del it
     return {

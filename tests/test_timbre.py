@@ -106,3 +106,15 @@ def test_hcqt_bins_lie_where_their_harmonic_puts_them():
     assert octaves[1, 0, 0] - octaves[0, 0, 0] == pytest.approx(1.0)  # h=1 is an octave above h=0.5
     assert octaves[3, 0, 0] - octaves[2, 0, 0] == pytest.approx(math.log2(1.5))
     assert octaves[0, 0, 60] == pytest.approx(1.0)
+
+
+def test_timbre_settings_are_an_experiment_on_the_same_features():
+    """Timbre is made where patches are fed, so no stage before training computes anything else:
+    an experiment may set it (``experiment_config`` refuses a setting that changes those stages)."""
+    from conftest import small_config
+
+    from mirpipe.pipeline.experiments import experiment_config
+
+    base = small_config(tracks=2, shifts=[-2, 0, 3])
+    exp = experiment_config(base, {"augment.eq_tilt_db": 3, "augment.noise_snr_db": [10, 40]}, "timbre")
+    assert exp.augment.timbre() == Timbre(3.0, (10.0, 40.0), 0.5) and base.augment.timbre() is None

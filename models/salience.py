@@ -277,7 +277,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def voicing_probability(salience: np.ndarray, voicing: Mapping[str, Any], grid: Grid = Grid()) -> np.ndarray:
     """Per frame of a whole track, the probability that it is voiced by ``voicing`` (``fit_voicing``)."""
-    x = voicing_features(salience, grid)
+    return _classify(voicing_features(salience, grid), voicing)
+
+
+def _classify(x: np.ndarray, voicing: Mapping[str, Any]) -> np.ndarray:
+    """The classifier's voicing probability of each row of features ``x``."""
     mean, scale = np.asarray(voicing["mean"], float), np.asarray(voicing["scale"], float)
     if x.shape[1] != mean.size:
         raise ValueError(f"the voicing classifier takes {mean.size} features; this mirpipe makes {x.shape[1]}")
@@ -354,8 +358,7 @@ def tune_voicing(
     if voiced.all() or not voiced.any():
         raise ValueError("the validation frames are all voiced or all unvoiced: no voicing classifier to fit")
     clf = fit_voicing(x, voiced)
-    mean, scale = np.asarray(clf["mean"]), np.asarray(clf["scale"])
-    prob = _sigmoid(((x - mean) / scale) @ np.asarray(clf["weights"]) + clf["bias"])
+    prob = _classify(x, clf)
     correct = np.concatenate([o[1] for o in outcomes])
     curve = overall_accuracy_curve(prob, correct, voiced, thresholds)
     best = int(np.argmax(curve))

@@ -198,13 +198,12 @@ def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[
     start = int(rng.integers(0, key.n_frames - slab_len + 1))
     slab = read_slab(spec, key, start, start + slab_len, shift).pad(spec.patch_frames)
     # timbre draws come from a generator of their own: patches and shifts are those without them
-    timbre = None if spec.timbre is None else np.random.default_rng((seed, 1))
+    timbre, timbre_rng = spec.timbre, np.random.default_rng((seed, 1))
     while True:
         at = int(rng.integers(0, len(slab) - spec.patch_frames + 1))
         patch = slab.patch(spec.feature, at, spec.patch_frames)
         if timbre is not None:
-            assert spec.timbre is not None
-            patch.update(draw_timbre(spec.timbre, timbre))
+            patch.update(draw_timbre(timbre, timbre_rng))
         yield patch
 
 

@@ -191,15 +191,19 @@ def epoch_loader(
     (which would make a resumed run diverge from an uninterrupted one).
     """
     plan = plan or LoaderPlan(n_workers, 4 if n_workers else None)
-    return DataLoader(
-        PatchDataset(stream, epoch, skip, plan.workers),
-        batch_size=None,
-        num_workers=plan.workers,
-        generator=torch.Generator().manual_seed(0),
-        persistent_workers=False,
-        prefetch_factor=plan.prefetch,
-        pin_memory=plan.pin_memory,
-    )
+    return DataLoader(PatchDataset(stream, epoch, skip, plan.workers), **loader_options(plan))
+
+
+def loader_options(plan: LoaderPlan) -> dict[str, Any]:
+    """DataLoader arguments of a plan: whole batches from the dataset, and a generator of its own."""
+    return {
+        "batch_size": None,
+        "num_workers": plan.workers,
+        "generator": torch.Generator().manual_seed(0),
+        "persistent_workers": False,
+        "prefetch_factor": plan.prefetch,
+        "pin_memory": plan.pin_memory,
+    }
 
 
 class StreamLoader(DataLoader):
@@ -220,15 +224,9 @@ class StreamLoader(DataLoader):
         device: str | torch.device = "cpu",
         epoch: int = 0,
     ):
-        super().__init__(
-            PatchDataset(stream, epoch, 0, n_workers, steps=steps),
-            batch_size=None,
-            num_workers=n_workers,
-            generator=torch.Generator().manual_seed(0),
-            persistent_workers=False,
-            prefetch_factor=4 if n_workers else None,
-            pin_memory=torch.device(device).type == "cuda",  # the copy to the GPU runs asynchronously
-        )
+        # pinned on a GPU: the copy to the device runs asynchronously
+        plan = LoaderPlan(n_workers, 4 if n_workers else None, torch.device(device).type == "cuda")
+        super().__init__(PatchDataset(stream, epoch, 0, n_workers, steps=steps), **loader_options(plan))
         self.feed = feed
         self.device = torch.device(device)
         self.next_epoch = epoch

@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TASK_ORDER = ("chord", "pitch", "instrument")  # the tasks this table scores, in its row order
-SHOWN = {"chord": "chord", "pitch": "melody", "instrument": "instrument"}
+TASK_ORDER = ("chord", "pitch", "instrument", "instrument_embed")  # the tasks this table scores, in its row order
+SHOWN = {"chord": "chord", "pitch": "melody", "instrument": "instrument", "instrument_embed": "instrument (musicnn embedding)"}
+INSTRUMENT = ("instrument", "instrument_embed")  # scored as solo clips / mixtures by the instrument scorer
 COLUMNS = {"chord": ("root", "majmin", "sevenths"), "pitch": ("OA", "RPA", "RCA", "VR", "VFA")}
 NOT_IN_VOCABULARY = "not in vocabulary"
 
@@ -198,7 +199,7 @@ def _predict_and_score(
     for t in tasks:
         task = TASKS.get(t).bind(bundle.tasks[t].vocabulary)
         try:
-            if t == "instrument":
+            if t in INSTRUMENT:
                 result["tasks"][t] = score_instrument(task, ref_jam, est[t], options.aliases)
             else:
                 result["tasks"][t] = score_scored_task(task, ref_jam, est[t], audio, record.prep, not options.no_pyin)
@@ -251,7 +252,7 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rows = [r["tasks"][t] for r in ok]
         counted = [r for r in ok if r["tasks"][t].get("status") != NOT_IN_VOCABULARY]
         entry: dict[str, Any] = {"seconds": sum(r.get("duration", 0.0) for r in counted)}  # of the files scored
-        if t == "instrument":
+        if t in INSTRUMENT:
             entry["model"] = pool_instrument(rows)
         else:
             entry["model"] = pool_scores(t, rows, None)
@@ -288,7 +289,7 @@ def summary_table(totals: Mapping[str, Any], model_name: str) -> str:
     lines = ["| task | system | files | audio s | scores |", "|---|---|---|---|---|"]
     for t, entry in totals.items():
         model = entry["model"]
-        figures = _instrument_figures(model) if t == "instrument" else _figures(t, model["metrics"])
+        figures = _instrument_figures(model) if t in INSTRUMENT else _figures(t, model["metrics"])
         lines.append(f"| {SHOWN[t]} | {model_name} | {model['files']} | {entry['seconds']:.1f} | {figures} |")
         base = entry.get("baseline")
         if base is not None:
@@ -301,7 +302,7 @@ def summary_table(totals: Mapping[str, Any], model_name: str) -> str:
 def _file_cell(task: str, row: Mapping[str, Any]) -> str:
     if "error" in row:
         return f"not scored: {row['error']}"
-    if task != "instrument":
+    if task not in INSTRUMENT:
         return _figures(task, {m: v["score"] for m, v in row["scores"].items()})
     ref = " + ".join(row["reference"])
     if row["status"] == "mixture":

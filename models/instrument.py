@@ -173,7 +173,7 @@ class InstrumentVocabulary(CorpusVocabulary):
         bound = copy.copy(task)
         classes = None if vocabulary is None else Vocabulary.from_json(vocabulary)
         bound.vocabulary = InstrumentVocabulary(classes)
-        bound.network = InstrumentNetwork(classes)
+        bound.network = type(task.network)(classes) if isinstance(task.network, InstrumentNetwork) else InstrumentNetwork(classes)
         return bound
 
     def stream_weights(self, labels: Sequence[Sequence[str]]) -> list[float]:
@@ -195,6 +195,7 @@ class InstrumentNetwork(Network):
 
     Params = InstrumentModel
     metric_name = "patch_accuracy"
+    labels = LABELS  # the stored label ids a patch carries (Targets.arrays)
 
     def __init__(self, vocabulary: Vocabulary | None = None):
         self.vocabulary = vocabulary
@@ -204,8 +205,8 @@ class InstrumentNetwork(Network):
         return _required(self.vocabulary)
 
     def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        presence, single = batch_targets(batch[LABELS], self._lookup, len(self._vocab().classes))
-        out = {k: v for k, v in batch.items() if k != LABELS}
+        presence, single = batch_targets(batch[self.labels], self._lookup, len(self._vocab().classes))
+        out = {k: v for k, v in batch.items() if k != self.labels}
         return {**out, PRESENCE: presence, SINGLE: single}
 
     def build(self, n_bins: int, params: InstrumentModel):

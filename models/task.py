@@ -53,7 +53,13 @@ from mirpipe.registry import Registry
 
 TASKS: Registry[Task] = Registry(
     "task",
-    builtin=("mirpipe.models.chord", "mirpipe.models.pitch", "mirpipe.models.multipitch", "mirpipe.models.instrument"),
+    builtin=(
+        "mirpipe.models.chord",
+        "mirpipe.models.pitch",
+        "mirpipe.models.multipitch",
+        "mirpipe.models.instrument",
+        "mirpipe.models.instrument_embed",
+    ),
     entry_points="mirpipe.tasks",
     instantiate=True,
 )
@@ -311,6 +317,9 @@ class Task:
 
     name: ClassVar[str]
     feature: ClassVar[str] = "cqt"  # feature kind the network reads (a store array; its frame grid holds the targets)
+    # True: not among the default ``features.tasks`` (every other registered task); name it there to compute its
+    # targets and feature (a task whose feature needs an optional package: ``instrument_embed``)
+    opt_in: ClassVar[bool] = False
     targets: Targets
     network: Network | None = None
     decoder: Decoder | None = None

@@ -47,7 +47,10 @@ class FeaturesParams(BaseModel):
     store: str = Field("zarr", description="store backend (registered: zarr, hdf5, memory, plugins)")
     store_path: Path | None = Field(None, description="default <workdir>/features")
     sr: int = Field(22050, ge=8000, description="audio is loaded once at this rate")
-    tasks: list[str] | None = Field(None, description="tasks whose targets each entry holds; default every registered task")
+    tasks: list[str] | None = Field(
+        None,
+        description="tasks whose targets each entry holds; default every registered task but the opt-in ones (instrument_embed)",
+    )
     block_seconds: float = Field(
         DEFAULT_BLOCK_SECONDS,
         ge=10.0,
@@ -80,7 +83,7 @@ class FeaturesParams(BaseModel):
         return self
 
     def target_tasks(self) -> list[str]:
-        return list(self.tasks) if self.tasks is not None else TASKS.names()
+        return list(self.tasks) if self.tasks is not None else [t for t in TASKS.names() if not TASKS.get(t).opt_in]
 
     def kinds(self) -> list[str]:
         """The feature kinds the target tasks read, in a stable order."""

@@ -15,7 +15,7 @@ are ``features.<name>`` in pipeline.yaml.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -327,3 +327,100 @@ class HCQT(FeatureKind):
         wide = WideCQT.from_json(geometry["wide"])
         db_range = geometry.get("db_range")
         return lambda parts: torch_harmonic_view(parts[""], parts["shift"], wide, db_range)
+
+
+class MusicnnParams(BaseModel):
+    """A pretrained tagger's embedding per frame: musicnn (Pons & Serra 2019, ISC licence), its
+    MagnaTagATune model by default, run in torch from the checkpoint its PyPI wheel ships
+    (``pip install --no-deps musicnn==0.1.0``; ``mirpipe.storage.musicnn``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Literal["MTT_musicnn", "MSD_musicnn"] = Field(
+        "MTT_musicnn", description="the checkpoint: MagnaTagATune (50 tags, instruments among them) or Million Song Dataset"
+    )
+    layer: Literal["penultimate", "pooled"] = Field(
+        "penultimate",
+        description="penultimate: the 200-d layer under the tags; pooled: the 1506-d max and mean of the mid-end features (normalised)",
+    )
+    window_frames: int = Field(64, ge=4, description="mel frames (256 samples at 16 kHz) pooled into one embedding: 64 -> 1.02 s")
+    hop_frames: int = Field(16, ge=1, description="mel frames between embeddings: 16 -> 0.256 s (3.9 frames/s)")
+    checkpoint_dir: str | None = Field(
+        None, description="a folder holding the checkpoint's .index/.data files; default: the installed musicnn package's"
+    )
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.hop_frames > self.window_frames:
+            raise ValueError(
+                f"hop_frames ({self.hop_frames}) must not exceed window_frames ({self.window_frames}): frames would skip audio"
+            )
+        return self
+
+
+@FEATURE_KINDS.register
+class Musicnn(FeatureKind):
+    """musicnn's 200-d penultimate layer, or its pooled mid-end features (float16), over windows, computed
+    at 16 kHz (the waveform resampled from the store's rate). Frame t is centred on t * hop.
+
+    An embedding has no frequency axis: a pitch shift is not a bin offset, so a patch reads the
+    unshifted frames at every shift (margin 0). Use it for tasks whose targets do not move under a
+    shift (instrument)."""
+
+    name = "musicnn"
+    version = "1"
+    Params = MusicnnParams
+    DIMS: ClassVar[dict[str, int]] = {"penultimate": 200, "pooled": 1506}
+
+    def hop_length(self, params: MusicnnParams) -> int:
+        from .musicnn import FFT_HOP
+
+        return params.hop_frames * FFT_HOP
+
+    @staticmethod
+    def _resampled_length(n_samples: int, sr: int) -> int:
+        from .musicnn import SR
+
+        return n_samples if sr == SR else int(np.ceil(n_samples * SR / sr))  # librosa.resample's length
+
+    def compute(self, y: np.ndarray, sr: int, params: MusicnnParams, margin_semitones: int) -> tuple[np.ndarray, dict[str, Any]]:
+        import librosa
+
+        from .musicnn import SR, embed
+
+        y16 = np.asarray(y, np.float32) if sr == SR else librosa.resample(np.asarray(y, np.float32), orig_sr=sr, target_sr=SR)
+        layers = embed(y16, params.window_frames, params.hop_frames, params.model, params.checkpoint_dir)
+        return layers[params.layer].astype(np.float16), self.geometry(sr, params, margin_semitones)
+
+    def geometry(self, sr: int, params: MusicnnParams, margin_semitones: int) -> dict[str, Any]:
+        from .musicnn import FFT_HOP, SR
+
+        return {
+            "kind": self.name,
+            "model": params.model,
+            "layer": params.layer,
+            "sr": SR,  # the frame grid is in samples at the network's rate
+            "hop_length": params.hop_frames * FFT_HOP,
+            "window": params.window_frames * FFT_HOP,
+            "n_bins": self.DIMS[params.layer],
+            "margin_bins": 0,
+            "frame_rate": SR / (params.hop_frames * FFT_HOP),
+        }
+
+    def n_frames(self, n_samples: int, params: MusicnnParams, sr: int, margin_semitones: int) -> int:
+        from .musicnn import n_mel_frames
+
+        return 1 + (n_mel_frames(self._resampled_length(n_samples, sr)) - 1) // params.hop_frames
+
+    def viewer(self, geometry: Mapping[str, Any], shift: int) -> Callable[[np.ndarray], np.ndarray]:
+        """``(1, T, dims)`` float32 (one channel, like the HCQT view's harmonics axis); any shift reads the unshifted frames."""
+        return lambda frames: np.asarray(frames, dtype=np.float32)[None]
+
+    def floor(self, frames: np.ndarray) -> Any:
+        return 0
+
+    def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
+        """The frames as stored (float16: half the bytes of the float32 view)."""
+        return lambda frames: {"": frames}
+
+    def device_view(self, geometry: Mapping[str, Any]) -> DeviceView:
+        return lambda parts: parts[""].float()[:, None]

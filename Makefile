@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile scripts/system-deps.sh demo/fetch_samples.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[hpc,dev,datasets,demo]"
+	@# the musicnn checkpoint (ISC; a 29 MB wheel) for the opt-in `musicnn` feature kind / `instrument_embed` task
+	@# and its tests: --no-deps, since its metadata asks for TensorFlow and numpy<1.17, neither of which it needs here
+	$(BIN)/python -m pip install -q --no-deps "musicnn==0.1.0"
 	@# muda depends on the obsolete 'pysoundfile', whose soundfile.py overwrites the
 	@# real soundfile module (it then cannot find libsndfile): put soundfile's back.
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps "soundfile>=0.13"

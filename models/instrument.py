@@ -266,12 +266,17 @@ class InstrumentNetwork(Network):
 class InstrumentDecoder(Decoder):
     DecodeParams = InstrumentDecoding
 
+    def patch_frames(self, model, n_frames: int) -> int:
+        """Frames of the patches ``predict`` cuts from a track of ``n_frames`` (a shorter track is padded)."""
+        return int(getattr(model, "patch_frames", 88))
+
     def predict(self, model, features: np.ndarray, device) -> np.ndarray:
         """Per patch (every half patch): [start frame, stop frame, C clip log-probabilities, C activities]."""
         import torch
 
         x = np.asarray(features, np.float32)  # (H, T, F)
-        T, P = x.shape[1], int(getattr(model, "patch_frames", 88))
+        T = x.shape[1]
+        P = self.patch_frames(model, T)
         if T < P:
             x = np.concatenate([x, np.full((x.shape[0], P - T, x.shape[2]), x.min(), np.float32)], axis=1)
         starts = patch_starts(T, P, max(1, P // 2))

@@ -32,6 +32,9 @@ class EmbedHeadModel(BaseModel):
     hidden: int = Field(128, ge=4, description="channels of the 1-D conv and units under the heads")
     kernel: int = Field(3, ge=1, description="embedding frames the conv spans (3.9 frames/s at the default hop)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    input_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="training: embedding dimensions zeroed at random (after batch norm)"
+    )
     patch_frames: int = Field(8, ge=1, description="embedding frames of the patches predict cuts (8: ~2 s at hop 0.256 s)")
 
 
@@ -51,9 +54,18 @@ class EmbedNetwork(InstrumentNetwork):
     def build(self, n_bins: int, params: EmbedHeadModel):  # type: ignore[override]
         from .instrument_embed_net import EmbedHead
 
-        net = EmbedHead(n_bins, len(self._vocab().classes), params.hidden, params.kernel, params.dropout)
+        net = EmbedHead(n_bins, len(self._vocab().classes), params.hidden, params.kernel, params.dropout, params.input_dropout)
         net.patch_frames = params.patch_frames
         return net
+
+
+class EmbedDecoder(InstrumentDecoder):
+    """The instrument decoder on patches of at most the track's frames: the head pools over time,
+    so a track shorter than a patch is read whole instead of padded (an embedding has no silence
+    value; a 1 s excerpt is 4 frames)."""
+
+    def patch_frames(self, model, n_frames: int) -> int:
+        return max(1, min(int(getattr(model, "patch_frames", 8)), n_frames))
 
 
 class EmbedScorer(InstrumentScorer):
@@ -73,6 +85,6 @@ class InstrumentEmbedTask(Task):
     opt_in = True
     targets = EmbedTargets()
     network = EmbedNetwork()
-    decoder = InstrumentDecoder()
+    decoder = EmbedDecoder()
     scorer = EmbedScorer()
     vocabulary = InstrumentVocabulary()

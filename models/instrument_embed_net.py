@@ -14,9 +14,12 @@ from torch import nn
 class EmbedHead(nn.Module):
     patch_frames: int  # set by the task's build()
 
-    def __init__(self, dims: int, n_classes: int, hidden: int = 128, kernel: int = 3, dropout: float = 0.3):
+    def __init__(
+        self, dims: int, n_classes: int, hidden: int = 128, kernel: int = 3, dropout: float = 0.3, input_dropout: float = 0.0
+    ):
         super().__init__()
         self.norm = nn.BatchNorm1d(dims)
+        self.drop_in = nn.Dropout(input_dropout)
         self.conv = nn.Sequential(nn.Conv1d(dims, hidden, kernel, padding=kernel // 2), nn.ReLU(inplace=True))
         self.hidden = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(2 * hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)
@@ -26,6 +29,6 @@ class EmbedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 1, T, D) embedding frames -> {"clip": (B, C) softmax logits, "tags": (B, C) sigmoid logits}."""
-        h = self.conv(self.norm(x[:, 0].transpose(1, 2)))  # (B, hidden, T)
+        h = self.conv(self.drop_in(self.norm(x[:, 0].transpose(1, 2))))  # (B, hidden, T)
         h = self.hidden(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
         return {"clip": self.clip(h), "tags": self.tags(h)}

@@ -33,9 +33,11 @@ class EmbedHeadModel(BaseModel):
     kernel: int = Field(3, ge=1, description="embedding frames the conv spans (3.9 frames/s at the default hop)")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     input_dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="training: embedding dimensions zeroed at random (after batch norm)"
+        0.5, ge=0.0, lt=1.0, description="training: embedding values zeroed at random (after batch norm)"
     )
-    patch_frames: int = Field(8, ge=1, description="embedding frames of the patches predict cuts (8: ~2 s at hop 0.256 s)")
+    patch_frames: int = Field(
+        8, ge=1, description="embedding frames of the patches predict cuts (8: ~2.8 s of audio at hop 0.256 s, 1 s windows)"
+    )
 
 
 class EmbedTargets(InstrumentTargets):

@@ -62,7 +62,7 @@ def test_the_kind_stores_float16_frames_whose_count_n_frames_predicts(seconds):
     kind = FEATURE_KINDS.get("musicnn")
     rng = np.random.default_rng(0)
     y = _tone("saw", 220.0, seconds, rng)
-    for params in (kind.Params(), kind.Params(layer="pooled", window_frames=32, hop_frames=8)):
+    for params in (kind.Params(), kind.Params(layer="penultimate", window_frames=32, hop_frames=8)):
         frames, geometry = kind.compute(y, SR, params, 0)
         assert frames.dtype == np.float16 and frames.shape == (kind.n_frames(len(y), params, SR, 0), geometry["n_bins"])
         assert geometry == kind.geometry(SR, params, 0) and geometry["sr"] == musicnn.SR
@@ -153,8 +153,8 @@ def test_the_embedding_head_trains_evaluates_exports_and_predicts(clip_corpus, t
     track = next(iter(store.read_index()))
     entry = store.read_entry(track)
     assert entry.attrs["features"]["musicnn"]["kind"] == "musicnn" and "hcqt" not in entry.attrs["features"]
-    assert entry.arrays["musicnn"].shape[1:] == (8, 200) and entry.arrays["musicnn"].dtype == np.float16  # 2 s: 8 frames
-    assert entry.arrays["targets/instrument_embed_labels"].shape[1] == 8
+    assert entry.arrays["musicnn"].shape[1:] == (8, 1506) and entry.arrays["musicnn"].dtype == np.float16  # 2 s: 8 frames
+    assert entry.arrays["targets/instrument_embed_labels"].shape[1] == 8  # the embedding's frame grid
     scores = json.loads((tmp_path / "reports" / "instrument_embed" / "scores.json").read_text())
     assert scores["n_clips"] == 6 and 0.0 <= scores["accuracy"] <= 1.0
 

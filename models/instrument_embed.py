@@ -85,6 +85,7 @@ class InstrumentEmbedTask(Task):
     name = "instrument_embed"
     feature = "musicnn"
     opt_in = True
+    labels_of = "instrument"  # the instrument task's classes, aliases (ingest.vocabularies.instrument) and counts
     targets = EmbedTargets()
     network = EmbedNetwork()
     decoder = EmbedDecoder()

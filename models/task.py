@@ -320,6 +320,9 @@ class Task:
     # True: not among the default ``features.tasks`` (every other registered task); name it there to compute its
     # targets and feature (a task whose feature needs an optional package: ``instrument_embed``)
     opt_in: ClassVar[bool] = False
+    # the task whose corpus labels and vocabulary this one uses (ingest records and builds them once, under
+    # that name): ``instrument_embed`` learns the instrument task's classes. None: its own
+    labels_of: ClassVar[str | None] = None
     targets: Targets
     network: Network | None = None
     decoder: Decoder | None = None
@@ -348,6 +351,11 @@ class Task:
     @property
     def version(self) -> str:
         return self.targets.version
+
+    @property
+    def labels_name(self) -> str:
+        """Where ingest keeps this task's corpus labels and vocabulary (``labels_of`` or its own name)."""
+        return self.labels_of or self.name
 
     def bind(self, vocabulary: Mapping[str, Any] | None) -> Task:
         """This task with the corpus vocabulary; a task without one (``vocabulary`` None) ignores it.

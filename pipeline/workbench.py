@@ -193,7 +193,7 @@ class Workbench:
                     raise WorkbenchError(
                         f"task {task.name} has no class balance (no corpus vocabulary); use balance=None or False"
                     )
-                labels = [self.manifest.value(k.track, "labels").get(task.name, []) for k in keys]
+                labels = [self.manifest.value(k.track, "labels").get(task.labels_name, []) for k in keys]
                 w = sampling_weights(task, "track", keys, labels)
                 weights = None if w is None else {k.track: x for k, x in zip(keys, w)}
             else:

@@ -86,10 +86,13 @@ class IngestParams(BaseModel):
     @classmethod
     def _vocabularies(cls, v: dict[str, VocabularyParams]) -> dict[str, VocabularyParams]:
         for name in v:
-            if TASKS.get(TASKS.check(name)).vocabulary is None:
+            task = TASKS.get(TASKS.check(name))
+            if task.vocabulary is None or task.labels_of is not None:
                 raise ValueError(
-                    f"vocabularies.{name}: task {name!r} has a fixed vocabulary; tasks with corpus labels: "
-                    + ", ".join(t.name for t in TASKS.values() if t.vocabulary is not None)
+                    f"vocabularies.{name}: task {name!r} "
+                    + (f"uses task {task.labels_of!r}'s vocabulary; " if task.labels_of else "has a fixed vocabulary; ")
+                    + "tasks with corpus labels: "
+                    + ", ".join(t.name for t in TASKS.values() if t.vocabulary is not None and t.labels_of is None)
                 )
         return v
 
@@ -217,7 +220,9 @@ def validate_track(track: str, audio: list[str], jams_paths: list[str], p: Inges
             )
     declared = _declared_split(jam, jams_path) if p.declared_splits else None
     labels = {
-        task.name: found for task in TASKS.values() if task.vocabulary is not None and (found := task.vocabulary.labels(jam))
+        task.name: found
+        for task in TASKS.values()
+        if task.vocabulary is not None and task.labels_of is None and (found := task.vocabulary.labels(jam))
     }
     audio_sha, jams_sha = file_sha256(audio_path), file_sha256(jams_path)
     content = hashlib.sha256(
@@ -554,7 +559,7 @@ def build_vocabularies(
     labels outside the classes) from what ``validate_track`` recorded (each track's split and labels)."""
     out = {}
     for task in TASKS.values():
-        if task.vocabulary is not None:
+        if task.vocabulary is not None and task.labels_of is None:  # a task with labels_of uses that task's
             tracks = ((split, (lab or {}).get(task.name, [])) for split, lab in zip(splits, labels))
             out[task.name] = build_vocabulary(tracks, p.vocabularies.get(task.name)).to_json()
     return out

@@ -163,7 +163,7 @@ def seed_everything(seed: int) -> None:
 
 def vocabulary(ctx: StageContext, task: Task) -> dict[str, Any] | None:
     """The class vocabulary ingest built for ``task`` from the corpus's labels (None: the task's own)."""
-    return read_manifest(ctx).extra.get("vocabularies", {}).get(task.name) if task.vocabulary is not None else None
+    return read_manifest(ctx).extra.get("vocabularies", {}).get(task.labels_name) if task.vocabulary is not None else None
 
 
 def split_entries(ctx: StageContext, feature: str, splits: Sequence[str], task: Task | None = None) -> dict[str, list[EntryKey]]:
@@ -210,7 +210,7 @@ def sampling_weights(task: Task, sampling: str, keys: list[EntryKey], labels: li
 def entry_weights(ctx: StageContext, task: Task, sampling: str, keys: list[EntryKey]) -> dict[str, float] | None:
     """``sampling_weights`` of ``keys`` with each entry's labels from the manifest, by track (None: uniform)."""
     manifest = read_manifest(ctx)
-    labels = [manifest.value(k.track, "labels").get(task.name, []) for k in keys]
+    labels = [manifest.value(k.track, "labels").get(task.labels_name, []) for k in keys]
     weights = sampling_weights(task, sampling, keys, labels)
     return None if weights is None else {k.track: w for k, w in zip(keys, weights)}
 

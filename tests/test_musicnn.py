@@ -44,6 +44,10 @@ def test_the_default_pipeline_leaves_the_opt_in_task_and_its_feature_out():
     p = FeaturesParams()
     assert "instrument_embed" not in p.target_tasks() and "musicnn" not in p.kinds()
     assert "musicnn" in FeaturesParams(tasks=["instrument_embed"]).kinds()
+    from mirpipe.stages.ingest import IngestParams
+
+    with pytest.raises(ValueError, match="uses task 'instrument'"):
+        IngestParams(vocabularies={"instrument_embed": {}})
     with pytest.raises(ValueError, match="hop_frames"):
         FEATURE_KINDS.get("musicnn").Params(window_frames=8, hop_frames=16)
 
@@ -155,6 +159,8 @@ def test_the_embedding_head_trains_evaluates_exports_and_predicts(clip_corpus, t
     assert entry.attrs["features"]["musicnn"]["kind"] == "musicnn" and "hcqt" not in entry.attrs["features"]
     assert entry.arrays["musicnn"].shape[1:] == (8, 1506) and entry.arrays["musicnn"].dtype == np.float16  # 2 s: 8 frames
     assert entry.arrays["targets/instrument_embed_labels"].shape[1] == 8  # the embedding's frame grid
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["vocabularies"]) == {"instrument"}  # labels_of: the instrument task's, built once
     scores = json.loads((tmp_path / "reports" / "instrument_embed" / "scores.json").read_text())
     assert scores["n_clips"] == 6 and 0.0 <= scores["accuracy"] <= 1.0
 

@@ -329,6 +329,19 @@ def embed(
     mel = log_mel(np.asarray(y16, np.float32))
     n = mel.shape[0]
     T = 1 + (n - 1) // hop
+    threads = torch.get_num_threads()
+    # one thread: a feature worker is one core (Dask's threads_per_worker), and the frames then do not depend
+    # on the machine's core count (reduction order)
+    torch.set_num_threads(1)
+    try:
+        return _windows(net, mel, n, T, window, hop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _windows(net, mel: np.ndarray, n: int, T: int, window: int, hop: int) -> dict[str, np.ndarray]:
+    import torch
+
     with torch.no_grad():
         feats = net.midend(torch.from_numpy(mel)[None])[0]  # (n, 753)
         lo = np.clip(np.arange(T) * hop - window // 2, 0, None)

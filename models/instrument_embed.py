@@ -1,8 +1,9 @@
 """Instrument task on a pretrained embedding: ``instrument_embed``.
 
 The ``instrument`` task's labels, vocabulary, heads, loss, decoding and scores, on another
-feature: musicnn's 200-d penultimate layer (``features.musicnn``, a tagger trained on real
-recordings; ``mirpipe.storage.musicnn``), 3.9 frames/s, instead of the HCQT. The network is a
+feature: musicnn's pooled mid-end features by default, or its 200-d penultimate layer
+(``features.musicnn``, a tagger trained on real recordings; ``mirpipe.storage.musicnn``),
+3.9 frames/s, instead of the HCQT. The network is a
 small head trained from streamed patches of embedding frames (``EmbedHead``): a 1-D conv over
 time, mean and max pooling, the softmax (solo clips) and sigmoid (mixture tags) heads.
 

@@ -99,7 +99,7 @@ def checkpoint_prefix(model: str, checkpoint_dir: str | None = None) -> Path:
         if spec is None or not spec.submodule_search_locations:
             raise MissingPackageError(
                 f"the 'musicnn' feature kind needs the musicnn checkpoint (ISC licence, ~29 MB wheel): {INSTALL} "
-                "(the 'embed' extra documents it; TensorFlow is not needed), or features.musicnn.checkpoint_dir"
+                "(TensorFlow is not needed; `make install` does it), or features.musicnn.checkpoint_dir"
             )
         base = Path(next(iter(spec.submodule_search_locations))) / model
     index = base / ".index"

@@ -57,6 +57,15 @@ class AugmentParams(BaseModel):
         "patch's peak level over the noise level at mid-range) uniform in [low, high] dB; null: off",
     )
     noise_share: float = Field(0.5, gt=0, le=1, description="the share of training patches that get noise_snr_db's noise")
+    deformations: list[Any] = Field(
+        default_factory=list,
+        description="audio deformations stored as extra variants of every entry, each unshifted (muda's: "
+        "{kind: drc, preset: ...}, {kind: noise, color: ..., weight: [low, high]}, {kind: ir, rt60_s: ... | file: ...}; "
+        "mirpipe.audio.deformations); evaluation reads the original variants only",
+    )
+    deform_share: float = Field(
+        0.5, gt=0, le=1, description="the share of training activations drawn from a deformed variant (when there are any)"
+    )
 
     @field_validator("backend")
     @classmethod
@@ -69,6 +78,17 @@ class AugmentParams(BaseModel):
         if not v or len(set(v)) != len(v) or any(abs(s) > 12 for s in v) or 0 not in v:
             raise ValueError(f"shifts must be distinct integers within -12..12 including 0, got {v}")
         return sorted(v)
+
+    @field_validator("deformations")
+    @classmethod
+    def _deformations(cls, v: list[Any]) -> list[Any]:
+        from mirpipe.audio.deformations import label_of, validate_deformation
+
+        out = [validate_deformation(raw) for raw in v]
+        labels = [label_of(d) for d in out]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"deformations must differ: {labels}")
+        return out
 
     @field_validator("noise_snr_db")
     @classmethod
@@ -90,6 +110,38 @@ class AugmentParams(BaseModel):
         """Semitones of margin a feature-mode entry holds on each side."""
         return max(abs(s) for s in self.active_shifts()) if self.mode == "feature" else 0
 
-    def stored_variants(self) -> list[int]:
-        """The shifts stored as whole variants in an entry (feature mode: only the original)."""
+    def shifted_variants(self) -> list[int]:
+        """The shifts stored as whole original variants in an entry (feature mode: only the original)."""
         return self.active_shifts() if self.mode == "audio" else [0]
+
+    def active_deformations(self) -> list[Any]:
+        """The deformations' settings stored as extra variants (none with ``enabled: false``)."""
+        return list(self.deformations) if self.enabled else []
+
+    def stored_variants(self) -> list[int]:
+        """The shift of each variant an entry stores: the original ones first, then one unshifted
+        variant per deformation (``variant_deformations`` says which)."""
+        return self.shifted_variants() + [0] * len(self.active_deformations())
+
+    def variant_deformations(self) -> list[str | None]:
+        """The deformation of each stored variant by label (None: the original audio)."""
+        from mirpipe.audio.deformations import label_of
+
+        return [None] * len(self.shifted_variants()) + [label_of(d) for d in self.active_deformations()]
+
+    def deformation_labels(self) -> list[str]:
+        return [d for d in self.variant_deformations() if d is not None]
+
+    def variants_identity(self) -> dict[str, Any]:
+        """What stored variants an entry holds, for fingerprints: the shifts (and backend when any is
+        shifted audio), and the deformations' settings when there are any (none: as before them)."""
+        return {
+            "variants": self.stored_variants(),
+            "backend": self.backend if self.shifted_variants() != [0] else None,
+            **self.deformations_identity(),
+        }
+
+    def deformations_identity(self) -> dict[str, Any]:
+        """The deformations' settings for fingerprints; empty without any (fingerprints as before them)."""
+        active = self.active_deformations()
+        return {"deformations": [d.model_dump(mode="json") for d in active]} if active else {}

@@ -96,6 +96,10 @@ def experiment_config(base: PipelineBase, changes: dict[str, Any], name: str) ->
             raise ConfigurationError(
                 f"experiment {name}: augment.mode and augment.backend decide what the store holds: use a new workdir for them"
             )
+        if aug.variant_deformations() != new.variant_deformations():
+            raise ConfigurationError(
+                f"experiment {name}: augment.deformations decide what the store holds: use a new workdir for them"
+            )
         readable = set(aug.stored_variants()) | set(range(-aug.margin(), aug.margin() + 1))
         missing = [n for n in new.active_shifts() if n not in readable]
         if missing:

@@ -2,6 +2,7 @@
 # System packages mirpipe needs beyond PyPI. Installs them with apt when it can,
 # otherwise stops with a message naming the packages.
 #   rubberband-cli : the 'rubberband' program behind the rubberband pitch-shift backend
+#   sox            : the program behind muda's dynamic range compression (augment.deformations: {kind: drc})
 #   libfluidsynth3 : FluidSynth, the demo corpus's sampled renderer (through pyfluidsynth)
 #   fluid-soundfont-gm, musescore-general-soundfont-small : GM soundfonts of the demo's train/val tracks
 #   timgm6mb-soundfont : the GM soundfont of the demo's test tracks (unseen in training)
@@ -11,6 +12,7 @@ set -euo pipefail
 
 missing=()
 command -v rubberband >/dev/null 2>&1 || missing+=(rubberband-cli)
+command -v sox >/dev/null 2>&1 || missing+=(sox)
 if ! ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so\.3'; then missing+=(libfluidsynth3); fi
 sf_dirs="/usr/share/sounds/sf2 /usr/share/sounds/sf3 /usr/share/soundfonts"
 have_sf() { for d in $sf_dirs; do [ -f "$d/$1" ] && return 0; done; return 1; }

@@ -122,9 +122,8 @@ def kind_fingerprint(name: str, p: FeaturesParams, aug: AugmentParams, audio: Ma
             "version": FEATURE_KINDS.get(name).version,
             "params": p.kind_params(name).model_dump(mode="json"),
             "sr": p.sr,
-            "variants": aug.stored_variants(),
+            **aug.variants_identity(),
             "margin": aug.margin(),
-            "backend": aug.backend if aug.stored_variants() != [0] else None,
             "audio": dict(audio),
         }
     )
@@ -139,6 +138,7 @@ def targets_fingerprint(task_name: str, aug: AugmentParams, annotations: Mapping
             "task": task_name,
             "version": TASKS.get(task_name).version,
             "variants": aug.stored_variants(),
+            **aug.deformations_identity(),
             "annotations": dict(annotations),
             "grid": dict(grid),
         }
@@ -186,9 +186,12 @@ def _empty_timings() -> dict[str, float]:
     return {"load": 0.0, "pitch_shift": 0.0, "annotations": 0.0, "features": 0.0, "targets": 0.0, "write": 0.0}
 
 
-def load_annotations(jams_path: str, prep: Preparation | None, aug: AugmentParams, timings: dict[str, float]) -> list[Any]:
+def load_annotations(
+    jams_path: str, prep: Preparation | None, aug: AugmentParams, timings: dict[str, float], track: str, sr: int
+) -> list[Any]:
     """The track's JAMS as the stages read it, once per stored variant (audio mode: muda moves the
-    annotations of every shift, in memory)."""
+    annotations of every shift, in memory; then muda moves them for each deformation of ``track``,
+    its state drawn from the track's seed as the audio's is)."""
     import jams
 
     from mirpipe.audio.deform import deform
@@ -197,27 +200,51 @@ def load_annotations(jams_path: str, prep: Preparation | None, aug: AugmentParam
     t = time.perf_counter()
     jam = prepared_jams(jams_path, prep) if prep is not None else jams.load(str(jams_path), validate=False)
     timings["load"] += time.perf_counter() - t
-    variants = aug.stored_variants()
-    if variants == [0]:
+    shifted = aug.shifted_variants()
+    deformations = track_deformations(aug, track, sr)
+    if shifted == [0] and not deformations:
         return [jam]
     t = time.perf_counter()
-    deformed = [jam_n for _, jam_n, _ in deform(jam, variants, aug.backend, transposers=annotation_transposers())]
+    if shifted == [0]:
+        versions = [jam]
+    else:
+        versions = [jam_n for _, jam_n, _ in deform(jam, shifted, aug.backend, transposers=annotation_transposers())]
+    versions += [d.annotations(jam) for d in deformations]
     timings["annotations"] += time.perf_counter() - t
-    return deformed
+    return versions
+
+
+def track_deformations(aug: AugmentParams, track: str, sr: int) -> list[Any]:
+    """The deformations of one track (``augment.deformations``), each with its state from the track's seed."""
+    if not aug.active_deformations():
+        return []
+    from mirpipe.audio.deformations import TrackDeformation
+
+    return [TrackDeformation(params, track, sr) for params in aug.active_deformations()]
 
 
 def compute_kinds(
-    audio_path: str, channel: int | None, p: FeaturesParams, aug: AugmentParams, kinds: list[str], timings: dict[str, float]
+    audio_path: str,
+    channel: int | None,
+    p: FeaturesParams,
+    aug: AugmentParams,
+    kinds: list[str],
+    timings: dict[str, float],
+    track: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], float]:
     """The stored arrays ``(V, T, bins)`` and geometry of ``kinds`` for one track, and its duration in seconds."""
     t0 = time.perf_counter()
     y, _ = load_mono(audio_path, sr=p.sr, channel=channel)
     timings["load"] += time.perf_counter() - t0
     waveforms = []
-    for n in aug.stored_variants():
+    for n in aug.shifted_variants():
         t = time.perf_counter()
-        waveforms.append(y if n == 0 and aug.stored_variants() == [0] else pitch_shift(y, p.sr, n, aug.backend))
+        waveforms.append(y if n == 0 and aug.shifted_variants() == [0] else pitch_shift(y, p.sr, n, aug.backend))
         timings["pitch_shift"] += time.perf_counter() - t
+    for deformation in track_deformations(aug, track, p.sr):
+        t = time.perf_counter()
+        waveforms.append(deformation.audio(y))
+        timings["deform"] = timings.get("deform", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
     arrays, geometry = compute_features(waveforms, p, kinds, aug.margin())
     timings["features"] += time.perf_counter() - t
@@ -247,20 +274,26 @@ def _feature_attrs(p: FeaturesParams, aug: AugmentParams, track: str | None, geo
     import jams
     import librosa
 
-    variants = aug.stored_variants()
     return {
         "track": track,
         "sr": p.sr,
         "mode": aug.mode,
-        "variants": variants,
+        **_variant_attrs(aug),
         "features": dict(geometry),
         "fingerprints": dict(fps),  # each kind's: a later run keeps the kinds whose fingerprint did not change
-        "pitch_shift_backend": aug.backend if variants != [0] else None,
+        "pitch_shift_backend": aug.backend if aug.shifted_variants() != [0] else None,
         "versions": {
             "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set at runtime, not in librosa's .pyi
             "jams": jams.__version__,
         },
     }
+
+
+def _variant_attrs(aug: AugmentParams) -> dict[str, Any]:
+    """What each stored variant is: its shift (``variants``) and, with deformations, its deformation's
+    label or None (``deformations``; an entry without it holds original audio only)."""
+    deformations = aug.variant_deformations()
+    return {"variants": aug.stored_variants(), **({"deformations": deformations} if any(deformations) else {})}
 
 
 def compute_entry(
@@ -273,8 +306,10 @@ def compute_entry(
     without it the files are read as they are.
     """
     timings = _empty_timings()
-    jams_versions = load_annotations(jams_path, prep, aug, timings)
-    arrays, geometry, seconds = compute_kinds(audio_path, prep.channel if prep is not None else None, p, aug, p.kinds(), timings)
+    track = Path(audio_path).stem  # the deformations' seed
+    jams_versions = load_annotations(jams_path, prep, aug, timings, track, p.sr)
+    channel = prep.channel if prep is not None else None
+    arrays, geometry, seconds = compute_kinds(audio_path, channel, p, aug, p.kinds(), timings, track)
     targets = {}
     for task_name in p.target_tasks():
         feature = TASKS.get(task_name).feature
@@ -395,7 +430,7 @@ def _update_features(
     geometry = {k: old["features"][k] for k in keep}
     in_blocks = [k for k in todo if FEATURE_KINDS.get(k).blockwise]
     whole = [k for k in todo if k not in in_blocks]  # a kind without block support: its compute on the whole waveform
-    arrays, whole_geometry, seconds = compute_kinds(audio, channel, p, aug, whole, timings) if whole else ({}, {}, 0.0)
+    arrays, whole_geometry, seconds = compute_kinds(audio, channel, p, aug, whole, timings, track) if whole else ({}, {}, 0.0)
     geometry.update(whole_geometry)
     if whole:
         timings["audio_seconds"] = seconds
@@ -408,9 +443,10 @@ def _update_features(
             channel,
             [(k, p.kind_params(k)) for k in in_blocks],
             aug.margin(),
-            variants=aug.stored_variants(),
+            variants=aug.shifted_variants(),
             backend=aug.backend,
             block_seconds=p.block_seconds,
+            deformations=[d.audio for d in track_deformations(aug, track, p.sr)],
         )
         timings["load"] += time.perf_counter() - t0
         geometry.update(blocks.geometry)
@@ -491,7 +527,7 @@ def _update_targets(
     if keep == set(task_names) and set(recorded) == set(task_names):
         return []
     todo = [t for t in task_names if t not in keep]
-    jams_versions = load_annotations(jams_path, prep, aug, timings) if todo else []
+    jams_versions = load_annotations(jams_path, prep, aug, timings, track, int(next(iter(grids.values()))["sr"])) if todo else []
     encoded = {t: encode_targets(t, jams_versions, grids[t], timings) for t in todo}
     described = {
         t: {
@@ -503,7 +539,7 @@ def _update_targets(
     }
     t0 = time.perf_counter()
     with _opened(store, track, [n for t in keep for n in described[t]["arrays"]]) as (old_arrays, _):
-        attrs = {"track": track, "variants": aug.stored_variants(), "targets": described}
+        attrs = {"track": track, **_variant_attrs(aug), "targets": described}
         with store.part_writer(track, TARGETS, attrs) as w:
             for t in task_names:
                 for name in described[t]["arrays"]:
@@ -555,9 +591,8 @@ class Features(Stage):
             "sr": p.sr,
             "kinds": {k: [FEATURE_KINDS.get(k).version, p.kind_params(k).model_dump(mode="json")] for k in p.kinds()},
             "targets": {name: TASKS.get(name).version for name in p.target_tasks()},
-            "variants": aug.stored_variants(),
+            **aug.variants_identity(),
             "margin": aug.margin(),
-            "backend": aug.backend if aug.stored_variants() != [0] else None,
         }
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:

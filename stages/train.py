@@ -243,7 +243,8 @@ def task_stream(
     fp: FeaturesParams = ctx.params["features"]
     root = ctx.dirs.store_root(fp.store_path)
     geometry = open_store(fp.store, root).read_attrs(keys[0].track)["features"][task.feature]
-    timbre = ctx.params["augment"].timbre()  # None when off
+    aug = ctx.params["augment"]
+    timbre = aug.timbre()  # None when off
     if timbre is not None and FEATURE_KINDS.get(geometry["kind"]).octaves(geometry) is None:
         raise ConfigurationError(
             f"augment.eq_tilt_db / noise_snr_db: the {task.name} task's feature {task.feature!r} "
@@ -261,6 +262,8 @@ def task_stream(
         task=task,
         geometry=geometry,
         timbre=timbre,
+        deformations=tuple(aug.deformation_labels()),
+        deform_share=aug.deform_share,
     )
     stream = PatchStream(spec, keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), seed, weights=weights)
     return TaskStream(spec, stream, Feed(task, geometry), geometry)
@@ -296,6 +299,9 @@ class Train(Stage):
         if not feats:
             return []
         manifest = read_manifest(ctx)
+        aug: AugmentParams = ctx.params["augment"]
+        labels = aug.deformation_labels()
+        deformed = {"deformations": labels, "deform_share": aug.deform_share} if labels else {}
         items = []
         for name in p.tasks:
             task = TASKS.get(name)
@@ -315,6 +321,7 @@ class Train(Stage):
                         "model": p.model_params(name).model_dump(mode="json"),
                         "shifts": ctx.params["augment"].active_shifts(),
                         **({"timbre": timbre.to_json()} if (timbre := ctx.params["augment"].timbre()) else {}),
+                        **deformed,
                         **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
                         **({"overrides": fingerprinted(p.for_task(name))} if p.overrides.get(name) else {}),
                     },

@@ -23,6 +23,10 @@ from its header (``n_samples``, each kind's ``n_frames`` and ``geometry``) and y
   is not local (its phase accumulates from the start of its input), so the frames of a
   shifted variant near block boundaries are close to, not equal to, the whole-track
   shift's (tracks of at most ``block_seconds`` are unchanged).
+- **Deformations** (``augment.deformations``) are further variants, unshifted, each block's buffer
+  deformed with its context (``mirpipe.audio.deformations``): like a shift, close to the whole
+  track's deformation near block boundaries (a compressor's envelope, a reverb tail longer than the
+  context, a noise's normalisation start again per block).
 
 A consumer writes each block as it comes (frames of one ``(kind, variant)`` arrive in
 order) and drops it.
@@ -31,7 +35,7 @@ order) and drops it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,7 @@ from .feature_kinds import FEATURE_KINDS
 DEFAULT_BLOCK_SECONDS = 300.0
 
 Block = tuple[str, int, int, np.ndarray]  # (kind, variant index, start frame, (frames, stored bins))
+Deform = Callable[[np.ndarray, int], np.ndarray]  # (audio, its first sample in the track) -> deformed, same length
 
 
 @dataclass
@@ -91,11 +96,16 @@ def feature_blocks(
     variants: list[int] | None = None,
     backend: str | None = None,
     block_seconds: float = DEFAULT_BLOCK_SECONDS,
+    deformations: list[Deform] | None = None,
 ) -> FeatureBlocks:
     """Plan ``audio_path``'s features (``kinds``: (name, params) pairs) and the blocks that compute
     them; see the module doc. ``variants``: the semitone shift of each stored variant (audio mode
-    when not ``[0]``); ``backend``: the pitch-shift backend (default librosa)."""
+    when not ``[0]``); ``backend``: the pitch-shift backend (default librosa); ``deformations``:
+    one more unshifted variant each, after them, made by ``deform(y, first_sample)``
+    (``mirpipe.audio.deformations``)."""
     variants = [0] if variants is None else list(variants)
+    effects: list[Deform | None] = [None] * len(variants) + list(deformations or [])
+    variants += [0] * len(deformations or [])
     backend = backend or "librosa"
     resolved = [(name, FEATURE_KINDS.get(name), params) for name, params in kinds]
     stream = MonoStream(audio_path, sr, channel)  # header only (a whole decode for non-streamable files)
@@ -105,26 +115,28 @@ def feature_blocks(
     context = {name: k.context_samples(sr, p, margin_semitones) for name, k, p in resolved}
     B = block_length(sr, [k.hop_length(p) for _, k, p in resolved], block_seconds)
     if n <= B:
-        blocks = _whole(stream, audio_path, sr, channel, resolved, margin_semitones, variants, backend, n_frames)
+        blocks = _whole(stream, audio_path, sr, channel, resolved, margin_semitones, variants, effects, backend, n_frames)
     else:
-        blocks = _blocks(stream, sr, resolved, margin_semitones, variants, backend, n_frames, context, B)
+        blocks = _blocks(stream, sr, resolved, margin_semitones, variants, effects, backend, n_frames, context, B)
     return FeatureBlocks(n, sr, n_frames, geometry, variants, B, context, blocks)
 
 
-def _whole(stream, audio_path, sr, channel, resolved, margin, variants, backend, n_frames) -> Iterator[Block]:
+def _whole(stream, audio_path, sr, channel, resolved, margin, variants, effects, backend, n_frames) -> Iterator[Block]:
     """Today's path, unchanged: the whole waveform, each variant, each kind."""
     # a file that did not stream was decoded whole by load_mono already: hand that over
     y = next(iter(stream)) if not stream.streamed else load_mono(audio_path, sr=sr, channel=channel)[0]
     del stream
-    for v, shift in enumerate(variants):
+    for v, (shift, effect) in enumerate(zip(variants, effects)):
         y_v = pitch_shift(y, sr, shift, backend) if shift else y  # feature mode: as today, no backend lookup
+        if effect is not None:
+            y_v = effect(y_v, 0)
         for name, kind, params in resolved:
             frames = kind.compute(y_v, sr, params, margin)[0]
             _check(name, frames.shape[0], n_frames[name], "whole track")
             yield name, v, 0, frames
 
 
-def _blocks(stream, sr, resolved, margin, variants, backend, n_frames, context, B) -> Iterator[Block]:
+def _blocks(stream, sr, resolved, margin, variants, effects, backend, n_frames, context, B) -> Iterator[Block]:
     n = stream.n_samples
     C = max(context.values())
     buf, buf_start = np.zeros(0, np.float32), 0  # audio [buf_start, buf_start + len(buf))
@@ -139,8 +151,10 @@ def _blocks(stream, sr, resolved, margin, variants, backend, n_frames, context, 
             if len(more) != missing:
                 raise RuntimeError(f"{stream.path}: the stream ended {missing - len(more)} samples early")
             buf = np.concatenate([buf, more])
-        for v, shift in enumerate(variants):
+        for v, (shift, effect) in enumerate(zip(variants, effects)):
             y_v = pitch_shift(buf, sr, shift, backend) if shift else buf  # the block with all its context
+            if effect is not None:
+                y_v = effect(y_v, buf_start)
             for name, kind, params in resolved:
                 hop, c = kind.hop_length(params), context[name]
                 a, b = max(0, s - c), min(n, e + c)

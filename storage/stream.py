@@ -68,6 +68,10 @@ class StreamSpec:
     # feature-domain timbre deformations (``augment.eq_tilt_db``, ``noise_snr_db``): each patch draws its
     # parameters (``aug:tilt``, ``aug:snr``, ``aug:colour``), the trainer's ``Feed`` applies them
     timbre: Timbre | None = None
+    # stored deformed variants (``augment.deformations``, by label): an activation reads one of them with
+    # probability ``deform_share`` (each equally often), the original audio otherwise
+    deformations: tuple[str, ...] = ()
+    deform_share: float = 0.5
 
     @property
     def names(self) -> list[str]:
@@ -78,14 +82,27 @@ class StreamSpec:
         return batch if self.task is None else self.task.network.prepare_batch(batch)
 
 
-def resolve_shift(attrs: dict[str, Any], shift: int) -> tuple[int, int]:
-    """(stored variant, residual shift taken by index arithmetic) of a patch at ``shift``."""
+def resolve_shift(attrs: dict[str, Any], shift: int, deformation: str | None = None) -> tuple[int, int]:
+    """(stored variant, residual shift taken by index arithmetic) of a patch at ``shift`` of the
+    original audio, or of the variant a ``deformation`` made (``augment.deformations``: stored
+    unshifted; in audio mode, where entries hold no margin, it is read at shift 0)."""
     variants = list(attrs.get("variants", [0]))
-    if shift in variants:
-        return variants.index(shift), 0
-    if 0 not in variants:
+    labels = list(attrs.get("deformations") or [None] * len(variants))
+    if deformation is not None:
+        if deformation not in labels:
+            held = [d for d in labels if d is not None]
+            raise ValueError(
+                f"entry {attrs.get('track')}: no variant of deformation {deformation!r} (it holds {held or 'none'}): "
+                "rerun features with these augment.deformations"
+            )
+        v = labels.index(deformation)
+        return (v, 0) if attrs.get("mode") == "audio" else (v, shift - variants[v])
+    original = [n if d is None else None for n, d in zip(variants, labels)]
+    if shift in original:
+        return original.index(shift), 0
+    if 0 not in original:
         raise ValueError(f"entry {attrs.get('track')}: no variant for shift {shift} and no unshifted one")
-    return variants.index(0), shift
+    return original.index(0), shift
 
 
 class HandleCache:
@@ -164,10 +181,11 @@ class Slab:
         return replace(self, frames=frames, targets=targets)
 
 
-def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int = 0) -> Slab:
-    """Frames [start, stop) of an entry at a pitch shift (a stored variant, or a bin offset)."""
+def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int = 0, deformation: str | None = None) -> Slab:
+    """Frames [start, stop) of an entry at a pitch shift (a stored variant, or a bin offset), of the
+    original audio or of a stored deformation's variant."""
     arrays, attrs = _HANDLES.arrays(spec, key)
-    variant, residual = resolve_shift(attrs, shift)
+    variant, residual = resolve_shift(attrs, shift, deformation)
     try:
         targets = {n: np.asarray(arrays[n][variant, start:stop]) for n in spec.targets}
         frames = np.asarray(arrays[spec.feature][variant, start:stop])
@@ -196,7 +214,12 @@ def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[
     shift = int(spec.shifts[int(rng.integers(0, len(spec.shifts)))])
     slab_len = min(key.n_frames, max(spec.slab_frames, spec.patch_frames))
     start = int(rng.integers(0, key.n_frames - slab_len + 1))
-    slab = read_slab(spec, key, start, start + slab_len, shift).pad(spec.patch_frames)
+    deformation = None
+    if spec.deformations:  # from a generator of its own: without deformations, draws are as before them
+        deform_rng = np.random.default_rng((seed, 2))
+        if deform_rng.random() < spec.deform_share:
+            deformation = spec.deformations[int(deform_rng.integers(0, len(spec.deformations)))]
+    slab = read_slab(spec, key, start, start + slab_len, shift, deformation).pad(spec.patch_frames)
     # timbre draws come from a generator of their own: patches and shifts are those without them
     timbre, timbre_rng = spec.timbre, np.random.default_rng((seed, 1))
     while True:

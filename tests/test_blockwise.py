@@ -238,6 +238,24 @@ def test_audio_mode_blocks(long_track):
     assert (g.argmax(1) == r.argmax(1)).mean() >= 0.85
 
 
+def test_deformation_blocks(long_track):
+    """A deformation (``augment.deformations``) is one more unshifted variant, each block's buffer
+    deformed with its context: a room whose tail is shorter than the context gives the whole track's
+    reverberated frames (as exact as the undeformed blocks)."""
+    from mirpipe.audio.deformations import TrackDeformation, validate_deformation
+
+    path, y, _ = long_track
+    room = TrackDeformation(validate_deformation({"kind": "ir", "rt60_s": 0.3}), "long", SR)
+    kinds = [("cqt", CQTParams())]
+    fb = feature_blocks(path, SR, None, kinds, MARGIN, block_seconds=20.0, deformations=[room.audio])
+    assert fb.variants == [0, 0] and not fb.whole
+    got = gather(fb)
+    ref = FEATURE_KINDS.get("cqt").compute(room.audio(y), SR, CQTParams(), MARGIN)[0]
+    loud = ref.astype(np.float32) > -80
+    assert diff(got["cqt", 1], ref)[loud].max() <= 0.0625
+    assert diff(got["cqt", 1], got["cqt", 0])[loud].max() > 1.0  # and it is not the dry track
+
+
 # -- the features stage's entry, written block by block ----------------------------------------
 
 

@@ -292,3 +292,12 @@ def test_the_share_retrains_only_and_other_deformations_recompute_the_store(defo
     other = _deformed_config()
     other.augment.deformations[1] = validate_deformation({"kind": "noise", "color": "pink"})
     assert pending(other, "features") == _tracks(deformed_workdir)
+
+
+def test_an_experiment_cannot_change_what_the_store_holds():
+    from mirpipe.errors import ConfigurationError
+    from mirpipe.pipeline.experiments import experiment_config
+
+    base = small_config(tracks=2, shifts=[0, 2])
+    with pytest.raises(ConfigurationError, match="augment.deformations decide what the store holds"):
+        experiment_config(base, {"augment.deformations": [{"kind": "ir", "rt60_s": 0.5}]}, "reverb")

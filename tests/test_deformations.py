@@ -301,3 +301,21 @@ def test_an_experiment_cannot_change_what_the_store_holds():
     base = small_config(tracks=2, shifts=[0, 2])
     with pytest.raises(ConfigurationError, match="augment.deformations decide what the store holds"):
         experiment_config(base, {"augment.deformations": [{"kind": "ir", "rt60_s": 0.5}]}, "reverb")
+
+
+def test_audio_mode_stores_the_shifts_then_the_deformations(deformed_workdir):
+    """In audio mode the shifted originals come first, each deformation after them, unshifted; the
+    deformed variant's targets are the original's (noise moves nothing), the shifted ones moved."""
+    from mirpipe.stages.features import FeaturesParams, compute_entry
+
+    track = _tracks(deformed_workdir)[0]
+    corpus = deformed_workdir / "corpus"
+    audio = next(p for p in corpus.glob(f"{track}.*") if p.suffix != ".jams")
+    aug = AugmentParams(mode="audio", shifts=[0, 2], deformations=[{"kind": "noise", "color": "white"}])
+    arrays, attrs, timings = compute_entry(str(audio), str(corpus / f"{track}.jams"), FeaturesParams(tasks=["chord"]), aug)
+    assert attrs["variants"] == [0, 2, 0] and attrs["deformations"] == [None, None, "noise:white:0.05-0.3"]
+    assert arrays["cqt"].shape[0] == 3 and timings["deform"] > 0
+    roots = arrays["targets/chord_root"]
+    np.testing.assert_array_equal(roots[2], roots[0])
+    voiced = roots[0] < 12
+    np.testing.assert_array_equal(roots[1][voiced], (roots[0][voiced] + 2) % 12)

@@ -237,6 +237,13 @@ def _impulse_response(source: str, sr: int, rt60_s: float | None, drr_db: float)
     return y.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def _group_delay(source: str, sr: int, rt60_s: float | None, drr_db: float, n_fft: int, rolloff: float) -> float:
+    """muda's median group delay of a response (once per process: every track of a run asks)."""
+    response = _impulse_response(source, sr, rt60_s, drr_db)
+    return float(median_group_delay(y=response, sr=sr, n_fft=n_fft, rolloff_value=rolloff))
+
+
 class Reverb(_Packed, IRConvolution):
     """muda's ``IRConvolution`` with the length kept (muda convolves in full, longer than the
     recording); every annotation moves by the response's median group delay, as muda does. A
@@ -254,7 +261,7 @@ class Reverb(_Packed, IRConvolution):
         yield self.state(jam.sandbox.muda._audio["sr"])
 
     def state(self, sr: int) -> dict[str, Any]:
-        delay = float(median_group_delay(y=self.response(sr), sr=sr, n_fft=self.n_fft, rolloff_value=self.rolloff_value))
+        delay = _group_delay(self.ir_files[0], sr, self.rt60_s, self.drr_db, self.n_fft, self.rolloff_value)
         return {"filename": self.ir_files[0], "ir_groupdelay": delay, "sr": sr}
 
     def apply(self, y: np.ndarray, sr: int, state: dict[str, Any], offset: int) -> np.ndarray:

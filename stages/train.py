@@ -97,6 +97,14 @@ class TrainParams(TrainingSettings):
         "length: every frame of training audio about equally likely); times the task's own stream weights",
         json_schema_extra=since("track"),
     )
+    deform_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the share of activations read from a deformed variant (augment.deformations); null: "
+        "augment.deform_share; per task through overrides, e.g. {instrument: {deform_share: 0}}",
+        json_schema_extra=NOT_FINGERPRINTED,  # the task's item carries the share it trains with
+    )
     loader_workers: int | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes (0: read in the trainer; auto: on a GPU as many as divide n_shards "
@@ -142,6 +150,12 @@ class TrainParams(TrainingSettings):
         if not changes:
             return self
         return type(self).model_validate({**self.model_dump(exclude={"models"}), **changes, "models": self.models})
+
+    def deformed(self, aug: AugmentParams) -> tuple[tuple[str, ...], float]:
+        """The deformed variants this training reads and the share of activations that read one."""
+        share = aug.deform_share if self.deform_share is None else self.deform_share
+        labels = tuple(aug.deformation_labels()) if share > 0 else ()
+        return labels, share if labels else 0.0
 
     def model_params(self, task: str) -> BaseModel:
         """The network parameters of ``task`` (its defaults where none are given)."""
@@ -244,6 +258,7 @@ def task_stream(
     root = ctx.dirs.store_root(fp.store_path)
     geometry = open_store(fp.store, root).read_attrs(keys[0].track)["features"][task.feature]
     aug = ctx.params["augment"]
+    deformed = p.deformed(aug)
     timbre = aug.timbre()  # None when off
     if timbre is not None and FEATURE_KINDS.get(geometry["kind"]).octaves(geometry) is None:
         raise ConfigurationError(
@@ -262,8 +277,8 @@ def task_stream(
         task=task,
         geometry=geometry,
         timbre=timbre,
-        deformations=tuple(aug.deformation_labels()),
-        deform_share=aug.deform_share,
+        deformations=deformed[0],
+        deform_share=deformed[1],
     )
     stream = PatchStream(spec, keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), seed, weights=weights)
     return TaskStream(spec, stream, Feed(task, geometry), geometry)
@@ -300,11 +315,11 @@ class Train(Stage):
             return []
         manifest = read_manifest(ctx)
         aug: AugmentParams = ctx.params["augment"]
-        labels = aug.deformation_labels()
-        deformed = {"deformations": labels, "deform_share": aug.deform_share} if labels else {}
         items = []
         for name in p.tasks:
             task = TASKS.get(name)
+            labels, share = p.for_task(name).deformed(aug)
+            deformed = {"deformations": list(labels), "deform_share": share} if labels else {}
             read = {}
             for item_id, done in feats.items():
                 if item_id not in manifest or not task.targets.usable(manifest.value(item_id, "offers")):

@@ -289,6 +289,9 @@ def test_the_share_retrains_only_and_other_deformations_recompute_the_store(defo
     assert pending(_deformed_config(), "features") == [] and pending(_deformed_config(), "train") == []
     share = _deformed_config(deform_share=0.3)
     assert pending(share, "features") == [] and pending(share, "train") == ["chord"]
+    per_task = _deformed_config()
+    per_task.train.overrides["chord"] = {"deform_share": 0.0}
+    assert pending(per_task, "features") == [] and pending(per_task, "train") == ["chord"]
     other = _deformed_config()
     other.augment.deformations[1] = validate_deformation({"kind": "noise", "color": "pink"})
     assert pending(other, "features") == _tracks(deformed_workdir)
@@ -319,3 +322,16 @@ def test_audio_mode_stores_the_shifts_then_the_deformations(deformed_workdir):
     np.testing.assert_array_equal(roots[2], roots[0])
     voiced = roots[0] < 12
     np.testing.assert_array_equal(roots[1][voiced], (roots[0][voiced] + 2) % 12)
+
+
+def test_a_task_may_read_other_shares_of_the_deformed_variants():
+    from mirpipe.stages.train import TrainParams
+
+    aug = AugmentParams(deformations=[{"kind": "noise"}, {"kind": "ir", "rt60_s": 0.5}], deform_share=0.4)
+    p = TrainParams(overrides={"instrument": {"deform_share": 0}, "pitch": {"deform_share": 1}})
+    assert p.deformed(aug) == (("noise:pink:0.05-0.3", "room:0.5s:0dB"), 0.4)
+    assert p.for_task("instrument").deformed(aug) == ((), 0.0)  # the original audio only
+    assert p.for_task("pitch").deformed(aug)[1] == 1.0
+    assert TrainParams().deformed(AugmentParams()) == ((), 0.0)  # no deformations stored
+    with pytest.raises(ValueError, match="deform_share"):
+        TrainParams(deform_share=1.5)

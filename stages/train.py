@@ -102,7 +102,7 @@ class TrainParams(TrainingSettings):
         ge=0,
         le=1,
         description="the share of activations read from a deformed variant (augment.deformations); null: "
-        "augment.deform_share; per task through overrides, e.g. {instrument: {deform_share: 0}}",
+        "augment.deform_share; per task through overrides, e.g. {my_task: {deform_share: 0}}",
         json_schema_extra=NOT_FINGERPRINTED,  # the task's item carries the share it trains with
     )
     loader_workers: int | Literal["auto"] = Field(

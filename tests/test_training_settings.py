@@ -23,6 +23,7 @@ OLD_NOT_FINGERPRINTED = {
     "overrides",
     "compile",  # added later: how fast training runs, not what it learns
     "channels_last",
+    "deform_share",  # added later: each task's item carries the share it trains with (augment.deformations)
 }
 OLD_SINCE_ADDED = {"sampling": "track", "lr_schedule": "plateau"}
 

@@ -82,6 +82,8 @@ class AugmentParams(BaseModel):
     @field_validator("deformations")
     @classmethod
     def _deformations(cls, v: list[Any]) -> list[Any]:
+        if not v:  # muda and jams cost ~2.7 s to import: only a config that lists deformations pays it
+            return []
         from mirpipe.audio.deformations import label_of, validate_deformation
 
         out = [validate_deformation(raw) for raw in v]
@@ -125,9 +127,12 @@ class AugmentParams(BaseModel):
 
     def variant_deformations(self) -> list[str | None]:
         """The deformation of each stored variant by label (None: the original audio)."""
+        original: list[str | None] = [None] * len(self.shifted_variants())
+        if not self.active_deformations():
+            return original
         from mirpipe.audio.deformations import label_of
 
-        return [None] * len(self.shifted_variants()) + [label_of(d) for d in self.active_deformations()]
+        return original + [label_of(d) for d in self.active_deformations()]
 
     def deformation_labels(self) -> list[str]:
         return [d for d in self.variant_deformations() if d is not None]

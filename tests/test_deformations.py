@@ -335,3 +335,18 @@ def test_a_task_may_read_other_shares_of_the_deformed_variants():
     assert TrainParams().deformed(AugmentParams()) == ((), 0.0)  # no deformations stored
     with pytest.raises(ValueError, match="deform_share"):
         TrainParams(deform_share=1.5)
+
+
+def test_a_config_without_deformations_does_not_import_muda():
+    """muda and jams take seconds to import; every CLI call and worker that validates a recorded
+    config (``deformations: []``) or computes a fingerprint would pay it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mirpipe.shifts import AugmentParams; a = AugmentParams.model_validate({'deformations': []}); "
+        "a.variants_identity(); a.variant_deformations(); a.deformation_labels(); "
+        "print('mirpipe.audio.deformations' in sys.modules, 'muda' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

@@ -258,7 +258,7 @@ def task_stream(
     root = ctx.dirs.store_root(fp.store_path)
     geometry = open_store(fp.store, root).read_attrs(keys[0].track)["features"][task.feature]
     aug = ctx.params["augment"]
-    deformed = p.deformed(aug)
+    deformations, deform_share = p.deformed(aug)
     timbre = aug.timbre()  # None when off
     if timbre is not None and FEATURE_KINDS.get(geometry["kind"]).octaves(geometry) is None:
         raise ConfigurationError(
@@ -277,8 +277,8 @@ def task_stream(
         task=task,
         geometry=geometry,
         timbre=timbre,
-        deformations=deformed[0],
-        deform_share=deformed[1],
+        deformations=deformations,
+        deform_share=deform_share,
     )
     stream = PatchStream(spec, keys, MuxSettings(p.batch_size, p.n_active, p.rate, p.mux_mode, p.n_shards), seed, weights=weights)
     return TaskStream(spec, stream, Feed(task, geometry), geometry)
@@ -334,8 +334,8 @@ class Train(Stage):
                     payload={"task": name},
                     identity={
                         "model": p.model_params(name).model_dump(mode="json"),
-                        "shifts": ctx.params["augment"].active_shifts(),
-                        **({"timbre": timbre.to_json()} if (timbre := ctx.params["augment"].timbre()) else {}),
+                        "shifts": aug.active_shifts(),
+                        **({"timbre": timbre.to_json()} if (timbre := aug.timbre()) else {}),
                         **deformed,
                         **({"vocabulary": training_identity(vocabulary(ctx, task))} if task.vocabulary is not None else {}),
                         **({"overrides": fingerprinted(p.for_task(name))} if p.overrides.get(name) else {}),

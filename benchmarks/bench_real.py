@@ -14,7 +14,12 @@ with the reason and the rest go on (exit status 1 then).
 
     .venv/bin/mirpipe export --workdir work/demo --out /tmp/demo.mirpipe
     .venv/bin/python benchmarks/bench_real.py --model /tmp/demo.mirpipe --folder ../shared/realval \\
-        --json /tmp/realval.json [--out /tmp/realval-estimates] [--alias vocals=voice] [--no-pyin]
+        --json /tmp/realval.json [--out /tmp/realval-estimates] [--alias vocals=voice] [--no-pyin] \\
+        [--gain-db=-12,12]
+
+``--gain-db`` scores the folder again with every recording that many dB louder or quieter (a float
+WAV copy, so nothing clips) and prints one row per level: real recordings lie 10-30 dB apart, and a
+model that calls a quiet recording "no chord" or "unvoiced" shows it there.
 """
 
 from __future__ import annotations
@@ -329,6 +334,37 @@ def files_table(results: Sequence[dict[str, Any]], model_name: str) -> str:
     return "\n".join(lines)
 
 
+LEVEL_COLUMNS = (("chord", "root"), ("chord", "majmin"), ("pitch", "OA"), ("pitch", "VR"), ("pitch", "VFA"))
+
+
+def levels_table(levels: Sequence[Mapping[str, Any]]) -> str:
+    """One row per level (``--gain-db``): the headline figures of each task the folder scores, and
+    their mean over the levels (Markdown)."""
+    shown = [(t, m) for t, m in LEVEL_COLUMNS if any(t in lv["aggregate"] for lv in levels)]
+    instruments = [t for t in INSTRUMENT if any(t in lv["aggregate"] for lv in levels)]
+    head = [f"{SHOWN[t]} {m}" for t, m in shown] + [f"{SHOWN[t]} right" for t in instruments]
+    lines = ["| gain dB | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    sums: list[list[float]] = [[] for _ in head]
+    for lv in levels:
+        cells = []
+        for i, (t, m) in enumerate(shown):
+            v = lv["aggregate"].get(t, {}).get("model", {}).get("metrics", {}).get(m)
+            cells.append("-" if v is None else f"{v:.3f}")
+            if v is not None:
+                sums[i].append(v)
+        for j, t in enumerate(instruments):
+            pooled = lv["aggregate"].get(t, {}).get("model")
+            cells.append("-" if not pooled else f"{pooled['correct']} of {pooled['files']}")
+            if pooled:
+                sums[len(shown) + j].append(pooled["correct"])
+        lines.append(f"| {lv['gain_db']:+g} | " + " | ".join(cells) + " |")
+    means = [
+        f"{sum(v) / len(v):.3f}" if v and i < len(shown) else (f"{sum(v) / len(v):.1f}" if v else "-") for i, v in enumerate(sums)
+    ]
+    lines.append("| mean | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
 def failures(results: Sequence[dict[str, Any]]) -> list[str]:
     """``file: reason`` of every file not scored, ``file (task): reason`` of every task not scored."""
     out = []
@@ -365,10 +401,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-pyin", action="store_true", help="do not run pYIN beside the melody model")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda: as mirpipe predict --device")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--gain-db",
+        type=parse_gains,
+        default=[],
+        metavar="G1,G2",
+        help="also score every recording this many dB louder / quieter (e.g. -12,12; write --gain-db=-12,12)",
+    )
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.aliases = parse_aliases(args.alias)
     return args
+
+
+def parse_gains(text: str) -> list[float]:
+    """``--gain-db``'s comma-separated dB values (0, the recordings as they are, is always scored)."""
+    try:
+        gains = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gain-db takes comma-separated dB values, e.g. -12,12; got {text!r}") from None
+    if any(abs(g) > 60 for g in gains):
+        raise argparse.ArgumentTypeError(f"--gain-db values must lie within +-60 dB, got {text!r}")
+    return sorted(set(gains) - {0.0})
+
+
+def scaled_copy(audio: Path, gain_db: float, folder: Path) -> Path:
+    """``audio`` ``gain_db`` dB louder or quieter, as a float WAV in ``folder`` (same rate and
+    channels; float, so a louder copy does not clip)."""
+    import numpy as np
+    import soundfile as sf
+
+    data, sr = sf.read(str(audio), dtype="float32", always_2d=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / (audio.stem + ".wav")
+    sf.write(str(out), data * np.float32(10 ** (gain_db / 20)), sr, subtype="FLOAT")
+    return out
+
+
+def score_folder(args: argparse.Namespace, out: Path, bundle_path: Path, bundle, gain_db: float = 0.0) -> list[dict[str, Any]]:
+    """Every pair of ``args.folder`` scored, its audio ``gain_db`` dB louder or quieter."""
+    results = []
+    for name, audio, jams_path, problem in find_pairs(args.folder, skip=out):
+        if gain_db and audio is not None and problem is None:
+            audio = scaled_copy(audio, gain_db, out / f"gain{gain_db:+g}" / Path(name).parent)
+        results.append(score_file(name, audio, jams_path, problem, bundle_path, bundle, out, args))
+        level = f" at {gain_db:+g} dB" if gain_db else ""
+        print(f"  {name}{level}: {results[-1]['error'] or ', '.join(SHOWN[t] for t in results[-1]['tasks'])}", file=sys.stderr)
+    return results
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -378,10 +457,13 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     said: list[str] = []
     bundle_path, bundle = resolve_model(args.model, out, None, warn=said.append)
     t0 = time.perf_counter()
-    results = []
-    for name, audio, jams_path, problem in find_pairs(args.folder, skip=out):
-        results.append(score_file(name, audio, jams_path, problem, bundle_path, bundle, out, args))
-        print(f"  {name}: {results[-1]['error'] or ', '.join(SHOWN[t] for t in results[-1]['tasks'])}", file=sys.stderr)
+    results = score_folder(args, out, bundle_path, bundle)
+    levels = [{"gain_db": 0.0, "aggregate": aggregate(results)}]
+    level_failures: list[str] = []
+    for gain in args.gain_db:
+        scored = score_folder(args, out / f"gain{gain:+g}-estimates", bundle_path, bundle, gain)
+        levels.append({"gain_db": gain, "aggregate": aggregate(scored)})
+        level_failures.extend(f"at {gain:+g} dB, {line}" for line in failures(scored))
     return {
         "model": {"path": str(args.model), "name": bundle.name, "identity": bundle.identity, "warnings": said},
         "folder": str(args.folder),
@@ -390,7 +472,8 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "aggregate": aggregate(results),
         "files": results,
-        "failures": failures(results),
+        "failures": failures(results) + level_failures,
+        **({"levels": sorted(levels, key=lambda x: x["gain_db"])} if args.gain_db else {}),
     }
 
 
@@ -408,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_table(report["aggregate"], name))
     print("\nper file:\n")
     print(files_table(report["files"], name))
+    if "levels" in report:
+        print("\nthe same recordings louder and quieter (--gain-db):\n")
+        print(levels_table(report["levels"]))
     if report["failures"]:
         print("\nnot scored:\n" + "\n".join(f"- {line}" for line in report["failures"]))
     noted = sorted({w for r in report["files"] for w in r["warnings"]})

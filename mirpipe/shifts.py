@@ -23,15 +23,20 @@ from mirpipe.audio.pitch_shift import PITCH_SHIFTERS
 
 @dataclass(frozen=True)
 class Timbre:
-    """Feature-domain timbre deformations a training patch draws (``augment.eq_tilt_db`` and
-    ``augment.noise_snr_db``): made on the trainer's device from two or three numbers per patch."""
+    """Feature-domain timbre deformations a training patch draws (``augment.eq_tilt_db``,
+    ``augment.noise_snr_db``, ``augment.gain_db``): made on the trainer's device from a few numbers
+    per patch."""
 
     tilt_db: float = 0.0  # a tilt uniform in +-tilt_db dB per octave (0: none)
     snr_db: tuple[float, float] | None = None  # noise at an SNR uniform in this range (None: none)
     noise_share: float = 0.5  # the share of patches that get noise
+    gain_db: float = 0.0  # a level change uniform in +-gain_db dB (0: none)
 
     def to_json(self) -> dict[str, Any]:
-        return {"tilt_db": self.tilt_db, "snr_db": list(self.snr_db) if self.snr_db else None, "noise_share": self.noise_share}
+        out = {"tilt_db": self.tilt_db, "snr_db": list(self.snr_db) if self.snr_db else None, "noise_share": self.noise_share}
+        if self.gain_db:  # only when on: the training identity of runs from before gain_db stays theirs
+            out["gain_db"] = self.gain_db
+        return out
 
 
 class AugmentParams(BaseModel):
@@ -57,6 +62,14 @@ class AugmentParams(BaseModel):
         "patch's peak level over the noise level at mid-range) uniform in [low, high] dB; null: off",
     )
     noise_share: float = Field(0.5, gt=0, le=1, description="the share of training patches that get noise_snr_db's noise")
+    gain_db: float = Field(
+        0.0,
+        ge=0,
+        le=40,
+        description="level, made where training patches are fed: each patch louder or quieter by a gain uniform in "
+        "+-this many dB, silence kept at the store's floor, so that a model does not learn that quiet means no "
+        "chord or no voice (real recordings lie 10-30 dB apart; 0: off)",
+    )
     deformations: list[Any] = Field(
         default_factory=list,
         description="audio deformations stored as extra variants of every entry, each unshifted (muda's: "
@@ -101,9 +114,9 @@ class AugmentParams(BaseModel):
 
     def timbre(self) -> Timbre | None:
         """The timbre deformations training patches draw; None when off (or ``enabled: false``)."""
-        if not self.enabled or (self.eq_tilt_db == 0 and self.noise_snr_db is None):
+        if not self.enabled or (self.eq_tilt_db == 0 and self.noise_snr_db is None and self.gain_db == 0):
             return None
-        return Timbre(self.eq_tilt_db, self.noise_snr_db, self.noise_share)
+        return Timbre(self.eq_tilt_db, self.noise_snr_db, self.noise_share, self.gain_db)
 
     def active_shifts(self) -> list[int]:
         return self.shifts if self.enabled else [0]

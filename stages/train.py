@@ -262,8 +262,8 @@ def task_stream(
     timbre = aug.timbre()  # None when off
     if timbre is not None and FEATURE_KINDS.get(geometry["kind"]).octaves(geometry) is None:
         raise ConfigurationError(
-            f"augment.eq_tilt_db / noise_snr_db: the {task.name} task's feature {task.feature!r} "
-            f"(kind {geometry['kind']}) does not say where its bins lie (FeatureKind.octaves); set them to 0 / null"
+            f"augment.eq_tilt_db / noise_snr_db / gain_db: the {task.name} task's feature {task.feature!r} "
+            f"(kind {geometry['kind']}) does not say where its bins lie (FeatureKind.octaves); set them to 0 / null / 0"
         )
     # patches carry the feature's stored codes; the trainer's feed makes the model input on its device
     spec = StreamSpec(

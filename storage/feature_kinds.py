@@ -83,6 +83,11 @@ class FeatureKind:
         input must then be dB. None: the kind does not support them."""
         return None
 
+    def db_floor(self, geometry: Mapping[str, Any]) -> float | None:
+        """The dB value the stored frames cannot go below (silence), which ``augment.gain_db`` keeps
+        where it is; None: each patch's own minimum stands in for it."""
+        return None
+
     # -- what a training patch carries across a process boundary (loader workers -> trainer) ------
     def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
         """What a training patch carries in place of the model input: compact arrays (the stored
@@ -312,6 +317,11 @@ class HCQT(FeatureKind):
         grid = np.arange(wide.n_bins, dtype=np.float32) / np.float32(wide.bins_per_octave)
         shift = np.log2(np.asarray(wide.harmonics, np.float32))
         return (grid[None, None, :] + (shift - shift.min())[:, None, None]).astype(np.float32)
+
+    def db_floor(self, geometry: Mapping[str, Any]) -> float | None:
+        """The bottom of the quantized range (code 0): what amin maps below."""
+        db_range = geometry.get("db_range")
+        return float(db_range[0]) if db_range else None
 
     def packer(self, geometry: Mapping[str, Any], shift: int) -> Packer:
         """The wide slab's stored codes (uint8, or float16 unquantized) and the shift: ``(T,

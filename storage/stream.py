@@ -65,8 +65,9 @@ class StreamSpec:
     # parts (``FeatureKind.packer``: stored codes, not floats) and the trainer's ``torch_data.Feed`` makes
     # the model input on its device (``FeatureKind.device_view``); None, a patch carries the model input
     geometry: Mapping[str, Any] | None = field(default=None, hash=False)
-    # feature-domain timbre deformations (``augment.eq_tilt_db``, ``noise_snr_db``): each patch draws its
-    # parameters (``aug:tilt``, ``aug:snr``, ``aug:colour``), the trainer's ``Feed`` applies them
+    # feature-domain timbre deformations (``augment.eq_tilt_db``, ``noise_snr_db``, ``gain_db``): each patch
+    # draws its parameters (``aug:tilt``, ``aug:snr``, ``aug:colour``, ``aug:gain``), the trainer's ``Feed``
+    # applies them
     timbre: Timbre | None = None
     # stored deformed variants (``augment.deformations``, by label): an activation reads one of them with
     # probability ``deform_share`` (each equally often), the original audio otherwise
@@ -221,27 +222,30 @@ def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[
             deformation = spec.deformations[int(deform_rng.integers(0, len(spec.deformations)))]
     slab = read_slab(spec, key, start, start + slab_len, shift, deformation).pad(spec.patch_frames)
     # timbre draws come from a generator of their own: patches and shifts are those without them
-    timbre, timbre_rng = spec.timbre, np.random.default_rng((seed, 1))
+    timbre, timbre_rng, gain_rng = spec.timbre, np.random.default_rng((seed, 1)), np.random.default_rng((seed, 2))
     while True:
         at = int(rng.integers(0, len(slab) - spec.patch_frames + 1))
         patch = slab.patch(spec.feature, at, spec.patch_frames)
         if timbre is not None:
-            patch.update(draw_timbre(timbre, timbre_rng))
+            patch.update(draw_timbre(timbre, timbre_rng, gain_rng))
         yield patch
 
 
 NOISE_COLOURS_DB_PER_OCTAVE = (3.0, 0.0, -3.0)  # white, pink, brown noise, as power per constant-Q bin
 
 
-def draw_timbre(timbre: Timbre, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One patch's timbre parameters: EQ tilt (dB/octave), noise SNR (dB; NaN: no noise) and the
-    noise's colour (dB/octave per constant-Q bin: white +3, pink 0, brown -3)."""
+def draw_timbre(timbre: Timbre, rng: np.random.Generator, gain_rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One patch's timbre parameters: EQ tilt (dB/octave), noise SNR (dB; NaN: no noise), the
+    noise's colour (dB/octave per constant-Q bin: white +3, pink 0, brown -3) and a gain (dB).
+    The gain draws from a generator of its own, so that tilt and noise draw as they did before it."""
     tilt = rng.uniform(-timbre.tilt_db, timbre.tilt_db) if timbre.tilt_db else 0.0
     snr, colour = np.nan, 0.0
     if timbre.snr_db is not None and rng.random() < timbre.noise_share:
         snr = rng.uniform(*timbre.snr_db)
         colour = NOISE_COLOURS_DB_PER_OCTAVE[int(rng.integers(0, len(NOISE_COLOURS_DB_PER_OCTAVE)))]
-    return {name: np.array(v, np.float32) for name, v in (("aug:tilt", tilt), ("aug:snr", snr), ("aug:colour", colour))}
+    gain = gain_rng.uniform(-timbre.gain_db, timbre.gain_db) if timbre.gain_db else 0.0
+    values = (("aug:tilt", tilt), ("aug:snr", snr), ("aug:colour", colour), ("aug:gain", gain))
+    return {name: np.array(v, np.float32) for name, v in values}
 
 
 class PatchStreamer(pescador.Streamer):

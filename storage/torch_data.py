@@ -56,11 +56,13 @@ class Feed:
         self.network = task.network
         self.view: Any = None
         self.octaves: torch.Tensor | None = None  # where the input's bins lie (timbre augmentation)
+        self.db_floor: float | None = None  # the stored frames' silence, which a gain keeps
         if geometry is not None:
             kind = FEATURE_KINDS.get(geometry["kind"])
             self.view = kind.device_view(geometry)
             octaves = kind.octaves(geometry)
             self.octaves = None if octaves is None else torch.from_numpy(octaves)
+            self.db_floor = kind.db_floor(geometry)
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prefix = self.feature + ":"
@@ -85,7 +87,9 @@ class Feed:
                         f"{self.feature}: timbre augmentation needs the feature kind's bin positions (FeatureKind.octaves)"
                     )
                 self.octaves = self.octaves.to(x.device)
-                x = deform_timbre(x, self.octaves, timbre["tilt"], timbre["snr"], timbre["colour"])
+                x = deform_timbre(
+                    x, self.octaves, timbre["tilt"], timbre["snr"], timbre["colour"], timbre.get("gain"), self.db_floor
+                )
             out = {self.feature: x, **out}
         return out if self.network is None else self.network.on_device(out)
 
@@ -95,17 +99,33 @@ LOG10_OVER_10 = math.log(10.0) / 10.0
 
 
 def deform_timbre(
-    x: torch.Tensor, octaves: torch.Tensor, tilt: torch.Tensor, snr: torch.Tensor, colour: torch.Tensor
+    x: torch.Tensor,
+    octaves: torch.Tensor,
+    tilt: torch.Tensor,
+    snr: torch.Tensor,
+    colour: torch.Tensor,
+    gain: torch.Tensor | None = None,
+    floor: float | None = None,
 ) -> torch.Tensor:
     """A batch of dB spectra (``(B, ...)``, bins last; ``octaves`` each bin's position, broadcast
-    against one patch) with each patch's EQ tilt (dB per octave about the middle of the range) and
-    additive noise summed in power: a noise floor ``snr`` dB below the patch's peak at mid-range,
-    sloping by ``colour`` dB per octave (NaN ``snr``: none). Torch, on the batch's device."""
+    against one patch) with each patch's EQ tilt (dB per octave about the middle of the range), gain
+    (dB; None: none) and additive noise summed in power: a noise floor ``snr`` dB below the patch's
+    peak (after the gain) at mid-range, sloping by ``colour`` dB per octave (NaN ``snr``: none).
+
+    A gain moves every value above the silence ``floor`` (each patch's minimum when None) and none
+    below it: silence stays silence, as in a louder or quieter recording of the same music, and what
+    a quieter one pushes under the floor is cut there, as the store cuts it. Torch, on the batch's device."""
     lead = (-1,) + (1,) * (x.dim() - 1)
     centred = (octaves - (octaves.max() + octaves.min()) / 2).to(x.dtype)
     y = x + tilt.reshape(lead).to(x.dtype) * centred
+    peak = x.flatten(1).amax(dim=1)
+    if gain is not None:
+        g = gain.reshape(lead).to(x.dtype)
+        lowest = x.flatten(1).amin(dim=1).reshape(lead) if floor is None else torch.full_like(g, floor)
+        y = torch.where(x > lowest, torch.maximum(y + g, lowest), y)
+        peak = peak + gain.to(x.dtype)
     noisy = ~torch.isnan(snr)
-    level = x.flatten(1).amax(dim=1) - torch.nan_to_num(snr, nan=0.0)
+    level = peak - torch.nan_to_num(snr, nan=0.0)
     noise = level.reshape(lead) + colour.reshape(lead).to(x.dtype) * centred
     with_noise = torch.logaddexp(y * LOG10_OVER_10, noise * LOG10_OVER_10) / LOG10_OVER_10
     return torch.where(noisy.reshape(lead), with_noise, y)

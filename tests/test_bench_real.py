@@ -280,3 +280,46 @@ def test_a_broken_file_is_named_with_its_reason_and_the_rest_is_scored(scored):
     scored_files = {f["file"] for f in report["files"] if f["tasks"]}
     assert scored_files == {"a/triads_long.wav", "a/triads_short.wav", "b/sine_melody.wav", "c/singer.wav", "c/kazoo.wav"}
     assert "| chord | tiny | 2 |" in out and "| melody | pyin | 1 |" in out and "| instrument | tiny | 1 |" in out
+
+
+def test_gain_db_scores_the_same_recordings_louder_and_quieter(folder, tmp_path):
+    """``--gain-db``: each recording again as a float WAV copy that many dB louder or quieter (no
+    clipping), one row per level; the 0 dB row is the report's own figures."""
+    bench = load_bench()
+    import argparse
+    import contextlib
+    import io
+
+    copy = bench.scaled_copy(folder / "a" / "triads_long.wav", 12.0, tmp_path / "loud")
+    x, sr = sf.read(folder / "a" / "triads_long.wav", dtype="float32")
+    y, sr2 = sf.read(copy, dtype="float32")
+    assert sr2 == sr and sf.info(str(copy)).subtype == "FLOAT"
+    np.testing.assert_allclose(y, x * 10 ** (12 / 20), rtol=1e-6)
+    assert np.abs(y).max() > 1.0  # louder than full scale, kept
+    assert bench.parse_gains("-12, 0,12,12") == [-12.0, 12.0]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated"):
+        bench.parse_gains("loud")
+
+    model = tiny_bundle(tmp_path / "tiny.mirpipe")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = bench.main(
+            [
+                "--model",
+                str(model),
+                "--folder",
+                str(folder / "a"),
+                "--no-pyin",
+                "--gain-db=-12,12",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert status == 0 and report["failures"] == []
+    assert [lv["gain_db"] for lv in report["levels"]] == [-12.0, 0.0, 12.0]
+    assert report["levels"][1]["aggregate"] == report["aggregate"]
+    for lv in report["levels"]:
+        assert lv["aggregate"]["chord"]["model"]["files"] == 2
+    out = stdout.getvalue()
+    assert "| gain dB | chord root | chord majmin |" in out and "| -12 |" in out and "| +12 |" in out and "| mean |" in out

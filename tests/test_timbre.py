@@ -1,5 +1,6 @@
-"""Feature-domain timbre augmentation (``augment.eq_tilt_db``, ``augment.noise_snr_db``): each training
-patch draws its parameters in the stream, the trainer's ``Feed`` applies them to the dB model input."""
+"""Feature-domain timbre augmentation (``augment.eq_tilt_db``, ``augment.noise_snr_db``,
+``augment.gain_db``): each training patch draws its parameters in the stream, the trainer's ``Feed``
+applies them to the dB model input."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def test_off_by_default_and_validated():
     assert AugmentParams(noise_snr_db=(10, 30)).timbre().snr_db == (10, 30)
     with pytest.raises(ValueError, match="noise_snr_db"):
         AugmentParams(noise_snr_db=(30, 10))
+    assert AugmentParams(gain_db=12).timbre() == Timbre(0.0, None, 0.5, 12.0)
+    with pytest.raises(ValueError, match="gain_db"):
+        AugmentParams(gain_db=-3)
+    # a run without a gain keeps the training identity it had before gain_db existed
+    assert "gain_db" not in Timbre(3.0).to_json() and Timbre(3.0, gain_db=6).to_json()["gain_db"] == 6
 
 
 def test_patches_draw_their_parameters_apart_from_the_patches_themselves(store):
@@ -51,7 +57,7 @@ def test_patches_draw_their_parameters_apart_from_the_patches_themselves(store):
     b, _ = _stream(store, timbre)
     snrs = []
     for x, y, z in itertools.islice(zip(plain.batches(0), a.batches(0), b.batches(0)), 12):
-        assert set(y) == set(x) | {"aug:tilt", "aug:snr", "aug:colour"}
+        assert set(y) == set(x) | {"aug:tilt", "aug:snr", "aug:colour", "aug:gain"}
         for name in x:
             np.testing.assert_array_equal(x[name], y[name])
         for name in y:
@@ -60,9 +66,49 @@ def test_patches_draw_their_parameters_apart_from_the_patches_themselves(store):
         snrs.extend(y["aug:snr"].tolist())
         noisy = ~np.isnan(y["aug:snr"])
         assert set(y["aug:colour"][noisy].tolist()) <= {3.0, 0.0, -3.0} and np.all(y["aug:colour"][~noisy] == 0)
+        assert np.all(y["aug:gain"] == 0)  # off
     snr = np.array(snrs)
     assert 0.3 < np.mean(~np.isnan(snr)) < 0.7
     assert np.all((snr[~np.isnan(snr)] >= 10) & (snr[~np.isnan(snr)] <= 30))
+
+
+def test_a_gain_draws_apart_and_leaves_the_other_draws_as_they_were(store):
+    """Turning a gain on changes no tilt or noise draw (a run's other augmentations stay comparable);
+    the gains lie in the configured range and take both signs."""
+    a, _ = _stream(store, Timbre(4.0, (10.0, 30.0), 0.5))
+    b, _ = _stream(store, Timbre(4.0, (10.0, 30.0), 0.5, gain_db=12.0))
+    gains = []
+    for x, y in itertools.islice(zip(a.batches(0), b.batches(0)), 12):
+        for name in ("aug:tilt", "aug:snr", "aug:colour", "cqt"):
+            np.testing.assert_array_equal(x[name], y[name])
+        gains.extend(y["aug:gain"].tolist())
+    g = np.array(gains)
+    assert np.all(np.abs(g) <= 12.0) and g.min() < -3 and g.max() > 3
+
+
+def test_a_gain_moves_the_music_and_keeps_the_silence():
+    """Louder: every value above the floor rises by the gain, the floor (silence) stays. Quieter: values
+    fall by the gain and stop at the floor, as a quieter recording's would in the store. The noise
+    of ``noise_snr_db`` follows the patch's new peak."""
+    octaves = torch.arange(N_BINS, dtype=torch.float32) / 36
+    floor = -100.0
+    x = torch.full((3, 4, N_BINS), -60.0)
+    x[:, 0, :] = floor  # a silent frame
+    x[:, 1:, 30] = -10.0
+    no_noise, zeros = torch.full((3,), math.nan), torch.zeros(3)
+    gain = torch.tensor([0.0, 12.0, -50.0])
+    out = deform_timbre(x, octaves, zeros, no_noise, zeros, gain, floor)
+    torch.testing.assert_close(out[0], x[0])
+    assert torch.all(out[:, 0, :] == floor)  # silence stays silence, louder or quieter
+    torch.testing.assert_close(out[1, 1:], x[1, 1:] + 12.0)
+    assert float(out[2, 1, 30]) == pytest.approx(-60.0) and torch.all(out[2, 1:, :30] == floor)  # cut at the floor
+    # without a floor each patch's minimum stands in for it
+    torch.testing.assert_close(deform_timbre(x, octaves, zeros, no_noise, zeros, gain), out)
+    # noise 30 dB under the peak: under the louder patch's peak (+2 dB), 12 dB higher than without the gain
+    snr = torch.full((3,), 30.0)
+    loud = deform_timbre(x, octaves, zeros, snr, zeros, gain, floor)
+    plain = deform_timbre(x, octaves, zeros, snr, zeros, None, floor)
+    assert float(loud[1, 0, 0] - plain[1, 0, 0]) == pytest.approx(12.0, abs=0.01)
 
 
 def test_the_tilt_is_a_gain_per_octave_and_noise_is_summed_in_power():
@@ -93,7 +139,8 @@ def test_the_feed_applies_the_drawn_parameters_to_the_model_input(store):
     octaves = torch.from_numpy(FEATURE_KINDS.get("cqt").octaves(geometry))
     plain = batch["cqt"].float()
     torch.testing.assert_close(
-        fed["cqt"], deform_timbre(plain, octaves, batch["aug:tilt"], batch["aug:snr"], batch["aug:colour"])
+        fed["cqt"],
+        deform_timbre(plain, octaves, batch["aug:tilt"], batch["aug:snr"], batch["aug:colour"], batch["aug:gain"]),
     )
     assert not torch.equal(fed["cqt"], plain)
 
@@ -118,3 +165,4 @@ def test_timbre_settings_are_an_experiment_on_the_same_features():
     base = small_config(tracks=2, shifts=[-2, 0, 3])
     exp = experiment_config(base, {"augment.eq_tilt_db": 3, "augment.noise_snr_db": [10, 40]}, "timbre")
     assert exp.augment.timbre() == Timbre(3.0, (10.0, 40.0), 0.5) and base.augment.timbre() is None
+    assert experiment_config(base, {"augment.gain_db": 12}, "gain").augment.timbre() == Timbre(gain_db=12.0)

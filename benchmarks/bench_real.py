@@ -438,13 +438,18 @@ def scaled_copy(audio: Path, gain_db: float, folder: Path) -> Path:
     return out
 
 
-def score_folder(args: argparse.Namespace, out: Path, bundle_path: Path, bundle, gain_db: float = 0.0) -> list[dict[str, Any]]:
-    """Every pair of ``args.folder`` scored, its audio ``gain_db`` dB louder or quieter."""
+def score_folder(
+    args: argparse.Namespace, out: Path, bundle_path: Path, bundle, gain_db: float = 0.0, skip: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every pair of ``args.folder`` (but those under ``skip``, default ``out``) scored, its estimates
+    written in ``out``, its audio ``gain_db`` dB louder or quieter (each copy in a temporary folder,
+    removed once scored)."""
     results = []
-    for name, audio, jams_path, problem in find_pairs(args.folder, skip=out):
-        if gain_db and audio is not None and problem is None:
-            audio = scaled_copy(audio, gain_db, out / f"gain{gain_db:+g}" / Path(name).parent)
-        results.append(score_file(name, audio, jams_path, problem, bundle_path, bundle, out, args))
+    for name, audio, jams_path, problem in find_pairs(args.folder, skip=skip or out):
+        with tempfile.TemporaryDirectory(prefix="bench-real-gain-") as tmp:
+            if gain_db and audio is not None and problem is None:
+                audio = scaled_copy(audio, gain_db, Path(tmp))
+            results.append(score_file(name, audio, jams_path, problem, bundle_path, bundle, out, args))
         level = f" at {gain_db:+g} dB" if gain_db else ""
         print(f"  {name}{level}: {results[-1]['error'] or ', '.join(SHOWN[t] for t in results[-1]['tasks'])}", file=sys.stderr)
     return results
@@ -461,7 +466,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     levels = [{"gain_db": 0.0, "aggregate": aggregate(results)}]
     level_failures: list[str] = []
     for gain in args.gain_db:
-        scored = score_folder(args, out / f"gain{gain:+g}-estimates", bundle_path, bundle, gain)
+        scored = score_folder(args, out / f"gain{gain:+g}", bundle_path, bundle, gain, skip=out)
         levels.append({"gain_db": gain, "aggregate": aggregate(scored)})
         level_failures.extend(f"at {gain:+g} dB, {line}" for line in failures(scored))
     return {

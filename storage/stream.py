@@ -209,6 +209,11 @@ def read_slab(spec: StreamSpec, key: EntryKey, start: int, stop: int, shift: int
     return Slab(frames, targets, residual, kind, kind.packer(geometry, residual))
 
 
+# an activation's generators besides its own (``seed``), each seeded ``(seed, n)``: adding draws to one
+# leaves the others' draws as they were, and no two share a seed (their draws would be the same numbers)
+SUBSTREAMS = {"timbre": 1, "deformation": 2, "gain": 3}
+
+
 def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[str, np.ndarray]]:
     """Endless random patches from one slab of one entry at one drawn shift (the mux decides how many to take)."""
     rng = np.random.default_rng(seed)
@@ -217,12 +222,13 @@ def random_patches(spec: StreamSpec, key: EntryKey, seed: int) -> Iterator[dict[
     start = int(rng.integers(0, key.n_frames - slab_len + 1))
     deformation = None
     if spec.deformations:  # from a generator of its own: without deformations, draws are as before them
-        deform_rng = np.random.default_rng((seed, 2))
+        deform_rng = np.random.default_rng((seed, SUBSTREAMS["deformation"]))
         if deform_rng.random() < spec.deform_share:
             deformation = spec.deformations[int(deform_rng.integers(0, len(spec.deformations)))]
     slab = read_slab(spec, key, start, start + slab_len, shift, deformation).pad(spec.patch_frames)
     # timbre draws come from a generator of their own: patches and shifts are those without them
-    timbre, timbre_rng, gain_rng = spec.timbre, np.random.default_rng((seed, 1)), np.random.default_rng((seed, 2))
+    timbre = spec.timbre
+    timbre_rng, gain_rng = (np.random.default_rng((seed, SUBSTREAMS[name])) for name in ("timbre", "gain"))
     while True:
         at = int(rng.integers(0, len(slab) - spec.patch_frames + 1))
         patch = slab.patch(spec.feature, at, spec.patch_frames)

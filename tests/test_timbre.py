@@ -166,3 +166,12 @@ def test_timbre_settings_are_an_experiment_on_the_same_features():
     exp = experiment_config(base, {"augment.eq_tilt_db": 3, "augment.noise_snr_db": [10, 40]}, "timbre")
     assert exp.augment.timbre() == Timbre(3.0, (10.0, 40.0), 0.5) and base.augment.timbre() is None
     assert experiment_config(base, {"augment.gain_db": 12}, "gain").augment.timbre() == Timbre(gain_db=12.0)
+
+
+def test_an_activations_generators_never_share_a_seed():
+    """The deformation choice, the timbre draws and the gains each have a generator of their own
+    (two sharing a seed would draw the same numbers: the first gain tied to the deformation choice)."""
+    from mirpipe.storage.stream import SUBSTREAMS
+
+    assert set(SUBSTREAMS) == {"timbre", "deformation", "gain"}
+    assert len(set(SUBSTREAMS.values())) == len(SUBSTREAMS)

@@ -122,7 +122,8 @@ def deform_timbre(
     if gain is not None:
         g = gain.reshape(lead).to(x.dtype)
         lowest = x.flatten(1).amin(dim=1).reshape(lead) if floor is None else torch.full_like(g, floor)
-        y = torch.where(x > lowest, torch.maximum(y + g, lowest), y)
+        # cut at the floor only what the gain itself pushes under it: a zero gain leaves y (tilt and all) as it is
+        y = torch.where(x > lowest, torch.maximum(y + g, torch.minimum(y, lowest)), y)
         peak = peak + gain.to(x.dtype)
     noisy = ~torch.isnan(snr)
     level = peak - torch.nan_to_num(snr, nan=0.0)

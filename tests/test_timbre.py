@@ -175,3 +175,17 @@ def test_an_activations_generators_never_share_a_seed():
 
     assert set(SUBSTREAMS) == {"timbre", "deformation", "gain"}
     assert len(set(SUBSTREAMS.values())) == len(SUBSTREAMS)
+
+
+def test_a_zero_gain_changes_nothing_the_tilt_and_noise_made():
+    """Patches carry ``aug:gain`` whenever timbre is on; a gain of 0 (``gain_db`` off) must leave the
+    tilted, noisy spectra exactly as they were without it, even where the tilt went under the floor."""
+    octaves = torch.arange(N_BINS, dtype=torch.float32) / 36
+    x = torch.full((2, 3, N_BINS), -60.0)
+    x[:, 0, :] = -100.0
+    x[:, 1, :] = -99.0  # just above the floor: the tilt takes one end of it under
+    x[:, 1:, 30] = -10.0
+    tilt, snr, colour = torch.tensor([6.0, -6.0]), torch.tensor([math.nan, 30.0]), torch.zeros(2)
+    plain = deform_timbre(x, octaves, tilt, snr, colour)
+    assert float(plain[0, 1].min()) < -100.0  # the tilt took music under the floor
+    torch.testing.assert_close(deform_timbre(x, octaves, tilt, snr, colour, torch.zeros(2), -100.0), plain, rtol=0, atol=0)

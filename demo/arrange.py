@@ -548,3 +548,70 @@ def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: floa
         tags,
         float(rng.uniform(-6.0, 0.0)),
     )
+
+
+# -- stems: the same performance with fewer parts -------------------------------------------------
+
+STEM_ROLES = ("bass", "drums", "melody")  # what a stem may leave out; the harmony (comp, pad) always plays
+
+
+def stem_roles(index: int, seed: int) -> tuple[str, ...]:
+    """The optional roles a mixture's stem keeps: each of ``STEM_ROLES`` with probability 1/2,
+    never all of them (that is the mixture itself)."""
+    rng = np.random.default_rng([seed, index, 17])
+    while True:
+        keep = tuple(r for r in STEM_ROLES if rng.random() < 0.5)
+        if len(keep) < len(STEM_ROLES):
+            return keep
+
+
+def _respell(label: str, bass_pc: int) -> str:
+    """``label`` with ``bass_pc`` as its bass: an inversion's degree, or for a symmetric chord (aug,
+    dim7, spelled from their bass as annotators do) the root moved to it."""
+    root_name, _, rest = label.partition(":")
+    quality = rest.split("/")[0]
+    root = PITCH_NAMES.index(root_name)
+    if quality in SYMMETRIC:
+        return f"{PITCH_NAMES[bass_pc]}:{quality}"
+    k = quality_intervals(quality).index((bass_pc - root) % 12)
+    return f"{root_name}:{quality}" + ("" if k == 0 else "/" + QUALITY_DEGREES[quality][k])
+
+
+def stem(perf: Performance, keep: tuple[str, ...]) -> Performance:
+    """``perf`` with only its harmony parts (comp, pad) and the roles in ``keep``: a band's stem or a
+    sparse arrangement (a lone piano, piano and drums, a singer over a guitar), with exact labels.
+
+    Without the bass part, each chord's bass is the lowest key the harmony parts start inside it
+    (labels follow what is heard: ``C:maj`` over a bass E becomes ``C:maj/3`` only when an E is
+    lowest); without the lead there is no melody; the tags are the parts that play."""
+    parts = tuple(p for p in perf.parts if p.role in ("comp", "pad", *keep))
+    channels = {p.channel for p in parts}
+    events = tuple(e for e in perf.events if e.channel in channels)
+    chords = perf.chords
+    if "bass" not in keep and any(p.role == "bass" for p in perf.parts):
+        harmony = {p.channel for p in parts if p.role in ("comp", "pad")}
+        ons = [(e.time, e.a) for e in events if e.kind == "on" and e.channel in harmony]
+        relabelled = []
+        for seg in chords:
+            keys = [k for t, k in ons if seg.start - 1e-9 <= t < seg.end - 1e-9]
+            if seg.bass is None or not keys:
+                relabelled.append(seg)
+                continue
+            low = min(keys) % 12
+            relabelled.append(ChordSegment(seg.start, seg.end, _respell(seg.label, low), seg.tones, low))
+        chords = tuple(relabelled)
+    lead = "melody" in keep
+    tags = tuple(t for t in perf.tags if any(p.tag == t[0] for p in parts))
+    return Performance(
+        perf.kind,
+        perf.duration,
+        perf.tempo,
+        perf.keys,
+        parts,
+        events,
+        chords,
+        perf.melody if lead else (),
+        perf.melody_channel if lead else None,
+        tags,
+        perf.gain_db,
+    )

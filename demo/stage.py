@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
+import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,6 +46,14 @@ class SynthesizeParams(BaseModel):
     max_duration: float = Field(35.0, gt=2.0)
     solo_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks")
     clips_per_family: int = Field(20, ge=0, le=10_000, description="short solo clips per instrument family")
+    stem_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of band mixtures that also get a stem track (soundfont renderer): the same performance "
+        "with its harmony and a random part of the bass, drums and lead (a lone piano, piano and drums, ...), "
+        "in the mixture's split, labels following what plays (arrange.stem)",
+    )
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
     renderer: Literal["auto", "soundfont", "numpy"] = Field(
@@ -96,7 +105,7 @@ class SynthRecord(Record):
     solo: bool
     instruments: list[str]
     split: str = "train"
-    kind: str = "mixture"  # mixture, solo, clip
+    kind: str = "mixture"  # mixture, solo, clip, stem
     renderer: str = "numpy"
     soundfont: str | None = None
 
@@ -107,6 +116,16 @@ def track_id(index: int) -> str:
 
 def clip_id(family: str, index: int) -> str:
     return f"solo-{family.replace(' ', '-')}-{index:03d}"
+
+
+def stem_id(index: int) -> str:
+    return f"{track_id(index)}-stem"
+
+
+def has_stem(seed: int, index: int, fraction: float) -> bool:
+    """Whether mixture ``index`` gets a stem track: a draw of its own, so a larger fraction keeps
+    the stems a smaller one made."""
+    return fraction > 0 and float(np.random.default_rng([seed, index, 19]).random()) < fraction
 
 
 @cache
@@ -223,6 +242,11 @@ class Synthesize(Stage):
                 else None,
             }
             items.append(WorkItem(track_id(i), payload=payload, identity=payload))
+            if not solo and renderer == "soundfont" and has_stem(p.seed, i, p.stem_fraction):
+                from .arrange import stem_roles
+
+                extra = {**payload, "kind": "stem", "keep": list(stem_roles(i, p.seed))}
+                items.append(WorkItem(stem_id(i), payload=extra, identity=extra))
         families = _clip_families(renderer)
         for k in range(p.clips_per_family):
             for f, family in enumerate(families):
@@ -243,11 +267,11 @@ class Synthesize(Stage):
         return items
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
-        # The track and clip counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
+        # The track, clip and stem counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, identity = resolve_renderer(p)
         return {
-            **p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "renderer"}),
+            **p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "stem_fraction", "renderer"}),
             "renderer": renderer,
             "renderer_identity": identity,
         }
@@ -262,6 +286,8 @@ class Synthesize(Stage):
             y, jam, duration, instruments = _render_numpy(item.id, pay, p)
         jam.sandbox.split = pay["split"]
         jam.sandbox.mirpipe_demo["renderer"] = renderer
+        if pay["kind"] == "stem":  # which mixture it comes from, and what it kept besides the harmony
+            jam.sandbox.mirpipe_demo["stem"] = {"of": track_id(pay["index"]), "keeps": pay["keep"]}
         corpus = ctx.path(CORPUS_DIR)
         corpus.mkdir(parents=True, exist_ok=True)
         audio, jams_path = corpus / f"{item.id}.flac", corpus / f"{item.id}.jams"
@@ -281,12 +307,14 @@ class Synthesize(Stage):
 
 
 def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
-    from .arrange import compose_clip, compose_mixture
+    from .arrange import compose_clip, compose_mixture, stem
 
     if pay["kind"] == "clip":
         perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
     else:
         perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
+        if pay["kind"] == "stem":
+            perf = stem(perf, tuple(pay["keep"]))
     play = _play_library if is_library(pay["soundfont"]) else _play_soundfont  # libraries: solo clips only (sources_of)
     y, jam = play(track, perf, pay, p)
     return y, jam, perf.duration, sorted({t for t, _, _ in perf.tags})
@@ -298,13 +326,15 @@ def _play_soundfont(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParam
 
     y, info = soundfont.render(perf, pay["soundfont"], p.sr)
     others = tuple(sorted({e.channel for e in perf.events} - {perf.melody_channel}))
-    lead = soundfont.render(perf, pay["soundfont"], p.sr, mute=others)[0] if others else y  # the lead alone: its release
+    lead = None  # a stem without its lead has no melody
+    if perf.melody_channel is not None:
+        lead = soundfont.render(perf, pay["soundfont"], p.sr, mute=others)[0] if others else y  # the lead alone: its release
     jam = labels.annotate(
         perf,
         track,
         {"soundfont": info.soundfont, "missing_presets": info.missing_presets, "fluidsynth": soundfont.library_version()},
         lead_audio=lead,
-        sr=p.sr,
+        sr=p.sr if lead is not None else None,
         sounding=labels.sounding_offsets(perf, pay["soundfont"], p.sr),
     )
     return y, jam

@@ -615,3 +615,71 @@ def stem(perf: Performance, keep: tuple[str, ...]) -> Performance:
         tags,
         perf.gain_db,
     )
+
+
+# -- chord takes: chords played one at a time, as chord datasets record them ---------------------
+
+TAKE_FAMILIES = ("piano", "electric piano", "acoustic guitar", "electric guitar", "organ", "strings", "synthesizer")
+
+
+def compose_chord_take(index: int, seed: int, sr: int, min_duration: float, max_duration: float) -> Performance:
+    """One harmony instrument playing chords one at a time: each struck once (or strummed) and held
+    0.5-4 s, most followed by 0.3-1.5 s of silence (``N``), any root, every quality, voicings in
+    any inversion (the label's bass is the lowest key played), sometimes with a bass note under it.
+
+    The demo's band mixtures never leave a chord alone to ring out; an isolated chord between
+    silences is how chord datasets and method books record harmony, and what a model that learned
+    "no chord" from the band stopping calls "no chord"."""
+    rng = np.random.default_rng([seed, index, 23])
+    w = _Writer(sr)
+    tag = str(rng.choice(TAKE_FAMILIES))
+    part = _part(rng, 1, "comp", tag, (80, 118), 0)
+    guitar = "guitar" in tag
+    left_hand = not guitar and rng.random() < 0.3
+    target = float(rng.uniform(min_duration, max_duration))
+    gap_p = float(rng.uniform(0.5, 1.0))
+    chords: list[ChordSegment] = []
+    t = w.q(float(rng.uniform(0.2, 1.0)))
+    chords.append(ChordSegment(0.0, t, "N", (), None))
+    center = float(rng.uniform(56, 68))
+    while t < target:
+        root = int(rng.integers(12))
+        quality = str(rng.choice(QUALITIES, p=QUALITY_P))
+        pcs = tuple((root + iv) % 12 for iv in quality_intervals(quality))
+        voicing = (
+            guitar_voicing(rng, pcs, pcs[0] if rng.random() < 0.7 else int(rng.choice(pcs))) if guitar else None
+        ) or piano_voicing(rng, pcs, center)
+        if left_hand:
+            voicing = [36 + (pcs[0] - 36) % 12, *voicing]
+        start, end = w.q(t), w.q(t + float(rng.uniform(0.5, 4.0)))
+        vel = int(rng.uniform(50, 115))
+        spread = float(rng.uniform(0.01, 0.03)) if guitar else 0.0
+        for j, key in enumerate(sorted(voicing)):
+            w.note(part.channel, start + j * spread, end, key, vel + int(rng.integers(-6, 7)))
+        low = min(voicing) % 12
+        label = f"{PITCH_NAMES[root]}:{quality}"
+        if quality in SYMMETRIC:
+            label = f"{PITCH_NAMES[low]}:{quality}"
+        elif low != root:
+            label += "/" + QUALITY_DEGREES[quality][[(p - root) % 12 for p in pcs].index((low - root) % 12)]
+        chords.append(ChordSegment(start, end, label, tuple(sorted(pcs)), low))
+        t = end
+        if rng.random() < gap_p:
+            gap_end = w.q(t + float(rng.uniform(0.3, 1.5)))
+            chords.append(ChordSegment(t, gap_end, "N", (), None))
+            t = gap_end
+    duration = w.q(t)
+    w.setup(part)
+    return Performance(
+        "mixture",
+        duration,
+        120.0,
+        ((0.0, duration, "C:major"),),  # no key: roots are drawn freely
+        (part,),
+        w.sorted(),
+        tuple(chords),
+        (),
+        None,
+        ((tag, chords[1].start, duration),),
+        float(rng.uniform(-6.0, 0.0)),
+    )

@@ -2,7 +2,7 @@
 
 Tracks are dealt in blocks of 20 (14 train, 3 val, 3 test, shuffled per block and
 group), so every 20 tracks of a kind hold exactly 15 % test and growing the corpus
-never moves an old track. Groups: mixtures, solo tracks, and the clips of each family.
+never moves an old track. Groups: mixtures, solo tracks, chord takes, and the clips of each family.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 BLOCK = ("train",) * 14 + ("val",) * 3 + ("test",) * 3
-GROUP_MIXTURE, GROUP_SOLO, GROUP_CLIPS = 0, 1, 10  # clips: GROUP_CLIPS + family index
+GROUP_MIXTURE, GROUP_SOLO, GROUP_TAKES, GROUP_CLIPS = 0, 1, 2, 10  # clips: GROUP_CLIPS + family index
 
 
 def split_of(seed: int, group: int, index: int) -> str:

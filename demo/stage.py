@@ -46,6 +46,13 @@ class SynthesizeParams(BaseModel):
     max_duration: float = Field(35.0, gt=2.0)
     solo_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks")
     clips_per_family: int = Field(20, ge=0, le=10_000, description="short solo clips per instrument family")
+    chord_takes: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="tracks of chords played one at a time by one harmony instrument, most with silence (N) between "
+        "them, as chord datasets record them (soundfont renderer; arrange.compose_chord_take)",
+    )
     stem_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -105,7 +112,7 @@ class SynthRecord(Record):
     solo: bool
     instruments: list[str]
     split: str = "train"
-    kind: str = "mixture"  # mixture, solo, clip, stem
+    kind: str = "mixture"  # mixture, solo, clip, stem, take
     renderer: str = "numpy"
     soundfont: str | None = None
 
@@ -116,6 +123,10 @@ def track_id(index: int) -> str:
 
 def clip_id(family: str, index: int) -> str:
     return f"solo-{family.replace(' ', '-')}-{index:03d}"
+
+
+def take_id(index: int) -> str:
+    return f"take-{index:03d}"
 
 
 def stem_id(index: int) -> str:
@@ -247,6 +258,12 @@ class Synthesize(Stage):
 
                 extra = {**payload, "kind": "stem", "keep": list(stem_roles(i, p.seed))}
                 items.append(WorkItem(stem_id(i), payload=extra, identity=extra))
+        for k in range(p.chord_takes if renderer == "soundfont" else 0):
+            split = splits.split_of(p.seed, splits.GROUP_TAKES, k)
+            sources = sources_of(p, split, "mixture")
+            take = {"index": k, "solo": False, "kind": "take", "split": split, "family": None, "renderer": renderer}
+            take["soundfont"] = splits.soundfont_of(p.seed, splits.GROUP_TAKES, k, sources)
+            items.append(WorkItem(take_id(k), payload=take, identity=take))
         families = _clip_families(renderer)
         for k in range(p.clips_per_family):
             for f, family in enumerate(families):
@@ -267,11 +284,13 @@ class Synthesize(Stage):
         return items
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
-        # The track, clip and stem counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
+        # The track, clip, take and stem counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, identity = resolve_renderer(p)
         return {
-            **p.model_dump(mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "stem_fraction", "renderer"}),
+            **p.model_dump(
+                mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "chord_takes", "stem_fraction", "renderer"}
+            ),
             "renderer": renderer,
             "renderer_identity": identity,
         }
@@ -307,10 +326,12 @@ class Synthesize(Stage):
 
 
 def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
-    from .arrange import compose_clip, compose_mixture, stem
+    from .arrange import compose_chord_take, compose_clip, compose_mixture, stem
 
     if pay["kind"] == "clip":
         perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
+    elif pay["kind"] == "take":
+        perf = compose_chord_take(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration)
     else:
         perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
         if pay["kind"] == "stem":

@@ -140,6 +140,15 @@ def has_stem(seed: int, index: int, fraction: float) -> bool:
 
 
 @cache
+def _say_numpy_has_no_takes_or_stems() -> None:
+    print(
+        "mirpipe: synthesize: chord_takes and stem_fraction need the soundfont renderer (MIDI parts to play alone); "
+        "the numpy renderer makes neither",
+        file=sys.stderr,
+    )
+
+
+@cache
 def _resolve(renderer: str, soundfonts: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """The renderer this machine runs and what identifies it (library version, soundfont sizes)."""
     if renderer == "numpy":
@@ -235,6 +244,8 @@ class Synthesize(Stage):
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, _ = resolve_renderer(p)
+        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction):
+            _say_numpy_has_no_takes_or_stems()
         n_solo = round(p.tracks * p.solo_fraction)
         items = []
         for i in range(p.tracks):

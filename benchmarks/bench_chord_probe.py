@@ -41,9 +41,9 @@ def _bench_real():
 
 def compose_probe(kind: str, index: int, seed: int, sr: int, family: str):
     """One probe performance: triads struck once (``isolated``: with silence after each)."""
-    from mirpipe.demo.arrange import Performance, _part, _Writer, piano_voicing
+    from mirpipe.demo.arrange import Performance, _part, _Writer, piano_voicing, spell_over_bass
     from mirpipe.demo.track import ChordSegment
-    from mirpipe.models.chord import PITCH_NAMES, QUALITY_DEGREES, quality_intervals
+    from mirpipe.models.chord import PITCH_NAMES, quality_intervals
 
     rng = np.random.default_rng([seed, KINDS.index(kind), index])
     w = _Writer(sr)
@@ -55,8 +55,7 @@ def compose_probe(kind: str, index: int, seed: int, sr: int, family: str):
         pcs = tuple((root + i) % 12 for i in quality_intervals(quality))
         voicing = piano_voicing(rng, pcs, float(rng.uniform(55, 68)))
         low = min(voicing) % 12
-        k = [(p - root) % 12 for p in pcs].index((low - root) % 12)
-        label = f"{PITCH_NAMES[root]}:{quality}" + ("" if k == 0 else "/" + QUALITY_DEGREES[quality][k])
+        label = spell_over_bass(f"{PITCH_NAMES[root]}:{quality}", low)
         start, end = w.q(t), w.q(t + (float(rng.uniform(1.5, 2.5)) if kind == "isolated" else 0.75))
         vel = int(rng.uniform(60, 110))
         for key in voicing:

@@ -565,7 +565,7 @@ def stem_roles(index: int, seed: int) -> tuple[str, ...]:
             return keep
 
 
-def _respell(label: str, bass_pc: int) -> str:
+def spell_over_bass(label: str, bass_pc: int) -> str:
     """``label`` with ``bass_pc`` as its bass: an inversion's degree, or for a symmetric chord (aug,
     dim7, spelled from their bass as annotators do) the root moved to it."""
     root_name, _, rest = label.partition(":")
@@ -598,7 +598,7 @@ def stem(perf: Performance, keep: tuple[str, ...]) -> Performance:
                 relabelled.append(seg)
                 continue
             low = min(keys) % 12
-            relabelled.append(ChordSegment(seg.start, seg.end, _respell(seg.label, low), seg.tones, low))
+            relabelled.append(ChordSegment(seg.start, seg.end, spell_over_bass(seg.label, low), seg.tones, low))
         chords = tuple(relabelled)
     lead = "melody" in keep
     tags = tuple(t for t in perf.tags if any(p.tag == t[0] for p in parts))
@@ -657,11 +657,7 @@ def compose_chord_take(index: int, seed: int, sr: int, min_duration: float, max_
         for j, key in enumerate(sorted(voicing)):
             w.note(part.channel, start + j * spread, end, key, vel + int(rng.integers(-6, 7)))
         low = min(voicing) % 12
-        label = f"{PITCH_NAMES[root]}:{quality}"
-        if quality in SYMMETRIC:
-            label = f"{PITCH_NAMES[low]}:{quality}"
-        elif low != root:
-            label += "/" + QUALITY_DEGREES[quality][[(p - root) % 12 for p in pcs].index((low - root) % 12)]
+        label = spell_over_bass(f"{PITCH_NAMES[root]}:{quality}", low)
         chords.append(ChordSegment(start, end, label, tuple(sorted(pcs)), low))
         t = end
         if rng.random() < gap_p:

@@ -39,7 +39,7 @@ def load_bench():
     return module
 
 
-def tiny_bundle(path: Path) -> Path:
+def tiny_bundle(path: Path, seed: int = 0) -> Path:
     """A three-task model file as ``mirpipe export`` writes one, with seeded untrained networks."""
     from mirpipe.models.bundle import ModelBundle, TaskModel, current_versions
     from mirpipe.models.labels import Vocabulary
@@ -50,7 +50,7 @@ def tiny_bundle(path: Path) -> Path:
     fp = FeaturesParams()
     vocab = Vocabulary(VOCABULARY["classes"], VOCABULARY["aliases"]).to_json()
     states = {"chord": {}, "pitch": {"threshold": 0.5}, "instrument": {"vocabulary": vocab}}
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     models = {}
     for name, raw in TINY.items():
         task = TASKS.get(name).bind(vocab if name == "instrument" else None)
@@ -323,3 +323,110 @@ def test_gain_db_scores_the_same_recordings_louder_and_quieter(folder, tmp_path)
         assert lv["aggregate"]["chord"]["model"]["files"] == 2
     out = stdout.getvalue()
     assert "| gain dB | chord root | chord majmin |" in out and "| -12 |" in out and "| +12 |" in out and "| mean |" in out
+
+
+# -- benchmarks/compare_real.py: reports side by side -----------------------------------------------
+
+
+def load_compare():
+    import sys
+
+    spec = importlib.util.spec_from_file_location("compare_real", ROOT / "benchmarks" / "compare_real.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def second(folder, tmp_path_factory):
+    """The report of another tiny model (seed 1) on the same folder, and one on a copy without its clips."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("second")
+    part = work / "part"
+    shutil.copytree(folder, part, ignore=shutil.ignore_patterns("c"))
+    model = tiny_bundle(work / "tiny1.mirpipe", seed=1)
+    voice_half(model, folder / "b" / "sine_melody.wav")
+    bench = load_bench()
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        bench.main(["--model", str(model), "--folder", str(folder), "--no-pyin", "--json", str(work / "all.json")])
+        bench.main(["--model", str(model), "--folder", str(part), "--no-pyin", "--json", str(work / "part.json")])
+    return work / "all.json", work / "part.json"
+
+
+def _run_compare(argv: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = load_compare().main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_compare_real_puts_settings_side_by_side_with_means_over_seeds_and_the_verdict(scored, second, tmp_path):
+    """One row per setting: a setting of two reports shows their mean and range; the verdict says
+    better or not on each of the bar's headlines from the reports' own pooled figures; pYIN gets its row."""
+    report, _, _, _ = scored
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(report))
+    other = json.loads(second[0].read_text())
+    status, out, err = _run_compare(
+        [f"base={ref},{second[0]}", f"seed1={second[0]}", "--json", str(tmp_path / "c.json"), "--per-file"]
+    )
+    assert status == 0, err
+    figures = json.loads((tmp_path / "c.json").read_text())
+    base, seed1 = figures["settings"]
+    for task, m in (("chord", "majmin"), ("pitch", "OA"), ("pitch", "VFA")):
+        a, b = (r["aggregate"][task]["model"]["metrics"][m] for r in (report, other))
+        assert base["figures"][f"{task} {m}"] == [a, b]
+        assert seed1["figures"][f"{task} {m}"] == [b]
+        mean = (a + b) / 2
+        assert f"{mean:.3f} ({min(a, b):.3f}-{max(a, b):.3f})" in out
+        higher = m != "VFA"
+        expected = (b > mean) if higher else (b < mean)
+        assert seed1["verdict"]["better"][f"{task} {m}"] is expected
+        # the reference's own two reports differ by |a - b|: seed1 lies within half of that of their mean
+        assert seed1["verdict"]["within_reference_seeds"][f"{task} {m}"] is True
+    pyin = report["aggregate"]["pitch"]["baseline"]
+    assert f"| {pyin['name']} (beside the melody model) |" in out
+    assert f"{pyin['metrics']['OA']:.3f}" in out
+    assert "| base | 2 |" in out and "| seed1 | 1 |" in out and "(reference)" in out
+
+
+def test_compare_real_says_what_the_figures_rest_on_and_counts_files_per_setting(scored, tmp_path):
+    """The melody's unvoiced seconds are the sine melody's two silences (0.5 s each); a setting equal
+    to the reference is better on no file and worse on none."""
+    report, _, _, _ = scored
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(report))
+    status, out, _ = _run_compare([f"base={ref}", f"same={ref}", "--per-file"])
+    assert status == 0
+    (line,) = [x for x in out.splitlines() if x.startswith("| melody |")]
+    unvoiced = float(line.split("s voiced (VR, RPA), ")[1].split(" s unvoiced")[0])
+    assert abs(unvoiced - 1.0) < 0.05, line
+    (tally,) = [x for x in out.splitlines() if x.startswith("| same |") and x.count("|") == 5]
+    better, worse, equal = (int(c) for c in tally.strip("|").split("|")[1:])
+    assert better == 0 and worse == 0 and equal > 0
+    assert "no: chord majmin not better" in out  # equal is not better
+
+
+def test_compare_real_refuses_reports_of_other_files_and_names_them(scored, second, tmp_path):
+    report, _, _, _ = scored
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(report))
+    status, out, err = _run_compare([f"base={ref}", f"part={second[1]}"])
+    assert status == 2 and out == ""
+    assert f"{second[1]}: not the files of {ref}" in err
+    assert (
+        "only here: none; only there: c/kazoo.wav, c/singer.wav, c/twice.flac" in err
+    )  # the clips it lacks (twice.* is one row)
+    status, _, err = _run_compare([f"base={ref}", f"base={ref}"])
+    assert status == 2 and "share a name" in err
+    (tmp_path / "junk.json").write_text("{}")
+    status, _, err = _run_compare([f"base={ref}", f"junk={tmp_path / 'junk.json'}"])
+    assert status == 2 and "junk.json" in err and "not a bench_real.py --json report" in err

@@ -8,7 +8,7 @@ note and pitch-bend data is the one the synthesizer plays (12-TET, A4 = 440 Hz).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -332,8 +332,12 @@ def _drums(w: _Writer, rng, sections: list[tuple[float, float, float]], style: s
                 w.note(ch, t, t + 0.1, 37 if style == "bossa" else 38, v(0.85))
 
 
-def _melody_notes(rng, fam: Family, start: float, end: float, beat_at, key_at, chord_at, low: int, high: int) -> list[MelodyNote]:
-    """A phrase of single notes: chord tones on strong positions, steps and leaps, rests, glides."""
+def _melody_notes(
+    rng, fam: Family, start: float, end: float, beat_at, key_at, chord_at, low: int, high: int, sung=None
+) -> list[MelodyNote]:
+    """A phrase of single notes: chord tones on strong positions, steps and leaps, rests, glides.
+    ``sung`` (a generator of its own, or None): the notes are the same, their bends a singer's
+    (``sung_bends``)."""
     notes: list[MelodyNote] = []
     t, prev, adjacent = start + 0.25 * beat_at(start), None, False
     while t < end - 0.3:
@@ -364,9 +368,50 @@ def _melody_notes(rng, fam: Family, start: float, end: float, beat_at, key_at, c
                 vibrato_phase=float(rng.uniform(0, 2 * np.pi)),
             )
         )
+        if sung is not None and bends_like_a_singer(fam):
+            notes[-1] = sung_bends(sung, notes[-1], prev if adjacent else None)
         prev, adjacent = midi, True
         t += dur
     return notes
+
+
+SUNG_GLIDE_P = 0.5  # of notes joined to the one before
+SUNG_SCOOP_P = 0.5  # of the other notes
+SUNG_FAMILIES = ("voice",)  # bend like singers though their GM presets never did (Family.vibrato False)
+
+
+def bends_like_a_singer(fam: Family) -> bool:
+    """The families a sung-bends corpus bends: those whose players bend, and the voices."""
+    return fam.vibrato or fam.tag in SUNG_FAMILIES
+
+
+def sung_bends(rng, note: MelodyNote, prev: int | None) -> MelodyNote:
+    """``note`` with a singer's pitch motion, as real vocal (and expressive string and wind) leads
+    have it and the demo's keyed leads do not: a glide of 80-300 ms from the note before it
+    (portamento), or an onset scoop from 0.5-3 semitones below (a sixth of them 0.3-1 above)
+    easing in over 60-250 ms, and a vibrato of 20-90 cents at 4.5-7 Hz fading in after 0.1-0.35 s.
+    Every value is drawn, in a fixed order, from ``rng``: the note itself (pitch, timing) is not."""
+    glide = prev is not None and rng.random() < SUNG_GLIDE_P
+    glide_time = float(rng.uniform(0.08, 0.3))
+    scoop_on = rng.random() < SUNG_SCOOP_P
+    scoop = float(rng.uniform(0.3, 1.0)) if rng.random() < 1 / 6 else -float(rng.uniform(0.5, 3.0))
+    scoop_time = float(rng.uniform(0.06, 0.25))
+    vibrato = float(rng.uniform(20, 90))
+    rate = float(rng.uniform(4.5, 7.0))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    delay, ramp = float(rng.uniform(0.1, 0.35)), float(rng.uniform(0.1, 0.3))
+    return replace(
+        note,
+        glide_from=prev if glide else None,
+        glide_time=min(glide_time, 0.6 * note.duration),
+        scoop=0.0 if glide or not scoop_on else scoop,
+        scoop_time=min(scoop_time, 0.5 * note.duration),
+        vibrato_cents=vibrato if note.duration > 0.3 else 0.0,
+        vibrato_rate=rate,
+        vibrato_phase=phase,
+        vibrato_delay=delay,
+        vibrato_ramp=ramp,
+    )
 
 
 def _play_melody(w: _Writer, rng, ch: int, notes: list[MelodyNote], level: float, legato: bool) -> list[Note]:
@@ -386,7 +431,7 @@ def _play_melody(w: _Writer, rng, ch: int, notes: list[MelodyNote], level: float
             if v != last:
                 w.bend(ch, t, v)
                 last = v
-            if n.glide_from is None and n.vibrato_cents == 0:
+            if n.glide_from is None and n.vibrato_cents == 0 and not n.scoop:
                 break
             t = w.q(t + step)
         w.note(ch, s, e, n.midi, int(level * rng.uniform(0.8, 1.0)))
@@ -411,8 +456,11 @@ def bend_semitones(track: tuple[np.ndarray, np.ndarray], times: np.ndarray) -> n
 # -- whole performances -------------------------------------------------------------------------
 
 
-def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_duration: float, solo: bool = False) -> Performance:
-    """A band (comp, optional pad, bass, drums) under a lead; ``solo``: the lead alone."""
+def compose_mixture(
+    index: int, seed: int, sr: int, min_duration: float, max_duration: float, solo: bool = False, sung: bool = False
+) -> Performance:
+    """A band (comp, optional pad, bass, drums) under a lead; ``solo``: the lead alone; ``sung``: a
+    lead that bends like a singer (``sung_bends``; same notes, drawn from a generator of its own)."""
     rng = np.random.default_rng([seed, index, 11])
     w = _Writer(sr)
     tempo = float(rng.uniform(68, 150))
@@ -491,7 +539,8 @@ def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_dur
         w.setup(p)
     fam = FAMILIES[lead_tag]
     low, high = max(fam.low, 60 if not solo else fam.low), min(fam.high, 91)
-    mel = _melody_notes(rng, fam, 0.0, duration, beat_at, key_at, chord_at, low, high)
+    sung_rng = np.random.default_rng([seed, index, 31]) if sung else None
+    mel = _melody_notes(rng, fam, 0.0, duration, beat_at, key_at, chord_at, low, high, sung_rng)
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(90, 120)), fam.sustained and rng.random() < 0.5)
     for p in parts:
         if p.role == "melody" and played:
@@ -518,8 +567,11 @@ def compose_mixture(index: int, seed: int, sr: int, min_duration: float, max_dur
     )
 
 
-def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float) -> Performance:
-    """A short solo phrase of one instrument family (Medley-solos-DB style)."""
+def compose_clip(
+    index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float, sung: bool = False
+) -> Performance:
+    """A short solo phrase of one instrument family (Medley-solos-DB style); ``sung`` as for
+    ``compose_mixture``."""
     rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 13])
     fam = FAMILIES[family]
     w = _Writer(sr)
@@ -530,8 +582,9 @@ def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: floa
     low, high = max(fam.low, center - 9), min(fam.high, center + 9)
     part = _part(rng, 0, "melody", family, (95, 121), 0)
     w.setup(part)
+    sung_rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 37]) if sung else None
     mel = _melody_notes(
-        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high
+        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high, sung_rng
     )
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(70, 120)), fam.sustained and rng.random() < 0.5)
     tags = ((family, played[0].start, played[-1].end),) if played else ()

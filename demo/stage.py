@@ -61,6 +61,12 @@ class SynthesizeParams(BaseModel):
         "with its harmony and a random part of the bass, drums and lead (a lone piano, piano and drums, ...), "
         "in the mixture's split, labels following what plays (arrange.stem)",
     )
+    sung_bends: bool = Field(
+        False,
+        description="leads and solo clips of the families that bend (voice, strings, winds) bend like singers: "
+        "glides from the note before, onset scoops, 20-90 cent vibrato fading in (arrange.sung_bends); the same "
+        "notes, labels following the bends exactly (soundfont renderer; re-renders the corpus)",
+    )
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
     renderer: Literal["auto", "soundfont", "numpy"] = Field(
@@ -140,10 +146,10 @@ def has_stem(seed: int, index: int, fraction: float) -> bool:
 
 
 @cache
-def _say_numpy_has_no_takes_or_stems() -> None:
+def _say_numpy_lacks_soundfont_options() -> None:
     print(
-        "mirpipe: synthesize: chord_takes and stem_fraction need the soundfont renderer (MIDI parts to play alone); "
-        "the numpy renderer makes neither",
+        "mirpipe: synthesize: chord_takes, stem_fraction and sung_bends need the soundfont renderer (MIDI parts "
+        "to play alone, pitch bends); the numpy renderer makes none of them",
         file=sys.stderr,
     )
 
@@ -244,8 +250,8 @@ class Synthesize(Stage):
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, _ = resolve_renderer(p)
-        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction):
-            _say_numpy_has_no_takes_or_stems()
+        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends):
+            _say_numpy_lacks_soundfont_options()
         n_solo = round(p.tracks * p.solo_fraction)
         items = []
         for i in range(p.tracks):
@@ -298,10 +304,13 @@ class Synthesize(Stage):
         # The track, clip, take and stem counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, identity = resolve_renderer(p)
+        # sung_bends re-renders every track when on; off, it is left out (the corpus of before it existed)
         return {
             **p.model_dump(
-                mode="json", exclude={"tracks", "solo_fraction", "clips_per_family", "chord_takes", "stem_fraction", "renderer"}
+                mode="json",
+                exclude={"tracks", "solo_fraction", "clips_per_family", "chord_takes", "stem_fraction", "renderer", "sung_bends"},
             ),
+            **({"sung_bends": True} if p.sung_bends else {}),
             "renderer": renderer,
             "renderer_identity": identity,
         }
@@ -340,11 +349,13 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
     from .arrange import compose_chord_take, compose_clip, compose_mixture, stem
 
     if pay["kind"] == "clip":
-        perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
+        perf = compose_clip(
+            pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration, sung=p.sung_bends
+        )
     elif pay["kind"] == "take":
         perf = compose_chord_take(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration)
     else:
-        perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"])
+        perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"], sung=p.sung_bends)
         if pay["kind"] == "stem":
             perf = stem(perf, tuple(pay["keep"]))
     play = _play_library if is_library(pay["soundfont"]) else _play_soundfont  # libraries: solo clips only (sources_of)

@@ -45,6 +45,12 @@ class MelodyNote:
     vibrato_cents: float
     vibrato_rate: float
     vibrato_phase: float
+    # a singer's onset: the note starts ``scoop`` semitones off (below when negative) and eases onto
+    # its pitch over ``scoop_time`` s; the vibrato fades in from ``vibrato_delay`` s over ``vibrato_ramp`` s
+    scoop: float = 0.0
+    scoop_time: float = 0.0
+    vibrato_delay: float = 0.15
+    vibrato_ramp: float = 0.2
 
     def midi_at(self, t: np.ndarray) -> np.ndarray:
         """Sounding pitch (fractional MIDI) at absolute times ``t`` inside the note."""
@@ -53,7 +59,9 @@ class MelodyNote:
         if self.glide_from is not None:
             frac = np.clip(rel / self.glide_time, 0.0, 1.0)
             m = self.glide_from + (self.midi - self.glide_from) * frac
-        fade = np.clip((rel - 0.15) / 0.2, 0.0, 1.0)
+        elif self.scoop and self.scoop_time > 0:
+            m = m + self.scoop * (1.0 - np.clip(rel / self.scoop_time, 0.0, 1.0)) ** 2
+        fade = np.clip((rel - self.vibrato_delay) / self.vibrato_ramp, 0.0, 1.0)
         vib = self.vibrato_cents / 100.0 * np.sin(2 * np.pi * self.vibrato_rate * rel + self.vibrato_phase)
         return m + fade * vib
 

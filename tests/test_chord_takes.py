@@ -11,7 +11,7 @@ import pytest
 
 from mirpipe.demo import soundfont
 from mirpipe.demo.arrange import TAKE_FAMILIES, compose_chord_take
-from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams, _say_numpy_has_no_takes_or_stems, take_id
+from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams, _say_numpy_lacks_soundfont_options, take_id
 from mirpipe.models.chord import encode_label
 
 SR = 22050
@@ -90,8 +90,8 @@ def test_take_items_are_split_like_the_rest_and_leave_the_fingerprint_alone():
 
 
 def test_the_numpy_renderer_says_it_makes_no_takes_or_stems(capsys):
-    _say_numpy_has_no_takes_or_stems.cache_clear()  # said once per process
+    _say_numpy_lacks_soundfont_options.cache_clear()  # said once per process
     p = SynthesizeParams(tracks=3, clips_per_family=0, renderer="numpy", chord_takes=5, stem_fraction=1.0)
     items = Synthesize().items(StageContext(workdir=None, params={"synthesize": p}), {})
     assert len(items) == 3 and {it.payload["kind"] for it in items} == {"mixture"}
-    assert "chord_takes and stem_fraction need the soundfont renderer" in capsys.readouterr().err
+    assert "chord_takes, stem_fraction and sung_bends need the soundfont renderer" in capsys.readouterr().err

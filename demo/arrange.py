@@ -46,7 +46,10 @@ class Event:
     b: int = 0  # velocity / controller value
 
     def sort_key(self) -> tuple:
-        return (self.time, _ORDER[self.kind], self.channel, self.a)
+        # controller changes at one time keep the order they were written in (a stable sort): an RPN
+        # is a sequence (101, 100, then the data entry 6, 38), and sorted by controller number the
+        # data entry came first and was dropped, leaving FluidSynth's bend range at 2 semitones
+        return (self.time, _ORDER[self.kind], self.channel, 0 if self.kind == "cc" else self.a)
 
 
 @dataclass(frozen=True)
@@ -567,11 +570,8 @@ def compose_mixture(
     )
 
 
-def compose_clip(
-    index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float, sung: bool = False
-) -> Performance:
-    """A short solo phrase of one instrument family (Medley-solos-DB style); ``sung`` as for
-    ``compose_mixture``."""
+def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float) -> Performance:
+    """A short solo phrase of one instrument family (Medley-solos-DB style)."""
     rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 13])
     fam = FAMILIES[family]
     w = _Writer(sr)
@@ -582,9 +582,8 @@ def compose_clip(
     low, high = max(fam.low, center - 9), min(fam.high, center + 9)
     part = _part(rng, 0, "melody", family, (95, 121), 0)
     w.setup(part)
-    sung_rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 37]) if sung else None
     mel = _melody_notes(
-        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high, sung_rng
+        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high
     )
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(70, 120)), fam.sustained and rng.random() < 0.5)
     tags = ((family, played[0].start, played[-1].end),) if played else ()

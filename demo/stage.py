@@ -63,9 +63,10 @@ class SynthesizeParams(BaseModel):
     )
     sung_bends: bool = Field(
         False,
-        description="leads and solo clips of the families that bend (voice, strings, winds) bend like singers: "
-        "glides from the note before, onset scoops, 20-90 cent vibrato fading in (arrange.sung_bends); the same "
-        "notes, labels following the bends exactly (soundfont renderer; re-renders the corpus)",
+        description="the leads of band mixtures and solo tracks, when their family bends (voice, strings, winds), "
+        "bend like singers: glides from the note before, onset scoops, 20-90 cent vibrato fading in "
+        "(arrange.sung_bends); the same notes, labels following the bends exactly; solo clips stay as they are "
+        "(soundfont renderer; re-renders the corpus)",
     )
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
@@ -242,9 +243,10 @@ class Synthesize(Stage):
     name = "synthesize"
     params = SynthesizeParams
     optional = True  # only when pipeline.yaml (or `mirpipe demo`) asks for the demo corpus
-    version = "4"  # 3: sampled renderer (GM soundfonts), splits decided here, solo clips per family;
+    version = "5"  # 3: sampled renderer (GM soundfonts), splits decided here, solo clips per family;
     # 4: the melody contour voiced through each note's audible release, note_midi holds every pitched part,
-    # both at the octave each preset sounds (measured per soundfont)
+    # both at the octave each preset sounds (measured per soundfont); 5: pitch bends sound at the range the
+    # labels read (RPN 0 reached FluidSynth out of order before, so leads bent a sixth of their labels)
     record_type = SynthRecord
 
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
@@ -349,9 +351,7 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
     from .arrange import compose_chord_take, compose_clip, compose_mixture, stem
 
     if pay["kind"] == "clip":
-        perf = compose_clip(
-            pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration, sung=p.sung_bends
-        )
+        perf = compose_clip(pay["index"], p.seed, pay["family"], p.sr, p.clip_min_duration, p.clip_max_duration)
     elif pay["kind"] == "take":
         perf = compose_chord_take(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration)
     else:

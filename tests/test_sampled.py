@@ -209,6 +209,31 @@ def test_solo_clips_pitch_matches_the_contour(sf_name):
 
 
 @needs_soundfonts
+@pytest.mark.parametrize("sf_name", [TRAIN_SF, OTHER_TRAIN_SF, TEST_SF])
+def test_a_bend_sounds_the_interval_its_label_says(sf_name):
+    """A held note bent 2 semitones up (in the range the labels read) sounds 200 cents higher in the
+    audio and in its contour label. The writer's RPN 0 (select 101/100, then data entry 6/38) must
+    reach FluidSynth in that order: sorted by controller number it did not, the range stayed at
+    FluidSynth's default of 2 semitones, and every lead bent a sixth of its labelled glides and vibrato."""
+    from mirpipe.demo.arrange import BEND_RANGE, Performance, _part, _Writer
+
+    w = _Writer(SR)
+    part = _part(np.random.default_rng(0), 0, "melody", "violin", (100, 101), 0)
+    w.setup(part)
+    w.note(0, 0.0, 3.0, 60, 100)
+    w.bend(0, 1.5, round(2 / BEND_RANGE * 8192))
+    played = w.sorted()
+    perf = Performance("clip", 3.2, 120.0, ((0.0, 3.2, "C:major"),), (part,), played, (), (), 0, (), 0.0)
+    y, _ = soundfont.render(perf, sf_name, SR)
+    f0, _, _ = librosa.pyin(y, fmin=150, fmax=600, sr=SR, frame_length=4096, hop_length=512)
+    t = librosa.times_like(f0, sr=SR, hop_length=512)
+    before, after = np.nanmedian(f0[(t > 0.5) & (t < 1.3)]), np.nanmedian(f0[(t > 1.8) & (t < 2.6)])
+    assert abs(1200 * np.log2(after / before) - 200) < 20, (sf_name, before, after)
+    rpn = [(e.a, e.b) for e in played if e.kind == "cc" and e.a in (101, 100, 6, 38)]
+    assert rpn == [(101, 0), (100, 0), (6, BEND_RANGE), (38, 0), (101, 127), (100, 127)]
+
+
+@needs_soundfonts
 def test_jams_validate_with_tags_and_bends():
     perf = compose_mixture(3, 0, SR, 20, 30)
     jam = annotate(perf, "demo-0003", {"soundfont": TRAIN_SF})

@@ -209,12 +209,11 @@ def verdict(setting: Setting, ref: Setting) -> dict[str, Any]:
         d = statistics.fmean(mine) - statistics.fmean(theirs)
         better[key] = d > 0 if higher else d < 0
         within[key] = abs(d) <= spread(theirs)
-    known = [v for v in better.values() if v is not None]
     return {
         "better": better,
         "within_reference_seeds": within,
         "missing": missing,
-        "all_better": bool(known) and all(known) and len(known) == len(better),
+        "all_better": bool(better) and all(b is True for b in better.values()),
     }
 
 
@@ -333,9 +332,14 @@ def _file_mean(s: Setting, f: str, t: str, m: str) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def _named(s: Setting, f: str) -> str | None:
+def _scored_clips(s: Setting, f: str) -> list[Mapping[str, Any]]:
+    """The instrument rows of file ``f`` that ``s``'s reports scored (one per report)."""
     named = [row["tasks"][INSTRUMENT] for row in _rows(s, f) if INSTRUMENT in row.get("tasks", {})]
-    named = [n for n in named if "error" not in n and n.get("status") == "scored"]
+    return [n for n in named if "error" not in n and n.get("status") == "scored"]
+
+
+def _named(s: Setting, f: str) -> str | None:
+    named = _scored_clips(s, f)
     if not named:
         return None
     marks = [f"{n['estimate']} ({'right' if n['correct'] else 'wrong'})" for n in named]
@@ -343,8 +347,7 @@ def _named(s: Setting, f: str) -> str | None:
 
 
 def _right(s: Setting, f: str) -> float | None:
-    named = [row["tasks"][INSTRUMENT] for row in _rows(s, f) if INSTRUMENT in row.get("tasks", {})]
-    named = [n for n in named if "error" not in n and n.get("status") == "scored"]
+    named = _scored_clips(s, f)
     return statistics.fmean(1.0 if n["correct"] else 0.0 for n in named) if named else None
 
 

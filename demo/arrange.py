@@ -336,7 +336,16 @@ def _drums(w: _Writer, rng, sections: list[tuple[float, float, float]], style: s
 
 
 def _melody_notes(
-    rng, fam: Family, start: float, end: float, beat_at, key_at, chord_at, low: int, high: int, sung=None
+    rng,
+    fam: Family,
+    start: float,
+    end: float,
+    beat_at,
+    key_at,
+    chord_at,
+    low: int,
+    high: int,
+    sung: np.random.Generator | None = None,
 ) -> list[MelodyNote]:
     """A phrase of single notes: chord tones on strong positions, steps and leaps, rests, glides.
     ``sung`` (a generator of its own, or None): the notes are the same, their bends a singer's
@@ -388,7 +397,7 @@ def bends_like_a_singer(fam: Family) -> bool:
     return fam.vibrato or fam.tag in SUNG_FAMILIES
 
 
-def sung_bends(rng, note: MelodyNote, prev: int | None) -> MelodyNote:
+def sung_bends(rng: np.random.Generator, note: MelodyNote, prev: int | None) -> MelodyNote:
     """``note`` with a singer's pitch motion, as real vocal (and expressive string and wind) leads
     have it and the demo's keyed leads do not: a glide of 80-300 ms from the note before it
     (portamento), or an onset scoop from 0.5-3 semitones below (a sixth of them 0.3-1 above)

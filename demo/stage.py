@@ -20,6 +20,7 @@ import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mirpipe.errors import ConfigurationError
+from mirpipe.models.settings import NOT_FINGERPRINTED, fingerprinted, since
 from mirpipe.records import Record
 from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import temp_path
@@ -39,19 +40,32 @@ def _default_soundfonts() -> dict[str, list[str]]:
 
 class SynthesizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tracks: int = Field(80, ge=1, le=100_000, description="number of demo tracks (band mixtures and solo melodies)")
+    # The track, clip, take and stem counts and the solo share only decide which items exist (NOT_FINGERPRINTED):
+    # growing the corpus keeps old tracks.
+    tracks: int = Field(
+        80,
+        ge=1,
+        le=100_000,
+        description="number of demo tracks (band mixtures and solo melodies)",
+        json_schema_extra=NOT_FINGERPRINTED,
+    )
     seed: int = Field(0, description="corpus seed: same seed, same corpus")
     sr: int = Field(22050, ge=8000)
     min_duration: float = Field(15.0, gt=2.0)
     max_duration: float = Field(35.0, gt=2.0)
-    solo_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks")
-    clips_per_family: int = Field(20, ge=0, le=10_000, description="short solo clips per instrument family")
+    solo_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of melody-only solo tracks", json_schema_extra=NOT_FINGERPRINTED
+    )
+    clips_per_family: int = Field(
+        20, ge=0, le=10_000, description="short solo clips per instrument family", json_schema_extra=NOT_FINGERPRINTED
+    )
     chord_takes: int = Field(
         0,
         ge=0,
         le=100_000,
         description="tracks of chords played one at a time by one harmony instrument, most with silence (N) between "
         "them, as chord datasets record them (soundfont renderer; arrange.compose_chord_take)",
+        json_schema_extra=NOT_FINGERPRINTED,
     )
     stem_fraction: float = Field(
         0.0,
@@ -60,6 +74,7 @@ class SynthesizeParams(BaseModel):
         description="share of band mixtures that also get a stem track (soundfont renderer): the same performance "
         "with its harmony and a random part of the bass, drums and lead (a lone piano, piano and drums, ...), "
         "in the mixture's split, labels following what plays (arrange.stem)",
+        json_schema_extra=NOT_FINGERPRINTED,
     )
     sung_bends: bool = Field(
         False,
@@ -67,6 +82,7 @@ class SynthesizeParams(BaseModel):
         "bend like singers: glides from the note before, onset scoops, 20-90 cent vibrato fading in "
         "(arrange.sung_bends); the same notes, labels following the bends exactly; solo clips stay as they are "
         "(soundfont renderer; re-renders the corpus)",
+        json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
     )
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
@@ -303,19 +319,11 @@ class Synthesize(Stage):
         return items
 
     def fingerprint_params(self, ctx: StageContext) -> dict[str, Any]:
-        # The track, clip, take and stem counts and the solo share only decide which items exist: growing the corpus keeps old tracks.
+        # what each field declares (the counts: which items exist; sung_bends: only when on), with the
+        # renderer resolved (auto is whichever was installed)
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, identity = resolve_renderer(p)
-        # sung_bends re-renders every track when on; off, it is left out (the corpus of before it existed)
-        return {
-            **p.model_dump(
-                mode="json",
-                exclude={"tracks", "solo_fraction", "clips_per_family", "chord_takes", "stem_fraction", "renderer", "sung_bends"},
-            ),
-            **({"sung_bends": True} if p.sung_bends else {}),
-            "renderer": renderer,
-            "renderer_identity": identity,
-        }
+        return {**fingerprinted(p), "renderer": renderer, "renderer_identity": identity}
 
     def run(self, item: WorkItem, ctx: StageContext) -> SynthRecord:
         p: SynthesizeParams = ctx.params["synthesize"]

@@ -3,26 +3,19 @@ lie, and a whole run on a tiny untrained model gives bench_real's own figures pe
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jams
 import numpy as np
 import pytest
-from test_bench_real import tiny_bundle
+from test_bench_real import load_script, tiny_bundle
 
 from mirpipe.demo import soundfont
 from mirpipe.models.chord import encode_label
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location("bench_chord_probe", ROOT / "benchmarks" / "bench_chord_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_chord_probe")
 
 
 def test_probes_are_labelled_as_played():

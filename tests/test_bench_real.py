@@ -32,11 +32,19 @@ VOCABULARY = {"classes": ["flute", "piano", "voice"], "aliases": {"vocals": "voi
 NOTE = {"C": 60, "E": 64, "F": 65, "G": 67, "A": 69, "B": 71}
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_real", ROOT / "benchmarks" / "bench_real.py")
+def load_script(name: str):
+    """``benchmarks/<name>.py`` as a module (registered, so its dataclasses find their module)."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_script("bench_real")
 
 
 def tiny_bundle(path: Path, seed: int = 0) -> Path:
@@ -329,13 +337,7 @@ def test_gain_db_scores_the_same_recordings_louder_and_quieter(folder, tmp_path)
 
 
 def load_compare():
-    import sys
-
-    spec = importlib.util.spec_from_file_location("compare_real", ROOT / "benchmarks" / "compare_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_real")
 
 
 @pytest.fixture(scope="module")

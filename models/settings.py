@@ -33,7 +33,12 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps_per_epoch: int = Field(100, ge=1)
     max_epochs: int = Field(8, ge=1)
-    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
+    patience: int = Field(
+        4,
+        ge=1,
+        description="epochs without improvement before stopping (with lr_schedule cosine, set it to max_epochs: "
+        "an early stop ends the anneal at the lr it had reached)",
+    )
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["plateau", "cosine"] = Field(

@@ -580,8 +580,11 @@ def compose_mixture(
 
 
 def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: float, max_duration: float) -> Performance:
-    """A short solo phrase of one instrument family (Medley-solos-DB style)."""
+    """A short solo phrase of one instrument family (Medley-solos-DB style). A voice clip
+    (``SUNG_FAMILIES``; synthesize.voice_clips) is sung: its notes bend as ``sung_bends`` draws them
+    (glides, scoops, vibrato), from a generator of its own; every other family's clip is as it was."""
     rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 13])
+    sung = np.random.default_rng([seed, list(FAMILIES).index(family), index, 31]) if family in SUNG_FAMILIES else None
     fam = FAMILIES[family]
     w = _Writer(sr)
     tempo = float(rng.uniform(70, 150))
@@ -592,7 +595,7 @@ def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: floa
     part = _part(rng, 0, "melody", family, (95, 121), 0)
     w.setup(part)
     mel = _melody_notes(
-        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high
+        rng, fam, 0.0, duration, lambda t: 60.0 / tempo, lambda t: (key_pc, SCALES[mode]), lambda t: (), low, high, sung
     )
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(70, 120)), fam.sustained and rng.random() < 0.5)
     tags = ((family, played[0].start, played[-1].end),) if played else ()

@@ -61,6 +61,15 @@ SOLO_FAMILIES: tuple[str, ...] = (
     "trumpet",
     "saxophone",
 )
+VOICE_CLIP_FAMILIES: tuple[str, ...] = ("voice",)  # clips added by synthesize.voice_clips (sung, arrange.compose_clip)
+
+
+def clip_families(voice: bool) -> tuple[str, ...]:
+    """The families a soundfont-rendered corpus has solo clips of, in split-group order (a family's
+    index is its split group and its clips' seed: the voice clips come last, so they move no other clip)."""
+    return SOLO_FAMILIES + (VOICE_CLIP_FAMILIES if voice else ())
+
+
 # Who plays the chords in a mixture, and how (patterns in arrange.py).
 COMP_FAMILIES: tuple[str, ...] = (
     "piano",

@@ -61,6 +61,7 @@ INSTRUMENTS: dict[str, dict[str, tuple[str, ...]]] = {  # library -> family -> i
             "clarinet": ("071_Clarinet",),
             "trumpet": ("056_Trumpet",),
             "saxophone": ("064_Soprano_Sax", "065_Alto_Sax", "066_Tenor_Sax"),
+            "voice": ("053_Voice_Oohs",),  # the voice clips' (synthesize.voice_clips); tonejs-instruments has none
         }.items()
     },
 }
@@ -99,6 +100,19 @@ def search_dirs() -> list[Path]:
 def family_instruments(library: str, family: str) -> tuple[str, ...]:
     """The instrument directories a family plays from (a library named by path: by its directory's name)."""
     return INSTRUMENTS.get(Path(library).name, {}).get(family, (family.replace(" ", "-"),))
+
+
+def plays(library: str, family: str) -> bool:
+    """Whether ``library`` has recordings of ``family``: a known library by its table (tonejs-instruments
+    has no voice); one named by path by whether its directory for the family holds recordings."""
+    known = INSTRUMENTS.get(Path(library).name)
+    if known is not None:
+        return family in known
+    try:
+        find_library(library, (family,))
+    except SampleLibraryUnavailable:
+        return False
+    return True
 
 
 def find_library(library: str, families: Sequence[str]) -> Path:

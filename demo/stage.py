@@ -26,8 +26,8 @@ from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import temp_path
 
 from . import splits
-from .families import SOLO_FAMILIES
-from .samples import is_library
+from .families import SOLO_FAMILIES, clip_families
+from .samples import is_library, plays
 
 CORPUS_DIR = "corpus"
 NUMPY_CLIP_FAMILIES = ("organ", "pluck", "epiano", "mallet", "bowed", "reed", "flute", "brass")  # synth/timbres.py
@@ -83,6 +83,13 @@ class SynthesizeParams(BaseModel):
         "(arrange.sung_bends); the same notes, labels following the bends exactly; solo clips stay as they are "
         "(soundfont renderer; re-renders the corpus)",
         json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
+    )
+    voice_clips: bool = Field(
+        False,
+        description="also render clips_per_family solo clips of a singing voice (GM choir and voice presets, and "
+        "freepats' Voice Oohs), sung with glides, scoops and vibrato as arrange.sung_bends draws them: without them "
+        "the instrument model never hears a voice alone (soundfont renderer; only adds clips)",
+        json_schema_extra=NOT_FINGERPRINTED,
     )
     clip_min_duration: float = Field(3.0, gt=0.5)
     clip_max_duration: float = Field(6.0, gt=0.5)
@@ -165,8 +172,8 @@ def has_stem(seed: int, index: int, fraction: float) -> bool:
 @cache
 def _say_numpy_lacks_soundfont_options() -> None:
     print(
-        "mirpipe: synthesize: chord_takes, stem_fraction and sung_bends need the soundfont renderer (MIDI parts "
-        "to play alone, pitch bends); the numpy renderer makes none of them",
+        "mirpipe: synthesize: chord_takes, stem_fraction, sung_bends and voice_clips need the soundfont renderer "
+        "(MIDI parts to play alone, pitch bends, voice presets); the numpy renderer makes none of them",
         file=sys.stderr,
     )
 
@@ -226,11 +233,15 @@ def _libraries(renderer: str, names: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def sources_of(p: SynthesizeParams, split: str, kind: str) -> list[str]:
+def sources_of(p: SynthesizeParams, split: str, kind: str, family: str | None = None) -> list[str]:
     """What a track of ``kind`` in ``split`` may be rendered with: the split's soundfonts, and for
-    solo clips also its installed sample libraries."""
+    solo clips also its installed sample libraries that have recordings of the clip's ``family``."""
     installed = _libraries(p.renderer, tuple(p.all_libraries()))
-    return [s for s in p.soundfonts[split] if not is_library(s) or (kind == "clip" and s in installed)]
+
+    def has(library: str) -> bool:
+        return kind == "clip" and library in installed and (family is None or plays(library, family))
+
+    return [s for s in p.soundfonts[split] if not is_library(s) or has(s)]
 
 
 @cache
@@ -250,8 +261,8 @@ def _check_test_soundfonts_unseen(test: tuple[str, ...], seen: tuple[str, ...]) 
                 )
 
 
-def _clip_families(renderer: str) -> tuple[str, ...]:
-    return SOLO_FAMILIES if renderer == "soundfont" else NUMPY_CLIP_FAMILIES
+def _clip_families(renderer: str, voice: bool) -> tuple[str, ...]:
+    return clip_families(voice) if renderer == "soundfont" else NUMPY_CLIP_FAMILIES
 
 
 @STAGES.register
@@ -268,7 +279,7 @@ class Synthesize(Stage):
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, _ = resolve_renderer(p)
-        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends):
+        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends or p.voice_clips):
             _say_numpy_lacks_soundfont_options()
         n_solo = round(p.tracks * p.solo_fraction)
         items = []
@@ -299,7 +310,7 @@ class Synthesize(Stage):
             take = {"index": k, "solo": False, "kind": "take", "split": split, "family": None, "renderer": renderer}
             take["soundfont"] = splits.soundfont_of(p.seed, splits.GROUP_TAKES, k, sources)
             items.append(WorkItem(take_id(k), payload=take, identity=take))
-        families = _clip_families(renderer)
+        families = _clip_families(renderer, p.voice_clips)
         for k in range(p.clips_per_family):
             for f, family in enumerate(families):
                 group = splits.GROUP_CLIPS + f
@@ -311,7 +322,7 @@ class Synthesize(Stage):
                     "split": split,
                     "family": family,
                     "renderer": renderer,
-                    "soundfont": splits.soundfont_of(p.seed, group, k, sources_of(p, split, "clip"))
+                    "soundfont": splits.soundfont_of(p.seed, group, k, sources_of(p, split, "clip", family))
                     if renderer == "soundfont"
                     else None,
                 }
@@ -395,7 +406,8 @@ def _play_library(track: str, perf, pay: Mapping[str, Any], p: SynthesizeParams)
     """A solo clip played by a sample library's recordings (synth/samples.py)."""
     from . import labels, samples
 
-    y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, SOLO_FAMILIES.index(pay["family"]), pay["index"]))
+    family = clip_families(voice=True).index(pay["family"])
+    y, info = samples.render_clip(perf, pay["soundfont"], p.sr, (p.seed, family, pay["index"]))
     jam = labels.annotate(
         perf,
         track,

@@ -1,0 +1,110 @@
+"""Voice clips (``synthesize.voice_clips``): solo clips of a singing voice, sung with a singer's
+bends and labelled exactly; they only add clips (every other item stays as it was), and the sample
+libraries without voice recordings are not drawn for them."""
+
+from __future__ import annotations
+
+import librosa
+import mir_eval
+import numpy as np
+import pytest
+
+from mirpipe.demo import arrange, samples, soundfont
+from mirpipe.demo.arrange import compose_clip
+from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES, clip_families
+from mirpipe.demo.labels import contour
+from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams
+
+SR = 22050
+needs_soundfonts = pytest.mark.skipif(
+    soundfont.available(["FluidR3_GM.sf2", "MuseScore_General_Lite.sf3", "TimGM6mb.sf2"]) is not None,
+    reason="sampled renderer unavailable",
+)
+
+
+def _ctx(p: SynthesizeParams, workdir=None) -> StageContext:
+    return StageContext(workdir=workdir, params={"synthesize": p})
+
+
+def _items(p: SynthesizeParams) -> dict:
+    return {i.id: i.payload for i in Synthesize().items(_ctx(p), {})}
+
+
+@needs_soundfonts
+def test_voice_clips_only_add_clips_and_skip_libraries_without_voice():
+    plain = _items(SynthesizeParams(tracks=20, clips_per_family=20))
+    voiced = _items(SynthesizeParams(tracks=20, clips_per_family=20, voice_clips=True))
+    added = {k: v for k, v in voiced.items() if k not in plain}
+    assert all(voiced[k] == v for k, v in plain.items())  # no other item moves
+    assert len(added) == 20 and {v["family"] for v in added.values()} == {"voice"}
+    assert sorted(v["split"] for v in added.values()).count("test") == 3
+    assert {v["split"] for v in added.values()} == {"train", "val", "test"}
+    drawn = {v["soundfont"] for v in added.values()}
+    assert "tonejs-instruments" not in drawn  # it has no voice recordings
+    assert {v["soundfont"] for v in added.values() if v["split"] == "test"} == {"TimGM6mb.sf2"}
+    assert not samples.plays("tonejs-instruments", "voice") and samples.plays("freepats", "voice")
+    # items only: a corpus with voice clips keeps every other track's stage fingerprint
+    fp = [Synthesize().fingerprint_params(_ctx(SynthesizeParams(voice_clips=v))) for v in (False, True)]
+    assert fp[0] == fp[1]
+    assert clip_families(False) == SOLO_FAMILIES and clip_families(True)[: len(SOLO_FAMILIES)] == SOLO_FAMILIES
+
+
+def test_only_voice_clips_are_sung(monkeypatch):
+    """The other families' clips never draw a singer's bends (they are the clips of before); a
+    voice clip bends: its labelled f0 leaves the semitone grid (scoops, glides, vibrato)."""
+    for family in SOLO_FAMILIES:
+        before = compose_clip(1, 0, family, SR, 3, 6)
+        with monkeypatch.context() as m:
+            m.setattr(arrange, "sung_bends", lambda *a, _f=family, **k: pytest.fail(f"{_f} clip sung"))
+            assert compose_clip(1, 0, family, SR, 3, 6) == before
+    assert not FAMILIES["voice"].vibrato  # the GM voice presets bend only when sung
+    far = []
+    for k in range(4):
+        perf = compose_clip(k, 0, "voice", SR, 3, 6)
+        assert any(e.kind == "bend" and e.channel == perf.melody_channel and e.a != 0 for e in perf.events)
+        _, hz, voiced = contour(perf)
+        m = 12 * np.log2(hz[voiced] / 440.0) + 69
+        far.append(np.mean(100 * np.abs(m - np.round(m)) > 20))
+    assert np.mean(far) > 0.2, far
+
+
+@needs_soundfonts
+@pytest.mark.parametrize("sf_name", ["FluidR3_GM.sf2", "TimGM6mb.sf2"])
+def test_a_voice_clip_sounds_its_labelled_bends(sf_name):
+    """pyin on a sung voice clip follows its contour label, bends included (raw pitch accuracy
+    within 50 cents on most voiced frames), for a training and the test soundfont."""
+    fam = FAMILIES["voice"]
+    rpas = []
+    for k in range(3):
+        perf = compose_clip(k, 0, "voice", SR, 3, 6)
+        y, info = soundfont.render(perf, sf_name, SR)
+        assert not info.missing_presets
+        f0, voiced, _ = librosa.pyin(
+            y,
+            fmin=librosa.midi_to_hz(fam.low + fam.sounding - 3),
+            fmax=librosa.midi_to_hz(fam.high + fam.sounding + 3),
+            sr=SR,
+            frame_length=2048,
+            hop_length=256,
+        )
+        est_t = librosa.times_like(f0, sr=SR, hop_length=256)
+        ref_t, ref_hz, ref_v = contour(perf)
+        scores = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))
+        rpas.append(scores["Raw Pitch Accuracy"])
+    assert min(rpas) >= 0.75 and np.mean(rpas) >= 0.85, (sf_name, rpas)
+
+
+def _freepats_voice() -> bool:
+    try:
+        samples.find_library("freepats", ("voice",))
+    except samples.SampleLibraryUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _freepats_voice(), reason="freepats not installed (apt-get install freepats)")
+def test_freepats_plays_a_voice_clip_that_sounds():
+    perf = compose_clip(2, 0, "voice", SR, 3, 6)
+    y, info = samples.render_clip(perf, "freepats", SR, (0, clip_families(True).index("voice"), 2))
+    assert info.instrument == "Tone_000/053_Voice_Oohs.pat" and info.recordings
+    assert np.sqrt(np.mean(y**2)) > 1e-3 and np.isfinite(y).all()

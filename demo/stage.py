@@ -85,10 +85,11 @@ class SynthesizeParams(BaseModel):
         json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
     )
     voice_clips: bool = Field(
-        False,
+        True,
         description="also render clips_per_family solo clips of a singing voice (GM choir and voice presets, and "
         "freepats' Voice Oohs), sung with glides, scoops and vibrato as arrange.sung_bends draws them: without them "
-        "the instrument model never hears a voice alone (soundfont renderer; only adds clips)",
+        "the instrument model never hears a voice alone (soundfont renderer; only adds clips; false: the corpus "
+        "of before)",
         json_schema_extra=NOT_FINGERPRINTED,
     )
     clip_min_duration: float = Field(3.0, gt=0.5)
@@ -279,7 +280,8 @@ class Synthesize(Stage):
     def items(self, ctx: StageContext, upstream: Mapping[str, Mapping[str, Done]]) -> list[WorkItem]:
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, _ = resolve_renderer(p)
-        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends or p.voice_clips):
+        voice_asked = p.voice_clips and "voice_clips" in p.model_fields_set  # on by default: no word unless asked for
+        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends or voice_asked):
             _say_numpy_lacks_soundfont_options()
         n_solo = round(p.tracks * p.solo_fraction)
         items = []

@@ -14,7 +14,7 @@ import pytest
 
 from mirpipe.demo import soundfont
 from mirpipe.demo.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
-from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES
+from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES, clip_families
 from mirpipe.demo.labels import annotate, contour
 from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams
 from mirpipe.models.chord import encode_label
@@ -50,8 +50,8 @@ def test_splits_are_70_15_15_and_test_soundfont_unseen():
     }
     assert {TRAIN_SF, OTHER_TRAIN_SF} <= by_split["train"] <= set(p.soundfonts["train"])  # clips: sample libraries too
     test_kinds = Counter(i.payload["kind"] for i in items if i.payload["split"] == "test")
-    assert test_kinds["mixture"] == 9 and test_kinds["clip"] == 3 * len(SOLO_FAMILIES)
-    for fam in SOLO_FAMILIES:  # every family has clips in every split
+    assert test_kinds["mixture"] == 9 and test_kinds["clip"] == 3 * len(clip_families(voice=True))
+    for fam in clip_families(voice=True):  # every family has clips in every split (voice_clips is on by default)
         assert {i.payload["split"] for i in items if i.payload["family"] == fam} == {"train", "val", "test"}
     # growing the corpus keeps every old track's split and soundfont
     grown = {i.id: i.payload for i in _items(SynthesizeParams(tracks=80, clips_per_family=30, solo_fraction=0.0))}
@@ -112,7 +112,7 @@ def test_same_seed_same_bytes(tmp_path):
     synth = dict(tracks=2, clips_per_family=1, min_duration=6.0, max_duration=10.0, seed=5)
     a = _synthesize(tmp_path / "a", **synth)
     b = _synthesize(tmp_path / "b", **synth)
-    assert a == b and len(a) == 2 * (2 + len(SOLO_FAMILIES))
+    assert a == b and len(a) == 2 * (2 + len(clip_families(voice=True)))
     jam = jams.load(str(tmp_path / "a" / "corpus" / "demo-0000.jams"))
     assert jam.sandbox.split in ("train", "val", "test")
     assert jam.sandbox.mirpipe_demo["renderer"] == "soundfont" and jam.sandbox.mirpipe_demo["soundfont"]

@@ -32,7 +32,7 @@ def _items(p: SynthesizeParams) -> dict:
 
 @needs_soundfonts
 def test_voice_clips_only_add_clips_and_skip_libraries_without_voice():
-    plain = _items(SynthesizeParams(tracks=20, clips_per_family=20))
+    plain = _items(SynthesizeParams(tracks=20, clips_per_family=20, voice_clips=False))
     voiced = _items(SynthesizeParams(tracks=20, clips_per_family=20, voice_clips=True))
     added = {k: v for k, v in voiced.items() if k not in plain}
     assert all(voiced[k] == v for k, v in plain.items())  # no other item moves
@@ -108,3 +108,17 @@ def test_freepats_plays_a_voice_clip_that_sounds():
     y, info = samples.render_clip(perf, "freepats", SR, (0, clip_families(True).index("voice"), 2))
     assert info.instrument == "Tone_000/053_Voice_Oohs.pat" and info.recordings
     assert np.sqrt(np.mean(y**2)) > 1e-3 and np.isfinite(y).all()
+
+
+def test_on_by_default_and_the_numpy_renderer_says_so_only_when_asked(capsys):
+    from mirpipe.demo.stage import _say_numpy_lacks_soundfont_options
+
+    assert SynthesizeParams().voice_clips
+    for asked, said in (
+        (SynthesizeParams(tracks=2, renderer="numpy"), False),
+        (SynthesizeParams(tracks=2, renderer="numpy", voice_clips=True), True),
+    ):
+        _say_numpy_lacks_soundfont_options.cache_clear()  # said once per process
+        items = Synthesize().items(_ctx(asked), {})
+        assert not any(i.payload["family"] == "voice" for i in items)  # the numpy timbres have no voice
+        assert ("voice_clips need the soundfont renderer" in capsys.readouterr().err) == said

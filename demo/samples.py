@@ -103,11 +103,11 @@ def family_instruments(library: str, family: str) -> tuple[str, ...]:
 
 
 def plays(library: str, family: str) -> bool:
-    """Whether ``library`` has recordings of ``family``: a known library by its table (tonejs-instruments
-    has no voice); one named by path by whether its directory for the family holds recordings."""
+    """Whether ``library`` has recordings of ``family`` here: in its table, if it is a known library
+    (tonejs-instruments has no voice), and installed (an older freepats may lack a patch)."""
     known = INSTRUMENTS.get(Path(library).name)
-    if known is not None:
-        return family in known
+    if known is not None and family not in known:
+        return False
     try:
         find_library(library, (family,))
     except SampleLibraryUnavailable:

@@ -42,7 +42,7 @@ def test_voice_clips_only_add_clips_and_skip_libraries_without_voice():
     drawn = {v["soundfont"] for v in added.values()}
     assert "tonejs-instruments" not in drawn  # it has no voice recordings
     assert {v["soundfont"] for v in added.values() if v["split"] == "test"} == {"TimGM6mb.sf2"}
-    assert not samples.plays("tonejs-instruments", "voice") and samples.plays("freepats", "voice")
+    assert not samples.plays("tonejs-instruments", "voice")
     # items only: a corpus with voice clips keeps every other track's stage fingerprint
     fp = [Synthesize().fingerprint_params(_ctx(SynthesizeParams(voice_clips=v))) for v in (False, True)]
     assert fp[0] == fp[1]
@@ -122,3 +122,21 @@ def test_on_by_default_and_the_numpy_renderer_says_so_only_when_asked(capsys):
         items = Synthesize().items(_ctx(asked), {})
         assert not any(i.payload["family"] == "voice" for i in items)  # the numpy timbres have no voice
         assert ("voice_clips need the soundfont renderer" in capsys.readouterr().err) == said
+
+
+def test_a_library_plays_a_family_only_with_its_recordings(tmp_path):
+    """A library named by path plays a family whose directory holds recordings; a known library
+    only the families of its table, and only when they are installed (an older freepats may lack
+    Voice Oohs: its voice clips then come from the soundfonts)."""
+    import soundfile as sf
+
+    lib = tmp_path / "mylib"
+    (lib / "voice").mkdir(parents=True)
+    assert not samples.plays(str(lib), "voice")  # an empty directory
+    sf.write(lib / "voice" / "A4.wav", np.zeros(100), SR)
+    samples._recordings.cache_clear()
+    assert samples.plays(str(lib), "voice") and not samples.plays(str(lib), "cello")
+    fake = tmp_path / "freepats"  # a known library's name, without the voice patch
+    (fake / "Tone_000").mkdir(parents=True)
+    assert not samples.plays(str(fake), "voice")
+    assert samples.plays("freepats", "voice") == _freepats_voice()

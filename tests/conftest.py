@@ -262,3 +262,36 @@ def evaluated_workdir(tmp_path_factory):
     """One tiny evaluated workdir for the tests of ``mirpipe.open``, experiments and the report page
     (they read it; experiments add theirs under it)."""
     return build_workdir(tmp_path_factory.mktemp("evaluated"))
+
+
+def _pyin_scores(perf, y, fam, sr: int = 22050) -> tuple[float, float]:
+    """(raw pitch accuracy, median cents error on frames voiced in both) of pYIN on a rendered
+    demo performance ``y`` against its labelled lead contour; pYIN searches the family's range."""
+    import librosa
+    import mir_eval
+    import numpy as np
+
+    from mirpipe.demo.labels import contour
+
+    f0, voiced, _ = librosa.pyin(
+        y,
+        fmin=librosa.midi_to_hz(fam.low + fam.sounding - 2),
+        fmax=librosa.midi_to_hz(fam.high + fam.sounding + 2),
+        sr=sr,
+        frame_length=2048,
+        hop_length=256,
+    )
+    est_t = librosa.times_like(f0, sr=sr, hop_length=256)
+    ref_t, ref_hz, ref_v = contour(perf)
+    rpa = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))[
+        "Raw Pitch Accuracy"
+    ]
+    ref_at = np.interp(est_t, ref_t, np.where(ref_v, ref_hz, np.nan))
+    both = voiced & np.isfinite(ref_at) & (np.interp(est_t, ref_t, ref_v.astype(float)) == 1)
+    return rpa, float(np.median(np.abs(1200 * np.log2(f0[both] / ref_at[both]))))
+
+
+@pytest.fixture
+def pyin_scores():
+    """How well pYIN on a rendered demo performance follows its labelled contour (``_pyin_scores``)."""
+    return _pyin_scores

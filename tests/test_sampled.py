@@ -8,14 +8,13 @@ from collections import Counter
 
 import jams
 import librosa
-import mir_eval
 import numpy as np
 import pytest
 
 from mirpipe.demo import soundfont
 from mirpipe.demo.arrange import DRUM_CHANNEL, compose_clip, compose_mixture
 from mirpipe.demo.families import FAMILIES, SOLO_FAMILIES, clip_families
-from mirpipe.demo.labels import annotate, contour
+from mirpipe.demo.labels import annotate
 from mirpipe.demo.stage import StageContext, Synthesize, SynthesizeParams
 from mirpipe.models.chord import encode_label
 from mirpipe.pipeline.cluster import open_executor
@@ -177,34 +176,15 @@ def test_chords_sound_their_labels(sf_name):
     assert bass_total == 0 or bass_ok / bass_total >= 0.9, (bass_ok, bass_total)
 
 
-def _pyin_scores(perf, y, fam):
-    f0, voiced, _ = librosa.pyin(
-        y,
-        fmin=librosa.midi_to_hz(fam.low + fam.sounding - 2),
-        fmax=librosa.midi_to_hz(fam.high + fam.sounding + 2),
-        sr=SR,
-        frame_length=2048,
-        hop_length=256,
-    )
-    est_t = librosa.times_like(f0, sr=SR, hop_length=256)
-    ref_t, ref_hz, ref_v = contour(perf)
-    rpa = mir_eval.melody.evaluate(ref_t, np.where(ref_v, ref_hz, 0), est_t, np.where(voiced, np.nan_to_num(f0), 0))[
-        "Raw Pitch Accuracy"
-    ]
-    ref_at = np.interp(est_t, ref_t, np.where(ref_v, ref_hz, np.nan))
-    both = voiced & np.isfinite(ref_at) & (np.interp(est_t, ref_t, ref_v.astype(float)) == 1)
-    return rpa, float(np.median(np.abs(1200 * np.log2(f0[both] / ref_at[both]))))
-
-
 @needs_soundfonts
 @pytest.mark.parametrize("sf_name", [TRAIN_SF, TEST_SF])
-def test_solo_clips_pitch_matches_the_contour(sf_name):
+def test_solo_clips_pitch_matches_the_contour(sf_name, pyin_scores):
     """pyin on each family's solo clip: raw pitch accuracy >= 0.85, median error <= 25 cents
     (sampled pianos are stretch-tuned: FluidR3's upper register sits ~20 cents sharp)."""
     for family in SOLO_FAMILIES:
         perf = compose_clip(0, 0, family, SR, 3, 5)
         y, _ = soundfont.render(perf, sf_name, SR)
-        rpa, cents = _pyin_scores(perf, y, FAMILIES[family])
+        rpa, cents = pyin_scores(perf, y, FAMILIES[family])
         assert rpa >= 0.85 and cents <= 25, (sf_name, family, rpa, cents)
 
 

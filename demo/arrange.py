@@ -583,8 +583,9 @@ def compose_clip(index: int, seed: int, family: str, sr: int, min_duration: floa
     """A short solo phrase of one instrument family (Medley-solos-DB style). A voice clip
     (``SUNG_FAMILIES``; synthesize.voice_clips) is sung: its notes bend as ``sung_bends`` draws them
     (glides, scoops, vibrato), from a generator of its own; every other family's clip is as it was."""
-    rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, 13])
-    sung = np.random.default_rng([seed, list(FAMILIES).index(family), index, 31]) if family in SUNG_FAMILIES else None
+    family_index = list(FAMILIES).index(family)
+    rng = np.random.default_rng([seed, family_index, index, 13])
+    sung = np.random.default_rng([seed, family_index, index, 31]) if family in SUNG_FAMILIES else None
     fam = FAMILIES[family]
     w = _Writer(sr)
     tempo = float(rng.uniform(70, 150))

@@ -426,6 +426,67 @@ def sung_bends(rng: np.random.Generator, note: MelodyNote, prev: int | None) -> 
     )
 
 
+PHRASE_BEATS = (8, 16)  # a phrase of the phrased lead: 2-4 bars of four beats
+REST_BEATS = (4, 8)  # the band alone between phrases: 1-2 bars
+INTRO_REST_P = 0.5  # of tracks where the band plays 1-2 bars before the lead comes in
+MIN_HELD = 0.1  # s: a note cut shorter than this by a rest is not played
+
+
+def phrase_rests(
+    rng: np.random.Generator, notes: list[MelodyNote], beat_at, duration: float
+) -> tuple[list[MelodyNote], list[tuple[float, float]]]:
+    """``notes`` sung in phrases, as songs breathe: 2-4 bars of the line, then 1-2 bars where the
+    lead rests and the band plays alone (half the tracks also open with the band alone). Notes that
+    start in a rest are dropped, a note held into one stops where it begins, and the first note of a
+    phrase does not glide from the last note of the one before. Returns the notes and the rests
+    ((start, end) s). The windows are drawn from ``rng`` alone: the notes themselves are not drawn
+    again, so the band, and the key and onset of every kept note, are those of the unphrased lead."""
+    rests: list[tuple[float, float]] = []
+    t = 0.0
+    if rng.random() < INTRO_REST_P:
+        t = float(rng.integers(REST_BEATS[0], REST_BEATS[1] + 1)) * beat_at(0.0)
+        rests.append((0.0, t))
+    while t < duration:
+        rest_start = t + float(rng.integers(PHRASE_BEATS[0], PHRASE_BEATS[1] + 1)) * beat_at(t)
+        rest_end = rest_start + float(rng.integers(REST_BEATS[0], REST_BEATS[1] + 1)) * beat_at(rest_start)
+        if rest_start < duration:
+            rests.append((rest_start, min(rest_end, duration)))
+        t = rest_end
+    kept: list[MelodyNote] = []
+    after_rest = True
+    for n in notes:
+        if any(r0 <= n.start < r1 for r0, r1 in rests):
+            after_rest = True
+            continue
+        end = min([n.start + n.duration] + [r0 for r0, _ in rests if n.start < r0 < n.start + n.duration])
+        if end - n.start < MIN_HELD:
+            after_rest = True
+            continue
+        if end < n.start + n.duration:
+            n = replace(
+                n,
+                duration=end - n.start,
+                glide_time=min(n.glide_time, 0.6 * (end - n.start)),
+                scoop_time=min(n.scoop_time, 0.5 * (end - n.start)),
+            )
+        if after_rest and n.glide_from is not None:
+            n = replace(n, glide_from=None)
+        kept.append(n)
+        after_rest = False
+    return kept, rests
+
+
+def phrase_spans(played: list[Note], rests: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(first onset, last offset) of the played notes of each phrase: where the lead's tag holds."""
+    spans: list[tuple[float, float]] = []
+    bounds = [0.0] + [x for r in rests for x in r] + [np.inf]
+    for lo, hi in zip(bounds[::2], bounds[1::2]):
+        inside = [n for n in played if lo <= n.start < hi]
+        if inside:
+            spans.append((inside[0].start, inside[-1].end))
+    return spans
+
+
 def _play_melody(w: _Writer, rng, ch: int, notes: list[MelodyNote], level: float, legato: bool) -> list[Note]:
     """Note and pitch-bend events of a lead line; the notes as played (block-grid times)."""
     played: list[Note] = []
@@ -469,10 +530,20 @@ def bend_semitones(track: tuple[np.ndarray, np.ndarray], times: np.ndarray) -> n
 
 
 def compose_mixture(
-    index: int, seed: int, sr: int, min_duration: float, max_duration: float, solo: bool = False, sung: bool = False
+    index: int,
+    seed: int,
+    sr: int,
+    min_duration: float,
+    max_duration: float,
+    solo: bool = False,
+    sung: bool = False,
+    phrased: bool = False,
+    lead_low: int = 60,
 ) -> Performance:
     """A band (comp, optional pad, bass, drums) under a lead; ``solo``: the lead alone; ``sung``: a
-    lead that bends like a singer (``sung_bends``; same notes, drawn from a generator of its own)."""
+    lead that bends like a singer (``sung_bends``; same notes, drawn from a generator of its own);
+    ``phrased``: a lead that rests between phrases (``phrase_rests``; same band, kept notes at the same keys and onsets);
+    ``lead_low``: the band's lead plays no key below this one (nor below its family's range)."""
     rng = np.random.default_rng([seed, index, 11])
     w = _Writer(sr)
     tempo = float(rng.uniform(68, 150))
@@ -550,13 +621,16 @@ def compose_mixture(
     for p in parts:
         w.setup(p)
     fam = FAMILIES[lead_tag]
-    low, high = max(fam.low, 60 if not solo else fam.low), min(fam.high, 91)
+    low, high = max(fam.low, lead_low if not solo else fam.low), min(fam.high, 91)
     sung_rng = np.random.default_rng([seed, index, 31]) if sung else None
     mel = _melody_notes(rng, fam, 0.0, duration, beat_at, key_at, chord_at, low, high, sung_rng)
+    rests: list[tuple[float, float]] = []
+    if phrased:
+        mel, rests = phrase_rests(np.random.default_rng([seed, index, 41]), mel, beat_at, duration)
     played = _play_melody(w, rng, 0, mel, float(rng.uniform(90, 120)), fam.sustained and rng.random() < 0.5)
     for p in parts:
         if p.role == "melody" and played:
-            tags.append((p.tag, played[0].start, played[-1].end))
+            tags.extend((p.tag, s0, s1) for s0, s1 in phrase_spans(played, rests))
         elif p.role != "melody":
             tags.append((p.tag, 0.0, duration))
     segs = (

@@ -84,6 +84,23 @@ class SynthesizeParams(BaseModel):
         "(soundfont renderer; re-renders the corpus)",
         json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
     )
+    lead_rests: bool = Field(
+        False,
+        description="the leads of band mixtures and solo tracks are sung in phrases: 2-4 bars, then 1-2 bars where "
+        "the lead rests and the band, if any, plays alone (half the tracks open so), as songs breathe; the melody's labels "
+        "are unvoiced there and the lead's instrument tag holds per phrase (arrange.phrase_rests; the band and "
+        "the key and onset of every kept note unchanged; soundfont renderer; re-renders the corpus)",
+        json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
+    )
+    lead_low: int = Field(
+        60,
+        ge=21,
+        le=72,  # every lead family reaches above it
+        description="the lowest key (MIDI) a band mixture's lead plays, within its family's range: 60 (C4) keeps "
+        "leads above the band's comping; 48 lets them sit where male voices and tenor saxophones sing, among "
+        "the comping (solo tracks and clips always use the family's range; re-renders the corpus)",
+        json_schema_extra=since(60),  # 60: the corpus of before it existed, not rendered again
+    )
     voice_clips: bool = Field(
         True,
         description="also render clips_per_family solo clips of a singing voice (GM choir and voice presets, and "
@@ -173,7 +190,7 @@ def has_stem(seed: int, index: int, fraction: float) -> bool:
 @cache
 def _say_numpy_lacks_soundfont_options() -> None:
     print(
-        "mirpipe: synthesize: chord_takes, stem_fraction, sung_bends and voice_clips need the soundfont renderer "
+        "mirpipe: synthesize: chord_takes, stem_fraction, sung_bends, lead_rests, lead_low and voice_clips need the soundfont renderer "
         "(MIDI parts to play alone, pitch bends, voice presets); the numpy renderer makes none of them",
         file=sys.stderr,
     )
@@ -281,7 +298,9 @@ class Synthesize(Stage):
         p: SynthesizeParams = ctx.params["synthesize"]
         renderer, _ = resolve_renderer(p)
         voice_asked = p.voice_clips and "voice_clips" in p.model_fields_set  # on by default: no word unless asked for
-        if renderer != "soundfont" and (p.chord_takes or p.stem_fraction or p.sung_bends or voice_asked):
+        if renderer != "soundfont" and (
+            p.chord_takes or p.stem_fraction or p.sung_bends or p.lead_rests or p.lead_low != 60 or voice_asked
+        ):
             _say_numpy_lacks_soundfont_options()
         n_solo = round(p.tracks * p.solo_fraction)
         items = []
@@ -376,7 +395,17 @@ def _render_sampled(track: str, pay: Mapping[str, Any], p: SynthesizeParams):
     elif pay["kind"] == "take":
         perf = compose_chord_take(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration)
     else:
-        perf = compose_mixture(pay["index"], p.seed, p.sr, p.min_duration, p.max_duration, solo=pay["solo"], sung=p.sung_bends)
+        perf = compose_mixture(
+            pay["index"],
+            p.seed,
+            p.sr,
+            p.min_duration,
+            p.max_duration,
+            solo=pay["solo"],
+            sung=p.sung_bends,
+            phrased=p.lead_rests,
+            lead_low=p.lead_low,
+        )
         if pay["kind"] == "stem":
             perf = stem(perf, tuple(pay["keep"]))
     play = _play_library if is_library(pay["soundfont"]) else _play_soundfont  # libraries: solo clips only (sources_of)

@@ -94,4 +94,7 @@ def test_the_numpy_renderer_says_it_makes_no_takes_or_stems(capsys):
     p = SynthesizeParams(tracks=3, clips_per_family=0, renderer="numpy", chord_takes=5, stem_fraction=1.0)
     items = Synthesize().items(StageContext(workdir=None, params={"synthesize": p}), {})
     assert len(items) == 3 and {it.payload["kind"] for it in items} == {"mixture"}
-    assert "chord_takes, stem_fraction, sung_bends and voice_clips need the soundfont renderer" in capsys.readouterr().err
+    assert (
+        "chord_takes, stem_fraction, sung_bends, lead_rests, lead_low and voice_clips need the soundfont renderer"
+        in capsys.readouterr().err
+    )

@@ -754,7 +754,8 @@ def predict(
 def export(workdir: Path, out: Path, tasks: str | None, json_mode: bool) -> None:
     """Bundle a workdir's trained models into one file for `mirpipe predict --model`: weights, feature
     settings, vocabularies and decoding state (transition prior, tuned threshold), library versions and
-    the training fingerprint."""
+    the training fingerprint. A task whose training has not finished (still running, or stopped mid-way)
+    is refused, naming its checkpoint."""
     from mirpipe.models.bundle import SUFFIX
 
     from .predict import export as export_bundle

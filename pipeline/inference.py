@@ -37,12 +37,18 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
 
     ``tasks``: those to include (default: every task of ``train.tasks`` with a checkpoint).
     The feature geometry comes from a store entry, so predict can check it computes the
-    features the network was trained on."""
+    features the network was trained on. A checkpoint whose training the ledger does not record
+    as finished (a run still training or tuning it, or one stopped mid-way) is refused, naming it:
+    it would carry weights of an unknown step and no tuned decoding state."""
+    from mirpipe.errors import WorkdirFileError
     from mirpipe.models.checkpoint import load_checkpoint
+
+    from .ledger import Ledger
 
     fp: FeaturesParams = ctx.params["features"]
     ev = ctx.params["evaluate"]
     wanted = list(tasks) if tasks else list(ctx.params["train"].tasks)
+    finished = Ledger(ctx.workdir).state("train").done.fingerprints()  # task -> the run it finished
     models: dict[str, TaskModel] = {}
     for task_name in wanted:
         task = TASKS.get(task_name)
@@ -53,6 +59,12 @@ def bundle_from_workdir(ctx: StageContext, tasks: Sequence[str] | None = None, n
             continue
         ckpt = load_checkpoint(path)  # never unpickles code: CheckpointError (a ValueError) naming the file
         meta, st = CheckpointMeta.from_json(ckpt["meta"]), ckpt.get("state", {})
+        if finished.get(task_name) != st.get("run_key"):
+            raise WorkdirFileError(
+                path,
+                f"the training of {task_name!r} is not finished in {ctx.workdir} (a run is still training or tuning "
+                "it, or stopped before the end): let `mirpipe run` finish it, or leave the task out with --tasks",
+            )
         models[task_name] = TaskModel(
             name=task_name,
             task_version=str(task.version),

@@ -8,6 +8,7 @@ codec, another sample rate, stereo), and a broken file must be a classified fail
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import jams
@@ -25,6 +26,7 @@ from mirpipe.pipeline.cli import main
 from mirpipe.pipeline.cluster import open_executor
 from mirpipe.pipeline.config import parse_cluster
 from mirpipe.pipeline.inference import features_of
+from mirpipe.pipeline.ledger import Ledger
 from mirpipe.pipeline.runner import Runner
 from mirpipe.storage import open_store
 
@@ -168,6 +170,32 @@ def test_export_then_predict_in_a_fresh_directory(trained, tmp_path, monkeypatch
     assert Path(by["chords.wav"]["output"]) == Path("out/sub/chords.jams")  # a folder's layout is kept
     code, out, _ = _cli(args)  # resumed: the outputs for this model and these inputs are current
     assert code == 1 and json.loads(out)["counts"] == {"skipped": 2, "failed": 2}
+
+
+def test_a_training_that_has_not_finished_is_not_exported(trained, tmp_path):
+    """A checkpoint the ledger does not record as finished (a run still training or tuning the task:
+    `best.pt` is written at each better epoch, the voicing threshold after the last one; or a run
+    stopped mid-way) is refused by export and by predict --model WORKDIR, naming it: its decoding
+    state would be missing (pitch would decode at threshold 0.5). The finished tasks still export."""
+    workdir, sync, _ = trained
+    work = tmp_path / "work"
+    shutil.copytree(workdir, work, symlinks=True)
+    ledger = Ledger(work)
+    done = ledger.state("train").done
+    finished, fingerprint = dict(done.record("pitch")), done.fingerprint("pitch")
+    ledger.forget("train", "pitch")  # started again and not done yet
+    code, _, err = _cli(["export", "--workdir", work, "--out", tmp_path / "m.mirpipe"])
+    assert code == 2 and str(work / "train" / "pitch" / "best.pt") in err and "'pitch' is not finished" in err
+    assert not (tmp_path / "m.mirpipe").exists()
+    code, _, err = _cli(["predict", tmp_path, "--model", work, "--out", tmp_path / "out", "--cluster", sync])
+    assert code == 2 and "'pitch' is not finished" in err
+    code, out, _ = _cli(["export", "--workdir", work, "--out", tmp_path / "c.mirpipe", "--tasks", "chord", "--json"])
+    assert code == 0 and json.loads(out)["tasks"] == ["chord"]
+    # a run of other settings recorded as done: the checkpoint on disk is not the one it finished
+    ledger.mark_done("train", "pitch", "another-run", finished, 1, 1.0)
+    assert _cli(["export", "--workdir", work, "--out", tmp_path / "m.mirpipe"])[0] == 2
+    ledger.mark_done("train", "pitch", fingerprint, finished, 1, 1.0)
+    assert _cli(["export", "--workdir", work, "--out", tmp_path / "m.mirpipe"])[0] == 0
 
 
 def test_loading_a_bundle_says_what_does_not_match(trained, tmp_path):

@@ -426,6 +426,7 @@ def sung_bends(rng: np.random.Generator, note: MelodyNote, prev: int | None) -> 
     )
 
 
+LEAD_LOW = 60  # the lowest key of a band mixture's lead by default (C4: above the comping)
 PHRASE_BEATS = (8, 16)  # a phrase of the phrased lead: 2-4 bars of four beats
 REST_BEATS = (4, 8)  # the band alone between phrases: 1-2 bars
 INTRO_REST_P = 0.5  # of tracks where the band plays 1-2 bars before the lead comes in
@@ -538,7 +539,7 @@ def compose_mixture(
     solo: bool = False,
     sung: bool = False,
     phrased: bool = False,
-    lead_low: int = 60,
+    lead_low: int = LEAD_LOW,
 ) -> Performance:
     """A band (comp, optional pad, bass, drums) under a lead; ``solo``: the lead alone; ``sung``: a
     lead that bends like a singer (``sung_bends``; same notes, drawn from a generator of its own);

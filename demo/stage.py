@@ -26,6 +26,7 @@ from mirpipe.stages import STAGES, Done, Stage, StageContext, WorkItem
 from mirpipe.storage.atomic import temp_path
 
 from . import splits
+from .arrange import LEAD_LOW
 from .families import SOLO_FAMILIES, clip_families
 from .samples import is_library, plays
 
@@ -93,13 +94,13 @@ class SynthesizeParams(BaseModel):
         json_schema_extra=since(False),  # off: the corpus of before it existed, not rendered again
     )
     lead_low: int = Field(
-        60,
+        LEAD_LOW,
         ge=21,
         le=72,  # every lead family reaches above it
         description="the lowest key (MIDI) a band mixture's lead plays, within its family's range: 60 (C4) keeps "
         "leads above the band's comping; 48 lets them sit where male voices and tenor saxophones sing, among "
         "the comping (solo tracks and clips always use the family's range; re-renders the corpus)",
-        json_schema_extra=since(60),  # 60: the corpus of before it existed, not rendered again
+        json_schema_extra=since(LEAD_LOW),  # the corpus of before it existed, not rendered again
     )
     voice_clips: bool = Field(
         True,
@@ -299,7 +300,7 @@ class Synthesize(Stage):
         renderer, _ = resolve_renderer(p)
         voice_asked = p.voice_clips and "voice_clips" in p.model_fields_set  # on by default: no word unless asked for
         if renderer != "soundfont" and (
-            p.chord_takes or p.stem_fraction or p.sung_bends or p.lead_rests or p.lead_low != 60 or voice_asked
+            p.chord_takes or p.stem_fraction or p.sung_bends or p.lead_rests or p.lead_low != LEAD_LOW or voice_asked
         ):
             _say_numpy_lacks_soundfont_options()
         n_solo = round(p.tracks * p.solo_fraction)

@@ -54,7 +54,7 @@ def test_phrased_leads_keep_the_band_and_a_subset_of_the_notes():
         voiced_plain.append(labels.contour(plain)[2].mean())
         voiced_phrased.append(voiced.mean())
     assert rested >= 12
-    # the lead sings about two thirds of the time, as a song's melody does (the plain lead: ~90 %)
+    # the phrased lead sings about half the time, as the real melody excerpts do (the plain lead: ~90 %)
     assert np.mean(voiced_phrased) < np.mean(voiced_plain) - 0.15
     assert 0.4 < np.mean(voiced_phrased) < 0.8
 
